@@ -1,0 +1,109 @@
+"""eventsourcing ``Application`` configured from :class:`DomainSettings`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.application import Application
+from eventsourcing.persistence import (
+    InterfaceError as EsInterfaceError,
+)
+from eventsourcing.persistence import (
+    JSONTranscoder,
+    Mapper,
+    OperationalError,
+    Transcoder,
+)
+
+from domain.envelope import Envelope
+from domain.errors import ConfigurationError
+from domain.keyring import KeyRing
+from domain.mapper import EnvelopeMapper
+from domain.settings import DomainSettings
+
+__all__ = ["EventStoreApplication"]
+
+_UNSET: Any = object()
+
+
+class EventStoreApplication(Application[UUID]):
+    """An eventsourcing application whose events carry the envelope and are sealed.
+
+    ``settings`` defaults to :meth:`DomainSettings.from_env`; ``key_ring`` defaults
+    to the ring those settings point at (pass ``None`` only together with
+    ``encryption=False`` settings).
+    """
+
+    def __init__(
+        self,
+        settings: DomainSettings | None = None,
+        *,
+        key_ring: KeyRing | None = _UNSET,
+    ) -> None:
+        self.settings = settings if settings is not None else DomainSettings.from_env()
+        if key_ring is _UNSET:
+            key_ring = self.settings.load_key_ring()
+        elif key_ring is None and self.settings.encryption:
+            raise ConfigurationError(
+                "encryption is on but no key ring was given; set SAFEREPLAY_ENCRYPTION=false "
+                "to store plaintext deliberately"
+            )
+        self.key_ring: KeyRing | None = key_ring
+        # The table prefix on PostgreSQL comes from the application name.
+        self.name = self.settings.application_name
+        try:
+            super().__init__(env=self.settings.eventsourcing_env())
+        except (OSError, OperationalError, EsInterfaceError) as exc:
+            raise ConfigurationError(
+                f"cannot open the {self.settings.backend} event store: {_scrub(exc)}; check "
+                + (
+                    "SAFEREPLAY_SQLITE_PATH"
+                    if self.settings.backend == "sqlite"
+                    else "SAFEREPLAY_POSTGRES_DSN and that the server is running"
+                )
+            ) from exc
+
+    # -- eventsourcing extension points -------------------------------------------------
+
+    def construct_mapper(self) -> Mapper[UUID]:
+        return EnvelopeMapper(transcoder=self.construct_transcoder(), key_ring=self.key_ring)
+
+    def construct_transcoder(self) -> Transcoder:
+        transcoder = JSONTranscoder()
+        self.register_transcodings(transcoder)
+        return transcoder
+
+    @property
+    def envelope_mapper(self) -> EnvelopeMapper:
+        assert isinstance(self.mapper, EnvelopeMapper)
+        return self.mapper
+
+    # -- reading ------------------------------------------------------------------------
+
+    def head_position(self) -> int:
+        """The highest position in the notification log (0 when empty)."""
+        return self.recorder.max_notification_id() or 0
+
+    def read(
+        self, *, after: int = 0, limit: int = 100, topics: Sequence[str] = ()
+    ) -> list[Envelope]:
+        """Envelopes of the events after position ``after``, in log order."""
+        notifications = self.recorder.select_notifications(
+            start=after, limit=limit, topics=topics, inclusive_of_start=False
+        )
+        return [self.envelope_mapper.to_envelope(n) for n in notifications]
+
+    def history(self, aggregate_id: UUID) -> list[Envelope]:
+        """Envelopes of one aggregate's events, in version order (no positions)."""
+        stored = self.recorder.select_events(aggregate_id)
+        return [self.envelope_mapper.to_envelope(s) for s in stored]
+
+
+def _scrub(exc: BaseException) -> str:
+    """The error's class and first line, with anything that looks like a password removed."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if "password" in text.lower():
+        text = "authentication or connection parameters rejected"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -1,0 +1,125 @@
+"""Validation of external input (JSON messages) before any aggregate sees it.
+
+A message is a JSON object ``{"type": NAME, "schema_version": N, ...fields}``.
+Each (type, version) pair is registered with a pydantic model; the registry
+rejects malformed JSON, unknown types and unknown versions, and lists every
+invalid field of a known message in one :class:`~domain.errors.InvalidInput`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from domain.errors import (
+    FieldProblem,
+    InvalidInput,
+    MalformedJSON,
+    UnknownEventType,
+    UnknownSchemaVersion,
+)
+
+__all__ = ["EdgeModel", "MessageRegistry", "ParsedMessage", "problems_of"]
+
+M = TypeVar("M", bound="EdgeModel")
+
+
+class EdgeModel(BaseModel):
+    """Base of edge models: unknown fields are errors, values are not coerced loosely."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+def problems_of(exc: ValidationError) -> list[FieldProblem]:
+    """Every invalid field of a pydantic error, as (location, message)."""
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in error["loc"]) or "(message)"
+        problems.append(FieldProblem(location, error["msg"]))
+    return problems
+
+
+@dataclass(frozen=True)
+class ParsedMessage(Generic[M]):
+    """A validated message, upgraded to the newest schema version of its type."""
+
+    type: str
+    schema_version: int
+    body: M
+
+
+@dataclass
+class MessageRegistry:
+    """Known message types, each with one model per schema version.
+
+    ``upgrades[(type, v)]`` converts a validated version-``v`` body (as a dict) to
+    version ``v + 1``, so handlers only ever see the newest version.
+    """
+
+    models: dict[str, dict[int, type[EdgeModel]]] = field(default_factory=dict)
+    upgrades: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = field(
+        default_factory=dict
+    )
+
+    def register(self, type_name: str, version: int, model: type[EdgeModel]) -> None:
+        self.models.setdefault(type_name, {})[version] = model
+
+    def register_upgrade(
+        self, type_name: str, from_version: int, upgrade: Callable[[dict[str, Any]], dict[str, Any]]
+    ) -> None:
+        self.upgrades[(type_name, from_version)] = upgrade
+
+    def parse(self, raw: bytes | str | Mapping[str, Any]) -> ParsedMessage[EdgeModel]:
+        """Validate ``raw`` (JSON text or an already-decoded mapping)."""
+        if isinstance(raw, (bytes, str)):
+            try:
+                document = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                raise MalformedJSON("message", [FieldProblem("(json)", str(exc))]) from None
+        else:
+            document = dict(raw)
+        if not isinstance(document, dict):
+            raise InvalidInput("message", [FieldProblem("(message)", "must be a JSON object")])
+        type_name = document.pop("type", None)
+        version = document.pop("schema_version", 1)
+        if not isinstance(type_name, str):
+            raise InvalidInput(
+                "message", [FieldProblem("type", "required: a string naming the message type")]
+            )
+        versions = self.models.get(type_name)
+        if versions is None:
+            raise UnknownEventType(
+                "message",
+                [
+                    FieldProblem(
+                        "type",
+                        f"unknown type {type_name!r}; known: {', '.join(sorted(self.models))}",
+                    )
+                ],
+            )
+        if isinstance(version, bool) or not isinstance(version, int) or version not in versions:
+            raise UnknownSchemaVersion(
+                f"{type_name} message",
+                [
+                    FieldProblem(
+                        "schema_version",
+                        f"unknown schema version {version!r}; known: "
+                        f"{', '.join(str(v) for v in sorted(versions))}",
+                    )
+                ],
+            )
+        try:
+            body = versions[version].model_validate(document)
+        except ValidationError as exc:
+            raise InvalidInput(f"{type_name} message", problems_of(exc)) from None
+        newest = max(versions)
+        current = version
+        while current < newest:
+            upgraded = self.upgrades[(type_name, current)](body.model_dump())
+            current += 1
+            body = versions[current].model_validate(upgraded)
+        return ParsedMessage(type=type_name, schema_version=current, body=body)

@@ -1,0 +1,128 @@
+"""Errors raised by the write side.
+
+Every error safereplay's domain layer raises derives from :class:`DomainError`;
+third-party errors (pydantic, cryptography, eventsourcing, the database
+drivers) are translated where they are caught, with ``raise ... from``::
+
+    DomainError
+    ├── ConfigurationError        settings or environment are wrong; says what to change
+    ├── InvalidInput              external input failed validation; names every bad field
+    │   ├── MalformedJSON         the input is not JSON at all
+    │   ├── UnknownEventType      an event type that this application does not define
+    │   └── UnknownSchemaVersion  a schema version newer than (or unknown to) the code
+    ├── CommandRejected           valid input that breaks an aggregate's rules
+    │   └── AggregateNotFound     the command names an aggregate that does not exist
+    └── KeyRingError              key material problems; never carries key bytes
+        ├── KeyFileError          the key file is missing, empty, unreadable or malformed
+        ├── InvalidKey            a key has the wrong length or is not base64
+        ├── UnknownKeyId          a ciphertext names a key the ring does not hold
+        └── EventDecryptionError  the ciphertext failed authentication (wrong key, or
+                                  the blob was altered or moved to another row)
+
+Messages name key *ids*, aggregate ids, versions and positions, never key
+bytes and never decrypted payloads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = [
+    "AggregateNotFound",
+    "CommandRejected",
+    "ConfigurationError",
+    "DomainError",
+    "EventDecryptionError",
+    "FieldProblem",
+    "InvalidInput",
+    "InvalidKey",
+    "KeyFileError",
+    "KeyRingError",
+    "MalformedJSON",
+    "UnknownEventType",
+    "UnknownKeyId",
+    "UnknownSchemaVersion",
+]
+
+
+class DomainError(Exception):
+    """Base class of every error raised by :mod:`domain`."""
+
+
+class ConfigurationError(DomainError):
+    """Settings are missing or inconsistent; the message says what to change."""
+
+
+class FieldProblem(tuple[str, str]):
+    """One invalid field: ``(dotted.location, what is wrong)``."""
+
+    __slots__ = ()
+
+    def __new__(cls, location: str, message: str) -> FieldProblem:
+        return super().__new__(cls, (location, message))
+
+    @property
+    def location(self) -> str:
+        return self[0]
+
+    @property
+    def message(self) -> str:
+        return self[1]
+
+
+class InvalidInput(DomainError):
+    """External input was rejected before any aggregate saw it.
+
+    ``problems`` lists every invalid field, not only the first one.
+    """
+
+    def __init__(self, what: str, problems: Sequence[FieldProblem]) -> None:
+        self.what = what
+        self.problems = tuple(problems)
+        details = "; ".join(f"{p.location}: {p.message}" for p in self.problems)
+        super().__init__(f"invalid {what}: {details}" if details else f"invalid {what}")
+
+
+class MalformedJSON(InvalidInput):
+    """The input could not be parsed as JSON."""
+
+
+class UnknownEventType(InvalidInput):
+    """An event type that no registered event class declares."""
+
+
+class UnknownSchemaVersion(InvalidInput):
+    """A schema version that the code cannot read (newer than it knows, or < 1)."""
+
+
+class CommandRejected(DomainError):
+    """The input was valid but an aggregate's rule refused it; nothing was recorded."""
+
+
+class AggregateNotFound(CommandRejected):
+    """The command names an aggregate id that has no events."""
+
+
+class KeyRingError(DomainError):
+    """Key material is missing or unusable. Never includes key bytes."""
+
+
+class KeyFileError(KeyRingError):
+    """The key file is missing, empty, unreadable, malformed or too widely readable."""
+
+
+class InvalidKey(KeyRingError):
+    """A key is not valid base64 or is not 32 bytes (AES-256)."""
+
+
+class UnknownKeyId(KeyRingError):
+    """A stored ciphertext was sealed with a key id that the ring does not hold."""
+
+
+class EventDecryptionError(KeyRingError):
+    """Authentication of a stored ciphertext failed.
+
+    Either the key with that id is not the key that sealed it, or the blob was
+    modified, truncated, or moved from another row (the row identity is bound
+    into the ciphertext as associated data).
+    """

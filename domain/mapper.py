@@ -1,0 +1,175 @@
+"""Mapper that seals each event's state under the key ring, bound to its row.
+
+eventsourcing's ``Cipher`` interface sees only the plaintext, so it cannot bind a
+ciphertext to the row it belongs to. The binding needs the row identity, which
+the ``Mapper`` has; hence encryption lives in this ``Mapper`` subclass, while
+transcoding stays eventsourcing's (so stored state keeps eventsourcing's format).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.domain import DomainEventProtocol
+from eventsourcing.persistence import Mapper, Notification, StoredEvent, Transcoder
+from eventsourcing.utils import TopicError, get_topic, resolve_topic
+
+from domain.envelope import Envelope, event_id_for
+from domain.errors import (
+    EventDecryptionError,
+    FieldProblem,
+    UnknownEventType,
+    UnknownSchemaVersion,
+)
+from domain.events import ENVELOPE_FIELDS
+from domain.keyring import KeyRing, is_sealed
+
+__all__ = ["EnvelopeMapper", "associated_data", "describe_row"]
+
+
+def associated_data(originator_id: UUID | str, originator_version: int, topic: str) -> bytes:
+    """Row identity bound into each ciphertext: moving a blob to another row fails."""
+    return f"{originator_id}\x1f{originator_version}\x1f{topic}".encode()
+
+
+def describe_row(stored: StoredEvent) -> str:
+    position = getattr(stored, "id", None)
+    where = f"aggregate {stored.originator_id} version {stored.originator_version}"
+    return f"position {position}, {where}" if position is not None else where
+
+
+class EnvelopeMapper(Mapper[UUID]):
+    """Transcode, then seal under ``key_ring`` (or store plaintext when it is None).
+
+    Every stored state records its schema version (``class_version``), even 1, so
+    the envelope always knows it. On reading, an unknown topic or a schema version
+    newer than the code is an error naming the position, not a silent decode.
+    """
+
+    def __init__(self, transcoder: Transcoder, key_ring: KeyRing | None) -> None:
+        super().__init__(transcoder=transcoder)
+        self.key_ring = key_ring
+
+    # -- writing ----------------------------------------------------------------------
+
+    def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
+        topic = get_topic(domain_event.__class__)
+        event_state = dict(vars(domain_event))
+        originator_id = event_state.pop("originator_id")
+        originator_version = event_state.pop("originator_version")
+        event_state["class_version"] = getattr(type(domain_event), "class_version", 1)
+        state = self.transcoder.encode(event_state)
+        if self.key_ring is not None:
+            state = self.key_ring.seal(
+                state, associated_data(originator_id, originator_version, topic)
+            )
+        return StoredEvent(
+            originator_id=originator_id,
+            originator_version=originator_version,
+            topic=topic,
+            state=state,
+        )
+
+    # -- reading ----------------------------------------------------------------------
+
+    def decrypt_state(self, stored: StoredEvent) -> bytes:
+        """The transcoded (plaintext) state of ``stored``."""
+        if self.key_ring is not None:
+            return self.key_ring.open(
+                stored.state,
+                associated_data(stored.originator_id, stored.originator_version, stored.topic),
+                where=describe_row(stored),
+            )
+        if is_sealed(stored.state):
+            raise EventDecryptionError(
+                f"event at {describe_row(stored)} is encrypted but encryption is turned off; "
+                "configure the key ring (SAFEREPLAY_KEY_FILE or SAFEREPLAY_KEYS)"
+            )
+        return stored.state
+
+    def resolve_event_class(self, stored: StoredEvent) -> type[Any]:
+        try:
+            return cast(type[Any], resolve_topic(stored.topic))
+        except TopicError:
+            raise UnknownEventType(
+                "stored event",
+                [
+                    FieldProblem(
+                        "topic", f"unknown event type {stored.topic!r} at {describe_row(stored)}"
+                    )
+                ],
+            ) from None
+
+    def decode_state(self, stored: StoredEvent, cls: type[Any]) -> dict[str, Any]:
+        event_state: dict[str, Any] = self.transcoder.decode(self.decrypt_state(stored))
+        event_state["originator_id"] = _as_uuid(stored.originator_id)
+        event_state["originator_version"] = stored.originator_version
+        class_version = getattr(cls, "class_version", 1)
+        from_version = event_state.pop("class_version", 1)
+        if not isinstance(from_version, int) or not 1 <= from_version <= class_version:
+            raise UnknownSchemaVersion(
+                "stored event",
+                [
+                    FieldProblem(
+                        "class_version",
+                        f"schema version {from_version!r} of "
+                        f"{cls.__qualname__} at {describe_row(stored)} is not known to "
+                        f"this code (which reads versions 1..{class_version})",
+                    )
+                ],
+            )
+        event_state["__schema_version__"] = from_version
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+            from_version += 1
+        return event_state
+
+    def to_domain_event(self, stored_event: StoredEvent) -> DomainEventProtocol[UUID]:
+        cls = self.resolve_event_class(stored_event)
+        event_state = self.decode_state(stored_event, cls)
+        event_state.pop("__schema_version__")
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", event_state)
+        return cast(DomainEventProtocol[UUID], domain_event)
+
+    def to_envelope(self, stored_event: StoredEvent) -> Envelope:
+        """Decode ``stored_event`` (a ``Notification`` gives the position too)."""
+        cls = self.resolve_event_class(stored_event)
+        event_state = self.decode_state(stored_event, cls)
+        schema_version = event_state.pop("__schema_version__")
+        domain_event = object.__new__(cls)
+        object.__setattr__(domain_event, "__dict__", event_state)
+        position = stored_event.id if isinstance(stored_event, Notification) else None
+        return envelope_of(domain_event, event_state, position, stored_event.topic, schema_version)
+
+
+def envelope_of(
+    event: Any,
+    state: Mapping[str, Any],
+    position: int | None,
+    topic: str,
+    schema_version: int,
+) -> Envelope:
+    aggregate_id = _as_uuid(state["originator_id"])
+    version = state["originator_version"]
+    return Envelope(
+        position=position,
+        event_id=event_id_for(aggregate_id, version),
+        aggregate_id=aggregate_id,
+        aggregate_version=version,
+        topic=topic,
+        event_type=type(event).__qualname__,
+        schema_version=schema_version,
+        occurred_at=state["timestamp"],
+        source=state.get("source", "unspecified"),
+        correlation_id=state.get("correlation_id") or event_id_for(aggregate_id, version),
+        causation_id=state.get("causation_id"),
+        payload={k: v for k, v in state.items() if k not in ENVELOPE_FIELDS},
+        event=event,
+    )
+
+
+def _as_uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(value)

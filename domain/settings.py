@@ -1,0 +1,161 @@
+"""Settings of the write side, read from ``SAFEREPLAY_*`` environment variables.
+
+Every field's default is documented in ``docs/configuration.md``; a test keeps
+the two in step. :meth:`DomainSettings.from_env` turns any problem into one
+:class:`~domain.errors.ConfigurationError` that names the variables to change.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import ConfigurationError, DomainError
+from domain.keyring import KeyRing
+
+__all__ = ["DEFAULT_POSTGRES_DSN", "DomainSettings", "settings_error"]
+
+#: The DSN tests and examples use when none is given (this machine's server).
+DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+ENV_PREFIX = "SAFEREPLAY_"
+
+
+def settings_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> ConfigurationError:
+    """One ConfigurationError naming each environment variable that is wrong.
+
+    Only the field location and pydantic's message are used: input values are
+    left out because they may be secrets (a DSN with a password, a key list).
+    """
+    problems = []
+    for error in exc.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in error["loc"])
+        name = f"{prefix}{location.upper()}" if location else "settings"
+        problems.append(f"{name}: {error['msg']}")
+    return ConfigurationError("invalid configuration: " + "; ".join(problems))
+
+
+class DomainSettings(BaseSettings):
+    """Where and how events are stored. See ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    backend: Literal["sqlite", "postgres"] = Field(
+        default="sqlite", description="Event store backend: 'sqlite' (embedded) or 'postgres'."
+    )
+    sqlite_path: Path = Field(
+        default=Path("safereplay.db"), description="SQLite database file (backend=sqlite)."
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None, description="PostgreSQL connection string (backend=postgres)."
+    )
+    postgres_schema: str = Field(
+        default="public", description="PostgreSQL schema holding the event tables."
+    )
+    application_name: str = Field(
+        default="safereplay",
+        description="Application name; on PostgreSQL the events table is NAME_events.",
+    )
+    encryption: bool = Field(
+        default=True,
+        description="Encrypt event state at rest. Turning it off must be explicit (false).",
+    )
+    key_file: Path | None = Field(default=None, description="Key ring file (JSON, mode 0600).")
+    keys: SecretStr | None = Field(
+        default=None, description="Key ring in the environment: KEY_ID=BASE64[,KEY_ID=BASE64]."
+    )
+    active_key_id: str | None = Field(
+        default=None,
+        description="Active key id for SAFEREPLAY_KEYS (default: the last key listed).",
+    )
+    pool_size: int = Field(default=5, ge=1, le=100, description="Database connections kept.")
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> DomainSettings:
+        if self.backend == "postgres":
+            if self.postgres_dsn is None:
+                raise ValueError(
+                    "backend is 'postgres' but SAFEREPLAY_POSTGRES_DSN is not set "
+                    f"(for example {DEFAULT_POSTGRES_DSN})"
+                )
+            try:
+                conninfo_to_dict(self.postgres_dsn.get_secret_value())
+            except Exception:
+                # The DSN may hold a password: do not echo it.
+                raise ValueError(
+                    "SAFEREPLAY_POSTGRES_DSN is not a valid connection string"
+                ) from None
+        if not _SCHEMA.match(self.postgres_schema):
+            raise ValueError("SAFEREPLAY_POSTGRES_SCHEMA must be a lower-case SQL identifier")
+        if not re.match(r"^[a-z][a-z0-9_]{0,40}$", self.application_name):
+            raise ValueError(
+                "SAFEREPLAY_APPLICATION_NAME must be lower-case letters, digits and '_'"
+            )
+        if self.encryption:
+            if self.key_file is None and self.keys is None:
+                raise ValueError(
+                    "encryption is on but no key ring is configured: set SAFEREPLAY_KEY_FILE "
+                    "or SAFEREPLAY_KEYS, or set SAFEREPLAY_ENCRYPTION=false to store events "
+                    "in plaintext deliberately"
+                )
+            if self.key_file is not None and self.keys is not None:
+                raise ValueError(
+                    "both SAFEREPLAY_KEY_FILE and SAFEREPLAY_KEYS are set: keep only one"
+                )
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> DomainSettings:
+        """Read the environment (plus ``overrides``); errors become ConfigurationError."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
+    def load_key_ring(self) -> KeyRing | None:
+        """The configured key ring, or None when encryption is off."""
+        if not self.encryption:
+            return None
+        try:
+            if self.key_file is not None:
+                return KeyRing.load(self.key_file)
+            assert self.keys is not None
+            return KeyRing.from_spec(self.keys.get_secret_value(), self.active_key_id)
+        except DomainError:
+            raise
+        except Exception as exc:  # pragma: no cover - defensive, keeps secrets out
+            raise ConfigurationError(f"key ring cannot be loaded: {type(exc).__name__}") from None
+
+    def eventsourcing_env(self) -> dict[str, str]:
+        """The eventsourcing environment these settings map to.
+
+        Encryption is not configured here: the key ring is handed to the mapper
+        directly so key material never sits in an environment dictionary.
+        """
+        if self.backend == "sqlite":
+            return {
+                "PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(self.sqlite_path),
+                "SQLITE_LOCK_TIMEOUT": "30",
+            }
+        assert self.postgres_dsn is not None
+        params = conninfo_to_dict(self.postgres_dsn.get_secret_value())
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
+            "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
+            "POSTGRES_PORT": str(params.get("port", "5432")),
+            "POSTGRES_USER": str(params.get("user", "postgres")),
+            "POSTGRES_PASSWORD": str(params.get("password", "")),
+            "POSTGRES_SCHEMA": self.postgres_schema,
+            "POSTGRES_POOL_SIZE": str(self.pool_size),
+            "POSTGRES_LOCK_TIMEOUT": "5",
+            "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+        }

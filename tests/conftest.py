@@ -1,0 +1,119 @@
+"""Shared fixtures: key rings, SQLite files and isolated PostgreSQL schemas.
+
+PostgreSQL tests read the DSN from ``SAFEREPLAY_TEST_POSTGRES_DSN`` (default: this
+machine's server). Without a server they skip with a message, except under
+``CI=true``, where every skip is turned into a failure: CI must prove both backends.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
+
+POSTGRES_DSN = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+_postgres_problem: str | None = None
+_postgres_checked = False
+
+
+def postgres_problem() -> str | None:
+    """None if the test server answers, else why not (checked once per session)."""
+    global _postgres_checked, _postgres_problem
+    if not _postgres_checked:
+        _postgres_checked = True
+        try:
+            with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error as exc:
+            _postgres_problem = f"PostgreSQL at {POSTGRES_DSN} is not reachable: {exc}".strip()
+    return _postgres_problem
+
+
+def require_postgres() -> str:
+    problem = postgres_problem()
+    if problem is not None:
+        if IN_CI:
+            pytest.fail(f"CI=true requires PostgreSQL: {problem}")
+        pytest.skip(problem)
+    return POSTGRES_DSN
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
+
+
+@pytest.fixture
+def key_ring() -> KeyRing:
+    return KeyRing.generate("k1")
+
+
+@pytest.fixture
+def key_file(tmp_path: Path, key_ring: KeyRing) -> Path:
+    path = tmp_path / "keyring.json"
+    key_ring.save(path)
+    return path
+
+
+@pytest.fixture
+def postgres_dsn() -> str:
+    return require_postgres()
+
+
+@pytest.fixture
+def pg_schema(postgres_dsn: str) -> Iterator[str]:
+    """A fresh schema for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield name
+    finally:
+        with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))
+
+
+SettingsFactory = Callable[..., DomainSettings]
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path: Path, key_file: Path) -> SettingsFactory:
+    def make(**overrides: Any) -> DomainSettings:
+        values: dict[str, Any] = {
+            "backend": "sqlite",
+            "sqlite_path": tmp_path / "events.db",
+            "key_file": key_file,
+        }
+        values.update(overrides)
+        return DomainSettings.from_env(**values)
+
+    return make
+
+
+@pytest.fixture
+def postgres_settings(pg_schema: str, postgres_dsn: str, key_file: Path) -> SettingsFactory:
+    def make(**overrides: Any) -> DomainSettings:
+        values: dict[str, Any] = {
+            "backend": "postgres",
+            "postgres_dsn": postgres_dsn,
+            "postgres_schema": pg_schema,
+            "key_file": key_file,
+        }
+        values.update(overrides)
+        return DomainSettings.from_env(**values)
+
+    return make

