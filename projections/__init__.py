@@ -1,3 +1,5 @@
 """Read models that track their position atomically with their state."""
 
-__all__: list[str] = []
+from projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
+
+__all__ = ["HighWaterMark", "SQLiteHighWaterMark", "SkippedHole"]
