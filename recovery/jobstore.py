@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID, uuid4
 
+from recovery.database import Database, Tx
 from recovery.errors import InvalidRequest, JobConflict, JobNotFound, RecoveryError
 from recovery.jobs import (
     Claim,
@@ -35,7 +36,7 @@ from recovery.jobs import (
     settled_state,
 )
 
-__all__ = ["JobStore", "JobTx", "LeaseLost", "NewJob", "SQLJobStore"]
+__all__ = ["JobStore", "LeaseLost", "NewJob", "SQLJobStore"]
 
 
 class LeaseLost(RecoveryError):
@@ -168,7 +169,7 @@ class JobStore(ABC):
 # -- the SQL both backends share -------------------------------------------------------
 #
 # Statements are written once with psycopg-style named placeholders (%(name)s) and
-# {jobs}/{parts} table slots; each backend turns them into its own statements
+# {jobs}/{job_partitions} table slots; each backend turns them into its own statements
 # (psycopg.sql.Identifier on PostgreSQL, :name placeholders on SQLite).
 
 CREATE_JOBS = """
@@ -195,11 +196,11 @@ CREATE TABLE IF NOT EXISTS {jobs} (
 
 # At most one active job per projection, enforced by the database itself.
 CREATE_ONE_ACTIVE_JOB_INDEX = """
-CREATE UNIQUE INDEX IF NOT EXISTS {one_active} ON {jobs} (projection)
+CREATE UNIQUE INDEX IF NOT EXISTS {idx_jobs_one_active} ON {jobs} (projection)
 WHERE state IN ('planned', 'running', 'paused', 'aborting')"""
 
 CREATE_PARTS = """
-CREATE TABLE IF NOT EXISTS {parts} (
+CREATE TABLE IF NOT EXISTS {job_partitions} (
     job_id TEXT NOT NULL,
     partition_index INTEGER NOT NULL,
     status TEXT NOT NULL,
@@ -228,39 +229,39 @@ VALUES (%(job_id)s, %(kind)s, %(projection)s, %(build)s, %(partition_count)s, 'p
     %(range_start)s, %(range_end)s, %(max_concurrent_partitions)s, %(events_per_second)s)"""
 
 INSERT_PART = """
-INSERT INTO {parts} (job_id, partition_index, status, start_position, position, target_position,
-    updated_at)
+INSERT INTO {job_partitions} (job_id, partition_index, status, start_position, position,
+    target_position, updated_at)
 VALUES (%(job_id)s, %(partition_index)s, 'pending', %(position)s, %(position)s,
     %(target_position)s, %(now)s)"""
 
 SELECT_JOB = "SELECT * FROM {jobs} WHERE job_id = %(job_id)s"
-SELECT_PARTS = "SELECT * FROM {parts} WHERE job_id = %(job_id)s ORDER BY partition_index"
+SELECT_PARTS = "SELECT * FROM {job_partitions} WHERE job_id = %(job_id)s ORDER BY partition_index"
 SELECT_CLAIMABLE_JOBS = """
 SELECT * FROM {jobs} WHERE state IN ('planned', 'running')
 ORDER BY created_at, job_id"""
 SELECT_CLAIMABLE_PARTS = """
-SELECT * FROM {parts}
+SELECT * FROM {job_partitions}
 WHERE job_id = %(job_id)s
   AND (status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s))
 ORDER BY partition_index"""
 COUNT_LIVE_LEASES = """
-SELECT COUNT(*) AS n FROM {parts}
+SELECT COUNT(*) AS n FROM {job_partitions}
 WHERE job_id = %(job_id)s AND status = 'running' AND lease_expires_at >= %(now)s"""
 UPDATE_JOB_STATE = """
 UPDATE {jobs} SET state = %(state)s, updated_at = %(now)s, error = COALESCE(%(error)s, error)
 WHERE job_id = %(job_id)s"""
 CLAIM_PART = """
-UPDATE {parts} SET status = 'running', lease_owner = %(worker_id)s,
+UPDATE {job_partitions} SET status = 'running', lease_owner = %(worker_id)s,
     lease_token = lease_token + 1, lease_expires_at = %(expires_at)s,
     started_at = COALESCE(started_at, %(now)s), updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(seen_token)s"""
 RENEW_LEASE = """
-UPDATE {parts} SET lease_expires_at = %(expires_at)s, updated_at = %(now)s
+UPDATE {job_partitions} SET lease_expires_at = %(expires_at)s, updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
 REPORT_PROGRESS = """
-UPDATE {parts} SET position = %(position)s,
+UPDATE {job_partitions} SET position = %(position)s,
     events_applied = events_applied + %(events_applied)s, parked = parked + %(parked)s,
     retries = retries + %(retries)s, conflicts = conflicts + %(conflicts)s,
     target_position = COALESCE(%(target_position)s, target_position),
@@ -268,12 +269,12 @@ UPDATE {parts} SET position = %(position)s,
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
 FINISH_PART = """
-UPDATE {parts} SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
+UPDATE {job_partitions} SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
     last_error = COALESCE(%(error)s, last_error), updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
 RETRY_PART = """
-UPDATE {parts} SET status = 'pending', updated_at = %(now)s
+UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s AND status = 'failed'"""
 SET_BREAKER = (
     "UPDATE {jobs} SET breaker = %(breaker)s, updated_at = %(now)s WHERE job_id = %(job_id)s"
@@ -324,32 +325,20 @@ def partition_from_row(row: Mapping[str, Any]) -> PartitionProgress:
     )
 
 
-class JobTx(ABC):
-    """One database transaction as the shared SQL needs it."""
-
-    @abstractmethod
-    def rows(
-        self, template: str, params: Mapping[str, Any] | None = None, *, for_update: bool = False
-    ) -> list[dict[str, Any]]: ...
-
-    @abstractmethod
-    def execute(self, template: str, params: Mapping[str, Any] | None = None) -> int:
-        """Run a statement; returns the number of rows it changed."""
-
-    @abstractmethod
-    def now(self) -> float:
-        """Seconds since the epoch by the database's clock (one value per transaction)."""
-
-
 class SQLJobStore(JobStore):
-    """The job store logic, written once over :class:`JobTx`; backends supply transactions."""
+    """The job store, written once over :class:`~recovery.database.Database`."""
 
-    @abstractmethod
-    def _transaction(self, *, write: bool) -> AbstractContextManager[JobTx]:
-        """A transaction; ``write=True`` takes the write lock up front where needed."""
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
-    @abstractmethod
-    def _is_unique_violation(self, exc: BaseException) -> bool: ...
+    def _transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        return self.database.transaction(write=write)
+
+    def _is_unique_violation(self, exc: BaseException) -> bool:
+        return self.database.is_unique_violation(exc)
+
+    def close(self) -> None:
+        self.database.close()
 
     def create_tables(self) -> None:
         with self._transaction(write=True) as tx:

@@ -1,0 +1,214 @@
+"""The recovery layer's database access: one small interface, SQLite and PostgreSQL behind it.
+
+Recovery stores (jobs, parked events, audit trail...) write their SQL once, with
+psycopg-style named placeholders (``%(name)s``) and table slots (``{jobs}``); a
+slot ``{x}`` names the table ``safereplay_x``, and a slot ``{idx_x}`` names an
+index. Each backend turns a template into its own statement: schema-qualified
+``psycopg.sql.Identifier`` on PostgreSQL, quoted names and ``:name`` placeholders
+on SQLite. Templates are module constants, never built from input.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import string
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import ConnectionPool
+
+__all__ = ["Database", "PostgresDatabase", "SQLiteDatabase", "Tx"]
+
+_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+
+
+def _slots(template: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
+
+
+def _table_name(slot: str) -> str:
+    return f"safereplay_{slot.removeprefix('idx_')}"
+
+
+class Tx(ABC):
+    """One transaction."""
+
+    @abstractmethod
+    def rows(
+        self, template: str, params: Mapping[str, Any] | None = None, *, for_update: bool = False
+    ) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def execute(self, template: str, params: Mapping[str, Any] | None = None) -> int:
+        """Run a statement; returns the number of rows it changed."""
+
+    @abstractmethod
+    def now(self) -> float:
+        """Seconds since the epoch by the database's clock (one value per transaction)."""
+
+
+class Database(ABC):
+    dialect: Literal["sqlite", "postgres"]
+
+    @abstractmethod
+    def transaction(self, *, write: bool) -> AbstractContextManager[Tx]:
+        """A transaction; ``write=True`` takes the write lock up front where needed."""
+
+    @abstractmethod
+    def is_unique_violation(self, exc: BaseException) -> bool: ...
+
+    @abstractmethod
+    def is_refused_by_database(self, exc: BaseException) -> bool:
+        """True for errors raised by the database's own rules (triggers, privileges)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+# -- SQLite ---------------------------------------------------------------------------
+
+
+def sqlite_statement(template: str) -> str:
+    names = {slot: f'"{_table_name(slot)}"' for slot in _slots(template)}
+    return _PLACEHOLDER.sub(r":\1", template.format(**names))
+
+
+class _SQLiteTx(Tx):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        self._now = time.time()
+
+    def rows(
+        self, template: str, params: Mapping[str, Any] | None = None, *, for_update: bool = False
+    ) -> list[dict[str, Any]]:
+        # for_update needs nothing here: write transactions hold the database's
+        # write lock from BEGIN IMMEDIATE on.
+        cursor = self._conn.execute(sqlite_statement(template), dict(params or {}))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def execute(self, template: str, params: Mapping[str, Any] | None = None) -> int:
+        return self._conn.execute(sqlite_statement(template), dict(params or {})).rowcount
+
+    def now(self) -> float:
+        return self._now
+
+
+class SQLiteDatabase(Database):
+    """A SQLite file; ``BEGIN IMMEDIATE`` serialises writers across processes."""
+
+    dialect: Literal["sqlite", "postgres"] = "sqlite"
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
+        self.path = str(path)
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Tx]:
+        with self._lock:
+            # IMMEDIATE takes the write lock now, so a read-then-update (a claim,
+            # an audit append) cannot interleave with another process's.
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield _SQLiteTx(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc)
+
+    def is_refused_by_database(self, exc: BaseException) -> bool:
+        return isinstance(exc, sqlite3.IntegrityError | sqlite3.DatabaseError)
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+# -- PostgreSQL -----------------------------------------------------------------------
+
+
+def postgres_statement(template: str, schema: str) -> sql.Composed:
+    names = {
+        slot: sql.Identifier(_table_name(slot))
+        if slot.startswith("idx_")
+        else sql.Identifier(schema, _table_name(slot))
+        for slot in _slots(template)
+    }
+    return sql.SQL(template).format(**names)
+
+
+class _PostgresTx(Tx):
+    def __init__(self, conn: psycopg.Connection[dict[str, Any]], schema: str) -> None:
+        self._conn = conn
+        self._schema = schema
+        self._now: float | None = None
+
+    def rows(
+        self, template: str, params: Mapping[str, Any] | None = None, *, for_update: bool = False
+    ) -> list[dict[str, Any]]:
+        statement = postgres_statement(template, self._schema)
+        if for_update:
+            statement = statement + sql.SQL(" FOR UPDATE")
+        return self._conn.execute(statement, dict(params or {})).fetchall()
+
+    def execute(self, template: str, params: Mapping[str, Any] | None = None) -> int:
+        return self._conn.execute(
+            postgres_statement(template, self._schema), dict(params or {})
+        ).rowcount
+
+    def now(self) -> float:
+        # The database's clock, not this machine's: leases compare times written
+        # by workers on different machines, whose clocks may disagree.
+        if self._now is None:
+            row = self._conn.execute(
+                "SELECT extract(epoch FROM clock_timestamp())::float8 AS now"
+            ).fetchone()
+            assert row is not None
+            self._now = float(row["now"])
+        return self._now
+
+
+class PostgresDatabase(Database):
+    """A PostgreSQL schema; row locks (``FOR UPDATE``) serialise what must be serial."""
+
+    dialect: Literal["sqlite", "postgres"] = "postgres"
+
+    def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4) -> None:
+        self.schema = schema
+        self.conninfo = conninfo
+        self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
+            conninfo,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"row_factory": dict_row, "autocommit": False},
+            open=True,
+        )
+
+    @contextmanager
+    def transaction(self, *, write: bool) -> Iterator[Tx]:
+        with self._pool.connection() as conn, conn.transaction():
+            yield _PostgresTx(conn, self.schema)
+
+    def is_unique_violation(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.UniqueViolation)
+
+    def is_refused_by_database(self, exc: BaseException) -> bool:
+        return isinstance(exc, psycopg.errors.RaiseException | psycopg.errors.InsufficientPrivilege)
+
+    def close(self) -> None:
+        self._pool.close()
