@@ -164,11 +164,11 @@ class _PostgresTx(Tx):
         statement = postgres_statement(template, self._schema)
         if for_update:
             statement = statement + sql.SQL(" FOR UPDATE")
-        return self._conn.execute(statement, dict(params or {})).fetchall()
+        return self._conn.execute(statement, dict(params) if params else None).fetchall()
 
     def execute(self, template: str, params: Mapping[str, Any] | None = None) -> int:
         return self._conn.execute(
-            postgres_statement(template, self._schema), dict(params or {})
+            postgres_statement(template, self._schema), dict(params) if params else None
         ).rowcount
 
     def now(self) -> float:
