@@ -1,0 +1,90 @@
+"""The dispatch layer: permission is checked before anything runs, and every attempt is audited."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from argon2 import PasswordHasher
+
+from recovery.access import AccessControl, AccessDenied, Permission, Principal, Role
+from recovery.audit import AuditKey, AuditTrail
+from recovery.database import SQLiteDatabase
+from recovery.errors import InvalidRequest
+from recovery.operations import OperationContext, Operations
+
+
+@pytest.fixture
+def operations(tmp_path: Path) -> Iterator[Operations]:
+    database = SQLiteDatabase(tmp_path / "recovery.db")
+    access = AccessControl(database, hasher=PasswordHasher(time_cost=1, memory_cost=8))
+    audit = AuditTrail(database, AuditKey.generate())
+    access.create_tables()
+    audit.create_tables()
+    operations = Operations(access=access, audit=audit)
+    calls: list[Mapping[str, Any]] = []
+
+    def rebuild(ctx: OperationContext, params: Mapping[str, Any]) -> dict[str, str]:
+        if params.get("explode"):
+            raise RuntimeError("boom")
+        calls.append(params)
+        return {"job_id": "00000000-0000-0000-0000-000000000007"}
+
+    operations.register("rebuild", permission=Permission.OPERATE, handler=rebuild)
+    operations.register(
+        "status", permission=Permission.VIEW, handler=lambda ctx, p: "ok", scope="*"
+    )
+    operations.calls = calls  # type: ignore[attr-defined]
+    yield operations
+    database.close()
+
+
+ALICE = Principal("alice", "person")
+
+
+def test_a_denied_operation_never_runs_and_is_audited(operations: Operations) -> None:
+    operations.access.add_principal("alice", kind="person", created_by="setup")
+    with pytest.raises(AccessDenied, match="'alice' may not rebuild on 'projection:runs'"):
+        operations.run(ALICE, "rebuild", reason="fix", projection="runs")
+    assert operations.calls == []  # type: ignore[attr-defined]
+    (entry,) = operations.audit.entries()
+    assert (entry.actor, entry.action, entry.outcome) == ("alice", "rebuild", "denied")
+    assert entry.scope == "projection:runs"
+
+
+def test_an_allowed_operation_runs_and_is_audited_with_its_job(operations: Operations) -> None:
+    operations.access.add_principal("alice", kind="person", created_by="setup")
+    operations.access.grant("alice", Role.OPERATOR, "projection:runs", granted_by="setup")
+    result = operations.run(ALICE, "rebuild", reason="bad deploy", projection="runs")
+    assert result["job_id"].endswith("7")
+    (entry,) = operations.audit.entries()
+    assert entry.outcome == "succeeded"
+    assert entry.reason == "bad deploy"
+    assert entry.job_id == "00000000-0000-0000-0000-000000000007"
+
+
+def test_failures_are_audited_and_reraised(operations: Operations) -> None:
+    operations.access.add_principal("alice", kind="person", created_by="setup")
+    operations.access.grant("alice", Role.OPERATOR, "*", granted_by="setup")
+    with pytest.raises(RuntimeError, match="boom"):
+        operations.run(ALICE, "rebuild", reason="try", projection="runs", explode=True)
+    (entry,) = operations.audit.entries()
+    assert entry.outcome == "failed"
+    assert "RuntimeError: boom" in entry.parameters["error"]
+
+
+def test_changes_need_a_reason_reads_do_not(operations: Operations) -> None:
+    operations.access.add_principal("alice", kind="person", created_by="setup")
+    operations.access.grant("alice", Role.OPERATOR, "*", granted_by="setup")
+    with pytest.raises(InvalidRequest, match="give a reason"):
+        operations.run(ALICE, "rebuild", projection="runs")
+    assert operations.run(ALICE, "status") == "ok"
+    assert [e.outcome for e in operations.audit.entries()] == ["failed", "succeeded"]
+    assert operations.audit.verify().ok
+
+
+def test_unknown_operations_are_refused(operations: Operations) -> None:
+    with pytest.raises(InvalidRequest, match="unknown operation 'nuke'"):
+        operations.run(ALICE, "nuke", reason="x")
