@@ -1,0 +1,117 @@
+"""Key rotation under load: re-encryption is resumable, content and order are unchanged,
+and a key is only retired when nothing needs it."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from domain import AutomationApp, DomainSettings, KeyRing, UnknownKeyId
+from domain.workload import record_workload
+from recovery.errors import InvalidRequest
+from recovery.keys import add_key, key_usage, reencrypt, retire_key
+
+
+def snapshot_of_log(app: AutomationApp) -> list[tuple[int | None, str, dict[str, Any]]]:
+    envelopes = app.read(after=0, limit=1_000_000)
+    return [(e.position, str(e.event_id), dict(e.payload)) for e in envelopes]
+
+
+def plain_settings(settings: DomainSettings) -> dict[str, Any]:
+    """Settings a child process can rebuild (secrets revealed only to it, in memory)."""
+    values = settings.model_dump(mode="json")
+    if settings.postgres_dsn is not None:
+        values["postgres_dsn"] = settings.postgres_dsn.get_secret_value()
+    return values
+
+
+def _reencrypt_slowly(values: dict[str, Any]) -> None:
+    app = AutomationApp(DomainSettings.from_env(**values))
+    assert app.key_ring is not None
+    reencrypt(app, app.key_ring, batch_size=5, events_per_second=300)
+
+
+class KeyRotationContract:
+    settings: Callable[..., DomainSettings]
+
+    def test_rotation_under_load_with_a_killed_and_resumed_reencrypt(self, key_file: Path) -> None:
+        app = AutomationApp(self.settings())
+        record_workload(app, workflows=3, runs_per_workflow=8, seed=1)
+        before = snapshot_of_log(app)
+        assert key_usage(app).by_key == {"k1": len(before)}
+
+        ring = add_key(key_file, "k2", activate=True)
+        writer_app = AutomationApp(self.settings())
+        assert writer_app.key_ring is not None
+        assert writer_app.key_ring.active_key_id == "k2", "new writers use the new key at once"
+        stop_writing = threading.Event()
+
+        def keep_writing() -> None:
+            seed = 100
+            while not stop_writing.is_set():
+                record_workload(writer_app, workflows=1, runs_per_workflow=2, seed=seed)
+                seed += 1
+
+        writer = threading.Thread(target=keep_writing)
+        writer.start()
+        try:
+            child = multiprocessing.get_context("spawn").Process(
+                target=_reencrypt_slowly, args=(plain_settings(self.settings()),)
+            )
+            child.start()
+            deadline = time.monotonic() + 30
+            while key_usage(app).uses("k1") == len(before) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert child.pid is not None
+            os.kill(child.pid, signal.SIGKILL)
+            child.join()
+            partly = key_usage(app).uses("k1")
+            assert 0 < partly < len(before), "killed part-way through"
+
+            with pytest.raises(InvalidRequest, match="still seals"):
+                retire_key(key_file, "k1", app)
+
+            reencrypt(app, ring, batch_size=7)
+        finally:
+            stop_writing.set()
+            writer.join()
+
+        usage = key_usage(app)
+        assert usage.uses("k1") == 0
+        assert usage.plaintext == 0
+        after = snapshot_of_log(AutomationApp(self.settings()))
+        assert after[: len(before)] == before, "same content, same order, same ids"
+        assert len(after) > len(before), "writers kept appending meanwhile"
+
+        retired = retire_key(key_file, "k1", app)
+        assert retired.key_ids == ("k2",)
+        only_new = AutomationApp(self.settings())
+        assert snapshot_of_log(only_new) == after
+
+    def test_without_reencrypt_the_old_events_need_the_old_key(self, key_file: Path) -> None:
+        app = AutomationApp(self.settings())
+        record_workload(app, workflows=1, runs_per_workflow=1)
+        KeyRing.load(key_file).with_key("k2", activate=True).without_key("k1").save(key_file)
+        reader = AutomationApp(self.settings())
+        with pytest.raises(UnknownKeyId, match="'k1'.*position 1"):
+            reader.read(after=0, limit=10)
+
+
+class TestSQLiteKeyRotation(KeyRotationContract):
+    @pytest.fixture(autouse=True)
+    def _settings(self, sqlite_settings: Callable[..., DomainSettings]) -> None:
+        self.settings = sqlite_settings
+
+
+class TestPostgresKeyRotation(KeyRotationContract):
+    @pytest.fixture(autouse=True)
+    def _settings(self, postgres_settings: Callable[..., DomainSettings]) -> None:
+        self.settings = postgres_settings
