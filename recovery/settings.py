@@ -1,0 +1,86 @@
+"""Settings of the recovery layer, read from ``SAFEREPLAY_*`` environment variables.
+
+Recovery stores (jobs, parked events, access control, audit trail) live in the
+projection store's database. The audit MAC key and the caller's API token are
+kept out of that database on purpose: the key in a file or the environment, the
+token in the environment or a file — never on a command line, where ``ps``
+would show it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.settings import settings_error
+from recovery.access import AuthenticationFailed
+from recovery.audit import AuditKey, AuditKeyError
+
+__all__ = ["RecoverySettings"]
+
+
+class RecoverySettings(BaseSettings):
+    """See ``docs/configuration.md`` (section "Recovery")."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEREPLAY_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    audit_key_file: Path | None = Field(
+        default=None, description="File holding the audit trail's HMAC key (base64, mode 0600)."
+    )
+    audit_key: SecretStr | None = Field(
+        default=None, description="The audit trail's HMAC key (base64), instead of a file."
+    )
+    token: SecretStr | None = Field(
+        default=None, description="The caller's API token (sr_ID.SECRET)."
+    )
+    token_file: Path | None = Field(
+        default=None, description="File holding the caller's API token."
+    )
+    partitions: int = Field(default=4, ge=1, le=256, description="Default partition count.")
+    lease_seconds: float = Field(
+        default=30.0, gt=0, description="How long a worker's claim on a partition lasts."
+    )
+
+    @model_validator(mode="after")
+    def _one_source_each(self) -> RecoverySettings:
+        if self.audit_key_file is not None and self.audit_key is not None:
+            raise ValueError("set only one of SAFEREPLAY_AUDIT_KEY_FILE and SAFEREPLAY_AUDIT_KEY")
+        if self.token is not None and self.token_file is not None:
+            raise ValueError("set only one of SAFEREPLAY_TOKEN and SAFEREPLAY_TOKEN_FILE")
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> RecoverySettings:
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            raise settings_error(exc) from None
+
+    def load_audit_key(self) -> AuditKey:
+        if self.audit_key_file is not None:
+            return AuditKey.load(self.audit_key_file)
+        if self.audit_key is not None:
+            return AuditKey.from_base64(self.audit_key.get_secret_value())
+        raise AuditKeyError(
+            "no audit key configured: set SAFEREPLAY_AUDIT_KEY_FILE (recommended) or "
+            "SAFEREPLAY_AUDIT_KEY; recovery operations are not run unaudited"
+        )
+
+    def load_token(self) -> str:
+        if self.token is not None:
+            return self.token.get_secret_value()
+        if self.token_file is not None:
+            try:
+                return self.token_file.read_text(encoding="ascii").strip()
+            except (OSError, UnicodeDecodeError):
+                raise AuthenticationFailed(
+                    f"token file {str(self.token_file)!r} cannot be read"
+                ) from None
+        raise AuthenticationFailed(
+            "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
+            "as a command-line argument)"
+        )
