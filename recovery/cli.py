@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from domain import DomainError
+from recovery import cli_security
 from recovery.demo import run_demo
 
 __all__ = ["app", "main"]
@@ -38,6 +39,9 @@ def demo(
 ) -> None:
     """Record a workload into an encrypted SQLite store and summarise it."""
     run_demo(directory, console=console, workflows=workflows, runs=runs)
+
+
+cli_security.register(app)
 
 
 def main() -> None:

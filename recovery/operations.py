@@ -41,11 +41,12 @@ class OperationSpec:
     scope_of: Callable[[Mapping[str, Any]], str]
     handler: Handler
     summary: str = ""
+    changes_state: bool = True
 
     @property
     def needs_reason(self) -> bool:
         """Reading needs no reason; anything that changes state does."""
-        return self.permission != Permission.VIEW
+        return self.changes_state
 
 
 def projection_scope(parameters: Mapping[str, Any]) -> str:
@@ -71,11 +72,17 @@ class Operations:
         handler: Handler,
         scope: str | Callable[[Mapping[str, Any]], str] = projection_scope,
         summary: str = "",
+        changes_state: bool | None = None,
     ) -> None:
+        """Register an operation; ``changes_state`` defaults to "needs more than view"."""
         if name in self._specs:
             raise ValueError(f"operation {name!r} is registered twice")
         scope_of = scope if callable(scope) else (lambda _params, fixed=scope: fixed)
-        self._specs[name] = OperationSpec(name, permission, scope_of, handler, summary)
+        if changes_state is None:
+            changes_state = permission != Permission.VIEW
+        self._specs[name] = OperationSpec(
+            name, permission, scope_of, handler, summary, changes_state
+        )
 
     @property
     def specs(self) -> Mapping[str, OperationSpec]:
@@ -85,6 +92,7 @@ class Operations:
         self,
         principal: Principal,
         operation: str,
+        /,
         *,
         reason: str = "",
         **parameters: Any,

@@ -1,0 +1,107 @@
+"""The security commands end to end through the CLI, on SQLite."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from domain import AutomationApp, DomainSettings
+from domain.workload import record_workload
+from recovery.audit import AuditKey
+from recovery.cli import app
+
+
+@pytest.fixture
+def env(tmp_path: Path, key_file: Path) -> dict[str, str]:
+    audit_key = tmp_path / "audit.key"
+    AuditKey.generate().save(audit_key)
+    return {
+        "SAFEREPLAY_BACKEND": "sqlite",
+        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
+        "SAFEREPLAY_KEY_FILE": str(key_file),
+        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
+    }
+
+
+def run(env: dict[str, str], *args: str, token: str | None = None) -> tuple[int, str]:
+    full_env = dict(env)
+    if token is not None:
+        full_env["SAFEREPLAY_TOKEN"] = token
+    result = CliRunner().invoke(app, list(args), env=full_env)
+    return result.exit_code, result.output
+
+
+def last_line(output: str) -> str:
+    return output.strip().splitlines()[-1].strip()
+
+
+def test_least_privilege_grants_denials_and_audit(env: dict[str, str]) -> None:
+    code, out = run(env, "principals", "bootstrap", "root")
+    assert code == 0, out
+    admin = last_line(out)
+    assert admin.startswith("sr_")
+
+    code, out = run(env, "principals", "bootstrap", "again")
+    assert code == 2
+    assert "principals already exist" in out
+
+    assert (
+        run(env, "principals", "add", "ops-bot", "--kind", "service", "-r", "ci", token=admin)[0]
+        == 0
+    )
+    code, out = run(env, "token", "issue", "ops-bot", "-r", "ci pipeline", token=admin)
+    assert code == 0
+    bot = last_line(out)
+
+    code, out = run(env, "keys", "usage", token=bot)
+    assert code == 3, "nothing is allowed until granted"
+    assert "'ops-bot' may not keys.usage" in out
+
+    run(env, "grant", "ops-bot", "key-custodian", "keys", "-r", "rotation duty", token=admin)
+    code, out = run(env, "keys", "usage", "--json", token=bot)
+    assert code == 0, out
+
+    code, out = run(env, "keys", "usage", token="sr_0123456789abcdef.nottherightsecretatall")
+    assert code == 4
+    code, out = run(env, "keys", "usage")
+    assert code == 4
+    assert "SAFEREPLAY_TOKEN" in out
+
+    code, out = run(env, "audit", "list", "--json", token=admin)
+    assert code == 0
+    entries = json.loads(out)
+    assert [(e["actor"], e["action"], e["outcome"]) for e in entries] == [
+        ("root", "principals.bootstrap", "succeeded"),
+        ("root", "principals.add", "succeeded"),
+        ("root", "token.issue", "succeeded"),
+        ("ops-bot", "keys.usage", "denied"),
+        ("root", "grant", "succeeded"),
+        ("ops-bot", "keys.usage", "succeeded"),
+    ]
+    assert bot.split(".", 1)[1] not in out, "tokens never enter the audit trail"
+
+    code, out = run(env, "audit", "verify", token=admin)
+    assert code == 0, out
+    assert "intact" in out
+
+
+def test_key_rotation_through_the_cli(env: dict[str, str], tmp_path: Path, key_file: Path) -> None:
+    settings = DomainSettings.from_env(
+        backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+    )
+    record_workload(AutomationApp(settings), workflows=1, runs_per_workflow=3)
+    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+
+    assert run(env, "keys", "rotate", "k2", "-r", "quarterly rotation", token=admin)[0] == 0
+    code, out = run(env, "keys", "retire", "k1", "-r", "too early", token=admin)
+    assert code == 2
+    assert "still seals" in out
+    assert run(env, "keys", "reencrypt", "-r", "quarterly rotation", token=admin)[0] == 0
+    code, out = run(env, "keys", "usage", "--json", token=admin)
+    assert json.loads(out)["by_key"] == {"k2": json.loads(out)["rows"]}
+    assert run(env, "keys", "retire", "k1", "-r", "rotation done", token=admin)[0] == 0
+    code, out = run(env, "audit", "list", "--json", "--action", "keys.retire", token=admin)
+    assert [e["outcome"] for e in json.loads(out)] == ["failed", "succeeded"]
