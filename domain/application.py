@@ -16,6 +16,7 @@ from eventsourcing.persistence import (
     OperationalError,
     Transcoder,
 )
+from eventsourcing.utils import Environment, EnvType
 
 from domain.envelope import Envelope
 from domain.errors import ConfigurationError
@@ -66,6 +67,23 @@ class EventStoreApplication(Application[UUID]):
             ) from exc
 
     # -- eventsourcing extension points -------------------------------------------------
+
+    def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
+        """The eventsourcing environment: the class's ``env`` plus the settings' mapping.
+
+        eventsourcing's own ``construct_env`` also merges ``os.environ``, where a
+        ``PERSISTENCE_MODULE``, ``POSTGRES_*`` or name-prefixed variable (for this
+        application ``SAFEREPLAY_PERSISTENCE_MODULE``, ``SAFEREPLAY_POSTGRES_SCHEMA``...)
+        would silently override the validated settings, even settings passed
+        explicitly. :class:`DomainSettings` is the only source of configuration, so
+        the process environment is left out here.
+        """
+        _env = dict(type(self).env)
+        if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
+            _env["IS_SNAPSHOTTING_ENABLED"] = "y"
+        if env is not None:
+            _env.update(env)
+        return Environment(name, _env)
 
     def construct_mapper(self) -> Mapper[UUID]:
         return EnvelopeMapper(transcoder=self.construct_transcoder(), key_ring=self.key_ring)

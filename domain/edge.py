@@ -29,9 +29,14 @@ M = TypeVar("M", bound="EdgeModel")
 
 
 class EdgeModel(BaseModel):
-    """Base of edge models: unknown fields are errors, values are not coerced loosely."""
+    """Base of edge models: unknown fields are errors, values are not coerced loosely.
 
-    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+    Strict: ``true`` is not an integer, ``"30"`` is not a number and ``0`` is not a
+    boolean. :meth:`MessageRegistry.parse` validates in JSON mode, where strict
+    still accepts what JSON cannot express natively (a UUID as a string).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True, strict=True)
 
 
 def problems_of(exc: ValidationError) -> list[FieldProblem]:
@@ -113,7 +118,7 @@ class MessageRegistry:
                 ],
             )
         try:
-            body = versions[version].model_validate(document)
+            body = _validate(versions[version], document)
         except ValidationError as exc:
             raise InvalidInput(f"{type_name} message", problems_of(exc)) from None
         newest = max(versions)
@@ -121,5 +126,21 @@ class MessageRegistry:
         while current < newest:
             upgraded = self.upgrades[(type_name, current)](body.model_dump())
             current += 1
-            body = versions[current].model_validate(upgraded)
+            body = _validate(versions[current], upgraded)
         return ParsedMessage(type=type_name, schema_version=current, body=body)
+
+
+def _validate(model: type[M], document: Mapping[str, Any]) -> M:
+    """Validate ``document`` as JSON, whether it arrived as text or as a mapping.
+
+    JSON mode gives a mapping and a JSON text the same (strict) treatment: a
+    UUID may be given as a string (or, in process, as a UUID), an integer may not.
+    """
+    try:
+        text = orjson.dumps(document)
+    except TypeError as exc:
+        # Only reachable from in-process callers passing non-JSON values.
+        raise InvalidInput(
+            "message", [FieldProblem("(message)", f"not representable as JSON: {exc}")]
+        ) from None
+    return model.model_validate_json(text)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import os
 import re
@@ -28,11 +29,18 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from domain.errors import EventDecryptionError, InvalidKey, KeyFileError, UnknownKeyId
+from domain.errors import (
+    EventDecryptionError,
+    InvalidKey,
+    KeyFileError,
+    KeyRingError,
+    UnknownKeyId,
+)
 
 __all__ = [
     "KEY_BYTES",
@@ -40,6 +48,7 @@ __all__ = [
     "KeyRing",
     "is_sealed",
     "sealed_key_id",
+    "shown_key_id",
 ]
 
 MAGIC = b"\x00SR"
@@ -48,6 +57,8 @@ KEY_BYTES = 32
 NONCE_BYTES = 12
 _KEY_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEADER_FIXED = len(MAGIC) + 2
+# Shortest text that can hold a whole base64 key (32 bytes: 43 characters + '=').
+_SHOWN_ID_LIMIT = 43
 
 
 def is_sealed(blob: bytes) -> bool:
@@ -74,10 +85,23 @@ def sealed_key_id(blob: bytes) -> str:
     return key_id
 
 
+def shown_key_id(key_id: str) -> str:
+    """``key_id`` quoted for an error message, or a description if it may be a secret.
+
+    A key id is not secret, but text that is not a valid id, or is long enough
+    to hold a base64 key (43+ characters), may be a key pasted in the wrong
+    place (``SAFEREPLAY_KEYS=BASE64`` without an id, or id and key swapped):
+    such text is described by its length, never echoed.
+    """
+    if _KEY_ID.match(key_id) and len(key_id) < _SHOWN_ID_LIMIT:
+        return repr(key_id)
+    return f"of {len(key_id)} characters (not shown)"
+
+
 def check_key_id(key_id: str) -> str:
     if not _KEY_ID.match(key_id):
         raise InvalidKey(
-            f"key id {key_id!r} is not valid: use 1-64 characters from "
+            f"key id {shown_key_id(key_id)} is not valid: use 1-64 characters from "
             "letters, digits, '.', '_' and '-', starting with a letter or digit"
         )
     return key_id
@@ -88,13 +112,27 @@ def decode_key(key_id: str, encoded: str) -> bytes:
     try:
         key = base64.b64decode(encoded.strip(), validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidKey(f"key {key_id!r} is not valid base64") from None
+        raise InvalidKey(f"key {shown_key_id(key_id)} is not valid base64") from None
     if len(key) != KEY_BYTES:
         raise InvalidKey(
-            f"key {key_id!r} is {len(key)} bytes; AES-256-GCM needs {KEY_BYTES} bytes "
-            "(44 base64 characters)"
+            f"key {shown_key_id(key_id)} is {len(key)} bytes; AES-256-GCM needs {KEY_BYTES} "
+            "bytes (44 base64 characters)"
         )
     return key
+
+
+class _RepeatedName(ValueError):
+    pass
+
+
+def _no_repeated_names(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # json keeps the last of repeated names silently; in a key file that would drop a key.
+    document: dict[str, Any] = {}
+    for name, value in pairs:
+        if name in document:
+            raise _RepeatedName(name)
+        document[name] = value
+    return document
 
 
 @dataclass(frozen=True, repr=False)
@@ -117,11 +155,12 @@ class KeyRing:
             check_key_id(key_id)
             if len(key) != KEY_BYTES:
                 raise InvalidKey(
-                    f"key {key_id!r} is {len(key)} bytes; AES-256-GCM needs {KEY_BYTES} bytes"
+                    f"key {shown_key_id(key_id)} is {len(key)} bytes; AES-256-GCM needs "
+                    f"{KEY_BYTES} bytes"
                 )
         if self.active_key_id not in self.keys:
             raise UnknownKeyId(
-                f"active key id {self.active_key_id!r} is not in the key ring "
+                f"active key id {shown_key_id(self.active_key_id)} is not in the key ring "
                 f"(ring holds: {', '.join(sorted(self.keys))})"
             )
         object.__setattr__(self, "keys", dict(self.keys))
@@ -131,6 +170,19 @@ class KeyRing:
         return f"KeyRing(key_ids={sorted(self.keys)!r}, active_key_id={self.active_key_id!r})"
 
     __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        """Same key ids, same key bytes (compared in constant time), same active key."""
+        if not isinstance(other, KeyRing):
+            return NotImplemented
+        return (
+            self.active_key_id == other.active_key_id
+            and self.keys.keys() == other.keys.keys()
+            and all(hmac.compare_digest(v, other.keys[k]) for k, v in self.keys.items())
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.active_key_id, self.key_ids))
 
     @property
     def key_ids(self) -> tuple[str, ...]:
@@ -168,7 +220,17 @@ class KeyRing:
                 raise InvalidKey(
                     f"key entry #{index + 1} has no '=': write entries as KEY_ID=BASE64"
                 )
-            encoded[key_id.strip()] = value
+            if not value.strip():
+                # Most likely a bare base64 key (its padding '=' read as the separator):
+                # say so without echoing the entry.
+                raise InvalidKey(
+                    f"key entry #{index + 1} has no key after its '=': write entries as "
+                    "KEY_ID=BASE64"
+                )
+            key_id = key_id.strip()
+            if key_id in encoded:
+                raise InvalidKey(f"key entry #{index + 1} repeats key id {shown_key_id(key_id)}")
+            encoded[key_id] = value
         if not encoded:
             raise KeyFileError("the key list is empty: write it as KEY_ID=BASE64[,KEY_ID=BASE64]")
         return cls.from_encoded(encoded, active_key_id or list(encoded)[-1])
@@ -200,7 +262,11 @@ class KeyRing:
         if not text.strip():
             raise KeyFileError(f"key file {str(path)!r} is empty")
         try:
-            document = json.loads(text)
+            document = json.loads(text, object_pairs_hook=_no_repeated_names)
+        except _RepeatedName as exc:
+            raise KeyFileError(
+                f"key file {str(path)!r} repeats the name {shown_key_id(str(exc))} in one object"
+            ) from None
         except json.JSONDecodeError as exc:
             # The position only, never the text: the file holds secrets.
             raise KeyFileError(
@@ -218,7 +284,11 @@ class KeyRing:
             )
         if not document["keys"]:
             raise KeyFileError(f"key file {str(path)!r} holds no keys")
-        return cls.from_encoded(document["keys"], document["active"])
+        try:
+            return cls.from_encoded(document["keys"], document["active"])
+        except KeyRingError as exc:
+            # Same error class, with the file named: which file is wrong matters most.
+            raise type(exc)(f"key file {str(path)!r}: {exc}") from None
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Write the ring to ``path`` atomically, readable by the owner only.
@@ -257,12 +327,12 @@ class KeyRing:
 
     def activate(self, key_id: str) -> KeyRing:
         if key_id not in self.keys:
-            raise UnknownKeyId(f"key id {key_id!r} is not in the key ring")
+            raise UnknownKeyId(f"key id {shown_key_id(key_id)} is not in the key ring")
         return KeyRing(keys=self.keys, active_key_id=key_id)
 
     def without_key(self, key_id: str) -> KeyRing:
         if key_id not in self.keys:
-            raise UnknownKeyId(f"key id {key_id!r} is not in the key ring")
+            raise UnknownKeyId(f"key id {shown_key_id(key_id)} is not in the key ring")
         if key_id == self.active_key_id:
             raise InvalidKey(f"key {key_id!r} is the active key; activate another key first")
         keys = {k: v for k, v in self.keys.items() if k != key_id}
@@ -276,7 +346,7 @@ class KeyRing:
         try:
             aead = self._aead[key_id]
         except KeyError:
-            raise UnknownKeyId(f"key id {key_id!r} is not in the key ring") from None
+            raise UnknownKeyId(f"key id {shown_key_id(key_id)} is not in the key ring") from None
         id_bytes = key_id.encode("ascii")
         header = MAGIC + bytes((FORMAT_VERSION, len(id_bytes))) + id_bytes
         # A fresh random 96-bit nonce per message: never reuse a (key, nonce) pair.

@@ -20,6 +20,7 @@ from domain.envelope import Envelope, event_id_for
 from domain.errors import (
     EventDecryptionError,
     FieldProblem,
+    InvalidInput,
     UnknownEventType,
     UnknownSchemaVersion,
 )
@@ -103,12 +104,35 @@ class EnvelopeMapper(Mapper[UUID]):
             ) from None
 
     def decode_state(self, stored: StoredEvent, cls: type[Any]) -> dict[str, Any]:
-        event_state: dict[str, Any] = self.transcoder.decode(self.decrypt_state(stored))
+        plaintext = self.decrypt_state(stored)
+        try:
+            event_state: dict[str, Any] = self.transcoder.decode(plaintext)
+        except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, bad transcoding
+            # Only a plaintext store (encryption off) can get here with a damaged row:
+            # a sealed state that authenticates is exactly what was written.
+            raise InvalidInput(
+                "stored event",
+                [
+                    FieldProblem(
+                        "state",
+                        f"state at {describe_row(stored)} cannot be decoded ({type(exc).__name__})",
+                    )
+                ],
+            ) from None
+        if not isinstance(event_state, dict):
+            raise InvalidInput(
+                "stored event",
+                [FieldProblem("state", f"state at {describe_row(stored)} is not an object")],
+            )
         event_state["originator_id"] = _as_uuid(stored.originator_id)
         event_state["originator_version"] = stored.originator_version
         class_version = getattr(cls, "class_version", 1)
         from_version = event_state.pop("class_version", 1)
-        if not isinstance(from_version, int) or not 1 <= from_version <= class_version:
+        if (
+            isinstance(from_version, bool)
+            or not isinstance(from_version, int)
+            or not 1 <= from_version <= class_version
+        ):
             raise UnknownSchemaVersion(
                 "stored event",
                 [

@@ -23,6 +23,8 @@ __all__ = ["DEFAULT_POSTGRES_DSN", "DomainSettings", "settings_error"]
 #: The DSN tests and examples use when none is given (this machine's server).
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+#: Connection parameters of SAFEREPLAY_POSTGRES_DSN that reach the connection pool.
+_DSN_PARAMETERS = frozenset({"host", "port", "user", "password", "dbname", "connect_timeout"})
 ENV_PREFIX = "SAFEREPLAY_"
 
 
@@ -86,12 +88,28 @@ class DomainSettings(BaseSettings):
                     f"(for example {DEFAULT_POSTGRES_DSN})"
                 )
             try:
-                conninfo_to_dict(self.postgres_dsn.get_secret_value())
+                params = conninfo_to_dict(self.postgres_dsn.get_secret_value())
             except Exception:
                 # The DSN may hold a password: do not echo it.
                 raise ValueError(
                     "SAFEREPLAY_POSTGRES_DSN is not a valid connection string"
                 ) from None
+            # eventsourcing connects with these parameters only; anything else (sslmode,
+            # options...) would be dropped silently, so it is refused (names, not values).
+            unsupported = sorted(set(params) - _DSN_PARAMETERS)
+            if unsupported:
+                raise ValueError(
+                    f"SAFEREPLAY_POSTGRES_DSN has parameters the event store cannot pass on: "
+                    f"{', '.join(unsupported)}; it uses only "
+                    f"{', '.join(sorted(_DSN_PARAMETERS))} (set others with libpq's "
+                    "environment variables, e.g. PGSSLMODE)"
+                )
+            timeout = str(params.get("connect_timeout", "1"))
+            if not timeout.isdigit() or int(timeout) < 1:
+                raise ValueError(
+                    "SAFEREPLAY_POSTGRES_DSN: connect_timeout must be a whole number of "
+                    "seconds (at least 1)"
+                )
         if not _SCHEMA.match(self.postgres_schema):
             raise ValueError("SAFEREPLAY_POSTGRES_SCHEMA must be a lower-case SQL identifier")
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", self.application_name):
@@ -147,7 +165,7 @@ class DomainSettings(BaseSettings):
             }
         assert self.postgres_dsn is not None
         params = conninfo_to_dict(self.postgres_dsn.get_secret_value())
-        return {
+        env = {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
             "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
             "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
@@ -159,3 +177,6 @@ class DomainSettings(BaseSettings):
             "POSTGRES_LOCK_TIMEOUT": "5",
             "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         }
+        if "connect_timeout" in params:
+            env["POSTGRES_CONNECT_TIMEOUT"] = str(params["connect_timeout"])
+        return env

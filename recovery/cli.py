@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
 
-from domain import DomainError
+from domain import DomainError, DomainSettings
+from projections import ProjectionError, ProjectionSettings, open_source, open_store, status
 from recovery import cli_security
-from recovery.demo import run_demo
+from recovery.cli_support import EXIT_INVALID, fail, to_jsonable
+from recovery.demo import run_demo, status_table
 
 __all__ = ["app", "main"]
 
@@ -39,6 +42,32 @@ def demo(
 ) -> None:
     """Record a workload into an encrypted SQLite store and summarise it."""
     run_demo(directory, console=console, workflows=workflows, runs=runs)
+
+
+@app.command("status")
+def status_command(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option("--projection", "-p", help="Only this projection (repeatable)."),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Head, high-water mark and each projection's position, backlog and last commit.
+
+    Reads SAFEREPLAY_* (event store) and SAFEREPLAY_PROJECTIONS_* (projection
+    store); needs no key ring access beyond valid settings, and decrypts nothing.
+    """
+    try:
+        domain = DomainSettings.from_env()
+        settings = ProjectionSettings.from_env()
+        with open_store(domain, settings) as store, open_source(domain) as source:
+            report = status(store, source, projection or None)
+    except (DomainError, ProjectionError) as exc:
+        fail(str(exc), EXIT_INVALID)
+    if as_json:
+        typer.echo(json.dumps(to_jsonable(report), indent=2))
+    else:
+        console.print(status_table(report))
 
 
 cli_security.register(app)

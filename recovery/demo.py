@@ -5,15 +5,25 @@ from __future__ import annotations
 import os
 from collections import Counter
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
 from domain import AutomationApp, DomainSettings, InvalidInput, KeyRing
 from domain.workload import record_workload
+from projections import (
+    REFERENCE_PROJECTIONS,
+    ProjectionRunner,
+    SQLiteProjectionStore,
+    StatusReport,
+    open_source,
+    status,
+)
 
-__all__ = ["DemoResult", "run_demo"]
+__all__ = ["DemoResult", "run_demo", "status_table"]
 
 
 @dataclass(frozen=True)
@@ -21,6 +31,62 @@ class DemoResult:
     directory: Path
     events: int
     head_position: int
+    status: StatusReport | None = None
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.astimezone(UTC).strftime("%H:%M:%S")
+
+
+def status_table(report: StatusReport) -> Table:
+    """The projections' lag as a table: one row per projection partition."""
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+        title=(
+            f"projection status: log head {report.head_position}, high-water mark "
+            f"{report.high_water_mark}"
+            + (f" ({report.held_back} held back)" if report.held_back else "")
+            + " (times UTC)"
+        ),
+    )
+    table.add_column("projection", no_wrap=True)
+    for name in ("build", "part", "position", "backlog", "applied", "parked"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
+    table.add_column("committed", no_wrap=True, min_width=9)
+    for projection in report.projections:
+        rows = projection.partitions or ()
+        if not rows:
+            table.add_row(projection.name, str(projection.build), "-", "0", "-", "0", "0", "-")
+        for part in rows:
+            backlog = str(part.backlog)
+            table.add_row(
+                projection.name,
+                str(projection.build),
+                f"{part.index}/{part.count}",
+                str(part.position),
+                f"[green]{backlog}[/]" if part.backlog == 0 else f"[yellow]{backlog}[/]",
+                str(part.events_applied),
+                str(part.events_parked),
+                _when(part.committed_at),
+            )
+    return table
+
+
+def build_projections(app: AutomationApp, db_path: Path, console: Console) -> StatusReport:
+    """Catch the reference projections up (tables in the event store's file)."""
+    with SQLiteProjectionStore(db_path) as store, open_source(app) as source:
+        for projection in REFERENCE_PROJECTIONS:
+            runner = ProjectionRunner(projection(), source=source, store=store)
+            result = runner.catch_up()
+            console.print(
+                f"projection [bold]{projection.name}[/]: applied {result.applied} events "
+                f"in {result.batches} batch(es), each one transaction with its position"
+            )
+        report = status(store, source)
+    console.print(status_table(report))
+    return report
 
 
 def prepare_key_file(directory: Path) -> Path:
@@ -80,8 +146,12 @@ def run_demo(
             f"({summary.workflows} workflows, {summary.runs} runs), "
             f"head position {summary.head_position}, all encrypted"
         )
+        report = build_projections(app, db_path, console)
         return DemoResult(
-            directory=directory, events=summary.events, head_position=summary.head_position
+            directory=directory,
+            events=summary.events,
+            head_position=summary.head_position,
+            status=report,
         )
     finally:
         app.close()

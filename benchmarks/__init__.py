@@ -1,0 +1,1 @@
+"""Catch-up throughput benchmark: ``python -m benchmarks.catchup`` (see docs/benchmarks.md)."""

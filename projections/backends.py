@@ -1,0 +1,57 @@
+"""Open the projection store and the event source that settings point at."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from domain.application import EventStoreApplication
+from domain.mapper import EnvelopeMapper
+from domain.settings import DomainSettings
+from projections.postgres import PostgresEventSource, PostgresProjectionStore
+from projections.settings import ProjectionSettings
+from projections.source import EventSource
+from projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
+from projections.store import ProjectionStore
+
+__all__ = ["open_source", "open_store"]
+
+
+def open_store(
+    domain: DomainSettings, settings: ProjectionSettings | None = None
+) -> ProjectionStore:
+    """The projection store: by default in the event store's own database."""
+    settings = settings if settings is not None else ProjectionSettings.from_env()
+    if domain.backend == "sqlite":
+        return SQLiteProjectionStore(settings.sqlite_store_path(domain))
+    conninfo, schema = settings.postgres_store(domain)
+    return PostgresProjectionStore(conninfo, schema=schema)
+
+
+def open_source(
+    app_or_settings: EventStoreApplication | DomainSettings,
+    *,
+    mapper: EnvelopeMapper | None = None,
+    **options: Any,
+) -> EventSource:
+    """The notification log of an application (which decodes with its mapper), or
+    of the event store that ``DomainSettings`` describe (``mapper`` optional: a
+    source without one reports head and high-water mark but cannot decode).
+
+    ``options`` go to the backend's source (e.g. ``listen=False``, or high-water
+    mark options such as ``hole_wait`` on PostgreSQL).
+    """
+    if isinstance(app_or_settings, EventStoreApplication):
+        domain = app_or_settings.settings
+        mapper = mapper or app_or_settings.envelope_mapper
+    else:
+        domain = app_or_settings
+    if domain.backend == "sqlite":
+        return SQLiteEventSource(domain.sqlite_path, mapper=mapper, **options)
+    assert domain.postgres_dsn is not None
+    return PostgresEventSource(
+        domain.postgres_dsn.get_secret_value(),
+        schema=domain.postgres_schema,
+        table=f"{domain.application_name}_events",
+        mapper=mapper,
+        **options,
+    )

@@ -1,0 +1,620 @@
+"""One runner for catch-up and live following, one transaction per batch.
+
+Per batch:
+
+1. read the partition's committed position (cached between batches) and the
+   log's high-water mark; read at most ``batch_size`` notifications with
+   ``position < p <= mark``, filtered by topic and partition in the database;
+2. skip any notification at or below the committed position (a re-delivery is a
+   no-op), decrypt and decode the others, and apply their handlers to a fresh
+   :class:`~projections.batch.BatchState`;
+3. commit the batch's folded writes **and** the new position in one transaction,
+   guarded by the position the batch started from.
+
+The new position is the last notification read when the batch was full, else
+the high-water mark itself (every matching event up to it has been applied).
+
+Crash anywhere and restart: before the commit nothing of the batch is in the
+database; after it, everything is, with the position. A restarted runner starts
+from the committed position, so no event is missed or applied twice. Tests make
+the crash points injectable: ``faults`` is called with ``"before_read"``,
+``"before_apply"``, ``"after_event"`` (after each applied event),
+``"before_commit"``, ``"in_commit"`` (inside the transaction, writes flushed,
+position not yet moved) and ``"after_commit"``; whatever it raises propagates.
+
+A lost connection (:class:`~projections.errors.DatabaseUnavailable`, translated
+from psycopg or sqlite3 by the adapters) is retried with exponential back-off and
+the batch re-applied from the position the store then holds. A handler error
+goes to the failure policy (:mod:`projections.failure`) after the events before
+it are committed. A :class:`~projections.errors.PositionConflict` means another
+worker owns the partition: the runner stops with it.
+
+Live following (:meth:`ProjectionRunner.follow`) polls with back-off on SQLite
+(``poll_interval`` doubling to ``max_poll_interval``, reset when events arrive)
+and waits for a NOTIFY on PostgreSQL, re-polling every ``repoll_interval``
+anyway, so a lost notification or a killed listening connection never leaves
+it idle.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, TypeVar
+from uuid import UUID
+
+from eventsourcing.persistence import Notification
+
+from domain.envelope import Envelope
+from projections.batch import BatchState
+from projections.errors import (
+    DatabaseUnavailable,
+    HandlerFailed,
+    PositionConflict,
+    ProjectionDefinitionError,
+    StoreError,
+    error_summary,
+)
+from projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
+from projections.projection import Projection
+from projections.settings import ProjectionSettings
+from projections.source import WHOLE, EventSource, Partition
+from projections.store import Checkpoint, ParkedEvent, ProjectionStore
+
+__all__ = [
+    "FAULT_POINTS",
+    "BatchResult",
+    "CatchUpResult",
+    "FaultHook",
+    "ProjectionRunner",
+    "RunnerOptions",
+    "RunnerThread",
+]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+FaultHook = Callable[[str], None]
+FAULT_POINTS = (
+    "before_read",
+    "before_apply",
+    "after_event",
+    "before_commit",
+    "in_commit",
+    "after_commit",
+)
+
+
+@dataclass(frozen=True)
+class RunnerOptions:
+    """Batch size and pacing; see :class:`~projections.settings.ProjectionSettings`."""
+
+    batch_size: int = 500
+    poll_interval: float = 0.01
+    max_poll_interval: float = 1.0
+    repoll_interval: float = 1.0
+    retry_initial: float = 0.05
+    retry_max: float = 5.0
+    give_up_after: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if min(self.poll_interval, self.max_poll_interval, self.repoll_interval) <= 0:
+            raise ValueError("poll intervals must be positive")
+        if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
+            raise ValueError("retry back-off must be positive, retry_max >= retry_initial")
+
+    @classmethod
+    def from_settings(cls, settings: ProjectionSettings) -> RunnerOptions:
+        return cls(
+            batch_size=settings.batch_size,
+            poll_interval=settings.poll_interval,
+            max_poll_interval=settings.max_poll_interval,
+            repoll_interval=settings.repoll_interval,
+            retry_initial=settings.retry_initial,
+            retry_max=settings.retry_max,
+            give_up_after=settings.give_up_after,
+        )
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch did."""
+
+    position: int
+    high_water_mark: int
+    read: int
+    applied: int
+    skipped: int
+    parked: int
+    committed: bool
+    retried: bool = False
+    stopped: bool = False
+
+    @property
+    def caught_up(self) -> bool:
+        return self.position >= self.high_water_mark
+
+
+@dataclass(frozen=True)
+class CatchUpResult:
+    """Totals of a catch-up."""
+
+    position: int
+    high_water_mark: int
+    batches: int
+    applied: int
+    parked: int
+
+
+@dataclass
+class _Applied:
+    state: BatchState
+    applied: int
+    parked: list[ParkedEvent]
+
+
+@dataclass
+class _Failure:
+    index: int
+    ref: EventRef
+    envelope: Envelope | None
+    error: Exception
+    stage: Literal["decode", "apply"]
+
+
+class _Stopped(Exception):
+    """Internal: stop was requested while backing off."""
+
+
+@dataclass
+class _Attempts:
+    position: int = 0
+    failures: int = 0
+    first_seen: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class ProjectionRunner:
+    """Applies one projection (one partition of it) from ``source`` into ``store``.
+
+    ``build`` defaults to the projection's live build (made on first use).
+    ``policy`` decides about events that cannot be applied (default
+    :class:`~projections.failure.FailFast`). ``faults`` is a test hook (see the
+    module docstring).
+    """
+
+    def __init__(
+        self,
+        projection: Projection,
+        *,
+        source: EventSource,
+        store: ProjectionStore,
+        partition: Partition = WHOLE,
+        build: int | None = None,
+        options: RunnerOptions | None = None,
+        policy: FailurePolicy | None = None,
+        faults: FaultHook | None = None,
+    ) -> None:
+        cls = type(projection)
+        if not partition.is_whole and not cls.partitionable:
+            raise ProjectionDefinitionError(
+                f"projection {cls.name!r} declares partitionable = False: run it as one partition"
+            )
+        self.projection = projection
+        self.name = cls.name
+        self.source = source
+        self.store = store
+        self.partition = partition
+        self.options = options or RunnerOptions()
+        self.policy: FailurePolicy = policy or FailFast()
+        self._faults = faults
+        self._handlers = projection.handlers()
+        self._tables = cls.table_map
+        self._topics = list(cls.topics)
+        self._checkpoint: Checkpoint | None = None
+        self._blocked: dict[UUID, int] | None = None
+        self._attempts = _Attempts()
+        #: Events applied, parked and batches committed by this runner object.
+        self.applied = 0
+        self.parked = 0
+        self.commits = 0
+        #: Failure-policy retries, and batches retried after a lost connection.
+        self.retries = 0
+        self.connection_retries = 0
+        #: The build this runner writes (the live one unless given).
+        self.build: int = self._retrying(lambda: store.prepare(projection, build=build), None)
+
+    def __repr__(self) -> str:
+        return f"ProjectionRunner({self.name!r}, build={self.build}, partition={self.partition})"
+
+    # -- public API -----------------------------------------------------------------------
+
+    def run_batch(self, stop: threading.Event | None = None) -> BatchResult:
+        """Run one batch (retrying lost connections); the result says what it did."""
+        try:
+            return self._retrying(lambda: self._batch(stop), stop)
+        except _Stopped:
+            position = self._checkpoint.position if self._checkpoint is not None else 0
+            return BatchResult(position, position, 0, 0, 0, 0, committed=False, stopped=True)
+
+    def catch_up(self, stop: threading.Event | None = None) -> CatchUpResult:
+        """Apply batches until the position reaches the high-water mark (or ``stop``)."""
+        batches = applied = parked = 0
+        position = hwm = 0
+        while stop is None or not stop.is_set():
+            result = self.run_batch(stop)
+            if result.stopped:
+                break
+            batches += 1
+            applied += result.applied
+            parked += result.parked
+            position, hwm = result.position, result.high_water_mark
+            if result.caught_up and not result.retried:
+                break
+        return CatchUpResult(position, hwm, batches, applied, parked)
+
+    def follow(self, stop: threading.Event) -> None:
+        """Catch up, then follow new events until ``stop`` is set."""
+        pause = self.options.poll_interval
+        while not stop.is_set():
+            result = self.run_batch(stop)
+            if result.stopped:
+                return
+            if result.read or result.retried or not result.caught_up:
+                pause = self.options.poll_interval
+                if not result.caught_up or result.retried:
+                    continue
+            if self.source.notifies:
+                self.source.wait(self.options.repoll_interval, stop)
+            else:
+                self.source.wait(pause, stop)
+                pause = min(pause * 2, self.options.max_poll_interval)
+
+    def in_background(self) -> RunnerThread:
+        """A started thread following live; ``stop()`` it (re-raises its error)."""
+        thread = RunnerThread(self)
+        thread.start()
+        return thread
+
+    def checkpoint(self) -> Checkpoint:
+        """The committed position of this runner's partition (read from the store)."""
+        return self.store.checkpoint(self.name, self.build, self.partition)
+
+    # -- one batch ------------------------------------------------------------------------
+
+    def _fault(self, point: str) -> None:
+        if self._faults is not None:
+            self._faults(point)
+
+    def _current(self) -> Checkpoint:
+        if self._checkpoint is None:
+            self._checkpoint = self.store.checkpoint(self.name, self.build, self.partition)
+        return self._checkpoint
+
+    def _blocked_aggregates(self) -> dict[UUID, int]:
+        if self._blocked is None:
+            self._blocked = self.store.blocked_aggregates(self.name, self.build, self.partition)
+        return self._blocked
+
+    def _batch(self, stop: threading.Event | None) -> BatchResult:
+        checkpoint = self._current()
+        self._blocked_aggregates()
+        self._fault("before_read")
+        mark = self.source.high_water_mark()
+        if mark <= checkpoint.position:
+            return BatchResult(checkpoint.position, mark, 0, 0, 0, 0, committed=False)
+        limit = self.options.batch_size
+        notifications = self.source.read(
+            after=checkpoint.position,
+            upto=mark,
+            limit=limit,
+            topics=self._topics,
+            partition=self.partition,
+        )
+        target = notifications[-1].id if len(notifications) >= limit else mark
+        fresh = [n for n in notifications if checkpoint.position < n.id <= mark]
+        skipped = len(notifications) - len(fresh)
+        self._fault("before_apply")
+        outcome = self._apply(fresh)
+        if isinstance(outcome, _Failure):
+            return self._failed(checkpoint, fresh, outcome, mark, stop, read=len(notifications))
+        committed = self._commit(checkpoint, target, outcome.state, outcome.applied, outcome.parked)
+        return BatchResult(
+            self._current().position,
+            mark,
+            len(notifications),
+            outcome.applied,
+            skipped,
+            len(outcome.parked),
+            committed=committed,
+        )
+
+    def _apply(self, notifications: Sequence[Notification]) -> _Applied | _Failure:
+        state = BatchState(self._tables, self.store.row_reader(self.name, self.build))
+        blocked = self._blocked_aggregates()
+        applied = 0
+        parked: list[ParkedEvent] = []
+        for index, notification in enumerate(notifications):
+            ref = EventRef(
+                position=notification.id,
+                aggregate_id=_uuid(notification.originator_id),
+                aggregate_version=notification.originator_version,
+                topic=notification.topic,
+            )
+            blocked_by = blocked.get(ref.aggregate_id)
+            if blocked_by is not None:
+                parked.append(self._parked_record(ref, None, 0, blocked_by=blocked_by))
+                continue
+            handler = self._handlers.get(notification.topic)
+            if handler is None:
+                continue  # a source that does not filter by topic
+            try:
+                envelope = self.source.decode(notification)
+            except StoreError:
+                raise
+            except Exception as exc:
+                return _Failure(index, ref, None, exc, "decode")
+            try:
+                handler(envelope, state)
+            except StoreError:
+                raise  # a read through to the store failed: not the handler's fault
+            except Exception as exc:
+                return _Failure(index, ref, envelope, exc, "apply")
+            applied += 1
+            self._fault("after_event")
+        return _Applied(state, applied, parked)
+
+    def _commit(
+        self,
+        checkpoint: Checkpoint,
+        position: int,
+        state: BatchState | None,
+        applied: int,
+        parked: list[ParkedEvent],
+    ) -> bool:
+        writes = state.writes() if state is not None else []
+        if position == checkpoint.position and not writes and not parked:
+            return False
+        self._fault("before_commit")
+        during = (lambda: self._fault("in_commit")) if self._faults is not None else None
+        try:
+            self._checkpoint = self.store.commit(
+                self.name,
+                self.build,
+                self.partition,
+                expected=checkpoint.position,
+                position=position,
+                writes=writes,
+                applied=applied,
+                parked=parked,
+                during=during,
+            )
+        except BaseException:
+            self._checkpoint = None
+            raise
+        self.applied += applied
+        self.parked += len(parked)
+        self.commits += 1
+        for record in parked:
+            self._blocked_aggregates().setdefault(record.aggregate_id, record.position)
+        self._fault("after_commit")
+        return True
+
+    # -- failures -------------------------------------------------------------------------
+
+    def _failed(
+        self,
+        checkpoint: Checkpoint,
+        fresh: list[Notification],
+        failure: _Failure,
+        mark: int,
+        stop: threading.Event | None,
+        *,
+        read: int,
+    ) -> BatchResult:
+        # Discard the poisoned buffer; re-apply and commit the events before the failure.
+        prefix = fresh[: failure.index]
+        outcome = self._apply(prefix)
+        while isinstance(outcome, _Failure):  # a handler that is not deterministic
+            failure = outcome
+            prefix = fresh[: failure.index]
+            outcome = self._apply(prefix)
+        applied = outcome.applied
+        parked = len(outcome.parked)
+        self._commit(
+            checkpoint, failure.ref.position - 1, outcome.state, outcome.applied, outcome.parked
+        )
+        checkpoint = self._current()
+        attempts = self._attempts
+        if attempts.position != failure.ref.position:
+            attempts = self._attempts = _Attempts(position=failure.ref.position)
+        attempts.failures += 1
+        decision = self._decide(failure, attempts.failures)
+        if decision.action == "retry":
+            self.retries += 1
+            logger.warning(
+                "projection %r: position %d failed (attempt %d, %s: %s); retrying in %.2fs",
+                self.name,
+                failure.ref.position,
+                attempts.failures,
+                type(failure.error).__name__,
+                error_summary(failure.error),
+                decision.delay,
+            )
+            if decision.delay > 0:
+                (stop or threading.Event()).wait(decision.delay)
+            return BatchResult(
+                checkpoint.position, mark, read, applied, 0, parked, committed=True, retried=True
+            )
+        if decision.action == "park":
+            record = self._parked_record(
+                failure.ref, failure.error, attempts.failures, reason=decision.reason
+            )
+            self._commit(checkpoint, failure.ref.position, None, 0, [record])
+            self._attempts = _Attempts()
+            logger.warning(
+                "projection %r: parked position %d (%s of aggregate %s) after %d attempt(s): %s",
+                self.name,
+                failure.ref.position,
+                failure.ref.event_type,
+                failure.ref.aggregate_id,
+                record.attempts,
+                decision.reason or record.error_type,
+            )
+            return BatchResult(
+                self._current().position,
+                mark,
+                read,
+                applied,
+                0,
+                parked + 1,
+                committed=True,
+                retried=True,
+            )
+        raise HandlerFailed(
+            self.name,
+            position=failure.ref.position,
+            aggregate_id=failure.ref.aggregate_id,
+            aggregate_version=failure.ref.aggregate_version,
+            event_type=failure.ref.event_type,
+            error=failure.error,
+            attempt=attempts.failures,
+            reason=decision.reason,
+        ) from failure.error
+
+    def _decide(self, failure: _Failure, attempt: int) -> Decision:
+        return self.policy.decide(
+            EventFailure(
+                projection=self.name,
+                build=self.build,
+                partition_index=self.partition.index,
+                partition_count=self.partition.count,
+                event=failure.ref,
+                envelope=failure.envelope,
+                error=failure.error,
+                attempt=attempt,
+                stage=failure.stage,
+            )
+        )
+
+    def _parked_record(
+        self,
+        ref: EventRef,
+        error: BaseException | None,
+        attempts: int,
+        *,
+        reason: str = "",
+        blocked_by: int | None = None,
+    ) -> ParkedEvent:
+        now = datetime.now(UTC)
+        if error is None:
+            error_type, message = "Blocked", f"waiting behind parked position {blocked_by}"
+            reason = reason or "an earlier event of the same aggregate is parked"
+        else:
+            error_type, message = type(error).__name__, error_summary(error)
+        return ParkedEvent(
+            projection=self.name,
+            build=self.build,
+            position=ref.position,
+            partition=self.partition,
+            aggregate_id=ref.aggregate_id,
+            aggregate_version=ref.aggregate_version,
+            topic=ref.topic,
+            event_type=ref.event_type,
+            error_type=error_type,
+            error_message=message,
+            attempts=attempts,
+            first_seen_at=self._attempts.first_seen if error is not None else now,
+            last_seen_at=now,
+            reason=reason or "parked by the failure policy",
+            blocked_by=blocked_by,
+        )
+
+    # -- lost connections -----------------------------------------------------------------
+
+    def _retrying(self, operation: Callable[[], T], stop: threading.Event | None) -> T:
+        started: float | None = None
+        attempt = 0
+        while True:
+            try:
+                return operation()
+            except DatabaseUnavailable as exc:
+                self._checkpoint = None
+                self._blocked = None
+                self.connection_retries += 1
+                attempt += 1
+                now = time.monotonic()
+                started = now if started is None else started
+                give_up = self.options.give_up_after
+                if give_up is not None and now - started >= give_up:
+                    raise
+                ceiling = min(
+                    self.options.retry_max, self.options.retry_initial * 2 ** min(attempt - 1, 30)
+                )
+                delay = ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter
+                logger.warning(
+                    "projection %r partition %s: %s; retrying the batch in %.2fs",
+                    self.name,
+                    self.partition,
+                    exc,
+                    delay,
+                )
+                if stop is not None:
+                    if stop.wait(delay):
+                        raise _Stopped from exc
+                else:
+                    time.sleep(delay)
+            except PositionConflict:
+                self._checkpoint = None
+                raise
+
+
+class RunnerThread:
+    """A runner following live in a daemon thread; :meth:`stop` joins and re-raises."""
+
+    def __init__(self, runner: ProjectionRunner) -> None:
+        self.runner = runner
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(
+            target=self._run, name=f"safereplay-{runner.name}-{runner.partition}", daemon=True
+        )
+
+    def _run(self) -> None:
+        try:
+            self.runner.follow(self.stop_event)
+        except BaseException as exc:
+            self.error = exc
+            logger.error("projection runner %r stopped: %s", self.runner, exc)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"{self.runner!r} did not stop within {timeout}s")
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> RunnerThread:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _uuid(value: object) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))

@@ -1,0 +1,134 @@
+"""Where projections live and how runners pace themselves: ``SAFEREPLAY_PROJECTIONS_*``.
+
+The projection store is a database of the same kind as the event store. By
+default it *is* the event store's database (same SQLite file, or same PostgreSQL
+database and schema); ``SAFEREPLAY_PROJECTIONS_SQLITE_PATH`` or
+``SAFEREPLAY_PROJECTIONS_POSTGRES_DSN`` / ``..._POSTGRES_SCHEMA`` move it elsewhere.
+See ``docs/configuration.md`` (section "Projections"). Problems are reported as
+one :class:`domain.ConfigurationError` naming every variable to change.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from psycopg.conninfo import conninfo_to_dict
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from domain.errors import ConfigurationError
+from domain.settings import DomainSettings, settings_error
+
+__all__ = ["ENV_PREFIX", "ProjectionSettings"]
+
+ENV_PREFIX = "SAFEREPLAY_PROJECTIONS_"
+_SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+class ProjectionSettings(BaseSettings):
+    """Projection store location and runner pacing. See ``docs/configuration.md``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+    )
+
+    sqlite_path: Path | None = Field(
+        default=None,
+        description="SQLite file of the projection store (default: the event store's file).",
+    )
+    postgres_dsn: SecretStr | None = Field(
+        default=None,
+        description="PostgreSQL database of the projection store (default: the event store's).",
+    )
+    postgres_schema: str | None = Field(
+        default=None,
+        description="PostgreSQL schema of the projection store (default: the event store's).",
+    )
+    batch_size: int = Field(
+        default=500, ge=1, le=100_000, description="Events read, applied and committed per batch."
+    )
+    poll_interval: float = Field(
+        default=0.01, gt=0, le=60, description="First pause when idle (doubles while idle)."
+    )
+    max_poll_interval: float = Field(
+        default=1.0, gt=0, le=600, description="Longest pause between polls when idle."
+    )
+    repoll_interval: float = Field(
+        default=1.0,
+        gt=0,
+        le=600,
+        description="PostgreSQL: poll at least this often even without a notification.",
+    )
+    retry_initial: float = Field(
+        default=0.05, gt=0, le=60, description="First back-off after a lost connection."
+    )
+    retry_max: float = Field(
+        default=5.0, gt=0, le=600, description="Longest back-off after a lost connection."
+    )
+    give_up_after: float | None = Field(
+        default=None,
+        gt=0,
+        description="Stop retrying a lost database after this many seconds (unset: never).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ProjectionSettings:
+        if self.postgres_schema is not None and not _SCHEMA.match(self.postgres_schema):
+            raise ValueError(
+                "SAFEREPLAY_PROJECTIONS_POSTGRES_SCHEMA must be a lower-case SQL identifier"
+            )
+        if self.postgres_dsn is not None:
+            try:
+                conninfo_to_dict(self.postgres_dsn.get_secret_value())
+            except Exception:
+                raise ValueError(
+                    "SAFEREPLAY_PROJECTIONS_POSTGRES_DSN is not a valid connection string"
+                ) from None
+        if self.max_poll_interval < self.poll_interval:
+            raise ValueError(
+                "SAFEREPLAY_PROJECTIONS_MAX_POLL_INTERVAL must be >= "
+                "SAFEREPLAY_PROJECTIONS_POLL_INTERVAL"
+            )
+        if self.retry_max < self.retry_initial:
+            raise ValueError(
+                "SAFEREPLAY_PROJECTIONS_RETRY_MAX must be >= SAFEREPLAY_PROJECTIONS_RETRY_INITIAL"
+            )
+        return self
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> ProjectionSettings:
+        """Read the environment (plus ``overrides``); errors become ConfigurationError."""
+        try:
+            return cls(**overrides)
+        except ValidationError as exc:
+            raise settings_error(exc, prefix=ENV_PREFIX) from None
+
+    # -- where the store is -------------------------------------------------------------
+
+    def sqlite_store_path(self, domain: DomainSettings) -> Path:
+        if domain.backend != "sqlite":
+            raise ConfigurationError("the event store is not SQLite")
+        if self.postgres_dsn is not None or self.postgres_schema is not None:
+            raise ConfigurationError(
+                "SAFEREPLAY_PROJECTIONS_POSTGRES_* is set but the event store is SQLite: the "
+                "projection store is a database of the same kind (set "
+                "SAFEREPLAY_PROJECTIONS_SQLITE_PATH instead)"
+            )
+        return self.sqlite_path if self.sqlite_path is not None else domain.sqlite_path
+
+    def postgres_store(self, domain: DomainSettings) -> tuple[str, str]:
+        """``(conninfo, schema)`` of the projection store."""
+        if domain.backend != "postgres":
+            raise ConfigurationError("the event store is not PostgreSQL")
+        if self.sqlite_path is not None:
+            raise ConfigurationError(
+                "SAFEREPLAY_PROJECTIONS_SQLITE_PATH is set but the event store is PostgreSQL: "
+                "the projection store is a database of the same kind (set "
+                "SAFEREPLAY_PROJECTIONS_POSTGRES_DSN instead)"
+            )
+        dsn = self.postgres_dsn if self.postgres_dsn is not None else domain.postgres_dsn
+        assert dsn is not None  # DomainSettings requires it for backend postgres
+        schema = self.postgres_schema or domain.postgres_schema
+        return dsn.get_secret_value(), schema

@@ -1,0 +1,266 @@
+"""The projection store: a projection's tables, its positions, its builds, its parked events.
+
+One interface, two backends side by side (:mod:`projections.sqlite`,
+:mod:`projections.postgres`), one contract test class. The store may live in the
+event store's database or in another database of the same kind.
+
+Tables the store owns (besides the projections' own)::
+
+    safereplay_projection_builds     (projection, build) -> version, status, tables
+                                     status: building | live | retired; one live
+                                     build per projection (unique partial index)
+    safereplay_projection_positions  (projection, build, partition_index,
+                                     partition_count) -> position, events_applied,
+                                     events_parked, committed_at
+    safereplay_projection_parked     (projection, build, position) -> aggregate,
+                                     event type, error type and message, attempts,
+                                     first/last seen, reason, blocked_by, resolved_at
+
+A projection's table ``t`` of build ``b`` is ``{projection}__{t}__b{b}``: a rebuild
+(issue 4) makes build ``b + 1`` side by side, catches it up, and
+:meth:`ProjectionStore.set_live` swaps in one transaction. Reads go through the
+live build unless a build is named.
+
+:meth:`ProjectionStore.commit` writes a batch's folded writes, its parked events
+and the new position in **one transaction**, guarded by an optimistic check of
+the position the batch started from (:class:`~projections.errors.PositionConflict`
+when another worker moved it).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+from projections.batch import RowReader, TableWrites
+from projections.errors import UnknownProjection, VersionMismatch
+from projections.projection import Projection, Table
+from projections.source import Partition
+
+__all__ = [
+    "POSITIONS_TABLE",
+    "BuildInfo",
+    "BuildStatus",
+    "Checkpoint",
+    "ParkedEvent",
+    "ProjectionLike",
+    "ProjectionStore",
+]
+
+BUILDS_TABLE = "safereplay_projection_builds"
+POSITIONS_TABLE = "safereplay_projection_positions"
+PARKED_TABLE = "safereplay_projection_parked"
+
+BuildStatus = Literal["building", "live", "retired"]
+ProjectionLike = Projection | type[Projection]
+
+
+def projection_class(projection: ProjectionLike) -> type[Projection]:
+    return projection if isinstance(projection, type) else type(projection)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A partition's committed position: every matching event ``<= position`` is applied."""
+
+    projection: str
+    build: int
+    partition: Partition
+    position: int
+    events_applied: int
+    events_parked: int
+    committed_at: datetime | None
+
+
+@dataclass(frozen=True)
+class BuildInfo:
+    projection: str
+    build: int
+    version: int
+    status: BuildStatus
+    created_at: datetime
+    tables: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ParkedEvent:
+    """An event set aside by the failure policy; never its payload."""
+
+    projection: str
+    build: int
+    position: int
+    partition: Partition
+    aggregate_id: UUID
+    aggregate_version: int
+    topic: str
+    event_type: str
+    error_type: str
+    error_message: str
+    attempts: int
+    first_seen_at: datetime
+    last_seen_at: datetime
+    reason: str
+    #: The parked position of the same aggregate this event waits behind, if any.
+    blocked_by: int | None = None
+    resolved_at: datetime | None = None
+
+
+class ProjectionStore(ABC):
+    """Tables, positions, builds and parked events of projections, in one database."""
+
+    dialect: Literal["sqlite", "postgres"]
+
+    # -- builds -------------------------------------------------------------------------
+
+    @abstractmethod
+    def prepare(self, projection: ProjectionLike, *, build: int | None = None) -> int:
+        """Create what ``projection`` needs and return the build to write.
+
+        Without ``build``: the live build, made (build 1, live) if the projection
+        has none. The live build must have been made by the same ``version``
+        (else :class:`~projections.errors.VersionMismatch`). With ``build``: that
+        build, which must exist (see :meth:`create_build`).
+        """
+
+    @abstractmethod
+    def builds(self, name: str) -> list[BuildInfo]:
+        """Every build of projection ``name``, oldest first."""
+
+    @abstractmethod
+    def create_build(self, projection: ProjectionLike) -> int:
+        """Make the next build (status ``building``) with empty tables; returns its number."""
+
+    @abstractmethod
+    def set_live(self, name: str, build: int) -> None:
+        """Make ``build`` the live build in one transaction (the previous one is retired)."""
+
+    @abstractmethod
+    def drop_build(self, name: str, build: int) -> None:
+        """Drop a build that is not live: its tables, positions and parked events."""
+
+    @abstractmethod
+    def projection_names(self) -> list[str]:
+        """Names of the projections the store holds, sorted."""
+
+    def live_build(self, name: str) -> int | None:
+        for info in self.builds(name):
+            if info.status == "live":
+                return info.build
+        return None
+
+    def resolve_build(self, projection: ProjectionLike | str, build: int | None = None) -> int:
+        """``build`` if given, else the live build; UnknownProjection if there is none."""
+        name = projection if isinstance(projection, str) else projection.name
+        if build is not None:
+            return build
+        live = self.live_build(name)
+        if live is None:
+            raise UnknownProjection(f"projection {name!r} has no live build in this store")
+        return live
+
+    @staticmethod
+    def check_version(cls: type[Projection], info: BuildInfo) -> None:
+        if info.version != cls.version:
+            raise VersionMismatch(
+                f"projection {cls.name!r}: build {info.build} ({info.status}) was built by "
+                f"version {info.version}, this code is version {cls.version}; rebuild it "
+                "into a new build, or run the code of that version"
+            )
+
+    # -- positions ----------------------------------------------------------------------
+
+    @abstractmethod
+    def checkpoint(self, name: str, build: int, partition: Partition) -> Checkpoint:
+        """The partition's committed position (a new partition starts at 0)."""
+
+    @abstractmethod
+    def checkpoints(self, name: str, *, build: int | None = None) -> list[Checkpoint]:
+        """Positions of every partition of a build (default: the live build)."""
+
+    @abstractmethod
+    def commit(
+        self,
+        name: str,
+        build: int,
+        partition: Partition,
+        *,
+        expected: int,
+        position: int,
+        writes: Sequence[TableWrites] = (),
+        applied: int = 0,
+        parked: Sequence[ParkedEvent] = (),
+        during: Callable[[], None] | None = None,
+    ) -> Checkpoint:
+        """Write ``writes`` and ``parked`` and move the position from ``expected``
+        to ``position``, in one transaction.
+
+        ``applied`` events are added to ``events_applied``. ``during`` (tests) is
+        called inside the transaction after the writes, before the position moves.
+        Raises :class:`~projections.errors.PositionConflict` (nothing written) when
+        the stored position is not ``expected``.
+        """
+
+    # -- rows ---------------------------------------------------------------------------
+
+    @abstractmethod
+    def read_row(
+        self, name: str, build: int, table: Table, key: tuple[Any, ...]
+    ) -> dict[str, Any] | None:
+        """One committed row (``key`` normalised), or None."""
+
+    def row_reader(self, name: str, build: int) -> RowReader:
+        def read(table: Table, key: tuple[Any, ...]) -> dict[str, Any] | None:
+            return self.read_row(name, build, table, key)
+
+        return read
+
+    def get(
+        self, projection: ProjectionLike, table: str, key: Any, *, build: int | None = None
+    ) -> dict[str, Any] | None:
+        """One row of a projection's table (live build unless ``build``)."""
+        cls = projection_class(projection)
+        spec = cls.table(table)
+        return self.read_row(
+            cls.name,
+            self.resolve_build(cls, build),
+            spec,
+            spec.normalise_key(key, where=f"get({table!r})"),
+        )
+
+    @abstractmethod
+    def rows(
+        self, projection: ProjectionLike, table: str, *, build: int | None = None
+    ) -> list[dict[str, Any]]:
+        """Every row of a projection's table (live build unless ``build``), by key."""
+
+    # -- parking ------------------------------------------------------------------------
+
+    @abstractmethod
+    def parked(
+        self, name: str, *, build: int | None = None, include_resolved: bool = False
+    ) -> list[ParkedEvent]:
+        """Parked events of a build (default: live), in position order."""
+
+    @abstractmethod
+    def blocked_aggregates(self, name: str, build: int, partition: Partition) -> dict[UUID, int]:
+        """Aggregates of ``partition`` with an unresolved parked event -> its first position."""
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def description(self) -> str:
+        """Which database (no secrets), for messages."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+    def __enter__(self) -> ProjectionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

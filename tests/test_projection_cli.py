@@ -1,0 +1,183 @@
+"""``safereplay status`` (human and ``--json``), the demo's projections, and the
+projection settings (``SAFEREPLAY_PROJECTIONS_*``)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from projection_fixtures import Backend, Log, PostgresBackend, SQLiteBackend
+from rich.console import Console
+from typer.testing import CliRunner
+
+from domain import ConfigurationError, DomainSettings
+from domain.workload import record_workload
+from projections import (
+    REFERENCE_PROJECTIONS,
+    PostgresProjectionStore,
+    ProjectionSettings,
+    SQLiteProjectionStore,
+    open_store,
+)
+from recovery.cli import app
+from recovery.demo import run_demo
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("SAFEREPLAY_") and name != "SAFEREPLAY_TEST_POSTGRES_DSN":
+            monkeypatch.delenv(name)
+
+
+def cli_env(log: Log) -> dict[str, str]:
+    settings = log.settings
+    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
+    if settings.backend == "sqlite":
+        env["SAFEREPLAY_SQLITE_PATH"] = str(settings.sqlite_path)
+    else:
+        assert settings.postgres_dsn is not None
+        env["SAFEREPLAY_POSTGRES_DSN"] = settings.postgres_dsn.get_secret_value()
+        env["SAFEREPLAY_POSTGRES_SCHEMA"] = settings.postgres_schema
+    return env
+
+
+class StatusCommandContract:
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def log(self, backend: Backend) -> Iterator[Log]:
+        with backend.fresh() as log:
+            yield log
+
+    def test_status_json_and_table(self, log: Log) -> None:
+        record_workload(log.app, workflows=1, runs_per_workflow=3)
+        head = log.app.head_position()
+        for projection in REFERENCE_PROJECTIONS[:2]:
+            log.runner(projection()).catch_up()
+        result = CliRunner().invoke(app, ["status", "--json"], env=cli_env(log))
+        assert result.exit_code == 0, result.output
+        report = json.loads(result.output)
+        assert (report["head_position"], report["high_water_mark"]) == (head, head)
+        assert [p["name"] for p in report["projections"]] == ["run_status", "workflow_stats"]
+        for projection in report["projections"]:
+            assert (projection["position"], projection["backlog"], projection["build"]) == (
+                head,
+                0,
+                1,
+            )
+            [partition] = projection["partitions"]
+            assert (partition["index"], partition["count"], partition["position"]) == (0, 1, head)
+            assert projection["last_commit_at"] and projection["events_applied"] > 0
+
+        record_workload(log.app, workflows=1, runs_per_workflow=1, seed=2)
+        result = CliRunner().invoke(app, ["status", "--json", "-p", "run_status"], env=cli_env(log))
+        [board] = json.loads(result.output)["projections"]
+        assert board["backlog"] == log.app.head_position() - head > 0
+
+        table = CliRunner().invoke(app, ["status"], env=cli_env(log))
+        assert table.exit_code == 0
+        assert "run_status" in table.output and "workflow_stats" in table.output
+        assert f"log head {log.app.head_position()}" in table.output
+
+    def test_status_errors_are_messages_with_exit_code_2(self, log: Log) -> None:
+        result = CliRunner().invoke(app, ["status", "-p", "nope"], env=cli_env(log))
+        assert result.exit_code == 2
+        assert "no projection 'nope'" in result.output
+        env = cli_env(log) | {"SAFEREPLAY_PROJECTIONS_BATCH_SIZE": "0"}
+        result = CliRunner().invoke(app, ["status"], env=env)
+        assert result.exit_code == 2
+        assert "SAFEREPLAY_PROJECTIONS_BATCH_SIZE" in result.output
+
+
+class TestSQLiteStatusCommand(StatusCommandContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
+        backend = SQLiteBackend(tmp_path, key_file)
+        yield backend
+        backend.close()
+
+
+@pytest.mark.postgres
+class TestPostgresStatusCommand(StatusCommandContract):
+    @pytest.fixture
+    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
+        backend = PostgresBackend(postgres_dsn, key_file)
+        yield backend
+        backend.close()
+
+
+def test_the_demo_builds_the_reference_projections_and_prints_their_lag(tmp_path: Path) -> None:
+    output = io.StringIO()
+    result = run_demo(
+        tmp_path / "demo", console=Console(file=output, width=100), workflows=2, runs=3
+    )
+    assert result.status is not None
+    assert [p.name for p in result.status.projections] == sorted(
+        p.name for p in REFERENCE_PROJECTIONS
+    )
+    assert all(
+        p.position == result.head_position and p.backlog == 0 for p in result.status.projections
+    )
+    text = output.getvalue()
+    assert "projection status" in text and "workflow_stats" in text
+    with SQLiteProjectionStore(tmp_path / "demo" / "events.db") as store:
+        assert len(store.rows(REFERENCE_PROJECTIONS[0], "runs")) == 6
+
+
+# -- settings ------------------------------------------------------------------------------------
+
+
+def test_the_projection_store_defaults_to_the_event_store(tmp_path: Path) -> None:
+    sqlite = DomainSettings.from_env(sqlite_path=tmp_path / "e.db", encryption=False)
+    store = open_store(sqlite, ProjectionSettings.from_env())
+    assert isinstance(store, SQLiteProjectionStore) and store.path == tmp_path / "e.db"
+    elsewhere = ProjectionSettings.from_env(sqlite_path=tmp_path / "views.db")
+    assert open_store(sqlite, elsewhere).path == tmp_path / "views.db"  # type: ignore[attr-defined]
+    postgres = DomainSettings.from_env(
+        backend="postgres",
+        postgres_dsn="postgresql://u:p@h:1/d",
+        postgres_schema="events",
+        encryption=False,
+    )
+    assert ProjectionSettings().postgres_store(postgres) == ("postgresql://u:p@h:1/d", "events")
+    views = ProjectionSettings.from_env(
+        postgres_dsn="postgresql://v@w:2/views", postgres_schema="read"
+    )
+    assert views.postgres_store(postgres) == ("postgresql://v@w:2/views", "read")
+    pg_store = open_store(postgres, ProjectionSettings(postgres_schema="read"))
+    assert isinstance(pg_store, PostgresProjectionStore) and pg_store.schema == "read"
+    with pytest.raises(ConfigurationError, match="same kind"):
+        ProjectionSettings(sqlite_path=tmp_path / "x.db").postgres_store(postgres)
+    with pytest.raises(ConfigurationError, match="same kind"):
+        ProjectionSettings(postgres_schema="read").sqlite_store_path(sqlite)
+
+
+def test_projection_settings_come_from_their_own_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_BATCH_SIZE", "250")
+    monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_REPOLL_INTERVAL", "0.5")
+    monkeypatch.setenv("SAFEREPLAY_BATCH_SIZE", "7")  # not ours
+    settings = ProjectionSettings.from_env()
+    assert (settings.batch_size, settings.repoll_interval) == (250, 0.5)
+    from projections import RunnerOptions
+
+    assert RunnerOptions.from_settings(settings).batch_size == 250
+    monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_POSTGRES_DSN", "postgresql://u:secret@h/d")
+    monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_POSTGRES_SCHEMA", "Not An Identifier")
+    monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_POLL_INTERVAL", "-1")
+    with pytest.raises(ConfigurationError) as info:
+        ProjectionSettings.from_env()
+    message = str(info.value)
+    assert "SAFEREPLAY_PROJECTIONS_POLL_INTERVAL" in message
+    assert "secret" not in message
+    monkeypatch.delenv("SAFEREPLAY_PROJECTIONS_POLL_INTERVAL")
+    with pytest.raises(ConfigurationError, match="SAFEREPLAY_PROJECTIONS_POSTGRES_SCHEMA"):
+        ProjectionSettings.from_env()
