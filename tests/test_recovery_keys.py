@@ -36,7 +36,7 @@ def plain_settings(settings: DomainSettings) -> dict[str, Any]:
 def _reencrypt_slowly(values: dict[str, Any]) -> None:
     app = AutomationApp(DomainSettings.from_env(**values))
     assert app.key_ring is not None
-    reencrypt(app, app.key_ring, batch_size=5, events_per_second=300)
+    reencrypt(app, app.key_ring, batch_size=5, events_per_second=60)
 
 
 class KeyRotationContract:
@@ -67,7 +67,7 @@ class KeyRotationContract:
                 target=_reencrypt_slowly, args=(plain_settings(self.settings()),)
             )
             child.start()
-            deadline = time.monotonic() + 30
+            deadline = time.monotonic() + 60
             while key_usage(app).uses("k1") == len(before) and time.monotonic() < deadline:
                 time.sleep(0.05)
             assert child.pid is not None
