@@ -18,8 +18,8 @@ silently produces a read model that is quietly incomplete.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
+from projections.failure import Decision, EventFailure
 from recovery.backoff import Backoff
 
 __all__ = [
@@ -30,31 +30,9 @@ __all__ = [
     "Park",
     "PolicySet",
     "RetryThenFail",
+    "RulesPolicy",
     "RetryThenPark",
 ]
-
-Action = Literal["retry", "park", "fail"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What the runner does with a failed event: retry after ``delay``, park, or fail."""
-
-    action: Action
-    delay: float = 0.0
-    reason: str = ""
-
-    @classmethod
-    def retry(cls, delay: float, reason: str = "") -> Decision:
-        return cls("retry", delay, reason)
-
-    @classmethod
-    def park(cls, reason: str) -> Decision:
-        return cls("park", 0.0, reason)
-
-    @classmethod
-    def fail(cls, reason: str) -> Decision:
-        return cls("fail", 0.0, reason)
 
 
 @dataclass(frozen=True)
@@ -136,3 +114,17 @@ class PolicySet:
     rebuild: ErrorRules = field(
         default_factory=lambda: ErrorRules(default=RetryThenFail(attempts=3))
     )
+
+
+@dataclass(frozen=True)
+class RulesPolicy:
+    """Plugs :class:`ErrorRules` into the projection runner's failure-policy seam.
+
+    :class:`~projections.failure.Decision` is the one decision value both layers
+    use; this adapter only picks the rule for the failure's error and attempt.
+    """
+
+    rules: ErrorRules
+
+    def decide(self, failure: EventFailure) -> Decision:
+        return self.rules.decide(failure.error, failure.attempt)
