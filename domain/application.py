@@ -44,6 +44,7 @@ class EventStoreApplication(Application[UUID]):
         key_ring: KeyRing | None = _UNSET,
     ) -> None:
         self.settings = settings if settings is not None else DomainSettings.from_env()
+        self._ring_from_settings = key_ring is _UNSET
         if key_ring is _UNSET:
             key_ring = self.settings.load_key_ring()
         elif key_ring is None and self.settings.encryption:
@@ -51,7 +52,7 @@ class EventStoreApplication(Application[UUID]):
                 "encryption is on but no key ring was given; set SAFEREPLAY_ENCRYPTION=false "
                 "to store plaintext deliberately"
             )
-        self.key_ring: KeyRing | None = key_ring
+        self._key_ring: KeyRing | None = key_ring
         # The table prefix on PostgreSQL comes from the application name.
         self.name = self.settings.application_name
         try:
@@ -85,8 +86,25 @@ class EventStoreApplication(Application[UUID]):
             _env.update(env)
         return Environment(name, _env)
 
+    @property
+    def key_ring(self) -> KeyRing | None:
+        """The ring in use now (re-read from the key file after a rotation)."""
+        mapper = getattr(self, "mapper", None)
+        if isinstance(mapper, EnvelopeMapper):
+            mapper.refresh_key_ring()
+            return mapper.key_ring
+        return self._key_ring
+
     def construct_mapper(self) -> Mapper[UUID]:
-        return EnvelopeMapper(transcoder=self.construct_transcoder(), key_ring=self.key_ring)
+        # Only a ring read from the configured key file is watched for rotations.
+        watch = (
+            self.settings.key_file
+            if self._key_ring is not None and self._ring_from_settings
+            else None
+        )
+        return EnvelopeMapper(
+            transcoder=self.construct_transcoder(), key_ring=self._key_ring, key_file=watch
+        )
 
     def construct_transcoder(self) -> Transcoder:
         transcoder = JSONTranscoder()

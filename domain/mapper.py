@@ -8,7 +8,9 @@ transcoding stays eventsourcing's (so stored state keeps eventsourcing's format)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
@@ -22,6 +24,7 @@ from domain.errors import (
     FieldProblem,
     InvalidInput,
     UnknownEventType,
+    UnknownKeyId,
     UnknownSchemaVersion,
 )
 from domain.events import ENVELOPE_FIELDS
@@ -49,9 +52,36 @@ class EnvelopeMapper(Mapper[UUID]):
     newer than the code is an error naming the position, not a silent decode.
     """
 
-    def __init__(self, transcoder: Transcoder, key_ring: KeyRing | None) -> None:
+    def __init__(
+        self,
+        transcoder: Transcoder,
+        key_ring: KeyRing | None,
+        *,
+        key_file: Path | None = None,
+        reload_interval: float = 1.0,
+    ) -> None:
         super().__init__(transcoder=transcoder)
         self.key_ring = key_ring
+        # With a key file, a rotation done by another process (keys add/activate)
+        # takes effect here without a restart: the file is re-read when its
+        # modification time or size changes, checked at most every reload_interval.
+        self._key_file = key_file
+        self._reload_interval = reload_interval
+        self._checked_at = time.monotonic()
+        self._file_stamp = _stamp(key_file) if key_file is not None else None
+
+    def refresh_key_ring(self, *, force: bool = False) -> None:
+        """Re-read the key file if it changed (or unconditionally with ``force``)."""
+        if self._key_file is None or self.key_ring is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._checked_at < self._reload_interval:
+            return
+        self._checked_at = now
+        stamp = _stamp(self._key_file)
+        if force or stamp != self._file_stamp:
+            self.key_ring = KeyRing.load(self._key_file)
+            self._file_stamp = stamp
 
     # -- writing ----------------------------------------------------------------------
 
@@ -62,6 +92,7 @@ class EnvelopeMapper(Mapper[UUID]):
         originator_version = event_state.pop("originator_version")
         event_state["class_version"] = getattr(type(domain_event), "class_version", 1)
         state = self.transcoder.encode(event_state)
+        self.refresh_key_ring()
         if self.key_ring is not None:
             state = self.key_ring.seal(
                 state, associated_data(originator_id, originator_version, topic)
@@ -78,11 +109,16 @@ class EnvelopeMapper(Mapper[UUID]):
     def decrypt_state(self, stored: StoredEvent) -> bytes:
         """The transcoded (plaintext) state of ``stored``."""
         if self.key_ring is not None:
-            return self.key_ring.open(
-                stored.state,
-                associated_data(stored.originator_id, stored.originator_version, stored.topic),
-                where=describe_row(stored),
-            )
+            aad = associated_data(stored.originator_id, stored.originator_version, stored.topic)
+            try:
+                return self.key_ring.open(stored.state, aad, where=describe_row(stored))
+            except UnknownKeyId:
+                if self._key_file is None:
+                    raise
+                # Sealed by a process that already uses a key added since we loaded
+                # the ring: re-read the file once, then give the real answer.
+                self.refresh_key_ring(force=True)
+                return self.key_ring.open(stored.state, aad, where=describe_row(stored))
         if is_sealed(stored.state):
             raise EventDecryptionError(
                 f"event at {describe_row(stored)} is encrypted but encryption is turned off; "
@@ -193,6 +229,14 @@ def envelope_of(
         payload={k: v for k, v in state.items() if k not in ENVELOPE_FIELDS},
         event=event,
     )
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
 
 
 def _as_uuid(value: UUID | str) -> UUID:

@@ -115,3 +115,22 @@ class TestPostgresKeyRotation(KeyRotationContract):
     @pytest.fixture(autouse=True)
     def _settings(self, postgres_settings: Callable[..., DomainSettings]) -> None:
         self.settings = postgres_settings
+
+
+def test_a_rotation_reaches_running_processes_without_restart(
+    sqlite_settings: Callable[..., DomainSettings], key_file: Path
+) -> None:
+    reader = AutomationApp(sqlite_settings())
+    writer = AutomationApp(sqlite_settings())
+    record_workload(writer, workflows=1, runs_per_workflow=1, seed=5)
+    add_key(key_file, "k2", activate=True)
+    # The writer sealing with k2 before the reader re-checked its file: the reader's
+    # UnknownKeyId makes it re-read the ring once, so it still decodes the event.
+    writer.envelope_mapper.refresh_key_ring(force=True)
+    record_workload(writer, workflows=1, runs_per_workflow=1, seed=6)
+    assert key_usage(reader).uses("k2") > 0
+    assert len(reader.read(after=0, limit=10_000)) == reader.head_position()
+    # Within the reload interval, new writes of a process that did nothing use k2.
+    time.sleep(1.1)
+    assert reader.key_ring is not None
+    assert reader.key_ring.active_key_id == "k2"
