@@ -18,7 +18,7 @@ from recovery.cli_support import (
 )
 from recovery.security_ops import bootstrap_admin
 
-__all__ = ["audit_app", "keys_app", "principals_app", "register", "token_app"]
+__all__ = ["audit_app", "keys_app", "parked_app", "principals_app", "register", "token_app"]
 
 principals_app = typer.Typer(help="People and service accounts.", no_args_is_help=True)
 token_app = typer.Typer(
@@ -193,10 +193,40 @@ def keys_retire(key_id: str, reason: Reason) -> None:
     emit(operation("keys.retire", reason=reason, key_id=key_id), as_json=False)
 
 
+parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=True)
+
+
+@parked_app.command("list")
+def parked_list(
+    projection: str,
+    include_resolved: Annotated[bool, typer.Option(help="Also re-driven ones.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Parked events of a projection, in position order (never their payloads)."""
+    rows = operation("parked.list", projection=projection, include_resolved=include_resolved)
+
+    def table(result: Any) -> None:
+        t = Table("position", "partition", "aggregate", "event", "error", "attempts", "blocked by")
+        for r in result:
+            t.add_row(
+                str(r["position"]),
+                f"{r['partition']['index']}/{r['partition']['count']}",
+                str(r["aggregate_id"]),
+                r["event_type"],
+                f"{r['error_type']}: {r['error_message']}",
+                str(r["attempts"]),
+                str(r["blocked_by"] or "-"),
+            )
+        console.print(t)
+
+    emit(rows, as_json=as_json, human=table)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(principals_app, name="principals")
     app.add_typer(token_app, name="token")
     app.add_typer(audit_app, name="audit")
     app.add_typer(keys_app, name="keys")
+    app.add_typer(parked_app, name="parked")
     app.command("grant")(grant)
     app.command("revoke")(revoke)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from domain import AutomationApp, DomainSettings
+from projections import ProjectionSettings, ProjectionStore, open_store
 from recovery.access import AccessControl, Principal
 from recovery.audit import AuditTrail
 from recovery.database import Database, PostgresDatabase, SQLiteDatabase
@@ -29,17 +30,28 @@ class RecoveryContext:
         return cls(domain=DomainSettings.from_env(), recovery=RecoverySettings.from_env())
 
     @cached_property
+    def projection_settings(self) -> ProjectionSettings:
+        return ProjectionSettings.from_env()
+
+    @cached_property
     def database(self) -> Database:
-        """The recovery database: the same database (and schema) as the event store."""
+        """The recovery database: the projection store's database (and schema), so that
+        jobs and leases sit beside the positions they guard."""
         if self.domain.backend == "sqlite":
-            database: Database = SQLiteDatabase(self.domain.sqlite_path)
-        else:
-            assert self.domain.postgres_dsn is not None
-            database = PostgresDatabase(
-                self.domain.postgres_dsn.get_secret_value(), schema=self.domain.postgres_schema
+            database: Database = SQLiteDatabase(
+                self.projection_settings.sqlite_store_path(self.domain)
             )
+        else:
+            conninfo, schema = self.projection_settings.postgres_store(self.domain)
+            database = PostgresDatabase(conninfo, schema=schema)
         self._closers.append(database)
         return database
+
+    @cached_property
+    def projection_store(self) -> ProjectionStore:
+        store = open_store(self.domain, self.projection_settings)
+        self._closers.append(store)
+        return store
 
     @cached_property
     def app(self) -> AutomationApp:
@@ -67,10 +79,12 @@ class RecoveryContext:
 
     @cached_property
     def operations(self) -> Operations:
+        from recovery.projection_ops import register_projection_operations
         from recovery.security_ops import register_security_operations
 
         operations = Operations(access=self.access, audit=self.audit)
         register_security_operations(operations, self)
+        register_projection_operations(operations, self)
         return operations
 
     def caller(self) -> Principal:

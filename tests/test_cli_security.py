@@ -105,3 +105,41 @@ def test_key_rotation_through_the_cli(env: dict[str, str], tmp_path: Path, key_f
     assert run(env, "keys", "retire", "k1", "-r", "rotation done", token=admin)[0] == 0
     code, out = run(env, "audit", "list", "--json", "--action", "keys.retire", token=admin)
     assert [e["outcome"] for e in json.loads(out)] == ["failed", "succeeded"]
+
+
+def test_parked_events_are_listed_through_the_audited_layer(
+    env: dict[str, str], tmp_path: Path, key_file: Path
+) -> None:
+    from test_recovery_policy_runner import Runs
+
+    from projections import ProjectionRunner, SQLiteEventSource, SQLiteProjectionStore
+    from recovery.policies import ErrorRules, Park, RulesPolicy
+
+    settings = DomainSettings.from_env(
+        backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+    )
+    events_app = AutomationApp(settings)
+    record_workload(events_app, workflows=1, runs_per_workflow=2)
+    victim = next(e for e in events_app.read(after=0, limit=100) if e.event_type == "Run.Started")
+    Runs.poison = {victim.aggregate_id}
+    try:
+        with (
+            SQLiteProjectionStore(tmp_path / "events.db") as store,
+            SQLiteEventSource(tmp_path / "events.db", mapper=events_app.envelope_mapper) as source,
+        ):
+            ProjectionRunner(
+                Runs(), source=source, store=store, policy=RulesPolicy(ErrorRules(default=Park()))
+            ).catch_up()
+    finally:
+        Runs.poison = set()
+
+    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+    code, out = run(env, "parked", "list", "policy_runs", "--json", token=admin)
+    assert code == 0, out
+    parked = json.loads(out)
+    assert parked
+    assert {p["aggregate_id"] for p in parked} == {str(victim.aggregate_id)}
+    assert parked[0]["error_type"] == "ValueError"
+    assert "payload" not in out
+    code, out = run(env, "parked", "list", "policy_runs")
+    assert code == 4, "no token, no listing"
