@@ -79,12 +79,16 @@ class RecoveryContext:
 
     @cached_property
     def operations(self) -> Operations:
-        from recovery.projection_ops import register_projection_operations
+        from recovery.projection_ops import (
+            register_job_operations,
+            register_projection_operations,
+        )
         from recovery.security_ops import register_security_operations
 
         operations = Operations(access=self.access, audit=self.audit)
         register_security_operations(operations, self)
         register_projection_operations(operations, self)
+        register_job_operations(operations, self)
         return operations
 
     def caller(self) -> Principal:

@@ -109,6 +109,7 @@ class Operations:
             "scope": scope,
             "reason": reason,
             "parameters": parameters,
+            "job_id": _job_id_of(parameters),
         }
         if not self.access.allows(principal.name, spec.permission, scope):
             self.audit.append(AuditRecord(**record, outcome="denied"))
@@ -130,13 +131,13 @@ class Operations:
                         "parameters": {**parameters, "error": f"{type(exc).__name__}: {exc}"},
                     },
                     outcome="failed",
-                    job_id=_job_id_of(parameters),
                 )
             )
             raise
         self.audit.append(
             AuditRecord(
-                **record, outcome="succeeded", job_id=_job_id_of(parameters) or _job_id_of(result)
+                **{**record, "job_id": record["job_id"] or _job_id_of(result)},
+                outcome="succeeded",
             )
         )
         return result

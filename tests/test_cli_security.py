@@ -143,3 +143,58 @@ def test_parked_events_are_listed_through_the_audited_layer(
     assert "payload" not in out
     code, out = run(env, "parked", "list", "policy_runs")
     assert code == 4, "no token, no listing"
+
+
+def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_path: Path) -> None:
+    from recovery.jobs import JobKind
+    from recovery.jobstore import NewJob
+    from recovery.sqlite import SQLiteJobStore
+
+    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+    for name, role in (("olga", "operator"), ("vic", "viewer")):
+        run(env, "principals", "add", name, "-r", "team", token=admin)
+        run(env, "grant", name, role, "projection:run_status", "-r", "team", token=admin)
+    olga = last_line(run(env, "token", "issue", "olga", "-r", "team", token=admin)[1])
+    vic = last_line(run(env, "token", "issue", "vic", "-r", "team", token=admin)[1])
+
+    store = SQLiteJobStore(tmp_path / "events.db")
+    store.create_tables()
+    job = store.create_job(
+        NewJob(
+            kind=JobKind.CATCH_UP,
+            projection="run_status",
+            build=1,
+            partition_count=2,
+            principal="olga",
+            reason="behind after outage",
+            target_position=50,
+        )
+    )
+    assert store.claim("w1", lease_seconds=60) is not None
+
+    code, out = run(env, "jobs", "--json", "-p", "run_status", token=vic)
+    assert code == 0, out
+    (listed,) = json.loads(out)
+    assert (listed["state"], listed["reason"]) == ("running", "behind after outage")
+    assert len(listed["partitions"]) == 2
+
+    assert run(env, "pause", str(job.job_id), "-r", "db maintenance", token=vic)[0] == 3
+    assert run(env, "pause", str(job.job_id), "-r", "db maintenance", token=olga)[0] == 0
+    assert store.get_job(job.job_id).state == "paused", "seen by another process at once"
+    assert run(env, "pause", str(job.job_id), "-r", "again", token=olga)[0] == 0, "idempotent"
+    assert run(env, "resume", str(job.job_id), "-r", "maintenance over", token=olga)[0] == 0
+    assert run(env, "abort", str(job.job_id), "-r", "superseded", token=olga)[0] == 0
+    assert store.get_job(job.job_id).state == "aborting", "a worker still holds a lease"
+    code, out = run(env, "resume", str(job.job_id), "-r", "changed my mind", token=olga)
+    assert code == 2
+    assert "aborting: cannot become running" in " ".join(out.split())
+    store.close()
+    code, out = run(env, "audit", "list", "--json", "--job", str(job.job_id), token=admin)
+    assert [(e["actor"], e["action"], e["outcome"]) for e in json.loads(out)] == [
+        ("vic", "pause", "denied"),
+        ("olga", "pause", "succeeded"),
+        ("olga", "pause", "succeeded"),
+        ("olga", "resume", "succeeded"),
+        ("olga", "abort", "succeeded"),
+        ("olga", "resume", "failed"),
+    ]
