@@ -16,8 +16,10 @@ from projections.backends import open_source, open_store
 from projections.batch import BatchState, MergeShape, TableWrites
 from projections.errors import (
     DatabaseUnavailable,
+    FencedOff,
     HandlerFailed,
     InvalidWrite,
+    PartitioningMismatch,
     PositionConflict,
     ProjectionDefinitionError,
     ProjectionError,
@@ -55,7 +57,7 @@ from projections.status import (
     status,
     wait_for_position,
 )
-from projections.store import BuildInfo, Checkpoint, ParkedEvent, ProjectionStore
+from projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
 from projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
 
 __all__ = [
@@ -74,7 +76,9 @@ __all__ = [
     "EventRef",
     "EventSource",
     "FailFast",
+    "FencedOff",
     "FailedSteps",
+    "Fence",
     "FailurePolicy",
     "HandlerFailed",
     "HighWaterMark",
@@ -82,6 +86,7 @@ __all__ = [
     "MergeShape",
     "ParkedEvent",
     "Partition",
+    "PartitioningMismatch",
     "PartitionStatus",
     "PositionConflict",
     "PostgresEventSource",

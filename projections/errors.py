@@ -11,6 +11,9 @@ the store and event-source adapters, with ``raise ... from``::
     ├── VersionMismatch            the live build was built by another projection version
     ├── PositionConflict           the optimistic position check failed: another
     │                              worker moved the position (fencing)
+    │   └── FencedOff              the commit's fence (e.g. a job lease) no longer holds
+    ├── PartitioningMismatch       a build's positions are kept in another partitioning
+    ├── RedriveConflict            parked events were redriven by someone else meanwhile
     ├── HandlerFailed              an event could not be applied (handler or decoding
     │                              error) and the failure policy said "fail"
     ├── StoreError                 the projection store or the event source failed
@@ -28,9 +31,12 @@ from uuid import UUID
 
 __all__ = [
     "DatabaseUnavailable",
+    "FencedOff",
     "HandlerFailed",
     "InvalidWrite",
+    "PartitioningMismatch",
     "PositionConflict",
+    "RedriveConflict",
     "ProjectionDefinitionError",
     "ProjectionError",
     "StoreError",
@@ -86,6 +92,42 @@ class PositionConflict(ProjectionError):
         super().__init__(
             f"{where}: expected position {expected} but it {now}; another worker "
             "committed to this partition, the batch was rolled back"
+        )
+
+
+class FencedOff(PositionConflict):
+    """The commit's fence no longer holds: the writer lost its lease; nothing was written."""
+
+    def __init__(self, projection: str, build: int, partition: str, *, fence: str) -> None:
+        ProjectionError.__init__(
+            self,
+            f"projection {projection!r} build {build} partition {partition}: {fence} no "
+            "longer holds (the lease was taken over or released); the batch was rolled back",
+        )
+        self.projection = projection
+        self.build = build
+        self.partition = partition
+        self.expected = -1
+        self.found = None
+
+
+class PartitioningMismatch(ProjectionError):
+    """A build's positions are kept in one partitioning at a time.
+
+    Running a build in two partitionings at once would apply events twice; a
+    recovery job moves a build between partitionings with
+    :meth:`~projections.store.ProjectionStore.repartition`.
+    """
+
+
+class RedriveConflict(ProjectionError):
+    """Some parked events were resolved by a concurrent redrive; nothing was written."""
+
+    def __init__(self, projection: str, build: int, *, expected: int, resolved: int) -> None:
+        super().__init__(
+            f"projection {projection!r} build {build}: only {resolved} of {expected} parked "
+            "events were still unresolved (another redrive ran meanwhile); rolled back, "
+            "run the redrive again"
         )
 
 

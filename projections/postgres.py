@@ -38,7 +38,9 @@ from domain.mapper import EnvelopeMapper
 from projections.batch import MergeShape, TableWrites
 from projections.errors import (
     DatabaseUnavailable,
+    FencedOff,
     PositionConflict,
+    RedriveConflict,
     StoreError,
     UnknownProjection,
 )
@@ -52,10 +54,13 @@ from projections.store import (
     BuildInfo,
     BuildStatus,
     Checkpoint,
+    Fence,
     ParkedEvent,
     ProjectionLike,
     ProjectionStore,
+    check_partitioning,
     projection_class,
+    repartitioned_rows,
 )
 
 __all__ = ["PostgresEventSource", "PostgresProjectionStore", "partition_expression"]
@@ -491,6 +496,15 @@ class PostgresProjectionStore(ProjectionStore):
                 row = conn.execute(query, params).fetchone()
         if row is None:
             with self._write("create a position") as conn:
+                self._lock_positions(conn, name, build)
+                counts = conn.execute(
+                    self._q(
+                        "SELECT DISTINCT partition_count FROM {positions} "
+                        "WHERE projection = %s AND build = %s"
+                    ),
+                    (name, build),
+                ).fetchall()
+                check_partitioning(name, build, partition, [int(c[0]) for c in counts])
                 conn.execute(
                     self._q(
                         "INSERT INTO {positions} (projection, build, partition_index, "
@@ -501,6 +515,65 @@ class PostgresProjectionStore(ProjectionStore):
                 row = conn.execute(query, params).fetchone()
         assert row is not None
         return _checkpoint(name, build, row)
+
+    def _lock_positions(self, conn: psycopg.Connection[Any], name: str, build: int) -> None:
+        # Creating a position row and regrouping a build's rows serialise on this
+        # transaction lock, so a partitioning check cannot race a repartition.
+        conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtext(%s))",
+            (f"safereplay.positions.{self.schema}.{name}.{build}",),
+        )
+
+    def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
+        with self._write(f"repartition build {build} of {name!r}") as conn:
+            self._lock_positions(conn, name, build)
+            # Lock the rows too: a runner's commit of the old partitioning waits, then
+            # finds its row gone (PositionConflict) instead of moving a stale position.
+            current = [
+                _checkpoint(name, build, r)
+                for r in conn.execute(
+                    self._q(self._CHECKPOINT + " FOR UPDATE"), (name, build)
+                ).fetchall()
+            ]
+            rows = repartitioned_rows(name, build, current, count)
+            conn.execute(
+                self._q("DELETE FROM {positions} WHERE projection = %s AND build = %s"),
+                (name, build),
+            )
+            with conn.cursor() as cursor:
+                cursor.executemany(
+                    self._q(
+                        "INSERT INTO {positions} (projection, build, partition_index, "
+                        "partition_count, position, events_applied, events_parked, "
+                        "committed_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)"
+                    ),
+                    [
+                        (name, build, index, count, position, applied, parked, _now())
+                        for index, position, applied, parked in rows
+                    ],
+                )
+        return self.checkpoints(name, build=build)
+
+    def _check_fence(
+        self,
+        conn: psycopg.Connection[Any],
+        name: str,
+        build: int,
+        partition: Partition,
+        fence: Fence,
+    ) -> None:
+        # FOR SHARE: the lease row cannot be updated (taken over) until this commit ends.
+        where = sql.SQL(" AND ").join(
+            sql.SQL("{} = %s").format(sql.Identifier(column)) for column, _ in fence.match
+        )
+        held = conn.execute(
+            sql.SQL("SELECT 1 FROM {} WHERE {} FOR SHARE").format(
+                sql.Identifier(self.schema, fence.table), where
+            ),
+            [value for _, value in fence.match],
+        ).fetchone()
+        if held is None:
+            raise FencedOff(name, build, str(partition), fence=fence.description)
 
     def checkpoints(self, name: str, *, build: int | None = None) -> list[Checkpoint]:
         build = self.resolve_build(name, build)
@@ -523,10 +596,13 @@ class PostgresProjectionStore(ProjectionStore):
         applied: int = 0,
         parked: Sequence[ParkedEvent] = (),
         during: Callable[[], None] | None = None,
+        fence: Fence | None = None,
     ) -> Checkpoint:
         if position < expected:
             raise ValueError(f"a position cannot move back (from {expected} to {position})")
         with self._write(f"commit {name!r} partition {partition}") as conn:
+            if fence is not None:
+                self._check_fence(conn, name, build, partition, fence)
             with conn.cursor() as cursor:
                 for table_writes in writes:
                     self._flush(cursor, name, build, table_writes)
@@ -690,6 +766,55 @@ class PostgresProjectionStore(ProjectionStore):
                 (name, build),
             ).fetchall()
         return {a: int(p) for a, p in rows if partition.contains(a)}
+
+    def resolve_parked(
+        self,
+        name: str,
+        build: int,
+        *,
+        resolved: Sequence[int],
+        writes: Sequence[TableWrites] = (),
+        failed: Sequence[ParkedEvent] = (),
+    ) -> int:
+        now = _now()
+        with self._write(f"redrive parked events of {name!r}") as conn:
+            changed = conn.execute(
+                self._q(
+                    "UPDATE {parked} SET resolved_at = %s WHERE projection = %s AND build = %s "
+                    "AND position = ANY(%s) AND resolved_at IS NULL"
+                ),
+                (now, name, build, list(resolved)),
+            ).rowcount
+            if changed != len(resolved):
+                # Another redrive resolved some of them first: roll back, apply nothing twice.
+                raise RedriveConflict(name, build, expected=len(resolved), resolved=changed)
+            with conn.cursor() as cursor:
+                for table_writes in writes:
+                    self._flush(cursor, name, build, table_writes)
+                if failed:
+                    cursor.executemany(
+                        self._q(
+                            "UPDATE {parked} SET attempts = %s, last_seen_at = %s, "
+                            "error_type = %s, error_message = %s, reason = %s, blocked_by = %s "
+                            "WHERE projection = %s AND build = %s AND position = %s "
+                            "AND resolved_at IS NULL"
+                        ),
+                        [
+                            (
+                                p.attempts,
+                                p.last_seen_at,
+                                p.error_type,
+                                p.error_message,
+                                p.reason,
+                                p.blocked_by,
+                                name,
+                                build,
+                                p.position,
+                            )
+                            for p in failed
+                        ],
+                    )
+        return len(resolved)
 
     def close(self) -> None:
         with self._db.lock:

@@ -54,7 +54,9 @@ from domain.envelope import Envelope
 from projections.batch import BatchState
 from projections.errors import (
     DatabaseUnavailable,
+    FencedOff,
     HandlerFailed,
+    PartitioningMismatch,
     PositionConflict,
     ProjectionDefinitionError,
     StoreError,
@@ -64,7 +66,7 @@ from projections.failure import Decision, EventFailure, EventRef, FailFast, Fail
 from projections.projection import Projection
 from projections.settings import ProjectionSettings
 from projections.source import WHOLE, EventSource, Partition
-from projections.store import Checkpoint, ParkedEvent, ProjectionStore
+from projections.store import Checkpoint, Fence, ParkedEvent, ProjectionStore
 
 __all__ = [
     "FAULT_POINTS",
@@ -184,10 +186,13 @@ class _Attempts:
 class ProjectionRunner:
     """Applies one projection (one partition of it) from ``source`` into ``store``.
 
-    ``build`` defaults to the projection's live build (made on first use).
+    ``build`` defaults to the projection's live build (made on first use); such
+    a runner *follows the live build*: after a swap or a rollback,
+    :meth:`follow` moves to the new live build and goes on from its position.
     ``policy`` decides about events that cannot be applied (default
-    :class:`~projections.failure.FailFast`). ``faults`` is a test hook (see the
-    module docstring).
+    :class:`~projections.failure.FailFast`). ``fence`` is checked inside every
+    commit (a recovery worker's lease: see :class:`~projections.store.Fence`).
+    ``faults`` is a test hook (see the module docstring).
     """
 
     def __init__(
@@ -200,6 +205,7 @@ class ProjectionRunner:
         build: int | None = None,
         options: RunnerOptions | None = None,
         policy: FailurePolicy | None = None,
+        fence: Fence | None = None,
         faults: FaultHook | None = None,
     ) -> None:
         cls = type(projection)
@@ -214,7 +220,9 @@ class ProjectionRunner:
         self.partition = partition
         self.options = options or RunnerOptions()
         self.policy: FailurePolicy = policy or FailFast()
+        self.fence = fence
         self._faults = faults
+        self._follows_live = build is None
         self._handlers = projection.handlers()
         self._tables = cls.table_map
         self._topics = list(cls.topics)
@@ -236,20 +244,30 @@ class ProjectionRunner:
 
     # -- public API -----------------------------------------------------------------------
 
-    def run_batch(self, stop: threading.Event | None = None) -> BatchResult:
-        """Run one batch (retrying lost connections); the result says what it did."""
+    def run_batch(
+        self, stop: threading.Event | None = None, *, until: int | None = None
+    ) -> BatchResult:
+        """Run one batch (retrying lost connections); the result says what it did.
+
+        ``until`` caps the batch: no event after that position is read, and the
+        position stops there (a job's target, so that every partition of a job
+        ends at the same position).
+        """
         try:
-            return self._retrying(lambda: self._batch(stop), stop)
+            return self._retrying(lambda: self._batch(stop, until), stop)
         except _Stopped:
             position = self._checkpoint.position if self._checkpoint is not None else 0
             return BatchResult(position, position, 0, 0, 0, 0, committed=False, stopped=True)
 
-    def catch_up(self, stop: threading.Event | None = None) -> CatchUpResult:
-        """Apply batches until the position reaches the high-water mark (or ``stop``)."""
+    def catch_up(
+        self, stop: threading.Event | None = None, *, until: int | None = None
+    ) -> CatchUpResult:
+        """Apply batches until the position reaches the high-water mark, or ``until``
+        if given (the mark may still be below it: then stop at the mark)."""
         batches = applied = parked = 0
         position = hwm = 0
         while stop is None or not stop.is_set():
-            result = self.run_batch(stop)
+            result = self.run_batch(stop, until=until)
             if result.stopped:
                 break
             batches += 1
@@ -261,10 +279,23 @@ class ProjectionRunner:
         return CatchUpResult(position, hwm, batches, applied, parked)
 
     def follow(self, stop: threading.Event) -> None:
-        """Catch up, then follow new events until ``stop`` is set."""
+        """Catch up, then follow new events until ``stop`` is set.
+
+        A runner of the live build moves to the new live build after a swap or a
+        rollback. While a recovery job holds the build in another partitioning
+        (a partitioned catch-up), it waits and then goes on from the position the
+        job leaves.
+        """
         pause = self.options.poll_interval
         while not stop.is_set():
-            result = self.run_batch(stop)
+            try:
+                result = self.run_batch(stop)
+            except (PartitioningMismatch, PositionConflict) as exc:
+                if isinstance(exc, FencedOff) or not self._handed_off(exc):
+                    raise
+                logger.info("projection %r: %s; waiting", self.name, exc)
+                stop.wait(self.options.repoll_interval)
+                continue
             if result.stopped:
                 return
             if result.read or result.retried or not result.caught_up:
@@ -276,6 +307,29 @@ class ProjectionRunner:
             else:
                 self.source.wait(pause, stop)
                 pause = min(pause * 2, self.options.max_poll_interval)
+            if self._follows_live:
+                self._retrying(self._follow_live_build, stop)
+
+    def _handed_off(self, exc: Exception) -> bool:
+        """A recovery job took the build over (its positions were regrouped)."""
+        self._checkpoint = None
+        self._blocked = None
+        return isinstance(exc, PartitioningMismatch) or (
+            isinstance(exc, PositionConflict) and exc.found is None
+        )
+
+    def _follow_live_build(self) -> None:
+        live = self.store.live_build(self.name)
+        if live is not None and live != self.build:
+            logger.info(
+                "projection %r: build %d is live now (was %d); following it",
+                self.name,
+                live,
+                self.build,
+            )
+            self.build = self.store.prepare(self.projection, build=live)
+            self._checkpoint = None
+            self._blocked = None
 
     def in_background(self) -> RunnerThread:
         """A started thread following live; ``stop()`` it (re-raises its error)."""
@@ -303,11 +357,16 @@ class ProjectionRunner:
             self._blocked = self.store.blocked_aggregates(self.name, self.build, self.partition)
         return self._blocked
 
-    def _batch(self, stop: threading.Event | None) -> BatchResult:
+    def _batch(self, stop: threading.Event | None, until: int | None) -> BatchResult:
         checkpoint = self._current()
+        if self._blocked:
+            # A redrive may have resolved them since: re-read (only while any are blocked).
+            self._blocked = None
         self._blocked_aggregates()
         self._fault("before_read")
         mark = self.source.high_water_mark()
+        if until is not None:
+            mark = min(mark, until)
         if mark <= checkpoint.position:
             return BatchResult(checkpoint.position, mark, 0, 0, 0, 0, committed=False)
         limit = self.options.batch_size
@@ -395,6 +454,7 @@ class ProjectionRunner:
                 applied=applied,
                 parked=parked,
                 during=during,
+                fence=self.fence,
             )
         except BaseException:
             self._checkpoint = None

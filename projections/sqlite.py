@@ -30,7 +30,9 @@ from domain.mapper import EnvelopeMapper
 from projections.batch import MergeShape, TableWrites
 from projections.errors import (
     DatabaseUnavailable,
+    FencedOff,
     PositionConflict,
+    RedriveConflict,
     StoreError,
     UnknownProjection,
 )
@@ -43,10 +45,13 @@ from projections.store import (
     BuildInfo,
     BuildStatus,
     Checkpoint,
+    Fence,
     ParkedEvent,
     ProjectionLike,
     ProjectionStore,
+    check_partitioning,
     projection_class,
+    repartitioned_rows,
 )
 from projections.watermark import SQLiteHighWaterMark
 
@@ -423,6 +428,12 @@ class SQLiteProjectionStore(ProjectionStore):
             row = conn.execute(query, params).fetchone() if self._registry_exists() else None
         if row is None:
             with self._write("create a position") as conn:
+                counts = conn.execute(
+                    f"SELECT DISTINCT partition_count FROM {POSITIONS_TABLE} "
+                    "WHERE projection = ? AND build = ?",
+                    (name, build),
+                ).fetchall()
+                check_partitioning(name, build, partition, [int(c[0]) for c in counts])
                 conn.execute(
                     f"INSERT INTO {POSITIONS_TABLE} (projection, build, partition_index, "
                     "partition_count) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
@@ -430,6 +441,39 @@ class SQLiteProjectionStore(ProjectionStore):
                 )
                 row = conn.execute(query, params).fetchone()
         return _checkpoint(name, build, row)
+
+    def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
+        with self._write(f"repartition build {build} of {name!r}") as conn:
+            current = [
+                _checkpoint(name, build, r)
+                for r in conn.execute(self._CHECKPOINT, (name, build)).fetchall()
+            ]
+            rows = repartitioned_rows(name, build, current, count)
+            conn.execute(
+                f"DELETE FROM {POSITIONS_TABLE} WHERE projection = ? AND build = ?", (name, build)
+            )
+            conn.executemany(
+                f"INSERT INTO {POSITIONS_TABLE} (projection, build, partition_index, "
+                "partition_count, position, events_applied, events_parked, committed_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (name, build, index, count, position, applied, parked, _timestamp(_now()))
+                    for index, position, applied, parked in rows
+                ],
+            )
+        return self.checkpoints(name, build=build)
+
+    def _check_fence(
+        self, conn: sqlite3.Connection, name: str, build: int, partition: Partition, fence: Fence
+    ) -> None:
+        # Inside BEGIN IMMEDIATE: no other writer (no lease take-over) until we commit.
+        where = " AND ".join(f"{quote(column)} = ?" for column, _ in fence.match)
+        held = conn.execute(
+            f"SELECT 1 FROM {quote(fence.table)} WHERE {where}",
+            [value for _, value in fence.match],
+        ).fetchone()
+        if held is None:
+            raise FencedOff(name, build, str(partition), fence=fence.description)
 
     def checkpoints(self, name: str, *, build: int | None = None) -> list[Checkpoint]:
         build = self.resolve_build(name, build)
@@ -451,11 +495,14 @@ class SQLiteProjectionStore(ProjectionStore):
         applied: int = 0,
         parked: Sequence[ParkedEvent] = (),
         during: Callable[[], None] | None = None,
+        fence: Fence | None = None,
     ) -> Checkpoint:
         if position < expected:
             raise ValueError(f"a position cannot move back (from {expected} to {position})")
         committed_at = _now()
         with self._write(f"commit {name!r} partition {partition}") as conn:
+            if fence is not None:
+                self._check_fence(conn, name, build, partition, fence)
             for table_writes in writes:
                 self._flush(conn, name, build, table_writes)
             if parked:
@@ -609,6 +656,50 @@ class SQLiteProjectionStore(ProjectionStore):
             ).fetchall()
         blocked = {UUID(a): int(p) for a, p in rows}
         return {a: p for a, p in blocked.items() if partition.contains(a)}
+
+    def resolve_parked(
+        self,
+        name: str,
+        build: int,
+        *,
+        resolved: Sequence[int],
+        writes: Sequence[TableWrites] = (),
+        failed: Sequence[ParkedEvent] = (),
+    ) -> int:
+        now = _timestamp(_now())
+        with self._write(f"redrive parked events of {name!r}") as conn:
+            for table_writes in writes:
+                self._flush(conn, name, build, table_writes)
+            changed = 0
+            for position in resolved:
+                changed += conn.execute(
+                    f"UPDATE {PARKED_TABLE} SET resolved_at = ? WHERE projection = ? "
+                    "AND build = ? AND position = ? AND resolved_at IS NULL",
+                    (now, name, build, position),
+                ).rowcount
+            if changed != len(resolved):
+                # Another redrive resolved some of them first: roll back, apply nothing twice.
+                raise RedriveConflict(name, build, expected=len(resolved), resolved=changed)
+            conn.executemany(
+                f"UPDATE {PARKED_TABLE} SET attempts = ?, last_seen_at = ?, error_type = ?, "
+                "error_message = ?, reason = ?, blocked_by = ? WHERE projection = ? "
+                "AND build = ? AND position = ? AND resolved_at IS NULL",
+                [
+                    (
+                        p.attempts,
+                        _timestamp(p.last_seen_at),
+                        p.error_type,
+                        p.error_message,
+                        p.reason,
+                        p.blocked_by,
+                        name,
+                        build,
+                        p.position,
+                    )
+                    for p in failed
+                ],
+            )
+        return len(resolved)
 
     def close(self) -> None:
         with self._lock:

@@ -29,6 +29,7 @@ when another worker moved it).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,7 +38,7 @@ from typing import Any, Literal
 from uuid import UUID
 
 from projections.batch import RowReader, TableWrites
-from projections.errors import UnknownProjection, VersionMismatch
+from projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
 from projections.projection import Projection, Table
 from projections.source import Partition
 
@@ -46,6 +47,7 @@ __all__ = [
     "BuildInfo",
     "BuildStatus",
     "Checkpoint",
+    "Fence",
     "ParkedEvent",
     "ProjectionLike",
     "ProjectionStore",
@@ -74,6 +76,33 @@ class Checkpoint:
     events_applied: int
     events_parked: int
     committed_at: datetime | None
+
+
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A row that must still exist for a commit to go through: a writer's lease.
+
+    :meth:`ProjectionStore.commit` looks for a row of ``table`` (in the store's
+    database and schema) whose columns equal ``match``, inside the commit's own
+    transaction, before anything is written. On PostgreSQL the row is locked
+    ``FOR SHARE`` until the commit ends, so a lease cannot be taken over while a
+    batch commits; SQLite's write lock serialises the same way. A missing row
+    rolls the batch back with :class:`~projections.errors.FencedOff`.
+    """
+
+    table: str
+    match: tuple[tuple[str, Any], ...]
+    #: What the fence is, for messages ("the lease of job ... partition 3").
+    description: str
+
+    def __post_init__(self) -> None:
+        names = [self.table, *(column for column, _ in self.match)]
+        bad = [name for name in names if not _IDENTIFIER.match(name)]
+        if bad or not self.match:
+            raise ValueError(f"a fence needs a table and columns named as SQL identifiers: {bad}")
 
 
 @dataclass(frozen=True)
@@ -194,6 +223,7 @@ class ProjectionStore(ABC):
         applied: int = 0,
         parked: Sequence[ParkedEvent] = (),
         during: Callable[[], None] | None = None,
+        fence: Fence | None = None,
     ) -> Checkpoint:
         """Write ``writes`` and ``parked`` and move the position from ``expected``
         to ``position``, in one transaction.
@@ -201,7 +231,19 @@ class ProjectionStore(ABC):
         ``applied`` events are added to ``events_applied``. ``during`` (tests) is
         called inside the transaction after the writes, before the position moves.
         Raises :class:`~projections.errors.PositionConflict` (nothing written) when
-        the stored position is not ``expected``.
+        the stored position is not ``expected``, and its subclass
+        :class:`~projections.errors.FencedOff` when ``fence`` does not hold.
+        """
+
+    @abstractmethod
+    def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
+        """Keep the build's positions in ``count`` partitions from now on, in one transaction.
+
+        Every current position of the build must be the same ``p`` (a build with
+        no position is at 0); afterwards each of the ``count`` partitions is at
+        ``p`` and the counters are carried over (on partition 0). Raises
+        :class:`~projections.errors.PartitioningMismatch` when the positions
+        differ: finish (or abort) the job that moves them first.
         """
 
     # -- rows ---------------------------------------------------------------------------
@@ -249,6 +291,25 @@ class ProjectionStore(ABC):
     def blocked_aggregates(self, name: str, build: int, partition: Partition) -> dict[UUID, int]:
         """Aggregates of ``partition`` with an unresolved parked event -> its first position."""
 
+    @abstractmethod
+    def resolve_parked(
+        self,
+        name: str,
+        build: int,
+        *,
+        resolved: Sequence[int],
+        writes: Sequence[TableWrites] = (),
+        failed: Sequence[ParkedEvent] = (),
+    ) -> int:
+        """Redrive: write the re-applied events' ``writes`` and mark the parked
+        positions ``resolved``, in one transaction; returns how many were resolved.
+
+        A position already resolved (by a concurrent redrive) rolls everything
+        back with :class:`~projections.errors.PositionConflict`, so nothing is
+        applied twice. ``failed`` records are updated in place (attempts, last
+        seen, error): the event stays parked.
+        """
+
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
@@ -264,3 +325,39 @@ class ProjectionStore(ABC):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# -- shared by both backends -------------------------------------------------------------
+
+
+def check_partitioning(
+    name: str, build: int, partition: Partition, counts_in_use: Sequence[int]
+) -> None:
+    """Refuse a partition whose build keeps its positions in another partitioning."""
+    others = sorted(set(counts_in_use) - {partition.count})
+    if others:
+        raise PartitioningMismatch(
+            f"projection {name!r} build {build} keeps its positions in {others[0]} "
+            f"partition(s), not {partition.count}: running it as partition {partition} too "
+            "would apply events twice; let the recovery job that split it finish (or abort "
+            "it), or repartition the build"
+        )
+
+
+def repartitioned_rows(
+    name: str, build: int, current: Sequence[Checkpoint], count: int
+) -> list[tuple[int, int, int, int]]:
+    """``(partition_index, position, events_applied, events_parked)`` after a repartition."""
+    if count < 1:
+        raise ValueError("a partition count must be at least 1")
+    positions = sorted({c.position for c in current})
+    if len(positions) > 1:
+        spread = ", ".join(f"{c.partition}@{c.position}" for c in current)
+        raise PartitioningMismatch(
+            f"projection {name!r} build {build}: its partitions are at different positions "
+            f"({spread}); they can only be regrouped once all are at the same position"
+        )
+    position = positions[0] if positions else 0
+    applied = sum(c.events_applied for c in current)
+    parked = sum(c.events_parked for c in current)
+    return [(0, position, applied, parked)] + [(i, position, 0, 0) for i in range(1, count)]

@@ -8,13 +8,16 @@ every column type round-trips; the store may live in another database.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,14 +32,17 @@ from projection_fixtures import (
     SQLiteBackend,
     apply_sequentially,
 )
+from psycopg import sql
 
 from domain import Envelope
 from domain.automation import Run
 from domain.workload import record_workload
 from projections import (
     BatchState,
+    FencedOff,
     ParkedEvent,
     Partition,
+    PartitioningMismatch,
     PositionConflict,
     PostgresProjectionStore,
     Projection,
@@ -49,6 +55,8 @@ from projections import (
     UnknownProjection,
     handles,
 )
+from projections.errors import RedriveConflict
+from projections.store import Fence
 
 
 class Rows(Projection):
@@ -376,6 +384,103 @@ class ProjectionStoreContract:
         assert halves[0].keys().isdisjoint(halves[1].keys())
         assert halves[0] | halves[1] == store.blocked_aggregates("rows", 1, P)
 
+    # -- partitionings, fences, redrive ---------------------------------------------------
+
+    def execute(self, log: Log, statement: str) -> None:
+        """Run ``statement`` in the store's database (and schema)."""
+        raise NotImplementedError
+
+    def test_a_build_is_kept_in_one_partitioning_at_a_time(self, store: ProjectionStore) -> None:
+        store.prepare(Rows)
+        store.commit("rows", 1, P, expected=0, position=5, applied=3)
+        with pytest.raises(PartitioningMismatch, match="keeps its positions in 1 partition"):
+            store.checkpoint("rows", 1, Partition(0, 3))
+        split = store.repartition("rows", 1, 3)
+        assert [(str(c.partition), c.position) for c in split] == [
+            ("0/3", 5),
+            ("1/3", 5),
+            ("2/3", 5),
+        ]
+        assert sum(c.events_applied for c in split) == 3
+        # The whole-log row is gone: a runner of it gets a conflict, not a fresh start at 0.
+        with pytest.raises(PositionConflict, match="is missing"):
+            store.commit("rows", 1, P, expected=5, position=6)
+        with pytest.raises(PartitioningMismatch, match="keeps its positions in 3 partition"):
+            store.checkpoint("rows", 1, P)
+        store.commit("rows", 1, Partition(1, 3), expected=5, position=9)
+        with pytest.raises(PartitioningMismatch, match="different positions"):
+            store.repartition("rows", 1, 1)
+        for index in (0, 2):
+            store.commit("rows", 1, Partition(index, 3), expected=5, position=9)
+        [whole] = store.repartition("rows", 1, 1)
+        assert (whole.partition, whole.position, whole.events_applied) == (P, 9, 3)
+
+    def test_a_commit_goes_through_only_while_its_fence_holds(
+        self, log: Log, store: ProjectionStore
+    ) -> None:
+        store.prepare(Rows)
+        self.execute(log, "CREATE TABLE leases (job_id TEXT, part INTEGER, token INTEGER)")
+        self.execute(log, "INSERT INTO leases VALUES ('j', 0, 1)")
+        held = Fence("leases", (("job_id", "j"), ("part", 0), ("token", 1)), "lease of j/0")
+        state = self.state(store, Rows)
+        state.put("t", 1, {"n": 1})
+        store.commit("rows", 1, P, expected=0, position=1, writes=state.writes(), fence=held)
+        self.execute(log, "UPDATE leases SET token = 2")  # taken over by another worker
+        state = self.state(store, Rows)
+        state.put("t", 2, {"n": 2})
+        with pytest.raises(FencedOff, match="lease of j/0 no longer holds"):
+            store.commit("rows", 1, P, expected=1, position=2, writes=state.writes(), fence=held)
+        assert [r["k"] for r in store.rows(Rows, "t")] == [1]
+        assert store.checkpoint("rows", 1, P).position == 1
+        with pytest.raises(ValueError, match="SQL identifiers"):
+            Fence("leases; drop table x", (("a", 1),), "bad")
+
+    def test_redrive_resolves_parked_events_with_their_writes_once(
+        self, store: ProjectionStore
+    ) -> None:
+        store.prepare(Rows)
+        now = datetime.now(UTC)
+        aggregate = uuid4()
+        parked = [
+            ParkedEvent(
+                projection="rows",
+                build=1,
+                position=position,
+                partition=P,
+                aggregate_id=aggregate,
+                aggregate_version=position,
+                topic="domain.automation:Run.Started",
+                event_type="Run.Started",
+                error_type="ValueError" if position == 1 else "Blocked",
+                error_message="bad",
+                attempts=1,
+                first_seen_at=now,
+                last_seen_at=now,
+                reason="poison",
+                blocked_by=None if position == 1 else 1,
+            )
+            for position in (1, 2, 3)
+        ]
+        store.commit("rows", 1, P, expected=0, position=3, parked=parked)
+        state = self.state(store, Rows)
+        state.put("t", 7, {"n": 1})
+        again = replace(parked[2], attempts=2, error_type="KeyError", last_seen_at=now)
+        assert (
+            store.resolve_parked("rows", 1, resolved=[1, 2], writes=state.writes(), failed=[again])
+            == 2
+        )
+        assert [(p.position, p.attempts, p.error_type) for p in store.parked("rows")] == [
+            (3, 2, "KeyError")
+        ]
+        assert store.blocked_aggregates("rows", 1, P) == {aggregate: 3}
+        assert [r["k"] for r in store.rows(Rows, "t")] == [7]
+        state = self.state(store, Rows)
+        state.put("t", 8, {"n": 1})
+        with pytest.raises(RedriveConflict, match="only 1 of 2"):
+            store.resolve_parked("rows", 1, resolved=[2, 3], writes=state.writes())
+        assert [r["k"] for r in store.rows(Rows, "t")] == [7]
+        assert len(store.parked("rows", include_resolved=True)) == 3
+
     # -- where the store lives ----------------------------------------------------------------
 
     def test_the_store_may_live_in_another_database(self, log: Log) -> None:
@@ -405,6 +510,10 @@ class TestSQLiteProjectionStore(ProjectionStoreContract):
     def other_store(self, log: Log) -> ProjectionStore:
         return SQLiteProjectionStore(log.settings.sqlite_path.with_name("projections.db"))
 
+    def execute(self, log: Log, statement: str) -> None:
+        with sqlite3.connect(log.settings.sqlite_path) as conn:
+            conn.execute(statement)
+
     def test_identifiers_are_quoted(self, store: ProjectionStore) -> None:
         from projections.sqlite import quote
 
@@ -420,6 +529,13 @@ class TestPostgresProjectionStore(ProjectionStoreContract):
         backend = PostgresBackend(postgres_dsn, key_file)
         yield backend
         backend.close()
+
+    def execute(self, log: Log, statement: str) -> None:
+        assert isinstance(log.backend, PostgresBackend)
+        schema = log.settings.postgres_schema
+        with psycopg.connect(log.backend.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(schema)))
+            conn.execute(statement.encode())
 
     def other_store(self, log: Log) -> ProjectionStore:
         assert isinstance(log.backend, PostgresBackend)
