@@ -920,6 +920,35 @@ class PostgresEventSource(EventSource):
             ).fetchone()
         return int(row[0] or 0) if row else 0
 
+    def count(
+        self, *, after: int, upto: int, topics: Sequence[str] = (), partition: Partition = WHOLE
+    ) -> int:
+        if upto <= after:
+            return 0
+        where: list[sql.Composable] = [
+            sql.SQL("notification_id > %(after)s AND notification_id <= %(upto)s")
+        ]
+        if topics:
+            where.append(sql.SQL("topic = ANY(%(topics)s)"))
+        if not partition.is_whole:
+            where.append(sql.SQL("{} %% %(count)s = %(index)s").format(partition_expression()))
+        statement = sql.SQL("SELECT COUNT(*) FROM {} WHERE {}").format(
+            self._events, sql.SQL(" AND ").join(where)
+        )
+        params = {
+            "after": after,
+            "upto": upto,
+            "topics": list(topics),
+            "count": partition.count,
+            "index": partition.index,
+        }
+        with self._db.use(f"{self.description}: count") as conn:
+            try:
+                row = conn.execute(statement, params).fetchone()
+            except psycopg.errors.UndefinedTable:
+                return 0
+        return int(row[0]) if row is not None else 0
+
     def read(
         self,
         *,

@@ -308,7 +308,10 @@ class ProjectionRunner:
                 self.source.wait(pause, stop)
                 pause = min(pause * 2, self.options.max_poll_interval)
             if self._follows_live:
-                self._retrying(self._follow_live_build, stop)
+                try:
+                    self._retrying(self._follow_live_build, stop)
+                except _Stopped:
+                    return  # stop was requested while backing off from a lost connection
 
     def _handed_off(self, exc: Exception) -> bool:
         """A recovery job took the build over (its positions were regrouped)."""

@@ -116,6 +116,12 @@ class EventSource(ABC):
         most ``limit``.
         """
 
+    @abstractmethod
+    def count(
+        self, *, after: int, upto: int, topics: Sequence[str] = (), partition: Partition = WHOLE
+    ) -> int:
+        """How many notifications :meth:`read` would return without a limit."""
+
     @property
     def notifies(self) -> bool:
         """True when :meth:`wait` is woken by the database (else it only sleeps)."""

@@ -800,6 +800,21 @@ class SQLiteEventSource(EventSource):
         rows = self._query(f"SELECT MAX(rowid) FROM {quote(self.table)}", ())
         return int(rows[0][0] or 0) if rows else 0
 
+    def count(
+        self, *, after: int, upto: int, topics: Sequence[str] = (), partition: Partition = WHOLE
+    ) -> int:
+        if upto <= after:
+            return 0
+        statement = f"SELECT COUNT(*) FROM {quote(self.table)} WHERE rowid > ? AND rowid <= ?"
+        params: list[Any] = [after, upto, *topics]
+        if topics:
+            statement += f" AND topic IN ({', '.join('?' for _ in topics)})"
+        if not partition.is_whole:
+            statement += " AND safereplay_partition(originator_id, ?) = ?"
+            params += [partition.count, partition.index]
+        rows = self._query(statement, params)
+        return int(rows[0][0]) if rows else 0
+
     def read(
         self,
         *,

@@ -52,6 +52,12 @@ class HighWaterMark(ABC):
     def skipped_holes(self, *, after: int = 0, upto: int | None = None) -> list[SkippedHole]:
         """Holes recorded with ``after < position <= upto``, in position order."""
 
+    def filled_holes(self, *, after: int = 0, upto: int | None = None) -> list[int]:
+        """Recorded holes that now hold a committed event (lost to readers): none
+        unless the log breaks the mark's assumptions; a completeness check
+        requires it to be empty."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

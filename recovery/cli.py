@@ -11,7 +11,7 @@ from rich.console import Console
 
 from domain import DomainError, DomainSettings
 from projections import ProjectionError, ProjectionSettings, open_source, open_store, status
-from recovery import cli_security
+from recovery import cli_jobs, cli_security
 from recovery.cli_support import EXIT_INVALID, fail, to_jsonable
 from recovery.demo import run_demo, status_table
 
@@ -70,6 +70,7 @@ def status_command(
         console.print(status_table(report))
 
 
+cli_jobs.register(app)
 cli_security.register(app)
 
 

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from domain import AutomationApp, DomainSettings
-from projections import ProjectionSettings, ProjectionStore, open_store
+from projections import (
+    EventSource,
+    ProjectionSettings,
+    ProjectionStore,
+    RunnerOptions,
+    open_source,
+    open_store,
+)
 from recovery.access import AccessControl, Principal
 from recovery.audit import AuditTrail
 from recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from recovery.jobs import Job
 from recovery.jobstore import JobStore, SQLJobStore
 from recovery.operations import Operations
+from recovery.registry import ProjectionRegistry
 from recovery.settings import RecoverySettings
+from recovery.worker import Worker, WorkerOptions
 
 __all__ = ["RecoveryContext"]
 
@@ -54,6 +65,40 @@ class RecoveryContext:
         return store
 
     @cached_property
+    def registry(self) -> ProjectionRegistry:
+        """The projections recovery knows (``SAFEREPLAY_PROJECTIONS``)."""
+        return ProjectionRegistry.load(self.recovery.projections)
+
+    @cached_property
+    def source(self) -> EventSource:
+        """The event store's notification log, decoding with the application's key ring."""
+        source = open_source(self.app)
+        self._closers.append(source)
+        return source
+
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions.from_settings(self.projection_settings)
+
+    def worker(
+        self,
+        *,
+        options: WorkerOptions | None = None,
+        may_run: Callable[[Job], bool] | None = None,
+        on_job_state: Callable[[Job, Job], None] | None = None,
+    ) -> Worker:
+        """A worker sharing this context's stores (one per process)."""
+        return Worker(
+            jobs=self.jobs,
+            store=self.projection_store,
+            open_source=lambda: self.source,
+            registry=self.registry,
+            options=options or WorkerOptions(lease_seconds=self.recovery.lease_seconds),
+            runner_options=self.runner_options(),
+            may_run=may_run,
+            on_job_state=on_job_state,
+        )
+
+    @cached_property
     def app(self) -> AutomationApp:
         app = AutomationApp(self.domain)
         self._closers.append(app)
@@ -83,12 +128,14 @@ class RecoveryContext:
             register_job_operations,
             register_projection_operations,
         )
+        from recovery.recovery_ops import register_recovery_operations
         from recovery.security_ops import register_security_operations
 
         operations = Operations(access=self.access, audit=self.audit)
         register_security_operations(operations, self)
         register_projection_operations(operations, self)
         register_job_operations(operations, self)
+        register_recovery_operations(operations, self)
         return operations
 
     def caller(self) -> Principal:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 from uuid import UUID, uuid4
@@ -479,42 +479,46 @@ class SQLJobStore(JobStore):
                     )
         return None
 
-    def _fenced(self, claim: Claim, template: str, extra: Mapping[str, Any]) -> None:
+    def _fenced(
+        self,
+        claim: Claim,
+        template: str,
+        extra: Mapping[str, Any] | Callable[[float], Mapping[str, Any]],
+        *,
+        lost: str = "no longer holds",
+    ) -> float:
+        """Run a token-conditional update; returns the transaction's ``now``.
+
+        ``extra`` holds further parameters, or builds them from ``now``; ``lost``
+        says what happened in the :class:`LeaseLost` raised when the update is
+        fenced off.
+        """
         with self._transaction(write=True) as tx:
+            now = tx.now()
             changed = tx.execute(
                 template,
                 {
                     "job_id": str(claim.job.job_id),
                     "partition_index": claim.partition.partition_index,
                     "token": claim.token,
-                    "now": tx.now(),
-                    **extra,
+                    "now": now,
+                    **(extra(now) if callable(extra) else extra),
                 },
             )
         if changed != 1:
             raise LeaseLost(
-                f"worker {claim.worker_id} no longer holds partition "
+                f"worker {claim.worker_id} {lost} partition "
                 f"{claim.partition.partition_index} of job {claim.job.job_id}"
             )
+        return now
 
     def renew(self, claim: Claim, *, lease_seconds: float) -> Claim:
-        with self._transaction(write=True) as tx:
-            now = tx.now()
-            changed = tx.execute(
-                RENEW_LEASE,
-                {
-                    "job_id": str(claim.job.job_id),
-                    "partition_index": claim.partition.partition_index,
-                    "token": claim.token,
-                    "now": now,
-                    "expires_at": now + lease_seconds,
-                },
-            )
-        if changed != 1:
-            raise LeaseLost(
-                f"worker {claim.worker_id} lost its lease on partition "
-                f"{claim.partition.partition_index} of job {claim.job.job_id}"
-            )
+        now = self._fenced(
+            claim,
+            RENEW_LEASE,
+            lambda now: {"expires_at": now + lease_seconds},
+            lost="lost its lease on",
+        )
         return Claim(
             job=claim.job,
             partition=claim.partition,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING, Any
 from recovery.access import Permission, Role
 from recovery.errors import InvalidRequest
 from recovery.keys import activate_key, add_key, key_usage, reencrypt, retire_key
-from recovery.operations import OperationContext, Operations
+from recovery.operations import Handler, OperationContext, Operations
 
 if TYPE_CHECKING:
     from recovery.context import RecoveryContext
 
 __all__ = ["bootstrap_admin", "register_security_operations"]
+
+# (name, permission, handler, scope, summary) of one operation.
+_Registration = tuple[str, Permission, Handler, str | Callable[[Mapping[str, Any]], str], str]
 
 
 def bootstrap_admin(context: RecoveryContext, name: str) -> str:
@@ -132,76 +135,39 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         ring = retire_key(_key_file(context), p["key_id"], context.app)
         return {"key_ids": list(ring.key_ids), "active": ring.active_key_id}
 
-    admin, keys = Permission.ADMINISTER, Permission.MANAGE_KEYS
-    operations.register(
-        "principals.list",
-        permission=Permission.VIEW,
-        handler=principals_list,
-        scope="*",
-        summary="list principals and their grants",
+    def grant_scope(p: Mapping[str, Any]) -> str:
+        return str(p.get("grant_scope", "*"))
+
+    view, admin, keys = Permission.VIEW, Permission.ADMINISTER, Permission.MANAGE_KEYS
+    table: tuple[_Registration, ...] = (
+        ("principals.list", view, principals_list, "*", "list principals and their grants"),
+        ("principals.add", admin, principals_add, "*", "create a principal"),
+        ("grant", admin, grant, grant_scope, "grant a role"),
+        ("revoke", admin, revoke, grant_scope, "revoke a role"),
+        ("token.issue", admin, token_issue, "*", "issue an API token (shown once)"),
+        ("token.revoke", admin, token_revoke, "*", "revoke a principal's tokens"),
+        ("audit.list", view, audit_list, "audit", "list audit entries"),
+        ("audit.verify", admin, audit_verify, "audit", "verify the audit chain"),
+        ("keys.add", keys, keys_add, "keys", "add a key to the ring"),
+        ("keys.activate", keys, keys_activate, "keys", "make a key the one new events use"),
+        ("keys.usage", keys, keys_usage, "keys", "count stored rows per key"),
+        (
+            "keys.reencrypt",
+            keys,
+            keys_reencrypt,
+            "keys",
+            "re-seal stored events under the active key",
+        ),
+        ("keys.retire", keys, keys_retire, "keys", "remove an unused key from the ring"),
     )
-    operations.register(
-        "principals.add",
-        permission=admin,
-        handler=principals_add,
-        scope="*",
-        summary="create a principal",
-    )
-    operations.register(
-        "grant",
-        permission=admin,
-        handler=grant,
-        scope=lambda p: str(p.get("grant_scope", "*")),
-        summary="grant a role",
-    )
-    operations.register(
-        "revoke",
-        permission=admin,
-        handler=revoke,
-        scope=lambda p: str(p.get("grant_scope", "*")),
-        summary="revoke a role",
-    )
-    operations.register(
-        "token.issue",
-        permission=admin,
-        handler=token_issue,
-        scope="*",
-        summary="issue an API token (shown once)",
-    )
-    operations.register(
-        "token.revoke",
-        permission=admin,
-        handler=token_revoke,
-        scope="*",
-        summary="revoke a principal's tokens",
-    )
-    operations.register(
-        "audit.list",
-        permission=Permission.VIEW,
-        handler=audit_list,
-        scope="audit",
-        summary="list audit entries",
-    )
-    operations.register(
-        "audit.verify",
-        permission=admin,
-        handler=audit_verify,
-        scope="audit",
-        summary="verify the audit chain",
-        changes_state=False,
-    )
-    for name, handler, summary in (
-        ("keys.add", keys_add, "add a key to the ring"),
-        ("keys.activate", keys_activate, "make a key the one new events use"),
-        ("keys.usage", keys_usage, "count stored rows per key"),
-        ("keys.reencrypt", keys_reencrypt, "re-seal stored events under the active key"),
-        ("keys.retire", keys_retire, "remove an unused key from the ring"),
-    ):
+    # Read-only although they need more than the view permission.
+    read_only = {"audit.verify", "keys.usage"}
+    for name, permission, handler, scope, summary in table:
         operations.register(
             name,
-            permission=keys,
+            permission=permission,
             handler=handler,
-            scope="keys",
+            scope=scope,
             summary=summary,
-            changes_state=name != "keys.usage",
+            changes_state=False if name in read_only else None,
         )

@@ -44,6 +44,14 @@ class RecoverySettings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a worker's claim on a partition lasts."
     )
+    projections: str = Field(
+        default="projections.reference:REFERENCE_PROJECTIONS",
+        min_length=1,
+        description=(
+            "The projections recovery knows, as comma-separated `module:attribute` entries "
+            "(a Projection class or a sequence of them)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _one_source_each(self) -> RecoverySettings:

@@ -57,6 +57,8 @@ from recovery.policies import (
 __all__ = [
     "RUNBOOKS",
     "InvalidTemplate",
+    "BreakerSpec",
+    "PolicySpec",
     "RecoveryTemplate",
     "load_template",
     "parse_template",
@@ -126,6 +128,16 @@ class PolicySpec(_Strict):
     attempts: int = Field(default=3, ge=1, le=100)
     backoff: BackoffSpec = Field(default_factory=BackoffSpec)
 
+    def rules(self) -> ErrorRules:
+        backoff = Backoff(**self.backoff.model_dump())
+        policy: FailurePolicy = {
+            "fail": Fail(),
+            "park": Park(),
+            "retry-then-fail": RetryThenFail(attempts=self.attempts, backoff=backoff),
+            "retry-then-park": RetryThenPark(attempts=self.attempts, backoff=backoff),
+        }[self.on_error]
+        return ErrorRules(default=policy)
+
 
 class BreakerSpec(_Strict):
     failure_threshold: int = Field(default=5, ge=1)
@@ -134,6 +146,9 @@ class BreakerSpec(_Strict):
     min_samples: int = Field(default=10, ge=1)
     cool_down: float = Field(default=5.0, ge=0)
     half_open_probes: int = Field(default=1, ge=1)
+
+    def settings(self) -> BreakerSettings:
+        return BreakerSettings(**self.model_dump())
 
 
 class ThrottleSpec(_Strict):
@@ -201,18 +216,10 @@ class RecoveryTemplate(_Strict):
         return list(range(self.scope.partitions))
 
     def failure_rules(self) -> ErrorRules:
-        spec = self.policy
-        backoff = Backoff(**spec.backoff.model_dump())
-        policy: FailurePolicy = {
-            "fail": Fail(),
-            "park": Park(),
-            "retry-then-fail": RetryThenFail(attempts=spec.attempts, backoff=backoff),
-            "retry-then-park": RetryThenPark(attempts=spec.attempts, backoff=backoff),
-        }[spec.on_error]
-        return ErrorRules(default=policy)
+        return self.policy.rules()
 
     def breaker_settings(self) -> BreakerSettings:
-        return BreakerSettings(**self.breaker.model_dump())
+        return self.breaker.settings()
 
 
 def _problems(exc: ValidationError) -> list[tuple[str, str]]:

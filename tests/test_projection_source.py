@@ -98,6 +98,9 @@ class EventSourceContract:
                     after=0, upto=head, limit=10**6, partition=Partition(index, count)
                 )
                 assert all(partition_of(n.originator_id, count) == index for n in rows)
+                assert source.count(after=0, upto=head, partition=Partition(index, count)) == len(
+                    rows
+                )
                 seen.update(n.id for n in rows)
             assert seen == set(range(1, head + 1)), f"rows lost or duplicated with {count}"
 
@@ -114,6 +117,11 @@ class EventSourceContract:
         assert (
             got == {e.position for e in log.envelopes() if e.topic == topics[0]} and len(got) == 10
         )
+        counted = [
+            source.count(after=0, upto=head, topics=topics, partition=p) for p in Partition.all(3)
+        ]
+        assert sum(counted) == 10 and source.count(after=3, upto=3, topics=topics) == 0
+        assert source.count(after=0, upto=head) == head
 
     def test_an_empty_log_is_at_zero(self, log: Log) -> None:
         source = log.source()

@@ -1,0 +1,247 @@
+"""The recovery operations, each one entry in the dispatch layer.
+
+rebuild, catch-up, parked.redrive, swap, rollback, drop-version, retry-partition
+and worker: every one takes the acting principal and a reason and goes through
+:meth:`~recovery.operations.Operations.run`, which checks the permission first
+and audits every attempt. Job state changes that workers make (running →
+completed, failed, aborted) are audited too, as ``job.state`` entries of the
+worker's principal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from recovery.access import Permission
+from recovery.audit import AuditRecord
+from recovery.builds import drop_version, rollback, swap
+from recovery.errors import InvalidRequest
+from recovery.jobs import Job
+from recovery.operations import OperationContext, Operations
+from recovery.plans import JobRequest, start_catch_up, start_rebuild, start_redrive
+from recovery.worker import WorkerOptions, WorkerReport
+
+if TYPE_CHECKING:
+    from recovery.context import RecoveryContext
+
+__all__ = ["register_recovery_operations"]
+
+
+def _int(parameters: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
+    value = parameters.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
+    extra = {key: p[key] for key in ("policy", "breaker") if p.get(key) is not None}
+    rate = p.get("events_per_second")
+    return JobRequest(
+        principal=ctx.principal.name,
+        reason=ctx.reason,
+        partitions=_int(p, "partitions", default_partitions) or default_partitions,
+        max_concurrent_partitions=_int(p, "max_concurrent_partitions"),
+        events_per_second=None if rate is None else float(rate),
+        parameters=extra,
+    )
+
+
+def _job_summary(job: Job | None) -> dict[str, Any]:
+    if job is None:
+        return {"job_id": None, "state": "not needed: the projection is not behind"}
+    return {
+        "job_id": str(job.job_id),
+        "kind": str(job.kind),
+        "projection": job.projection,
+        "build": job.build,
+        "partitions": job.partition_count,
+        "target_position": job.target_position,
+        "state": str(job.state),
+    }
+
+
+def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
+    """Audit a job's state change made by a worker."""
+
+    def audit(before: Job, after: Job) -> None:
+        context.audit.append(
+            AuditRecord(
+                actor=actor,
+                action="job.state",
+                scope=f"projection:{after.projection}",
+                reason=after.reason,
+                outcome="succeeded",
+                parameters={
+                    "from": str(before.state),
+                    "to": str(after.state),
+                    "kind": str(after.kind),
+                    "build": after.build,
+                    "error": after.error,
+                },
+                job_id=after.job_id,
+            )
+        )
+
+    return audit
+
+
+def register_recovery_operations(operations: Operations, context: RecoveryContext) -> None:
+    partitions = context.recovery.partitions
+
+    def rebuild(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job = start_rebuild(
+            _request(ctx, p, partitions),
+            projection=p["projection"],
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+        )
+        return _job_summary(job)
+
+    def catch_up(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job = start_catch_up(
+            _request(ctx, p, 1),
+            projection=p["projection"],
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+        )
+        return _job_summary(job)
+
+    def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
+        job = start_redrive(
+            JobRequest(principal=ctx.principal.name, reason=ctx.reason),
+            projection=p["projection"],
+            store=context.projection_store,
+            jobs=context.jobs,
+            registry=context.registry,
+            build=_int(p, "build"),
+            aggregates=aggregates,
+        )
+        return _job_summary(job)
+
+    def swap_in(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        result = swap(
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+            projection=p["projection"],
+            build=_int(p, "build"),
+        )
+        return asdict(result)
+
+    def roll_back(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        return asdict(rollback(store=context.projection_store, projection=p["projection"]))
+
+    def drop(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        build = _int(p, "build")
+        if build is None:
+            raise InvalidRequest("drop-version needs the build to drop (--build)")
+        drop_version(
+            store=context.projection_store,
+            jobs=context.jobs,
+            projection=p["projection"],
+            build=build,
+        )
+        return {"projection": p["projection"], "dropped": build}
+
+    def retry_partition(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job_id = UUID(str(p["job_id"]))
+        index = _int(p, "partition")
+        if index is None:
+            raise InvalidRequest("retry-partition needs the partition (--partition)")
+        context.jobs.retry_partition(job_id, index)
+        return {"job_id": str(job_id), "partition": index, "status": "pending"}
+
+    def worker(ctx: OperationContext, p: Mapping[str, Any]) -> WorkerReport:
+        principal = ctx.principal.name
+        only = p.get("projection")
+
+        def may_run(job: Job) -> bool:
+            if only is not None and job.projection != only:
+                return False
+            return context.access.allows(
+                principal, Permission.OPERATE, f"projection:{job.projection}"
+            )
+
+        options = WorkerOptions(
+            lease_seconds=context.recovery.lease_seconds,
+            exit_when_idle=bool(p.get("exit_when_idle")),
+        )
+        instance = context.worker(
+            options=options, may_run=may_run, on_job_state=job_state_auditor(context, principal)
+        )
+        job_id = p.get("job_id")
+        with stop_on_signals() as stop:
+            return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
+
+    def worker_scope(parameters: Mapping[str, Any]) -> str:
+        only = parameters.get("projection")
+        return f"projection:{only}" if only else "projection:*"
+
+    def job_scope(parameters: Mapping[str, Any]) -> str:
+        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
+        return f"projection:{job.projection}"
+
+    table: list[tuple[str, Any, str, Any]] = [
+        (
+            "rebuild",
+            rebuild,
+            "rebuild a projection blue/green into a new build, in partitions",
+            None,
+        ),
+        ("catch-up", catch_up, "catch the live build up to the head, in partitions", None),
+        ("parked.redrive", redrive, "re-apply parked events in order after a fix", None),
+        ("swap", swap_in, "make a completed rebuild live, in one transaction", None),
+        ("rollback", roll_back, "make the previously live build live again", None),
+        ("drop-version", drop, "drop a build that is not live", None),
+        ("retry-partition", retry_partition, "run a failed partition of a job again", job_scope),
+        ("worker", worker, "run job partitions this principal may operate on", worker_scope),
+    ]
+    for name, handler, summary, scope in table:
+        if scope is None:
+            operations.register(
+                name, permission=Permission.OPERATE, handler=handler, summary=summary
+            )
+        else:
+            operations.register(
+                name, permission=Permission.OPERATE, handler=handler, summary=summary, scope=scope
+            )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (in the main thread): a worker stops at the
+    next batch boundary and gives its partition back instead of dying mid-lease."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

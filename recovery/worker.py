@@ -1,0 +1,400 @@
+"""Workers: claim a partition of a job, run it to the job's target, report, repeat.
+
+A worker is one OS process (``safereplay worker``; ``rebuild --workers N``
+starts N of them). Any number of workers on any machines share the jobs of one
+database: a partition is leased through the job store (a row lock and a fencing
+token in the database itself, no coordinator), and every batch a worker commits
+is fenced by that lease *inside the commit's transaction*
+(:class:`~projections.store.Fence`). A worker whose lease expired and was taken
+over can therefore never commit another batch of that partition: two workers
+never both apply it.
+
+Per batch the worker reads the job's state: ``paused`` or ``aborting`` gives the
+partition back at the batch boundary; it reports progress (position, events,
+parked, retries, conflicts), pays the job's throttle, and renews its lease every
+third of the lease time. A partition is finished when its committed position
+reaches the job's target and the completeness check (:mod:`recovery.completeness`)
+accounts for every position up to it; a handler failure the policy does not park
+fails the partition (the others go on; ``retry_partition`` re-runs it alone).
+
+A worker killed at any instant loses nothing: its lease expires, another worker
+claims the partition and goes on from the last committed position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from projections import (
+    EventSource,
+    Fence,
+    FencedOff,
+    HandlerFailed,
+    Partition,
+    PositionConflict,
+    ProjectionRunner,
+    ProjectionStore,
+    RunnerOptions,
+)
+from projections.errors import error_summary
+from projections.failure import Decision, EventFailure, FailurePolicy
+from projections.runner import FaultHook
+from recovery.breaker import BreakerSettings, CircuitBreaker
+from recovery.builds import seal_job
+from recovery.completeness import check_partition
+from recovery.errors import IncompleteJob
+from recovery.jobs import Claim, Job, JobKind, JobState
+from recovery.jobstore import JobStore, LeaseLost
+from recovery.policies import PolicySet, RulesPolicy
+from recovery.redrive import redrive_parked
+from recovery.registry import ProjectionRegistry
+from recovery.template import BreakerSpec, PolicySpec
+from recovery.throttle import Throttle
+
+__all__ = ["BreakerPolicy", "PartitionOutcome", "Worker", "WorkerOptions", "WorkerReport"]
+
+logger = logging.getLogger(__name__)
+
+#: The table whose lease row fences a worker's commits (see recovery.jobstore).
+LEASE_TABLE = "safereplay_job_partitions"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker paces itself. ``exit_when_idle``: stop when nothing is claimable."""
+
+    lease_seconds: float = 30.0
+    idle_interval: float = 0.5
+    exit_when_idle: bool = False
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0 or self.idle_interval <= 0:
+            raise ValueError("lease_seconds and idle_interval must be positive")
+
+
+class PartitionOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"  # paused, aborting, or the worker was stopped
+    LOST = "lost"  # the lease was taken over
+
+
+@dataclass
+class WorkerReport:
+    """What one :meth:`Worker.run` did."""
+
+    worker_id: str
+    outcomes: list[tuple[str, int, PartitionOutcome]] = field(default_factory=list)
+
+    def count(self, outcome: PartitionOutcome) -> int:
+        return sum(1 for _, _, o in self.outcomes if o == outcome)
+
+
+class BreakerPolicy:
+    """A job's circuit breaker around its failure policy.
+
+    Every failure is recorded; while the breaker is open the decision is "retry
+    after the cool-down" whatever the policy says, so a failing dependency is
+    not hammered and no event is parked or failed because of a storm.
+    """
+
+    def __init__(
+        self,
+        policy: FailurePolicy,
+        breaker: CircuitBreaker,
+        on_change: Callable[[CircuitBreaker], None],
+    ) -> None:
+        self.policy = policy
+        self.breaker = breaker
+        self._on_change = on_change
+
+    def decide(self, failure: EventFailure) -> Decision:
+        before = self.breaker.state
+        self.breaker.record_failure()
+        if self.breaker.state != before:
+            self._on_change(self.breaker)
+        if not self.breaker.allow():
+            return Decision.retry(
+                max(self.breaker.wait_time(), 0.01), "circuit breaker open: waiting to probe"
+            )
+        return self.policy.decide(failure)
+
+
+class Worker:
+    """Claims and runs partitions of jobs until stopped (or idle, if so configured)."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        store: ProjectionStore,
+        open_source: Callable[[], EventSource],
+        registry: ProjectionRegistry,
+        worker_id: str | None = None,
+        options: WorkerOptions | None = None,
+        runner_options: RunnerOptions | None = None,
+        policies: PolicySet | None = None,
+        may_run: Callable[[Job], bool] | None = None,
+        on_job_state: Callable[[Job, Job], None] | None = None,
+        faults: FaultHook | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.registry = registry
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.options = options or WorkerOptions()
+        self.runner_options = runner_options or RunnerOptions()
+        self.policies = policies or PolicySet()
+        self._open_source = open_source
+        self._source: EventSource | None = None
+        self._may_run = may_run
+        self._on_job_state = on_job_state
+        self._faults = faults
+
+    @property
+    def source(self) -> EventSource:
+        if self._source is None:
+            self._source = self._open_source()
+        return self._source
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(
+        self, stop: threading.Event | None = None, *, job_id: uuid.UUID | None = None
+    ) -> WorkerReport:
+        """Claim and run partitions until ``stop`` (or nothing is left, when idle exits)."""
+        stop = stop or threading.Event()
+        report = WorkerReport(self.worker_id)
+        while not stop.is_set():
+            claim = self._claim(job_id)
+            if claim is None:
+                if self.options.exit_when_idle and not self._work_pending(job_id):
+                    break
+                stop.wait(self.options.idle_interval)
+                continue
+            outcome = self.run_claim(claim, stop)
+            report.outcomes.append(
+                (str(claim.job.job_id), claim.partition.partition_index, outcome)
+            )
+        return report
+
+    def _claim(self, job_id: uuid.UUID | None) -> Claim | None:
+        lease = self.options.lease_seconds
+        if self._may_run is None:
+            return self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job_id)
+        # Only jobs this worker's principal may run (its grants' scopes).
+        for job in self.jobs.list_jobs(active_only=True):
+            if (job_id is None or job.job_id == job_id) and self._may_run(job):
+                claim = self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job.job_id)
+                if claim is not None:
+                    return claim
+        return None
+
+    def _settle(self, job: Job) -> Job:
+        """Settle the job's state from its partitions; report a change."""
+        before = self.jobs.get_job(job.job_id)
+        after = self.jobs.finalize(job.job_id)
+        if after.state != before.state and self._on_job_state is not None:
+            self._on_job_state(before, after)
+        return after
+
+    def _work_pending(self, job_id: uuid.UUID | None) -> bool:
+        """A running job still has partitions someone else holds (they may expire)."""
+        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
+        for job in jobs:
+            if job.state not in (JobState.PLANNED, JobState.RUNNING):
+                continue
+            if any(p.status in ("pending", "running") for p in self.jobs.partitions(job.job_id)):
+                return True
+        return False
+
+    # -- one partition --------------------------------------------------------------------
+
+    def run_claim(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        job = claim.job
+        index = claim.partition.partition_index
+        logger.info(
+            "worker %s: job %s (%s) partition %d", self.worker_id, job.job_id, job.kind, index
+        )
+        try:
+            if job.kind == JobKind.REDRIVE:
+                return self._redrive(claim)
+            return self._run_partition(claim, stop)
+        except LeaseLost as exc:
+            logger.warning("worker %s: %s", self.worker_id, exc)
+            return PartitionOutcome.LOST
+
+    def _policy(self, job: Job, breaker: CircuitBreaker) -> BreakerPolicy:
+        rules = self.policies.live if job.kind == JobKind.CATCH_UP else self.policies.rebuild
+        configured = job.parameters.get("policy")
+        if isinstance(configured, Mapping):
+            rules = PolicySpec.model_validate(configured).rules()
+
+        def persist(current: CircuitBreaker) -> None:
+            snapshot = current.snapshot()
+            self.jobs.set_breaker(
+                job.job_id, {"state": snapshot.state, "opened_count": snapshot.opened_count}
+            )
+
+        return BreakerPolicy(RulesPolicy(rules), breaker, persist)
+
+    def _run_partition(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        job = claim.job
+        index = claim.partition.partition_index
+        target = job.target_position
+        if target is None:
+            raise IncompleteJob(f"job {job.job_id} has no target position")
+        projection = self.registry[job.projection]
+        configured_breaker = job.parameters.get("breaker")
+        breaker = CircuitBreaker(
+            BreakerSpec.model_validate(configured_breaker).settings()
+            if isinstance(configured_breaker, Mapping)
+            else self.options.breaker
+        )
+        runner = ProjectionRunner(
+            projection(),
+            source=self.source,
+            store=self.store,
+            partition=Partition(index, job.partition_count),
+            build=job.build,
+            options=self.runner_options,
+            policy=self._policy(job, breaker),
+            fence=lease_fence(claim),
+            faults=self._faults,
+        )
+        throttle = Throttle(_partition_rate(job))
+        renew_every = self.options.lease_seconds / 3
+        renewed_at = time.monotonic()
+        counted = (0, 0, 0)
+        while True:
+            if stop.is_set():
+                self.jobs.release(claim)
+                return PartitionOutcome.RELEASED
+            state = self.jobs.get_job(job.job_id).state
+            if state in (JobState.PAUSED, JobState.ABORTING, JobState.ABORTED):
+                self.jobs.release(claim)
+                if state == JobState.ABORTING:
+                    self._settle(job)
+                return PartitionOutcome.RELEASED
+            try:
+                result = runner.run_batch(stop, until=target)
+            except PositionConflict as exc:
+                logger.warning("worker %s: %s", self.worker_id, exc)
+                if isinstance(exc, FencedOff):
+                    return PartitionOutcome.LOST  # our lease is gone: nothing was written
+                # Another writer (a live follower of a one-partition catch-up) moved
+                # the position: count it, re-read the position, go on.
+                self.jobs.report(claim, position=runner.checkpoint().position, conflicts=1)
+                continue
+            except HandlerFailed as exc:
+                self.jobs.report(
+                    claim,
+                    position=runner.checkpoint().position,
+                    last_error=error_summary(exc),
+                )
+                self.jobs.finish_partition(claim, succeeded=False, error=error_summary(exc))
+                self._settle(job)
+                return PartitionOutcome.FAILED
+            totals = (runner.applied, runner.parked, runner.retries + runner.connection_retries)
+            self.jobs.report(
+                claim,
+                position=result.position,
+                events_applied=totals[0] - counted[0],
+                parked=totals[1] - counted[1],
+                retries=totals[2] - counted[2],
+                target_position=target,
+            )
+            counted = totals
+            if not result.retried:
+                breaker.record_success()
+            throttle.acquire(result.applied)
+            if result.position >= target:
+                return self._finish(claim, runner)
+            if time.monotonic() - renewed_at >= renew_every:
+                claim = self.jobs.renew(claim, lease_seconds=self.options.lease_seconds)
+                renewed_at = time.monotonic()
+            if not result.read and not result.retried:
+                # The safe head is still below the target (a writer is committing): wait.
+                stop.wait(self.runner_options.poll_interval)
+
+    def _finish(self, claim: Claim, runner: ProjectionRunner) -> PartitionOutcome:
+        job = claim.job
+        try:
+            check_partition(
+                job,
+                claim.partition.partition_index,
+                start=claim.partition.start_position,
+                store=self.store,
+                source=self.source,
+                topics=list(type(runner.projection).topics),
+            )
+        except IncompleteJob as exc:
+            self.jobs.finish_partition(claim, succeeded=False, error=str(exc))
+            self._settle(job)
+            return PartitionOutcome.FAILED
+        self.jobs.finish_partition(claim, succeeded=True)
+        settled = self._settle(job)
+        if settled.state == JobState.COMPLETED:
+            seal_job(settled, store=self.store)
+        return PartitionOutcome.COMPLETED
+
+    def _redrive(self, claim: Claim) -> PartitionOutcome:
+        job = claim.job
+        projection = self.registry[job.projection]
+        aggregates = job.parameters.get("aggregates") or None
+        result = redrive_parked(
+            projection(),
+            build=job.build,
+            store=self.store,
+            source=self.source,
+            aggregates=[str(a) for a in aggregates] if aggregates else None,
+        )
+        self.jobs.report(
+            claim,
+            position=job.target_position or 0,
+            events_applied=result.resolved,
+            parked=result.still_parked,
+            last_error=result.last_error,
+        )
+        self.jobs.finish_partition(
+            claim, succeeded=result.still_parked == 0, error=result.last_error
+        )
+        self._settle(job)
+        return PartitionOutcome.COMPLETED if result.still_parked == 0 else PartitionOutcome.FAILED
+
+
+def lease_fence(claim: Claim) -> Fence:
+    """The commit fence of a claim: its lease row, with its token, still running."""
+    return Fence(
+        LEASE_TABLE,
+        (
+            ("job_id", str(claim.job.job_id)),
+            ("partition_index", claim.partition.partition_index),
+            ("lease_token", claim.token),
+            ("status", "running"),
+        ),
+        f"the lease of job {claim.job.job_id} partition {claim.partition.partition_index} "
+        f"(token {claim.token})",
+    )
+
+
+def _partition_rate(job: Job) -> float | None:
+    """The job's events/s cap, shared by the partitions that may run at once."""
+    if job.events_per_second is None:
+        return None
+    running = job.max_concurrent_partitions or job.partition_count
+    return job.events_per_second / max(1, min(running, job.partition_count))

@@ -1,0 +1,160 @@
+"""Blue/green rebuilds in partitions, swap, rollback and drop, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from projection_fixtures import Backend, PostgresBackend, SQLiteBackend
+from recovery_fixtures import Recovery, fresh_recovery
+
+from domain.workload import record_workload
+from projections import FailedSteps, RunStatusBoard, WorkflowStatistics, wait_for_position
+from recovery.builds import drop_version, rollback, swap
+from recovery.errors import InvalidRequest, JobConflict
+from recovery.jobs import Job, JobState
+from recovery.plans import JobRequest, start_catch_up, start_rebuild
+from recovery.registry import ProjectionRegistry
+
+ALICE = JobRequest(principal="alice", reason="projection code fixed", partitions=3)
+
+
+class RebuildContract:
+    @pytest.fixture
+    def backend(self) -> Iterator[Backend]:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def recovery(self, backend: Backend) -> Iterator[Recovery]:
+        with fresh_recovery(backend) as recovery:
+            yield recovery
+
+    def rebuild(self, recovery: Recovery, name: str, request: JobRequest = ALICE) -> Job:
+        return start_rebuild(
+            request,
+            projection=name,
+            store=recovery.store,
+            source=recovery.source,
+            jobs=recovery.jobs,
+            registry=recovery.registry,
+        )
+
+    def test_rebuild_in_partitions_then_swap_then_rollback(self, recovery: Recovery) -> None:
+        record_workload(recovery.log.app, workflows=3, runs_per_workflow=8, seed=5)
+        live = recovery.log.runner(WorkflowStatistics(), store=recovery.store)
+        live.catch_up()
+        job = self.rebuild(recovery, "workflow_stats")
+        assert (job.build, job.partition_count, job.state) == (2, 3, JobState.PLANNED)
+        assert recovery.store.live_build("workflow_stats") == 1
+        with pytest.raises(JobConflict, match="already has an active job"):
+            self.rebuild(recovery, "workflow_stats")
+
+        report = recovery.worker().run()
+        assert report.count("completed") == 3
+        done = recovery.jobs.get_job(job.job_id)
+        assert done.state == JobState.COMPLETED, done.error
+        assert recovery.actual(WorkflowStatistics, build=2) == recovery.expected(WorkflowStatistics)
+        [sealed] = recovery.store.checkpoints("workflow_stats", build=2)
+        assert sealed.partition.is_whole and sealed.position == job.target_position
+
+        record_workload(recovery.log.app, workflows=1, runs_per_workflow=3, seed=6)
+        result = swap(
+            store=recovery.store,
+            source=recovery.source,
+            jobs=recovery.jobs,
+            registry=recovery.registry,
+            projection="workflow_stats",
+        )
+        assert (result.previous, result.live) == (1, 2)
+        assert result.position == recovery.source.high_water_mark()
+        assert recovery.actual(WorkflowStatistics) == recovery.expected(WorkflowStatistics)
+
+        with pytest.raises(InvalidRequest, match="is live"):
+            drop_version(
+                store=recovery.store, jobs=recovery.jobs, projection="workflow_stats", build=2
+            )
+        back = rollback(store=recovery.store, projection="workflow_stats")
+        assert (back.previous, back.live) == (2, 1)
+        drop_version(store=recovery.store, jobs=recovery.jobs, projection="workflow_stats", build=2)
+        assert [b.build for b in recovery.store.builds("workflow_stats")] == [1]
+
+    def test_a_swap_needs_a_completed_rebuild(self, recovery: Recovery) -> None:
+        record_workload(recovery.log.app, workflows=1, runs_per_workflow=2, seed=1)
+        job = self.rebuild(recovery, "run_status")
+        with pytest.raises(InvalidRequest, match=f"rebuild job {job.job_id} is planned"):
+            swap(
+                store=recovery.store,
+                source=recovery.source,
+                jobs=recovery.jobs,
+                registry=recovery.registry,
+                projection="run_status",
+            )
+
+    def test_partitioned_catch_up_hands_the_build_back_to_its_follower(
+        self, recovery: Recovery
+    ) -> None:
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=5, seed=2)
+        follower = recovery.log.runner(FailedSteps(), store=recovery.log.store())
+        follower.catch_up()
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=10, seed=3)
+        job = start_catch_up(
+            ALICE,
+            projection="failed_steps",
+            store=recovery.store,
+            source=recovery.source,
+            jobs=recovery.jobs,
+            registry=recovery.registry,
+        )
+        assert job is not None and job.build == 1
+        with follower.in_background() as thread:  # waits while the job holds the build
+            report = recovery.worker().run()
+            assert report.count("completed") == 3
+            assert recovery.jobs.get_job(job.job_id).state == JobState.COMPLETED
+            record_workload(recovery.log.app, workflows=1, runs_per_workflow=3, seed=4)
+            head = recovery.source.high_water_mark()
+            wait_for_position(recovery.store, FailedSteps, head, timeout=10)
+            assert thread.alive
+        assert recovery.actual(FailedSteps) == recovery.expected(FailedSteps)
+        [whole] = recovery.store.checkpoints("failed_steps")
+        assert whole.partition.is_whole and whole.position == head
+
+    def test_an_unpartitionable_projection_is_refused_more_than_one_partition(
+        self, recovery: Recovery
+    ) -> None:
+        recovery.registry = ProjectionRegistry.of([Sequential])
+        with pytest.raises(InvalidRequest, match="partitionable = False"):
+            self.rebuild(recovery, "sequential")
+        assert [b.build for b in recovery.store.builds("sequential")] == []
+        job = self.rebuild(
+            recovery, "sequential", JobRequest(principal="alice", reason="r", partitions=1)
+        )
+        assert job.partition_count == 1
+
+    def test_unknown_projections_are_named(self, recovery: Recovery) -> None:
+        with pytest.raises(InvalidRequest, match="unknown projection 'nope'; known projections"):
+            self.rebuild(recovery, "nope")
+
+
+class Sequential(RunStatusBoard):
+    """Declares that its state depends on the order across aggregates."""
+
+    name = "sequential"
+    partitionable = False
+
+
+class TestSQLiteRebuild(RebuildContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
+        backend = SQLiteBackend(tmp_path, key_file)
+        yield backend
+        backend.close()
+
+
+@pytest.mark.postgres
+class TestPostgresRebuild(RebuildContract):
+    @pytest.fixture
+    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
+        backend = PostgresBackend(postgres_dsn, key_file)
+        yield backend
+        backend.close()
