@@ -11,7 +11,7 @@ from rich.console import Console
 
 from domain import DomainError, DomainSettings
 from projections import ProjectionError, ProjectionSettings, open_source, open_store, status
-from recovery import cli_jobs, cli_security
+from recovery import cli_jobs, cli_recovery, cli_security
 from recovery.cli_support import EXIT_INVALID, fail, to_jsonable
 from recovery.demo import run_demo, status_table
 
@@ -71,6 +71,7 @@ def status_command(
 
 
 cli_jobs.register(app)
+cli_recovery.register(app, cli_jobs.parked_app)
 cli_security.register(app)
 
 
@@ -80,3 +81,7 @@ def main() -> None:
     except DomainError as exc:
         error_console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":  # worker processes: python -m recovery.cli worker ...
+    main()

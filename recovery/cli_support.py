@@ -25,6 +25,7 @@ from uuid import UUID
 from rich.console import Console
 
 from domain import DomainError
+from projections import PositionConflict, ProjectionError
 from recovery.access import AccessDenied, AuthenticationFailed
 from recovery.audit import AuditKeyError
 from recovery.context import RecoveryContext
@@ -56,7 +57,7 @@ error_console = Console(stderr=True)
 
 
 def fail(message: str, code: int) -> NoReturn:
-    error_console.print(f"[red]error:[/] {message}", highlight=False)
+    error_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -65,7 +66,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_DENIED
     if isinstance(exc, AuthenticationFailed):
         return EXIT_UNAUTHENTICATED
-    if isinstance(exc, JobConflict):
+    if isinstance(exc, JobConflict | PositionConflict):
         return EXIT_CONFLICT
     return EXIT_INVALID
 
@@ -77,7 +78,7 @@ def recovery_context() -> Iterator[RecoveryContext]:
     try:
         context = RecoveryContext.from_env()
         yield context
-    except (DomainError, RecoveryError, AuditKeyError) as exc:
+    except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
         fail(str(exc), exit_code_for(exc))
     finally:
         if context is not None:

@@ -22,6 +22,7 @@ from projections import (
     open_source,
     status,
 )
+from recovery.demo_story import StoryResult, tell_recovery_story
 
 __all__ = ["DemoResult", "run_demo", "status_table"]
 
@@ -32,6 +33,7 @@ class DemoResult:
     events: int
     head_position: int
     status: StatusReport | None = None
+    story: StoryResult | None = None
 
 
 def _when(value: datetime | None) -> str:
@@ -147,11 +149,26 @@ def run_demo(
             f"head position {summary.head_position}, all encrypted"
         )
         report = build_projections(app, db_path, console)
+        story = tell_recovery_story(directory, settings, app, console=console)
+        console.rule("[bold]final status")
+        console.print("the live followers catch up (each follows its projection's live build)")
+        with SQLiteProjectionStore(db_path) as store, open_source(app) as source:
+            for projection in REFERENCE_PROJECTIONS:
+                ProjectionRunner(projection(), source=source, store=store).catch_up()
+            report = status(store, source)
+        console.print(status_table(report))
+        console.print(
+            f"[bold green]done:[/] {story.parked} events parked and {story.redriven} re-driven, "
+            f"a crashed worker's partition taken over, build {story.live_build} of "
+            f"workflow_stats live after a verified swap, {story.audit_entries} audit entries "
+            "that verify"
+        )
         return DemoResult(
             directory=directory,
             events=summary.events,
-            head_position=summary.head_position,
+            head_position=report.head_position,
             status=report,
+            story=story,
         )
     finally:
         app.close()

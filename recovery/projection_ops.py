@@ -70,8 +70,14 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
     def control(new_state: JobState) -> Any:
         def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
             job_id = UUID(str(p["job_id"]))
-            job = jobs.transition(job_id, new_state)
-            if new_state == JobState.ABORTING:
+            state = new_state
+            if state == JobState.ABORTING and jobs.get_job(job_id).state in (
+                JobState.PLANNED,
+                JobState.FAILED,
+            ):
+                state = JobState.ABORTED  # no worker holds a partition: nothing to wind down
+            job = jobs.transition(job_id, state)
+            if state == JobState.ABORTING:
                 job = jobs.finalize(job_id)
             return {"job_id": str(job.job_id), "state": str(job.state)}
 

@@ -22,7 +22,7 @@ from recovery.access import Permission
 from recovery.audit import AuditRecord
 from recovery.builds import drop_version, rollback, swap
 from recovery.errors import InvalidRequest
-from recovery.jobs import Job
+from recovery.jobs import Job, JobStatus
 from recovery.operations import OperationContext, Operations
 from recovery.plans import JobRequest, start_catch_up, start_rebuild, start_redrive
 from recovery.worker import WorkerOptions, WorkerReport
@@ -191,6 +191,9 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         with stop_on_signals() as stop:
             return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
 
+    def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
+        return context.jobs.status(UUID(str(p["job_id"])))
+
     def worker_scope(parameters: Mapping[str, Any]) -> str:
         only = parameters.get("projection")
         return f"projection:{only}" if only else "projection:*"
@@ -213,9 +216,14 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         ("drop-version", drop, "drop a build that is not live", None),
         ("retry-partition", retry_partition, "run a failed partition of a job again", job_scope),
         ("worker", worker, "run job partitions this principal may operate on", worker_scope),
+        ("jobs.show", show_job, "one job with its partitions' progress", job_scope),
     ]
     for name, handler, summary, scope in table:
-        if scope is None:
+        if name == "jobs.show":
+            operations.register(
+                name, permission=Permission.VIEW, handler=handler, summary=summary, scope=scope
+            )
+        elif scope is None:
             operations.register(
                 name, permission=Permission.OPERATE, handler=handler, summary=summary
             )

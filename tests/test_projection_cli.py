@@ -113,22 +113,28 @@ class TestPostgresStatusCommand(StatusCommandContract):
         backend.close()
 
 
-def test_the_demo_builds_the_reference_projections_and_prints_their_lag(tmp_path: Path) -> None:
+def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:
     output = io.StringIO()
     result = run_demo(
         tmp_path / "demo", console=Console(file=output, width=100), workflows=2, runs=3
     )
-    assert result.status is not None
+    assert result.status is not None and result.story is not None
     assert [p.name for p in result.status.projections] == sorted(
         p.name for p in REFERENCE_PROJECTIONS
     )
     assert all(
         p.position == result.head_position and p.backlog == 0 for p in result.status.projections
     )
+    story = result.story
+    assert story.parked >= 2 and story.redriven == story.parked, "poison parked, then re-driven"
+    assert story.rebuild.job.state == "completed" and story.live_build == 2
     text = output.getvalue()
-    assert "projection status" in text and "workflow_stats" in text
+    for step in ("denied (and audited)", "parked events", "crash:", "stalled", "taken over"):
+        assert step in text, step
+    assert "row for row equal" in text and "chain and signatures intact" in text
     with SQLiteProjectionStore(tmp_path / "demo" / "events.db") as store:
-        assert len(store.rows(REFERENCE_PROJECTIONS[0], "runs")) == 6
+        assert store.live_build("workflow_stats") == 2
+        assert store.parked("run_status") == []
 
 
 # -- settings ------------------------------------------------------------------------------------

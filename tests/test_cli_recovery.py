@@ -1,0 +1,87 @@
+"""The recovery commands end to end through the CLI, on SQLite, with real worker processes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from domain import AutomationApp, DomainSettings
+from domain.workload import record_workload
+from recovery.audit import AuditKey
+from recovery.cli import app
+
+
+@pytest.fixture
+def env(tmp_path: Path, key_file: Path) -> dict[str, str]:
+    audit_key = tmp_path / "audit.key"
+    AuditKey.generate().save(audit_key)
+    values = {
+        "SAFEREPLAY_BACKEND": "sqlite",
+        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
+        "SAFEREPLAY_KEY_FILE": str(key_file),
+        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
+    }
+    settings = DomainSettings.from_env(
+        backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+    )
+    with AutomationApp(settings) as application:
+        record_workload(application, workflows=3, runs_per_workflow=20, seed=9)
+    code, out = run(values, "principals", "bootstrap", "root")
+    assert code == 0, out
+    values["SAFEREPLAY_TOKEN"] = out.strip().splitlines()[-1].strip()
+    return values
+
+
+def run(env: dict[str, str], *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(app, list(args), env=env)
+    return result.exit_code, result.output
+
+
+def test_rebuild_with_worker_processes_swap_rollback_and_drop(env: dict[str, str]) -> None:
+    code, out = run(env, "rebuild", "workflow_stats", "-n", "3", "-w", "2", "-r", "fixed", "--json")
+    assert code == 0, out
+    status = json.loads(out)
+    assert status["job"]["state"] == "completed"
+    assert [p["status"] for p in status["partitions"]] == ["completed"] * 3
+    assert {p["position"] for p in status["partitions"]} == {status["job"]["target_position"]}
+
+    code, out = run(env, "swap", "workflow_stats", "-r", "verified", "--json")
+    assert code == 0, out
+    assert json.loads(out)["live"] == 2
+    code, out = run(env, "drop-version", "workflow_stats", "--build", "2", "-r", "x")
+    assert code == 2 and "is live" in out
+    code, out = run(env, "rollback", "workflow_stats", "-r", "bad numbers", "--json")
+    assert code == 0 and json.loads(out)["live"] == 1
+    code, out = run(env, "drop-version", "workflow_stats", "--build", "2", "-r", "not needed")
+    assert code == 0, out
+
+    code, out = run(env, "audit", "list", "--json")
+    actions = [(e["action"], e["outcome"]) for e in json.loads(out)]
+    assert ("rebuild", "succeeded") in actions and ("swap", "succeeded") in actions
+    assert actions.count(("worker", "succeeded")) == 2
+    assert ("job.state", "succeeded") in actions
+    code, out = run(env, "audit", "verify")
+    assert code == 0, out
+
+
+def test_clear_errors_and_exit_codes(env: dict[str, str]) -> None:
+    code, out = run(env, "rebuild", "nope", "-r", "x", "-w", "0")
+    assert code == 2 and "unknown projection 'nope'" in out
+    code, out = run(env, "rebuild", "run_status", "-r", "x", "-w", "0", "--json")
+    assert code == 0, out
+    job_id = json.loads(out)["job_id"]
+    code, out = run(env, "catch-up", "run_status", "-r", "x", "-w", "0")
+    assert code == 5 and f"already has an active job: {job_id}" in out
+    code, out = run(env, "rebuild", "run_status", "-w", "0")
+    assert code == 2 and "--reason" in out
+    code, out = run(env, "parked", "redrive", "failed_steps", "-r", "x")
+    assert code == 2 and "'failed_steps' has no live build" in out
+    code, out = run(env, "abort", job_id, "-r", "changed my mind")
+    assert code == 0, out
+    code, out = run(env, "parked", "redrive", "run_status", "-r", "x")
+    assert code == 2 and "build 1 has no parked events" in out
+    code, out = run(env, "swap", "run_status", "-r", "x")
+    assert code == 2 and "cannot be swapped in" in out
