@@ -524,6 +524,16 @@ class PostgresProjectionStore(ProjectionStore):
             (f"safereplay.positions.{self.schema}.{name}.{build}",),
         )
 
+    def write(
+        self, name: str, build: int, writes: Sequence[TableWrites], *, fence: Fence | None = None
+    ) -> None:
+        with self._write(f"replay into {name!r} build {build}") as conn:
+            if fence is not None:
+                self._check_fence(conn, name, build, WHOLE, fence)
+            with conn.cursor() as cursor:
+                for table_writes in writes:
+                    self._flush(cursor, name, build, table_writes)
+
     def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
         with self._write(f"repartition build {build} of {name!r}") as conn:
             self._lock_positions(conn, name, build)

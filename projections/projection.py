@@ -249,6 +249,10 @@ class Projection:
       the log (by aggregate) are applied concurrently. True when every row is
       written by one aggregate only, or is written with commutative
       :meth:`~projections.batch.BatchState.merge` operations.
+    - ``replay_safe``: whether applying an event a second time leaves the state
+      as it was (handlers only ``put`` rows keyed by the event, or ``delete``).
+      Only such projections may have a range of positions replayed into their
+      live build; any other replay goes into a sandbox build.
 
     A subclass without ``name`` is abstract (a base for other projections).
     """
@@ -257,6 +261,7 @@ class Projection:
     version: ClassVar[int] = 1
     tables: ClassVar[tuple[Table, ...]] = ()
     partitionable: ClassVar[bool] = True
+    replay_safe: ClassVar[bool] = False
 
     #: topic -> name of the handler method, collected from ``@handles``.
     handler_names: ClassVar[Mapping[str, str]] = {}

@@ -192,6 +192,8 @@ class FailedSteps(Projection):
 
     name = "failed_steps"
     version = 1
+    #: Each row is put whole, keyed by its event: applying an event again is a no-op.
+    replay_safe = True
     tables = (
         Table(
             "failures",

@@ -442,6 +442,15 @@ class SQLiteProjectionStore(ProjectionStore):
                 row = conn.execute(query, params).fetchone()
         return _checkpoint(name, build, row)
 
+    def write(
+        self, name: str, build: int, writes: Sequence[TableWrites], *, fence: Fence | None = None
+    ) -> None:
+        with self._write(f"replay into {name!r} build {build}") as conn:
+            if fence is not None:
+                self._check_fence(conn, name, build, WHOLE, fence)
+            for table_writes in writes:
+                self._flush(conn, name, build, table_writes)
+
     def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
         with self._write(f"repartition build {build} of {name!r}") as conn:
             current = [

@@ -236,6 +236,13 @@ class ProjectionStore(ABC):
         """
 
     @abstractmethod
+    def write(
+        self, name: str, build: int, writes: Sequence[TableWrites], *, fence: Fence | None = None
+    ) -> None:
+        """Write ``writes`` in one transaction without moving any position: a replay
+        of a range into a build of a replay-safe projection (see ``replay_safe``)."""
+
+    @abstractmethod
     def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
         """Keep the build's positions in ``count`` partitions from now on, in one transaction.
 

@@ -71,7 +71,11 @@ def swap(
         raise InvalidRequest(f"projection {projection!r} has no builds in {store.description}")
     live = store.live_build(projection)
     if build is None:
-        candidates = [b.build for b in builds if b.status == "building"]
+        candidates = [
+            b.build
+            for b in builds
+            if b.status == "building" and _rebuild_job(jobs, projection, b.build) is not None
+        ]
         if not candidates:
             raise InvalidRequest(f"projection {projection!r} has no rebuilt build to swap in")
         build = candidates[-1]

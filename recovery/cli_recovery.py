@@ -1,5 +1,5 @@
-"""CLI: rebuild, catch-up, worker, watch, swap, rollback, drop-version, retry-partition,
-parked redrive.
+"""CLI: rebuild, catch-up, replay, worker, watch, swap, rollback, drop-version,
+retry-partition, parked redrive.
 
 ``rebuild`` and ``catch-up`` create the job through the dispatch layer (checked
 and audited), then by default start ``--workers`` local worker processes and
@@ -265,6 +265,42 @@ def watch_command(job_id: str, as_json: Json = False) -> None:
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
 
 
+def replay_command(
+    projection: Projection,
+    reason: Reason,
+    start: Annotated[int, typer.Option("--from", min=1, help="First position to re-apply.")],
+    end: Annotated[int, typer.Option("--to", min=1, help="Last position to re-apply.")],
+    into: Annotated[
+        str, typer.Option(help="sandbox (a new build, never live) or live (replay-safe only).")
+    ] = "sandbox",
+    partition: Annotated[
+        str | None, typer.Option(help="Only this partition, as INDEX/COUNT (e.g. 1/4).")
+    ] = None,
+    aggregate: Annotated[
+        list[str] | None, typer.Option("--aggregate", help="Only this aggregate (repeatable).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a replay into live.")] = False,
+    partitions: Partitions = None,
+    workers: Workers = 1,
+    as_json: Json = False,
+) -> None:
+    """Re-apply positions FROM..TO of PROJECTION, idempotently."""
+    _run_job(
+        "replay",
+        reason=reason,
+        workers=workers,
+        as_json=as_json,
+        projection=projection,
+        start=start,
+        end=end,
+        into=into,
+        partition=partition,
+        aggregates=aggregate or [],
+        confirmed=yes,
+        partitions=partitions,
+    )
+
+
 def swap_command(
     projection: Projection,
     reason: Reason,
@@ -331,6 +367,7 @@ def register(app: typer.Typer, parked_app: typer.Typer) -> None:
     app.command("catch-up")(catch_up_command)
     app.command("worker")(worker_command)
     app.command("watch")(watch_command)
+    app.command("replay")(replay_command)
     app.command("swap")(swap_command)
     app.command("rollback")(rollback_command)
     app.command("drop-version")(drop_version_command)

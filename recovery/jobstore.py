@@ -273,6 +273,12 @@ UPDATE {job_partitions} SET status = %(status)s, lease_owner = NULL, lease_expir
     last_error = COALESCE(%(error)s, last_error), updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
+# An aborting job's partition whose lease expired (its worker died) is given back,
+# so that the abort can end; a stalled worker that wakes is fenced off (status).
+RELEASE_EXPIRED_PARTS = """
+UPDATE {job_partitions} SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
+    updated_at = %(now)s
+WHERE job_id = %(job_id)s AND status = 'running' AND lease_expires_at < %(now)s"""
 RETRY_PART = """
 UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s AND status = 'failed'"""
@@ -588,6 +594,8 @@ class SQLJobStore(JobStore):
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
             job = job_from_row(rows[0])
+            if job.state == JobState.ABORTING:
+                tx.execute(RELEASE_EXPIRED_PARTS, {**keys, "now": tx.now()})
             parts = [partition_from_row(r) for r in tx.rows(SELECT_PARTS, keys)]
             new_state = settled_state(job, parts)
             if new_state is not None:

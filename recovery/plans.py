@@ -14,6 +14,8 @@ the build then follows live (catch-up) or waits for the swap (rebuild).
   build is still split by an aborted catch-up resumes each partition from where
   it stopped.
 - **redrive**: one partition, no positions moved: parked events re-applied.
+- **replay**: positions a..b again, into a sandbox build (its own positions), or
+  into the live build of a replay-safe projection (no positions moved).
 
 The database refuses a second active job on the same projection.
 """
@@ -24,13 +26,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from projections import EventSource, PartitioningMismatch, ProjectionStore
+from projections import EventSource, Partition, PartitioningMismatch, ProjectionStore
 from recovery.errors import InvalidRequest, JobConflict
 from recovery.jobs import Job, JobKind
 from recovery.jobstore import JobStore, NewJob
 from recovery.registry import ProjectionRegistry
 
-__all__ = ["JobRequest", "start_catch_up", "start_rebuild", "start_redrive"]
+__all__ = ["JobRequest", "start_catch_up", "start_rebuild", "start_redrive", "start_replay"]
 
 
 @dataclass(frozen=True)
@@ -212,3 +214,96 @@ def start_redrive(
             parameters={**(request.parameters or {}), "aggregates": aggregates or []},
         )
     )
+
+
+def start_replay(
+    request: JobRequest,
+    *,
+    projection: str,
+    start: int,
+    end: int,
+    store: ProjectionStore,
+    source: EventSource,
+    jobs: JobStore,
+    registry: ProjectionRegistry,
+    into: str = "sandbox",
+    partition: Partition | None = None,
+    aggregates: list[str] | None = None,
+    confirmed: bool = False,
+) -> Job:
+    """Re-apply positions ``start..end`` (optionally one partition, or some aggregates).
+
+    ``into="sandbox"``: a new build (never live, never swappable) gets exactly the
+    effect of that range, with its own positions, so a crash anywhere resumes
+    without applying anything twice. ``into="live"``: the live build, for
+    replay-safe projections only and only when ``confirmed``; positions stay.
+    """
+    cls = registry[projection]
+    head = source.high_water_mark()
+    if not 1 <= start <= end:
+        raise InvalidRequest(f"bad range {start}..{end}: it needs 1 <= from <= to")
+    if end > head:
+        raise InvalidRequest(f"bad range {start}..{end}: the log's safe head is {head}")
+    if into not in ("sandbox", "live"):
+        raise InvalidRequest(f"replay goes into 'sandbox' or 'live', not {into!r}")
+    if aggregates and not cls.replay_safe:
+        raise InvalidRequest(
+            f"projection {projection!r} is not replay-safe: a replay of some aggregates "
+            "only is for replay-safe projections (replay the whole range into a sandbox)"
+        )
+    if into == "live":
+        if not cls.replay_safe:
+            raise InvalidRequest(
+                f"projection {projection!r} is not replay-safe (applying an event twice "
+                "would change it): replay into a sandbox (--into sandbox), or rebuild"
+            )
+        if not confirmed:
+            raise InvalidRequest(
+                "replaying into the live build changes what readers see: confirm with --yes"
+            )
+    count = partition.count if partition is not None else request.partitions
+    _check_partitionable(registry, projection, count)
+    _refuse_if_busy(jobs, projection)
+    starts = [
+        start - 1 if partition is None or index == partition.index else end
+        for index in range(count)
+    ]
+    parameters = {"into": into, "aggregates": aggregates or []}
+    request = JobRequest(
+        principal=request.principal,
+        reason=request.reason,
+        partitions=count,
+        max_concurrent_partitions=request.max_concurrent_partitions,
+        events_per_second=request.events_per_second,
+        parameters={**(request.parameters or {}), **parameters},
+    )
+    if into == "live":
+        build = store.prepare(cls)
+    else:
+        store.prepare(cls)
+        build = store.create_build(cls)
+    try:
+        if into == "sandbox":
+            # The sandbox's partitions start just before the range (or at its end).
+            store.repartition(projection, build, count)
+            for index, position in enumerate(starts):
+                if position > 0:
+                    store.commit(
+                        projection, build, Partition(index, count), expected=0, position=position
+                    )
+        new = _new_job(
+            request,
+            kind=JobKind.REPLAY,
+            projection=projection,
+            build=build,
+            partitions=count,
+            starts=starts,
+            baseline=[0] * count,
+            target=end,
+        )
+        new.range_start, new.range_end = start, end
+        return jobs.create_job(new)
+    except BaseException:
+        if into == "sandbox":
+            store.drop_build(projection, build)
+        raise

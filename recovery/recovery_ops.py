@@ -18,13 +18,20 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from projections import Partition
 from recovery.access import Permission
 from recovery.audit import AuditRecord
 from recovery.builds import drop_version, rollback, swap
 from recovery.errors import InvalidRequest
 from recovery.jobs import Job, JobStatus
 from recovery.operations import OperationContext, Operations
-from recovery.plans import JobRequest, start_catch_up, start_rebuild, start_redrive
+from recovery.plans import (
+    JobRequest,
+    start_catch_up,
+    start_rebuild,
+    start_redrive,
+    start_replay,
+)
 from recovery.worker import WorkerOptions, WorkerReport
 
 if TYPE_CHECKING:
@@ -43,6 +50,17 @@ def _int(parameters: Mapping[str, Any], name: str, default: int | None = None) -
         return int(value)
     except ValueError:
         raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
+
+
+def _partition(value: Any) -> Partition:
+    """``"i/n"`` (as the CLI and status print partitions) into a Partition."""
+    index, _, count = str(value).partition("/")
+    try:
+        return Partition(int(index), int(count))
+    except ValueError:
+        raise InvalidRequest(
+            f"partition {value!r} is not INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 2/4)"
+        ) from None
 
 
 def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
@@ -135,6 +153,27 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         )
         return _job_summary(job)
 
+    def replay(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        start, end = _int(p, "start"), _int(p, "end")
+        if start is None or end is None:
+            raise InvalidRequest("replay needs a range: --from and --to")
+        partition = p.get("partition")
+        job = start_replay(
+            _request(ctx, p, 1),
+            projection=p["projection"],
+            start=start,
+            end=end,
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+            into=str(p.get("into") or "sandbox"),
+            partition=_partition(partition) if partition else None,
+            aggregates=[str(UUID(str(a))) for a in p.get("aggregates") or []],
+            confirmed=bool(p.get("confirmed")),
+        )
+        return _job_summary(job)
+
     def swap_in(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         result = swap(
             store=context.projection_store,
@@ -211,6 +250,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         ),
         ("catch-up", catch_up, "catch the live build up to the head, in partitions", None),
         ("parked.redrive", redrive, "re-apply parked events in order after a fix", None),
+        ("replay", replay, "re-apply a range of positions, into a sandbox or live", None),
         ("swap", swap_in, "make a completed rebuild live, in one transaction", None),
         ("rollback", roll_back, "make the previously live build live again", None),
         ("drop-version", drop, "drop a build that is not live", None),

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from projections import (
+    BatchState,
     EventSource,
     Fence,
     FencedOff,
@@ -49,9 +50,9 @@ from projections.failure import Decision, EventFailure, FailurePolicy
 from projections.runner import FaultHook
 from recovery.breaker import BreakerSettings, CircuitBreaker
 from recovery.builds import seal_job
-from recovery.completeness import check_partition
+from recovery.completeness import check_log_accounted, check_partition
 from recovery.errors import IncompleteJob
-from recovery.jobs import Claim, Job, JobKind, JobState
+from recovery.jobs import Claim, Job, JobKind, JobState, settled_state
 from recovery.jobstore import JobStore, LeaseLost
 from recovery.policies import PolicySet, RulesPolicy
 from recovery.redrive import redrive_parked
@@ -128,6 +129,13 @@ class BreakerPolicy:
             )
         return self.policy.decide(failure)
 
+    def record_success(self) -> None:
+        """A batch went through: a half-open breaker closes (and says so)."""
+        before = self.breaker.state
+        self.breaker.record_success()
+        if self.breaker.state != before:
+            self._on_change(self.breaker)
+
 
 class Worker:
     """Claims and runs partitions of jobs until stopped (or idle, if so configured)."""
@@ -182,6 +190,7 @@ class Worker:
         while not stop.is_set():
             claim = self._claim(job_id)
             if claim is None:
+                self._settle_orphans(job_id)
                 if self.options.exit_when_idle and not self._work_pending(job_id):
                     break
                 stop.wait(self.options.idle_interval)
@@ -212,6 +221,24 @@ class Worker:
             self._on_job_state(before, after)
         return after
 
+    def _settle_orphans(self, job_id: uuid.UUID | None) -> None:
+        """Settle (and seal) a job whose partitions have all ended but whose state did
+        not follow: the worker that ended the last one died before settling it. An
+        aborting job is settled too: the leases of dead workers expire (see finalize)."""
+        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
+        for job in jobs:
+            if job.state not in (JobState.RUNNING, JobState.ABORTING):
+                continue
+            if self._may_run is not None and not self._may_run(job):
+                continue
+            if job.state == JobState.RUNNING and (
+                settled_state(job, self.jobs.partitions(job.job_id)) is None
+            ):
+                continue
+            settled = self._settle(job)
+            if settled.state == JobState.COMPLETED:
+                seal_job(settled, store=self.store)
+
     def _work_pending(self, job_id: uuid.UUID | None) -> bool:
         """A running job still has partitions someone else holds (they may expire)."""
         jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
@@ -233,6 +260,8 @@ class Worker:
         try:
             if job.kind == JobKind.REDRIVE:
                 return self._redrive(claim)
+            if job.kind == JobKind.REPLAY and job.parameters.get("into") == "live":
+                return self._replay_writes(claim, stop)
             return self._run_partition(claim, stop)
         except LeaseLost as exc:
             logger.warning("worker %s: %s", self.worker_id, exc)
@@ -265,6 +294,7 @@ class Worker:
             if isinstance(configured_breaker, Mapping)
             else self.options.breaker
         )
+        policy = self._policy(job, breaker)
         runner = ProjectionRunner(
             projection(),
             source=self.source,
@@ -272,7 +302,7 @@ class Worker:
             partition=Partition(index, job.partition_count),
             build=job.build,
             options=self.runner_options,
-            policy=self._policy(job, breaker),
+            policy=policy,
             fence=lease_fence(claim),
             faults=self._faults,
         )
@@ -281,15 +311,9 @@ class Worker:
         renewed_at = time.monotonic()
         counted = (0, 0, 0)
         while True:
-            if stop.is_set():
-                self.jobs.release(claim)
-                return PartitionOutcome.RELEASED
-            state = self.jobs.get_job(job.job_id).state
-            if state in (JobState.PAUSED, JobState.ABORTING, JobState.ABORTED):
-                self.jobs.release(claim)
-                if state == JobState.ABORTING:
-                    self._settle(job)
-                return PartitionOutcome.RELEASED
+            released = self._yield_if_asked(claim, stop)
+            if released is not None:
+                return released
             try:
                 result = runner.run_batch(stop, until=target)
             except PositionConflict as exc:
@@ -320,7 +344,7 @@ class Worker:
             )
             counted = totals
             if not result.retried:
-                breaker.record_success()
+                policy.record_success()
             throttle.acquire(result.applied)
             if result.position >= target:
                 return self._finish(claim, runner)
@@ -350,6 +374,89 @@ class Worker:
         settled = self._settle(job)
         if settled.state == JobState.COMPLETED:
             seal_job(settled, store=self.store)
+        return PartitionOutcome.COMPLETED
+
+    def _yield_if_asked(self, claim: Claim, stop: threading.Event) -> PartitionOutcome | None:
+        """Give the partition back if the worker stops or the job is paused or aborted."""
+        if stop.is_set():
+            self.jobs.release(claim)
+            return PartitionOutcome.RELEASED
+        state = self.jobs.get_job(claim.job.job_id).state
+        if state in (JobState.PAUSED, JobState.ABORTING, JobState.ABORTED):
+            self.jobs.release(claim)
+            if state == JobState.ABORTING:
+                self._settle(claim.job)
+            return PartitionOutcome.RELEASED
+        return None
+
+    def _replay_writes(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        """Re-apply a range into a build of a replay-safe projection, moving no position.
+
+        Progress is the job partition's position: a worker that dies between a
+        write and its report re-applies that batch, which a replay-safe projection
+        absorbs (that is why only those may be replayed this way).
+        """
+        job = claim.job
+        index = claim.partition.partition_index
+        target = job.target_position or 0
+        cls = self.registry[job.projection]
+        handlers = cls().handlers()
+        wanted = {uuid.UUID(str(a)) for a in job.parameters.get("aggregates") or []}
+        partition = Partition(index, job.partition_count)
+        fence = lease_fence(claim)
+        throttle = Throttle(_partition_rate(job))
+        position = claim.partition.position
+        renewed_at = time.monotonic()
+        while position < target:
+            released = self._yield_if_asked(claim, stop)
+            if released is not None:
+                return released
+            limit = self.runner_options.batch_size
+            batch = self.source.read(
+                after=position,
+                upto=target,
+                limit=limit,
+                topics=list(cls.topics),
+                partition=partition,
+            )
+            upto = batch[-1].id if len(batch) >= limit else target
+            state = BatchState(cls.table_map, self.store.row_reader(cls.name, job.build))
+            applied = 0
+            for notification in batch:
+                if wanted and notification.originator_id not in wanted:
+                    continue
+                try:
+                    handlers[notification.topic](self.source.decode(notification), state)
+                except Exception as exc:
+                    error = f"position {notification.id}: {error_summary(exc)}"
+                    self.jobs.report(claim, position=position, last_error=error)
+                    self.jobs.finish_partition(claim, succeeded=False, error=error)
+                    self._settle(job)
+                    return PartitionOutcome.FAILED
+                applied += 1
+            try:
+                self.store.write(cls.name, job.build, state.writes(), fence=fence)
+            except FencedOff:
+                return PartitionOutcome.LOST
+            self.jobs.report(claim, position=upto, events_applied=applied, target_position=target)
+            position = upto
+            throttle.acquire(applied)
+            if time.monotonic() - renewed_at >= self.options.lease_seconds / 3:
+                claim = self.jobs.renew(claim, lease_seconds=self.options.lease_seconds)
+                renewed_at = time.monotonic()
+        try:
+            check_log_accounted(
+                self.source,
+                after=claim.partition.start_position,
+                upto=target,
+                where=f"job {job.job_id} partition {partition}",
+            )
+        except IncompleteJob as exc:
+            self.jobs.finish_partition(claim, succeeded=False, error=str(exc))
+            self._settle(job)
+            return PartitionOutcome.FAILED
+        self.jobs.finish_partition(claim, succeeded=True)
+        self._settle(job)
         return PartitionOutcome.COMPLETED
 
     def _redrive(self, claim: Claim) -> PartitionOutcome:
