@@ -26,14 +26,17 @@ A lost connection (:class:`~projections.errors.DatabaseUnavailable`, translated
 from psycopg or sqlite3 by the adapters) is retried with exponential back-off and
 the batch re-applied from the position the store then holds. A handler error
 goes to the failure policy (:mod:`projections.failure`) after the events before
-it are committed. A :class:`~projections.errors.PositionConflict` means another
-worker owns the partition: the runner stops with it.
+it are committed. In :meth:`ProjectionRunner.catch_up` and :meth:`run_batch`, a
+:class:`~projections.errors.PositionConflict` means another worker owns the
+partition: the runner stops with it (a recovery worker counts it and goes on).
 
 Live following (:meth:`ProjectionRunner.follow`) polls with back-off on SQLite
 (``poll_interval`` doubling to ``max_poll_interval``, reset when events arrive)
 and waits for a NOTIFY on PostgreSQL, re-polling every ``repoll_interval``
 anyway, so a lost notification or a killed listening connection never leaves
-it idle.
+it idle. A follower that meets a position moved by someone else (a recovery job that
+took the build over and gave it back, or another follower) re-reads it and goes
+on: the position check guarantees nothing was applied twice.
 """
 
 from __future__ import annotations
@@ -291,10 +294,16 @@ class ProjectionRunner:
             try:
                 result = self.run_batch(stop)
             except (PartitioningMismatch, PositionConflict) as exc:
-                if isinstance(exc, FencedOff) or not self._handed_off(exc):
+                if isinstance(exc, FencedOff):
                     raise
-                logger.info("projection %r: %s; waiting", self.name, exc)
-                stop.wait(self.options.repoll_interval)
+                # Someone else moved the position: a recovery job took the build over
+                # (or gave it back at a later position), or another follower commits
+                # too. Nothing of this batch was written: re-read the position, go on.
+                self._checkpoint = None
+                self._blocked = None
+                logger.info("projection %r: %s; re-reading the position", self.name, exc)
+                if isinstance(exc, PartitioningMismatch) or exc.found is None:
+                    stop.wait(self.options.repoll_interval)  # the job holds the build
                 continue
             if result.stopped:
                 return
@@ -312,14 +321,6 @@ class ProjectionRunner:
                     self._retrying(self._follow_live_build, stop)
                 except _Stopped:
                     return  # stop was requested while backing off from a lost connection
-
-    def _handed_off(self, exc: Exception) -> bool:
-        """A recovery job took the build over (its positions were regrouped)."""
-        self._checkpoint = None
-        self._blocked = None
-        return isinstance(exc, PartitioningMismatch) or (
-            isinstance(exc, PositionConflict) and exc.found is None
-        )
 
     def _follow_live_build(self) -> None:
         live = self.store.live_build(self.name)

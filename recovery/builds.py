@@ -14,6 +14,7 @@ build goes on from exactly where the catch-up stopped. The previous build stays
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from projections import EventSource, FailFast, ProjectionRunner, ProjectionStore
@@ -63,8 +64,13 @@ def swap(
     registry: ProjectionRegistry,
     projection: str,
     build: int | None = None,
+    gate: Callable[[int], None] | None = None,
 ) -> SwapResult:
-    """Make a completed rebuild live (the newest one unless ``build`` is named)."""
+    """Make a completed rebuild live (the newest one unless ``build`` is named).
+
+    ``gate`` is called with the build before anything is done; it raises to refuse
+    the swap (a required drill that has not matched, for instance).
+    """
     cls = registry[projection]
     builds = store.builds(projection)
     if not builds:
@@ -91,6 +97,8 @@ def swap(
             f"build {build} of {projection!r} cannot be swapped in: {state}; only a build "
             "whose rebuild completed (every position accounted for) can go live"
         )
+    if gate is not None:
+        gate(build)
     seal_job(job, store=store)
     # Catch the new build up to the head with the code that will serve it; a
     # handler failure here stops the swap, the live build is untouched.

@@ -9,10 +9,9 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from domain import DomainError, DomainSettings
-from projections import ProjectionError, ProjectionSettings, open_source, open_store, status
-from recovery import cli_jobs, cli_recovery, cli_security
-from recovery.cli_support import EXIT_INVALID, fail, to_jsonable
+from domain import DomainError
+from recovery import cli_drill, cli_jobs, cli_recovery, cli_security, cli_templates
+from recovery.cli_support import operation, to_jsonable
 from recovery.demo import run_demo, status_table
 
 __all__ = ["app", "main"]
@@ -54,16 +53,10 @@ def status_command(
 ) -> None:
     """Head, high-water mark and each projection's position, backlog and last commit.
 
-    Reads SAFEREPLAY_* (event store) and SAFEREPLAY_PROJECTIONS_* (projection
-    store); needs no key ring access beyond valid settings, and decrypts nothing.
+    Needs a viewer grant (the token in SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE)
+    and decrypts nothing.
     """
-    try:
-        domain = DomainSettings.from_env()
-        settings = ProjectionSettings.from_env()
-        with open_store(domain, settings) as store, open_source(domain) as source:
-            report = status(store, source, projection or None)
-    except (DomainError, ProjectionError) as exc:
-        fail(str(exc), EXIT_INVALID)
+    report = operation("status", projections=projection or [])
     if as_json:
         typer.echo(json.dumps(to_jsonable(report), indent=2))
     else:
@@ -73,6 +66,8 @@ def status_command(
 cli_jobs.register(app)
 cli_recovery.register(app, cli_jobs.parked_app)
 cli_security.register(app)
+cli_drill.register(app)
+cli_templates.register(app)
 
 
 def main() -> None:

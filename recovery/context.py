@@ -124,17 +124,21 @@ class RecoveryContext:
 
     @cached_property
     def operations(self) -> Operations:
+        from recovery.drill_ops import register_drill_operations
         from recovery.projection_ops import (
             register_job_operations,
             register_projection_operations,
         )
         from recovery.recovery_ops import register_recovery_operations
         from recovery.security_ops import register_security_operations
+        from recovery.template_ops import register_template_operations
 
         operations = Operations(access=self.access, audit=self.audit)
         register_security_operations(operations, self)
         register_projection_operations(operations, self)
         register_job_operations(operations, self)
+        register_drill_operations(operations, self)
+        register_template_operations(operations, self)
         register_recovery_operations(operations, self)
         return operations
 

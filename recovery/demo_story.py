@@ -333,4 +333,11 @@ def _wait_for_progress(context: RecoveryContext, job_id: UUID) -> Any:
             if part.status == "running" and part.position > part.start_position:
                 return part
         time.sleep(0.05)
-    raise TimeoutError(f"no worker made progress on job {job_id} within 60 s")
+    parts = [
+        (p.partition_index, p.status, p.position, p.lease_owner)
+        for p in context.jobs.partitions(job_id)
+    ]
+    raise TimeoutError(
+        f"no worker made progress on job {job_id} within 60 s "
+        f"({context.jobs.get_job(job_id).state}: {parts})"
+    )

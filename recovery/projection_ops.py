@@ -7,6 +7,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from projections import StatusReport, open_source, status
 from recovery.access import Permission
 from recovery.jobs import JobState
 from recovery.operations import OperationContext, Operations
@@ -25,6 +26,23 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
         # Parked records hold where and why, never a payload: safe to show a viewer.
         return [asdict(event) for event in parked]
 
+    def status_report(ctx: OperationContext, p: Mapping[str, Any]) -> StatusReport:
+        names = list(p.get("projections") or []) or None
+        # The log's head and safe head need no key ring: nothing is decrypted here.
+        with open_source(context.domain) as source:
+            return status(context.projection_store, source, names)
+
+    def status_scope(parameters: Mapping[str, Any]) -> str:
+        names = list(parameters.get("projections") or [])
+        return f"projection:{names[0]}" if len(names) == 1 else "projection:*"
+
+    operations.register(
+        "status",
+        permission=Permission.VIEW,
+        handler=status_report,
+        scope=status_scope,
+        summary="head, safe head, and each projection's position, backlog and last commit",
+    )
     operations.register(
         "parked.list",
         permission=Permission.VIEW,

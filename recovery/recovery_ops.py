@@ -22,6 +22,7 @@ from projections import Partition
 from recovery.access import Permission
 from recovery.audit import AuditRecord
 from recovery.builds import drop_version, rollback, swap
+from recovery.drill import DrillStore, require_matching_drill
 from recovery.errors import InvalidRequest
 from recovery.jobs import Job, JobStatus
 from recovery.operations import OperationContext, Operations
@@ -175,13 +176,26 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return _job_summary(job)
 
     def swap_in(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        name = p["projection"]
+
+        def drill_gate(build: int) -> None:
+            drills = DrillStore(context.database)
+            drills.create_tables()
+            require_matching_drill(
+                drills,
+                required=context.recovery.drill_required(name),
+                projection=name,
+                build=build,
+            )
+
         result = swap(
             store=context.projection_store,
             source=context.source,
             jobs=context.jobs,
             registry=context.registry,
-            projection=p["projection"],
+            projection=name,
             build=_int(p, "build"),
+            gate=drill_gate,
         )
         return asdict(result)
 

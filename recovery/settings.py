@@ -53,6 +53,20 @@ class RecoverySettings(BaseSettings):
         ),
     )
 
+    recovery_require_drill: str = Field(
+        default="",
+        pattern=r"^\s*(\*|[a-z0-9_]+(\s*,\s*[a-z0-9_]+)*)?\s*$",
+        description=(
+            "Projections (comma-separated, or `*` for all) whose swap needs a matching drill "
+            "of the build first."
+        ),
+    )
+
+    def drill_required(self, projection: str) -> bool:
+        """Must a swap of ``projection`` be preceded by a matching drill?"""
+        names = {n.strip() for n in self.recovery_require_drill.split(",") if n.strip()}
+        return "*" in names or projection in names
+
     @model_validator(mode="after")
     def _one_source_each(self) -> RecoverySettings:
         if self.audit_key_file is not None and self.audit_key is not None:

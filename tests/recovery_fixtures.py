@@ -6,24 +6,56 @@ same SQLite file, or the same PostgreSQL schema.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from dataclasses import dataclass, replace
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+from uuid import UUID
 
-from projection_fixtures import EXPECTED, Backend, Log, PostgresBackend, table_state
+import pytest
+from eventsourcing.persistence import Notification
+from projection_fixtures import (
+    EXPECTED,
+    Backend,
+    Log,
+    PostgresBackend,
+    SQLiteBackend,
+    table_state,
+)
 
+from domain import DomainSettings, Envelope, Run
 from projections import (
     REFERENCE_PROJECTIONS,
+    BatchState,
     EventSource,
+    Partition,
     Projection,
     ProjectionStore,
     RunnerOptions,
+    Table,
+    handles,
 )
+from projections.source import WHOLE
+from recovery.builds import SwapResult, swap
+from recovery.context import RecoveryContext
+from recovery.jobs import Job, JobState, PartitionProgress
 from recovery.jobstore import JobStore
+from recovery.plans import JobRequest, start_rebuild, start_redrive
 from recovery.postgres import PostgresJobStore
 from recovery.registry import ProjectionRegistry
+from recovery.settings import RecoverySettings
 from recovery.sqlite import SQLiteJobStore
 from recovery.worker import Worker, WorkerOptions
+
+T = TypeVar("T")
 
 QUICK_RUNNER = RunnerOptions(
     batch_size=50,
@@ -48,16 +80,56 @@ class Recovery:
         self.jobs: JobStore = new_job_store(log)
         self.jobs.create_tables()
         self.registry = ProjectionRegistry.of(projections)
+        self._workers: list[JobStore] = []
+
+    def rebuild(self, projection: str, request: JobRequest) -> Job:
+        return start_rebuild(
+            request,
+            projection=projection,
+            store=self.store,
+            source=self.source,
+            jobs=self.jobs,
+            registry=self.registry,
+        )
+
+    def redrive(self, projection: str, request: JobRequest) -> Job:
+        return start_redrive(
+            request, projection=projection, store=self.store, jobs=self.jobs, registry=self.registry
+        )
+
+    def swap(self, projection: str) -> SwapResult:
+        return swap(
+            store=self.store,
+            source=self.source,
+            jobs=self.jobs,
+            registry=self.registry,
+            projection=projection,
+        )
+
+    def job(self, job: Job) -> Job:
+        """The job as stored now."""
+        return self.jobs.get_job(job.job_id)
+
+    def partitions(self, job: Job) -> list[PartitionProgress]:
+        return self.jobs.partitions(job.job_id)
+
+    def applied(self, projection: type[Projection], build: int) -> int:
+        """Events a build applied, over all its partitions (a seal carries them over)."""
+        return sum(c.events_applied for c in self.store.checkpoints(projection.name, build=build))
+
+    def positions(self, projection: type[Projection], build: int) -> list[int]:
+        return [c.position for c in self.store.checkpoints(projection.name, build=build)]
 
     def worker(self, *, lease_seconds: float = 5.0, **options: Any) -> Worker:
         """A worker with its own connections (as a separate process would have)."""
         store = self.log.store()
         jobs = new_job_store(self.log)
+        self._workers.append(jobs)
         log = self.log
         return Worker(
             jobs=jobs,
             store=store,
-            open_source=log.source,
+            open_source=options.pop("open_source", log.source),
             registry=self.registry,
             options=WorkerOptions(
                 lease_seconds=lease_seconds, idle_interval=0.02, exit_when_idle=True
@@ -81,6 +153,8 @@ class Recovery:
         }
 
     def close(self) -> None:
+        for jobs in self._workers:
+            jobs.close()
         self.jobs.close()
 
 
@@ -98,3 +172,229 @@ def fresh_recovery(backend: Backend, **overrides: Any) -> Iterator[Recovery]:
             yield recovery
         finally:
             recovery.close()
+
+
+# -- one contract, run on each backend -------------------------------------------------------
+
+
+class OnSQLite:
+    """Mixin: the contract's ``backend`` is a SQLite file per log (list it first)."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
+        backend = SQLiteBackend(tmp_path, key_file)
+        yield backend
+        backend.close()
+
+
+class OnPostgres:
+    """Mixin: the contract's ``backend`` is a PostgreSQL schema per log (list it first)."""
+
+    @pytest.fixture
+    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
+        backend = PostgresBackend(postgres_dsn, key_file)
+        yield backend
+        backend.close()
+
+
+class RecoveryContract:
+    """A contract's tests get a fresh :class:`Recovery` on the class's backend."""
+
+    @pytest.fixture
+    def recovery(self, backend: Backend) -> Iterator[Recovery]:
+        with fresh_recovery(backend) as recovery:
+            yield recovery
+
+
+def wait_until(
+    condition: Callable[[], T | None], *, timeout: float, what: str, interval: float = 0.01
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def finished(recovery: Recovery, job: Job, *, timeout: float = 60) -> Job:
+    """Wait for a job to end (completed, failed or aborted); returns it."""
+    ended = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+    return wait_until(
+        lambda: now if (now := recovery.job(job)).state in ended else None,
+        timeout=timeout,
+        what=f"job {job.job_id} to end",
+    )
+
+
+# -- a projection that fails on demand --------------------------------------------------------
+
+RUN_TOPICS = (Run.Started, Run.StepSucceeded, Run.StepFailed, Run.StepRetried, Run.Completed)
+
+
+class RunCounts(Projection):
+    """Counts each run's events (a double-applied event shows), failing on demand.
+
+    ``poison``: the runs whose every event fails (a bug in the handler);
+    ``flaky``: positions that fail their first ``flaky_failures`` tries (a dependency
+    that is down for a moment). Class-level switches: a test flips them to "fix" it.
+    """
+
+    name = "run_counts"
+    tables = (Table("runs", key={"run_id": "text"}, values={"events": "integer"}),)
+    poison: ClassVar[set[UUID]] = set()
+    flaky: ClassVar[set[int]] = set()
+    flaky_failures: ClassVar[int] = 2
+    tries: ClassVar[Counter[int]] = Counter()
+
+    @classmethod
+    def reset(
+        cls, *, poison: set[UUID] | None = None, flaky: set[int] | None = None, failures: int = 2
+    ) -> None:
+        cls.poison, cls.flaky, cls.tries = poison or set(), flaky or set(), Counter()
+        cls.flaky_failures = failures
+
+    @handles(*RUN_TOPICS)
+    def count(self, envelope: Envelope, state: BatchState) -> None:
+        assert envelope.position is not None
+        RunCounts.tries[envelope.position] += 1
+        if envelope.aggregate_id in self.poison:
+            raise ValueError(f"cannot project run {envelope.aggregate_id}")
+        if envelope.position in self.flaky and self.tries[envelope.position] <= self.flaky_failures:
+            raise ConnectionError("the enrichment service is down")
+        state.merge("runs", envelope.aggregate_id, add={"events": 1})
+
+
+def fold_run_counts(envelopes: Sequence[Envelope]) -> dict[str, dict[tuple[Any, ...], Any]]:
+    counts = Counter(str(e.aggregate_id) for e in envelopes if e.topic in RunCounts.topics)
+    return {"runs": {(run,): {"run_id": run, "events": n} for run, n in counts.items()}}
+
+
+EXPECTED.setdefault(RunCounts.name, fold_run_counts)
+
+
+def recovery_of(recovery: Recovery, *projections: type[Projection]) -> Recovery:
+    """Let ``recovery`` know ``projections`` (besides the reference ones)."""
+    recovery.registry = ProjectionRegistry.of([*REFERENCE_PROJECTIONS, *projections])
+    return recovery
+
+
+class DroppingSource(EventSource):
+    """A source whose ``read`` silently loses one notification; ``count`` does not."""
+
+    def __init__(self, inner: EventSource, drop: int) -> None:
+        super().__init__(inner.watermark, inner.mapper)
+        self.inner = inner
+        self.drop = drop
+
+    @property
+    def description(self) -> str:
+        return f"{self.inner.description} (losing position {self.drop})"
+
+    def head(self) -> int:
+        return self.inner.head()
+
+    def read(
+        self,
+        *,
+        after: int,
+        upto: int,
+        limit: int,
+        topics: Sequence[str] = (),
+        partition: Partition = WHOLE,
+    ) -> list[Notification]:
+        found = self.inner.read(
+            after=after, upto=upto, limit=limit, topics=topics, partition=partition
+        )
+        return [n for n in found if n.id != self.drop]
+
+    def count(
+        self,
+        *,
+        after: int,
+        upto: int,
+        topics: Sequence[str] = (),
+        partition: Partition = WHOLE,
+    ) -> int:
+        return self.inner.count(after=after, upto=upto, topics=topics, partition=partition)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+# -- workers in their own OS processes ---------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """What a worker process needs, picklable: it builds everything else from settings."""
+
+    settings: DomainSettings
+    lease_seconds: float = 1.0
+    batch_size: int = 10
+    #: Seconds slept after each applied event, so that a job lasts long enough to be hit.
+    event_delay: float = 0.0
+    #: Exit when nothing is claimable; else run until SIGTERM (as ``safereplay worker``).
+    exit_when_idle: bool = True
+
+
+def run_worker_process(spec: WorkerSpec) -> None:
+    """A worker process's main: its own context (stores, source, job store) from settings."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    context = RecoveryContext(domain=spec.settings, recovery=RecoverySettings())
+    delay = spec.event_delay
+
+    def slow(point: str) -> None:
+        if point == "after_event" and delay:
+            time.sleep(delay)
+
+    worker = Worker(
+        jobs=context.jobs,
+        store=context.projection_store,
+        open_source=lambda: context.source,
+        registry=context.registry,
+        options=WorkerOptions(
+            lease_seconds=spec.lease_seconds,
+            idle_interval=0.05,
+            exit_when_idle=spec.exit_when_idle,
+        ),
+        runner_options=replace(QUICK_RUNNER, batch_size=spec.batch_size),
+        faults=slow,
+    )
+    try:
+        worker.run(stop)
+    finally:
+        worker.close()
+        context.close()
+
+
+def worker_pid(partition: PartitionProgress) -> int | None:
+    """The OS process holding a partition's lease (worker ids are host:pid:suffix)."""
+    if partition.lease_owner is None or partition.status != "running":
+        return None
+    return int(partition.lease_owner.split(":")[-2])
+
+
+def kill(process: BaseProcess | int, sig: int = signal.SIGKILL) -> None:
+    """Signal one worker process (by its object or its pid; never a group)."""
+    pid = process if isinstance(process, int) else process.pid
+    assert pid is not None and pid > 0, f"not a started process: {process}"
+    os.kill(pid, sig)
+
+
+SPAWN = multiprocessing.get_context("spawn")
+
+
+def spawn_worker(recovery: Recovery, **spec: Any) -> BaseProcess:
+    """Start a worker in a fresh OS process (``spec``: :class:`WorkerSpec` fields)."""
+    process = SPAWN.Process(
+        target=run_worker_process,
+        args=(WorkerSpec(recovery.log.settings, **spec),),
+        daemon=True,
+    )
+    process.start()
+    return process

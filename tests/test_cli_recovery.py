@@ -85,3 +85,15 @@ def test_clear_errors_and_exit_codes(env: dict[str, str]) -> None:
     assert code == 2 and "build 1 has no parked events" in out
     code, out = run(env, "swap", "run_status", "-r", "x")
     assert code == 2 and "cannot be swapped in" in out
+
+
+def test_a_swap_can_require_a_matching_drill_first(env: dict[str, str]) -> None:
+    gated = env | {"SAFEREPLAY_RECOVERY_REQUIRE_DRILL": "workflow_stats"}
+    code, out = run(gated, "rebuild", "workflow_stats", "-n", "2", "-w", "1", "-r", "fix")
+    assert code == 0, out
+    code, out = run(gated, "swap", "workflow_stats", "-r", "looks fine")
+    assert code == 2 and "needs a matching drill before build 2 goes live" in out
+    code, out = run(gated, "drill", "workflow_stats", "--build", "2", "-r", "before swap")
+    assert code == 0, out
+    code, out = run(gated, "swap", "workflow_stats", "-r", "drill matched", "--json")
+    assert code == 0 and json.loads(out)["live"] == 2, out

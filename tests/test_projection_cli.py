@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,12 @@ from projections import (
     SQLiteProjectionStore,
     open_store,
 )
+from recovery.audit import AuditKey
 from recovery.cli import app
+from recovery.context import RecoveryContext
 from recovery.demo import run_demo
+from recovery.security_ops import bootstrap_admin
+from recovery.settings import RecoverySettings
 
 
 @pytest.fixture(autouse=True)
@@ -34,9 +39,37 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+_VIEWERS: dict[int, dict[str, str]] = {}
+
+
+def viewer_credentials(log: Log) -> dict[str, str]:
+    """An audit key and a viewer's token for this log's recovery database (made once)."""
+    if id(log) not in _VIEWERS:
+        directory = Path(tempfile.mkdtemp(prefix="srviewer-"))
+        AuditKey.generate().save(directory / "audit.key")
+        context = RecoveryContext(
+            domain=log.settings,
+            recovery=RecoverySettings(audit_key_file=directory / "audit.key"),
+        )
+        try:
+            admin = context.access.authenticate(bootstrap_admin(context, "ada"))
+            run = context.operations.run
+            run(admin, "principals.add", reason="test", name="vic", kind="person")
+            run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
+            token = run(admin, "token.issue", reason="test", name="vic")
+        finally:
+            context.close()
+        _VIEWERS[id(log)] = {
+            "SAFEREPLAY_AUDIT_KEY_FILE": str(directory / "audit.key"),
+            "SAFEREPLAY_TOKEN": token,
+        }
+    return _VIEWERS[id(log)]
+
+
 def cli_env(log: Log) -> dict[str, str]:
     settings = log.settings
     env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
+    env |= viewer_credentials(log)
     if settings.backend == "sqlite":
         env["SAFEREPLAY_SQLITE_PATH"] = str(settings.sqlite_path)
     else:

@@ -14,7 +14,7 @@ from projections import FailedSteps, RunStatusBoard, WorkflowStatistics, wait_fo
 from recovery.builds import drop_version, rollback, swap
 from recovery.errors import InvalidRequest, JobConflict
 from recovery.jobs import Job, JobState
-from recovery.plans import JobRequest, start_catch_up, start_rebuild
+from recovery.plans import JobRequest, start_catch_up
 from recovery.registry import ProjectionRegistry
 
 ALICE = JobRequest(principal="alice", reason="projection code fixed", partitions=3)
@@ -31,14 +31,7 @@ class RebuildContract:
             yield recovery
 
     def rebuild(self, recovery: Recovery, name: str, request: JobRequest = ALICE) -> Job:
-        return start_rebuild(
-            request,
-            projection=name,
-            store=recovery.store,
-            source=recovery.source,
-            jobs=recovery.jobs,
-            registry=recovery.registry,
-        )
+        return recovery.rebuild(name, request)
 
     def test_rebuild_in_partitions_then_swap_then_rollback(self, recovery: Recovery) -> None:
         record_workload(recovery.log.app, workflows=3, runs_per_workflow=8, seed=5)

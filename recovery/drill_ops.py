@@ -1,0 +1,93 @@
+"""The drill as an operation: permission checked and every attempt audited by the dispatch layer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from recovery.access import Permission
+from recovery.drill import (
+    DrillResult,
+    DrillStore,
+    PostgresSandbox,
+    PostgresStoreReader,
+    Sandbox,
+    SQLiteSandbox,
+    SQLiteStoreReader,
+    StoreReader,
+    run_drill,
+)
+from recovery.errors import InvalidRequest
+from recovery.operations import OperationContext, Operations
+
+if TYPE_CHECKING:
+    from recovery.context import RecoveryContext
+
+__all__ = ["live_reader", "new_sandbox", "optional_int", "register_drill_operations"]
+
+
+def live_reader(context: RecoveryContext) -> StoreReader:
+    """A read-only reader of the projection store the context points at."""
+    if context.domain.backend == "sqlite":
+        return SQLiteStoreReader(context.projection_settings.sqlite_store_path(context.domain))
+    conninfo, schema = context.projection_settings.postgres_store(context.domain)
+    return PostgresStoreReader(conninfo, schema=schema)
+
+
+def new_sandbox(context: RecoveryContext) -> Sandbox:
+    """A sandbox beside the projection store: a temporary file, or a schema of its own."""
+    if context.domain.backend == "sqlite":
+        return SQLiteSandbox()
+    conninfo, schema = context.projection_settings.postgres_store(context.domain)
+    return PostgresSandbox(conninfo, store_schema=schema)
+
+
+def optional_int(parameters: Mapping[str, Any], name: str) -> int | None:
+    value = parameters.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest(f"{name} must be a whole number")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
+
+
+def register_drill_operations(operations: Operations, context: RecoveryContext) -> None:
+    def drill(ctx: OperationContext, p: Mapping[str, Any]) -> DrillResult:
+        projection = context.registry[p["projection"]]
+        result = run_drill(
+            projection(),
+            live=live_reader(context),
+            source=context.source,
+            sandbox=new_sandbox(context),
+            principal=ctx.principal.name,
+            reason=ctx.reason,
+            build=optional_int(p, "build"),
+            partitions=optional_int(p, "partitions"),
+            default_partitions=context.recovery.partitions,
+            options=context.runner_options(),
+        )
+        drills = DrillStore(context.database)
+        drills.create_tables()
+        drills.record(result)
+        return result
+
+    def drills_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[DrillResult]:
+        return DrillStore(context.database).drills(
+            p["projection"], build=optional_int(p, "build"), limit=optional_int(p, "limit") or 20
+        )
+
+    operations.register(
+        "drill",
+        permission=Permission.OPERATE,
+        handler=drill,
+        summary="rebuild a projection into a sandbox and compare it with the live build",
+    )
+    operations.register(
+        "drills.list",
+        permission=Permission.VIEW,
+        handler=drills_list,
+        summary="list a projection's drills, newest first",
+    )

@@ -1,0 +1,114 @@
+"""A job's circuit breaker and throttle, inside real jobs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from projection_fixtures import handled_count
+from recovery_fixtures import (
+    OnPostgres,
+    OnSQLite,
+    Recovery,
+    RecoveryContract,
+    RunCounts,
+    recovery_of,
+    wait_until,
+)
+
+from domain.workload import record_workload
+from recovery.jobs import JobState
+from recovery.plans import JobRequest
+
+COOL_DOWN = 0.05
+#: Opens after two consecutive failures; probes again a cool-down later.
+BREAKER = {"failure_threshold": 2, "cool_down": COOL_DOWN, "min_samples": 1000}
+#: Retries every few milliseconds, giving up after 100 tries.
+POLICY = {
+    "on_error": "retry-then-fail",
+    "attempts": 100,
+    "backoff": {"initial": 0.001, "maximum": 0.005, "jitter": 0},
+}
+
+
+class LimitsContract(RecoveryContract):
+    @pytest.fixture
+    def runs(self, recovery: Recovery) -> Iterator[Recovery]:
+        recovery_of(recovery, RunCounts)
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=31)
+        yield recovery
+        RunCounts.reset()
+
+    def test_the_breaker_holds_retries_back_while_a_dependency_is_down(
+        self, runs: Recovery
+    ) -> None:
+        positions = [e.position for e in runs.log.envelopes() if e.topic in RunCounts.topics]
+        down = positions[len(positions) // 2]
+        assert down is not None
+        RunCounts.reset(flaky={down}, failures=10**6)  # the service is down until fixed
+        request = JobRequest(
+            principal="carol",
+            reason="rebuild behind a flaky service",
+            partitions=2,
+            parameters={"breaker": BREAKER, "policy": POLICY},
+        )
+        job = runs.rebuild("run_counts", request)
+        worker = threading.Thread(target=runs.worker().run)
+        worker.start()
+
+        opened = wait_until(
+            lambda: runs.job(job).breaker.get("state") == "open",
+            timeout=10,
+            what="the breaker to open and be kept with the job",
+        )
+        assert opened
+        tries, window = RunCounts.tries[down], 0.5
+        time.sleep(window)
+        # While open, one probe per cool-down at most: no storm (the policy alone
+        # would retry every few milliseconds, and give up after 100 tries).
+        probes = RunCounts.tries[down] - tries
+        assert 1 <= probes <= window / COOL_DOWN + 2, probes
+        assert runs.job(job).state == JobState.RUNNING, "nothing failed or parked meanwhile"
+
+        RunCounts.flaky_failures = 0  # the service is back: the next probe closes it
+        worker.join(30)
+        done = runs.job(job)
+        assert done.state == JobState.COMPLETED, done.error
+        assert done.breaker["state"] == "closed" and done.breaker["opened_count"] >= 2
+        assert runs.actual(RunCounts, build=2) == runs.expected(RunCounts)
+        assert runs.applied(RunCounts, 2) == handled_count(RunCounts, runs.log.envelopes())
+        assert runs.store.parked("run_counts", build=2) == []
+
+    def test_an_events_per_second_cap_holds_across_parallel_partitions(
+        self, runs: Recovery
+    ) -> None:
+        handled = handled_count(RunCounts, runs.log.envelopes())
+        rate = handled / 2.5
+        request = JobRequest(
+            principal="carol", reason="gentle rebuild", partitions=2, events_per_second=rate
+        )
+        job = runs.rebuild("run_counts", request)
+        workers = [threading.Thread(target=runs.worker().run) for _ in range(2)]
+        started = time.monotonic()
+        for thread in workers:
+            thread.start()
+        for thread in workers:
+            thread.join(60)
+        elapsed = time.monotonic() - started
+
+        assert runs.job(job).state == JobState.COMPLETED
+        assert runs.actual(RunCounts, build=2) == runs.expected(RunCounts)
+        # Each partition gets rate/2 with a burst of one second's worth: together at
+        # most `rate` events in the first second and `rate` per second after it.
+        assert elapsed >= handled / rate - 1, (elapsed, handled, rate)
+
+
+class TestSQLiteLimits(OnSQLite, LimitsContract):
+    pass
+
+
+@pytest.mark.postgres
+class TestPostgresLimits(OnPostgres, LimitsContract):
+    pass
