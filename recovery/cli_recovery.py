@@ -14,6 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -31,6 +32,8 @@ from recovery.cli_security import Json, Reason
 from recovery.cli_support import EXIT_NO, console, emit, operation, recovery_context
 from recovery.jobs import JobState, JobStatus, PartitionStatus
 from recovery.jobstore import JobStore
+from recovery.template_apply import AppliedStep, apply_template
+from recovery.template_ops import TemplateStore, resolve_template
 
 __all__ = ["register", "watch_job"]
 
@@ -373,3 +376,64 @@ def register(app: typer.Typer, parked_app: typer.Typer) -> None:
     app.command("drop-version")(drop_version_command)
     app.command("retry-partition")(retry_partition_command)
     parked_app.command("redrive")(parked_redrive_command)
+    app.command("apply")(apply_command)
+
+
+class ProcessDriver:
+    """Worker processes on this machine for each job of a template; waits on the job."""
+
+    def __init__(self, jobs: JobStore, workers: int) -> None:
+        self.jobs = jobs
+        self.workers = workers
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, job_id: UUID) -> None:
+        self.processes += start_workers(str(job_id), self.workers)
+
+    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
+        while True:
+            status = self.jobs.status(job_id)
+            if done(status):
+                return status
+            time.sleep(0.2)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()  # SIGTERM: a worker gives its partition back
+            process.wait()
+
+
+def apply_command(
+    template: Annotated[
+        str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
+    ],
+    reason: Reason,
+    workers: Workers = 2,
+    as_json: Json = False,
+) -> None:
+    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
+    with recovery_context() as context:
+        caller = context.caller()
+        store = TemplateStore(context.database)
+        store.create_tables()
+        loaded, origin = resolve_template(template, store)
+        driver = ProcessDriver(context.jobs, max(1, workers))
+        try:
+            steps = apply_template(context.operations, caller, loaded, reason=reason, driver=driver)
+        finally:
+            driver.close()
+        emit(steps, as_json=as_json, human=lambda s: _steps_table(origin, s))
+        if not steps or steps[-1].outcome not in ("completed", "done"):
+            raise typer.Exit(EXIT_NO)
+
+
+def _steps_table(origin: str, steps: list[AppliedStep]) -> None:
+    table = Table(title=f"applied {origin}")
+    for column in ("projection", "operation", "job", "outcome", "detail"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.projection or "-", step.operation, step.job_id or "-", step.outcome, step.detail
+        )
+    console.print(table)

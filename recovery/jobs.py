@@ -57,6 +57,7 @@ class JobState(StrEnum):
 
 
 class PartitionStatus(StrEnum):
+    HELD = "held"  # a staged rollout's later stage, waiting for the canary
     PENDING = "pending"
     RUNNING = "running"
     COMPLETED = "completed"
@@ -222,7 +223,8 @@ def settled_state(job: Job, partitions: Sequence[PartitionProgress]) -> JobState
     if all(p.status == PartitionStatus.COMPLETED for p in partitions):
         return JobState.COMPLETED
     unfinished = any(
-        p.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING) for p in partitions
+        p.status in (PartitionStatus.HELD, PartitionStatus.PENDING, PartitionStatus.RUNNING)
+        for p in partitions
     )
     if not unfinished and any(p.status == PartitionStatus.FAILED for p in partitions):
         return JobState.FAILED

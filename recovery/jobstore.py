@@ -62,6 +62,7 @@ class NewJob:
         max_concurrent_partitions: int | None = None,
         events_per_second: float | None = None,
         parameters: Mapping[str, Any] | None = None,
+        held_partitions: Sequence[int] = (),
     ) -> None:
         if partition_count < 1:
             raise ValueError("partition_count must be >= 1")
@@ -85,6 +86,12 @@ class NewJob:
         self.max_concurrent_partitions = max_concurrent_partitions
         self.events_per_second = events_per_second
         self.parameters = dict(parameters or {})
+        if any(not 0 <= index < partition_count for index in held_partitions):
+            raise ValueError("held partitions must be partitions of the job")
+        if held_partitions and len(set(held_partitions)) >= partition_count:
+            raise ValueError("a staged rollout must leave some partitions to run first")
+        #: Partitions that wait (status ``held``) until :meth:`JobStore.release_held`.
+        self.held_partitions = frozenset(held_partitions)
 
     def parameters_json(self) -> str:
         return json.dumps(self.parameters, sort_keys=True, default=str)
@@ -150,6 +157,10 @@ class JobStore(ABC):
     @abstractmethod
     def release(self, claim: Claim) -> None:
         """Give the partition back (pause/abort/shutdown); it becomes pending again."""
+
+    @abstractmethod
+    def release_held(self, job_id: UUID) -> int:
+        """Held partitions (a staged rollout's later stage) → pending; returns how many."""
 
     @abstractmethod
     def retry_partition(self, job_id: UUID, partition_index: int) -> None:
@@ -231,8 +242,12 @@ VALUES (%(job_id)s, %(kind)s, %(projection)s, %(build)s, %(partition_count)s, 'p
 INSERT_PART = """
 INSERT INTO {job_partitions} (job_id, partition_index, status, start_position, position,
     target_position, updated_at)
-VALUES (%(job_id)s, %(partition_index)s, 'pending', %(position)s, %(position)s,
+VALUES (%(job_id)s, %(partition_index)s, %(status)s, %(position)s, %(position)s,
     %(target_position)s, %(now)s)"""
+# A staged rollout's later partitions wait as 'held' until the canary verified.
+RELEASE_HELD_PARTS = """
+UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
+WHERE job_id = %(job_id)s AND status = 'held'"""
 
 SELECT_JOB = "SELECT * FROM {jobs} WHERE job_id = %(job_id)s"
 SELECT_PARTS = "SELECT * FROM {job_partitions} WHERE job_id = %(job_id)s ORDER BY partition_index"
@@ -382,6 +397,7 @@ class SQLJobStore(JobStore):
                         {
                             "job_id": str(job_id),
                             "partition_index": index,
+                            "status": "held" if index in new.held_partitions else "pending",
                             "position": position,
                             "target_position": new.target_position,
                             "now": now,
@@ -566,6 +582,13 @@ class SQLJobStore(JobStore):
 
     def release(self, claim: Claim) -> None:
         self._fenced(claim, FINISH_PART, {"status": "pending", "error": None})
+
+    def release_held(self, job_id: UUID) -> int:
+        with self._transaction(write=True) as tx:
+            rows = tx.rows(SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
+            if not rows:
+                raise JobNotFound(f"no job {job_id}")
+            return tx.execute(RELEASE_HELD_PARTS, {"job_id": str(job_id), "now": tx.now()})
 
     def retry_partition(self, job_id: UUID, partition_index: int) -> None:
         with self._transaction(write=True) as tx:

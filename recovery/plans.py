@@ -22,7 +22,7 @@ The database refuses a second active job on the same projection.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ class JobRequest:
     events_per_second: float | None = None
     #: Extra job parameters: ``policy`` / ``breaker`` specs (see recovery.template).
     parameters: Mapping[str, Any] | None = None
+    #: A staged rollout: these partitions wait until the others (the canary) verified.
+    held_partitions: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not 1 <= self.partitions <= 256:
@@ -54,6 +56,12 @@ class JobRequest:
             raise InvalidRequest("max concurrent partitions must be at least 1")
         if self.events_per_second is not None and self.events_per_second <= 0:
             raise InvalidRequest("the events/s cap must be positive")
+        outside = [i for i in self.held_partitions if not 0 <= i < self.partitions]
+        if outside or (self.held_partitions and len(set(self.held_partitions)) >= self.partitions):
+            raise InvalidRequest(
+                f"held partitions {list(self.held_partitions)} must be some, not all, of "
+                f"partitions 0..{self.partitions - 1}"
+            )
 
 
 def _check_partitionable(registry: ProjectionRegistry, projection: str, partitions: int) -> None:
@@ -87,6 +95,7 @@ def _new_job(
         max_concurrent_partitions=request.max_concurrent_partitions,
         events_per_second=request.events_per_second,
         parameters={**(request.parameters or {}), "baseline": baseline},
+        held_partitions=request.held_partitions,
     )
 
 
@@ -228,6 +237,7 @@ def start_replay(
     registry: ProjectionRegistry,
     into: str = "sandbox",
     partition: Partition | None = None,
+    only_partitions: Collection[int] | None = None,
     aggregates: list[str] | None = None,
     confirmed: bool = False,
 ) -> Job:
@@ -262,12 +272,12 @@ def start_replay(
                 "replaying into the live build changes what readers see: confirm with --yes"
             )
     count = partition.count if partition is not None else request.partitions
+    only = {partition.index} if partition is not None else only_partitions
+    if only is not None and not all(0 <= index < count for index in only):
+        raise InvalidRequest(f"partitions {sorted(only)} are not all within 0..{count - 1}")
     _check_partitionable(registry, projection, count)
     _refuse_if_busy(jobs, projection)
-    starts = [
-        start - 1 if partition is None or index == partition.index else end
-        for index in range(count)
-    ]
+    starts = [start - 1 if only is None or index in only else end for index in range(count)]
     parameters = {"into": into, "aggregates": aggregates or []}
     request = JobRequest(
         principal=request.principal,
@@ -276,6 +286,7 @@ def start_replay(
         max_concurrent_partitions=request.max_concurrent_partitions,
         events_per_second=request.events_per_second,
         parameters={**(request.parameters or {}), **parameters},
+        held_partitions=request.held_partitions,
     )
     if into == "live":
         build = store.prepare(cls)

@@ -67,6 +67,7 @@ def _partition(value: Any) -> Partition:
 def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
     extra = {key: p[key] for key in ("policy", "breaker") if p.get(key) is not None}
     rate = p.get("events_per_second")
+    held = p.get("held_partitions") or ()
     return JobRequest(
         principal=ctx.principal.name,
         reason=ctx.reason,
@@ -74,6 +75,7 @@ def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: in
         max_concurrent_partitions=_int(p, "max_concurrent_partitions"),
         events_per_second=None if rate is None else float(rate),
         parameters=extra,
+        held_partitions=tuple(int(i) for i in held),
     )
 
 
@@ -170,6 +172,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             registry=context.registry,
             into=str(p.get("into") or "sandbox"),
             partition=_partition(partition) if partition else None,
+            only_partitions=p.get("only_partitions"),
             aggregates=[str(UUID(str(a))) for a in p.get("aggregates") or []],
             confirmed=bool(p.get("confirmed")),
         )
@@ -244,6 +247,11 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         with stop_on_signals() as stop:
             return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
 
+    def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job_id = UUID(str(p["job_id"]))
+        released = context.jobs.release_held(job_id)
+        return {"job_id": str(job_id), "released_partitions": released}
+
     def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
         return context.jobs.status(UUID(str(p["job_id"])))
 
@@ -269,6 +277,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         ("rollback", roll_back, "make the previously live build live again", None),
         ("drop-version", drop, "drop a build that is not live", None),
         ("retry-partition", retry_partition, "run a failed partition of a job again", job_scope),
+        (
+            "rollout.continue",
+            continue_rollout,
+            "release a staged rollout's held partitions after its canary verified",
+            job_scope,
+        ),
         ("worker", worker, "run job partitions this principal may operate on", worker_scope),
         ("jobs.show", show_job, "one job with its partitions' progress", job_scope),
     ]

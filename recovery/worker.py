@@ -245,7 +245,9 @@ class Worker:
         for job in jobs:
             if job.state not in (JobState.PLANNED, JobState.RUNNING):
                 continue
-            if any(p.status in ("pending", "running") for p in self.jobs.partitions(job.job_id)):
+            if any(
+                p.status in ("held", "pending", "running") for p in self.jobs.partitions(job.job_id)
+            ):
                 return True
         return False
 

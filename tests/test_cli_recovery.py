@@ -97,3 +97,21 @@ def test_a_swap_can_require_a_matching_drill_first(env: dict[str, str]) -> None:
     assert code == 0, out
     code, out = run(gated, "swap", "workflow_stats", "-r", "drill matched", "--json")
     assert code == 0 and json.loads(out)["live"] == 2, out
+
+
+def test_apply_a_shipped_runbook_with_worker_processes(env: dict[str, str]) -> None:
+    code, out = run(env, "plan", "bad-projection-code", "--json")
+    assert code == 0, out
+    code, out = run(env, "apply", "bad-projection-code", "-w", "2", "-r", "INC-9", "--json")
+    assert code == 0, out
+    [step] = json.loads(out)
+    assert (step["projection"], step["operation"], step["outcome"]) == (
+        "workflow_stats",
+        "rebuild",
+        "completed",
+    )
+    code, out = run(env, "audit", "list", "--action", "rollout.continue", "--json")
+    assert code == 0 and len(json.loads(out)) == 1, out
+    code, out = run(env, "apply", "behind-after-outage", "-w", "2", "-r", "INC-10", "--json")
+    assert code == 0, out
+    assert json.loads(out)[0]["outcome"] == "completed"
