@@ -26,12 +26,18 @@ from recovery.security_ops import bootstrap_admin
 from recovery.settings import RecoverySettings
 
 
-@pytest.fixture
-def world(tmp_path: Path, key_file: Path) -> Iterator[dict[str, Any]]:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, key_file: Path
+) -> Iterator[dict[str, Any]]:
+    """One backend's recovery database with an admin, a planned job and 'mallory'."""
     AuditKey.generate().save(tmp_path / "audit.key")
-    settings = DomainSettings.from_env(
-        backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
-    )
+    if request.param == "sqlite":
+        settings = DomainSettings.from_env(
+            backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+        )
+    else:
+        settings = request.getfixturevalue("postgres_settings")()
     with AutomationApp(settings) as application:
         record_workload(application, workflows=1, runs_per_workflow=3, seed=2)
     context = RecoveryContext(
@@ -51,15 +57,21 @@ def world(tmp_path: Path, key_file: Path) -> Iterator[dict[str, Any]]:
         "mallory": context.access.authenticate(token),
         "job_id": job["job_id"],
         "template": str(template),
-        "env": {
-            "SAFEREPLAY_BACKEND": "sqlite",
-            "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
-            "SAFEREPLAY_KEY_FILE": str(key_file),
-            "SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key"),
-            "SAFEREPLAY_TOKEN": token,
-        },
+        "env": backend_env(settings)
+        | {"SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key"), "SAFEREPLAY_TOKEN": token},
     }
     context.close()
+
+
+def backend_env(settings: DomainSettings) -> dict[str, str]:
+    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
+    if settings.backend == "sqlite":
+        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
+    assert settings.postgres_dsn is not None
+    return env | {
+        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
+    }
 
 
 def parameters(world: dict[str, Any]) -> dict[str, Any]:
