@@ -1,15 +1,16 @@
 """Seeded event stores of the reference domain, reused across runs.
 
-One generation pass builds workflows and runs in memory (``domain.automation``
-aggregates inside :func:`domain.envelope.recording`) and saves the *same* domain
-events, chunk by chunk (one ``app.save(*events)`` = one transaction per chunk),
+One generation pass builds workflows and runs in memory with the builder of
+:mod:`domain.workload` (``plan_workflow``/``build_workflow``, ``plan_run``/``RunBuilder``:
+``domain.automation`` aggregates inside :func:`domain.envelope.recording`) and saves
+the *same* domain events, chunk by chunk (one ``app.save(*events)`` = one transaction per chunk),
 into every store that is missing: SQLite and PostgreSQL, cipher on and off. So
 all loops and both backends read identical payloads; only the nonces differ.
 
 Runs are interleaved as on a busy platform: ``concurrency`` runs are in flight at
 once and every chunk carries one event of each, so consecutive log positions
-belong to different runs. Payloads follow ``domain/workload.py`` (same actions,
-errors and failure rate), ~240 bytes of payload per event plus the envelope.
+belong to different runs. Payloads are those of ``domain/workload.py`` (the same
+plans as its edge submitter), ~240 bytes of payload per event plus the envelope.
 
 Stores are kept in ``benchmarks/.data/`` (SQLite files, key ring) and in a
 PostgreSQL schema (default ``bench``); a store is reused when its size, seed and
@@ -31,8 +32,8 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from domain import AutomationApp, DomainSettings, KeyRing, Run, Workflow, recording
-from domain.workload import _ACTIONS, _ERRORS
+from domain import AutomationApp, DomainSettings, KeyRing, Workflow
+from domain.workload import RunBuilder, WorkflowPlan, build_workflow, plan_run, plan_workflow
 
 __all__ = [
     "SEED_VERSION",
@@ -44,7 +45,11 @@ __all__ = [
 ]
 
 #: Bump when the generator changes, so that stale stores are re-seeded.
-SEED_VERSION = "v1"
+#: v2: runs planned by domain.workload.plan_run (the executor source of a step result
+#: is drawn after its output, as on the edge path).
+SEED_VERSION = "v2"
+#: Source of workflow, run-start and run-completion events.
+SOURCE = "workload"
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
 
 
@@ -238,150 +243,6 @@ def _mark_seeded(store: Store) -> None:
 # -- generation --------------------------------------------------------------------------
 
 
-class _RunScript:
-    """The planned events of one run (as in domain/workload.py), played one per tick."""
-
-    def __init__(self, workflow: Workflow, steps: list[tuple[str, Any]], rng: random.Random):
-        self.workflow = workflow
-        self.run: Run | None = None
-        self.actions: list[tuple[str, str, dict[str, Any]]] = []
-        self._plan(steps, rng)
-        self.next = 0
-
-    def _plan(self, steps: list[tuple[str, Any]], rng: random.Random) -> None:
-        add = self.actions.append
-        add(
-            (
-                "start",
-                "workload",
-                {
-                    "started_by": "webhook",
-                    "trigger_payload": {
-                        "email": f"lead{rng.randint(1, 10**6)}@example.org",
-                        "first": "Ada",
-                        "last": "Lovelace",
-                        "company": "Analytical Engines Ltd",
-                        "utm": {"source": "newsletter", "campaign": "q4"},
-                    },
-                },
-            )
-        )
-        total_ms = 0
-        failed = False
-        for i, (action, _config) in enumerate(steps):
-            step_name = f"step-{i + 1}-{action}"
-            attempt = 1
-            while True:
-                duration = rng.randint(20, 2500)
-                total_ms += duration
-                if rng.random() < 0.15:
-                    code, message = rng.choice(_ERRORS)
-                    retryable = attempt < 3 and code != "AUTH_EXPIRED"
-                    add(
-                        (
-                            "step_failed",
-                            f"executor-{rng.randint(1, 4)}",
-                            {
-                                "step_name": step_name,
-                                "attempt": attempt,
-                                "duration_ms": duration,
-                                "error_code": code,
-                                "error_message": message,
-                                "retryable": retryable,
-                            },
-                        )
-                    )
-                    if not retryable:
-                        failed = True
-                        break
-                    attempt += 1
-                    add(
-                        (
-                            "retry_step",
-                            "scheduler",
-                            {
-                                "step_name": step_name,
-                                "attempt": attempt,
-                                "delay_ms": 1000 * 2 ** (attempt - 2),
-                            },
-                        )
-                    )
-                    continue
-                add(
-                    (
-                        "step_succeeded",
-                        f"executor-{rng.randint(1, 4)}",
-                        {
-                            "step_name": step_name,
-                            "attempt": attempt,
-                            "duration_ms": duration,
-                            "output": {
-                                "status": 200,
-                                "id": f"obj_{rng.randint(10**8, 10**9)}",
-                                "bytes": rng.randint(200, 9000),
-                            },
-                        },
-                    )
-                )
-                break
-            if failed:
-                break
-        add(
-            (
-                "complete",
-                "workload",
-                {
-                    "status": "failed" if failed else "succeeded",
-                    "duration_ms": total_ms,
-                    "summary": {"steps": len(steps), "failed": failed},
-                },
-            )
-        )
-
-    def play(self) -> Run:
-        """Trigger the next event; returns the run (with the event pending)."""
-        method, source, kwargs = self.actions[self.next]
-        self.next += 1
-        with recording(source=source):
-            if method == "start":
-                self.run = Run.start(workflow=self.workflow, **kwargs)
-            else:
-                assert self.run is not None
-                getattr(self.run, method)(**kwargs)
-        assert self.run is not None
-        return self.run
-
-    @property
-    def done(self) -> bool:
-        return self.next >= len(self.actions)
-
-
-def _new_workflow(w: int, rng: random.Random) -> tuple[Workflow, list[tuple[str, Any]]]:
-    with recording(source="workload"):
-        workflow = Workflow.create(
-            name=f"Lead routing #{w}",
-            owner=f"ops-{w % 3}@example.com",
-            description="Route inbound leads from the web form to CRM, email and Slack, "
-            "with enrichment and a spreadsheet audit row.",
-            trigger={
-                "kind": "webhook",
-                "path": f"/hooks/leads/{w}",
-                "secret_ref": "vault:webhooks/leads",
-                "dedupe_window_s": 300,
-            },
-        )
-        steps = [_ACTIONS[(w + i) % len(_ACTIONS)] for i in range(rng.randint(2, 4))]
-        for i, (action, config) in enumerate(steps):
-            workflow.add_step(
-                step_name=f"step-{i + 1}-{action}",
-                action=action,
-                config=config,
-                timeout_seconds=30 + 30 * i,
-            )
-        workflow.publish(note="first release")
-    return workflow, steps
-
-
 def generate_chunks(
     events: int, *, seed: int, concurrency: int = 500, runs_per_workflow: int = 1000
 ) -> Iterator[list[Any]]:
@@ -393,16 +254,17 @@ def generate_chunks(
     """
     rng = random.Random(seed)
     produced = 0
-    workflows: list[tuple[Workflow, list[tuple[str, Any]]]] = []
+    workflows: list[tuple[Workflow, WorkflowPlan]] = []
     runs_started = 0
-    in_flight: list[_RunScript] = []
+    in_flight: list[RunBuilder] = []
     while produced < events:
         chunk: list[Any] = []
         budget = min(concurrency, events - produced)
         # Top up the runs in flight (a new workflow every runs_per_workflow runs).
         while len(in_flight) < concurrency:
             if runs_started % runs_per_workflow == 0:
-                workflow, steps = _new_workflow(len(workflows), rng)
+                plan = plan_workflow(len(workflows), rng)
+                workflow = build_workflow(plan, source=SOURCE)
                 pending = workflow.collect_events()
                 take = pending[: max(0, budget - len(chunk))]
                 if len(take) < len(pending):
@@ -411,19 +273,19 @@ def generate_chunks(
                     yield chunk
                     return
                 chunk.extend(pending)
-                workflows.append((workflow, steps))
-            workflow, steps = workflows[rng.randrange(len(workflows))]
-            in_flight.append(_RunScript(workflow, steps, rng))
+                workflows.append((workflow, plan))
+            workflow, plan = workflows[rng.randrange(len(workflows))]
+            in_flight.append(RunBuilder(workflow, plan_run(plan, rng, source=SOURCE)))
             runs_started += 1
-        still: list[_RunScript] = []
-        for script in in_flight:
+        still: list[RunBuilder] = []
+        for builder in in_flight:
             if len(chunk) >= budget:
-                still.append(script)
+                still.append(builder)
                 continue
-            run = script.play()
+            run = builder.play()
             chunk.extend(run.collect_events())
-            if not script.done:
-                still.append(script)
+            if not builder.done:
+                still.append(builder)
         in_flight = still
         produced += len(chunk)
         yield chunk

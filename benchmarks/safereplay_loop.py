@@ -152,8 +152,9 @@ def _instrument(source: Any, projection_store: Any) -> dict[str, int]:
 
     Instance attributes shadow the methods: ``read`` and ``high_water_mark``
     (fetch), ``decode`` (decrypt + decode, per event), ``commit`` (the batch's
-    transaction). Everything else the runner does is "apply". The wrappers cost
-    about 0.2 µs per call.
+    transaction). Everything else the runner does is "apply". The per-event
+    ``decode`` wrapper takes one argument and no ``try``: about 0.15 µs per event
+    (the time of a call that raises is not counted; the benchmark's do not raise).
     """
     timers = {"fetch": 0, "decode": 0, "commit": 0}
     clock = time.perf_counter_ns
@@ -170,9 +171,20 @@ def _instrument(source: Any, projection_store: Any) -> dict[str, int]:
 
         setattr(obj, name, wrapper)
 
+    def timed_per_event(obj: Any, name: str, bucket: str) -> None:
+        method = getattr(obj, name)
+
+        def wrapper(arg: Any) -> Any:
+            t0 = clock()
+            result = method(arg)
+            timers[bucket] += clock() - t0
+            return result
+
+        setattr(obj, name, wrapper)
+
     timed(source, "read", "fetch")
     timed(source, "high_water_mark", "fetch")
-    timed(source, "decode", "decode")
+    timed_per_event(source, "decode", "decode")
     timed(projection_store, "commit", "commit")
     return timers
 

@@ -18,7 +18,7 @@ Derived, identical on every read and every replay:
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -30,6 +30,7 @@ __all__ = [
     "Envelope",
     "RecordingContext",
     "current_recording_context",
+    "derived_envelope",
     "event_id_for",
     "recording",
 ]
@@ -104,3 +105,106 @@ class Envelope:
     causation_id: UUID | None
     payload: Mapping[str, Any]
     event: Any
+
+
+# -- fast construction, derived fields on first read ----------------------------------------
+#
+# A catch-up decodes tens of thousands of envelopes a second and most handlers read
+# a few fields of each. The readers' constructor (derived_envelope) therefore leaves
+# out what is derived from the rest — the uuid5 event id, the correlation id of an
+# event recorded without one, the payload (the state less the envelope fields) —
+# and each is computed on its first read, then kept. Envelope stays a frozen
+# dataclass with the same fields, equality, repr and dataclasses.asdict.
+
+
+class _Derived:
+    """A data descriptor over one field: the stored value, else computed and kept."""
+
+    __slots__ = ("compute", "name")
+
+    def __init__(self, name: str, compute: Callable[[dict[str, Any]], Any]) -> None:
+        self.name = name
+        self.compute = compute
+
+    def __get__(self, obj: Any, owner: type[Any] | None = None) -> Any:
+        if obj is None:
+            return self
+        values: dict[str, Any] = obj.__dict__
+        try:
+            return values[self.name]
+        except KeyError:
+            value = values[self.name] = self.compute(values)
+            return value
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        # Reached only through object.__setattr__ (the dataclass __init__); assigning
+        # on an instance raises FrozenInstanceError in Envelope.__setattr__ first.
+        obj.__dict__[self.name] = value
+
+
+def _event_id(values: dict[str, Any]) -> UUID:
+    return event_id_for(values["aggregate_id"], values["aggregate_version"])
+
+
+def _correlation_id(values: dict[str, Any]) -> UUID:
+    # An event recorded without a correlation id is its own correlation.
+    value: UUID = values["_recorded_correlation_id"] or _event_id(values)
+    return value
+
+
+def _payload(values: dict[str, Any]) -> Mapping[str, Any]:
+    payload = dict(values["_state"])
+    for name in values["_envelope_fields"]:
+        payload.pop(name, None)
+    return payload
+
+
+for _name, _compute in (
+    ("event_id", _event_id),
+    ("correlation_id", _correlation_id),
+    ("payload", _payload),
+):
+    setattr(Envelope, _name, _Derived(_name, _compute))
+
+
+def derived_envelope(
+    position: int | None,
+    aggregate_id: UUID,
+    aggregate_version: int,
+    topic: str,
+    event_type: str,
+    schema_version: int,
+    occurred_at: datetime,
+    source: str,
+    correlation_id: Any,
+    causation_id: UUID | None,
+    state: Mapping[str, Any],
+    envelope_fields: frozenset[str],
+    event: Any,
+) -> Envelope:
+    """An envelope whose ``event_id``, ``payload`` and (when ``correlation_id`` is
+    falsy) ``correlation_id`` are derived on first read.
+
+    ``payload`` is ``state`` less ``envelope_fields``; ``correlation_id`` falls back
+    to the event id. Equal to the :class:`Envelope` built with those values.
+    """
+    values: dict[str, Any] = {
+        "position": position,
+        "aggregate_id": aggregate_id,
+        "aggregate_version": aggregate_version,
+        "topic": topic,
+        "event_type": event_type,
+        "schema_version": schema_version,
+        "occurred_at": occurred_at,
+        "source": source,
+        "causation_id": causation_id,
+        "event": event,
+        "_recorded_correlation_id": correlation_id,
+        "_state": state,
+        "_envelope_fields": envelope_fields,
+    }
+    if correlation_id:
+        values["correlation_id"] = correlation_id
+    envelope = object.__new__(Envelope)
+    object.__setattr__(envelope, "__dict__", values)
+    return envelope

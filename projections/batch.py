@@ -29,7 +29,9 @@ from __future__ import annotations
 import builtins
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from projections.errors import InvalidWrite
 from projections.projection import Column, Table
@@ -128,6 +130,114 @@ def _apply(row: dict[str, Any], merge: _Merge) -> None:
     row.update(merge.set)
 
 
+# -- fast paths ---------------------------------------------------------------------------
+#
+# A catch-up calls put/merge once or twice per event. The checks and normalisation of
+# Column.normalise / Table.normalise_key build their error context (``where``) on
+# every call; here the common, valid cases are recognised first, with the value
+# they would give, and anything else (an error included) takes the general path,
+# which then gives the same result or raises the same error.
+
+_SLOW: Any = object()
+_MIN_INT = -(2**63)
+_MAX_INT = 2**63
+
+
+def _quick(kind: str, value: Any) -> Any:
+    """``Column.normalise(value)`` for exact common types, else ``_SLOW``."""
+    if value is None:
+        return None
+    cls = type(value)
+    if kind == "text":
+        if cls is str:
+            return value
+        if cls is UUID:
+            return str(value)
+    elif kind == "integer":
+        if cls is int and _MIN_INT <= value < _MAX_INT:
+            return value
+    elif kind == "timestamp":
+        # astimezone(UTC) returns a UTC datetime itself.
+        if cls is datetime and value.tzinfo is UTC:
+            return value
+    elif kind == "boolean":
+        if cls is bool:
+            return value
+    elif kind == "real" and cls is float:
+        return value
+    return _SLOW
+
+
+class _TableInfo:
+    """What the fast paths need of one table, computed once per table."""
+
+    __slots__ = ("key_kinds", "key_names", "null_values", "single_key", "value_kinds")
+
+    def __init__(self, spec: Table) -> None:
+        self.key_names: tuple[str, ...] = spec.key_names
+        self.key_kinds: tuple[str, ...] = tuple(c.type for c in spec.key)
+        self.single_key: str | None = self.key_kinds[0] if len(self.key_kinds) == 1 else None
+        self.value_kinds: dict[str, str] = {c.name: c.type for c in spec.values}
+        self.null_values: dict[str, None] = dict.fromkeys(c.name for c in spec.values)
+
+    def key(self, key: Any) -> tuple[Any, ...] | None:
+        """``Table.normalise_key(key)`` when it is quick and valid, else None."""
+        if self.single_key == "text":  # the common case: one id
+            cls = type(key)
+            if cls is UUID:
+                return (str(key),)
+            if cls is str:
+                return (key,)
+        if type(key) is tuple:
+            kinds = self.key_kinds
+            if len(key) != len(kinds):
+                return None
+            parts = []
+            for kind, value in zip(kinds, key, strict=True):
+                normalised = _quick(kind, value)
+                if normalised is None or normalised is _SLOW:
+                    return None
+                parts.append(normalised)
+            return tuple(parts)
+        single = self.single_key
+        if single is None or isinstance(key, tuple):
+            return None
+        normalised = _quick(single, key)
+        if normalised is None or normalised is _SLOW:
+            return None
+        return (normalised,)
+
+    def empty(self, key: tuple[Any, ...]) -> dict[str, Any]:
+        row: dict[str, Any] = dict(zip(self.key_names, key, strict=True))
+        row.update(self.null_values)
+        return row
+
+
+def _quick_ordered(
+    kinds: Mapping[str, str], given: Mapping[str, Any], target: dict[str, Any]
+) -> bool:
+    """``maximum`` / ``minimum`` values into ``target`` if all quickly valid."""
+    for name, value in given.items():
+        kind = kinds.get(name)
+        if kind is None or kind not in _ORDERED:
+            return False
+        normalised = _quick(kind, value)
+        if normalised is _SLOW or normalised is None:
+            return False
+        target[name] = normalised
+    return True
+
+
+_INFO: dict[Table, _TableInfo] = {}
+
+
+def _info(spec: Table) -> _TableInfo:
+    info = _INFO.get(spec)
+    if info is None:
+        info = _INFO[spec] = _TableInfo(spec)
+    return info
+
+
 class BatchState:
     """In-memory write buffer of one batch; see the module docstring.
 
@@ -140,6 +250,7 @@ class BatchState:
         self._tables = tables
         self._reader = reader
         self._rows: dict[str, dict[tuple[Any, ...], _Row]] = {name: {} for name in tables}
+        self._info = {name: _info(spec) for name, spec in tables.items()}
         #: Rows read through to the store (a round trip each).
         self.reads = 0
 
@@ -165,6 +276,23 @@ class BatchState:
 
     def put(self, table: str, key: Any, values: Mapping[str, Any]) -> None:
         """Replace the whole row (value columns not given become null)."""
+        info = self._info.get(table)
+        if info is not None:
+            quick_key = info.key(key)
+            if quick_key is not None:
+                row = info.empty(quick_key)
+                kinds = info.value_kinds
+                for name, value in values.items():
+                    kind = kinds.get(name)
+                    if kind is None:
+                        break  # a key column, or no such column
+                    normalised_value = _quick(kind, value)
+                    if normalised_value is _SLOW:
+                        break
+                    row[name] = normalised_value
+                else:
+                    self._slot(table, quick_key).pending = _Absolute(row)
+                    return
         spec, normalised = self._key(table, key, "put")
         where = f"put({table!r})"
         row = self._empty(spec, normalised)
@@ -199,6 +327,14 @@ class BatchState:
         ``maximum`` / ``minimum``: keep the larger / smaller value (integer, real,
         timestamp); ``set``: overwrite. Each column appears in one operation per call.
         """
+        info = self._info.get(table)
+        quick_key = info.key(key) if info is not None else None
+        if quick_key is not None:
+            assert info is not None
+            quick = self._quick_merge(info, add, maximum, minimum, set)
+            if quick is not None:
+                self._merge(table, self._tables[table], quick_key, quick)
+                return
         spec, normalised = self._key(table, key, "merge")
         where = f"merge({table!r})"
         ops = _Merge()
@@ -226,6 +362,59 @@ class BatchState:
                 target[name] = column.normalise(value, where=where)
         if not seen:
             raise InvalidWrite(f"{where}: nothing to merge")
+        self._merge(table, spec, normalised, ops)
+
+    @staticmethod
+    def _quick_merge(
+        info: _TableInfo,
+        add: Mapping[str, int | float] | None,
+        maximum: Mapping[str, Any] | None,
+        minimum: Mapping[str, Any] | None,
+        set: Mapping[str, Any] | None,
+    ) -> _Merge | None:
+        """The merge's operations when every column is quickly valid, else None."""
+        ops = _Merge()
+        kinds = info.value_kinds
+        filled = 0
+        if add:
+            target = ops.add
+            for name, value in add.items():
+                kind = kinds.get(name)
+                if (kind == "integer" and type(value) is int and _MIN_INT <= value < _MAX_INT) or (
+                    kind == "real" and type(value) is float
+                ):
+                    target[name] = value
+                else:
+                    return None
+            filled += 1
+        if maximum:
+            if not _quick_ordered(kinds, maximum, ops.maximum):
+                return None
+            filled += 1
+        if minimum:
+            if not _quick_ordered(kinds, minimum, ops.minimum):
+                return None
+            filled += 1
+        if set:
+            target = ops.set
+            for name, value in set.items():
+                kind = kinds.get(name)
+                if kind is None:
+                    return None
+                normalised = _quick(kind, value)
+                if normalised is _SLOW:
+                    return None
+                target[name] = normalised
+            filled += 1
+        if not filled:
+            return None  # nothing to merge: the general path says so
+        if filled > 1:
+            every = {**ops.add, **ops.maximum, **ops.minimum, **ops.set}
+            if len(every) != len(ops.add) + len(ops.maximum) + len(ops.minimum) + len(ops.set):
+                return None  # a column in two operations: the general path says so
+        return ops
+
+    def _merge(self, table: str, spec: Table, normalised: tuple[Any, ...], ops: _Merge) -> None:
         row = self._slot(table, normalised)
         pending = row.pending
         if isinstance(pending, _Absolute):
@@ -247,9 +436,16 @@ class BatchState:
     def writes(self) -> list[TableWrites]:
         """The folded writes, per table in declaration order (tables without writes omitted)."""
         result: list[TableWrites] = []
+        # Merge shapes by their columns in operation order; one MergeShape object per
+        # distinct shape, so rows group by identity in first-seen order.
+        shapes: dict[tuple[tuple[str, ...], ...], MergeShape] = {}
+        canonical: dict[MergeShape, MergeShape] = {}
         for name, rows in self._rows.items():
             spec = self._tables[name]
+            key_names = self._info[name].key_names
             writes = TableWrites(spec)
+            grouped: dict[int, list[dict[str, Any]]] = {}
+            order: list[MergeShape] = []
             for key, row in rows.items():
                 pending = row.pending
                 if pending is None:
@@ -259,10 +455,28 @@ class BatchState:
                         writes.deletes.append(key)
                     else:
                         writes.upserts.append(pending.row)
-                else:
-                    values = dict(zip(spec.key_names, key, strict=True))
-                    values.update(pending.values())
-                    writes.merges.setdefault(pending.shape(), []).append(values)
+                    continue
+                values = dict(zip(key_names, key, strict=True))
+                values.update(pending.add)
+                values.update(pending.maximum)
+                values.update(pending.minimum)
+                values.update(pending.set)
+                columns = (
+                    tuple(pending.add),
+                    tuple(pending.maximum),
+                    tuple(pending.minimum),
+                    tuple(pending.set),
+                )
+                shape = shapes.get(columns)
+                if shape is None:
+                    shape = pending.shape()
+                    shape = shapes[columns] = canonical.setdefault(shape, shape)
+                bucket = grouped.get(id(shape))
+                if bucket is None:
+                    bucket = grouped[id(shape)] = []
+                    order.append(shape)
+                bucket.append(values)
+            writes.merges = {shape: grouped[id(shape)] for shape in order}
             if len(writes):
                 result.append(writes)
         return result

@@ -167,7 +167,6 @@ class _Codec:
         )
         self.select_all = sql.SQL("SELECT {} FROM {} ORDER BY {}").format(columns, self.name, keys)
         self.delete = sql.SQL("DELETE FROM {} WHERE {}").format(self.name, key_match)
-        placeholders = sql.SQL(", ").join(sql.Placeholder() for _ in table.columns)
         conflict: sql.Composable
         if table.values:
             conflict = sql.SQL("DO UPDATE SET {}").format(
@@ -177,9 +176,11 @@ class _Codec:
             )
         else:
             conflict = sql.SQL("DO NOTHING")
-        self.upsert = sql.SQL("INSERT INTO {} ({}) VALUES ({}) ON CONFLICT ({}) {}").format(
-            self.name, columns, placeholders, keys, conflict
-        )
+        # A batch's rows in one statement: one array per column, unnested server-side
+        # (a batch holds each key once, so ON CONFLICT never meets a row twice).
+        self.upsert_set = sql.SQL(
+            "INSERT INTO {} ({}) SELECT * FROM {} ON CONFLICT ({}) {}"
+        ).format(self.name, columns, self._unnest([c.name for c in table.columns]), keys, conflict)
         definitions = [
             sql.SQL("{} {} NOT NULL").format(ident(c.name), sql.SQL(_TYPES[c.type]))
             for c in table.key
@@ -207,20 +208,27 @@ class _Codec:
             ]
             sets += [sql.SQL("{0} = EXCLUDED.{0}").format(ident(n)) for n in shape.set]
             statement = sql.SQL(
-                "INSERT INTO {} AS t ({}) VALUES ({}) ON CONFLICT ({}) DO UPDATE SET {}"
+                "INSERT INTO {} AS t ({}) SELECT * FROM {} ON CONFLICT ({}) DO UPDATE SET {}"
             ).format(
                 self.name,
                 sql.SQL(", ").join(ident(n) for n in names),
-                sql.SQL(", ").join(sql.Placeholder() for _ in names),
+                self._unnest(names),
                 sql.SQL(", ").join(ident(n) for n in self.table.key_names),
                 sql.SQL(", ").join(sets),
             )
             self._merges[shape] = statement
         return statement
 
-    def params(self, row: dict[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
+    def _unnest(self, names: Sequence[str]) -> sql.Composed:
+        types = {c.name: _TYPES[c.type] for c in self.table.columns}
+        return sql.SQL("unnest({})").format(
+            sql.SQL(", ").join(sql.SQL("%s::{}[]").format(sql.SQL(types[n])) for n in names)
+        )
+
+    def columns(self, rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[list[Any]]:
+        """The rows as one encoded array per column (for the unnest statements)."""
         encode = self.encode
-        return tuple(encode[n](row[n]) for n in names)
+        return [[encode[n](row[n]) for row in rows] for n in names]
 
     def key_params(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         encode = self.encode
@@ -703,10 +711,10 @@ class PostgresProjectionStore(ProjectionStore):
             cursor.executemany(codec.delete, [codec.key_params(k) for k in writes.deletes])
         if writes.upserts:
             names = [c.name for c in writes.table.columns]
-            cursor.executemany(codec.upsert, [codec.params(r, names) for r in writes.upserts])
+            cursor.execute(codec.upsert_set, codec.columns(writes.upserts, names))
         for shape, rows in writes.merges.items():
             names = list(writes.table.key_names + shape.columns)
-            cursor.executemany(codec.merge(shape), [codec.params(r, names) for r in rows])
+            cursor.execute(codec.merge(shape), codec.columns(rows, names))
 
     # -- rows -----------------------------------------------------------------------------
 

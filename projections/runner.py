@@ -100,7 +100,7 @@ FAULT_POINTS = (
 class RunnerOptions:
     """Batch size and pacing; see :class:`~projections.settings.ProjectionSettings`."""
 
-    batch_size: int = 500
+    batch_size: int = 5000
     poll_interval: float = 0.01
     max_poll_interval: float = 1.0
     repoll_interval: float = 1.0

@@ -47,7 +47,7 @@ class ProjectionSettings(BaseSettings):
         description="PostgreSQL schema of the projection store (default: the event store's).",
     )
     batch_size: int = Field(
-        default=500, ge=1, le=100_000, description="Events read, applied and committed per batch."
+        default=5000, ge=1, le=100_000, description="Events read, applied and committed per batch."
     )
     poll_interval: float = Field(
         default=0.01, gt=0, le=60, description="First pause when idle (doubles while idle)."
