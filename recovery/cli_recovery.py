@@ -194,48 +194,40 @@ def _run_job(
             )
 
 
-def rebuild_command(
-    projection: Projection,
-    reason: Reason,
-    partitions: Partitions = None,
-    workers: Workers = 2,
-    max_concurrent: MaxConcurrent = None,
-    max_rate: Rate = None,
-    as_json: Json = False,
-) -> None:
-    """Rebuild PROJECTION blue/green: a new build beside the live one, in partitions."""
-    _run_job(
-        "rebuild",
-        reason=reason,
-        workers=workers,
-        as_json=as_json,
-        projection=projection,
-        partitions=partitions,
-        max_concurrent_partitions=max_concurrent,
-        events_per_second=max_rate,
-    )
+def _job_command(operation_name: str, summary: str) -> Any:
+    """A command that starts a ``rebuild`` or ``catch-up`` job and drives it."""
+
+    def command(
+        projection: Projection,
+        reason: Reason,
+        partitions: Partitions = None,
+        workers: Workers = 2,
+        max_concurrent: MaxConcurrent = None,
+        max_rate: Rate = None,
+        as_json: Json = False,
+    ) -> None:
+        _run_job(
+            operation_name,
+            reason=reason,
+            workers=workers,
+            as_json=as_json,
+            projection=projection,
+            partitions=partitions,
+            max_concurrent_partitions=max_concurrent,
+            events_per_second=max_rate,
+        )
+
+    command.__doc__ = summary
+    command.__name__ = f"{operation_name.replace('-', '_')}_command"
+    return command
 
 
-def catch_up_command(
-    projection: Projection,
-    reason: Reason,
-    partitions: Partitions = None,
-    workers: Workers = 2,
-    max_concurrent: MaxConcurrent = None,
-    max_rate: Rate = None,
-    as_json: Json = False,
-) -> None:
-    """Catch the live build of PROJECTION up to the head, in partitions."""
-    _run_job(
-        "catch-up",
-        reason=reason,
-        workers=workers,
-        as_json=as_json,
-        projection=projection,
-        partitions=partitions,
-        max_concurrent_partitions=max_concurrent,
-        events_per_second=max_rate,
-    )
+rebuild_command = _job_command(
+    "rebuild", "Rebuild PROJECTION blue/green: a new build beside the live one, in partitions."
+)
+catch_up_command = _job_command(
+    "catch-up", "Catch the live build of PROJECTION up to the head, in partitions."
+)
 
 
 def worker_command(

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from projection_fixtures import Backend, PostgresBackend, SQLiteBackend
-from recovery_fixtures import Recovery, fresh_recovery
+from projection_fixtures import Backend
+from recovery_fixtures import OnPostgres, OnSQLite, Recovery, fresh_recovery
 
 from domain.workload import record_workload
 from projections import FailedSteps, RunStatusBoard, WorkflowStatistics, wait_for_position
@@ -21,10 +20,6 @@ ALICE = JobRequest(principal="alice", reason="projection code fixed", partitions
 
 
 class RebuildContract:
-    @pytest.fixture
-    def backend(self) -> Iterator[Backend]:
-        raise NotImplementedError
-
     @pytest.fixture
     def recovery(self, backend: Backend) -> Iterator[Recovery]:
         with fresh_recovery(backend) as recovery:
@@ -136,18 +131,10 @@ class Sequential(RunStatusBoard):
     partitionable = False
 
 
-class TestSQLiteRebuild(RebuildContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
+class TestSQLiteRebuild(OnSQLite, RebuildContract):
+    pass
 
 
 @pytest.mark.postgres
-class TestPostgresRebuild(RebuildContract):
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
+class TestPostgresRebuild(OnPostgres, RebuildContract):
+    pass

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from uuid import UUID
 
 import pytest
-from projection_fixtures import EXPECTED, Backend, PostgresBackend, SQLiteBackend
-from recovery_fixtures import Recovery, fresh_recovery
+from projection_fixtures import EXPECTED, Backend
+from recovery_fixtures import OnPostgres, OnSQLite, Recovery, fresh_recovery
 
 from domain.workload import record_workload
 from projections import FailedSteps, Partition, RunStatusBoard, partition_of
@@ -21,10 +20,6 @@ OPERATOR = JobRequest(principal="olga", reason="inspect the range", partitions=2
 
 
 class ReplayContract:
-    @pytest.fixture
-    def backend(self) -> Iterator[Backend]:
-        raise NotImplementedError
-
     @pytest.fixture
     def recovery(self, backend: Backend) -> Iterator[Recovery]:
         with fresh_recovery(backend) as recovery:
@@ -114,18 +109,10 @@ class ReplayContract:
         assert recovery.store.builds("run_status") == []
 
 
-class TestSQLiteReplay(ReplayContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
+class TestSQLiteReplay(OnSQLite, ReplayContract):
+    pass
 
 
 @pytest.mark.postgres
-class TestPostgresReplay(ReplayContract):
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
+class TestPostgresReplay(OnPostgres, ReplayContract):
+    pass
