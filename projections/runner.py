@@ -195,6 +195,7 @@ class ProjectionRunner:
     ``policy`` decides about events that cannot be applied (default
     :class:`~projections.failure.FailFast`). ``fence`` is checked inside every
     commit (a recovery worker's lease: see :class:`~projections.store.Fence`).
+    ``on_parked`` is told of the events each commit parked (an audit trail).
     ``faults`` is a test hook (see the module docstring).
     """
 
@@ -209,6 +210,7 @@ class ProjectionRunner:
         options: RunnerOptions | None = None,
         policy: FailurePolicy | None = None,
         fence: Fence | None = None,
+        on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
     ) -> None:
         cls = type(projection)
@@ -224,6 +226,7 @@ class ProjectionRunner:
         self.options = options or RunnerOptions()
         self.policy: FailurePolicy = policy or FailFast()
         self.fence = fence
+        self._on_parked = on_parked
         self._faults = faults
         self._follows_live = build is None
         self._handlers = projection.handlers()
@@ -468,6 +471,8 @@ class ProjectionRunner:
         self.commits += 1
         for record in parked:
             self._blocked_aggregates().setdefault(record.aggregate_id, record.position)
+        if parked and self._on_parked is not None:
+            self._on_parked(parked)  # after the commit: they are parked for good
         self._fault("after_commit")
         return True
 

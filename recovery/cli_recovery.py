@@ -251,6 +251,24 @@ def worker_command(
     emit(report, as_json=as_json)
 
 
+def follow_command(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option("--projection", "-p", help="Only this projection (repeatable)."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Follow the projections' live builds until stopped (SIGTERM/Ctrl-C).
+
+    Retries then parks a failing event (each park is audited), moves to the new
+    live build after a swap or rollback, waits while a catch-up holds a build.
+    """
+    reports = operation("follow", reason="live follower", projections=projection or [])
+    emit(reports, as_json=as_json)
+    if any(r.error for r in reports):
+        raise typer.Exit(EXIT_NO)
+
+
 def watch_command(job_id: str, as_json: Json = False) -> None:
     """Follow a job's progress (events, rate, ETA per partition) until it ends."""
     with recovery_context() as context:
@@ -362,6 +380,7 @@ def register(app: typer.Typer, parked_app: typer.Typer) -> None:
     app.command("catch-up")(catch_up_command)
     app.command("worker")(worker_command)
     app.command("watch")(watch_command)
+    app.command("follow")(follow_command)
     app.command("replay")(replay_command)
     app.command("swap")(swap_command)
     app.command("rollback")(rollback_command)

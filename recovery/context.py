@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 from domain import AutomationApp, DomainSettings
 from projections import (
     EventSource,
+    ParkedEvent,
     ProjectionSettings,
     ProjectionStore,
     RunnerOptions,
@@ -85,6 +86,7 @@ class RecoveryContext:
         options: WorkerOptions | None = None,
         may_run: Callable[[Job], bool] | None = None,
         on_job_state: Callable[[Job, Job], None] | None = None,
+        on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
     ) -> Worker:
         """A worker sharing this context's stores (one per process)."""
         return Worker(
@@ -96,6 +98,7 @@ class RecoveryContext:
             runner_options=self.runner_options(),
             may_run=may_run,
             on_job_state=on_job_state,
+            on_parked=on_parked,
         )
 
     @cached_property

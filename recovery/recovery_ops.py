@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from projections import Partition
-from recovery.access import Permission
+from projections import ParkedEvent, Partition
+from recovery.access import AccessDenied, Permission
 from recovery.audit import AuditRecord
 from recovery.builds import drop_version, rollback, swap
 from recovery.drill import DrillStore, require_matching_drill
 from recovery.errors import InvalidRequest
+from recovery.follow import FollowReport, follow_projections
 from recovery.jobs import Job, JobStatus
 from recovery.operations import OperationContext, Operations
 from recovery.plans import (
@@ -114,6 +115,37 @@ def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Jo
                 job_id=after.job_id,
             )
         )
+
+    return audit
+
+
+def park_auditor(
+    context: RecoveryContext, actor: str
+) -> Callable[[Sequence[ParkedEvent], UUID | None], None]:
+    """Audit events a runner parked: where and why, never a payload."""
+
+    def audit(parked: Sequence[ParkedEvent], job_id: UUID | None = None) -> None:
+        for event in parked:
+            context.audit.append(
+                AuditRecord(
+                    actor=actor,
+                    action="park",
+                    scope=f"projection:{event.projection}",
+                    reason=event.reason,
+                    outcome="succeeded",
+                    parameters={
+                        "build": event.build,
+                        "position": event.position,
+                        "partition": str(event.partition),
+                        "aggregate_id": str(event.aggregate_id),
+                        "event_type": event.event_type,
+                        "error_type": event.error_type,
+                        "attempts": event.attempts,
+                        "blocked_by": event.blocked_by,
+                    },
+                    job_id=job_id,
+                )
+            )
 
     return audit
 
@@ -240,8 +272,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             lease_seconds=context.recovery.lease_seconds,
             exit_when_idle=bool(p.get("exit_when_idle")),
         )
+        parks = park_auditor(context, principal)
         instance = context.worker(
-            options=options, may_run=may_run, on_job_state=job_state_auditor(context, principal)
+            options=options,
+            may_run=may_run,
+            on_job_state=job_state_auditor(context, principal),
+            on_parked=lambda job, parked: parks(parked, job.job_id),
         )
         job_id = p.get("job_id")
         with stop_on_signals() as stop:
@@ -254,6 +290,29 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
     def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
         return context.jobs.status(UUID(str(p["job_id"])))
+
+    def follow(ctx: OperationContext, p: Mapping[str, Any]) -> list[FollowReport]:
+        names = list(p.get("projections") or []) or list(context.registry)
+        for name in names:
+            context.registry[name]  # unknown names are refused before anything starts
+            if not context.access.allows(
+                ctx.principal.name, Permission.OPERATE, f"projection:{name}"
+            ):
+                raise AccessDenied(
+                    f"{ctx.principal.name!r} may not follow {name!r}: it needs the operate "
+                    f"permission on projection:{name}"
+                )
+        with stop_on_signals() as stop:
+            if p.get("stop_after") is not None:  # tests and smoke runs
+                threading.Timer(float(p["stop_after"]), stop.set).start()
+            parks = park_auditor(context, ctx.principal.name)
+            return follow_projections(
+                context, names, stop=stop, on_parked=lambda parked: parks(parked, None)
+            )
+
+    def follow_scope(parameters: Mapping[str, Any]) -> str:
+        names = list(parameters.get("projections") or [])
+        return f"projection:{names[0]}" if len(names) == 1 else "projection:*"
 
     def worker_scope(parameters: Mapping[str, Any]) -> str:
         only = parameters.get("projection")
@@ -284,6 +343,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             job_scope,
         ),
         ("worker", worker, "run job partitions this principal may operate on", worker_scope),
+        ("follow", follow, "follow projections' live builds (retry, then park)", follow_scope),
         ("jobs.show", show_job, "one job with its partitions' progress", job_scope),
     ]
     for name, handler, summary, scope in table:

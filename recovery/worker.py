@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -39,6 +39,7 @@ from projections import (
     Fence,
     FencedOff,
     HandlerFailed,
+    ParkedEvent,
     Partition,
     PositionConflict,
     ProjectionRunner,
@@ -153,6 +154,7 @@ class Worker:
         policies: PolicySet | None = None,
         may_run: Callable[[Job], bool] | None = None,
         on_job_state: Callable[[Job, Job], None] | None = None,
+        on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
     ) -> None:
         self.jobs = jobs
@@ -166,6 +168,7 @@ class Worker:
         self._source: EventSource | None = None
         self._may_run = may_run
         self._on_job_state = on_job_state
+        self._on_parked = on_parked
         self._faults = faults
 
     @property
@@ -306,6 +309,7 @@ class Worker:
             options=self.runner_options,
             policy=policy,
             fence=lease_fence(claim),
+            on_parked=self._parked_hook(job),
             faults=self._faults,
         )
         throttle = Throttle(_partition_rate(job))
@@ -377,6 +381,12 @@ class Worker:
         if settled.state == JobState.COMPLETED:
             seal_job(settled, store=self.store)
         return PartitionOutcome.COMPLETED
+
+    def _parked_hook(self, job: Job) -> Callable[[Sequence[ParkedEvent]], None] | None:
+        hook = self._on_parked
+        if hook is None:
+            return None
+        return lambda parked: hook(job, parked)
 
     def _yield_if_asked(self, claim: Claim, stop: threading.Event) -> PartitionOutcome | None:
         """Give the partition back if the worker stops or the job is paused or aborted."""

@@ -90,6 +90,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "partition": 0,
         "start": 1,
         "end": 2,
+        "projections": ["run_status"],
     }
 
 
@@ -119,6 +120,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "rebuild": ["failed_steps", "-r", "x", "-w", "0"],
     "catch-up": ["failed_steps", "-r", "x", "-w", "0"],
     "worker": ["--exit-when-idle"],
+    "follow": ["-p", "run_status"],
     "watch": ["{job_id}"],
     "replay": ["failed_steps", "-r", "x", "--from", "1", "--to", "2", "-w", "0"],
     "swap": ["run_status", "-r", "x"],
