@@ -166,7 +166,7 @@ def _worker_env(settings: DomainSettings, audit_key: Path, token: str) -> dict[s
             "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
             "SAFEREPLAY_LEASE_SECONDS": str(DEMO_LEASE_SECONDS),
             "SAFEREPLAY_TOKEN": token,
-            "SAFEREPLAY_PROJECTIONS_BATCH_SIZE": "100",
+            "SAFEREPLAY_PROJECTIONS_BATCH_SIZE": "50",
         }
     )
     return env
@@ -264,7 +264,9 @@ def _story(
         reason="demo: rebuild after a projection fix",
         projection="workflow_stats",
         partitions=3,
-        events_per_second=1500,  # throttled so that the crash lands mid-rebuild
+        # Throttled (about 100 events/s per partition, after a one-second burst) so
+        # that every partition is still running when the crash is staged.
+        events_per_second=300,
     )
     job_id = UUID(started["job_id"])
     console.print(
