@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from eventsourcing.utils import get_topic
 from hypothesis import strategies as st
 from psycopg import sql
@@ -230,6 +231,29 @@ class PostgresBackend(Backend):
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
                 )
         self.schemas.clear()
+
+
+# -- one contract, run on each backend -------------------------------------------------------
+
+
+class OnSQLite:
+    """Mixin: the contract's ``backend`` is a SQLite file per log (list it first)."""
+
+    @pytest.fixture
+    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
+        backend = SQLiteBackend(tmp_path, key_file)
+        yield backend
+        backend.close()
+
+
+class OnPostgres:
+    """Mixin: the contract's ``backend`` is a PostgreSQL schema per log (list it first)."""
+
+    @pytest.fixture
+    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
+        backend = PostgresBackend(postgres_dsn, key_file)
+        yield backend
+        backend.close()
 
 
 # -- a workload from abstract operations --------------------------------------------------------

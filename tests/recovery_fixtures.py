@@ -16,7 +16,6 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
@@ -27,7 +26,6 @@ from projection_fixtures import (
     Backend,
     Log,
     PostgresBackend,
-    SQLiteBackend,
     table_state,
 )
 
@@ -175,26 +173,6 @@ def fresh_recovery(backend: Backend, **overrides: Any) -> Iterator[Recovery]:
 
 
 # -- one contract, run on each backend -------------------------------------------------------
-
-
-class OnSQLite:
-    """Mixin: the contract's ``backend`` is a SQLite file per log (list it first)."""
-
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
-
-
-class OnPostgres:
-    """Mixin: the contract's ``backend`` is a PostgreSQL schema per log (list it first)."""
-
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
 
 
 class RecoveryContract:

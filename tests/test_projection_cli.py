@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projection_fixtures import Backend, Log, PostgresBackend, SQLiteBackend
+from projection_fixtures import Backend, Log, OnPostgres, OnSQLite
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -129,21 +129,13 @@ class StatusCommandContract:
         assert "SAFEREPLAY_PROJECTIONS_BATCH_SIZE" in result.output
 
 
-class TestSQLiteStatusCommand(StatusCommandContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
+class TestSQLiteStatusCommand(OnSQLite, StatusCommandContract):
+    pass
 
 
 @pytest.mark.postgres
-class TestPostgresStatusCommand(StatusCommandContract):
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
+class TestPostgresStatusCommand(OnPostgres, StatusCommandContract):
+    pass
 
 
 def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from projection_fixtures import Backend, Log, PostgresBackend, SQLiteBackend
+from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, PostgresBackend
 from psycopg import sql
 
 from domain.automation import Run
@@ -157,13 +157,7 @@ class EventSourceContract:
                 source.decode(first)
 
 
-class TestSQLiteEventSource(EventSourceContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
-
+class TestSQLiteEventSource(OnSQLite, EventSourceContract):
     def insert_raw(self, log: Log, ids: list[uuid.UUID]) -> None:
         with sqlite3.connect(log.settings.sqlite_path) as conn:
             conn.executemany(
@@ -182,13 +176,7 @@ class TestSQLiteEventSource(EventSourceContract):
 
 
 @pytest.mark.postgres
-class TestPostgresEventSource(EventSourceContract):
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
-
+class TestPostgresEventSource(OnPostgres, EventSourceContract):
     def insert_raw(self, log: Log, ids: list[uuid.UUID]) -> None:
         assert isinstance(log.backend, PostgresBackend)
         table = sql.Identifier(log.settings.postgres_schema, "safereplay_events")

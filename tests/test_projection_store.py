@@ -13,7 +13,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
@@ -27,9 +26,10 @@ from projection_fixtures import (
     Backend,
     Crash,
     Log,
+    OnPostgres,
+    OnSQLite,
     PostgresBackend,
     Row,
-    SQLiteBackend,
     apply_sequentially,
 )
 from psycopg import sql
@@ -498,14 +498,8 @@ class ProjectionStoreContract:
         raise NotImplementedError
 
 
-class TestSQLiteProjectionStore(ProjectionStoreContract):
+class TestSQLiteProjectionStore(OnSQLite, ProjectionStoreContract):
     test_flushed_batches_mean_the_calls_applied_one_by_one = batches_property(60)
-
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
 
     def other_store(self, log: Log) -> ProjectionStore:
         return SQLiteProjectionStore(log.settings.sqlite_path.with_name("projections.db"))
@@ -521,14 +515,8 @@ class TestSQLiteProjectionStore(ProjectionStoreContract):
 
 
 @pytest.mark.postgres
-class TestPostgresProjectionStore(ProjectionStoreContract):
+class TestPostgresProjectionStore(OnPostgres, ProjectionStoreContract):
     test_flushed_batches_mean_the_calls_applied_one_by_one = batches_property(40)
-
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
 
     def execute(self, log: Log, statement: str) -> None:
         assert isinstance(log.backend, PostgresBackend)

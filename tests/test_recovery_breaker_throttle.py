@@ -7,16 +7,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from projection_fixtures import handled_count
-from recovery_fixtures import (
-    OnPostgres,
-    OnSQLite,
-    Recovery,
-    RecoveryContract,
-    RunCounts,
-    recovery_of,
-    wait_until,
-)
+from projection_fixtures import OnPostgres, OnSQLite, handled_count
+from recovery_fixtures import Recovery, RecoveryContract, RunCounts, recovery_of, wait_until
 
 from domain.workload import record_workload
 from recovery.jobs import JobState

@@ -16,16 +16,17 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from projection_fixtures import EXPECTED, OPS, Op, SQLiteBackend, handled_count, play
-from recovery_fixtures import (
-    QUICK_RUNNER,
+from projection_fixtures import (
+    EXPECTED,
+    OPS,
     OnPostgres,
     OnSQLite,
-    Recovery,
-    RecoveryContract,
-    fresh_recovery,
-    wait_until,
+    Op,
+    SQLiteBackend,
+    handled_count,
+    play,
 )
+from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract, fresh_recovery, wait_until
 
 from domain import AutomationApp, Envelope, KeyRing
 from domain.workload import record_workload

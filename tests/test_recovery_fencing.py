@@ -10,15 +10,8 @@ import threading
 from typing import Any
 
 import pytest
-from projection_fixtures import Crash, handled_count
-from recovery_fixtures import (
-    DroppingSource,
-    OnPostgres,
-    OnSQLite,
-    Recovery,
-    RecoveryContract,
-    wait_until,
-)
+from projection_fixtures import Crash, OnPostgres, OnSQLite, handled_count
+from recovery_fixtures import DroppingSource, Recovery, RecoveryContract, wait_until
 
 from domain.workload import record_workload
 from projections import FencedOff, Partition, RunStatusBoard, partition_of

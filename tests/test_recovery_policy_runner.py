@@ -4,12 +4,11 @@ live following retries then parks a poison event; a rebuild stops on it."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import ClassVar
 from uuid import UUID
 
 import pytest
-from projection_fixtures import Backend, PostgresBackend, SQLiteBackend
+from projection_fixtures import Backend, OnPostgres, OnSQLite
 
 from domain import Envelope, Run
 from domain.workload import record_workload
@@ -70,17 +69,9 @@ class PolicyContract:
             assert Runs.calls == 2
 
 
-class TestSQLitePolicies(PolicyContract):
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
+class TestSQLitePolicies(OnSQLite, PolicyContract):
+    pass
 
 
-class TestPostgresPolicies(PolicyContract):
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
+class TestPostgresPolicies(OnPostgres, PolicyContract):
+    pass

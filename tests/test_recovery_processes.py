@@ -12,10 +12,8 @@ from collections.abc import Iterator
 from multiprocessing.process import BaseProcess
 
 import pytest
-from projection_fixtures import handled_count
+from projection_fixtures import OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import (
-    OnPostgres,
-    OnSQLite,
     Recovery,
     RecoveryContract,
     finished,

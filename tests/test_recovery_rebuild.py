@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from projection_fixtures import Backend
-from recovery_fixtures import OnPostgres, OnSQLite, Recovery, fresh_recovery
+from projection_fixtures import Backend, OnPostgres, OnSQLite
+from recovery_fixtures import Recovery, fresh_recovery
 
 from domain.workload import record_workload
 from projections import FailedSteps, RunStatusBoard, WorkflowStatistics, wait_for_position

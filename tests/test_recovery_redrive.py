@@ -8,16 +8,8 @@ from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
-from projection_fixtures import handled_count
-from recovery_fixtures import (
-    OnPostgres,
-    OnSQLite,
-    Recovery,
-    RecoveryContract,
-    RunCounts,
-    fold_run_counts,
-    recovery_of,
-)
+from projection_fixtures import OnPostgres, OnSQLite, handled_count
+from recovery_fixtures import Recovery, RecoveryContract, RunCounts, fold_run_counts, recovery_of
 
 from domain import Envelope
 from domain.workload import record_workload

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
-from projection_fixtures import EXPECTED, Backend
-from recovery_fixtures import OnPostgres, OnSQLite, Recovery, fresh_recovery
+from projection_fixtures import EXPECTED, Backend, OnPostgres, OnSQLite
+from recovery_fixtures import Recovery, fresh_recovery
 
 from domain.workload import record_workload
 from projections import FailedSteps, Partition, RunStatusBoard, partition_of

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from projection_fixtures import EXPECTED, Backend, Log
-from recovery_fixtures import OnPostgres, OnSQLite, RunCounts
+from projection_fixtures import EXPECTED, Backend, Log, OnPostgres, OnSQLite
+from recovery_fixtures import RunCounts
 
 from domain.workload import record_workload
 from projections import REFERENCE_PROJECTIONS, WorkflowStatistics, partition_of

@@ -18,7 +18,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 from uuid import UUID
 
@@ -33,9 +32,9 @@ from projection_fixtures import (
     Catalog,
     Crash,
     Log,
+    OnPostgres,
+    OnSQLite,
     Op,
-    PostgresBackend,
-    SQLiteBackend,
     handled_count,
     play,
     table_state,
@@ -484,22 +483,10 @@ class RunnerContract:
         assert status_.position == head
 
 
-class TestSQLiteRunner(RunnerContract):
+class TestSQLiteRunner(OnSQLite, RunnerContract):
     test_state_is_the_fold_of_the_events_whatever_the_batch_size_and_crashes = fold_property(40)
-
-    @pytest.fixture
-    def backend(self, tmp_path: Path, key_file: Path) -> Iterator[Backend]:
-        backend = SQLiteBackend(tmp_path, key_file)
-        yield backend
-        backend.close()
 
 
 @pytest.mark.postgres
-class TestPostgresRunner(RunnerContract):
+class TestPostgresRunner(OnPostgres, RunnerContract):
     test_state_is_the_fold_of_the_events_whatever_the_batch_size_and_crashes = fold_property(20)
-
-    @pytest.fixture
-    def backend(self, postgres_dsn: str, key_file: Path) -> Iterator[Backend]:
-        backend = PostgresBackend(postgres_dsn, key_file)
-        yield backend
-        backend.close()
