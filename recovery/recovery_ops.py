@@ -153,27 +153,24 @@ def park_auditor(
 def register_recovery_operations(operations: Operations, context: RecoveryContext) -> None:
     partitions = context.recovery.partitions
 
-    def rebuild(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job = start_rebuild(
-            _request(ctx, p, partitions),
-            projection=p["projection"],
-            store=context.projection_store,
-            source=context.source,
-            jobs=context.jobs,
-            registry=context.registry,
-        )
-        return _job_summary(job)
+    def job_starter(start: Any, default_partitions: int) -> Any:
+        """The handler of ``rebuild`` or ``catch-up``: plan the job, return its summary."""
 
-    def catch_up(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job = start_catch_up(
-            _request(ctx, p, 1),
-            projection=p["projection"],
-            store=context.projection_store,
-            source=context.source,
-            jobs=context.jobs,
-            registry=context.registry,
-        )
-        return _job_summary(job)
+        def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+            job = start(
+                _request(ctx, p, default_partitions),
+                projection=p["projection"],
+                store=context.projection_store,
+                source=context.source,
+                jobs=context.jobs,
+                registry=context.registry,
+            )
+            return _job_summary(job)
+
+        return handler
+
+    rebuild = job_starter(start_rebuild, partitions)
+    catch_up = job_starter(start_catch_up, 1)
 
     def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
