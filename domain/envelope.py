@@ -32,6 +32,7 @@ __all__ = [
     "current_recording_context",
     "derived_envelope",
     "event_id_for",
+    "payload_value",
     "recording",
 ]
 
@@ -165,6 +166,21 @@ for _name, _compute in (
     ("payload", _payload),
 ):
     setattr(Envelope, _name, _Derived(_name, _compute))
+
+
+def payload_value(envelope: Envelope, name: str) -> Any:
+    """``envelope.payload[name]`` (``KeyError`` included).
+
+    A handler that reads one or two payload values would otherwise make the payload
+    of a derived envelope (a copy of the state): a name that is not an envelope
+    field is read from the state itself while the payload is not made yet.
+    """
+    values = envelope.__dict__
+    if "payload" not in values:
+        state = values.get("_state")
+        if state is not None and name not in values["_envelope_fields"]:
+            return state[name]
+    return envelope.payload[name]
 
 
 def derived_envelope(

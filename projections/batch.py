@@ -251,6 +251,10 @@ class BatchState:
         self._reader = reader
         self._rows: dict[str, dict[tuple[Any, ...], _Row]] = {name: {} for name in tables}
         self._info = {name: _info(spec) for name, spec in tables.items()}
+        # str(UUID) is ~0.4 µs and most rows of a batch are written several times by
+        # different events (each with its own UUID object): the normalised one-text-
+        # column key of a UUID, by its 128-bit value (an int hashes and compares in C).
+        self._uuid_keys: dict[int, tuple[Any, ...]] = {}
         #: Rows read through to the store (a round trip each).
         self.reads = 0
 
@@ -278,7 +282,7 @@ class BatchState:
         """Replace the whole row (value columns not given become null)."""
         info = self._info.get(table)
         if info is not None:
-            quick_key = info.key(key)
+            quick_key = self._quick_key(info, key)
             if quick_key is not None:
                 row = info.empty(quick_key)
                 kinds = info.value_kinds
@@ -328,7 +332,7 @@ class BatchState:
         timestamp); ``set``: overwrite. Each column appears in one operation per call.
         """
         info = self._info.get(table)
-        quick_key = info.key(key) if info is not None else None
+        quick_key = self._quick_key(info, key) if info is not None else None
         if quick_key is not None:
             assert info is not None
             quick = self._quick_merge(info, add, maximum, minimum, set)
@@ -364,6 +368,16 @@ class BatchState:
             raise InvalidWrite(f"{where}: nothing to merge")
         self._merge(table, spec, normalised, ops)
 
+    def _quick_key(self, info: _TableInfo, key: Any) -> tuple[Any, ...] | None:
+        """``info.key(key)``, remembered for UUID keys of one text column."""
+        if type(key) is UUID and info.single_key == "text":
+            number = key.int
+            found = self._uuid_keys.get(number)
+            if found is None:
+                found = self._uuid_keys[number] = (str(key),)
+            return found
+        return info.key(key)
+
     @staticmethod
     def _quick_merge(
         info: _TableInfo,
@@ -396,11 +410,11 @@ class BatchState:
                 return None
             filled += 1
         if set:
-            target = ops.set
+            target, added = ops.set, ops.add
             for name, value in set.items():
                 kind = kinds.get(name)
-                if kind is None:
-                    return None
+                if kind is None or name in added:
+                    return None  # no such column, or in two operations: the general path
                 normalised = _quick(kind, value)
                 if normalised is _SLOW:
                     return None
@@ -408,14 +422,17 @@ class BatchState:
             filled += 1
         if not filled:
             return None  # nothing to merge: the general path says so
-        if filled > 1:
+        if filled > 1 and (maximum or minimum):  # (add and set checked above)
             every = {**ops.add, **ops.maximum, **ops.minimum, **ops.set}
             if len(every) != len(ops.add) + len(ops.maximum) + len(ops.minimum) + len(ops.set):
                 return None  # a column in two operations: the general path says so
         return ops
 
     def _merge(self, table: str, spec: Table, normalised: tuple[Any, ...], ops: _Merge) -> None:
-        row = self._slot(table, normalised)
+        rows = self._rows[table]
+        row = rows.get(normalised)
+        if row is None:
+            row = rows[normalised] = _Row()
         pending = row.pending
         if isinstance(pending, _Absolute):
             current = pending.row if pending.row is not None else self._empty(spec, normalised)
@@ -531,6 +548,19 @@ class BatchState:
     @staticmethod
     def _fold(into: _Merge, ops: _Merge) -> bool:
         """Fold ``ops`` into ``into`` column by column; False if some column cannot fold."""
+        if not (into.maximum or into.minimum or ops.maximum or ops.minimum):
+            # The common case (counters and last values): only add and set, which
+            # always fold; the same steps as below without the empty ones.
+            into_add, into_set = into.add, into.set
+            for name, delta in ops.add.items():
+                if name in into_set:
+                    into_set[name] = (into_set[name] or 0) + delta
+                else:
+                    into_add[name] = into_add.get(name, 0) + delta
+            for name, value in ops.set.items():
+                into_add.pop(name, None)
+                into_set[name] = value
+            return True
         for name in ops.add:
             if name in into.maximum or name in into.minimum:
                 return False

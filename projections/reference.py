@@ -13,18 +13,16 @@ Documented in ``docs/projections.md``.
 
 from __future__ import annotations
 
-from typing import Any
-
 from domain.automation import Run, Workflow
-from domain.envelope import Envelope
+from domain.envelope import Envelope, payload_value
 from projections.batch import BatchState
 from projections.projection import Projection, Table, handles
 
 __all__ = ["REFERENCE_PROJECTIONS", "FailedSteps", "RunStatusBoard", "WorkflowStatistics"]
 
 
-def _payload(envelope: Envelope, name: str) -> Any:
-    return envelope.payload[name]
+#: ``envelope.payload[name]``, without copying the state into a payload first.
+_payload = payload_value
 
 
 class RunStatusBoard(Projection):
