@@ -46,7 +46,7 @@ from projections.errors import (
 )
 from projections.postgres_watermark import PostgresHighWaterMark, WatermarkError
 from projections.projection import Column, Table, physical_table_name
-from projections.source import WHOLE, EventSource, Partition
+from projections.source import WHOLE, EventSource, Partition, notification_of
 from projections.store import (
     BUILDS_TABLE,
     PARKED_TABLE,
@@ -1009,7 +1009,7 @@ class PostgresEventSource(EventSource):
             except psycopg.errors.UndefinedTable:
                 return []
         return [
-            _notification(
+            notification_of(
                 int(nid),
                 oid if isinstance(oid, UUID) else UUID(str(oid)),
                 int(version),
@@ -1104,27 +1104,3 @@ class PostgresEventSource(EventSource):
         with self._db.lock:
             self._db.drop()
         super().close()
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-
-
-def _notification(
-    position: int, originator_id: UUID, version: int, topic: str, state: bytes
-) -> Notification:
-    """``Notification(id=position, ...)``, equal to it, without the dataclass ``__init__``
-    (which sets each field through ``object.__setattr__``: three times the cost)."""
-    notification: Notification = _new_object(Notification)
-    _set_attribute(
-        notification,
-        "__dict__",
-        {
-            "originator_id": originator_id,
-            "originator_version": version,
-            "topic": topic,
-            "state": state,
-            "id": position,
-        },
-    )
-    return notification

@@ -29,7 +29,7 @@ from domain.mapper import EnvelopeMapper
 from projections.errors import ProjectionError
 from projections.watermark import HighWaterMark, SkippedHole
 
-__all__ = ["EventSource", "Partition", "partition_of"]
+__all__ = ["EventSource", "Partition", "notification_of", "partition_of"]
 
 #: The largest partition count: partitions are taken from 32 bits of the id.
 MAX_PARTITIONS = 4096
@@ -71,6 +71,30 @@ class Partition:
 
 #: The whole log as one partition.
 WHOLE = Partition()
+
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def notification_of(
+    position: int, originator_id: UUID, version: int, topic: str, state: bytes
+) -> Notification:
+    """``Notification(id=position, ...)``, equal to it, for the sources' read paths:
+    without the frozen dataclass's ``__init__``, which sets each field through
+    ``object.__setattr__`` (three times the cost, per event)."""
+    notification: Notification = _new_object(Notification)
+    _set_attribute(
+        notification,
+        "__dict__",
+        {
+            "originator_id": originator_id,
+            "originator_version": version,
+            "topic": topic,
+            "state": state,
+            "id": position,
+        },
+    )
+    return notification
 
 
 class EventSource(ABC):

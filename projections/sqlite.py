@@ -37,7 +37,7 @@ from projections.errors import (
     UnknownProjection,
 )
 from projections.projection import Column, Table, physical_table_name
-from projections.source import WHOLE, EventSource, Partition
+from projections.source import WHOLE, EventSource, Partition, notification_of
 from projections.store import (
     BUILDS_TABLE,
     PARKED_TABLE,
@@ -864,7 +864,7 @@ class SQLiteEventSource(EventSource):
             if aggregate_id is None:
                 aggregate_id = ids[originator_id] = uuid_from_text(originator_id)
             notifications.append(
-                _notification(int(rowid), aggregate_id, int(version), topic, bytes(state))
+                notification_of(int(rowid), aggregate_id, int(version), topic, bytes(state))
             )
         return notifications
 
@@ -875,26 +875,3 @@ class SQLiteEventSource(EventSource):
                 with suppress(sqlite3.Error):
                     conn.close()
         super().close()
-
-
-_new_object = object.__new__
-_set_attribute = object.__setattr__
-
-
-def _notification(
-    position: int, originator_id: UUID, version: int, topic: str, state: bytes
-) -> Notification:
-    """``Notification(id=position, ...)``, equal to it, without the dataclass ``__init__``."""
-    notification: Notification = _new_object(Notification)
-    _set_attribute(
-        notification,
-        "__dict__",
-        {
-            "originator_id": originator_id,
-            "originator_version": version,
-            "topic": topic,
-            "state": state,
-            "id": position,
-        },
-    )
-    return notification
