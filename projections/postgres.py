@@ -59,6 +59,8 @@ from projections.store import (
     ProjectionLike,
     ProjectionStore,
     check_partitioning,
+    parked_insert_row,
+    parked_update_row,
     projection_class,
     repartitioned_rows,
 )
@@ -98,6 +100,11 @@ def _translate(exc: psycopg.Error, what: str) -> StoreError:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _same(value: Any) -> Any:
+    """psycopg adapts datetimes and UUIDs itself."""
+    return value
 
 
 def _encoder(column: Column) -> Callable[[Any], Any]:
@@ -634,24 +641,7 @@ class PostgresProjectionStore(ProjectionStore):
                             "%s, %s, %s, %s, %s, %s)"
                         ),
                         [
-                            (
-                                name,
-                                build,
-                                p.position,
-                                p.partition.index,
-                                p.partition.count,
-                                p.aggregate_id,
-                                p.aggregate_version,
-                                p.topic,
-                                p.event_type,
-                                p.error_type,
-                                p.error_message,
-                                p.attempts,
-                                p.first_seen_at,
-                                p.last_seen_at,
-                                p.reason,
-                                p.blocked_by,
-                            )
+                            parked_insert_row(name, build, p, when=_same, ident=_same)
                             for p in parked
                         ],
                     )
@@ -817,20 +807,7 @@ class PostgresProjectionStore(ProjectionStore):
                             "WHERE projection = %s AND build = %s AND position = %s "
                             "AND resolved_at IS NULL"
                         ),
-                        [
-                            (
-                                p.attempts,
-                                p.last_seen_at,
-                                p.error_type,
-                                p.error_message,
-                                p.reason,
-                                p.blocked_by,
-                                name,
-                                build,
-                                p.position,
-                            )
-                            for p in failed
-                        ],
+                        [parked_update_row(name, build, p, when=_same) for p in failed],
                     )
         return len(resolved)
 

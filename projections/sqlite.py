@@ -50,6 +50,8 @@ from projections.store import (
     ProjectionLike,
     ProjectionStore,
     check_partitioning,
+    parked_insert_row,
+    parked_update_row,
     projection_class,
     repartitioned_rows,
 )
@@ -521,27 +523,7 @@ class SQLiteProjectionStore(ProjectionStore):
                     "error_type, error_message, attempts, first_seen_at, last_seen_at, reason, "
                     "blocked_by, resolved_at) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
-                    [
-                        (
-                            name,
-                            build,
-                            p.position,
-                            p.partition.index,
-                            p.partition.count,
-                            str(p.aggregate_id),
-                            p.aggregate_version,
-                            p.topic,
-                            p.event_type,
-                            p.error_type,
-                            p.error_message,
-                            p.attempts,
-                            _timestamp(p.first_seen_at),
-                            _timestamp(p.last_seen_at),
-                            p.reason,
-                            p.blocked_by,
-                        )
-                        for p in parked
-                    ],
+                    [parked_insert_row(name, build, p, when=_timestamp, ident=str) for p in parked],
                 )
             if during is not None:
                 during()
@@ -693,20 +675,7 @@ class SQLiteProjectionStore(ProjectionStore):
                 f"UPDATE {PARKED_TABLE} SET attempts = ?, last_seen_at = ?, error_type = ?, "
                 "error_message = ?, reason = ?, blocked_by = ? WHERE projection = ? "
                 "AND build = ? AND position = ? AND resolved_at IS NULL",
-                [
-                    (
-                        p.attempts,
-                        _timestamp(p.last_seen_at),
-                        p.error_type,
-                        p.error_message,
-                        p.reason,
-                        p.blocked_by,
-                        name,
-                        build,
-                        p.position,
-                    )
-                    for p in failed
-                ],
+                [parked_update_row(name, build, p, when=_timestamp) for p in failed],
             )
         return len(resolved)
 

@@ -368,3 +368,54 @@ def repartitioned_rows(
     applied = sum(c.events_applied for c in current)
     parked = sum(c.events_parked for c in current)
     return [(0, position, applied, parked)] + [(i, position, 0, 0) for i in range(1, count)]
+
+
+def parked_insert_row(
+    name: str,
+    build: int,
+    event: ParkedEvent,
+    *,
+    when: Callable[[datetime], Any],
+    ident: Callable[[UUID], Any],
+) -> tuple[Any, ...]:
+    """The parameters of a parked event's insert, in the stores' column order:
+    projection, build, position, partition index and count, aggregate id and version,
+    topic, event type, error type and message, attempts, first and last seen, reason,
+    blocked by. ``when`` and ``ident`` encode timestamps and ids for the backend."""
+    return (
+        name,
+        build,
+        event.position,
+        event.partition.index,
+        event.partition.count,
+        ident(event.aggregate_id),
+        event.aggregate_version,
+        event.topic,
+        event.event_type,
+        event.error_type,
+        event.error_message,
+        event.attempts,
+        when(event.first_seen_at),
+        when(event.last_seen_at),
+        event.reason,
+        event.blocked_by,
+    )
+
+
+def parked_update_row(
+    name: str, build: int, event: ParkedEvent, *, when: Callable[[datetime], Any]
+) -> tuple[Any, ...]:
+    """The parameters of a redrive's update of a parked event that failed again:
+    attempts, last seen, error type and message, reason, blocked by, then the key
+    (projection, build, position)."""
+    return (
+        event.attempts,
+        when(event.last_seen_at),
+        event.error_type,
+        event.error_message,
+        event.reason,
+        event.blocked_by,
+        name,
+        build,
+        event.position,
+    )
