@@ -14,7 +14,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -32,7 +32,7 @@ from recovery.cli_security import Json, Reason
 from recovery.cli_support import EXIT_NO, console, emit, operation, recovery_context
 from recovery.jobs import JobState, JobStatus, PartitionStatus
 from recovery.jobstore import JobStore
-from recovery.template_apply import AppliedStep, apply_template
+from recovery.template_apply import AppliedStep, apply_template, wait_for_job
 from recovery.template_ops import TemplateStore, resolve_template
 
 __all__ = ["register", "watch_job"]
@@ -64,12 +64,20 @@ Projection = Annotated[str, typer.Argument(help="The projection's name.")]
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 
 
-def start_workers(job_id: str, count: int) -> list[subprocess.Popen[bytes]]:
-    """``count`` worker processes for one job; they exit when it has no work left."""
+def start_workers(
+    job_id: str, count: int, *, env: Mapping[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` worker processes for one job; they exit when it has no work left.
+
+    They authenticate with the token in their environment (``env``, default this
+    process's), never on their command line.
+    """
     command = [sys.executable, "-m", "recovery.cli", "worker", "--job", job_id, "--exit-when-idle"]
     # Their own reports are not the caller's output; errors still reach stderr.
     return [
-        subprocess.Popen(command, stdout=subprocess.DEVNULL)  # noqa: S603 - our own CLI
+        subprocess.Popen(  # noqa: S603 - our own CLI
+            command, env=None if env is None else dict(env), stdout=subprocess.DEVNULL
+        )
         for _ in range(count)
     ]
 
@@ -402,11 +410,7 @@ class ProcessDriver:
         self.processes += start_workers(str(job_id), self.workers)
 
     def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
-        while True:
-            status = self.jobs.status(job_id)
-            if done(status):
-                return status
-            time.sleep(0.2)
+        return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
 
     def close(self) -> None:
         for process in self.processes:

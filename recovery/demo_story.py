@@ -12,8 +12,6 @@ import logging
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +32,7 @@ from projections import (
 from recovery.access import AccessDenied, Principal
 from recovery.audit import AuditKey
 from recovery.backoff import Backoff
-from recovery.cli_recovery import watch_job
+from recovery.cli_recovery import start_workers, watch_job
 from recovery.context import RecoveryContext
 from recovery.jobs import JobStatus
 from recovery.policies import ErrorRules, RetryThenPark, RulesPolicy
@@ -172,13 +170,6 @@ def _worker_env(settings: DomainSettings, audit_key: Path, token: str) -> dict[s
     return env
 
 
-def _spawn_worker(job_id: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "recovery.cli", "worker", "--job", job_id, "--exit-when-idle"]
-    return subprocess.Popen(  # noqa: S603 - our own CLI
-        command, env=env, stdout=subprocess.DEVNULL
-    )
-
-
 def tell_recovery_story(
     directory: Path, settings: DomainSettings, app: AutomationApp, *, console: Console
 ) -> StoryResult:
@@ -275,7 +266,7 @@ def _story(
         f"{started['target_position']}, 2 worker processes"
     )
     env = _worker_env(settings, audit_key, cast.operator_token)
-    workers = [_spawn_worker(str(job_id), env) for _ in range(2)]
+    workers = start_workers(str(job_id), 2, env=env)
     victim = _wait_for_progress(context, job_id)
     holder = next(w for w in workers if victim.lease_owner and f":{w.pid}:" in victim.lease_owner)
     os.kill(holder.pid, signal.SIGKILL)
@@ -286,7 +277,7 @@ def _story(
         f"partition {victim.partition_index}: that partition is stalled until its lease expires"
     )
     console.print(_jobs_table(context.jobs.status(job_id), time.time()))
-    workers.append(_spawn_worker(str(job_id), env))
+    workers += start_workers(str(job_id), 1, env=env)
     console.print("a replacement worker joins; the expired lease is taken over")
     status = watch_job(context.jobs, job_id, workers=[w for w in workers if w is not holder])
     console.print(_jobs_table(status, time.time()))

@@ -17,13 +17,12 @@ from recovery.drill import (
     StoreReader,
     run_drill,
 )
-from recovery.errors import InvalidRequest
-from recovery.operations import OperationContext, Operations
+from recovery.operations import OperationContext, Operations, int_parameter
 
 if TYPE_CHECKING:
     from recovery.context import RecoveryContext
 
-__all__ = ["live_reader", "new_sandbox", "optional_int", "register_drill_operations"]
+__all__ = ["live_reader", "new_sandbox", "register_drill_operations"]
 
 
 def live_reader(context: RecoveryContext) -> StoreReader:
@@ -42,18 +41,6 @@ def new_sandbox(context: RecoveryContext) -> Sandbox:
     return PostgresSandbox(conninfo, store_schema=schema)
 
 
-def optional_int(parameters: Mapping[str, Any], name: str) -> int | None:
-    value = parameters.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(f"{name} must be a whole number")
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
-
-
 def register_drill_operations(operations: Operations, context: RecoveryContext) -> None:
     def drill(ctx: OperationContext, p: Mapping[str, Any]) -> DrillResult:
         projection = context.registry[p["projection"]]
@@ -64,8 +51,8 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
             sandbox=new_sandbox(context),
             principal=ctx.principal.name,
             reason=ctx.reason,
-            build=optional_int(p, "build"),
-            partitions=optional_int(p, "partitions"),
+            build=int_parameter(p, "build"),
+            partitions=int_parameter(p, "partitions"),
             default_partitions=context.recovery.partitions,
             options=context.runner_options(),
         )
@@ -76,7 +63,7 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
 
     def drills_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[DrillResult]:
         return DrillStore(context.database).drills(
-            p["projection"], build=optional_int(p, "build"), limit=optional_int(p, "limit") or 20
+            p["projection"], build=int_parameter(p, "build"), limit=int_parameter(p, "limit") or 20
         )
 
     operations.register(

@@ -19,7 +19,7 @@ from recovery.access import AccessControl, AccessDenied, Permission, Principal
 from recovery.audit import AuditRecord, AuditTrail
 from recovery.errors import InvalidRequest
 
-__all__ = ["OperationContext", "OperationSpec", "Operations"]
+__all__ = ["OperationContext", "OperationSpec", "Operations", "int_parameter"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,21 @@ class OperationSpec:
     def needs_reason(self) -> bool:
         """Reading needs no reason; anything that changes state does."""
         return self.changes_state
+
+
+def int_parameter(
+    parameters: Mapping[str, Any], name: str, default: int | None = None
+) -> int | None:
+    """An optional whole-number parameter (an int, or its text from the CLI)."""
+    value = parameters.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}")
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
 
 
 def projection_scope(parameters: Mapping[str, Any]) -> str:

@@ -26,7 +26,7 @@ from recovery.drill import DrillStore, require_matching_drill
 from recovery.errors import InvalidRequest
 from recovery.follow import FollowReport, follow_projections
 from recovery.jobs import Job, JobStatus
-from recovery.operations import OperationContext, Operations
+from recovery.operations import OperationContext, Operations, int_parameter
 from recovery.plans import (
     JobRequest,
     start_catch_up,
@@ -40,18 +40,6 @@ if TYPE_CHECKING:
     from recovery.context import RecoveryContext
 
 __all__ = ["register_recovery_operations"]
-
-
-def _int(parameters: Mapping[str, Any], name: str, default: int | None = None) -> int | None:
-    value = parameters.get(name, default)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        raise InvalidRequest(f"{name} must be a whole number, not {value!r}")
-    try:
-        return int(value)
-    except ValueError:
-        raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
 
 
 def _partition(value: Any) -> Partition:
@@ -72,8 +60,8 @@ def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: in
     return JobRequest(
         principal=ctx.principal.name,
         reason=ctx.reason,
-        partitions=_int(p, "partitions", default_partitions) or default_partitions,
-        max_concurrent_partitions=_int(p, "max_concurrent_partitions"),
+        partitions=int_parameter(p, "partitions", default_partitions) or default_partitions,
+        max_concurrent_partitions=int_parameter(p, "max_concurrent_partitions"),
         events_per_second=None if rate is None else float(rate),
         parameters=extra,
         held_partitions=tuple(int(i) for i in held),
@@ -180,13 +168,13 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             store=context.projection_store,
             jobs=context.jobs,
             registry=context.registry,
-            build=_int(p, "build"),
+            build=int_parameter(p, "build"),
             aggregates=aggregates,
         )
         return _job_summary(job)
 
     def replay(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        start, end = _int(p, "start"), _int(p, "end")
+        start, end = int_parameter(p, "start"), int_parameter(p, "end")
         if start is None or end is None:
             raise InvalidRequest("replay needs a range: --from and --to")
         partition = p.get("partition")
@@ -226,7 +214,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             jobs=context.jobs,
             registry=context.registry,
             projection=name,
-            build=_int(p, "build"),
+            build=int_parameter(p, "build"),
             gate=drill_gate,
         )
         return asdict(result)
@@ -235,7 +223,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return asdict(rollback(store=context.projection_store, projection=p["projection"]))
 
     def drop(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        build = _int(p, "build")
+        build = int_parameter(p, "build")
         if build is None:
             raise InvalidRequest("drop-version needs the build to drop (--build)")
         drop_version(
@@ -248,7 +236,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
     def retry_partition(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         job_id = UUID(str(p["job_id"]))
-        index = _int(p, "partition")
+        index = int_parameter(p, "partition")
         if index is None:
             raise InvalidRequest("retry-partition needs the partition (--partition)")
         context.jobs.retry_partition(job_id, index)

@@ -29,7 +29,7 @@ from recovery.jobs import JobState, JobStatus, PartitionStatus
 from recovery.operations import Operations
 from recovery.template import RecoveryTemplate
 
-__all__ = ["AppliedStep", "JobDriver", "ThreadDriver", "apply_template"]
+__all__ = ["AppliedStep", "JobDriver", "ThreadDriver", "apply_template", "wait_for_job"]
 
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 
@@ -40,6 +40,25 @@ class JobDriver(Protocol):
     def start(self, job_id: UUID) -> None: ...
 
     def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus: ...
+
+
+def wait_for_job(
+    status: Callable[[UUID], JobStatus],
+    job_id: UUID,
+    done: Callable[[JobStatus], bool],
+    *,
+    poll: float,
+    timeout: float | None = None,
+) -> JobStatus:
+    """Poll the job's status until ``done`` says so (or ``timeout`` seconds pass)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = status(job_id)
+        if done(current):
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not get there within {timeout}s")
+        time.sleep(poll)
 
 
 @dataclass(frozen=True)
@@ -199,14 +218,7 @@ class ThreadDriver:
             self._threads.append(thread)
 
     def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
-        deadline = time.monotonic() + self._timeout
-        while True:
-            status = self._status(job_id)
-            if done(status):
-                return status
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} did not get there within {self._timeout}s")
-            time.sleep(self._poll)
+        return wait_for_job(self._status, job_id, done, poll=self._poll, timeout=self._timeout)
 
     def close(self) -> None:
         self._stop.set()
