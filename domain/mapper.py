@@ -299,7 +299,9 @@ class EnvelopeMapper(Mapper[UUID]):
             texts = self._id_texts
             text = texts.get(originator_id.int)
             if text is None:
-                return None  # the general path remembers it
+                if len(texts) >= _ID_TEXTS_MAX:
+                    texts.clear()
+                text = texts[originator_id.int] = str(originator_id)
             aad = f"{text}\x1f{stored.originator_version}\x1f{topic}".encode()
             plaintext = key_ring.open_common(blob, aad)
             if plaintext is None:

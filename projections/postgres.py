@@ -162,6 +162,7 @@ class _Codec:
         self.physical = physical
         self.name = sql.Identifier(schema, physical)
         self.encode = {c.name: _encoder(c) for c in table.columns}
+        self.json = frozenset(c.name for c in table.columns if c.type == "json")
         self.decode = [(c.name, _decoder(c)) for c in table.columns]
         ident = sql.Identifier
         columns = sql.SQL(", ").join(ident(c.name) for c in table.columns)
@@ -233,9 +234,16 @@ class _Codec:
         )
 
     def columns(self, rows: Sequence[dict[str, Any]], names: Sequence[str]) -> list[list[Any]]:
-        """The rows as one encoded array per column (for the unnest statements)."""
+        """The rows as one encoded array per column (for the unnest statements).
+
+        Only JSON columns are encoded (``Jsonb``); the others are passed as they are,
+        without a call per value.
+        """
         encode = self.encode
-        return [[encode[n](row[n]) for row in rows] for n in names]
+        return [
+            [encode[n](row[n]) for row in rows] if n in self.json else [row[n] for row in rows]
+            for n in names
+        ]
 
     def key_params(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         encode = self.encode

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -77,7 +78,13 @@ def quote(identifier: str) -> str:
 
 def _timestamp(value: datetime) -> str:
     # Fixed width, UTC: text order is time order (max/min merges compare text).
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is not UTC:  # batch states hold UTC already: no conversion per row
+        value = value.astimezone(UTC)
+    return value.isoformat(timespec="microseconds")
+
+
+#: Column types stored as something else than the Python value (see _encoder).
+_CONVERTED = frozenset({"boolean", "json", "timestamp"})
 
 
 def _encoder(column: Column) -> Callable[[Any], Any]:
@@ -123,6 +130,8 @@ class _Codec:
         self.physical = physical
         self.name = quote(physical)
         self.encode = {c.name: _encoder(c) for c in table.columns}
+        #: Columns whose values are encoded for SQLite (the others are stored as they are).
+        self.converted = frozenset(c.name for c in table.columns if c.type in _CONVERTED)
         self.decode = [(c.name, _decoder(c)) for c in table.columns]
         columns = ", ".join(quote(c.name) for c in table.columns)
         keys = ", ".join(quote(n) for n in table.key_names)
@@ -172,9 +181,28 @@ class _Codec:
             self._merges[shape] = statement
         return statement
 
-    def params(self, row: dict[str, Any], names: Sequence[str]) -> tuple[Any, ...]:
-        encode = self.encode
-        return tuple(encode[n](row[n]) for n in names)
+    def params_of(
+        self, rows: Sequence[dict[str, Any]], names: Sequence[str]
+    ) -> list[Sequence[Any]]:
+        """The statement parameters of ``rows``: the values of ``names``, encoded.
+
+        Once per written row of a batch: the values are picked in C (``itemgetter``)
+        and only the columns that need it (timestamps, booleans, JSON) are encoded.
+        """
+        pick = itemgetter(*names)
+        values: list[Sequence[Any]] = (
+            [(pick(row),) for row in rows] if len(names) == 1 else [pick(row) for row in rows]
+        )
+        encoded = [(i, self.encode[n]) for i, n in enumerate(names) if n in self.converted]
+        if not encoded:
+            return values
+        params: list[Sequence[Any]] = []
+        for row_values in values:
+            row_params = list(row_values)
+            for i, encode in encoded:
+                row_params[i] = encode(row_params[i])
+            params.append(row_params)
+        return params
 
     def key_params(self, key: tuple[Any, ...]) -> tuple[Any, ...]:
         encode = self.encode
@@ -575,10 +603,10 @@ class SQLiteProjectionStore(ProjectionStore):
             conn.executemany(codec.delete, [codec.key_params(k) for k in writes.deletes])
         if writes.upserts:
             names = [c.name for c in writes.table.columns]
-            conn.executemany(codec.upsert, [codec.params(r, names) for r in writes.upserts])
+            conn.executemany(codec.upsert, codec.params_of(writes.upserts, names))
         for shape, rows in writes.merges.items():
             names = list(writes.table.key_names + shape.columns)
-            conn.executemany(codec.merge(shape), [codec.params(r, names) for r in rows])
+            conn.executemany(codec.merge(shape), codec.params_of(rows, names))
 
     # -- rows -----------------------------------------------------------------------------
 

@@ -149,10 +149,16 @@ def test_what_the_common_path_leaves_to_the_general_one() -> None:
     assert not common(common_state(note='say "\\u005f_type_"'))  # escapes
     assert not common(common_state(), topic=TOPICS[1])  # version 1 of a version-2 type: upcast
     assert not common(common_state(), ring=KeyRing.generate("k3"))  # a key not in the ring
-    unknown_aggregate = stored_event(
-        common_state(), topic=TOPICS[0], aggregate_id=uuid4(), version=1, key_ring=RING
+    unknown_type = stored_event(
+        common_state(),
+        topic=get_topic(Run.Completed),
+        aggregate_id=uuid4(),
+        version=1,
+        key_ring=RING,
     )
-    assert fast._common_envelope(unknown_aggregate) is None  # its id text not seen yet
+    assert fast._common_envelope(unknown_type) is None  # not decoded before
+    fast.to_envelope(unknown_type)
+    assert fast._common_envelope(unknown_type) is not None
 
 
 json_leaves = (
