@@ -228,6 +228,62 @@ def _quick_ordered(
     return True
 
 
+def _fold_counters(
+    info: _TableInfo,
+    into: _Merge | _Absolute,
+    add: Mapping[str, int | float] | None,
+    set: Mapping[str, Any] | None,
+) -> bool:
+    """Fold an add/set merge straight into the row's pending write: an add/set merge,
+    or a whole row (``into.row`` not None).
+
+    The most common write of a catch-up (counters and last values of a row written
+    earlier in the batch), without building a :class:`_Merge` first: the same
+    result as ``_quick_merge`` then ``BatchState._merge``. Every value is checked
+    before anything is folded; False (nothing changed) sends the call to the
+    general path, errors included.
+    """
+    if not add and not set:
+        return False
+    kinds = info.value_kinds
+    if add:
+        for name, value in add.items():
+            kind = kinds.get(name)
+            if not (
+                (kind == "integer" and type(value) is int and _MIN_INT <= value < _MAX_INT)
+                or (kind == "real" and type(value) is float)
+            ):
+                return False
+    if set:
+        for name, value in set.items():
+            kind = kinds.get(name)
+            if kind is None or (add and name in add) or _quick(kind, value) is _SLOW:
+                return False
+    if type(into) is _Absolute:
+        row = into.row
+        assert row is not None
+        if add:
+            for name, delta in add.items():
+                row[name] = (row.get(name) or 0) + delta
+        if set:
+            for name, value in set.items():
+                row[name] = _quick(kinds[name], value)
+        return True
+    assert type(into) is _Merge
+    into_add, into_set = into.add, into.set
+    if add:
+        for name, delta in add.items():
+            if name in into_set:
+                into_set[name] = (into_set[name] or 0) + delta
+            else:
+                into_add[name] = into_add.get(name, 0) + delta
+    if set:
+        for name, value in set.items():
+            into_add.pop(name, None)
+            into_set[name] = _quick(kinds[name], value)
+    return True
+
+
 _INFO: dict[Table, _TableInfo] = {}
 
 
@@ -335,6 +391,20 @@ class BatchState:
         quick_key = self._quick_key(info, key) if info is not None else None
         if quick_key is not None:
             assert info is not None
+            if maximum is None and minimum is None:
+                row = self._rows[table].get(quick_key)
+                if row is not None:
+                    pending = row.pending
+                    if type(pending) is _Absolute:
+                        if pending.row is not None and _fold_counters(info, pending, add, set):
+                            return
+                    elif (
+                        type(pending) is _Merge
+                        and not pending.maximum
+                        and not pending.minimum
+                        and _fold_counters(info, pending, add, set)
+                    ):
+                        return
             quick = self._quick_merge(info, add, maximum, minimum, set)
             if quick is not None:
                 self._merge(table, self._tables[table], quick_key, quick)
