@@ -98,8 +98,8 @@ class EnvelopeMapper(Mapper[UUID]):
             transcoder if type(transcoder) is JSONTranscoder else None
         )
         self._id_texts: dict[int, str] = {}
-        #: Event types decoded before: topic -> (class, schema version, type name).
-        self._known_types: dict[str, tuple[type[Any], int, str]] = {}
+        #: Event types decoded before: topic -> (class, schema version).
+        self._known_types: dict[str, tuple[type[Any], int]] = {}
 
     def refresh_key_ring(self, *, force: bool = False) -> None:
         """Re-read the key file if it changed (or unconditionally with ``force``)."""
@@ -264,11 +264,7 @@ class EnvelopeMapper(Mapper[UUID]):
         event_state = self.decode_state(stored_event, cls)
         schema_version = event_state.pop("__schema_version__")
         if stored_event.topic not in self._known_types:
-            self._known_types[stored_event.topic] = (
-                cls,
-                getattr(cls, "class_version", 1),
-                cls.__qualname__,
-            )
+            self._known_types[stored_event.topic] = (cls, getattr(cls, "class_version", 1))
         domain_event = object.__new__(cls)
         object.__setattr__(domain_event, "__dict__", event_state)
         position = stored_event.id if isinstance(stored_event, Notification) else None
@@ -285,17 +281,18 @@ class EnvelopeMapper(Mapper[UUID]):
         left to the general path, which starts again from the stored row and gives
         the same result or raises the same error.
         """
+        transcoder = self._json
         topic = stored.topic
         known = self._known_types.get(topic)
-        if known is None:
+        if known is None or transcoder is None:
             return None
-        cls, class_version, event_type = known
+        originator_id = stored.originator_id
+        if type(originator_id) is not UUID:
+            return None
+        cls, class_version = known
         blob = stored.state
         key_ring = self.key_ring
         if key_ring is not None:
-            originator_id = stored.originator_id
-            if type(originator_id) is not UUID:
-                return None
             texts = self._id_texts
             text = texts.get(originator_id.int)
             if text is None:
@@ -321,52 +318,21 @@ class EnvelopeMapper(Mapper[UUID]):
             return None
         markers = shape.count(_TYPE_MARKER)
         if markers:
-            names = self._json.names  # type: ignore[union-attr]
             try:
-                for name, value in state.items():
-                    if type(value) is dict and len(value) == 2:
-                        data = value.get("_data_")
-                        if type(data) is str and "_type_" in value:
-                            kind = type(names.get(value["_type_"]))
-                            if kind is DatetimeAsISO:
-                                state[name] = datetime.fromisoformat(data)
-                            elif kind is UUIDAsHex:
-                                state[name] = _recent_uuid(data)
-                            else:
-                                return None
-                            markers -= 1
-                            if not markers:
-                                break
-            except (ValueError, TypeError):
+                left = _revive_top_level(transcoder, state, markers)
+            except Exception:
                 return None  # the general path raises it, described
-            if markers:
+            if left:
                 return None  # a nested transcoded value: the general walk
         from_version = state.pop("class_version", 1)
         if type(from_version) is not int or from_version != class_version:
             return None  # upcasts and unknown versions: the general path
-        state["originator_id"] = stored.originator_id
+        state["originator_id"] = originator_id
         state["originator_version"] = stored.originator_version
         event = _new_object(cls)
         _set(event, "__dict__", state)
-        try:
-            timestamp = state["timestamp"]
-        except KeyError:
-            return None
-        return derived_envelope(
-            stored.id if type(stored) is Notification else None,
-            stored.originator_id,  # type: ignore[arg-type]
-            stored.originator_version,
-            topic,
-            event_type,
-            from_version,
-            timestamp,
-            state.get("source", "unspecified"),
-            state.get("correlation_id"),
-            state.get("causation_id"),
-            state,
-            ENVELOPE_FIELDS,
-            event,
-        )
+        position = stored.id if type(stored) is Notification else None
+        return envelope_of(event, state, position, topic, from_version)
 
 
 def envelope_of(
@@ -434,27 +400,37 @@ def _decode_json(transcoder: JSONTranscoder, data: bytes) -> Any:
         return document
     if escaped or type(document) is not dict:
         return _revive(transcoder, document)
-    names = transcoder.names
-    found = 0
     try:
-        for name, value in document.items():
-            if type(value) is dict and len(value) == 2:
-                text = value.get("_data_")
-                if type(text) is str and "_type_" in value:
-                    # The object hook, eventsourcing's uuid_hex and datetime_iso inlined.
-                    kind = type(names.get(value["_type_"]))
-                    if kind is DatetimeAsISO:
-                        document[name] = datetime.fromisoformat(text)
-                    elif kind is UUIDAsHex:
-                        document[name] = _recent_uuid(text)
-                    else:
-                        document[name] = transcoder._decode_obj(value)
-                    found += 1
-                    if found == markers:
-                        return document
+        if not _revive_top_level(transcoder, document, markers):
+            return document
     except Exception:  # noqa: S110 - the full walk below raises it in document order
         pass
     return _revive(transcoder, orjson.loads(data))
+
+
+def _revive_top_level(transcoder: JSONTranscoder, document: dict[str, Any], markers: int) -> int:
+    """Apply the object hook to the transcoded values at the top level of
+    ``document``, in place; how many of the text's ``markers`` are left (nested).
+
+    eventsourcing's ``uuid_hex`` and ``datetime_iso`` are inlined; other kinds go
+    through the transcoder. Raises what a hook raises.
+    """
+    names = transcoder.names
+    for name, value in document.items():
+        if type(value) is dict and len(value) == 2:
+            text = value.get("_data_")
+            if type(text) is str and "_type_" in value:
+                kind = type(names.get(value["_type_"]))
+                if kind is DatetimeAsISO:
+                    document[name] = datetime.fromisoformat(text)
+                elif kind is UUIDAsHex:
+                    document[name] = _recent_uuid(text)
+                else:
+                    document[name] = transcoder._decode_obj(value)
+                markers -= 1
+                if not markers:
+                    return 0
+    return markers
 
 
 _new_object = object.__new__
