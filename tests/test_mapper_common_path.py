@@ -177,11 +177,13 @@ json_leaves = (
 keys = st.sampled_from(
     ["a", "b", "_type_", "_data_", "source", "causation_id", "correlation_id", "output"]
 )
-values = st.recursive(
-    json_leaves,
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=3),
-    max_leaves=8,
-)
+
+
+def containers(children: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    return st.lists(children, max_size=3) | st.dictionaries(keys, children, max_size=3)
+
+
+values = st.recursive(json_leaves, containers, max_leaves=8)
 
 
 @settings(max_examples=400, deadline=None)
