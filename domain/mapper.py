@@ -424,7 +424,7 @@ def _revive_top_level(transcoder: JSONTranscoder, document: dict[str, Any], mark
                 if kind is DatetimeAsISO:
                     document[name] = datetime.fromisoformat(text)
                 elif kind is UUIDAsHex:
-                    document[name] = _recent_uuid(text)
+                    document[name] = uuid_from_text(text)
                 else:
                     document[name] = transcoder._decode_obj(value)
                 markers -= 1
@@ -454,24 +454,6 @@ def uuid_from_text(text: str) -> UUID:
         _set(uuid, "is_safe", _UNKNOWN_SAFETY)
         return uuid
     return UUID(text)
-
-
-#: Recently decoded UUID texts: ids recur (a run's workflow id, its correlation id),
-#: and a UUID is immutable, so equal texts can share one (a dict look-up instead of
-#: ~0.4 µs of parsing). Emptied when full.
-_UUIDS: dict[str, UUID] = {}
-_UUIDS_MAX = 2048
-
-
-def _recent_uuid(text: str) -> UUID:
-    """``uuid_from_text(text)``, shared with the last decodes of the same text."""
-    uuid = _UUIDS.get(text)
-    if uuid is None:
-        uuid = uuid_from_text(text)
-        if len(_UUIDS) >= _UUIDS_MAX:
-            _UUIDS.clear()
-        _UUIDS[text] = uuid
-    return uuid
 
 
 def _revive(transcoder: JSONTranscoder, value: Any) -> Any:
