@@ -993,10 +993,15 @@ class PostgresEventSource(EventSource):
                 rows = conn.execute(statement, params, binary=True).fetchall()
             except psycopg.errors.UndefinedTable:
                 return []
+        # Aggregates recur within a batch: one (immutable) UUID per distinct id, so that
+        # the batch keeps ~1 object per aggregate alive instead of one per row (fewer
+        # objects for the garbage collector to walk until the batch commits).
+        ids: dict[int, UUID] = {}
+        shared = ids.setdefault
         return [
             notification_of(
                 int(nid),
-                oid if isinstance(oid, UUID) else UUID(str(oid)),
+                shared(oid.int, oid) if isinstance(oid, UUID) else UUID(str(oid)),
                 int(version),
                 topic,
                 bytes(state),
