@@ -228,6 +228,27 @@ def _quick_ordered(
     return True
 
 
+def _quick_delta(kind: str | None, value: Any) -> bool:
+    """True when ``value`` is a valid ``add`` delta for a column of ``kind`` as it is."""
+    return (kind == "integer" and type(value) is int and _MIN_INT <= value < _MAX_INT) or (
+        kind == "real" and type(value) is float
+    )
+
+
+def _fold_add_set(into: _Merge, add: Mapping[str, Any], set: Mapping[str, Any]) -> None:
+    """Fold checked, normalised ``add`` and ``set`` operations into ``into`` (which has
+    no maximum or minimum): a delta adds to a value already set, a set replaces a delta."""
+    into_add, into_set = into.add, into.set
+    for name, delta in add.items():
+        if name in into_set:
+            into_set[name] = (into_set[name] or 0) + delta
+        else:
+            into_add[name] = into_add.get(name, 0) + delta
+    for name, value in set.items():
+        into_add.pop(name, None)
+        into_set[name] = value
+
+
 def _fold_counters(
     info: _TableInfo,
     into: _Merge | _Absolute,
@@ -246,41 +267,28 @@ def _fold_counters(
     if not add and not set:
         return False
     kinds = info.value_kinds
-    if add:
-        for name, value in add.items():
-            kind = kinds.get(name)
-            if not (
-                (kind == "integer" and type(value) is int and _MIN_INT <= value < _MAX_INT)
-                or (kind == "real" and type(value) is float)
-            ):
-                return False
-    if set:
-        for name, value in set.items():
-            kind = kinds.get(name)
-            if kind is None or (add and name in add) or _quick(kind, value) is _SLOW:
-                return False
+    add = add or {}
+    for name, value in add.items():
+        if not _quick_delta(kinds.get(name), value):
+            return False
+    values: dict[str, Any] = {}
+    for name, value in (set or {}).items():
+        kind = kinds.get(name)
+        if kind is None or name in add:
+            return False
+        normalised = _quick(kind, value)
+        if normalised is _SLOW:
+            return False
+        values[name] = normalised
     if type(into) is _Absolute:
         row = into.row
         assert row is not None
-        if add:
-            for name, delta in add.items():
-                row[name] = (row.get(name) or 0) + delta
-        if set:
-            for name, value in set.items():
-                row[name] = _quick(kinds[name], value)
-        return True
-    assert type(into) is _Merge
-    into_add, into_set = into.add, into.set
-    if add:
         for name, delta in add.items():
-            if name in into_set:
-                into_set[name] = (into_set[name] or 0) + delta
-            else:
-                into_add[name] = into_add.get(name, 0) + delta
-    if set:
-        for name, value in set.items():
-            into_add.pop(name, None)
-            into_set[name] = _quick(kinds[name], value)
+            row[name] = (row.get(name) or 0) + delta
+        row.update(values)
+    else:
+        assert type(into) is _Merge
+        _fold_add_set(into, add, values)
     return True
 
 
@@ -463,13 +471,9 @@ class BatchState:
         if add:
             target = ops.add
             for name, value in add.items():
-                kind = kinds.get(name)
-                if (kind == "integer" and type(value) is int and _MIN_INT <= value < _MAX_INT) or (
-                    kind == "real" and type(value) is float
-                ):
-                    target[name] = value
-                else:
+                if not _quick_delta(kinds.get(name), value):
                     return None
+                target[name] = value
             filled += 1
         if maximum:
             if not _quick_ordered(kinds, maximum, ops.maximum):
@@ -621,15 +625,7 @@ class BatchState:
         if not (into.maximum or into.minimum or ops.maximum or ops.minimum):
             # The common case (counters and last values): only add and set, which
             # always fold; the same steps as below without the empty ones.
-            into_add, into_set = into.add, into.set
-            for name, delta in ops.add.items():
-                if name in into_set:
-                    into_set[name] = (into_set[name] or 0) + delta
-                else:
-                    into_add[name] = into_add.get(name, 0) + delta
-            for name, value in ops.set.items():
-                into_add.pop(name, None)
-                into_set[name] = value
+            _fold_add_set(into, ops.add, ops.set)
             return True
         for name in ops.add:
             if name in into.maximum or name in into.minimum:
