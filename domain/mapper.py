@@ -293,14 +293,7 @@ class EnvelopeMapper(Mapper[UUID]):
         blob = stored.state
         key_ring = self.key_ring
         if key_ring is not None:
-            texts = self._id_texts
-            text = texts.get(originator_id.int)
-            if text is None:
-                if len(texts) >= _ID_TEXTS_MAX:
-                    texts.clear()
-                text = texts[originator_id.int] = str(originator_id)
-            aad = f"{text}\x1f{stored.originator_version}\x1f{topic}".encode()
-            plaintext = key_ring.open_common(blob, aad)
+            plaintext = key_ring.open_common(blob, self._associated_data(stored))
             if plaintext is None:
                 return None
         elif is_sealed(blob):
@@ -313,10 +306,9 @@ class EnvelopeMapper(Mapper[UUID]):
             return None
         if type(state) is not dict:
             return None
-        shape = plaintext.translate(_DIGITS_AS_ZERO)
-        if _LONG_NUMBER in shape or b"\\" in shape:
+        long_number, escaped, markers = _scan(plaintext)
+        if long_number or escaped:
             return None
-        markers = shape.count(_TYPE_MARKER)
         if markers:
             try:
                 left = _revive_top_level(transcoder, state, markers)
@@ -389,13 +381,9 @@ def _decode_json(transcoder: JSONTranscoder, data: bytes) -> Any:
     except orjson.JSONDecodeError:
         # What json accepts and orjson does not, and every error, as before.
         return transcoder.decode(data)
-    shape = data.translate(_DIGITS_AS_ZERO)
-    if _LONG_NUMBER in shape:
-        # orjson reads integers beyond 64 bits as floats; json keeps them exact.
+    long_number, escaped, markers = _scan(data)
+    if long_number:
         return transcoder.decode(data)
-    markers = shape.count(_TYPE_MARKER)
-    # Any escape sequence (a backslash) could spell a "_type_" key differently.
-    escaped = b"\\" in shape
     if not markers and not escaped:
         return document
     if escaped or type(document) is not dict:
@@ -406,6 +394,18 @@ def _decode_json(transcoder: JSONTranscoder, data: bytes) -> Any:
     except Exception:  # noqa: S110 - the full walk below raises it in document order
         pass
     return _revive(transcoder, orjson.loads(data))
+
+
+def _scan(data: bytes) -> tuple[bool, bool, int]:
+    """What decides how a JSON text parsed by ``orjson`` must be revived.
+
+    - a run of 19 digits: a number ``orjson`` may read as a float (integers beyond
+      64 bits), which ``json`` keeps exact: the text goes to ``JSONTranscoder``;
+    - a backslash: an escape sequence could spell a ``"_type_"`` key differently;
+    - how many ``"_type_"`` keys the text holds (transcoded values).
+    """
+    shape = data.translate(_DIGITS_AS_ZERO)
+    return _LONG_NUMBER in shape, b"\\" in shape, shape.count(_TYPE_MARKER)
 
 
 def _revive_top_level(transcoder: JSONTranscoder, document: dict[str, Any], markers: int) -> int:
