@@ -43,7 +43,7 @@ from benchmarks.dataset import (
     position_of_event,
     prepare_data_dir,
 )
-from domain import DEFAULT_POSTGRES_DSN
+from safereplay.domain import DEFAULT_POSTGRES_DSN
 
 __all__ = ["Loop", "main", "run_benchmark"]
 

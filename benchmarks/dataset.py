@@ -1,8 +1,9 @@
 """Seeded event stores of the reference domain, reused across runs.
 
 One generation pass builds workflows and runs in memory with the builder of
-:mod:`domain.workload` (``plan_workflow``/``build_workflow``, ``plan_run``/``RunBuilder``:
-``domain.automation`` aggregates inside :func:`domain.envelope.recording`) and saves
+:mod:`safereplay.domain.workload` (``plan_workflow``/``build_workflow``,
+``plan_run``/``RunBuilder``: ``safereplay.domain.automation`` aggregates inside
+:func:`safereplay.domain.envelope.recording`) and saves
 the *same* domain events, chunk by chunk (one ``app.save(*events)`` = one transaction per chunk),
 into every store that is missing: SQLite and PostgreSQL, cipher on and off. So
 all loops and both backends read identical payloads; only the nonces differ.
@@ -32,8 +33,14 @@ from uuid import UUID
 import psycopg
 from psycopg import sql
 
-from domain import AutomationApp, DomainSettings, KeyRing, Workflow
-from domain.workload import RunBuilder, WorkflowPlan, build_workflow, plan_run, plan_workflow
+from safereplay.domain import AutomationApp, DomainSettings, KeyRing, Workflow
+from safereplay.domain.workload import (
+    RunBuilder,
+    WorkflowPlan,
+    build_workflow,
+    plan_run,
+    plan_workflow,
+)
 
 __all__ = [
     "SEED_VERSION",

@@ -38,7 +38,7 @@ from psycopg.sql import SQL, Identifier
 from benchmarks.dataset import Store
 from benchmarks.raw import PG_VIEW_DDL, SQLITE_UPSERT
 from benchmarks.shape import TOPICS
-from domain import AutomationApp, Run
+from safereplay.domain import AutomationApp, Run
 
 __all__ = ["run_es_postgres", "run_es_sqlite"]
 

@@ -1,7 +1,7 @@
 """safereplay catch-up of the reference projections, from zero, with ``projections/``.
 
-What a user gets: ``projections.runner.ProjectionRunner`` over the event source
-and projection store of ``projections.backends`` (a separate store file/schema,
+What a user gets: ``safereplay.projections.runner.ProjectionRunner`` over the event source
+and projection store of ``safereplay.projections.backends`` (a separate store file/schema,
 like the other loops' views), the runner's default batch size unless the
 harness sets one, ``catch_up()`` from position zero to the head.
 
@@ -42,7 +42,11 @@ class NotAvailable(Exception):
 
 def available() -> str | None:
     """None when the loop can run, else why not."""
-    for module in ("projections.runner", "projections.reference", "projections.backends"):
+    for module in (
+        "safereplay.projections.runner",
+        "safereplay.projections.reference",
+        "safereplay.projections.backends",
+    ):
         try:
             found = importlib.util.find_spec(module)
         except ModuleNotFoundError:
@@ -50,16 +54,16 @@ def available() -> str | None:
         if found is None:
             return f"not available yet: {module} does not exist"
     try:
-        from projections.reference import RunStatusBoard  # noqa: F401
-        from projections.runner import ProjectionRunner, RunnerOptions  # noqa: F401
-        from projections.source import Partition  # noqa: F401
+        from safereplay.projections.reference import RunStatusBoard  # noqa: F401
+        from safereplay.projections.runner import ProjectionRunner, RunnerOptions  # noqa: F401
+        from safereplay.projections.source import Partition  # noqa: F401
     except ImportError as exc:
         return f"not available yet: {exc}"
     return None
 
 
 def _projection_classes(which: str) -> list[type[Any]]:
-    from projections.reference import REFERENCE_PROJECTIONS, RunStatusBoard
+    from safereplay.projections.reference import REFERENCE_PROJECTIONS, RunStatusBoard
 
     if which == "run_status":
         return [RunStatusBoard]
@@ -70,10 +74,10 @@ def _projection_classes(which: str) -> list[type[Any]]:
 
 def _open_store(store: Store, view: dict[str, Any]) -> Any:
     if store.backend == "postgres":
-        from projections.postgres import PostgresProjectionStore
+        from safereplay.projections.postgres import PostgresProjectionStore
 
         return PostgresProjectionStore(store.postgres_dsn, schema=view["schema"])
-    from projections.sqlite import SQLiteProjectionStore
+    from safereplay.projections.sqlite import SQLiteProjectionStore
 
     return SQLiteProjectionStore(view["path"])
 
@@ -88,10 +92,10 @@ def _catch_up(
     batch_size: int | None,
 ) -> dict[str, Any]:
     """Open everything and catch the projections of one partition up to the head."""
-    from domain import AutomationApp
-    from projections.backends import open_source
-    from projections.runner import ProjectionRunner, RunnerOptions
-    from projections.source import Partition
+    from safereplay.domain import AutomationApp
+    from safereplay.projections.backends import open_source
+    from safereplay.projections.runner import ProjectionRunner, RunnerOptions
+    from safereplay.projections.source import Partition
 
     class SeededApp(AutomationApp):
         """The seeded store's application, without eventsourcing's CREATE TABLE / FUNCTION.
@@ -285,7 +289,7 @@ def _run_partitions(
 def view_digest(store: Store, view: dict[str, Any]) -> dict[str, Any]:
     """Digest of ``RunStatusBoard``'s table, in the harness's normalised form."""
     from benchmarks.shape import digest
-    from projections.reference import RunStatusBoard
+    from safereplay.projections.reference import RunStatusBoard
 
     projection_store = _open_store(store, view)
     try:
@@ -310,8 +314,8 @@ def _partition_main(spec: dict[str, Any]) -> int:
     """One partition worker: import, report READY, wait for GO, catch up, report."""
     # Import what the catch-up needs before reporting ready, so the clock sees none of it.
     import domain  # noqa: F401
-    import projections.backends
-    import projections.runner  # noqa: F401
+    import safereplay.projections.backends
+    import safereplay.projections.runner  # noqa: F401
     from benchmarks.worker import peak_rss_kb
 
     store = Store.from_json(spec["store"])

@@ -27,10 +27,10 @@ __all__ = [
     "normalise_row",
 ]
 
-RUN_STARTED = "domain.automation:Run.Started"
-RUN_STEP_SUCCEEDED = "domain.automation:Run.StepSucceeded"
-RUN_STEP_FAILED = "domain.automation:Run.StepFailed"
-RUN_COMPLETED = "domain.automation:Run.Completed"
+RUN_STARTED = "safereplay.domain.automation:Run.Started"
+RUN_STEP_SUCCEEDED = "safereplay.domain.automation:Run.StepSucceeded"
+RUN_STEP_FAILED = "safereplay.domain.automation:Run.StepFailed"
+RUN_COMPLETED = "safereplay.domain.automation:Run.Completed"
 #: The topics the run-status projection consumes (filtered in the database).
 TOPICS = (RUN_STARTED, RUN_STEP_SUCCEEDED, RUN_STEP_FAILED, RUN_COMPLETED)
 

@@ -1,11 +1,11 @@
 """safereplay's write side: enveloped, validated, encrypted events on eventsourcing."""
 
-from domain.application import EventStoreApplication
-from domain.automation import Run, Workflow
-from domain.automation_app import AutomationApp
-from domain.edge import EdgeModel, MessageRegistry, ParsedMessage
-from domain.envelope import Envelope, RecordingContext, event_id_for, recording
-from domain.errors import (
+from safereplay.domain.application import EventStoreApplication
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.automation_app import AutomationApp
+from safereplay.domain.edge import EdgeModel, MessageRegistry, ParsedMessage
+from safereplay.domain.envelope import Envelope, RecordingContext, event_id_for, recording
+from safereplay.domain.errors import (
     AggregateNotFound,
     CommandRejected,
     ConfigurationError,
@@ -20,10 +20,10 @@ from domain.errors import (
     UnknownKeyId,
     UnknownSchemaVersion,
 )
-from domain.events import EnvelopedAggregate
-from domain.keyring import KeyRing
-from domain.mapper import EnvelopeMapper
-from domain.settings import DEFAULT_POSTGRES_DSN, DomainSettings
+from safereplay.domain.events import EnvelopedAggregate
+from safereplay.domain.keyring import KeyRing
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.settings import DEFAULT_POSTGRES_DSN, DomainSettings
 
 __all__ = [
     "DEFAULT_POSTGRES_DSN",

@@ -18,11 +18,11 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, EnvType
 
-from domain.envelope import Envelope
-from domain.errors import ConfigurationError
-from domain.keyring import KeyRing
-from domain.mapper import EnvelopeMapper
-from domain.settings import DomainSettings
+from safereplay.domain.envelope import Envelope
+from safereplay.domain.errors import ConfigurationError
+from safereplay.domain.keyring import KeyRing
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.settings import DomainSettings
 
 __all__ = ["EventStoreApplication"]
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 from uuid import UUID
 
-from domain.errors import CommandRejected
-from domain.events import EnvelopedAggregate
+from safereplay.domain.errors import CommandRejected
+from safereplay.domain.events import EnvelopedAggregate
 
 __all__ = ["Run", "Workflow"]
 

@@ -8,12 +8,12 @@ from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
 
-from domain.application import EventStoreApplication
-from domain.automation import Run, Workflow
-from domain.edge import EdgeModel
-from domain.envelope import recording
-from domain.errors import AggregateNotFound
-from domain.messages import (
+from safereplay.domain.application import EventStoreApplication
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.edge import EdgeModel
+from safereplay.domain.envelope import recording
+from safereplay.domain.errors import AggregateNotFound
+from safereplay.domain.messages import (
     AddStep,
     ArchiveWorkflow,
     CompleteRun,
@@ -50,8 +50,8 @@ class AutomationApp(EventStoreApplication):
     ) -> UUID:
         """Validate and handle one message; returns the id of the aggregate it touched.
 
-        Raises :class:`~domain.errors.InvalidInput` (every bad field listed) or
-        :class:`~domain.errors.CommandRejected`; in both cases nothing is recorded.
+        Raises :class:`~safereplay.domain.errors.InvalidInput` (every bad field listed) or
+        :class:`~safereplay.domain.errors.CommandRejected`; in both cases nothing is recorded.
         """
         message = self.messages.parse(raw)
         with recording(source=source, correlation_id=correlation_id, causation_id=causation_id):

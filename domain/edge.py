@@ -3,7 +3,7 @@
 A message is a JSON object ``{"type": NAME, "schema_version": N, ...fields}``.
 Each (type, version) pair is registered with a pydantic model; the registry
 rejects malformed JSON, unknown types and unknown versions, and lists every
-invalid field of a known message in one :class:`~domain.errors.InvalidInput`.
+invalid field of a known message in one :class:`~safereplay.domain.errors.InvalidInput`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from domain.errors import (
+from safereplay.domain.errors import (
     FieldProblem,
     InvalidInput,
     MalformedJSON,

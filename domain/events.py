@@ -7,7 +7,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 
-from domain.envelope import current_recording_context, event_id_for
+from safereplay.domain.envelope import current_recording_context, event_id_for
 
 __all__ = ["ENVELOPE_FIELDS", "EnvelopedAggregate"]
 
@@ -30,7 +30,7 @@ class EnvelopedAggregate(Aggregate):
 
     Subclass it and trigger events with :meth:`trigger_event` (or create with
     :meth:`_create`) as with any eventsourcing aggregate; the metadata comes
-    from :func:`domain.envelope.recording`.
+    from :func:`safereplay.domain.envelope.recording`.
     """
 
     class Event(Aggregate.Event):

@@ -34,7 +34,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from domain.errors import (
+from safereplay.domain.errors import (
     EventDecryptionError,
     InvalidKey,
     KeyFileError,

@@ -28,8 +28,8 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
-from domain.envelope import Envelope, derived_envelope
-from domain.errors import (
+from safereplay.domain.envelope import Envelope, derived_envelope
+from safereplay.domain.errors import (
     EventDecryptionError,
     FieldProblem,
     InvalidInput,
@@ -37,8 +37,8 @@ from domain.errors import (
     UnknownKeyId,
     UnknownSchemaVersion,
 )
-from domain.events import ENVELOPE_FIELDS
-from domain.keyring import KeyRing, is_sealed
+from safereplay.domain.events import ENVELOPE_FIELDS
+from safereplay.domain.keyring import KeyRing, is_sealed
 
 __all__ = ["EnvelopeMapper", "associated_data", "describe_row", "uuid_from_text"]
 
@@ -66,7 +66,7 @@ class EnvelopeMapper(Mapper[UUID]):
     newer than the code is an error naming the position, not a silent decode.
 
     Reading is the replay hot path. With eventsourcing's own ``JSONTranscoder``
-    (what :class:`~domain.application.EventStoreApplication` uses), states are
+    (what :class:`~safereplay.domain.application.EventStoreApplication` uses), states are
     parsed with ``orjson`` and eventsourcing's ``{"_type_": ..., "_data_": ...}``
     transcodings revived afterwards, with the transcoder's own registrations: the
     same values as ``JSONTranscoder.decode``, in about 60 % of its time on the
@@ -337,7 +337,7 @@ def envelope_of(
     """The envelope of ``event`` (whose state is ``state``).
 
     The event id, the payload and a missing correlation id are derived on first
-    read (see :func:`domain.envelope.derived_envelope`).
+    read (see :func:`safereplay.domain.envelope.derived_envelope`).
     """
     return derived_envelope(
         position,

@@ -7,7 +7,7 @@ from uuid import UUID
 
 from pydantic import Field
 
-from domain.edge import EdgeModel, MessageRegistry
+from safereplay.domain.edge import EdgeModel, MessageRegistry
 
 __all__ = [
     "AddStep",

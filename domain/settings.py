@@ -2,7 +2,7 @@
 
 Every field's default is documented in ``docs/configuration.md``; a test keeps
 the two in step. :meth:`DomainSettings.from_env` turns any problem into one
-:class:`~domain.errors.ConfigurationError` that names the variables to change.
+:class:`~safereplay.domain.errors.ConfigurationError` that names the variables to change.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.errors import ConfigurationError, DomainError
-from domain.keyring import KeyRing
+from safereplay.domain.errors import ConfigurationError, DomainError
+from safereplay.domain.keyring import KeyRing
 
 __all__ = ["DEFAULT_POSTGRES_DSN", "DomainSettings", "settings_error"]
 

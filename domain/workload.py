@@ -7,10 +7,10 @@ One plan, two ways to play it:
   retries), with no I/O;
 - **builder** (:func:`build_workflow`, :class:`RunBuilder`): the plan played on
   in-memory ``Workflow`` / ``Run`` aggregates inside
-  :func:`~domain.envelope.recording`, events left pending for the caller to save
+  :func:`~safereplay.domain.envelope.recording`, events left pending for the caller to save
   (the benchmarks seed their stores this way, with many runs interleaved);
 - **submitter** (:func:`record_workload`): the plan sent as JSON-shaped messages
-  through :meth:`AutomationApp.submit <domain.automation_app.AutomationApp.submit>`,
+  through :meth:`AutomationApp.submit <safereplay.domain.automation_app.AutomationApp.submit>`,
   the validated edge, one run after the other.
 """
 
@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from uuid import UUID
 
-from domain.automation import Run, Workflow
-from domain.automation_app import AutomationApp
-from domain.envelope import recording
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.automation_app import AutomationApp
+from safereplay.domain.envelope import recording
 
 __all__ = [
     "ACTIONS",

@@ -1,20 +1,21 @@
 """Read models that track their position atomically with their state.
 
-- :mod:`projections.projection`: the projection API (tables, ``@handles``);
-- :mod:`projections.batch`: the batch state handlers write to;
-- :mod:`projections.store`, :mod:`projections.sqlite`, :mod:`projections.postgres`:
-  tables, positions, builds and parked events, one transaction per batch;
-- :mod:`projections.source`: the notification log, read below the high-water mark
-  (:mod:`projections.watermark`, :mod:`projections.postgres_watermark`);
-- :mod:`projections.runner`: catch-up and live following;
-- :mod:`projections.failure`: the failure-policy seam;
-- :mod:`projections.status`: lag, status and read-your-writes;
-- :mod:`projections.reference`: the reference projections.
+- :mod:`safereplay.projections.projection`: the projection API (tables, ``@handles``);
+- :mod:`safereplay.projections.batch`: the batch state handlers write to;
+- :mod:`safereplay.projections.store`, :mod:`safereplay.projections.sqlite`,
+  :mod:`safereplay.projections.postgres`: tables, positions, builds and parked events,
+  one transaction per batch;
+- :mod:`safereplay.projections.source`: the notification log, read below the high-water mark
+  (:mod:`safereplay.projections.watermark`, :mod:`safereplay.projections.postgres_watermark`);
+- :mod:`safereplay.projections.runner`: catch-up and live following;
+- :mod:`safereplay.projections.failure`: the failure-policy seam;
+- :mod:`safereplay.projections.status`: lag, status and read-your-writes;
+- :mod:`safereplay.projections.reference`: the reference projections.
 """
 
-from projections.backends import open_source, open_store
-from projections.batch import BatchState, MergeShape, TableWrites
-from projections.errors import (
+from safereplay.projections.backends import open_source, open_store
+from safereplay.projections.batch import BatchState, MergeShape, TableWrites
+from safereplay.projections.errors import (
     DatabaseUnavailable,
     FencedOff,
     HandlerFailed,
@@ -28,17 +29,17 @@ from projections.errors import (
     VersionMismatch,
     WaitTimeout,
 )
-from projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
-from projections.postgres import PostgresEventSource, PostgresProjectionStore
-from projections.postgres_watermark import PostgresHighWaterMark
-from projections.projection import Column, ColumnType, Projection, Table, handles
-from projections.reference import (
+from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
+from safereplay.projections.postgres import PostgresEventSource, PostgresProjectionStore
+from safereplay.projections.postgres_watermark import PostgresHighWaterMark
+from safereplay.projections.projection import Column, ColumnType, Projection, Table, handles
+from safereplay.projections.reference import (
     REFERENCE_PROJECTIONS,
     FailedSteps,
     RunStatusBoard,
     WorkflowStatistics,
 )
-from projections.runner import (
+from safereplay.projections.runner import (
     FAULT_POINTS,
     BatchResult,
     CatchUpResult,
@@ -46,10 +47,10 @@ from projections.runner import (
     RunnerOptions,
     RunnerThread,
 )
-from projections.settings import ProjectionSettings
-from projections.source import EventSource, Partition, partition_of
-from projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
-from projections.status import (
+from safereplay.projections.settings import ProjectionSettings
+from safereplay.projections.source import EventSource, Partition, partition_of
+from safereplay.projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
+from safereplay.projections.status import (
     PartitionStatus,
     ProjectionStatus,
     StatusReport,
@@ -57,8 +58,8 @@ from projections.status import (
     status,
     wait_for_position,
 )
-from projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
-from projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
+from safereplay.projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
+from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
 
 __all__ = [
     "FAULT_POINTS",
@@ -76,18 +77,18 @@ __all__ = [
     "EventRef",
     "EventSource",
     "FailFast",
-    "FencedOff",
     "FailedSteps",
-    "Fence",
     "FailurePolicy",
+    "Fence",
+    "FencedOff",
     "HandlerFailed",
     "HighWaterMark",
     "InvalidWrite",
     "MergeShape",
     "ParkedEvent",
     "Partition",
-    "PartitioningMismatch",
     "PartitionStatus",
+    "PartitioningMismatch",
     "PositionConflict",
     "PostgresEventSource",
     "PostgresHighWaterMark",

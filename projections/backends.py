@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from domain.application import EventStoreApplication
-from domain.mapper import EnvelopeMapper
-from domain.settings import DomainSettings
-from projections.postgres import PostgresEventSource, PostgresProjectionStore
-from projections.settings import ProjectionSettings
-from projections.source import EventSource
-from projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
-from projections.store import ProjectionStore
+from safereplay.domain.application import EventStoreApplication
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.settings import DomainSettings
+from safereplay.projections.postgres import PostgresEventSource, PostgresProjectionStore
+from safereplay.projections.settings import ProjectionSettings
+from safereplay.projections.source import EventSource
+from safereplay.projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
+from safereplay.projections.store import ProjectionStore
 
 __all__ = ["open_source", "open_store"]
 

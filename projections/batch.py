@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from projections.errors import InvalidWrite
-from projections.projection import Column, Table
+from safereplay.projections.errors import InvalidWrite
+from safereplay.projections.projection import Column, Table
 
 __all__ = ["BatchState", "MergeShape", "RowReader", "TableWrites"]
 

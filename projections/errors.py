@@ -116,7 +116,7 @@ class PartitioningMismatch(ProjectionError):
 
     Running a build in two partitionings at once would apply events twice; a
     recovery job moves a build between partitionings with
-    :meth:`~projections.store.ProjectionStore.repartition`.
+    :meth:`~safereplay.projections.store.ProjectionStore.repartition`.
     """
 
 

@@ -12,7 +12,7 @@ failing event:
   transaction as the position that moves past it. Later events of the same
   aggregate are then parked behind it without calling the handler, so that
   per-aggregate order holds while other aggregates move on;
-- ``Decision.fail(reason)``: stop with :class:`~projections.errors.HandlerFailed`.
+- ``Decision.fail(reason)``: stop with :class:`~safereplay.projections.errors.HandlerFailed`.
 
 The default, :class:`FailFast`, fails at once. Richer policies (retry-then-fail,
 retry-then-park, circuit breaking) plug in without any change to the runner.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 from uuid import UUID
 
-from domain.envelope import Envelope
+from safereplay.domain.envelope import Envelope
 
 __all__ = ["Decision", "EventFailure", "EventRef", "FailFast", "FailurePolicy"]
 

@@ -7,11 +7,11 @@ is serialised with a transaction-level advisory lock, so workers starting
 together do not race on ``CREATE TABLE IF NOT EXISTS``.
 
 The event source reads eventsourcing's ``{schema}.{app}_events`` table below the
-high-water mark of :class:`~projections.postgres_watermark.PostgresHighWaterMark`,
+high-water mark of :class:`~safereplay.projections.postgres_watermark.PostgresHighWaterMark`,
 filtering by topic and by partition in the query. The partition of an aggregate
 is computed from the first 8 hex digits of its id:
 ``('x' || substr(originator_id::text, 1, 8))::bit(32)::bigint % count``, the same
-value as :func:`projections.source.partition_of`. Live following LISTENs on the
+value as :func:`safereplay.projections.source.partition_of`. Live following LISTENs on the
 table's channel (eventsourcing NOTIFYs it on insert) on a separate connection;
 a notification only wakes the runner, which re-polls on a timer anyway, and a
 lost listening connection is reopened with back-off.
@@ -34,9 +34,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import Jsonb
 
-from domain.mapper import EnvelopeMapper
-from projections.batch import MergeShape, TableWrites
-from projections.errors import (
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.projections.batch import MergeShape, TableWrites
+from safereplay.projections.errors import (
     DatabaseUnavailable,
     FencedOff,
     PositionConflict,
@@ -44,10 +44,10 @@ from projections.errors import (
     StoreError,
     UnknownProjection,
 )
-from projections.postgres_watermark import PostgresHighWaterMark, WatermarkError
-from projections.projection import Column, Table, physical_table_name
-from projections.source import WHOLE, EventSource, Partition, notification_of
-from projections.store import (
+from safereplay.projections.postgres_watermark import PostgresHighWaterMark, WatermarkError
+from safereplay.projections.projection import Column, Table, physical_table_name
+from safereplay.projections.source import WHOLE, EventSource, Partition, notification_of
+from safereplay.projections.store import (
     BUILDS_TABLE,
     PARKED_TABLE,
     POSITIONS_TABLE,

@@ -54,7 +54,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
-from projections.watermark import HighWaterMark, SkippedHole
+from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
 __all__ = ["PostgresHighWaterMark", "WatermarkError", "WatermarkStatus"]
 

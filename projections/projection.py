@@ -44,11 +44,11 @@ from uuid import UUID
 import orjson
 from eventsourcing.utils import get_topic
 
-from domain.envelope import Envelope
-from projections.errors import InvalidWrite, ProjectionDefinitionError
+from safereplay.domain.envelope import Envelope
+from safereplay.projections.errors import InvalidWrite, ProjectionDefinitionError
 
 if TYPE_CHECKING:
-    from projections.batch import BatchState
+    from safereplay.projections.batch import BatchState
 
 __all__ = [
     "Column",
@@ -248,7 +248,7 @@ class Projection:
     - ``partitionable``: whether the projection stays correct when partitions of
       the log (by aggregate) are applied concurrently. True when every row is
       written by one aggregate only, or is written with commutative
-      :meth:`~projections.batch.BatchState.merge` operations.
+      :meth:`~safereplay.projections.batch.BatchState.merge` operations.
     - ``replay_safe``: whether applying an event a second time leaves the state
       as it was (handlers only ``put`` rows keyed by the event, or ``delete``).
       Only such projections may have a range of positions replayed into their

@@ -13,10 +13,10 @@ Documented in ``docs/projections.md``.
 
 from __future__ import annotations
 
-from domain.automation import Run, Workflow
-from domain.envelope import Envelope, payload_value
-from projections.batch import BatchState
-from projections.projection import Projection, Table, handles
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.envelope import Envelope, payload_value
+from safereplay.projections.batch import BatchState
+from safereplay.projections.projection import Projection, Table, handles
 
 __all__ = ["REFERENCE_PROJECTIONS", "FailedSteps", "RunStatusBoard", "WorkflowStatistics"]
 

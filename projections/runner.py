@@ -7,7 +7,7 @@ Per batch:
    ``position < p <= mark``, filtered by topic and partition in the database;
 2. skip any notification at or below the committed position (a re-delivery is a
    no-op), decrypt and decode the others, and apply their handlers to a fresh
-   :class:`~projections.batch.BatchState`;
+   :class:`~safereplay.projections.batch.BatchState`;
 3. commit the batch's folded writes **and** the new position in one transaction,
    guarded by the position the batch started from.
 
@@ -22,12 +22,12 @@ the crash points injectable: ``faults`` is called with ``"before_read"``,
 ``"before_commit"``, ``"in_commit"`` (inside the transaction, writes flushed,
 position not yet moved) and ``"after_commit"``; whatever it raises propagates.
 
-A lost connection (:class:`~projections.errors.DatabaseUnavailable`, translated
+A lost connection (:class:`~safereplay.projections.errors.DatabaseUnavailable`, translated
 from psycopg or sqlite3 by the adapters) is retried with exponential back-off and
 the batch re-applied from the position the store then holds. A handler error
-goes to the failure policy (:mod:`projections.failure`) after the events before
+goes to the failure policy (:mod:`safereplay.projections.failure`) after the events before
 it are committed. In :meth:`ProjectionRunner.catch_up` and :meth:`run_batch`, a
-:class:`~projections.errors.PositionConflict` means another worker owns the
+:class:`~safereplay.projections.errors.PositionConflict` means another worker owns the
 partition: the runner stops with it (a recovery worker counts it and goes on).
 
 Live following (:meth:`ProjectionRunner.follow`) polls with back-off on SQLite
@@ -53,9 +53,9 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
-from domain.envelope import Envelope
-from projections.batch import BatchState
-from projections.errors import (
+from safereplay.domain.envelope import Envelope
+from safereplay.projections.batch import BatchState
+from safereplay.projections.errors import (
     DatabaseUnavailable,
     FencedOff,
     HandlerFailed,
@@ -65,11 +65,11 @@ from projections.errors import (
     StoreError,
     error_summary,
 )
-from projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
-from projections.projection import Projection
-from projections.settings import ProjectionSettings
-from projections.source import WHOLE, EventSource, Partition
-from projections.store import Checkpoint, Fence, ParkedEvent, ProjectionStore
+from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
+from safereplay.projections.projection import Projection
+from safereplay.projections.settings import ProjectionSettings
+from safereplay.projections.source import WHOLE, EventSource, Partition
+from safereplay.projections.store import Checkpoint, Fence, ParkedEvent, ProjectionStore
 
 __all__ = [
     "FAULT_POINTS",
@@ -98,7 +98,7 @@ FAULT_POINTS = (
 
 @dataclass(frozen=True)
 class RunnerOptions:
-    """Batch size and pacing; see :class:`~projections.settings.ProjectionSettings`."""
+    """Batch size and pacing; see :class:`~safereplay.projections.settings.ProjectionSettings`."""
 
     batch_size: int = 5000
     poll_interval: float = 0.01
@@ -193,8 +193,8 @@ class ProjectionRunner:
     a runner *follows the live build*: after a swap or a rollback,
     :meth:`follow` moves to the new live build and goes on from its position.
     ``policy`` decides about events that cannot be applied (default
-    :class:`~projections.failure.FailFast`). ``fence`` is checked inside every
-    commit (a recovery worker's lease: see :class:`~projections.store.Fence`).
+    :class:`~safereplay.projections.failure.FailFast`). ``fence`` is checked inside every
+    commit (a recovery worker's lease: see :class:`~safereplay.projections.store.Fence`).
     ``on_parked`` is told of the events each commit parked (an audit trail).
     ``faults`` is a test hook (see the module docstring).
     """

@@ -18,8 +18,8 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.errors import ConfigurationError
-from domain.settings import DomainSettings, settings_error
+from safereplay.domain.errors import ConfigurationError
+from safereplay.domain.settings import DomainSettings, settings_error
 
 __all__ = ["ENV_PREFIX", "ProjectionSettings"]
 

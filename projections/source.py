@@ -1,7 +1,7 @@
 """Where events come from: the notification log, read in bounded, filtered batches.
 
 An :class:`EventSource` reads one application's notification log. It never reads
-past the log's high-water mark (:mod:`projections.watermark`): a runner asks
+past the log's high-water mark (:mod:`safereplay.projections.watermark`): a runner asks
 :meth:`EventSource.high_water_mark` first and reads ``after < position <= mark``.
 Filtering happens in the database, by topic (the event types the projection
 handles) and by partition (a stable hash of the aggregate id), so a worker is
@@ -10,8 +10,8 @@ shipped only the rows it applies.
 The partition of an aggregate is ``int.from_bytes(id.bytes[:4], "big") % count``:
 the first 32 bits of the UUID, which are random for the UUIDv4 and UUIDv5 ids
 eventsourcing and safereplay use. Both backends compute it in SQL (see
-:mod:`projections.sqlite`, :mod:`projections.postgres`); :func:`partition_of` is
-the same function in Python.
+:mod:`safereplay.projections.sqlite`, :mod:`safereplay.projections.postgres`);
+:func:`partition_of` is the same function in Python.
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
-from domain.envelope import Envelope
-from domain.mapper import EnvelopeMapper
-from projections.errors import ProjectionError
-from projections.watermark import HighWaterMark, SkippedHole
+from safereplay.domain.envelope import Envelope
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.projections.errors import ProjectionError
+from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
 __all__ = ["EventSource", "Partition", "notification_of", "partition_of"]
 

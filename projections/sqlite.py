@@ -9,7 +9,7 @@ The event source reads eventsourcing's ``stored_events`` table (position =
 ``rowid``, ``originator_id`` stored as 32-character hex text) on its own
 read-only connection, on which it registers the deterministic SQL function
 ``safereplay_partition(originator_id, count)`` (the first 32 bits of the id,
-modulo ``count``, as :func:`projections.source.partition_of`).
+modulo ``count``, as :func:`safereplay.projections.source.partition_of`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from uuid import UUID
 import orjson
 from eventsourcing.persistence import Notification
 
-from domain.mapper import EnvelopeMapper, uuid_from_text
-from projections.batch import MergeShape, TableWrites
-from projections.errors import (
+from safereplay.domain.mapper import EnvelopeMapper, uuid_from_text
+from safereplay.projections.batch import MergeShape, TableWrites
+from safereplay.projections.errors import (
     DatabaseUnavailable,
     FencedOff,
     PositionConflict,
@@ -37,9 +37,9 @@ from projections.errors import (
     StoreError,
     UnknownProjection,
 )
-from projections.projection import Column, Table, physical_table_name
-from projections.source import WHOLE, EventSource, Partition, notification_of
-from projections.store import (
+from safereplay.projections.projection import Column, Table, physical_table_name
+from safereplay.projections.source import WHOLE, EventSource, Partition, notification_of
+from safereplay.projections.store import (
     BUILDS_TABLE,
     PARKED_TABLE,
     POSITIONS_TABLE,
@@ -56,7 +56,7 @@ from projections.store import (
     projection_class,
     repartitioned_rows,
 )
-from projections.watermark import SQLiteHighWaterMark
+from safereplay.projections.watermark import SQLiteHighWaterMark
 
 __all__ = ["SQLiteEventSource", "SQLiteProjectionStore", "quote"]
 

@@ -22,9 +22,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from projections.errors import DatabaseUnavailable, UnknownProjection, WaitTimeout
-from projections.source import EventSource, Partition
-from projections.store import Checkpoint, ProjectionLike, ProjectionStore, projection_class
+from safereplay.projections.errors import DatabaseUnavailable, UnknownProjection, WaitTimeout
+from safereplay.projections.source import EventSource, Partition
+from safereplay.projections.store import (
+    Checkpoint,
+    ProjectionLike,
+    ProjectionStore,
+    projection_class,
+)
 
 __all__ = [
     "PartitionStatus",
@@ -172,7 +177,7 @@ def wait_for_position(
     With ``source`` and a projection class (or instance), also returns as soon as
     the high-water mark covers ``position`` and no event the projection handles
     lies between each partition's position and ``position``: its state already
-    reflects the log up to there. Raises :class:`~projections.errors.WaitTimeout`
+    reflects the log up to there. Raises :class:`~safereplay.projections.errors.WaitTimeout`
     after ``timeout`` seconds.
     """
     name = projection if isinstance(projection, str) else projection.name

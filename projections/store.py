@@ -1,7 +1,7 @@
 """The projection store: a projection's tables, its positions, its builds, its parked events.
 
-One interface, two backends side by side (:mod:`projections.sqlite`,
-:mod:`projections.postgres`), one contract test class. The store may live in the
+One interface, two backends side by side (:mod:`safereplay.projections.sqlite`,
+:mod:`safereplay.projections.postgres`), one contract test class. The store may live in the
 event store's database or in another database of the same kind.
 
 Tables the store owns (besides the projections' own)::
@@ -23,7 +23,7 @@ live build unless a build is named.
 
 :meth:`ProjectionStore.commit` writes a batch's folded writes, its parked events
 and the new position in **one transaction**, guarded by an optimistic check of
-the position the batch started from (:class:`~projections.errors.PositionConflict`
+the position the batch started from (:class:`~safereplay.projections.errors.PositionConflict`
 when another worker moved it).
 """
 
@@ -37,10 +37,10 @@ from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
-from projections.batch import RowReader, TableWrites
-from projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
-from projections.projection import Projection, Table
-from projections.source import Partition
+from safereplay.projections.batch import RowReader, TableWrites
+from safereplay.projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
+from safereplay.projections.projection import Projection, Table
+from safereplay.projections.source import Partition
 
 __all__ = [
     "POSITIONS_TABLE",
@@ -90,7 +90,7 @@ class Fence:
     transaction, before anything is written. On PostgreSQL the row is locked
     ``FOR SHARE`` until the commit ends, so a lease cannot be taken over while a
     batch commits; SQLite's write lock serialises the same way. A missing row
-    rolls the batch back with :class:`~projections.errors.FencedOff`.
+    rolls the batch back with :class:`~safereplay.projections.errors.FencedOff`.
     """
 
     table: str
@@ -151,7 +151,7 @@ class ProjectionStore(ABC):
 
         Without ``build``: the live build, made (build 1, live) if the projection
         has none. The live build must have been made by the same ``version``
-        (else :class:`~projections.errors.VersionMismatch`). With ``build``: that
+        (else :class:`~safereplay.projections.errors.VersionMismatch`). With ``build``: that
         build, which must exist (see :meth:`create_build`).
         """
 
@@ -230,9 +230,9 @@ class ProjectionStore(ABC):
 
         ``applied`` events are added to ``events_applied``. ``during`` (tests) is
         called inside the transaction after the writes, before the position moves.
-        Raises :class:`~projections.errors.PositionConflict` (nothing written) when
+        Raises :class:`~safereplay.projections.errors.PositionConflict` (nothing written) when
         the stored position is not ``expected``, and its subclass
-        :class:`~projections.errors.FencedOff` when ``fence`` does not hold.
+        :class:`~safereplay.projections.errors.FencedOff` when ``fence`` does not hold.
         """
 
     @abstractmethod
@@ -249,7 +249,7 @@ class ProjectionStore(ABC):
         Every current position of the build must be the same ``p`` (a build with
         no position is at 0); afterwards each of the ``count`` partitions is at
         ``p`` and the counters are carried over (on partition 0). Raises
-        :class:`~projections.errors.PartitioningMismatch` when the positions
+        :class:`~safereplay.projections.errors.PartitioningMismatch` when the positions
         differ: finish (or abort) the job that moves them first.
         """
 
@@ -312,7 +312,7 @@ class ProjectionStore(ABC):
         positions ``resolved``, in one transaction; returns how many were resolved.
 
         A position already resolved (by a concurrent redrive) rolls everything
-        back with :class:`~projections.errors.PositionConflict`, so nothing is
+        back with :class:`~safereplay.projections.errors.PositionConflict`, so nothing is
         applied twice. ``failed`` records are updated in place (attempts, last
         seen, error): the event stays parked.
         """

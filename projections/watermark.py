@@ -13,7 +13,7 @@ Backends:
   visible once ``max(rowid)`` is: ``H = max(rowid)``.
 - PostgreSQL assigns ``notification_id`` from a sequence before commit, so ids
   commit out of order and rolled-back inserts leave permanent holes. See
-  :mod:`projections.postgres_watermark`.
+  :mod:`safereplay.projections.postgres_watermark`.
 """
 
 from __future__ import annotations

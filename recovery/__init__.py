@@ -1,8 +1,13 @@
 """Recovery of projections: rebuilds, catch-ups, failure policies, job control and the CLI."""
 
-from recovery.demo import DemoResult, run_demo
-from recovery.drill import DrillResult, DrillStore, require_matching_drill, run_drill
-from recovery.template_ops import TemplatePlan, TemplateStore, plan_template
+from safereplay.recovery.cli.demo import DemoResult, run_demo
+from safereplay.recovery.drills.drill import (
+    DrillResult,
+    DrillStore,
+    require_matching_drill,
+    run_drill,
+)
+from safereplay.recovery.templates.store import TemplatePlan, TemplateStore, plan_template
 
 __all__ = [
     "DemoResult",

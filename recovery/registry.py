@@ -12,8 +12,8 @@ import importlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-from projections import Projection
-from recovery.errors import InvalidRequest
+from safereplay.projections import Projection
+from safereplay.recovery.errors import InvalidRequest
 
 __all__ = ["ProjectionRegistry"]
 

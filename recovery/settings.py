@@ -14,9 +14,9 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from domain.settings import settings_error
-from recovery.access import AuthenticationFailed
-from recovery.audit import AuditKey, AuditKeyError
+from safereplay.domain.settings import settings_error
+from safereplay.recovery.security.access import AuthenticationFailed
+from safereplay.recovery.security.audit import AuditKey, AuditKeyError
 
 __all__ = ["RecoverySettings"]
 
@@ -45,7 +45,7 @@ class RecoverySettings(BaseSettings):
         default=30.0, gt=0, description="How long a worker's claim on a partition lasts."
     )
     projections: str = Field(
-        default="projections.reference:REFERENCE_PROJECTIONS",
+        default="safereplay.projections.reference:REFERENCE_PROJECTIONS",
         min_length=1,
         description=(
             "The projections recovery knows, as comma-separated `module:attribute` entries "

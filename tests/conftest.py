@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
+from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 
 POSTGRES_DSN = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}

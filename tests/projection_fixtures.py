@@ -20,9 +20,9 @@ from eventsourcing.utils import get_topic
 from hypothesis import strategies as st
 from psycopg import sql
 
-from domain import AutomationApp, DomainSettings, Envelope
-from domain.automation import Run, Workflow
-from projections import (
+from safereplay.domain import AutomationApp, DomainSettings, Envelope
+from safereplay.domain.automation import Run, Workflow
+from safereplay.projections import (
     BatchState,
     EventSource,
     PostgresEventSource,

@@ -29,8 +29,8 @@ from projection_fixtures import (
     table_state,
 )
 
-from domain import DomainSettings, Envelope, Run
-from projections import (
+from safereplay.domain import DomainSettings, Envelope, Run
+from safereplay.projections import (
     REFERENCE_PROJECTIONS,
     BatchState,
     EventSource,
@@ -41,17 +41,17 @@ from projections import (
     Table,
     handles,
 )
-from projections.source import WHOLE
-from recovery.builds import SwapResult, swap
-from recovery.context import RecoveryContext
-from recovery.jobs import Job, JobState, PartitionProgress
-from recovery.jobstore import JobStore
-from recovery.plans import JobRequest, start_rebuild, start_redrive
-from recovery.postgres import PostgresJobStore
-from recovery.registry import ProjectionRegistry
-from recovery.settings import RecoverySettings
-from recovery.sqlite import SQLiteJobStore
-from recovery.worker import Worker, WorkerOptions
+from safereplay.projections.source import WHOLE
+from safereplay.recovery.jobs.builds import SwapResult, swap
+from safereplay.recovery.jobs.model import Job, JobState, PartitionProgress
+from safereplay.recovery.jobs.plans import JobRequest, start_rebuild, start_redrive
+from safereplay.recovery.jobs.postgres import PostgresJobStore
+from safereplay.recovery.jobs.sqlite import SQLiteJobStore
+from safereplay.recovery.jobs.store import JobStore
+from safereplay.recovery.jobs.worker import Worker, WorkerOptions
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.settings import RecoverySettings
 
 T = TypeVar("T")
 

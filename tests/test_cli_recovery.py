@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from domain import AutomationApp, DomainSettings
-from domain.workload import record_workload
-from recovery.audit import AuditKey
-from recovery.cli import app
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.security.audit import AuditKey
 
 
 @pytest.fixture

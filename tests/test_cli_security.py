@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from domain import AutomationApp, DomainSettings
-from domain.workload import record_workload
-from recovery.audit import AuditKey
-from recovery.cli import app
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.security.audit import AuditKey
 
 
 @pytest.fixture
@@ -112,8 +112,8 @@ def test_parked_events_are_listed_through_the_audited_layer(
 ) -> None:
     from test_recovery_policy_runner import Runs
 
-    from projections import ProjectionRunner, SQLiteEventSource, SQLiteProjectionStore
-    from recovery.policies import ErrorRules, Park, RulesPolicy
+    from safereplay.projections import ProjectionRunner, SQLiteEventSource, SQLiteProjectionStore
+    from safereplay.recovery.resilience.policies import ErrorRules, Park, RulesPolicy
 
     settings = DomainSettings.from_env(
         backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
@@ -146,9 +146,9 @@ def test_parked_events_are_listed_through_the_audited_layer(
 
 
 def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_path: Path) -> None:
-    from recovery.jobs import JobKind
-    from recovery.jobstore import NewJob
-    from recovery.sqlite import SQLiteJobStore
+    from safereplay.recovery.jobs.model import JobKind
+    from safereplay.recovery.jobs.sqlite import SQLiteJobStore
+    from safereplay.recovery.jobs.store import NewJob
 
     admin = last_line(run(env, "principals", "bootstrap", "root")[1])
     for name, role in (("olga", "operator"), ("vic", "viewer")):

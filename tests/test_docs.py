@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 
-from domain import DomainSettings, KeyRing
-from domain.messages import automation_messages
+from safereplay.domain import DomainSettings, KeyRing
+from safereplay.domain.messages import automation_messages
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = sorted((ROOT / "docs").glob("*.md"))

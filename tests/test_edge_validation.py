@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from domain import (
+from safereplay.domain import (
     AggregateNotFound,
     AutomationApp,
     CommandRejected,
@@ -31,8 +31,8 @@ from domain import (
     UnknownEventType,
     UnknownSchemaVersion,
 )
-from domain.automation import Run
-from domain.messages import automation_messages
+from safereplay.domain.automation import Run
+from safereplay.domain.messages import automation_messages
 
 # -- fixtures and helpers ------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from domain import (
+from safereplay.domain import (
     AutomationApp,
     CommandRejected,
     DomainError,
@@ -41,10 +41,10 @@ from domain import (
     UnknownSchemaVersion,
     event_id_for,
 )
-from domain.automation import Run, Workflow
-from domain.keyring import MAGIC, sealed_key_id
-from domain.mapper import associated_data
-from domain.workload import record_workload
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.keyring import MAGIC, sealed_key_id
+from safereplay.domain.mapper import associated_data
+from safereplay.domain.workload import record_workload
 
 SettingsFactory = Callable[..., DomainSettings]
 FROM_SETTINGS: Any = object()
@@ -299,7 +299,8 @@ class EventStoreContract:
         assert created.event_id == event_id_for(workflow_id, 1)
         assert added.event_id == event_id_for(workflow_id, 2) != created.event_id
         assert (created.aggregate_id, created.aggregate_version) == (workflow_id, 1)
-        assert created.topic == get_topic(Workflow.Created) == "domain.automation:Workflow.Created"
+        assert created.topic == get_topic(Workflow.Created)
+        assert created.topic == "safereplay.domain.automation:Workflow.Created"
         assert created.event_type == "Workflow.Created" and added.event_type == "Workflow.StepAdded"
         assert created.schema_version == 1
         for envelope in (created, added):
@@ -616,7 +617,7 @@ class EventStoreContract:
 
     @pytest.mark.parametrize(
         "topic",
-        ["domain.automation:Run.StepExploded", "legacy.billing:Invoice.Paid"],
+        ["safereplay.domain.automation:Run.StepExploded", "legacy.billing:Invoice.Paid"],
         ids=["unknown class", "unknown module"],
     )
     def test_an_unknown_event_type_is_refused(self, app: AutomationApp, topic: str) -> None:

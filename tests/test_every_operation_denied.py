@@ -16,14 +16,14 @@ import pytest
 from typer.main import get_command
 from typer.testing import CliRunner
 
-from domain import AutomationApp, DomainSettings
-from domain.workload import record_workload
-from recovery.access import AccessDenied
-from recovery.audit import AuditKey
-from recovery.cli import app
-from recovery.context import RecoveryContext
-from recovery.security_ops import bootstrap_admin
-from recovery.settings import RecoverySettings
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.security.access import AccessDenied
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from domain import (
+from safereplay.domain import (
     AutomationApp,
     DomainSettings,
     EventDecryptionError,
@@ -35,15 +35,15 @@ from domain import (
     KeyRingError,
     UnknownKeyId,
 )
-from domain.keyring import KEY_BYTES, MAGIC, sealed_key_id
-from domain.mapper import associated_data
+from safereplay.domain.keyring import KEY_BYTES, MAGIC, sealed_key_id
+from safereplay.domain.mapper import associated_data
 
 NONCE_BYTES = 12
 TAG_BYTES = 16
 TOPICS = [
-    "domain.automation:Workflow.Created",
-    "domain.automation:Workflow.StepAdded",
-    "domain.automation:Run.StepFailed",
+    "safereplay.domain.automation:Workflow.Created",
+    "safereplay.domain.automation:Workflow.StepAdded",
+    "safereplay.domain.automation:Run.StepFailed",
 ]
 
 

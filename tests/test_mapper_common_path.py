@@ -30,9 +30,9 @@ from eventsourcing.utils import get_topic
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from domain.automation import Run
-from domain.keyring import KeyRing
-from domain.mapper import EnvelopeMapper, associated_data
+from safereplay.domain.automation import Run
+from safereplay.domain.keyring import KeyRing
+from safereplay.domain.mapper import EnvelopeMapper, associated_data
 
 RING = KeyRing.generate("k1").with_key("k2", KeyRing.generate_key())
 TOPICS = [get_topic(Run.StepSucceeded), get_topic(Run.StepFailed)]  # schema 1 and 2

@@ -20,9 +20,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from projection_fixtures import BATCH_OPS, ROWS_TABLE, Row, apply_sequentially
 
-from domain import Envelope
-from domain.automation import Run, Workflow
-from projections import (
+from safereplay.domain import Envelope
+from safereplay.domain.automation import Run, Workflow
+from safereplay.projections import (
     BatchState,
     Column,
     InvalidWrite,
@@ -36,7 +36,7 @@ from projections import (
     handles,
     partition_of,
 )
-from projections.projection import physical_table_name
+from safereplay.projections.projection import physical_table_name
 
 # -- definitions ------------------------------------------------------------------------------
 

@@ -15,21 +15,21 @@ from projection_fixtures import Backend, Log, OnPostgres, OnSQLite
 from rich.console import Console
 from typer.testing import CliRunner
 
-from domain import ConfigurationError, DomainSettings
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain import ConfigurationError, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     REFERENCE_PROJECTIONS,
     PostgresProjectionStore,
     ProjectionSettings,
     SQLiteProjectionStore,
     open_store,
 )
-from recovery.audit import AuditKey
-from recovery.cli import app
-from recovery.context import RecoveryContext
-from recovery.demo import run_demo
-from recovery.security_ops import bootstrap_admin
-from recovery.settings import RecoverySettings
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.cli.demo import run_demo
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +198,7 @@ def test_projection_settings_come_from_their_own_prefix(
     monkeypatch.setenv("SAFEREPLAY_BATCH_SIZE", "7")  # not ours
     settings = ProjectionSettings.from_env()
     assert (settings.batch_size, settings.repoll_interval) == (250, 0.5)
-    from projections import RunnerOptions
+    from safereplay.projections import RunnerOptions
 
     assert RunnerOptions.from_settings(settings).batch_size == 250
     monkeypatch.setenv("SAFEREPLAY_PROJECTIONS_POSTGRES_DSN", "postgresql://u:secret@h/d")

@@ -18,9 +18,9 @@ import pytest
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, PostgresBackend
 from psycopg import sql
 
-from domain.automation import Run
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain.automation import Run
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     HighWaterMark,
     Partition,
     ProjectionError,
@@ -28,7 +28,7 @@ from projections import (
     SkippedHole,
     partition_of,
 )
-from projections.backends import open_source
+from safereplay.projections.backends import open_source
 
 EDGE_IDS = [
     uuid.UUID(int=0),
@@ -168,7 +168,7 @@ class TestSQLiteEventSource(OnSQLite, EventSourceContract):
         conn.close()
 
     def test_a_missing_database_file_is_an_empty_log(self, tmp_path: Path) -> None:
-        from projections import SQLiteEventSource
+        from safereplay.projections import SQLiteEventSource
 
         source = SQLiteEventSource(tmp_path / "nothing-yet.db")
         assert source.high_water_mark() == 0
@@ -190,7 +190,7 @@ class TestPostgresEventSource(OnPostgres, EventSourceContract):
             )
 
     def test_a_missing_events_table_is_an_empty_log(self, log: Log) -> None:
-        from projections import PostgresEventSource
+        from safereplay.projections import PostgresEventSource
 
         assert isinstance(log.backend, PostgresBackend)
         source = PostgresEventSource(

@@ -34,10 +34,10 @@ from projection_fixtures import (
 )
 from psycopg import sql
 
-from domain import Envelope
-from domain.automation import Run
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain import Envelope
+from safereplay.domain.automation import Run
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     BatchState,
     FencedOff,
     ParkedEvent,
@@ -55,8 +55,8 @@ from projections import (
     UnknownProjection,
     handles,
 )
-from projections.errors import RedriveConflict
-from projections.store import Fence
+from safereplay.projections.errors import RedriveConflict
+from safereplay.projections.store import Fence
 
 
 class Rows(Projection):
@@ -363,7 +363,7 @@ class ProjectionStoreContract:
                 partition=P,
                 aggregate_id=aggregate,
                 aggregate_version=1,
-                topic="domain.automation:Run.Started",
+                topic="safereplay.domain.automation:Run.Started",
                 event_type="Run.Started",
                 error_type="ValueError",
                 error_message="bad",
@@ -449,7 +449,7 @@ class ProjectionStoreContract:
                 partition=P,
                 aggregate_id=aggregate,
                 aggregate_version=position,
-                topic="domain.automation:Run.Started",
+                topic="safereplay.domain.automation:Run.Started",
                 event_type="Run.Started",
                 error_type="ValueError" if position == 1 else "Blocked",
                 error_message="bad",
@@ -509,7 +509,7 @@ class TestSQLiteProjectionStore(OnSQLite, ProjectionStoreContract):
             conn.execute(statement)
 
     def test_identifiers_are_quoted(self, store: ProjectionStore) -> None:
-        from projections.sqlite import quote
+        from safereplay.projections.sqlite import quote
 
         assert quote('a"b') == '"a""b"'
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from recovery.access import (
+from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.security.access import (
     AccessControl,
     AccessDenied,
     AuthenticationFailed,
@@ -16,8 +18,6 @@ from recovery.access import (
     Role,
     scope_covers,
 )
-from recovery.database import Database, PostgresDatabase, SQLiteDatabase
-from recovery.errors import InvalidRequest
 
 # Fast hashing parameters keep the suite quick; production uses argon2-cffi's defaults.
 FAST = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)

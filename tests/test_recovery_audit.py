@@ -12,8 +12,14 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from recovery.audit import AuditKey, AuditKeyError, AuditRecord, AuditTrail, entry_hash
-from recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.security.audit import (
+    AuditKey,
+    AuditKeyError,
+    AuditRecord,
+    AuditTrail,
+    entry_hash,
+)
 
 
 def record(n: int, **extra: Any) -> AuditRecord:
@@ -179,7 +185,7 @@ class TestSQLiteAuditTrail(AuditTrailContract):
         database.close()
 
     def tamper(self, statement: str, params: Any = ()) -> None:
-        from recovery.database import sqlite_statement
+        from safereplay.recovery.database import sqlite_statement
 
         with sqlite3.connect(self.path) as conn:
             triggers = conn.execute(
@@ -203,7 +209,7 @@ class TestPostgresAuditTrail(AuditTrailContract):
         database.close()
 
     def tamper(self, statement: str, params: Any = ()) -> None:
-        from recovery.database import postgres_statement
+        from safereplay.recovery.database import postgres_statement
 
         with psycopg.connect(self.dsn) as conn:
             # A superuser can switch triggers off for the session: exactly the

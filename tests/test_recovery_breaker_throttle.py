@@ -10,9 +10,9 @@ import pytest
 from projection_fixtures import OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import Recovery, RecoveryContract, RunCounts, recovery_of, wait_until
 
-from domain.workload import record_workload
-from recovery.jobs import JobState
-from recovery.plans import JobRequest
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.jobs.plans import JobRequest
 
 COOL_DOWN = 0.05
 #: Opens after two consecutive failures; probes again a cool-down later.

@@ -28,11 +28,11 @@ from projection_fixtures import (
 )
 from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract, fresh_recovery, wait_until
 
-from domain import AutomationApp, Envelope, KeyRing
-from domain.workload import record_workload
-from projections import WorkflowStatistics, wait_for_position
-from recovery.jobs import JobState
-from recovery.plans import JobRequest
+from safereplay.domain import AutomationApp, Envelope, KeyRing
+from safereplay.domain.workload import record_workload
+from safereplay.projections import WorkflowStatistics, wait_for_position
+from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.jobs.plans import JobRequest
 
 STATS = WorkflowStatistics
 SMALL_BATCHES = replace(QUICK_RUNNER, batch_size=10)

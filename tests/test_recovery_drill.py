@@ -21,9 +21,9 @@ import pytest
 from psycopg import sql
 from typer.testing import CliRunner
 
-from domain import AutomationApp, DomainSettings
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     EventSource,
     FailedSteps,
     ProjectionRunner,
@@ -34,20 +34,20 @@ from projections import (
     open_store,
     partition_of,
 )
-from recovery.access import AccessDenied, Principal, Role
-from recovery.audit import AuditKey
-from recovery.cli import app as cli_app
-from recovery.context import RecoveryContext
-from recovery.drill import (
+from safereplay.recovery.cli.app import app as cli_app
+from safereplay.recovery.drills.drill import (
     DrillConflict,
     DrillStore,
     RowDifference,
     require_matching_drill,
     run_drill,
 )
-from recovery.drill_ops import live_reader, new_sandbox
-from recovery.errors import InvalidRequest
-from recovery.settings import RecoverySettings
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.drills import live_reader, new_sandbox
+from safereplay.recovery.security.access import AccessDenied, Principal, Role
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
 
 OLGA = Principal("olga", "person")  # operator
 VIC = Principal("vic", "person")  # viewer

@@ -13,12 +13,12 @@ import pytest
 from projection_fixtures import Crash, OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import DroppingSource, Recovery, RecoveryContract, wait_until
 
-from domain.workload import record_workload
-from projections import FencedOff, Partition, RunStatusBoard, partition_of
-from recovery.errors import InvalidRequest
-from recovery.jobs import JobState, PartitionStatus
-from recovery.plans import JobRequest
-from recovery.worker import PartitionOutcome
+from safereplay.domain.workload import record_workload
+from safereplay.projections import FencedOff, Partition, RunStatusBoard, partition_of
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.model import JobState, PartitionStatus
+from safereplay.recovery.jobs.plans import JobRequest
+from safereplay.recovery.jobs.worker import PartitionOutcome
 
 ONE = JobRequest(principal="alice", reason="fencing drill", partitions=1)
 TWO = JobRequest(principal="alice", reason="completeness drill", partitions=2)

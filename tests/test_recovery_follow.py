@@ -11,13 +11,13 @@ import pytest
 from projection_fixtures import Backend, OnPostgres, OnSQLite
 from recovery_fixtures import RunCounts, fold_run_counts, wait_until
 
-from domain.workload import record_workload
-from projections import REFERENCE_PROJECTIONS
-from recovery.audit import AuditKey
-from recovery.context import RecoveryContext
-from recovery.registry import ProjectionRegistry
-from recovery.security_ops import bootstrap_admin
-from recovery.settings import RecoverySettings
+from safereplay.domain.workload import record_workload
+from safereplay.projections import REFERENCE_PROJECTIONS
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
 
 
 class FollowContract:

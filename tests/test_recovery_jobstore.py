@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from recovery.errors import InvalidJobTransition, InvalidRequest, JobConflict, JobNotFound
-from recovery.jobs import JobKind, JobState, PartitionStatus
-from recovery.jobstore import JobStore, LeaseLost, NewJob
-from recovery.postgres import PostgresJobStore
-from recovery.sqlite import SQLiteJobStore
+from safereplay.recovery.errors import (
+    InvalidJobTransition,
+    InvalidRequest,
+    JobConflict,
+    JobNotFound,
+)
+from safereplay.recovery.jobs.model import JobKind, JobState, PartitionStatus
+from safereplay.recovery.jobs.postgres import PostgresJobStore
+from safereplay.recovery.jobs.sqlite import SQLiteJobStore
+from safereplay.recovery.jobs.store import JobStore, LeaseLost, NewJob
 
 
 def new_job(projection: str = "run_status", partitions: int = 3, **extra: object) -> NewJob:

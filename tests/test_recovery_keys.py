@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from domain import AutomationApp, DomainSettings, KeyRing, UnknownKeyId
-from domain.workload import record_workload
-from recovery.errors import InvalidRequest
-from recovery.keys import add_key, key_usage, reencrypt, retire_key
+from safereplay.domain import AutomationApp, DomainSettings, KeyRing, UnknownKeyId
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.security.keys import add_key, key_usage, reencrypt, retire_key
 
 
 def snapshot_of_log(app: AutomationApp) -> list[tuple[int | None, str, dict[str, Any]]]:

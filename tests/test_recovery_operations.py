@@ -9,11 +9,17 @@ from typing import Any
 import pytest
 from argon2 import PasswordHasher
 
-from recovery.access import AccessControl, AccessDenied, Permission, Principal, Role
-from recovery.audit import AuditKey, AuditTrail
-from recovery.database import SQLiteDatabase
-from recovery.errors import InvalidRequest
-from recovery.operations import OperationContext, Operations
+from safereplay.recovery.database import SQLiteDatabase
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.operations.dispatch import OperationContext, Operations
+from safereplay.recovery.security.access import (
+    AccessControl,
+    AccessDenied,
+    Permission,
+    Principal,
+    Role,
+)
+from safereplay.recovery.security.audit import AuditKey, AuditTrail
 
 
 @pytest.fixture

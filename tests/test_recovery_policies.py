@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from recovery.backoff import Backoff
-from recovery.breaker import BreakerSettings, CircuitBreaker
-from recovery.policies import (
+from safereplay.recovery.resilience.backoff import Backoff
+from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
+from safereplay.recovery.resilience.policies import (
     Decision,
     ErrorRules,
     Fail,
@@ -19,7 +19,7 @@ from recovery.policies import (
     RetryThenFail,
     RetryThenPark,
 )
-from recovery.throttle import Throttle
+from safereplay.recovery.resilience.throttle import Throttle
 
 
 class FakeClock:

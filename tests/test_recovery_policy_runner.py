@@ -10,11 +10,16 @@ from uuid import UUID
 import pytest
 from projection_fixtures import Backend, OnPostgres, OnSQLite
 
-from domain import Envelope, Run
-from domain.workload import record_workload
-from projections import BatchState, HandlerFailed, Projection, Table, handles
-from recovery.backoff import Backoff
-from recovery.policies import ErrorRules, RetryThenFail, RetryThenPark, RulesPolicy
+from safereplay.domain import Envelope, Run
+from safereplay.domain.workload import record_workload
+from safereplay.projections import BatchState, HandlerFailed, Projection, Table, handles
+from safereplay.recovery.resilience.backoff import Backoff
+from safereplay.recovery.resilience.policies import (
+    ErrorRules,
+    RetryThenFail,
+    RetryThenPark,
+    RulesPolicy,
+)
 
 QUICK = Backoff(initial=0.001, maximum=0.005, jitter=0)
 

@@ -23,11 +23,11 @@ from recovery_fixtures import (
     worker_pid,
 )
 
-from domain.workload import record_workload
-from projections import WorkflowStatistics
-from recovery.builds import rollback
-from recovery.jobs import Job, JobState, PartitionStatus
-from recovery.plans import JobRequest
+from safereplay.domain.workload import record_workload
+from safereplay.projections import WorkflowStatistics
+from safereplay.recovery.jobs.builds import rollback
+from safereplay.recovery.jobs.model import Job, JobState, PartitionStatus
+from safereplay.recovery.jobs.plans import JobRequest
 
 STATS = WorkflowStatistics
 KILLS = 8

@@ -8,13 +8,18 @@ import pytest
 from projection_fixtures import Backend, OnPostgres, OnSQLite
 from recovery_fixtures import Recovery, fresh_recovery
 
-from domain.workload import record_workload
-from projections import FailedSteps, RunStatusBoard, WorkflowStatistics, wait_for_position
-from recovery.builds import drop_version, rollback, swap
-from recovery.errors import InvalidRequest, JobConflict
-from recovery.jobs import Job, JobState
-from recovery.plans import JobRequest, start_catch_up
-from recovery.registry import ProjectionRegistry
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
+    FailedSteps,
+    RunStatusBoard,
+    WorkflowStatistics,
+    wait_for_position,
+)
+from safereplay.recovery.errors import InvalidRequest, JobConflict
+from safereplay.recovery.jobs.builds import drop_version, rollback, swap
+from safereplay.recovery.jobs.model import Job, JobState
+from safereplay.recovery.jobs.plans import JobRequest, start_catch_up
+from safereplay.recovery.registry import ProjectionRegistry
 
 ALICE = JobRequest(principal="alice", reason="projection code fixed", partitions=3)
 

@@ -11,16 +11,16 @@ import pytest
 from projection_fixtures import OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import Recovery, RecoveryContract, RunCounts, fold_run_counts, recovery_of
 
-from domain import Envelope
-from domain.workload import record_workload
-from projections import partition_of
-from recovery.backoff import Backoff
-from recovery.errors import InvalidRequest
-from recovery.jobs import JobState, PartitionStatus
-from recovery.plans import JobRequest
-from recovery.policies import ErrorRules, RetryThenPark, RulesPolicy
-from recovery.redrive import redrive_parked
-from recovery.worker import PartitionOutcome
+from safereplay.domain import Envelope
+from safereplay.domain.workload import record_workload
+from safereplay.projections import partition_of
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.model import JobState, PartitionStatus
+from safereplay.recovery.jobs.plans import JobRequest
+from safereplay.recovery.jobs.redrive import redrive_parked
+from safereplay.recovery.jobs.worker import PartitionOutcome
+from safereplay.recovery.resilience.backoff import Backoff
+from safereplay.recovery.resilience.policies import ErrorRules, RetryThenPark, RulesPolicy
 
 QUICK = Backoff(initial=0.001, maximum=0.005, jitter=0)
 LIVE = RulesPolicy(ErrorRules(default=RetryThenPark(attempts=2, backoff=QUICK)))

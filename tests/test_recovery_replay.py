@@ -9,12 +9,12 @@ import pytest
 from projection_fixtures import EXPECTED, Backend, OnPostgres, OnSQLite
 from recovery_fixtures import Recovery, fresh_recovery
 
-from domain.workload import record_workload
-from projections import FailedSteps, Partition, RunStatusBoard, partition_of
-from recovery.builds import swap
-from recovery.errors import InvalidRequest
-from recovery.jobs import Job, JobState
-from recovery.plans import JobRequest, start_replay
+from safereplay.domain.workload import record_workload
+from safereplay.projections import FailedSteps, Partition, RunStatusBoard, partition_of
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.builds import swap
+from safereplay.recovery.jobs.model import Job, JobState
+from safereplay.recovery.jobs.plans import JobRequest, start_replay
 
 OPERATOR = JobRequest(principal="olga", reason="inspect the range", partitions=2)
 

@@ -9,24 +9,24 @@ import pytest
 from projection_fixtures import EXPECTED, Backend, Log, OnPostgres, OnSQLite
 from recovery_fixtures import RunCounts
 
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     REFERENCE_PROJECTIONS,
     FailedSteps,
     Partition,
     WorkflowStatistics,
     partition_of,
 )
-from recovery.access import AccessDenied, Principal
-from recovery.audit import AuditKey
-from recovery.context import RecoveryContext
-from recovery.errors import InvalidRequest
-from recovery.registry import ProjectionRegistry
-from recovery.security_ops import bootstrap_admin
-from recovery.settings import RecoverySettings
-from recovery.template import parse_template
-from recovery.template_apply import ThreadDriver, apply_template
-from recovery.worker import WorkerOptions
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.worker import WorkerOptions
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.security.access import AccessDenied, Principal
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
+from safereplay.recovery.templates.apply import ThreadDriver, apply_template
+from safereplay.recovery.templates.model import parse_template
 
 REBUILD_WITH_CANARY = """
 [template]

@@ -16,21 +16,25 @@ from uuid import UUID
 import pytest
 from test_recovery_drill import OLGA, VIC, LiveStore, PostgresLiveStore, SQLiteLiveStore, World
 
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     FailedSteps,
     Projection,
     RunStatusBoard,
     WorkflowStatistics,
     partition_of,
 )
-from projections.projection import physical_table_name
-from recovery.access import AccessDenied, Principal, Role
-from recovery.errors import InvalidRequest, JobConflict
-from recovery.jobs import JobKind
-from recovery.jobstore import NewJob, SQLJobStore
-from recovery.template import RUNBOOKS, InvalidTemplate
-from recovery.template_ops import DEFAULT_EVENTS_PER_SECOND, TemplateStore, change_template
+from safereplay.projections.projection import physical_table_name
+from safereplay.recovery.errors import InvalidRequest, JobConflict
+from safereplay.recovery.jobs.model import JobKind
+from safereplay.recovery.jobs.store import NewJob, SQLJobStore
+from safereplay.recovery.security.access import AccessDenied, Principal, Role
+from safereplay.recovery.templates.model import RUNBOOKS, InvalidTemplate
+from safereplay.recovery.templates.store import (
+    DEFAULT_EVENTS_PER_SECOND,
+    TemplateStore,
+    change_template,
+)
 
 ADA = Principal("ada", "person")  # admin
 

@@ -6,8 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from recovery.policies import RetryThenPark
-from recovery.template import RUNBOOKS, InvalidTemplate, load_template, parse_template
+from safereplay.recovery.resilience.policies import RetryThenPark
+from safereplay.recovery.templates.model import (
+    RUNBOOKS,
+    InvalidTemplate,
+    load_template,
+    parse_template,
+)
 
 VALID = """
 [template]

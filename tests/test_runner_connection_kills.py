@@ -51,9 +51,9 @@ import pytest
 from projection_fixtures import EXPECTED, Log, PostgresBackend, handled_count, table_state
 from psycopg import sql
 
-from domain.automation import Workflow
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain.automation import Workflow
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     Checkpoint,
     FailedSteps,
     Fence,
@@ -68,10 +68,10 @@ from projections import (
     WorkflowStatistics,
     wait_for_position,
 )
-from projections.batch import TableWrites
-from projections.errors import DatabaseUnavailable
-from projections.source import WHOLE
-from projections.store import POSITIONS_TABLE
+from safereplay.projections.batch import TableWrites
+from safereplay.projections.errors import DatabaseUnavailable
+from safereplay.projections.source import WHOLE
+from safereplay.projections.store import POSITIONS_TABLE
 
 pytestmark = pytest.mark.postgres
 

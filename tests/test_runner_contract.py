@@ -40,11 +40,11 @@ from projection_fixtures import (
     table_state,
 )
 
-from domain import Envelope, KeyRing
-from domain.automation import Run
-from domain.mapper import EnvelopeMapper
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain import Envelope, KeyRing
+from safereplay.domain.automation import Run
+from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     FAULT_POINTS,
     BatchState,
     DatabaseUnavailable,

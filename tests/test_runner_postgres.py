@@ -30,10 +30,10 @@ from eventsourcing.utils import Environment, EnvType
 from projection_fixtures import Log, PostgresBackend
 from psycopg import sql
 
-from domain import AutomationApp, DomainSettings, Envelope
-from domain.automation import Run, Workflow
-from domain.workload import record_workload
-from projections import (
+from safereplay.domain import AutomationApp, DomainSettings, Envelope
+from safereplay.domain.automation import Run, Workflow
+from safereplay.domain.workload import record_workload
+from safereplay.projections import (
     BatchState,
     Partition,
     PostgresEventSource,

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from domain import (
+from safereplay.domain import (
     AutomationApp,
     ConfigurationError,
     DomainSettings,

@@ -25,10 +25,10 @@ from eventsourcing.utils import Environment, EnvType
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from domain import AutomationApp, DomainSettings
-from domain.workload import record_workload
-from projections import HighWaterMark, PostgresHighWaterMark, SQLiteHighWaterMark
-from projections.postgres_watermark import WatermarkError
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.projections import HighWaterMark, PostgresHighWaterMark, SQLiteHighWaterMark
+from safereplay.projections.postgres_watermark import WatermarkError
 
 SettingsFactory = Callable[..., DomainSettings]
 

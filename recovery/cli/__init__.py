@@ -1,0 +1,1 @@
+"""The ``safereplay`` command line and the demo: the outermost layer, imported by nothing."""

@@ -1,0 +1,100 @@
+"""CLI: jobs (list, pause, resume, abort) and parked (dead-letter) events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from safereplay.recovery.cli.security import Json, Reason
+from safereplay.recovery.cli.support import console, emit, operation
+
+__all__ = ["parked_app", "register"]
+
+
+def jobs_command(
+    projection: Annotated[str | None, typer.Option("--projection", "-p")] = None,
+    active: Annotated[bool, typer.Option(help="Only jobs not yet ended.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Jobs with state, progress, events/s, ETA, parked, retries and conflicts."""
+    rows = operation("jobs.list", projection=projection, active_only=active)
+
+    def table(result: Any) -> None:
+        t = Table(
+            "job",
+            "kind",
+            "projection",
+            "state",
+            "applied",
+            "ev/s",
+            "ETA s",
+            "parked",
+            "retries",
+            "by",
+            "reason",
+        )
+        for r in result:
+            eta = r["eta_seconds"]
+            t.add_row(
+                str(r["job_id"])[:8],
+                r["kind"],
+                r["projection"],
+                r["state"],
+                str(r["events_applied"]),
+                f"{r['events_per_second']:.0f}",
+                "?" if eta is None else f"{eta:.0f}",
+                str(r["parked"]),
+                str(r["retries"]),
+                r["principal"],
+                r["reason"],
+            )
+        console.print(t)
+
+    emit(rows, as_json=as_json, human=table)
+
+
+def _control(name: str) -> Any:
+    def command(job_id: str, reason: Reason) -> None:
+        emit(operation(name, reason=reason, job_id=job_id), as_json=False)
+
+    command.__doc__ = f"{name.capitalize()} a job (the state is persisted for every process)."
+    command.__name__ = f"{name}_command"
+    return command
+
+
+parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=True)
+
+
+@parked_app.command("list")
+def parked_list(
+    projection: str,
+    include_resolved: Annotated[bool, typer.Option(help="Also re-driven ones.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Parked events of a projection, in position order (never their payloads)."""
+    rows = operation("parked.list", projection=projection, include_resolved=include_resolved)
+
+    def table(result: Any) -> None:
+        t = Table("position", "partition", "aggregate", "event", "error", "attempts", "blocked by")
+        for r in result:
+            t.add_row(
+                str(r["position"]),
+                f"{r['partition']['index']}/{r['partition']['count']}",
+                str(r["aggregate_id"]),
+                r["event_type"],
+                f"{r['error_type']}: {r['error_message']}",
+                str(r["attempts"]),
+                str(r["blocked_by"] or "-"),
+            )
+        console.print(t)
+
+    emit(rows, as_json=as_json, human=table)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(parked_app, name="parked")
+    app.command("jobs")(jobs_command)
+    for name in ("pause", "resume", "abort"):
+        app.command(name)(_control(name))

@@ -1,0 +1,457 @@
+"""CLI: rebuild, catch-up, replay, worker, watch, swap, rollback, drop-version,
+retry-partition, parked redrive.
+
+``rebuild`` and ``catch-up`` create the job through the dispatch layer (checked
+and audited), then by default start ``--workers`` local worker processes and
+show one progress bar per partition (events, rate, ETA) until the job ends.
+Workers on other machines join with ``safereplay worker``. Every worker process
+authenticates with the caller's token from the environment and runs through the
+``worker`` operation, so it too is checked and audited.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+)
+from rich.table import Table
+
+from safereplay.recovery.cli.security import Json, Reason
+from safereplay.recovery.cli.support import EXIT_NO, console, emit, operation, recovery_context
+from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
+from safereplay.recovery.jobs.store import JobStore
+from safereplay.recovery.templates.apply import AppliedStep, apply_template, wait_for_job
+from safereplay.recovery.templates.store import TemplateStore, resolve_template
+
+__all__ = ["register", "watch_job"]
+
+Partitions = Annotated[
+    int | None,
+    typer.Option("--partitions", "-n", min=1, max=256, help="Split into this many partitions."),
+]
+Workers = Annotated[
+    int,
+    typer.Option(
+        "--workers",
+        "-w",
+        min=0,
+        max=64,
+        help="Local worker processes to start (0: leave it to `safereplay worker`).",
+    ),
+]
+MaxConcurrent = Annotated[
+    int | None,
+    typer.Option("--max-concurrent", min=1, help="Partitions running at once (all workers)."),
+]
+Rate = Annotated[
+    float | None,
+    typer.Option("--max-rate", min=1.0, help="Cap on events/s for the whole job."),
+]
+Projection = Annotated[str, typer.Argument(help="The projection's name.")]
+
+ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+
+
+def start_workers(
+    job_id: str, count: int, *, env: Mapping[str, str] | None = None
+) -> list[subprocess.Popen[bytes]]:
+    """``count`` worker processes for one job; they exit when it has no work left.
+
+    They authenticate with the token in their environment (``env``, default this
+    process's), never on their command line.
+    """
+    command = [
+        *(sys.executable, "-m", "safereplay.recovery.cli"),
+        *("worker", "--job", job_id, "--exit-when-idle"),
+    ]
+    # Their own reports are not the caller's output; errors still reach stderr.
+    return [
+        subprocess.Popen(  # noqa: S603 - our own CLI
+            command, env=None if env is None else dict(env), stdout=subprocess.DEVNULL
+        )
+        for _ in range(count)
+    ]
+
+
+def _progress_fields(status: JobStatus, index: int) -> dict[str, Any]:
+    part = status.partitions[index]
+    rate = part.events_rate()
+    eta = part.eta_seconds()
+    return {
+        "rate": "-" if rate is None else f"{rate:,.0f}",
+        "eta": "-" if eta is None else f"{eta:,.0f}s",
+        "status": part.status if part.last_error is None else f"{part.status}: {part.last_error}",
+    }
+
+
+def watch_job(
+    jobs: JobStore,
+    job_id: UUID,
+    *,
+    workers: list[subprocess.Popen[bytes]] | None = None,
+    interval: float = 0.25,
+) -> JobStatus:
+    """Show a job's partitions until it ends (or its local workers have all exited).
+
+    The caller checks (through the dispatch layer) that the principal may view the
+    job; polling its progress is not audited once per poll.
+    """
+    status = jobs.status(job_id)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]} ev/s"),
+        TextColumn("ETA {task.fields[eta]}"),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        disable=not console.is_terminal,
+    ) as progress:
+        tasks: list[TaskID] = []
+        for part in status.partitions:
+            total = max(0, (part.target_position or 0) - part.start_position)
+            tasks.append(
+                progress.add_task(
+                    f"partition {part.partition_index}/{status.job.partition_count}",
+                    total=total or 1,
+                    **_progress_fields(status, part.partition_index),
+                )
+            )
+        while True:
+            status = jobs.status(job_id)
+            for task, part in zip(tasks, status.partitions, strict=True):
+                done = part.position - part.start_position
+                if part.status == PartitionStatus.COMPLETED:
+                    done = max(done, 1)
+                progress.update(
+                    task, completed=done, **_progress_fields(status, part.partition_index)
+                )
+            if status.job.state in ENDED:
+                break
+            if workers is not None and all(w.poll() is not None for w in workers):
+                break
+            time.sleep(interval)
+    if workers is not None:
+        for worker in workers:
+            worker.wait()
+    return jobs.status(job_id)
+
+
+def _summary_table(status: JobStatus) -> Table:
+    job = status.job
+    table = Table(title=f"job {job.job_id}: {job.kind} of {job.projection} build {job.build}")
+    for column in ("partition", "status", "position", "target", "applied", "parked", "retries"):
+        table.add_column(column, justify="right")
+    for part in status.partitions:
+        table.add_row(
+            str(part.partition_index),
+            part.status,
+            str(part.position),
+            str(part.target_position),
+            str(part.events_applied),
+            str(part.parked),
+            str(part.retries),
+        )
+    return table
+
+
+def _run_job(
+    operation_name: str,
+    *,
+    reason: str,
+    workers: int,
+    as_json: bool,
+    **parameters: Any,
+) -> None:
+    with recovery_context() as context:
+        caller = context.caller()
+        started = context.operations.run(caller, operation_name, reason=reason, **parameters)
+        if started["job_id"] is None or workers == 0:
+            if started["job_id"] is not None and not as_json:
+                console.print(
+                    f"job {started['job_id']} planned; start workers with "
+                    f"`safereplay worker --job {started['job_id']}` on any machine"
+                )
+            emit(started, as_json=as_json)
+            return
+        job_id = UUID(started["job_id"])
+        if not as_json:
+            console.print(
+                f"job {job_id}: {started['kind']} of {started['projection']} build "
+                f"{started['build']} to position {started['target_position']} in "
+                f"{started['partitions']} partition(s), {workers} local worker(s)"
+            )
+        status = watch_job(context.jobs, job_id, workers=start_workers(str(job_id), workers))
+        emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
+        if status.job.state != JobState.COMPLETED:
+            console.print(f"job {job_id} is {status.job.state}: {status.job.error or ''}")
+            raise typer.Exit(EXIT_NO)
+        if operation_name == "rebuild" and not as_json:
+            console.print(
+                f"build {status.job.build} is complete; make it live with "
+                f"`safereplay swap {status.job.projection} --reason ...`"
+            )
+
+
+def _job_command(operation_name: str, summary: str) -> Any:
+    """A command that starts a ``rebuild`` or ``catch-up`` job and drives it."""
+
+    def command(
+        projection: Projection,
+        reason: Reason,
+        partitions: Partitions = None,
+        workers: Workers = 2,
+        max_concurrent: MaxConcurrent = None,
+        max_rate: Rate = None,
+        as_json: Json = False,
+    ) -> None:
+        _run_job(
+            operation_name,
+            reason=reason,
+            workers=workers,
+            as_json=as_json,
+            projection=projection,
+            partitions=partitions,
+            max_concurrent_partitions=max_concurrent,
+            events_per_second=max_rate,
+        )
+
+    command.__doc__ = summary
+    command.__name__ = f"{operation_name.replace('-', '_')}_command"
+    return command
+
+
+rebuild_command = _job_command(
+    "rebuild", "Rebuild PROJECTION blue/green: a new build beside the live one, in partitions."
+)
+catch_up_command = _job_command(
+    "catch-up", "Catch the live build of PROJECTION up to the head, in partitions."
+)
+
+
+def worker_command(
+    projection: Annotated[
+        str | None, typer.Option("--projection", "-p", help="Only jobs of this projection.")
+    ] = None,
+    job: Annotated[str | None, typer.Option("--job", help="Only this job.")] = None,
+    exit_when_idle: Annotated[
+        bool, typer.Option(help="Exit when no partition is left to claim.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Claim and run job partitions until stopped (SIGTERM/Ctrl-C gives them back)."""
+    report = operation(
+        "worker",
+        reason="worker process",
+        projection=projection,
+        job_id=job,
+        exit_when_idle=exit_when_idle,
+    )
+    emit(report, as_json=as_json)
+
+
+def follow_command(
+    projection: Annotated[
+        list[str] | None,
+        typer.Option("--projection", "-p", help="Only this projection (repeatable)."),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Follow the projections' live builds until stopped (SIGTERM/Ctrl-C).
+
+    Retries then parks a failing event (each park is audited), moves to the new
+    live build after a swap or rollback, waits while a catch-up holds a build.
+    """
+    reports = operation("follow", reason="live follower", projections=projection or [])
+    emit(reports, as_json=as_json)
+    if any(r.error for r in reports):
+        raise typer.Exit(EXIT_NO)
+
+
+def watch_command(job_id: str, as_json: Json = False) -> None:
+    """Follow a job's progress (events, rate, ETA per partition) until it ends."""
+    with recovery_context() as context:
+        caller = context.caller()
+        context.operations.run(caller, "jobs.show", job_id=job_id)
+        status = watch_job(context.jobs, UUID(job_id))
+        emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
+
+
+def replay_command(
+    projection: Projection,
+    reason: Reason,
+    start: Annotated[int, typer.Option("--from", min=1, help="First position to re-apply.")],
+    end: Annotated[int, typer.Option("--to", min=1, help="Last position to re-apply.")],
+    into: Annotated[
+        str, typer.Option(help="sandbox (a new build, never live) or live (replay-safe only).")
+    ] = "sandbox",
+    partition: Annotated[
+        str | None, typer.Option(help="Only this partition, as INDEX/COUNT (e.g. 1/4).")
+    ] = None,
+    aggregate: Annotated[
+        list[str] | None, typer.Option("--aggregate", help="Only this aggregate (repeatable).")
+    ] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm a replay into live.")] = False,
+    partitions: Partitions = None,
+    workers: Workers = 1,
+    as_json: Json = False,
+) -> None:
+    """Re-apply positions FROM..TO of PROJECTION, idempotently."""
+    _run_job(
+        "replay",
+        reason=reason,
+        workers=workers,
+        as_json=as_json,
+        projection=projection,
+        start=start,
+        end=end,
+        into=into,
+        partition=partition,
+        aggregates=aggregate or [],
+        confirmed=yes,
+        partitions=partitions,
+    )
+
+
+def swap_command(
+    projection: Projection,
+    reason: Reason,
+    build: Annotated[int | None, typer.Option(help="The build (default: the newest).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Make a completed rebuild live, in one transaction (the old build stays)."""
+    emit(operation("swap", reason=reason, projection=projection, build=build), as_json=as_json)
+
+
+def rollback_command(projection: Projection, reason: Reason, as_json: Json = False) -> None:
+    """Make the previously live build live again, in one transaction."""
+    emit(operation("rollback", reason=reason, projection=projection), as_json=as_json)
+
+
+def drop_version_command(
+    projection: Projection,
+    reason: Reason,
+    build: Annotated[int, typer.Option(help="The build to drop (never the live one).")],
+    as_json: Json = False,
+) -> None:
+    """Drop a build that is not live: its tables, positions and parked events."""
+    emit(
+        operation("drop-version", reason=reason, projection=projection, build=build),
+        as_json=as_json,
+    )
+
+
+def retry_partition_command(
+    job_id: str,
+    reason: Reason,
+    partition: Annotated[int, typer.Option(help="The failed partition to run again.")],
+    as_json: Json = False,
+) -> None:
+    """Run a failed partition of a job again (start a worker to pick it up)."""
+    emit(
+        operation("retry-partition", reason=reason, job_id=job_id, partition=partition),
+        as_json=as_json,
+    )
+
+
+def parked_redrive_command(
+    projection: Projection,
+    reason: Reason,
+    aggregate: Annotated[
+        list[str] | None, typer.Option("--aggregate", help="Only this aggregate (repeatable).")
+    ] = None,
+    workers: Annotated[int, typer.Option(min=0, max=1, help="0: leave it to a worker.")] = 1,
+    as_json: Json = False,
+) -> None:
+    """Re-apply parked events in order after a fix (idempotent)."""
+    _run_job(
+        "parked.redrive",
+        reason=reason,
+        workers=workers,
+        as_json=as_json,
+        projection=projection,
+        aggregates=aggregate or [],
+    )
+
+
+def register(app: typer.Typer, parked_app: typer.Typer) -> None:
+    app.command("rebuild")(rebuild_command)
+    app.command("catch-up")(catch_up_command)
+    app.command("worker")(worker_command)
+    app.command("watch")(watch_command)
+    app.command("follow")(follow_command)
+    app.command("replay")(replay_command)
+    app.command("swap")(swap_command)
+    app.command("rollback")(rollback_command)
+    app.command("drop-version")(drop_version_command)
+    app.command("retry-partition")(retry_partition_command)
+    parked_app.command("redrive")(parked_redrive_command)
+    app.command("apply")(apply_command)
+
+
+class ProcessDriver:
+    """Worker processes on this machine for each job of a template; waits on the job."""
+
+    def __init__(self, jobs: JobStore, workers: int) -> None:
+        self.jobs = jobs
+        self.workers = workers
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, job_id: UUID) -> None:
+        self.processes += start_workers(str(job_id), self.workers)
+
+    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
+        return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
+
+    def close(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()  # SIGTERM: a worker gives its partition back
+            process.wait()
+
+
+def apply_command(
+    template: Annotated[
+        str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
+    ],
+    reason: Reason,
+    workers: Workers = 2,
+    as_json: Json = False,
+) -> None:
+    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
+    with recovery_context() as context:
+        caller = context.caller()
+        store = TemplateStore(context.database)
+        store.create_tables()
+        loaded, origin = resolve_template(template, store)
+        driver = ProcessDriver(context.jobs, max(1, workers))
+        try:
+            steps = apply_template(context.operations, caller, loaded, reason=reason, driver=driver)
+        finally:
+            driver.close()
+        emit(steps, as_json=as_json, human=lambda s: _steps_table(origin, s))
+        if not steps or steps[-1].outcome not in ("completed", "done"):
+            raise typer.Exit(EXIT_NO)
+
+
+def _steps_table(origin: str, steps: list[AppliedStep]) -> None:
+    table = Table(title=f"applied {origin}")
+    for column in ("projection", "operation", "job", "outcome", "detail"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.projection or "-", step.operation, step.job_id or "-", step.outcome, step.detail
+        )
+    console.print(table)

@@ -1,0 +1,202 @@
+"""CLI: principals, grants, tokens, the audit trail and the key ring."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import typer
+from rich.table import Table
+
+from safereplay.recovery.cli.support import (
+    EXIT_NO,
+    console,
+    emit,
+    operation,
+    recovery_context,
+)
+from safereplay.recovery.operations.security import bootstrap_admin
+
+__all__ = ["Json", "Reason", "audit_app", "keys_app", "principals_app", "register", "token_app"]
+
+principals_app = typer.Typer(help="People and service accounts.", no_args_is_help=True)
+token_app = typer.Typer(
+    help="API tokens (shown once; stored only as hashes).", no_args_is_help=True
+)
+audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=True)
+keys_app = typer.Typer(help="The event key ring.", no_args_is_help=True)
+
+Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit trail).")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+@principals_app.command("list")
+def principals_list(as_json: Json = False) -> None:
+    """List principals and their grants."""
+    rows = operation("principals.list")
+
+    def table(result: Any) -> None:
+        t = Table("principal", "kind", "grants")
+        for row in result:
+            t.add_row(row["name"], row["kind"], ", ".join(row["grants"]) or "-")
+        console.print(t)
+
+    emit(rows, as_json=as_json, human=table)
+
+
+@principals_app.command("add")
+def principals_add(
+    name: str,
+    reason: Reason,
+    kind: Annotated[str, typer.Option(help="person or service")] = "person",
+) -> None:
+    """Create a principal (it can do nothing until granted a role)."""
+    emit(operation("principals.add", reason=reason, name=name, kind=kind), as_json=False)
+
+
+@principals_app.command("bootstrap")
+def principals_bootstrap(name: str) -> None:
+    """Create the first admin while no principal exists; prints its token once."""
+    with recovery_context() as context:
+        token = bootstrap_admin(context, name)
+    console.print(f"admin {name!r} created. Its token, shown only now:")
+    console.print(token, highlight=False, soft_wrap=True)
+
+
+def grant(
+    name: str,
+    role: Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")],
+    scope: Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")],
+    reason: Reason,
+) -> None:
+    """Grant a role over a scope."""
+    emit(operation("grant", reason=reason, name=name, role=role, grant_scope=scope), as_json=False)
+
+
+def revoke(
+    name: str,
+    role: Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")],
+    scope: Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")],
+    reason: Reason,
+) -> None:
+    """Revoke a role over a scope."""
+    emit(operation("revoke", reason=reason, name=name, role=role, grant_scope=scope), as_json=False)
+
+
+@token_app.command("issue")
+def token_issue(name: str, reason: Reason) -> None:
+    """Issue an API token for a principal; it is shown only now."""
+    token = operation("token.issue", reason=reason, name=name)
+    console.print(token, highlight=False, soft_wrap=True)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, reason: Reason) -> None:
+    """Revoke every token of a principal."""
+    emit(operation("token.revoke", reason=reason, name=name), as_json=False)
+
+
+@audit_app.command("list")
+def audit_list(
+    actor: Annotated[str | None, typer.Option(help="Only this principal.")] = None,
+    projection: Annotated[str | None, typer.Option(help="Only this projection.")] = None,
+    job: Annotated[str | None, typer.Option(help="Only this job id.")] = None,
+    action: Annotated[str | None, typer.Option(help="Only this operation.")] = None,
+    since: Annotated[datetime | None, typer.Option(help="From this time (ISO 8601).")] = None,
+    until: Annotated[datetime | None, typer.Option(help="Up to this time (ISO 8601).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    as_json: Json = False,
+) -> None:
+    """List audit entries, oldest first."""
+    entries = operation(
+        "audit.list",
+        actor=actor,
+        action=action,
+        limit=limit,
+        since=since,
+        until=until,
+        filter_scope=f"projection:{projection}" if projection else None,
+        job_id=UUID(job) if job else None,
+    )
+
+    def table(result: Any) -> None:
+        t = Table("seq", "at", "actor", "action", "scope", "outcome", "reason")
+        for e in result:
+            t.add_row(
+                str(e["seq"]),
+                e["at"],
+                e["actor"],
+                e["action"],
+                e["scope"],
+                e["outcome"],
+                e["reason"],
+            )
+        console.print(t)
+
+    emit(entries, as_json=as_json, human=table)
+
+
+@audit_app.command("verify")
+def audit_verify(as_json: Json = False) -> None:
+    """Verify the hash chain and signatures; exit 1 naming the first bad entry."""
+    report = operation("audit.verify")
+    emit(report, as_json=as_json, human=lambda r: console.print(str(r), highlight=False))
+    if not report.ok:
+        raise SystemExit(EXIT_NO)
+
+
+@keys_app.command("add")
+def keys_add(
+    key_id: str,
+    reason: Reason,
+    activate: Annotated[bool, typer.Option(help="Also make it active.")] = False,
+) -> None:
+    """Add a new random key to the ring file."""
+    emit(operation("keys.add", reason=reason, key_id=key_id, activate=activate), as_json=False)
+
+
+@keys_app.command("activate")
+def keys_activate(key_id: str, reason: Reason) -> None:
+    """Make a key the one new events are sealed with."""
+    emit(operation("keys.activate", reason=reason, key_id=key_id), as_json=False)
+
+
+@keys_app.command("rotate")
+def keys_rotate(key_id: str, reason: Reason) -> None:
+    """Add a new key and make it active at once."""
+    emit(operation("keys.add", reason=reason, key_id=key_id, activate=True), as_json=False)
+
+
+@keys_app.command("usage")
+def keys_usage(as_json: Json = False) -> None:
+    """How many stored rows each key seals (a full scan)."""
+    emit(operation("keys.usage"), as_json=as_json)
+
+
+@keys_app.command("reencrypt")
+def keys_reencrypt(
+    reason: Reason,
+    rate: Annotated[float | None, typer.Option(help="Cap on events per second.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 500,
+) -> None:
+    """Re-seal stored events under the active key (resumable, throttled)."""
+    emit(
+        operation("keys.reencrypt", reason=reason, events_per_second=rate, batch_size=batch_size),
+        as_json=False,
+    )
+
+
+@keys_app.command("retire")
+def keys_retire(key_id: str, reason: Reason) -> None:
+    """Remove a key from the ring, refused while any stored event needs it."""
+    emit(operation("keys.retire", reason=reason, key_id=key_id), as_json=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(principals_app, name="principals")
+    app.add_typer(token_app, name="token")
+    app.add_typer(audit_app, name="audit")
+    app.add_typer(keys_app, name="keys")
+    app.command("grant")(grant)
+    app.command("revoke")(revoke)

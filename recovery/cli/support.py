@@ -1,0 +1,117 @@
+"""What every CLI command shares: running an operation as the caller, output, exit codes.
+
+Exit codes::
+
+    0  done
+    1  done, but the answer is "no" (verification failed, job failed, divergence found)
+    2  invalid input or configuration (the message says what to change)
+    3  access denied (the attempt is audited)
+    4  authentication failed (no token, or the token is not valid)
+    5  conflict (a job already holds the projection, a lease was lost)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Any, NoReturn
+from uuid import UUID
+
+from rich.console import Console
+
+from safereplay.domain import DomainError
+from safereplay.projections import PositionConflict, ProjectionError
+from safereplay.recovery.errors import JobConflict, RecoveryError
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
+from safereplay.recovery.security.audit import AuditKeyError
+
+__all__ = [
+    "EXIT_CONFLICT",
+    "EXIT_DENIED",
+    "EXIT_INVALID",
+    "EXIT_NO",
+    "EXIT_UNAUTHENTICATED",
+    "console",
+    "emit",
+    "error_console",
+    "fail",
+    "operation",
+    "recovery_context",
+    "to_jsonable",
+]
+
+EXIT_NO = 1
+EXIT_INVALID = 2
+EXIT_DENIED = 3
+EXIT_UNAUTHENTICATED = 4
+EXIT_CONFLICT = 5
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def fail(message: str, code: int) -> NoReturn:
+    error_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def exit_code_for(exc: BaseException) -> int:
+    if isinstance(exc, AccessDenied):
+        return EXIT_DENIED
+    if isinstance(exc, AuthenticationFailed):
+        return EXIT_UNAUTHENTICATED
+    if isinstance(exc, JobConflict | PositionConflict):
+        return EXIT_CONFLICT
+    return EXIT_INVALID
+
+
+@contextmanager
+def recovery_context() -> Iterator[RecoveryContext]:
+    """A context from the environment; known errors become messages and exit codes."""
+    context: RecoveryContext | None = None
+    try:
+        context = RecoveryContext.from_env()
+        yield context
+    except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
+        fail(str(exc), exit_code_for(exc))
+    finally:
+        if context is not None:
+            context.close()
+
+
+def operation(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
+    """Run operation ``name`` as the principal whose token is in the environment."""
+    with recovery_context() as context:
+        caller = context.caller()
+        return context.operations.run(caller, name, reason=reason, **parameters)
+
+
+def to_jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return to_jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, UUID | Path):
+        return str(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def emit(result: Any, *, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+    if as_json:
+        console.print_json(json.dumps(to_jsonable(result)))
+    elif human is not None:
+        human(result)
+    else:
+        console.print(to_jsonable(result))

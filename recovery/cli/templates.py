@@ -1,0 +1,157 @@
+"""CLI: ``safereplay plan TEMPLATE`` and ``safereplay templates add|update|list|show``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.syntax import Syntax
+from rich.table import Table
+
+from safereplay.recovery.cli.security import Json, Reason
+from safereplay.recovery.cli.support import (
+    EXIT_INVALID,
+    console,
+    emit,
+    fail,
+    operation,
+    recovery_context,
+)
+from safereplay.recovery.templates.store import StoredTemplate, TemplatePlan, change_template
+
+__all__ = ["plan_command", "register", "templates_app"]
+
+templates_app = typer.Typer(
+    help="Recovery templates an organisation adds (admin only, audited with a diff).",
+    no_args_is_help=True,
+)
+
+
+def _plan_report(plan: TemplatePlan) -> None:
+    console.print(
+        f"[bold]{plan.template}[/] ({plan.kind}, {plan.origin}): {plan.description}",
+        highlight=False,
+    )
+    t = Table("projection", "partition", "after", "up to", "events")
+    for projection in plan.projections:
+        for part in projection.partitions:
+            t.add_row(
+                projection.projection,
+                f"{part.partition}/{plan.partition_count}",
+                str(part.after),
+                str(part.upto),
+                str(part.events),
+            )
+    if plan.projections:
+        console.print(t)
+    for projection in plan.projections:
+        for note in projection.notes:
+            console.print(f"note ({projection.projection}): {note}", highlight=False)
+    console.print(f"events in scope: {plan.events} (log head {plan.head})")
+    console.print("tables that would change: " + (", ".join(plan.tables) or "none"))
+    estimate = plan.estimate
+    console.print(
+        f"estimated duration: {estimate.seconds:.1f} s at {estimate.events_per_second:.0f} "
+        f"events/s ({estimate.basis})",
+        highlight=False,
+    )
+    policy = plan.failure_policy
+    console.print(
+        f"failure policy: {policy['on_error']}, {policy['attempts']} attempt(s), breaker after "
+        f"{policy['breaker']['failure_threshold']} failures",
+        highlight=False,
+    )
+    throttle = ", ".join(f"{k} = {v}" for k, v in plan.throttle.items() if v is not None)
+    console.print(f"throttle: {throttle or 'none'}", highlight=False)
+    for stage in plan.stages:
+        console.print(
+            f"stage {stage.stage}: partitions {list(stage.partitions)}, {stage.when}",
+            highlight=False,
+        )
+    console.print(f"changed: {plan.changes}")
+
+
+def plan_command(
+    template: Annotated[
+        str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
+    ],
+    as_json: Json = False,
+) -> None:
+    """Dry run: what applying TEMPLATE would do. Changes nothing.
+
+    Projections and partitions in scope, events in scope, the tables that would
+    change, an estimated duration, the failure policy, throttle and rollout stages.
+    """
+    emit(operation("plan", template=template), as_json=as_json, human=_plan_report)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        fail(f"template file {str(path)!r} cannot be read: {exc}", EXIT_INVALID)
+
+
+def _change(path: Path, reason: str, *, update: bool) -> None:
+    text = _read(path)
+    with recovery_context() as context:
+        change = change_template(context, context.caller(), text=text, reason=reason, update=update)
+    stored = change.template
+    console.print(
+        f"template {stored.name!r} is at version {stored.version} (by {stored.author})",
+        highlight=False,
+    )
+    console.print(Syntax(change.diff, "diff"))
+
+
+@templates_app.command("add")
+def templates_add(file: Path, reason: Reason) -> None:
+    """Add a template from a TOML file (rejected with every problem listed if invalid)."""
+    _change(file, reason, update=False)
+
+
+@templates_app.command("update")
+def templates_update(file: Path, reason: Reason) -> None:
+    """Store a new version of a template (named in the file); the diff is audited."""
+    _change(file, reason, update=True)
+
+
+@templates_app.command("list")
+def templates_list(as_json: Json = False) -> None:
+    """Stored templates (latest versions)."""
+
+    def table(rows: list[StoredTemplate]) -> None:
+        t = Table("template", "version", "kind", "by", "at", "sha256")
+        for r in rows:
+            t.add_row(
+                r.name,
+                str(r.version),
+                r.kind,
+                r.author,
+                r.created_at.isoformat(timespec="seconds"),
+                r.sha256[:12],
+            )
+        console.print(t)
+
+    emit(operation("templates.list"), as_json=as_json, human=table)
+
+
+@templates_app.command("show")
+def templates_show(
+    name: str,
+    version: Annotated[int | None, typer.Option(min=1, help="Default: the latest.")] = None,
+    as_json: Json = False,
+) -> None:
+    """A stored template's TOML."""
+
+    def show(stored: StoredTemplate) -> None:
+        console.print(f"# {stored.name} v{stored.version} by {stored.author}", highlight=False)
+        console.print(Syntax(stored.text, "toml"))
+
+    emit(operation("templates.show", name=name, version=version), as_json=as_json, human=show)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_command)
+    app.add_typer(templates_app, name="templates")

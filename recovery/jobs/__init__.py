@@ -1,0 +1,1 @@
+"""Job control: jobs, their store and leases, plans, workers, followers, builds, redrive."""

@@ -1,0 +1,83 @@
+"""``safereplay follow``: live followers of projections, as one long-running process.
+
+One :class:`~projections.ProjectionRunner` per projection, each in its own thread
+with its own connections, following the projection's *live* build: after a
+swap or a rollback it moves to the new live build, and while a partitioned
+catch-up holds the build it waits. Failures meet the live policy (retry, then
+park), so one poison event never stops a projection; every event a follower
+parks is recorded in the audit trail (where and why, never the payload).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from safereplay.projections import (
+    ParkedEvent,
+    ProjectionRunner,
+    RunnerThread,
+    open_source,
+    open_store,
+)
+from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
+
+if TYPE_CHECKING:
+    from safereplay.recovery.operations.context import RecoveryContext
+
+__all__ = ["FollowReport", "follow_projections"]
+
+
+@dataclass(frozen=True)
+class FollowReport:
+    projection: str
+    build: int
+    applied: int
+    parked: int
+    error: str | None
+
+
+def follow_projections(
+    context: RecoveryContext,
+    names: Sequence[str],
+    *,
+    stop: threading.Event,
+    on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
+    policies: PolicySet | None = None,
+) -> list[FollowReport]:
+    """Follow ``names`` until ``stop`` is set; a follower that fails is reported."""
+    policy = RulesPolicy((policies or PolicySet()).live)
+    threads: list[RunnerThread] = []
+    closers: list[object] = []
+    try:
+        for name in names:
+            store = open_store(context.domain, context.projection_settings)
+            source = open_source(context.app)
+            closers += [store, source]
+            runner = ProjectionRunner(
+                context.registry[name](),
+                source=source,
+                store=store,
+                options=context.runner_options(),
+                policy=policy,
+                on_parked=on_parked,
+            )
+            threads.append(runner.in_background())
+        stop.wait()
+    finally:
+        reports = []
+        for thread in threads:
+            error: str | None = None
+            try:
+                thread.stop()
+            except Exception as exc:  # a follower that failed: say which, and why
+                error = f"{type(exc).__name__}: {exc}"
+            runner = thread.runner
+            reports.append(
+                FollowReport(runner.name, runner.build, runner.applied, runner.parked, error)
+            )
+        for closer in reversed(closers):
+            getattr(closer, "close", lambda: None)()
+    return reports

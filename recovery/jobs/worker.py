@@ -1,0 +1,519 @@
+"""Workers: claim a partition of a job, run it to the job's target, report, repeat.
+
+A worker is one OS process (``safereplay worker``; ``rebuild --workers N``
+starts N of them). Any number of workers on any machines share the jobs of one
+database: a partition is leased through the job store (a row lock and a fencing
+token in the database itself, no coordinator), and every batch a worker commits
+is fenced by that lease *inside the commit's transaction*
+(:class:`~safereplay.projections.store.Fence`). A worker whose lease expired and was taken
+over can therefore never commit another batch of that partition: two workers
+never both apply it.
+
+Per batch the worker reads the job's state: ``paused`` or ``aborting`` gives the
+partition back at the batch boundary; it reports progress (position, events,
+parked, retries, conflicts), pays the job's throttle, and renews its lease every
+third of the lease time. A partition is finished when its committed position
+reaches the job's target and the completeness check (:mod:`safereplay.recovery.jobs.completeness`)
+accounts for every position up to it; a handler failure the policy does not park
+fails the partition (the others go on; ``retry_partition`` re-runs it alone).
+
+A worker killed at any instant loses nothing: its lease expires, another worker
+claims the partition and goes on from the last committed position.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from safereplay.projections import (
+    BatchState,
+    EventSource,
+    Fence,
+    FencedOff,
+    HandlerFailed,
+    ParkedEvent,
+    Partition,
+    PositionConflict,
+    ProjectionRunner,
+    ProjectionStore,
+    RunnerOptions,
+)
+from safereplay.projections.errors import error_summary
+from safereplay.projections.failure import Decision, EventFailure, FailurePolicy
+from safereplay.projections.runner import FaultHook
+from safereplay.recovery.errors import IncompleteJob
+from safereplay.recovery.jobs.builds import seal_job
+from safereplay.recovery.jobs.completeness import check_log_accounted, check_partition
+from safereplay.recovery.jobs.model import Claim, Job, JobKind, JobState, settled_state
+from safereplay.recovery.jobs.redrive import redrive_parked
+from safereplay.recovery.jobs.store import JobStore, LeaseLost
+from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
+from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
+from safereplay.recovery.resilience.throttle import Throttle
+from safereplay.recovery.templates.model import BreakerSpec, PolicySpec
+
+__all__ = ["BreakerPolicy", "PartitionOutcome", "Worker", "WorkerOptions", "WorkerReport"]
+
+logger = logging.getLogger(__name__)
+
+#: The table whose lease row fences a worker's commits (see recovery.jobstore).
+LEASE_TABLE = "safereplay_job_partitions"
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How a worker paces itself. ``exit_when_idle``: stop when nothing is claimable."""
+
+    lease_seconds: float = 30.0
+    idle_interval: float = 0.5
+    exit_when_idle: bool = False
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+
+    def __post_init__(self) -> None:
+        if self.lease_seconds <= 0 or self.idle_interval <= 0:
+            raise ValueError("lease_seconds and idle_interval must be positive")
+
+
+class PartitionOutcome(StrEnum):
+    COMPLETED = "completed"
+    FAILED = "failed"
+    RELEASED = "released"  # paused, aborting, or the worker was stopped
+    LOST = "lost"  # the lease was taken over
+
+
+@dataclass
+class WorkerReport:
+    """What one :meth:`Worker.run` did."""
+
+    worker_id: str
+    outcomes: list[tuple[str, int, PartitionOutcome]] = field(default_factory=list)
+
+    def count(self, outcome: PartitionOutcome) -> int:
+        return sum(1 for _, _, o in self.outcomes if o == outcome)
+
+
+class BreakerPolicy:
+    """A job's circuit breaker around its failure policy.
+
+    Every failure is recorded; while the breaker is open the decision is "retry
+    after the cool-down" whatever the policy says, so a failing dependency is
+    not hammered and no event is parked or failed because of a storm.
+    """
+
+    def __init__(
+        self,
+        policy: FailurePolicy,
+        breaker: CircuitBreaker,
+        on_change: Callable[[CircuitBreaker], None],
+    ) -> None:
+        self.policy = policy
+        self.breaker = breaker
+        self._on_change = on_change
+
+    def decide(self, failure: EventFailure) -> Decision:
+        before = self.breaker.state
+        self.breaker.record_failure()
+        if self.breaker.state != before:
+            self._on_change(self.breaker)
+        if not self.breaker.allow():
+            return Decision.retry(
+                max(self.breaker.wait_time(), 0.01), "circuit breaker open: waiting to probe"
+            )
+        return self.policy.decide(failure)
+
+    def record_success(self) -> None:
+        """A batch went through: a half-open breaker closes (and says so)."""
+        before = self.breaker.state
+        self.breaker.record_success()
+        if self.breaker.state != before:
+            self._on_change(self.breaker)
+
+
+class Worker:
+    """Claims and runs partitions of jobs until stopped (or idle, if so configured)."""
+
+    def __init__(
+        self,
+        *,
+        jobs: JobStore,
+        store: ProjectionStore,
+        open_source: Callable[[], EventSource],
+        registry: ProjectionRegistry,
+        worker_id: str | None = None,
+        options: WorkerOptions | None = None,
+        runner_options: RunnerOptions | None = None,
+        policies: PolicySet | None = None,
+        may_run: Callable[[Job], bool] | None = None,
+        on_job_state: Callable[[Job, Job], None] | None = None,
+        on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
+        faults: FaultHook | None = None,
+    ) -> None:
+        self.jobs = jobs
+        self.store = store
+        self.registry = registry
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.options = options or WorkerOptions()
+        self.runner_options = runner_options or RunnerOptions()
+        self.policies = policies or PolicySet()
+        self._open_source = open_source
+        self._source: EventSource | None = None
+        self._may_run = may_run
+        self._on_job_state = on_job_state
+        self._on_parked = on_parked
+        self._faults = faults
+
+    @property
+    def source(self) -> EventSource:
+        if self._source is None:
+            self._source = self._open_source()
+        return self._source
+
+    def close(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def run(
+        self, stop: threading.Event | None = None, *, job_id: uuid.UUID | None = None
+    ) -> WorkerReport:
+        """Claim and run partitions until ``stop`` (or nothing is left, when idle exits)."""
+        stop = stop or threading.Event()
+        report = WorkerReport(self.worker_id)
+        while not stop.is_set():
+            claim = self._claim(job_id)
+            if claim is None:
+                self._settle_orphans(job_id)
+                if self.options.exit_when_idle and not self._work_pending(job_id):
+                    break
+                stop.wait(self.options.idle_interval)
+                continue
+            outcome = self.run_claim(claim, stop)
+            report.outcomes.append(
+                (str(claim.job.job_id), claim.partition.partition_index, outcome)
+            )
+        return report
+
+    def _claim(self, job_id: uuid.UUID | None) -> Claim | None:
+        lease = self.options.lease_seconds
+        if self._may_run is None:
+            return self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job_id)
+        # Only jobs this worker's principal may run (its grants' scopes).
+        for job in self.jobs.list_jobs(active_only=True):
+            if (job_id is None or job.job_id == job_id) and self._may_run(job):
+                claim = self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job.job_id)
+                if claim is not None:
+                    return claim
+        return None
+
+    def _settle(self, job: Job) -> Job:
+        """Settle the job's state from its partitions; report a change."""
+        before = self.jobs.get_job(job.job_id)
+        after = self.jobs.finalize(job.job_id)
+        if after.state != before.state and self._on_job_state is not None:
+            self._on_job_state(before, after)
+        return after
+
+    def _settle_orphans(self, job_id: uuid.UUID | None) -> None:
+        """Settle (and seal) a job whose partitions have all ended but whose state did
+        not follow: the worker that ended the last one died before settling it. An
+        aborting job is settled too: the leases of dead workers expire (see finalize)."""
+        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
+        for job in jobs:
+            if job.state not in (JobState.RUNNING, JobState.ABORTING):
+                continue
+            if self._may_run is not None and not self._may_run(job):
+                continue
+            if job.state == JobState.RUNNING and (
+                settled_state(job, self.jobs.partitions(job.job_id)) is None
+            ):
+                continue
+            settled = self._settle(job)
+            if settled.state == JobState.COMPLETED:
+                seal_job(settled, store=self.store)
+
+    def _work_pending(self, job_id: uuid.UUID | None) -> bool:
+        """A running job still has partitions someone else holds (they may expire)."""
+        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
+        for job in jobs:
+            if job.state not in (JobState.PLANNED, JobState.RUNNING):
+                continue
+            if any(
+                p.status in ("held", "pending", "running") for p in self.jobs.partitions(job.job_id)
+            ):
+                return True
+        return False
+
+    # -- one partition --------------------------------------------------------------------
+
+    def run_claim(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        job = claim.job
+        index = claim.partition.partition_index
+        logger.info(
+            "worker %s: job %s (%s) partition %d", self.worker_id, job.job_id, job.kind, index
+        )
+        try:
+            if job.kind == JobKind.REDRIVE:
+                return self._redrive(claim)
+            if job.kind == JobKind.REPLAY and job.parameters.get("into") == "live":
+                return self._replay_writes(claim, stop)
+            return self._run_partition(claim, stop)
+        except LeaseLost as exc:
+            logger.warning("worker %s: %s", self.worker_id, exc)
+            return PartitionOutcome.LOST
+
+    def _policy(self, job: Job, breaker: CircuitBreaker) -> BreakerPolicy:
+        rules = self.policies.live if job.kind == JobKind.CATCH_UP else self.policies.rebuild
+        configured = job.parameters.get("policy")
+        if isinstance(configured, Mapping):
+            rules = PolicySpec.model_validate(configured).rules()
+
+        def persist(current: CircuitBreaker) -> None:
+            snapshot = current.snapshot()
+            self.jobs.set_breaker(
+                job.job_id, {"state": snapshot.state, "opened_count": snapshot.opened_count}
+            )
+
+        return BreakerPolicy(RulesPolicy(rules), breaker, persist)
+
+    def _run_partition(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        job = claim.job
+        index = claim.partition.partition_index
+        target = job.target_position
+        if target is None:
+            raise IncompleteJob(f"job {job.job_id} has no target position")
+        projection = self.registry[job.projection]
+        configured_breaker = job.parameters.get("breaker")
+        breaker = CircuitBreaker(
+            BreakerSpec.model_validate(configured_breaker).settings()
+            if isinstance(configured_breaker, Mapping)
+            else self.options.breaker
+        )
+        policy = self._policy(job, breaker)
+        runner = ProjectionRunner(
+            projection(),
+            source=self.source,
+            store=self.store,
+            partition=Partition(index, job.partition_count),
+            build=job.build,
+            options=self.runner_options,
+            policy=policy,
+            fence=lease_fence(claim),
+            on_parked=self._parked_hook(job),
+            faults=self._faults,
+        )
+        throttle = Throttle(_partition_rate(job))
+        renew_every = self.options.lease_seconds / 3
+        renewed_at = time.monotonic()
+        counted = (0, 0, 0)
+        while True:
+            released = self._yield_if_asked(claim, stop)
+            if released is not None:
+                return released
+            try:
+                result = runner.run_batch(stop, until=target)
+            except PositionConflict as exc:
+                logger.warning("worker %s: %s", self.worker_id, exc)
+                if isinstance(exc, FencedOff):
+                    return PartitionOutcome.LOST  # our lease is gone: nothing was written
+                # Another writer (a live follower of a one-partition catch-up) moved
+                # the position: count it, re-read the position, go on.
+                self.jobs.report(claim, position=runner.checkpoint().position, conflicts=1)
+                continue
+            except HandlerFailed as exc:
+                self.jobs.report(
+                    claim,
+                    position=runner.checkpoint().position,
+                    last_error=error_summary(exc),
+                )
+                self.jobs.finish_partition(claim, succeeded=False, error=error_summary(exc))
+                self._settle(job)
+                return PartitionOutcome.FAILED
+            totals = (runner.applied, runner.parked, runner.retries + runner.connection_retries)
+            self.jobs.report(
+                claim,
+                position=result.position,
+                events_applied=totals[0] - counted[0],
+                parked=totals[1] - counted[1],
+                retries=totals[2] - counted[2],
+                target_position=target,
+            )
+            counted = totals
+            if not result.retried:
+                policy.record_success()
+            throttle.acquire(result.applied)
+            if result.position >= target:
+                return self._finish(claim, runner)
+            if time.monotonic() - renewed_at >= renew_every:
+                claim = self.jobs.renew(claim, lease_seconds=self.options.lease_seconds)
+                renewed_at = time.monotonic()
+            if not result.read and not result.retried:
+                # The safe head is still below the target (a writer is committing): wait.
+                stop.wait(self.runner_options.poll_interval)
+
+    def _finish(self, claim: Claim, runner: ProjectionRunner) -> PartitionOutcome:
+        job = claim.job
+        try:
+            check_partition(
+                job,
+                claim.partition.partition_index,
+                start=claim.partition.start_position,
+                store=self.store,
+                source=self.source,
+                topics=list(type(runner.projection).topics),
+            )
+        except IncompleteJob as exc:
+            self.jobs.finish_partition(claim, succeeded=False, error=str(exc))
+            self._settle(job)
+            return PartitionOutcome.FAILED
+        self.jobs.finish_partition(claim, succeeded=True)
+        settled = self._settle(job)
+        if settled.state == JobState.COMPLETED:
+            seal_job(settled, store=self.store)
+        return PartitionOutcome.COMPLETED
+
+    def _parked_hook(self, job: Job) -> Callable[[Sequence[ParkedEvent]], None] | None:
+        hook = self._on_parked
+        if hook is None:
+            return None
+        return lambda parked: hook(job, parked)
+
+    def _yield_if_asked(self, claim: Claim, stop: threading.Event) -> PartitionOutcome | None:
+        """Give the partition back if the worker stops or the job is paused or aborted."""
+        if stop.is_set():
+            self.jobs.release(claim)
+            return PartitionOutcome.RELEASED
+        state = self.jobs.get_job(claim.job.job_id).state
+        if state in (JobState.PAUSED, JobState.ABORTING, JobState.ABORTED):
+            self.jobs.release(claim)
+            if state == JobState.ABORTING:
+                self._settle(claim.job)
+            return PartitionOutcome.RELEASED
+        return None
+
+    def _replay_writes(self, claim: Claim, stop: threading.Event) -> PartitionOutcome:
+        """Re-apply a range into a build of a replay-safe projection, moving no position.
+
+        Progress is the job partition's position: a worker that dies between a
+        write and its report re-applies that batch, which a replay-safe projection
+        absorbs (that is why only those may be replayed this way).
+        """
+        job = claim.job
+        index = claim.partition.partition_index
+        target = job.target_position or 0
+        cls = self.registry[job.projection]
+        handlers = cls().handlers()
+        wanted = {uuid.UUID(str(a)) for a in job.parameters.get("aggregates") or []}
+        partition = Partition(index, job.partition_count)
+        fence = lease_fence(claim)
+        throttle = Throttle(_partition_rate(job))
+        position = claim.partition.position
+        renewed_at = time.monotonic()
+        while position < target:
+            released = self._yield_if_asked(claim, stop)
+            if released is not None:
+                return released
+            limit = self.runner_options.batch_size
+            batch = self.source.read(
+                after=position,
+                upto=target,
+                limit=limit,
+                topics=list(cls.topics),
+                partition=partition,
+            )
+            upto = batch[-1].id if len(batch) >= limit else target
+            state = BatchState(cls.table_map, self.store.row_reader(cls.name, job.build))
+            applied = 0
+            for notification in batch:
+                if wanted and notification.originator_id not in wanted:
+                    continue
+                try:
+                    handlers[notification.topic](self.source.decode(notification), state)
+                except Exception as exc:
+                    error = f"position {notification.id}: {error_summary(exc)}"
+                    self.jobs.report(claim, position=position, last_error=error)
+                    self.jobs.finish_partition(claim, succeeded=False, error=error)
+                    self._settle(job)
+                    return PartitionOutcome.FAILED
+                applied += 1
+            try:
+                self.store.write(cls.name, job.build, state.writes(), fence=fence)
+            except FencedOff:
+                return PartitionOutcome.LOST
+            self.jobs.report(claim, position=upto, events_applied=applied, target_position=target)
+            position = upto
+            throttle.acquire(applied)
+            if time.monotonic() - renewed_at >= self.options.lease_seconds / 3:
+                claim = self.jobs.renew(claim, lease_seconds=self.options.lease_seconds)
+                renewed_at = time.monotonic()
+        try:
+            check_log_accounted(
+                self.source,
+                after=claim.partition.start_position,
+                upto=target,
+                where=f"job {job.job_id} partition {partition}",
+            )
+        except IncompleteJob as exc:
+            self.jobs.finish_partition(claim, succeeded=False, error=str(exc))
+            self._settle(job)
+            return PartitionOutcome.FAILED
+        self.jobs.finish_partition(claim, succeeded=True)
+        self._settle(job)
+        return PartitionOutcome.COMPLETED
+
+    def _redrive(self, claim: Claim) -> PartitionOutcome:
+        job = claim.job
+        projection = self.registry[job.projection]
+        aggregates = job.parameters.get("aggregates") or None
+        result = redrive_parked(
+            projection(),
+            build=job.build,
+            store=self.store,
+            source=self.source,
+            aggregates=[str(a) for a in aggregates] if aggregates else None,
+        )
+        self.jobs.report(
+            claim,
+            position=job.target_position or 0,
+            events_applied=result.resolved,
+            parked=result.still_parked,
+            last_error=result.last_error,
+        )
+        self.jobs.finish_partition(
+            claim, succeeded=result.still_parked == 0, error=result.last_error
+        )
+        self._settle(job)
+        return PartitionOutcome.COMPLETED if result.still_parked == 0 else PartitionOutcome.FAILED
+
+
+def lease_fence(claim: Claim) -> Fence:
+    """The commit fence of a claim: its lease row, with its token, still running."""
+    return Fence(
+        LEASE_TABLE,
+        (
+            ("job_id", str(claim.job.job_id)),
+            ("partition_index", claim.partition.partition_index),
+            ("lease_token", claim.token),
+            ("status", "running"),
+        ),
+        f"the lease of job {claim.job.job_id} partition {claim.partition.partition_index} "
+        f"(token {claim.token})",
+    )
+
+
+def _partition_rate(job: Job) -> float | None:
+    """The job's events/s cap, shared by the partitions that may run at once."""
+    if job.events_per_second is None:
+        return None
+    running = job.max_concurrent_partitions or job.partition_count
+    return job.events_per_second / max(1, min(running, job.partition_count))

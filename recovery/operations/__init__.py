@@ -1,0 +1,1 @@
+"""The dispatch layer (permission check, audit entry) and the operations it runs."""

@@ -1,0 +1,157 @@
+"""Everything an operation needs, built once from settings: stores, access, audit, dispatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.projections import (
+    EventSource,
+    ParkedEvent,
+    ProjectionSettings,
+    ProjectionStore,
+    RunnerOptions,
+    open_source,
+    open_store,
+)
+from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.jobs.model import Job
+from safereplay.recovery.jobs.store import JobStore, SQLJobStore
+from safereplay.recovery.jobs.worker import Worker, WorkerOptions
+from safereplay.recovery.operations.dispatch import Operations
+from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.security.access import AccessControl, Principal
+from safereplay.recovery.security.audit import AuditTrail
+from safereplay.recovery.settings import RecoverySettings
+
+__all__ = ["RecoveryContext"]
+
+
+@dataclass
+class RecoveryContext:
+    """Settings in, connected stores out; :meth:`close` releases them."""
+
+    domain: DomainSettings
+    recovery: RecoverySettings
+    _closers: list[object] = field(default_factory=list)
+
+    @classmethod
+    def from_env(cls) -> RecoveryContext:
+        return cls(domain=DomainSettings.from_env(), recovery=RecoverySettings.from_env())
+
+    @cached_property
+    def projection_settings(self) -> ProjectionSettings:
+        return ProjectionSettings.from_env()
+
+    @cached_property
+    def database(self) -> Database:
+        """The recovery database: the projection store's database (and schema), so that
+        jobs and leases sit beside the positions they guard."""
+        if self.domain.backend == "sqlite":
+            database: Database = SQLiteDatabase(
+                self.projection_settings.sqlite_store_path(self.domain)
+            )
+        else:
+            conninfo, schema = self.projection_settings.postgres_store(self.domain)
+            database = PostgresDatabase(conninfo, schema=schema)
+        self._closers.append(database)
+        return database
+
+    @cached_property
+    def projection_store(self) -> ProjectionStore:
+        store = open_store(self.domain, self.projection_settings)
+        self._closers.append(store)
+        return store
+
+    @cached_property
+    def registry(self) -> ProjectionRegistry:
+        """The projections recovery knows (``SAFEREPLAY_PROJECTIONS``)."""
+        return ProjectionRegistry.load(self.recovery.projections)
+
+    @cached_property
+    def source(self) -> EventSource:
+        """The event store's notification log, decoding with the application's key ring."""
+        source = open_source(self.app)
+        self._closers.append(source)
+        return source
+
+    def runner_options(self) -> RunnerOptions:
+        return RunnerOptions.from_settings(self.projection_settings)
+
+    def worker(
+        self,
+        *,
+        options: WorkerOptions | None = None,
+        may_run: Callable[[Job], bool] | None = None,
+        on_job_state: Callable[[Job, Job], None] | None = None,
+        on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
+    ) -> Worker:
+        """A worker sharing this context's stores (one per process)."""
+        return Worker(
+            jobs=self.jobs,
+            store=self.projection_store,
+            open_source=lambda: self.source,
+            registry=self.registry,
+            options=options or WorkerOptions(lease_seconds=self.recovery.lease_seconds),
+            runner_options=self.runner_options(),
+            may_run=may_run,
+            on_job_state=on_job_state,
+            on_parked=on_parked,
+        )
+
+    @cached_property
+    def app(self) -> AutomationApp:
+        app = AutomationApp(self.domain)
+        self._closers.append(app)
+        return app
+
+    @cached_property
+    def access(self) -> AccessControl:
+        access = AccessControl(self.database)
+        access.create_tables()
+        return access
+
+    @cached_property
+    def audit(self) -> AuditTrail:
+        audit = AuditTrail(self.database, self.recovery.load_audit_key())
+        audit.create_tables()
+        return audit
+
+    @cached_property
+    def jobs(self) -> JobStore:
+        jobs = SQLJobStore(self.database)
+        jobs.create_tables()
+        return jobs
+
+    @cached_property
+    def operations(self) -> Operations:
+        from safereplay.recovery.operations.drills import register_drill_operations
+        from safereplay.recovery.operations.projections import (
+            register_job_operations,
+            register_projection_operations,
+        )
+        from safereplay.recovery.operations.rebuilds import register_recovery_operations
+        from safereplay.recovery.operations.security import register_security_operations
+        from safereplay.recovery.templates.store import register_template_operations
+
+        operations = Operations(access=self.access, audit=self.audit)
+        register_security_operations(operations, self)
+        register_projection_operations(operations, self)
+        register_job_operations(operations, self)
+        register_drill_operations(operations, self)
+        register_template_operations(operations, self)
+        register_recovery_operations(operations, self)
+        return operations
+
+    def caller(self) -> Principal:
+        """The principal whose token the environment holds."""
+        return self.access.authenticate(self.recovery.load_token())
+
+    def close(self) -> None:
+        for closer in reversed(self._closers):
+            close = getattr(closer, "close", None)
+            if callable(close):
+                close()
+        self._closers.clear()

@@ -1,0 +1,368 @@
+"""The recovery operations, each one entry in the dispatch layer.
+
+rebuild, catch-up, parked.redrive, swap, rollback, drop-version, retry-partition
+and worker: every one takes the acting principal and a reason and goes through
+:meth:`~safereplay.recovery.operations.dispatch.Operations.run`, which checks the permission first
+and audits every attempt. Job state changes that workers make (running →
+completed, failed, aborted) are audited too, as ``job.state`` entries of the
+worker's principal.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from safereplay.projections import ParkedEvent, Partition
+from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.builds import drop_version, rollback, swap
+from safereplay.recovery.jobs.follow import FollowReport, follow_projections
+from safereplay.recovery.jobs.model import Job, JobStatus
+from safereplay.recovery.jobs.plans import (
+    JobRequest,
+    start_catch_up,
+    start_rebuild,
+    start_redrive,
+    start_replay,
+)
+from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
+from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.security.access import AccessDenied, Permission
+from safereplay.recovery.security.audit import AuditRecord
+
+if TYPE_CHECKING:
+    from safereplay.recovery.operations.context import RecoveryContext
+
+__all__ = ["register_recovery_operations"]
+
+
+def _partition(value: Any) -> Partition:
+    """``"i/n"`` (as the CLI and status print partitions) into a Partition."""
+    index, _, count = str(value).partition("/")
+    try:
+        return Partition(int(index), int(count))
+    except ValueError:
+        raise InvalidRequest(
+            f"partition {value!r} is not INDEX/COUNT with 0 <= INDEX < COUNT (e.g. 2/4)"
+        ) from None
+
+
+def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
+    extra = {key: p[key] for key in ("policy", "breaker") if p.get(key) is not None}
+    rate = p.get("events_per_second")
+    held = p.get("held_partitions") or ()
+    return JobRequest(
+        principal=ctx.principal.name,
+        reason=ctx.reason,
+        partitions=int_parameter(p, "partitions", default_partitions) or default_partitions,
+        max_concurrent_partitions=int_parameter(p, "max_concurrent_partitions"),
+        events_per_second=None if rate is None else float(rate),
+        parameters=extra,
+        held_partitions=tuple(int(i) for i in held),
+    )
+
+
+def _job_summary(job: Job | None) -> dict[str, Any]:
+    if job is None:
+        return {"job_id": None, "state": "not needed: the projection is not behind"}
+    return {
+        "job_id": str(job.job_id),
+        "kind": str(job.kind),
+        "projection": job.projection,
+        "build": job.build,
+        "partitions": job.partition_count,
+        "target_position": job.target_position,
+        "state": str(job.state),
+    }
+
+
+def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
+    """Audit a job's state change made by a worker."""
+
+    def audit(before: Job, after: Job) -> None:
+        context.audit.append(
+            AuditRecord(
+                actor=actor,
+                action="job.state",
+                scope=f"projection:{after.projection}",
+                reason=after.reason,
+                outcome="succeeded",
+                parameters={
+                    "from": str(before.state),
+                    "to": str(after.state),
+                    "kind": str(after.kind),
+                    "build": after.build,
+                    "error": after.error,
+                },
+                job_id=after.job_id,
+            )
+        )
+
+    return audit
+
+
+def park_auditor(
+    context: RecoveryContext, actor: str
+) -> Callable[[Sequence[ParkedEvent], UUID | None], None]:
+    """Audit events a runner parked: where and why, never a payload."""
+
+    def audit(parked: Sequence[ParkedEvent], job_id: UUID | None = None) -> None:
+        for event in parked:
+            context.audit.append(
+                AuditRecord(
+                    actor=actor,
+                    action="park",
+                    scope=f"projection:{event.projection}",
+                    reason=event.reason,
+                    outcome="succeeded",
+                    parameters={
+                        "build": event.build,
+                        "position": event.position,
+                        "partition": str(event.partition),
+                        "aggregate_id": str(event.aggregate_id),
+                        "event_type": event.event_type,
+                        "error_type": event.error_type,
+                        "attempts": event.attempts,
+                        "blocked_by": event.blocked_by,
+                    },
+                    job_id=job_id,
+                )
+            )
+
+    return audit
+
+
+def register_recovery_operations(operations: Operations, context: RecoveryContext) -> None:
+    partitions = context.recovery.partitions
+
+    def job_starter(start: Any, default_partitions: int) -> Any:
+        """The handler of ``rebuild`` or ``catch-up``: plan the job, return its summary."""
+
+        def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+            job = start(
+                _request(ctx, p, default_partitions),
+                projection=p["projection"],
+                store=context.projection_store,
+                source=context.source,
+                jobs=context.jobs,
+                registry=context.registry,
+            )
+            return _job_summary(job)
+
+        return handler
+
+    rebuild = job_starter(start_rebuild, partitions)
+    catch_up = job_starter(start_catch_up, 1)
+
+    def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
+        job = start_redrive(
+            JobRequest(principal=ctx.principal.name, reason=ctx.reason),
+            projection=p["projection"],
+            store=context.projection_store,
+            jobs=context.jobs,
+            registry=context.registry,
+            build=int_parameter(p, "build"),
+            aggregates=aggregates,
+        )
+        return _job_summary(job)
+
+    def replay(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        start, end = int_parameter(p, "start"), int_parameter(p, "end")
+        if start is None or end is None:
+            raise InvalidRequest("replay needs a range: --from and --to")
+        partition = p.get("partition")
+        job = start_replay(
+            _request(ctx, p, 1),
+            projection=p["projection"],
+            start=start,
+            end=end,
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+            into=str(p.get("into") or "sandbox"),
+            partition=_partition(partition) if partition else None,
+            only_partitions=p.get("only_partitions"),
+            aggregates=[str(UUID(str(a))) for a in p.get("aggregates") or []],
+            confirmed=bool(p.get("confirmed")),
+        )
+        return _job_summary(job)
+
+    def swap_in(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        name = p["projection"]
+
+        def drill_gate(build: int) -> None:
+            drills = DrillStore(context.database)
+            drills.create_tables()
+            require_matching_drill(
+                drills,
+                required=context.recovery.drill_required(name),
+                projection=name,
+                build=build,
+            )
+
+        result = swap(
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+            projection=name,
+            build=int_parameter(p, "build"),
+            gate=drill_gate,
+        )
+        return asdict(result)
+
+    def roll_back(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        return asdict(rollback(store=context.projection_store, projection=p["projection"]))
+
+    def drop(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        build = int_parameter(p, "build")
+        if build is None:
+            raise InvalidRequest("drop-version needs the build to drop (--build)")
+        drop_version(
+            store=context.projection_store,
+            jobs=context.jobs,
+            projection=p["projection"],
+            build=build,
+        )
+        return {"projection": p["projection"], "dropped": build}
+
+    def retry_partition(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job_id = UUID(str(p["job_id"]))
+        index = int_parameter(p, "partition")
+        if index is None:
+            raise InvalidRequest("retry-partition needs the partition (--partition)")
+        context.jobs.retry_partition(job_id, index)
+        return {"job_id": str(job_id), "partition": index, "status": "pending"}
+
+    def worker(ctx: OperationContext, p: Mapping[str, Any]) -> WorkerReport:
+        principal = ctx.principal.name
+        only = p.get("projection")
+
+        def may_run(job: Job) -> bool:
+            if only is not None and job.projection != only:
+                return False
+            return context.access.allows(
+                principal, Permission.OPERATE, f"projection:{job.projection}"
+            )
+
+        options = WorkerOptions(
+            lease_seconds=context.recovery.lease_seconds,
+            exit_when_idle=bool(p.get("exit_when_idle")),
+        )
+        parks = park_auditor(context, principal)
+        instance = context.worker(
+            options=options,
+            may_run=may_run,
+            on_job_state=job_state_auditor(context, principal),
+            on_parked=lambda job, parked: parks(parked, job.job_id),
+        )
+        job_id = p.get("job_id")
+        with stop_on_signals() as stop:
+            return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
+
+    def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        job_id = UUID(str(p["job_id"]))
+        released = context.jobs.release_held(job_id)
+        return {"job_id": str(job_id), "released_partitions": released}
+
+    def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
+        return context.jobs.status(UUID(str(p["job_id"])))
+
+    def follow(ctx: OperationContext, p: Mapping[str, Any]) -> list[FollowReport]:
+        names = list(p.get("projections") or []) or list(context.registry)
+        for name in names:
+            context.registry[name]  # unknown names are refused before anything starts
+            if not context.access.allows(
+                ctx.principal.name, Permission.OPERATE, f"projection:{name}"
+            ):
+                raise AccessDenied(
+                    f"{ctx.principal.name!r} may not follow {name!r}: it needs the operate "
+                    f"permission on projection:{name}"
+                )
+        with stop_on_signals() as stop:
+            if p.get("stop_after") is not None:  # tests and smoke runs
+                threading.Timer(float(p["stop_after"]), stop.set).start()
+            parks = park_auditor(context, ctx.principal.name)
+            return follow_projections(
+                context, names, stop=stop, on_parked=lambda parked: parks(parked, None)
+            )
+
+    def follow_scope(parameters: Mapping[str, Any]) -> str:
+        names = list(parameters.get("projections") or [])
+        return f"projection:{names[0]}" if len(names) == 1 else "projection:*"
+
+    def worker_scope(parameters: Mapping[str, Any]) -> str:
+        only = parameters.get("projection")
+        return f"projection:{only}" if only else "projection:*"
+
+    def job_scope(parameters: Mapping[str, Any]) -> str:
+        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
+        return f"projection:{job.projection}"
+
+    table: list[tuple[str, Any, str, Any]] = [
+        (
+            "rebuild",
+            rebuild,
+            "rebuild a projection blue/green into a new build, in partitions",
+            None,
+        ),
+        ("catch-up", catch_up, "catch the live build up to the head, in partitions", None),
+        ("parked.redrive", redrive, "re-apply parked events in order after a fix", None),
+        ("replay", replay, "re-apply a range of positions, into a sandbox or live", None),
+        ("swap", swap_in, "make a completed rebuild live, in one transaction", None),
+        ("rollback", roll_back, "make the previously live build live again", None),
+        ("drop-version", drop, "drop a build that is not live", None),
+        ("retry-partition", retry_partition, "run a failed partition of a job again", job_scope),
+        (
+            "rollout.continue",
+            continue_rollout,
+            "release a staged rollout's held partitions after its canary verified",
+            job_scope,
+        ),
+        ("worker", worker, "run job partitions this principal may operate on", worker_scope),
+        ("follow", follow, "follow projections' live builds (retry, then park)", follow_scope),
+        ("jobs.show", show_job, "one job with its partitions' progress", job_scope),
+    ]
+    for name, handler, summary, scope in table:
+        if name == "jobs.show":
+            operations.register(
+                name, permission=Permission.VIEW, handler=handler, summary=summary, scope=scope
+            )
+        elif scope is None:
+            operations.register(
+                name, permission=Permission.OPERATE, handler=handler, summary=summary
+            )
+        else:
+            operations.register(
+                name, permission=Permission.OPERATE, handler=handler, summary=summary, scope=scope
+            )
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGTERM or SIGINT (in the main thread): a worker stops at the
+    next batch boundary and gives its partition back instead of dying mid-lease."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def handle(signum: int, frame: object) -> None:
+        stop.set()
+
+    for sig in previous:
+        signal.signal(sig, handle)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -1,0 +1,1 @@
+"""Failure policies as values, and what they use: back-off, circuit breaker, throttle."""

@@ -1,0 +1,1 @@
+"""Who may do what (principals, grants, tokens), the audit trail, and key operations."""

@@ -1,0 +1,296 @@
+"""Access control: principals, roles scoped to projections, and API tokens.
+
+Roles and what they allow::
+
+    viewer         view        read status, jobs, parked events, audit entries
+    operator       + operate   run and steer jobs: rebuild, catch-up, replay, pause,
+                               resume, abort, swap, rollback, redrive, drill, worker
+    admin          + administer  policies, templates, grants, principals, drop versions,
+                               audit verification
+    key-custodian  view + manage-keys   key ring operations only
+
+A grant gives a role over a scope: ``projection:NAME``, ``projection:*``, ``keys``
+or ``*``. Nothing is allowed until granted (least privilege by default).
+
+Tokens look like ``sr_<id>.<secret>``; only an Argon2id hash of the secret is
+stored (argon2-cffi, the reference implementation's binding), so a database dump
+yields no usable credential. The plaintext is returned once, when issued.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from safereplay.recovery.database import Database
+from safereplay.recovery.errors import InvalidRequest, RecoveryError
+
+__all__ = [
+    "ROLE_PERMISSIONS",
+    "AccessControl",
+    "AccessDenied",
+    "AuthenticationFailed",
+    "Grant",
+    "Permission",
+    "Principal",
+    "Role",
+    "scope_covers",
+]
+
+
+class AccessDenied(RecoveryError):
+    """The principal lacks the permission for that scope."""
+
+
+class AuthenticationFailed(RecoveryError):
+    """The token is unknown, revoked, malformed or wrong. (Never says which.)"""
+
+
+class Role(StrEnum):
+    VIEWER = "viewer"
+    OPERATOR = "operator"
+    ADMIN = "admin"
+    KEY_CUSTODIAN = "key-custodian"
+
+
+class Permission(StrEnum):
+    VIEW = "view"
+    OPERATE = "operate"
+    ADMINISTER = "administer"
+    MANAGE_KEYS = "manage-keys"
+
+
+ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
+    Role.VIEWER: frozenset({Permission.VIEW}),
+    Role.OPERATOR: frozenset({Permission.VIEW, Permission.OPERATE}),
+    Role.ADMIN: frozenset({Permission.VIEW, Permission.OPERATE, Permission.ADMINISTER}),
+    Role.KEY_CUSTODIAN: frozenset({Permission.VIEW, Permission.MANAGE_KEYS}),
+}
+
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
+_SCOPE = re.compile(r"^(\*|keys|audit|projection:(\*|[a-z0-9_]{1,63}))$")
+_TOKEN = re.compile(r"^sr_([0-9a-f]{16})\.([A-Za-z0-9_-]{20,100})$")
+
+
+def scope_covers(granted: str, wanted: str) -> bool:
+    """Does a grant on ``granted`` cover an operation on ``wanted``?"""
+    if granted in ("*", wanted):
+        return True
+    return granted == "projection:*" and wanted.startswith("projection:")
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    kind: str  # "person" or "service"
+
+
+@dataclass(frozen=True)
+class Grant:
+    principal: str
+    role: Role
+    scope: str
+    granted_by: str
+
+
+_CREATE = [
+    """CREATE TABLE IF NOT EXISTS {principals} (
+        name TEXT PRIMARY KEY,
+        kind TEXT NOT NULL,
+        created_by TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS {grants} (
+        principal TEXT NOT NULL,
+        role TEXT NOT NULL,
+        scope TEXT NOT NULL,
+        granted_by TEXT NOT NULL,
+        granted_at DOUBLE PRECISION NOT NULL,
+        PRIMARY KEY (principal, role, scope)
+    )""",
+    """CREATE TABLE IF NOT EXISTS {tokens} (
+        token_id TEXT PRIMARY KEY,
+        principal TEXT NOT NULL,
+        secret_hash TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    )""",
+]
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidRequest(
+            f"principal name {name!r} is not valid: lower-case letters, digits, '.', '_', '@' "
+            "and '-', up to 100 characters"
+        )
+    return name
+
+
+def check_scope(scope: str) -> str:
+    if not _SCOPE.match(scope):
+        raise InvalidRequest(
+            f"scope {scope!r} is not valid: use projection:NAME, projection:*, keys, audit or *"
+        )
+    return scope
+
+
+class AccessControl:
+    """Principals, grants and tokens in the recovery database."""
+
+    def __init__(self, database: Database, *, hasher: PasswordHasher | None = None) -> None:
+        self.database = database
+        self._hasher = hasher or PasswordHasher()
+
+    def create_tables(self) -> None:
+        with self.database.transaction(write=True) as tx:
+            for statement in _CREATE:
+                tx.execute(statement)
+
+    # -- principals and grants ----------------------------------------------------------
+
+    def principals(self) -> list[Principal]:
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows("SELECT name, kind FROM {principals} ORDER BY name")
+        return [Principal(name=r["name"], kind=r["kind"]) for r in rows]
+
+    def principal(self, name: str) -> Principal | None:
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows("SELECT name, kind FROM {principals} WHERE name = %(n)s", {"n": name})
+        return Principal(name=rows[0]["name"], kind=rows[0]["kind"]) if rows else None
+
+    def add_principal(self, name: str, *, kind: str, created_by: str) -> Principal:
+        check_name(name)
+        if kind not in ("person", "service"):
+            raise InvalidRequest(f"principal kind {kind!r} is not valid: person or service")
+        try:
+            with self.database.transaction(write=True) as tx:
+                tx.execute(
+                    "INSERT INTO {principals} (name, kind, created_by, created_at) "
+                    "VALUES (%(name)s, %(kind)s, %(by)s, %(now)s)",
+                    {"name": name, "kind": kind, "by": created_by, "now": tx.now()},
+                )
+        except Exception as exc:
+            if self.database.is_unique_violation(exc):
+                raise InvalidRequest(f"principal {name!r} already exists") from None
+            raise
+        return Principal(name=name, kind=kind)
+
+    def grant(self, name: str, role: Role | str, scope: str, *, granted_by: str) -> Grant:
+        role = self._role(role)
+        check_scope(scope)
+        if self.principal(name) is None:
+            raise InvalidRequest(f"no principal {name!r}: create it first")
+        with self.database.transaction(write=True) as tx:
+            exists = tx.rows(
+                "SELECT 1 AS one FROM {grants} WHERE principal = %(p)s AND role = %(r)s "
+                "AND scope = %(s)s",
+                {"p": name, "r": str(role), "s": scope},
+            )
+            if not exists:
+                tx.execute(
+                    "INSERT INTO {grants} (principal, role, scope, granted_by, granted_at) "
+                    "VALUES (%(p)s, %(r)s, %(s)s, %(by)s, %(now)s)",
+                    {"p": name, "r": str(role), "s": scope, "by": granted_by, "now": tx.now()},
+                )
+        return Grant(principal=name, role=role, scope=scope, granted_by=granted_by)
+
+    def revoke(self, name: str, role: Role | str, scope: str) -> bool:
+        role = self._role(role)
+        with self.database.transaction(write=True) as tx:
+            changed = tx.execute(
+                "DELETE FROM {grants} WHERE principal = %(p)s AND role = %(r)s AND scope = %(s)s",
+                {"p": name, "r": str(role), "s": scope},
+            )
+        return changed > 0
+
+    def grants(self, name: str | None = None) -> list[Grant]:
+        template = "SELECT principal, role, scope, granted_by FROM {grants}"
+        params: dict[str, Any] = {}
+        if name is not None:
+            template += " WHERE principal = %(p)s"
+            params["p"] = name
+        template += " ORDER BY principal, role, scope"
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows(template, params)
+        return [
+            Grant(
+                principal=r["principal"],
+                role=Role(r["role"]),
+                scope=r["scope"],
+                granted_by=r["granted_by"],
+            )
+            for r in rows
+        ]
+
+    def allows(self, name: str, permission: Permission, scope: str) -> bool:
+        return any(
+            permission in ROLE_PERMISSIONS[g.role] and scope_covers(g.scope, scope)
+            for g in self.grants(name)
+        )
+
+    def require(self, name: str, permission: Permission, scope: str) -> None:
+        if not self.allows(name, permission, scope):
+            raise AccessDenied(f"{name!r} may not {permission} on {scope!r}: no grant covers it")
+
+    @staticmethod
+    def _role(role: Role | str) -> Role:
+        try:
+            return Role(role)
+        except ValueError:
+            raise InvalidRequest(
+                f"role {role!r} is not valid: {', '.join(r.value for r in Role)}"
+            ) from None
+
+    # -- tokens ---------------------------------------------------------------------------
+
+    def issue_token(self, name: str) -> str:
+        """A new token for ``name``; the plaintext is returned here and never again."""
+        if self.principal(name) is None:
+            raise InvalidRequest(f"no principal {name!r}: create it first")
+        token_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        with self.database.transaction(write=True) as tx:
+            tx.execute(
+                "INSERT INTO {tokens} (token_id, principal, secret_hash, created_at) "
+                "VALUES (%(id)s, %(p)s, %(h)s, %(now)s)",
+                {"id": token_id, "p": name, "h": self._hasher.hash(secret), "now": tx.now()},
+            )
+        return f"sr_{token_id}.{secret}"
+
+    def revoke_tokens(self, name: str) -> int:
+        with self.database.transaction(write=True) as tx:
+            return tx.execute(
+                "UPDATE {tokens} SET revoked_at = %(now)s WHERE principal = %(p)s "
+                "AND revoked_at IS NULL",
+                {"p": name, "now": tx.now()},
+            )
+
+    def authenticate(self, token: str) -> Principal:
+        """The principal a token belongs to; one error for every way it can be wrong."""
+        match = _TOKEN.match(token.strip())
+        failure = AuthenticationFailed("the token is not valid (unknown, revoked or malformed)")
+        if not match:
+            raise failure
+        token_id, secret = match.groups()
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT t.principal, t.secret_hash, p.kind FROM {tokens} t "
+                "JOIN {principals} p ON p.name = t.principal "
+                "WHERE t.token_id = %(id)s AND t.revoked_at IS NULL",
+                {"id": token_id},
+            )
+        if not rows:
+            raise failure
+        try:
+            self._hasher.verify(rows[0]["secret_hash"], secret)
+        except (VerifyMismatchError, VerificationError, InvalidHashError):
+            raise failure from None
+        return Principal(name=rows[0]["principal"], kind=rows[0]["kind"])

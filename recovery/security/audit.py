@@ -1,0 +1,428 @@
+"""A tamper-evident audit trail of every recovery operation.
+
+Each entry is hash-chained to the one before it and signed with HMAC-SHA256
+under a key kept *apart from the database* (a key file or the environment)::
+
+    hash_n = SHA-256(canonical JSON of entry n, including seq and hash_{n-1})
+    mac_n  = HMAC-SHA-256(audit key, hash_n)
+
+A signed *head* row (last seq and hash) is updated in the same transaction as
+each append. :meth:`AuditTrail.verify` then detects, and names the first bad
+entry for:
+
+- a changed entry (its hash no longer matches its content);
+- a deleted entry (a gap in ``seq``), or deleted trailing entries (the head
+  names a later entry than the last one found);
+- an inserted or reordered entry (the chain link ``prev_hash`` breaks);
+- a forged entry or head with recomputed hashes (the MAC fails: the forger does
+  not hold the audit key).
+
+In normal operation the tables are append-only in the database itself
+(triggers refuse UPDATE, DELETE and TRUNCATE); verification is what catches
+someone who bypasses that with owner or superuser rights.
+
+Entries never hold payloads or secrets: parameters whose names suggest secrets
+are redacted before anything is hashed or stored.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import re
+import stat
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+from uuid import UUID
+
+from safereplay.recovery.database import Database
+from safereplay.recovery.errors import RecoveryError
+
+__all__ = [
+    "AuditEntry",
+    "AuditKey",
+    "AuditKeyError",
+    "AuditRecord",
+    "AuditTrail",
+    "VerificationReport",
+    "redact",
+]
+
+Outcome = Literal["succeeded", "failed", "denied", "started"]
+GENESIS = "0" * 64
+_SECRET_NAME = re.compile(
+    r"(secret|password|passwd|token|credential|dsn|private|api_?key|^key$)", re.I
+)
+_ALLOWED_NAMES = {"key_id", "key_ids", "active_key_id", "token_id"}
+
+
+class AuditKeyError(RecoveryError):
+    """The audit MAC key is missing, unreadable or malformed."""
+
+
+def redact(value: Any, *, name: str = "") -> Any:
+    """``value`` with anything that could be a secret replaced by a marker."""
+    if name and name not in _ALLOWED_NAMES and _SECRET_NAME.search(name):
+        return "[redacted]"
+    if isinstance(value, Mapping):
+        return {str(k): redact(v, name=str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [redact(v) for v in value]
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "[bytes redacted]"
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+@dataclass(frozen=True, repr=False)
+class AuditKey:
+    """The HMAC key; ``repr`` never shows it."""
+
+    key: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.key) < 32:
+            raise AuditKeyError("the audit key must be at least 32 bytes")
+
+    def __repr__(self) -> str:
+        return "AuditKey(<hidden>)"
+
+    @classmethod
+    def generate(cls) -> AuditKey:
+        return cls(os.urandom(32))
+
+    @classmethod
+    def from_base64(cls, text: str) -> AuditKey:
+        try:
+            return cls(base64.b64decode(text.strip(), validate=True))
+        except (binascii.Error, ValueError):
+            raise AuditKeyError("the audit key is not valid base64") from None
+
+    @classmethod
+    def load(cls, path: Path | str) -> AuditKey:
+        path = Path(path)
+        try:
+            st = path.stat()
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError):
+            raise AuditKeyError(f"audit key file {str(path)!r} cannot be read") from None
+        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise AuditKeyError(
+                f"audit key file {str(path)!r} is readable by group or others; "
+                f"run: chmod 600 {path}"
+            )
+        if not text.strip():
+            raise AuditKeyError(f"audit key file {str(path)!r} is empty")
+        return cls.from_base64(text)
+
+    def save(self, path: Path | str) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+            handle.write(base64.b64encode(self.key).decode("ascii"))
+
+    def sign(self, digest: str) -> str:
+        return hmac.new(self.key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """What an operation reports: who, what, on what, why, with what, and how it ended."""
+
+    actor: str
+    action: str
+    scope: str
+    reason: str
+    outcome: Outcome
+    parameters: Mapping[str, Any]
+    job_id: UUID | None = None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    seq: int
+    entry_id: str
+    at: str
+    actor: str
+    action: str
+    scope: str
+    reason: str
+    outcome: str
+    parameters: Mapping[str, Any]
+    job_id: str | None
+    prev_hash: str
+    hash: str
+    mac: str
+
+    def content(self) -> dict[str, Any]:
+        """The hashed fields (everything but the hash and MAC themselves)."""
+        fields = asdict(self)
+        del fields["hash"], fields["mac"]
+        return fields
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    ok: bool
+    entries_checked: int
+    first_bad_seq: int | None = None
+    problem: str = ""
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (
+                f"audit trail verified: {self.entries_checked} entries, chain and signatures intact"
+            )
+        return f"audit trail TAMPERED at entry {self.first_bad_seq}: {self.problem}"
+
+
+def entry_hash(content: Mapping[str, Any]) -> str:
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_CREATE_ENTRIES = """
+CREATE TABLE IF NOT EXISTS {audit_entries} (
+    seq BIGINT PRIMARY KEY,
+    entry_id TEXT NOT NULL UNIQUE,
+    at TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    scope TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    parameters TEXT NOT NULL,
+    job_id TEXT,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
+)"""
+_CREATE_HEAD = """
+CREATE TABLE IF NOT EXISTS {audit_head} (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    seq BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    mac TEXT NOT NULL
+)"""
+_SQLITE_GUARDS = [
+    """CREATE TRIGGER IF NOT EXISTS {idx_audit_entries_no_update}
+    BEFORE UPDATE ON {audit_entries}
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS {idx_audit_entries_no_delete}
+    BEFORE DELETE ON {audit_entries}
+    BEGIN SELECT RAISE(ABORT, 'audit entries are append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS {idx_audit_head_forward_only}
+    BEFORE UPDATE ON {audit_head} WHEN NEW.seq <= OLD.seq
+    BEGIN SELECT RAISE(ABORT, 'the audit head only moves forward'); END""",
+    """CREATE TRIGGER IF NOT EXISTS {idx_audit_head_no_delete}
+    BEFORE DELETE ON {audit_head}
+    BEGIN SELECT RAISE(ABORT, 'the audit head cannot be deleted'); END""",
+]
+_POSTGRES_GUARDS = [
+    """CREATE OR REPLACE FUNCTION {audit_refuse_change}() RETURNS trigger
+    LANGUAGE plpgsql AS $$
+    BEGIN
+        IF TG_TABLE_NAME = 'safereplay_audit_head' AND TG_OP = 'UPDATE'
+           AND NEW.seq > OLD.seq THEN
+            RETURN NEW;
+        END IF;
+        RAISE EXCEPTION 'safereplay audit trail is append-only (% on %)', TG_OP, TG_TABLE_NAME;
+    END $$""",
+    "DROP TRIGGER IF EXISTS {idx_audit_entries_append_only} ON {audit_entries}",
+    """CREATE TRIGGER {idx_audit_entries_append_only}
+    BEFORE UPDATE OR DELETE ON {audit_entries}
+    FOR EACH ROW EXECUTE FUNCTION {audit_refuse_change}()""",
+    "DROP TRIGGER IF EXISTS {idx_audit_entries_no_truncate} ON {audit_entries}",
+    """CREATE TRIGGER {idx_audit_entries_no_truncate}
+    BEFORE TRUNCATE ON {audit_entries}
+    FOR EACH STATEMENT EXECUTE FUNCTION {audit_refuse_change}()""",
+    "DROP TRIGGER IF EXISTS {idx_audit_head_forward_only} ON {audit_head}",
+    """CREATE TRIGGER {idx_audit_head_forward_only}
+    BEFORE UPDATE OR DELETE ON {audit_head}
+    FOR EACH ROW EXECUTE FUNCTION {audit_refuse_change}()""",
+]
+_SELECT_HEAD = "SELECT seq, hash, mac FROM {audit_head} WHERE id = 1"
+_INSERT_ENTRY = """
+INSERT INTO {audit_entries} (seq, entry_id, at, actor, action, scope, reason, outcome,
+    parameters, job_id, prev_hash, hash, mac)
+VALUES (%(seq)s, %(entry_id)s, %(at)s, %(actor)s, %(action)s, %(scope)s, %(reason)s,
+    %(outcome)s, %(parameters)s, %(job_id)s, %(prev_hash)s, %(hash)s, %(mac)s)"""
+_INSERT_HEAD = (
+    "INSERT INTO {audit_head} (id, seq, hash, mac) VALUES (1, %(seq)s, %(hash)s, %(mac)s)"
+)
+_UPDATE_HEAD = "UPDATE {audit_head} SET seq = %(seq)s, hash = %(hash)s, mac = %(mac)s WHERE id = 1"
+
+
+def _head_digest(seq: int, digest: str) -> str:
+    return f"head:{seq}:{digest}"
+
+
+class AuditTrail:
+    """Append, list and verify audit entries in the recovery database."""
+
+    def __init__(self, database: Database, key: AuditKey) -> None:
+        self.database = database
+        self._key = key
+
+    def create_tables(self) -> None:
+        guards = _POSTGRES_GUARDS if self.database.dialect == "postgres" else _SQLITE_GUARDS
+        with self.database.transaction(write=True) as tx:
+            tx.execute(_CREATE_ENTRIES)
+            tx.execute(_CREATE_HEAD)
+            for statement in guards:
+                tx.execute(statement)
+
+    def append(self, record: AuditRecord) -> AuditEntry:
+        parameters = redact(dict(record.parameters))
+        with self.database.transaction(write=True) as tx:
+            # Locking the head row serialises appenders, so seq and prev_hash are
+            # taken from the entry that really is last.
+            head = tx.rows(_SELECT_HEAD, for_update=True)
+            seq = int(head[0]["seq"]) + 1 if head else 1
+            prev_hash = head[0]["hash"] if head else GENESIS
+            at = datetime.fromtimestamp(tx.now(), UTC).isoformat(timespec="microseconds")
+            unsigned = {
+                "seq": seq,
+                "entry_id": str(uuid.uuid4()),
+                "at": at,
+                "actor": record.actor,
+                "action": record.action,
+                "scope": record.scope,
+                "reason": record.reason,
+                "outcome": record.outcome,
+                "parameters": parameters,
+                "job_id": str(record.job_id) if record.job_id else None,
+                "prev_hash": prev_hash,
+            }
+            digest = entry_hash(unsigned)
+            entry = AuditEntry(**unsigned, hash=digest, mac=self._key.sign(digest))
+            row = {
+                **unsigned,
+                "parameters": json.dumps(parameters, sort_keys=True),
+                "hash": entry.hash,
+                "mac": entry.mac,
+            }
+            tx.execute(_INSERT_ENTRY, row)
+            head_params = {
+                "seq": seq,
+                "hash": digest,
+                "mac": self._key.sign(_head_digest(seq, digest)),
+            }
+            tx.execute(_UPDATE_HEAD if head else _INSERT_HEAD, head_params)
+        return entry
+
+    def entries(
+        self,
+        *,
+        actor: str | None = None,
+        scope: str | None = None,
+        job_id: UUID | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[AuditEntry]:
+        template = "SELECT * FROM {audit_entries} WHERE 1 = 1"
+        params: dict[str, Any] = {}
+        filters = {
+            " AND actor = %(actor)s": ("actor", actor),
+            " AND scope = %(scope)s": ("scope", scope),
+            " AND action = %(action)s": ("action", action),
+            " AND job_id = %(job_id)s": ("job_id", str(job_id) if job_id else None),
+        }
+        for fragment, (name, value) in filters.items():
+            if value is not None:
+                template += fragment
+                params[name] = value
+        if since is not None:
+            template += " AND at >= %(since)s"
+            params["since"] = since.astimezone(UTC).isoformat(timespec="microseconds")
+        if until is not None:
+            template += " AND at <= %(until)s"
+            params["until"] = until.astimezone(UTC).isoformat(timespec="microseconds")
+        template += " ORDER BY seq"
+        if limit is not None:
+            template += " LIMIT %(limit)s"
+            params["limit"] = limit
+        with self.database.transaction(write=False) as tx:
+            return [self._entry(row) for row in tx.rows(template, params)]
+
+    @staticmethod
+    def _entry(row: Mapping[str, Any]) -> AuditEntry:
+        return AuditEntry(
+            seq=int(row["seq"]),
+            entry_id=row["entry_id"],
+            at=row["at"],
+            actor=row["actor"],
+            action=row["action"],
+            scope=row["scope"],
+            reason=row["reason"],
+            outcome=row["outcome"],
+            parameters=json.loads(row["parameters"]),
+            job_id=row["job_id"],
+            prev_hash=row["prev_hash"],
+            hash=row["hash"],
+            mac=row["mac"],
+        )
+
+    def verify(self) -> VerificationReport:
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows("SELECT * FROM {audit_entries} ORDER BY seq")
+            head = tx.rows(_SELECT_HEAD)
+        previous = GENESIS
+        expected = 1
+        for row in rows:
+            entry = self._entry(row)
+            if entry.seq != expected:
+                return VerificationReport(
+                    False,
+                    expected - 1,
+                    expected,
+                    f"entry {expected} is missing (deleted); next found is {entry.seq}",
+                )
+            if entry_hash(entry.content()) != entry.hash:
+                return VerificationReport(
+                    False, expected - 1, entry.seq, "its content does not match its hash (modified)"
+                )
+            if not hmac.compare_digest(self._key.sign(entry.hash), entry.mac):
+                return VerificationReport(
+                    False, expected - 1, entry.seq, "its signature is invalid (forged or re-hashed)"
+                )
+            if entry.prev_hash != previous:
+                return VerificationReport(
+                    False,
+                    expected - 1,
+                    entry.seq,
+                    "it does not link to the entry before it (inserted or reordered)",
+                )
+            previous = entry.hash
+            expected += 1
+        last = expected - 1
+        if not head:
+            if rows:
+                return VerificationReport(False, last, last, "the signed head record is missing")
+            return VerificationReport(True, 0)
+        head_seq, head_hash, head_mac = int(head[0]["seq"]), head[0]["hash"], head[0]["mac"]
+        if not hmac.compare_digest(self._key.sign(_head_digest(head_seq, head_hash)), head_mac):
+            return VerificationReport(
+                False, last, head_seq, "the head record's signature is invalid"
+            )
+        if head_seq != last or head_hash != previous:
+            return VerificationReport(
+                False,
+                last,
+                last + 1 if head_seq > last else head_seq,
+                f"the head names entry {head_seq} but the chain ends at {last} "
+                "(trailing entries deleted or replaced)",
+            )
+        return VerificationReport(True, last)

@@ -1,0 +1,1 @@
+"""Recovery templates (declarative runbooks): model, store, plans, staged application."""

@@ -1,0 +1,233 @@
+"""``safereplay apply TEMPLATE``: run a recovery template, with its staged rollout.
+
+Each step is an ordinary operation of the dispatch layer (``rebuild``,
+``catch-up``, ``replay``, ``parked.redrive``, ``keys.reencrypt``) run as the
+caller, so it is checked and audited like any other; the template's name is in
+every step's reason.
+
+A **staged rollout** (``[rollout] canary_partitions``) creates the job with its
+other partitions *held*: only the canary runs. The canary verified when every
+canary partition completed — the completeness check accounted for every
+position — and, with ``require_verified_canary``, parked nothing. Then
+``rollout.continue`` releases the rest; otherwise the job is aborted and the
+rollout stops there, with the live build untouched.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Protocol
+from uuid import UUID
+
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
+from safereplay.recovery.operations.dispatch import Operations
+from safereplay.recovery.security.access import Principal
+from safereplay.recovery.templates.model import RecoveryTemplate
+
+__all__ = ["AppliedStep", "JobDriver", "ThreadDriver", "apply_template", "wait_for_job"]
+
+ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+
+
+class JobDriver(Protocol):
+    """Gets a job's partitions run (worker threads or processes) and waits on it."""
+
+    def start(self, job_id: UUID) -> None: ...
+
+    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus: ...
+
+
+def wait_for_job(
+    status: Callable[[UUID], JobStatus],
+    job_id: UUID,
+    done: Callable[[JobStatus], bool],
+    *,
+    poll: float,
+    timeout: float | None = None,
+) -> JobStatus:
+    """Poll the job's status until ``done`` says so (or ``timeout`` seconds pass)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        current = status(job_id)
+        if done(current):
+            return current
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id} did not get there within {timeout}s")
+        time.sleep(poll)
+
+
+@dataclass(frozen=True)
+class AppliedStep:
+    projection: str | None
+    operation: str
+    job_id: str | None
+    outcome: str
+    detail: str = ""
+
+
+def _operation(template: RecoveryTemplate) -> str:
+    return {
+        "rebuild": "rebuild",
+        "catch-up": "catch-up",
+        "replay-range": "replay",
+        "redrive-parked": "parked.redrive",
+        "reencrypt": "keys.reencrypt",
+    }[template.template.kind]
+
+
+def _parameters(template: RecoveryTemplate, projection: str | None) -> dict[str, Any]:
+    kind = template.template.kind
+    scope = template.scope
+    if kind == "reencrypt":
+        return {"events_per_second": template.throttle.events_per_second}
+    parameters: dict[str, Any] = {"projection": projection}
+    if kind == "redrive-parked":
+        return parameters | {"aggregates": [str(a) for a in scope.aggregates]}
+    parameters |= {
+        "partitions": scope.partitions,
+        "policy": template.policy.model_dump(),
+        "breaker": template.breaker.model_dump(),
+        "max_concurrent_partitions": template.throttle.max_concurrent_partitions,
+        "events_per_second": template.throttle.events_per_second,
+    }
+    if kind == "replay-range":
+        assert scope.positions is not None  # the template's validation requires it
+        parameters |= {
+            "start": scope.positions.start,
+            "end": scope.positions.end,
+            "aggregates": [str(a) for a in scope.aggregates],
+            "only_partitions": scope.only_partitions,
+        }
+    elif scope.only_partitions is not None:
+        raise InvalidRequest(
+            f"scope.only_partitions: a {kind} must cover every partition (a part of a build "
+            "would be incomplete); only replay-range templates take a subset"
+        )
+    return parameters
+
+
+def _held(template: RecoveryTemplate) -> list[int]:
+    canary = set(template.rollout.canary_partitions)
+    if not canary:
+        return []
+    return [p for p in template.partitions_in_scope() if p not in canary]
+
+
+def _canary_verified(template: RecoveryTemplate, status: JobStatus) -> tuple[bool, str]:
+    canary = [
+        p for p in status.partitions if p.partition_index in template.rollout.canary_partitions
+    ]
+    failed = [p.partition_index for p in canary if p.status != PartitionStatus.COMPLETED]
+    if failed:
+        return False, f"canary partitions {failed} did not complete"
+    parked = sum(p.parked for p in canary)
+    if template.rollout.require_verified_canary and parked:
+        return False, f"the canary parked {parked} events"
+    return True, f"canary partitions {template.rollout.canary_partitions} verified"
+
+
+def apply_template(
+    operations: Operations,
+    principal: Principal,
+    template: RecoveryTemplate,
+    *,
+    reason: str,
+    driver: JobDriver,
+) -> list[AppliedStep]:
+    """Run ``template`` step by step; stop at the first step that does not complete."""
+    name = template.template.name
+    because = f"{reason} (template {name})"
+    operation = _operation(template)
+    projections: Sequence[str | None] = template.scope.projections or [None]
+    steps: list[AppliedStep] = []
+    for projection in projections:
+        held = _held(template)
+        parameters = _parameters(template, projection)
+        if held:
+            parameters["held_partitions"] = held
+        result = operations.run(principal, operation, reason=because, **parameters)
+        job_id = result.get("job_id") if isinstance(result, dict) else None
+        if job_id is None:
+            steps.append(AppliedStep(projection, operation, None, "done", str(result)))
+            continue
+        job = UUID(str(job_id))
+        driver.start(job)
+        if held:
+            status = driver.wait(job, lambda s: _canary_ended(template, s))
+            verified, detail = _canary_verified(template, status)
+            if not verified:
+                operations.run(principal, "abort", reason=f"{because}: {detail}", job_id=str(job))
+                steps.append(AppliedStep(projection, operation, str(job), "stopped", detail))
+                return steps
+            operations.run(
+                principal, "rollout.continue", reason=f"{because}: {detail}", job_id=str(job)
+            )
+        status = driver.wait(job, lambda s: s.job.state in ENDED)
+        steps.append(
+            AppliedStep(
+                projection, operation, str(job), str(status.job.state), status.job.error or ""
+            )
+        )
+        if status.job.state != JobState.COMPLETED:
+            return steps
+    return steps
+
+
+def _canary_ended(template: RecoveryTemplate, status: JobStatus) -> bool:
+    if status.job.state in ENDED:
+        return True
+    return all(
+        p.status in (PartitionStatus.COMPLETED, PartitionStatus.FAILED)
+        for p in status.partitions
+        if p.partition_index in template.rollout.canary_partitions
+    )
+
+
+class ThreadDriver:
+    """Worker threads in this process (tests, small jobs); :meth:`close` stops them."""
+
+    def __init__(
+        self,
+        new_worker: Callable[[], Any],
+        status: Callable[[UUID], JobStatus],
+        *,
+        workers: int = 2,
+        poll: float = 0.05,
+        timeout: float = 120.0,
+    ) -> None:
+        self._new_worker = new_worker
+        self._status = status
+        self._workers = workers
+        self._poll = poll
+        self._timeout = timeout
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, job_id: UUID) -> None:
+        for _ in range(self._workers):
+            worker = self._new_worker()
+            thread = threading.Thread(
+                target=worker.run, args=(self._stop,), kwargs={"job_id": job_id}, daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
+        return wait_for_job(self._status, job_id, done, poll=self._poll, timeout=self._timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    @contextmanager
+    def running(self) -> Iterator[ThreadDriver]:
+        try:
+            yield self
+        finally:
+            self.close()

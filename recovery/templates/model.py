@@ -1,0 +1,256 @@
+"""Recovery templates: declarative recovery scenarios, validated by pydantic.
+
+A template is a TOML file (see ``recovery/runbooks/`` for the shipped ones)::
+
+    [template]
+    name = "rebuild-after-bad-deploy"
+    kind = "rebuild"            # rebuild | catch-up | replay-range | redrive-parked | reencrypt
+    description = "..."
+
+    [scope]
+    projections = ["run_status"]
+    partitions = 4              # how many partitions to split the work into
+    only_partitions = [0, 2]    # optional: a subset
+    positions = { from = 1, to = 5000 }   # replay-range only
+    aggregates = []             # optional: only these aggregate ids
+
+    [policy]
+    on_error = "retry-then-fail"   # fail | park | retry-then-fail | retry-then-park
+    attempts = 3
+    backoff = { initial = 0.1, multiplier = 2.0, maximum = 30.0, jitter = 0.5 }
+
+    [breaker]                   # optional; defaults shown in docs/recovery.md
+    failure_threshold = 5
+
+    [throttle]
+    events_per_second = 20000   # optional cap
+    max_concurrent_partitions = 2
+
+    [rollout]                   # staged rollout: canary partitions first
+    canary_partitions = [0]
+    require_verified_canary = true
+
+An invalid template is rejected with every problem listed, each naming where it is.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal, Self
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.resilience.backoff import Backoff
+from safereplay.recovery.resilience.breaker import BreakerSettings
+from safereplay.recovery.resilience.policies import (
+    ErrorRules,
+    Fail,
+    FailurePolicy,
+    Park,
+    RetryThenFail,
+    RetryThenPark,
+)
+
+__all__ = [
+    "RUNBOOKS",
+    "InvalidTemplate",
+    "BreakerSpec",
+    "PolicySpec",
+    "RecoveryTemplate",
+    "load_template",
+    "parse_template",
+]
+
+RUNBOOKS = Path(__file__).parent / "runbooks"
+TemplateKind = Literal["rebuild", "catch-up", "replay-range", "redrive-parked", "reencrypt"]
+
+
+class InvalidTemplate(InvalidRequest):
+    """A template failed validation; ``problems`` lists every one."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        listed = "\n".join(f"  - {where}: {what}" for where, what in problems)
+        super().__init__(f"template {source} is invalid ({len(problems)} problems):\n{listed}")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TemplateHeader(_Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
+    kind: TemplateKind
+    description: str = Field(default="", max_length=2000)
+
+
+class PositionRange(_Strict):
+    start: int = Field(alias="from", ge=1)
+    end: int = Field(alias="to", ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.end < self.start:
+            raise ValueError(f"'to' ({self.end}) is before 'from' ({self.start})")
+        return self
+
+
+class TemplateScope(_Strict):
+    projections: list[str] = Field(default_factory=list)
+    partitions: int = Field(default=1, ge=1, le=256)
+    only_partitions: list[int] | None = None
+    positions: PositionRange | None = None
+    aggregates: list[UUID] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _partitions_in_range(self) -> Self:
+        bad = [p for p in self.only_partitions or [] if not 0 <= p < self.partitions]
+        if bad:
+            raise ValueError(
+                f"only_partitions {bad} are outside 0..{self.partitions - 1} "
+                f"(partitions = {self.partitions})"
+            )
+        return self
+
+
+class BackoffSpec(_Strict):
+    initial: float = Field(default=0.1, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    maximum: float = Field(default=30.0, ge=0)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+
+
+class PolicySpec(_Strict):
+    on_error: Literal["fail", "park", "retry-then-fail", "retry-then-park"] = "retry-then-fail"
+    attempts: int = Field(default=3, ge=1, le=100)
+    backoff: BackoffSpec = Field(default_factory=BackoffSpec)
+
+    def rules(self) -> ErrorRules:
+        backoff = Backoff(**self.backoff.model_dump())
+        policy: FailurePolicy = {
+            "fail": Fail(),
+            "park": Park(),
+            "retry-then-fail": RetryThenFail(attempts=self.attempts, backoff=backoff),
+            "retry-then-park": RetryThenPark(attempts=self.attempts, backoff=backoff),
+        }[self.on_error]
+        return ErrorRules(default=policy)
+
+
+class BreakerSpec(_Strict):
+    failure_threshold: int = Field(default=5, ge=1)
+    error_rate: float = Field(default=0.5, gt=0, le=1)
+    window: int = Field(default=20, ge=1)
+    min_samples: int = Field(default=10, ge=1)
+    cool_down: float = Field(default=5.0, ge=0)
+    half_open_probes: int = Field(default=1, ge=1)
+
+    def settings(self) -> BreakerSettings:
+        return BreakerSettings(**self.model_dump())
+
+
+class ThrottleSpec(_Strict):
+    events_per_second: float | None = Field(default=None, gt=0)
+    max_concurrent_partitions: int | None = Field(default=None, ge=1)
+
+
+class RolloutSpec(_Strict):
+    canary_partitions: list[int] = Field(default_factory=list)
+    require_verified_canary: bool = True
+
+
+class RecoveryTemplate(_Strict):
+    template: TemplateHeader
+    scope: TemplateScope = Field(default_factory=TemplateScope)
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    breaker: BreakerSpec = Field(default_factory=BreakerSpec)
+    throttle: ThrottleSpec = Field(default_factory=ThrottleSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        kind = self.template.kind
+        scope = self.scope
+        problems = []
+        if kind == "reencrypt":
+            if scope.projections:
+                problems.append(
+                    "scope.projections: a reencrypt template touches events, "
+                    "not projections; remove it"
+                )
+        elif not scope.projections:
+            problems.append(f"scope.projections: a {kind} template needs at least one projection")
+        if kind == "replay-range" and scope.positions is None:
+            problems.append("scope.positions: a replay-range template needs {from, to}")
+        if kind != "replay-range" and scope.positions is not None:
+            problems.append(
+                f"scope.positions: only replay-range templates take positions, not {kind}"
+            )
+        outside = [p for p in self.rollout.canary_partitions if not 0 <= p < scope.partitions]
+        if outside:
+            problems.append(
+                f"rollout.canary_partitions: {outside} are outside 0..{scope.partitions - 1}"
+            )
+        if scope.only_partitions is not None:
+            stray = sorted(set(self.rollout.canary_partitions) - set(scope.only_partitions))
+            if stray:
+                problems.append(
+                    f"rollout.canary_partitions: {stray} are not in scope.only_partitions"
+                )
+        if self.rollout.canary_partitions and len(self.rollout.canary_partitions) >= len(
+            self.partitions_in_scope()
+        ):
+            problems.append(
+                "rollout.canary_partitions: the canary must leave some partitions "
+                "for the rest of the rollout"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def partitions_in_scope(self) -> list[int]:
+        if self.scope.only_partitions is not None:
+            return sorted(set(self.scope.only_partitions))
+        return list(range(self.scope.partitions))
+
+    def failure_rules(self) -> ErrorRules:
+        return self.policy.rules()
+
+    def breaker_settings(self) -> BreakerSettings:
+        return self.breaker.settings()
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    problems = []
+    for error in exc.errors(include_url=False, include_input=False):
+        where = ".".join(str(part) for part in error["loc"]) or "(template)"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        for part in message.split("; "):
+            if ": " in part and where == "(template)":
+                location, _, what = part.partition(": ")
+                problems.append((location, what))
+            else:
+                problems.append((where, part))
+    return problems
+
+
+def parse_template(text: str, *, source: str = "<text>") -> RecoveryTemplate:
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidTemplate(source, [("(toml)", str(exc))]) from None
+    try:
+        return RecoveryTemplate.model_validate(document)
+    except ValidationError as exc:
+        raise InvalidTemplate(source, _problems(exc)) from None
+
+
+def load_template(path: Path | str) -> RecoveryTemplate:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidTemplate(str(path), [("(file)", f"cannot be read: {exc}")]) from None
+    return parse_template(text, source=str(path))
