@@ -4,11 +4,17 @@
 
     RecoveryError
     ├── InvalidRequest          bad operator input (range, partition, unknown projection...)
+    │   └── InvalidTemplate     a recovery template failed validation (every problem listed)
     ├── JobConflict             a job is already running on that projection
+    │   └── DrillConflict       the live build moved in a way a drill cannot follow
     ├── JobNotFound             no job with that id
     ├── InvalidJobTransition    e.g. resume a completed job
+    ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
-    └── IncompleteJob           a job could not account for every position up to its target
+    ├── IncompleteJob           a job could not account for every position up to its target
+    ├── AccessDenied            the principal lacks the permission for that scope (audited)
+    ├── AuthenticationFailed    no token, or a token that is unknown, revoked or malformed
+    └── AuditKeyError           the audit MAC key is missing, unreadable or malformed
 
 Messages name projections, jobs, partitions and positions; never payloads or secrets.
 """
@@ -16,18 +22,24 @@ Messages name projections, jobs, partitions and positions; never payloads or sec
 from __future__ import annotations
 
 __all__ = [
+    "AccessDenied",
+    "AuditKeyError",
+    "AuthenticationFailed",
     "CircuitOpen",
+    "DrillConflict",
     "IncompleteJob",
     "InvalidJobTransition",
     "InvalidRequest",
+    "InvalidTemplate",
     "JobConflict",
     "JobNotFound",
+    "LeaseLost",
     "RecoveryError",
 ]
 
 
 class RecoveryError(Exception):
-    """Base class of every error raised by :mod:`recovery`."""
+    """Base class of every error raised by :mod:`safereplay.recovery`."""
 
 
 class InvalidRequest(RecoveryError):
@@ -52,3 +64,32 @@ class CircuitOpen(RecoveryError):
 
 class IncompleteJob(RecoveryError):
     """Positions up to the job's target are neither applied, parked nor recorded holes."""
+
+
+class InvalidTemplate(InvalidRequest):
+    """A template failed validation; ``problems`` lists every one."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
+        self.problems = problems
+        listed = "\n".join(f"  - {where}: {what}" for where, what in problems)
+        super().__init__(f"template {source} is invalid ({len(problems)} problems):\n{listed}")
+
+
+class DrillConflict(JobConflict):
+    """The live build moved in a way the drill cannot follow (swapped, or kept moving)."""
+
+
+class LeaseLost(RecoveryError):
+    """This worker's lease on the partition expired and was taken over, or was released."""
+
+
+class AccessDenied(RecoveryError):
+    """The principal lacks the permission for that scope."""
+
+
+class AuthenticationFailed(RecoveryError):
+    """The token is unknown, revoked, malformed or wrong. (Never says which.)"""
+
+
+class AuditKeyError(RecoveryError):
+    """The audit MAC key is missing, unreadable or malformed."""

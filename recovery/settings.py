@@ -15,8 +15,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.settings import settings_error
-from safereplay.recovery.security.access import AuthenticationFailed
-from safereplay.recovery.security.audit import AuditKey, AuditKeyError
+from safereplay.recovery.errors import AuthenticationFailed
 
 __all__ = ["RecoverySettings"]
 
@@ -81,16 +80,6 @@ class RecoverySettings(BaseSettings):
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
             raise settings_error(exc) from None
-
-    def load_audit_key(self) -> AuditKey:
-        if self.audit_key_file is not None:
-            return AuditKey.load(self.audit_key_file)
-        if self.audit_key is not None:
-            return AuditKey.from_base64(self.audit_key.get_secret_value())
-        raise AuditKeyError(
-            "no audit key configured: set SAFEREPLAY_AUDIT_KEY_FILE (recommended) or "
-            "SAFEREPLAY_AUDIT_KEY; recovery operations are not run unaudited"
-        )
 
     def load_token(self) -> str:
         if self.token is not None:

@@ -68,7 +68,7 @@ from safereplay.projections import (
 from safereplay.projections.projection import Column, Table, physical_table_name
 from safereplay.projections.store import BUILDS_TABLE, PARKED_TABLE, POSITIONS_TABLE
 from safereplay.recovery.database import Database
-from safereplay.recovery.errors import InvalidRequest, JobConflict
+from safereplay.recovery.errors import DrillConflict, InvalidRequest
 from safereplay.recovery.resilience.policies import ErrorRules, Park, RulesPolicy
 
 __all__ = [
@@ -96,10 +96,6 @@ __all__ = [
 MAX_LISTED_DIFFERENCES = 100
 MAX_DRILL_PARTITIONS = 256
 DifferenceKind = Literal["differs", "missing in live", "missing in sandbox"]
-
-
-class DrillConflict(JobConflict):
-    """The live build moved in a way the drill cannot follow (swapped, or kept moving)."""
 
 
 def missing_table(exc: BaseException) -> bool:

@@ -23,7 +23,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from safereplay.recovery.database import Database, Tx
-from safereplay.recovery.errors import InvalidRequest, JobConflict, JobNotFound, RecoveryError
+from safereplay.recovery.errors import InvalidRequest, JobConflict, JobNotFound, LeaseLost
 from safereplay.recovery.jobs.model import (
     Claim,
     Job,
@@ -37,10 +37,6 @@ from safereplay.recovery.jobs.model import (
 )
 
 __all__ = ["JobStore", "LeaseLost", "NewJob", "SQLJobStore"]
-
-
-class LeaseLost(RecoveryError):
-    """This worker's lease on the partition expired and was taken over, or was released."""
 
 
 class NewJob:

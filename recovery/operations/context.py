@@ -23,7 +23,7 @@ from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal
-from safereplay.recovery.security.audit import AuditTrail
+from safereplay.recovery.security.audit import AuditKey, AuditTrail
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = ["RecoveryContext"]
@@ -115,7 +115,7 @@ class RecoveryContext:
 
     @cached_property
     def audit(self) -> AuditTrail:
-        audit = AuditTrail(self.database, self.recovery.load_audit_key())
+        audit = AuditTrail(self.database, AuditKey.from_settings(self.recovery))
         audit.create_tables()
         return audit
 

@@ -30,7 +30,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from safereplay.recovery.database import Database
-from safereplay.recovery.errors import InvalidRequest, RecoveryError
+from safereplay.recovery.errors import AccessDenied, AuthenticationFailed, InvalidRequest
 
 __all__ = [
     "ROLE_PERMISSIONS",
@@ -43,14 +43,6 @@ __all__ = [
     "Role",
     "scope_covers",
 ]
-
-
-class AccessDenied(RecoveryError):
-    """The principal lacks the permission for that scope."""
-
-
-class AuthenticationFailed(RecoveryError):
-    """The token is unknown, revoked, malformed or wrong. (Never says which.)"""
 
 
 class Role(StrEnum):

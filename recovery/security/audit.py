@@ -44,7 +44,8 @@ from typing import Any, Literal
 from uuid import UUID
 
 from safereplay.recovery.database import Database
-from safereplay.recovery.errors import RecoveryError
+from safereplay.recovery.errors import AuditKeyError
+from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
     "AuditEntry",
@@ -62,10 +63,6 @@ _SECRET_NAME = re.compile(
     r"(secret|password|passwd|token|credential|dsn|private|api_?key|^key$)", re.I
 )
 _ALLOWED_NAMES = {"key_id", "key_ids", "active_key_id", "token_id"}
-
-
-class AuditKeyError(RecoveryError):
-    """The audit MAC key is missing, unreadable or malformed."""
 
 
 def redact(value: Any, *, name: str = "") -> Any:
@@ -133,6 +130,18 @@ class AuditKey:
 
     def sign(self, digest: str) -> str:
         return hmac.new(self.key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+
+    @classmethod
+    def from_settings(cls, settings: RecoverySettings) -> AuditKey:
+        """The key the settings name: a file (recommended) or the environment."""
+        if settings.audit_key_file is not None:
+            return cls.load(settings.audit_key_file)
+        if settings.audit_key is not None:
+            return cls.from_base64(settings.audit_key.get_secret_value())
+        raise AuditKeyError(
+            "no audit key configured: set SAFEREPLAY_AUDIT_KEY_FILE (recommended) or "
+            "SAFEREPLAY_AUDIT_KEY; recovery operations are not run unaudited"
+        )
 
 
 @dataclass(frozen=True)

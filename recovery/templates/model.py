@@ -42,7 +42,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.errors import InvalidTemplate
 from safereplay.recovery.resilience.backoff import Backoff
 from safereplay.recovery.resilience.breaker import BreakerSettings
 from safereplay.recovery.resilience.policies import (
@@ -66,15 +66,6 @@ __all__ = [
 
 RUNBOOKS = Path(__file__).parent / "runbooks"
 TemplateKind = Literal["rebuild", "catch-up", "replay-range", "redrive-parked", "reencrypt"]
-
-
-class InvalidTemplate(InvalidRequest):
-    """A template failed validation; ``problems`` lists every one."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
-        self.problems = problems
-        listed = "\n".join(f"  - {where}: {what}" for where, what in problems)
-        super().__init__(f"template {source} is invalid ({len(problems)} problems):\n{listed}")
 
 
 class _Strict(BaseModel):
