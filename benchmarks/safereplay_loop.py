@@ -313,10 +313,10 @@ def view_digest(store: Store, view: dict[str, Any]) -> dict[str, Any]:
 def _partition_main(spec: dict[str, Any]) -> int:
     """One partition worker: import, report READY, wait for GO, catch up, report."""
     # Import what the catch-up needs before reporting ready, so the clock sees none of it.
-    import domain  # noqa: F401
+    import safereplay.domain
     import safereplay.projections.backends
     import safereplay.projections.runner  # noqa: F401
-    from benchmarks.worker import peak_rss_kb
+    from benchmarks.memory import peak_rss_kb
 
     store = Store.from_json(spec["store"])
     print("READY", flush=True)

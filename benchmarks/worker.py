@@ -12,7 +12,6 @@ import cProfile
 import io
 import json
 import pstats
-import resource
 import sqlite3
 import sys
 from pathlib import Path
@@ -23,29 +22,9 @@ from psycopg import sql
 
 from benchmarks import es_baseline, raw, safereplay_loop
 from benchmarks.dataset import Store
+from benchmarks.memory import peak_rss_kb, status_kb
 
-__all__ = ["main", "peak_rss_kb", "run_spec"]
-
-
-def _status_kb(field: str) -> int:
-    """A ``/proc/self/status`` memory field in kB (0 where /proc is missing)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
-def peak_rss_kb() -> int:
-    """This process's peak RSS.
-
-    ``VmHWM`` rather than ``getrusage(RUSAGE_SELF).ru_maxrss``: Linux carries
-    ``ru_maxrss`` across ``fork``/``exec``, so a worker started by a large parent
-    would report the parent's peak. ``ru_maxrss`` is the fallback off Linux.
-    """
-    return _status_kb("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+__all__ = ["main", "run_spec"]
 
 
 def _events_in_range(store: Store, upto: int) -> int:
@@ -95,7 +74,7 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     loop = spec["loop"]
     upto = int(spec["upto"])
     view: dict[str, Any] = dict(spec["view"])
-    rss_start = _status_kb("VmRSS")
+    rss_start = status_kb("VmRSS")
     if store.backend == "postgres":
         _fresh_pg_schema(store.postgres_dsn, view["schema"])
     else:

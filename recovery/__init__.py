@@ -7,7 +7,8 @@ from safereplay.recovery.drills.drill import (
     require_matching_drill,
     run_drill,
 )
-from safereplay.recovery.templates.store import TemplatePlan, TemplateStore, plan_template
+from safereplay.recovery.templates.plan import TemplatePlan, plan_template
+from safereplay.recovery.templates.store import TemplateStore
 
 __all__ = [
     "DemoResult",

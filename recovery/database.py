@@ -26,7 +26,14 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
-__all__ = ["Database", "PostgresDatabase", "SQLiteDatabase", "Tx"]
+__all__ = [
+    "Database",
+    "PostgresDatabase",
+    "SQLiteDatabase",
+    "Tx",
+    "missing_table",
+    "recorded_rows",
+]
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
 
@@ -212,3 +219,26 @@ class PostgresDatabase(Database):
 
     def close(self) -> None:
         self._pool.close()
+
+
+# -- reads that create nothing ------------------------------------------------------
+
+
+def missing_table(exc: BaseException) -> bool:
+    """Is ``exc`` a read of a table that was never created (nothing recorded yet)?"""
+    if isinstance(exc, sqlite3.OperationalError):
+        return "no such table" in str(exc)
+    return isinstance(exc, psycopg.errors.UndefinedTable)
+
+
+def recorded_rows(
+    database: Database, template: str, params: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """Rows of a recovery table; none if the table was never created (reads create nothing)."""
+    try:
+        with database.transaction(write=False) as tx:
+            return tx.rows(template, params)
+    except Exception as exc:
+        if missing_table(exc):
+            return []
+        raise

@@ -71,7 +71,7 @@ def test_mypy_strict_is_clean(tmp_path: Path) -> None:
 
 def test_ruff_is_clean() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", *PACKAGES, "tests", "benchmarks"],
+        [sys.executable, "-m", "ruff", "check", *PACKAGES, "tests", "benchmarks", "docs"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -174,3 +174,54 @@ def test_configuration_names_every_eventsourcing_variable_the_settings_produce()
             assert f"`{variable}`" in text, variable
             if variable.endswith("_TIMEOUT") and variable != "POSTGRES_CONNECT_TIMEOUT":
                 assert f"`{variable}` = `{value}`" in text, "fixed values are documented"
+
+
+# -- names and paths the documents mention exist ----------------------------------------------
+
+
+def mentioned_names(text: str) -> set[str]:
+    return set(re.findall(r"safereplay\.(?:domain|projections|recovery)(?:\.[A-Za-z_]\w*)*", text))
+
+
+def resolves(name: str) -> bool:
+    """Is ``name`` a module, or an attribute reachable from the longest module prefix?"""
+    import importlib
+
+    parts = name.split(".")
+    for cut in range(len(parts), 1, -1):
+        try:
+            found: Any = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attribute in parts[cut:]:
+            if not hasattr(found, attribute):
+                return False
+            found = getattr(found, attribute)
+        return True
+    return False
+
+
+@pytest.mark.parametrize("document", [*DOCS, ROOT / "README.md"], ids=lambda d: d.name)
+def test_every_module_and_file_a_document_names_exists(document: Path) -> None:
+    text = document.read_text(encoding="utf-8")
+    missing = sorted(name for name in mentioned_names(text) if not resolves(name))
+    paths = re.findall(r"(?<![\w./])((?:domain|projections|recovery)/[\w/]+\.(?:py|toml))", text)
+    missing += sorted(path for path in paths if not (ROOT / path).exists())
+    assert not missing, f"{document.name} names what does not exist: {missing}"
+
+
+def test_a_renamed_module_would_be_noticed() -> None:
+    assert resolves("safereplay.recovery.jobs.worker.Worker")
+    assert not resolves("safereplay.recovery.worker")
+    assert not resolves("safereplay.recovery.jobs.worker.NoSuchThing")
+
+
+def test_the_architecture_diagram_is_drawn_from_the_current_code() -> None:
+    import runpy
+
+    diagram = runpy.run_path(str(ROOT / "docs" / "architecture_diagram.py"))
+    committed = (ROOT / "docs" / "architecture.dot").read_text(encoding="utf-8")
+    assert committed == diagram["dot_text"](), (
+        "the code's imports changed: run `.venv/bin/python docs/architecture_diagram.py`"
+    )
+    assert (ROOT / "docs" / "architecture.png").stat().st_size > 10_000

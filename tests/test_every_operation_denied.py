@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.access import AccessDenied
@@ -44,7 +45,7 @@ def world(
         domain=settings, recovery=RecoverySettings(audit_key_file=tmp_path / "audit.key")
     )
     admin = context.access.authenticate(bootstrap_admin(context, "ada"))
-    job = context.operations.run(admin, "rebuild", reason="setup", projection="run_status")
+    job = open_operations(context).run(admin, "rebuild", reason="setup", projection="run_status")
     context.access.add_principal("mallory", kind="person", created_by="ada")
     token = context.access.issue_token("mallory")
     template = tmp_path / "t.toml"
@@ -96,11 +97,11 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
 
 def test_every_operation_refuses_a_principal_without_grants(world: dict[str, Any]) -> None:
     context = world["context"]
-    names = sorted(context.operations.specs)
+    names = sorted(open_operations(context).specs)
     assert len(names) >= 30
     for name in names:
         with pytest.raises(AccessDenied, match=f"'mallory' may not {name} on"):
-            context.operations.run(world["mallory"], name, reason="try", **parameters(world))
+            open_operations(context).run(world["mallory"], name, reason="try", **parameters(world))
     denied = [
         e.action
         for e in context.audit.entries(limit=10_000)

@@ -26,6 +26,7 @@ from safereplay.projections import (
 )
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.cli.demo import run_demo
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.audit import AuditKey
@@ -53,7 +54,7 @@ def viewer_credentials(log: Log) -> dict[str, str]:
         )
         try:
             admin = context.access.authenticate(bootstrap_admin(context, "ada"))
-            run = context.operations.run
+            run = open_operations(context).run
             run(admin, "principals.add", reason="test", name="vic", kind="person")
             run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
             token = run(admin, "token.issue", reason="test", name="vic")

@@ -35,14 +35,10 @@ from safereplay.projections import (
     partition_of,
 )
 from safereplay.recovery.cli.app import app as cli_app
-from safereplay.recovery.drills.drill import (
-    DrillConflict,
-    DrillStore,
-    RowDifference,
-    require_matching_drill,
-    run_drill,
-)
-from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.drills.digests import RowDifference
+from safereplay.recovery.drills.drill import DrillStore, require_matching_drill, run_drill
+from safereplay.recovery.errors import DrillConflict, InvalidRequest
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.drills import live_reader, new_sandbox
 from safereplay.recovery.security.access import AccessDenied, Principal, Role
@@ -70,7 +66,7 @@ class World:
 
     def drill(self, principal: Principal = OLGA, **parameters: Any) -> Any:
         parameters.setdefault("projection", "run_status")
-        return self.context.operations.run(principal, "drill", reason="drill", **parameters)
+        return open_operations(self.context).run(principal, "drill", reason="drill", **parameters)
 
     def a_run(self, index: int = 0) -> str:
         return sorted(str(row["run_id"]) for row in self.store.rows(RunStatusBoard, "runs"))[index]
@@ -125,7 +121,7 @@ class LiveStore:
         for principal, role in ((OLGA, Role.OPERATOR), (VIC, Role.VIEWER)):
             access.add_principal(principal.name, kind="person", created_by="setup")
             access.grant(principal.name, role, "projection:*", granted_by="setup")
-        context.operations  # noqa: B018 - recovery tables exist before anything is dumped
+        open_operations(context)
         yield world
         context.close()
         world.source.close()

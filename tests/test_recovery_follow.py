@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 from projection_fixtures import Backend, OnPostgres, OnSQLite
@@ -13,6 +14,8 @@ from recovery_fixtures import RunCounts, fold_run_counts, wait_until
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import REFERENCE_PROJECTIONS
+from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.registry import ProjectionRegistry
@@ -49,7 +52,7 @@ class FollowContract:
 
         def run() -> None:
             result.append(
-                context.operations.run(
+                open_operations(context).run(
                     setting["admin"],
                     "follow",
                     reason="live",
@@ -88,6 +91,38 @@ class FollowContract:
         entries = [e for e in context.audit.entries(limit=1000) if e.action == "park"]
         assert sorted(e.parameters["position"] for e in entries) == [p.position for p in parked]
         assert all("payload" not in e.parameters for e in entries)
+
+        # A long-running operation is in the trail from its start, not only its end.
+        follows = [e.outcome for e in context.audit.entries(limit=1000) if e.action == "follow"]
+        assert follows == ["started", "succeeded"]
+
+    def test_a_worker_is_audited_when_it_starts_and_when_it_ends(
+        self, setting: dict[str, Any]
+    ) -> None:
+        context, admin = setting["context"], setting["admin"]
+        operations = open_operations(context)
+        job_id = UUID(
+            operations.run(admin, "rebuild", reason="r", projection="run_status")["job_id"]
+        )
+        # Another worker holds a partition: this one runs the rest, then waits for it.
+        assert context.jobs.claim("another-worker", lease_seconds=60, job_id=job_id)
+        ended = threading.Event()
+
+        def run() -> None:
+            operations.run(admin, "worker", reason="help out", exit_when_idle=True)
+            ended.set()
+
+        threading.Thread(target=run, daemon=True).start()
+
+        def worker_entries() -> list[str]:
+            entries = context.audit.entries(limit=1000)
+            return [e.outcome for e in entries if e.action == "worker"]
+
+        assert wait_until(worker_entries, timeout=30, what="the worker's entry") == ["started"]
+        assert not ended.is_set(), "the entry was written while the worker runs"
+        context.jobs.transition(job_id, JobState.ABORTING)
+        assert ended.wait(30), "the worker stops once nothing it could take is pending"
+        assert worker_entries() == ["started", "succeeded"]
 
 
 class TestSQLiteFollow(OnSQLite, FollowContract):

@@ -19,6 +19,7 @@ from safereplay.projections import (
 )
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.worker import WorkerOptions
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.registry import ProjectionRegistry
@@ -63,7 +64,7 @@ class Applying:
     def apply(self, text: str, principal: Principal | None = None) -> list:  # type: ignore[type-arg]
         with self.driver().running() as driver:
             return apply_template(
-                self.context.operations,
+                open_operations(self.context),
                 principal or self.admin,
                 parse_template(text),
                 reason="INC-7",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -28,13 +30,12 @@ from safereplay.projections.projection import physical_table_name
 from safereplay.recovery.errors import InvalidRequest, JobConflict
 from safereplay.recovery.jobs.model import JobKind
 from safereplay.recovery.jobs.store import NewJob, SQLJobStore
+from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.templates import change_template
 from safereplay.recovery.security.access import AccessDenied, Principal, Role
-from safereplay.recovery.templates.model import RUNBOOKS, InvalidTemplate
-from safereplay.recovery.templates.store import (
-    DEFAULT_EVENTS_PER_SECOND,
-    TemplateStore,
-    change_template,
-)
+from safereplay.recovery.templates.model import RUNBOOKS, InvalidTemplate, parse_template
+from safereplay.recovery.templates.plan import DEFAULT_EVENTS_PER_SECOND
+from safereplay.recovery.templates.store import TemplateStore
 
 ADA = Principal("ada", "person")  # admin
 
@@ -69,7 +70,7 @@ class PlanContract(LiveStore):
         world.context.access.grant("ada", Role.ADMIN, "*", granted_by="setup")
 
     def plan(self, world: World, template: str, principal: Principal = VIC) -> Any:
-        return world.context.operations.run(principal, "plan", template=template)
+        return open_operations(world.context).run(principal, "plan", template=template)
 
     # -- plans -----------------------------------------------------------------------------
 
@@ -208,7 +209,9 @@ class PlanContract(LiveStore):
         self, world: World
     ) -> None:
         context = world.context
-        added = change_template(context, ADA, text=ORG_TEMPLATE, reason="our runbook", update=False)
+        added = change_template(
+            open_operations(context), ADA, text=ORG_TEMPLATE, reason="our runbook", update=False
+        )
         assert (added.template.name, added.template.version, added.template.author) == (
             "org-rebuild",
             1,
@@ -219,8 +222,12 @@ class PlanContract(LiveStore):
         changed = ORG_TEMPLATE.replace("partitions = 4", "partitions = 2")
         for principal in (OLGA, VIC):  # operate or view is not enough
             with pytest.raises(AccessDenied, match="templates.update"):
-                change_template(context, principal, text=changed, reason="tweak", update=True)
-        updated = change_template(context, ADA, text=changed, reason="fewer", update=True)
+                change_template(
+                    open_operations(context), principal, text=changed, reason="tweak", update=True
+                )
+        updated = change_template(
+            open_operations(context), ADA, text=changed, reason="fewer", update=True
+        )
         assert updated.template.version == 2
         assert "-partitions = 4\n+partitions = 2\n" in updated.diff
 
@@ -239,7 +246,8 @@ class PlanContract(LiveStore):
         store = TemplateStore(context.database)
         assert store.get("org-rebuild", 1).text == ORG_TEMPLATE
         assert [(t.name, t.version) for t in store.templates()] == [("org-rebuild", 2)]
-        assert context.operations.run(VIC, "templates.show", name="org-rebuild").text == changed
+        shown = open_operations(context).run(VIC, "templates.show", name="org-rebuild")
+        assert shown.text == changed
         plan = self.plan(world, "org-rebuild")
         assert (plan.origin, plan.partition_count) == ("stored template org-rebuild v2", 2)
         assert [(s.stage, s.when) for s in plan.stages] == [
@@ -248,24 +256,56 @@ class PlanContract(LiveStore):
         ]
 
         with pytest.raises(InvalidRequest, match=r"exists \(version 2\): use `templates update`"):
-            change_template(context, ADA, text=changed, reason="again", update=False)
+            change_template(
+                open_operations(context), ADA, text=changed, reason="again", update=False
+            )
         other = ORG_TEMPLATE.replace("org-rebuild", "org-other")
         with pytest.raises(InvalidRequest, match="no template 'org-other': use `templates add`"):
-            change_template(context, ADA, text=other, reason="typo", update=True)
+            change_template(open_operations(context), ADA, text=other, reason="typo", update=True)
         shipped = (RUNBOOKS / "poison-event.toml").read_text()
         with pytest.raises(InvalidRequest, match="name of a shipped runbook"):
-            change_template(context, ADA, text=shipped, reason="override", update=False)
-        with pytest.raises(JobConflict, match="changed since the diff was made"):
-            context.operations.run(
-                ADA,
-                "templates.update",
-                reason="forged diff",
-                template="org-rebuild",
-                base_version=2,
-                toml=ORG_TEMPLATE,
-                diff="",
+            change_template(
+                open_operations(context), ADA, text=shipped, reason="override", update=False
             )
-        assert [(t.name, t.version) for t in store.templates()] == [("org-rebuild", 2)]
+        # A caller cannot put a diff of its own in the audit trail: the dispatch
+        # layer computes it from the stored version before anything else.
+        forged = open_operations(context).run(
+            ADA,
+            "templates.update",
+            reason="forged diff",
+            template="org-rebuild",
+            base_version=1,
+            toml=ORG_TEMPLATE,
+            diff="(nothing changed, trust me)",
+        )
+        assert "-partitions = 2\n+partitions = 4\n" in forged.diff
+        entry = context.audit.entries()[-1]
+        assert (entry.action, entry.outcome) == ("templates.update", "succeeded")
+        assert entry.parameters["diff"] == forged.diff
+        assert entry.parameters["base_version"] == 2
+        assert [(t.name, t.version) for t in store.templates()] == [("org-rebuild", 3)]
+
+    def test_a_template_changed_between_the_diff_and_the_write_is_refused(
+        self, world: World
+    ) -> None:
+        context = world.context
+        operations = open_operations(context)
+        change_template(operations, ADA, text=ORG_TEMPLATE, reason="ours", update=False)
+        changed = ORG_TEMPLATE.replace("partitions = 4", "partitions = 2")
+        store = TemplateStore(context.database)
+        spec = operations.specs["templates.update"]
+        assert spec.prepare is not None
+
+        def diff_then_someone_else_writes(parameters: Mapping[str, Any]) -> Mapping[str, Any]:
+            prepared = spec.prepare(parameters)  # type: ignore[misc]
+            template = parse_template(changed, source="a colleague's")
+            store.save(changed, template, author="colleague", base_version=1)
+            return prepared
+
+        operations._specs["templates.update"] = replace(spec, prepare=diff_then_someone_else_writes)
+        with pytest.raises(JobConflict, match="changed since the diff was made"):
+            change_template(operations, ADA, text=changed, reason="mine", update=True)
+        assert [(t.author, t.version) for t in store.templates()] == [("colleague", 2)]
 
     def test_an_invalid_template_is_rejected_with_every_problem_and_audited(
         self, world: World
@@ -274,7 +314,9 @@ class PlanContract(LiveStore):
             "partitions = 4", "partitions = -1"
         )
         with pytest.raises(InvalidTemplate) as rejected:
-            change_template(world.context, ADA, text=broken, reason="oops", update=False)
+            change_template(
+                open_operations(world.context), ADA, text=broken, reason="oops", update=False
+            )
         assert "template.kind" in str(rejected.value)
         assert "scope.partitions" in str(rejected.value)
         (entry,) = world.context.audit.entries(action="templates.add")

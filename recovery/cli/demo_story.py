@@ -32,6 +32,7 @@ from safereplay.projections import (
 from safereplay.recovery.cli.rebuilds import start_workers, watch_job
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.worker import WorkerOptions
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.resilience.backoff import Backoff
@@ -67,7 +68,7 @@ class _Cast:
 def _cast(context: RecoveryContext, console: Console) -> _Cast:
     admin_token = bootstrap_admin(context, "demo-admin")
     admin = context.access.authenticate(admin_token)
-    run = context.operations.run
+    run = open_operations(context).run
     tokens = {}
     for name, role in (("demo-operator", "operator"), ("demo-viewer", "viewer")):
         run(admin, "principals.add", reason="demo cast", name=name, kind="person")
@@ -195,7 +196,7 @@ def _story(
     audit_key: Path,
     console: Console,
 ) -> StoryResult:
-    run = context.operations.run
+    run = open_operations(context).run
     console.rule("[bold]access control")
     cast = _cast(context, console)
     try:

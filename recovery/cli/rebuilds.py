@@ -32,6 +32,7 @@ from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import EXIT_NO, console, emit, operation, recovery_context
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.jobs.store import JobStore
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.templates.apply import AppliedStep, apply_template, wait_for_job
 from safereplay.recovery.templates.store import TemplateStore, resolve_template
 
@@ -177,7 +178,7 @@ def _run_job(
 ) -> None:
     with recovery_context() as context:
         caller = context.caller()
-        started = context.operations.run(caller, operation_name, reason=reason, **parameters)
+        started = open_operations(context).run(caller, operation_name, reason=reason, **parameters)
         if started["job_id"] is None or workers == 0:
             if started["job_id"] is not None and not as_json:
                 console.print(
@@ -284,7 +285,7 @@ def watch_command(job_id: str, as_json: Json = False) -> None:
     """Follow a job's progress (events, rate, ETA per partition) until it ends."""
     with recovery_context() as context:
         caller = context.caller()
-        context.operations.run(caller, "jobs.show", job_id=job_id)
+        open_operations(context).run(caller, "jobs.show", job_id=job_id)
         status = watch_job(context.jobs, UUID(job_id))
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
 
@@ -438,7 +439,8 @@ def apply_command(
         loaded, origin = resolve_template(template, store)
         driver = ProcessDriver(context.jobs, max(1, workers))
         try:
-            steps = apply_template(context.operations, caller, loaded, reason=reason, driver=driver)
+            operations = open_operations(context)
+            steps = apply_template(operations, caller, loaded, reason=reason, driver=driver)
         finally:
             driver.close()
         emit(steps, as_json=as_json, human=lambda s: _steps_table(origin, s))

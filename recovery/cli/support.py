@@ -27,6 +27,7 @@ from rich.console import Console
 from safereplay.domain import DomainError
 from safereplay.projections import PositionConflict, ProjectionError
 from safereplay.recovery.errors import JobConflict, RecoveryError
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
 from safereplay.recovery.security.audit import AuditKeyError
@@ -89,7 +90,7 @@ def operation(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
     """Run operation ``name`` as the principal whose token is in the environment."""
     with recovery_context() as context:
         caller = context.caller()
-        return context.operations.run(caller, name, reason=reason, **parameters)
+        return open_operations(context).run(caller, name, reason=reason, **parameters)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -18,7 +18,10 @@ from safereplay.recovery.cli.support import (
     operation,
     recovery_context,
 )
-from safereplay.recovery.templates.store import StoredTemplate, TemplatePlan, change_template
+from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.templates import change_template
+from safereplay.recovery.templates.plan import TemplatePlan
+from safereplay.recovery.templates.store import StoredTemplate
 
 __all__ = ["plan_command", "register", "templates_app"]
 
@@ -96,7 +99,9 @@ def _read(path: Path) -> str:
 def _change(path: Path, reason: str, *, update: bool) -> None:
     text = _read(path)
     with recovery_context() as context:
-        change = change_template(context, context.caller(), text=text, reason=reason, update=update)
+        change = change_template(
+            open_operations(context), context.caller(), text=text, reason=reason, update=update
+        )
     stored = change.template
     console.print(
         f"template {stored.name!r} is at version {stored.version} (by {stored.author})",

@@ -13,19 +13,17 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from safereplay.projections import (
+    EventSource,
     ParkedEvent,
+    Projection,
     ProjectionRunner,
+    ProjectionStore,
+    RunnerOptions,
     RunnerThread,
-    open_source,
-    open_store,
 )
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
-
-if TYPE_CHECKING:
-    from safereplay.recovery.operations.context import RecoveryContext
 
 __all__ = ["FollowReport", "follow_projections"]
 
@@ -40,27 +38,34 @@ class FollowReport:
 
 
 def follow_projections(
-    context: RecoveryContext,
-    names: Sequence[str],
+    projections: Sequence[type[Projection]],
     *,
+    open_store: Callable[[], ProjectionStore],
+    open_source: Callable[[], EventSource],
+    options: RunnerOptions,
     stop: threading.Event,
     on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
     policies: PolicySet | None = None,
 ) -> list[FollowReport]:
-    """Follow ``names`` until ``stop`` is set; a follower that fails is reported."""
+    """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
+
+    Each follower gets a store and a source of its own (``open_store``,
+    ``open_source``): its own connections, so one slow or failing follower does
+    not hold the others' transactions.
+    """
     policy = RulesPolicy((policies or PolicySet()).live)
     threads: list[RunnerThread] = []
     closers: list[object] = []
     try:
-        for name in names:
-            store = open_store(context.domain, context.projection_settings)
-            source = open_source(context.app)
+        for projection in projections:
+            store = open_store()
+            source = open_source()
             closers += [store, source]
             runner = ProjectionRunner(
-                context.registry[name](),
+                projection(),
                 source=source,
                 store=store,
-                options=context.runner_options(),
+                options=options,
                 policy=policy,
                 on_parked=on_parked,
             )

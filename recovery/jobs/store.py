@@ -24,6 +24,7 @@ from uuid import UUID, uuid4
 
 from safereplay.recovery.database import Database, Tx
 from safereplay.recovery.errors import InvalidRequest, JobConflict, JobNotFound, LeaseLost
+from safereplay.recovery.jobs import statements as sql
 from safereplay.recovery.jobs.model import (
     Claim,
     Job,
@@ -173,131 +174,6 @@ class JobStore(ABC):
         """Release connections."""
 
 
-# -- the SQL both backends share -------------------------------------------------------
-#
-# Statements are written once with psycopg-style named placeholders (%(name)s) and
-# {jobs}/{job_partitions} table slots; each backend turns them into its own statements
-# (psycopg.sql.Identifier on PostgreSQL, :name placeholders on SQLite).
-
-CREATE_JOBS = """
-CREATE TABLE IF NOT EXISTS {jobs} (
-    job_id TEXT PRIMARY KEY,
-    kind TEXT NOT NULL,
-    projection TEXT NOT NULL,
-    build INTEGER NOT NULL,
-    partition_count INTEGER NOT NULL,
-    state TEXT NOT NULL,
-    principal TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    parameters TEXT NOT NULL,
-    created_at DOUBLE PRECISION NOT NULL,
-    updated_at DOUBLE PRECISION NOT NULL,
-    target_position BIGINT,
-    range_start BIGINT,
-    range_end BIGINT,
-    max_concurrent_partitions INTEGER,
-    events_per_second DOUBLE PRECISION,
-    error TEXT,
-    breaker TEXT NOT NULL DEFAULT '{{}}'
-)"""
-
-# At most one active job per projection, enforced by the database itself.
-CREATE_ONE_ACTIVE_JOB_INDEX = """
-CREATE UNIQUE INDEX IF NOT EXISTS {idx_jobs_one_active} ON {jobs} (projection)
-WHERE state IN ('planned', 'running', 'paused', 'aborting')"""
-
-CREATE_PARTS = """
-CREATE TABLE IF NOT EXISTS {job_partitions} (
-    job_id TEXT NOT NULL,
-    partition_index INTEGER NOT NULL,
-    status TEXT NOT NULL,
-    start_position BIGINT NOT NULL,
-    position BIGINT NOT NULL,
-    target_position BIGINT,
-    events_applied BIGINT NOT NULL DEFAULT 0,
-    parked BIGINT NOT NULL DEFAULT 0,
-    retries BIGINT NOT NULL DEFAULT 0,
-    conflicts BIGINT NOT NULL DEFAULT 0,
-    lease_owner TEXT,
-    lease_token BIGINT NOT NULL DEFAULT 0,
-    lease_expires_at DOUBLE PRECISION,
-    started_at DOUBLE PRECISION,
-    updated_at DOUBLE PRECISION NOT NULL,
-    last_error TEXT,
-    PRIMARY KEY (job_id, partition_index)
-)"""
-
-INSERT_JOB = """
-INSERT INTO {jobs} (job_id, kind, projection, build, partition_count, state, principal, reason,
-    parameters, created_at, updated_at, target_position, range_start, range_end,
-    max_concurrent_partitions, events_per_second)
-VALUES (%(job_id)s, %(kind)s, %(projection)s, %(build)s, %(partition_count)s, 'planned',
-    %(principal)s, %(reason)s, %(parameters)s, %(now)s, %(now)s, %(target_position)s,
-    %(range_start)s, %(range_end)s, %(max_concurrent_partitions)s, %(events_per_second)s)"""
-
-INSERT_PART = """
-INSERT INTO {job_partitions} (job_id, partition_index, status, start_position, position,
-    target_position, updated_at)
-VALUES (%(job_id)s, %(partition_index)s, %(status)s, %(position)s, %(position)s,
-    %(target_position)s, %(now)s)"""
-# A staged rollout's later partitions wait as 'held' until the canary verified.
-RELEASE_HELD_PARTS = """
-UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
-WHERE job_id = %(job_id)s AND status = 'held'"""
-
-SELECT_JOB = "SELECT * FROM {jobs} WHERE job_id = %(job_id)s"
-SELECT_PARTS = "SELECT * FROM {job_partitions} WHERE job_id = %(job_id)s ORDER BY partition_index"
-SELECT_CLAIMABLE_JOBS = """
-SELECT * FROM {jobs} WHERE state IN ('planned', 'running')
-ORDER BY created_at, job_id"""
-SELECT_CLAIMABLE_PARTS = """
-SELECT * FROM {job_partitions}
-WHERE job_id = %(job_id)s
-  AND (status = 'pending' OR (status = 'running' AND lease_expires_at < %(now)s))
-ORDER BY partition_index"""
-COUNT_LIVE_LEASES = """
-SELECT COUNT(*) AS n FROM {job_partitions}
-WHERE job_id = %(job_id)s AND status = 'running' AND lease_expires_at >= %(now)s"""
-UPDATE_JOB_STATE = """
-UPDATE {jobs} SET state = %(state)s, updated_at = %(now)s, error = COALESCE(%(error)s, error)
-WHERE job_id = %(job_id)s"""
-CLAIM_PART = """
-UPDATE {job_partitions} SET status = 'running', lease_owner = %(worker_id)s,
-    lease_token = lease_token + 1, lease_expires_at = %(expires_at)s,
-    started_at = COALESCE(started_at, %(now)s), updated_at = %(now)s
-WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
-  AND lease_token = %(seen_token)s"""
-RENEW_LEASE = """
-UPDATE {job_partitions} SET lease_expires_at = %(expires_at)s, updated_at = %(now)s
-WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
-  AND lease_token = %(token)s AND status = 'running'"""
-REPORT_PROGRESS = """
-UPDATE {job_partitions} SET position = %(position)s,
-    events_applied = events_applied + %(events_applied)s, parked = parked + %(parked)s,
-    retries = retries + %(retries)s, conflicts = conflicts + %(conflicts)s,
-    target_position = COALESCE(%(target_position)s, target_position),
-    last_error = COALESCE(%(last_error)s, last_error), updated_at = %(now)s
-WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
-  AND lease_token = %(token)s AND status = 'running'"""
-FINISH_PART = """
-UPDATE {job_partitions} SET status = %(status)s, lease_owner = NULL, lease_expires_at = NULL,
-    last_error = COALESCE(%(error)s, last_error), updated_at = %(now)s
-WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
-  AND lease_token = %(token)s AND status = 'running'"""
-# An aborting job's partition whose lease expired (its worker died) is given back,
-# so that the abort can end; a stalled worker that wakes is fenced off (status).
-RELEASE_EXPIRED_PARTS = """
-UPDATE {job_partitions} SET status = 'pending', lease_owner = NULL, lease_expires_at = NULL,
-    updated_at = %(now)s
-WHERE job_id = %(job_id)s AND status = 'running' AND lease_expires_at < %(now)s"""
-RETRY_PART = """
-UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
-WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s AND status = 'failed'"""
-SET_BREAKER = (
-    "UPDATE {jobs} SET breaker = %(breaker)s, updated_at = %(now)s WHERE job_id = %(job_id)s"
-)
-
-
 def job_from_row(row: Mapping[str, Any]) -> Job:
     return Job(
         job_id=UUID(row["job_id"]),
@@ -359,9 +235,9 @@ class SQLJobStore(JobStore):
 
     def create_tables(self) -> None:
         with self._transaction(write=True) as tx:
-            tx.execute(CREATE_JOBS)
-            tx.execute(CREATE_ONE_ACTIVE_JOB_INDEX)
-            tx.execute(CREATE_PARTS)
+            tx.execute(sql.CREATE_JOBS)
+            tx.execute(sql.CREATE_ONE_ACTIVE_JOB_INDEX)
+            tx.execute(sql.CREATE_PARTS)
 
     def create_job(self, new: NewJob) -> Job:
         job_id = uuid4()
@@ -369,7 +245,7 @@ class SQLJobStore(JobStore):
             with self._transaction(write=True) as tx:
                 now = tx.now()
                 tx.execute(
-                    INSERT_JOB,
+                    sql.INSERT_JOB,
                     {
                         "job_id": str(job_id),
                         "kind": str(new.kind),
@@ -389,7 +265,7 @@ class SQLJobStore(JobStore):
                 )
                 for index, position in enumerate(new.start_positions):
                     tx.execute(
-                        INSERT_PART,
+                        sql.INSERT_PART,
                         {
                             "job_id": str(job_id),
                             "partition_index": index,
@@ -412,14 +288,16 @@ class SQLJobStore(JobStore):
 
     def get_job(self, job_id: UUID) -> Job:
         with self._transaction(write=False) as tx:
-            rows = tx.rows(SELECT_JOB, {"job_id": str(job_id)})
+            rows = tx.rows(sql.SELECT_JOB, {"job_id": str(job_id)})
         if not rows:
             raise JobNotFound(f"no job {job_id}")
         return job_from_row(rows[0])
 
     def partitions(self, job_id: UUID) -> list[PartitionProgress]:
         with self._transaction(write=False) as tx:
-            return [partition_from_row(r) for r in tx.rows(SELECT_PARTS, {"job_id": str(job_id)})]
+            return [
+                partition_from_row(r) for r in tx.rows(sql.SELECT_PARTS, {"job_id": str(job_id)})
+            ]
 
     def list_jobs(
         self, *, projection: str | None = None, active_only: bool = False, limit: int = 50
@@ -437,14 +315,14 @@ class SQLJobStore(JobStore):
 
     def transition(self, job_id: UUID, new_state: JobState, *, error: str | None = None) -> Job:
         with self._transaction(write=True) as tx:
-            rows = tx.rows(SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
+            rows = tx.rows(sql.SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
             job = job_from_row(rows[0])
             if job.state != new_state:
                 check_transition(job_id, job.state, new_state)
                 tx.execute(
-                    UPDATE_JOB_STATE,
+                    sql.UPDATE_JOB_STATE,
                     {
                         "state": str(new_state),
                         "now": tx.now(),
@@ -461,20 +339,20 @@ class SQLJobStore(JobStore):
             now = tx.now()
             # Lock the job rows first: the concurrency cap is then exact, and two
             # workers can never both see the same partition as claimable.
-            for job_row in tx.rows(SELECT_CLAIMABLE_JOBS, for_update=True):
+            for job_row in tx.rows(sql.SELECT_CLAIMABLE_JOBS, for_update=True):
                 job = job_from_row(job_row)
                 if job_id is not None and job.job_id != job_id:
                     continue
                 keys = {"job_id": str(job.job_id), "now": now}
                 if job.max_concurrent_partitions is not None:
-                    live = tx.rows(COUNT_LIVE_LEASES, keys)[0]["n"]
+                    live = tx.rows(sql.COUNT_LIVE_LEASES, keys)[0]["n"]
                     if live >= job.max_concurrent_partitions:
                         continue
-                for part_row in tx.rows(SELECT_CLAIMABLE_PARTS, keys, for_update=True):
+                for part_row in tx.rows(sql.SELECT_CLAIMABLE_PARTS, keys, for_update=True):
                     part = partition_from_row(part_row)
                     expires_at = now + lease_seconds
                     changed = tx.execute(
-                        CLAIM_PART,
+                        sql.CLAIM_PART,
                         {
                             **keys,
                             "worker_id": worker_id,
@@ -486,10 +364,12 @@ class SQLJobStore(JobStore):
                     if changed != 1:
                         continue
                     if job.state == JobState.PLANNED:
-                        tx.execute(UPDATE_JOB_STATE, {**keys, "state": "running", "error": None})
-                    claimed = tx.rows(SELECT_PARTS, keys)[part.partition_index]
+                        tx.execute(
+                            sql.UPDATE_JOB_STATE, {**keys, "state": "running", "error": None}
+                        )
+                    claimed = tx.rows(sql.SELECT_PARTS, keys)[part.partition_index]
                     return Claim(
-                        job=job_from_row(tx.rows(SELECT_JOB, keys)[0]),
+                        job=job_from_row(tx.rows(sql.SELECT_JOB, keys)[0]),
                         partition=partition_from_row(claimed),
                         worker_id=worker_id,
                         token=part.lease_token + 1,
@@ -533,7 +413,7 @@ class SQLJobStore(JobStore):
     def renew(self, claim: Claim, *, lease_seconds: float) -> Claim:
         now = self._fenced(
             claim,
-            RENEW_LEASE,
+            sql.RENEW_LEASE,
             lambda now: {"expires_at": now + lease_seconds},
             lost="lost its lease on",
         )
@@ -559,7 +439,7 @@ class SQLJobStore(JobStore):
     ) -> None:
         self._fenced(
             claim,
-            REPORT_PROGRESS,
+            sql.REPORT_PROGRESS,
             {
                 "position": position,
                 "events_applied": events_applied,
@@ -573,27 +453,29 @@ class SQLJobStore(JobStore):
 
     def finish_partition(self, claim: Claim, *, succeeded: bool, error: str | None = None) -> None:
         self._fenced(
-            claim, FINISH_PART, {"status": "completed" if succeeded else "failed", "error": error}
+            claim,
+            sql.FINISH_PART,
+            {"status": "completed" if succeeded else "failed", "error": error},
         )
 
     def release(self, claim: Claim) -> None:
-        self._fenced(claim, FINISH_PART, {"status": "pending", "error": None})
+        self._fenced(claim, sql.FINISH_PART, {"status": "pending", "error": None})
 
     def release_held(self, job_id: UUID) -> int:
         with self._transaction(write=True) as tx:
-            rows = tx.rows(SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
+            rows = tx.rows(sql.SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
-            return tx.execute(RELEASE_HELD_PARTS, {"job_id": str(job_id), "now": tx.now()})
+            return tx.execute(sql.RELEASE_HELD_PARTS, {"job_id": str(job_id), "now": tx.now()})
 
     def retry_partition(self, job_id: UUID, partition_index: int) -> None:
         with self._transaction(write=True) as tx:
-            rows = tx.rows(SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
+            rows = tx.rows(sql.SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
             job = job_from_row(rows[0])
             changed = tx.execute(
-                RETRY_PART,
+                sql.RETRY_PART,
                 {"job_id": str(job_id), "partition_index": partition_index, "now": tx.now()},
             )
             if changed != 1:
@@ -602,26 +484,26 @@ class SQLJobStore(JobStore):
                 )
             if job.state == JobState.FAILED:
                 tx.execute(
-                    UPDATE_JOB_STATE,
+                    sql.UPDATE_JOB_STATE,
                     {"state": "running", "now": tx.now(), "error": None, "job_id": str(job_id)},
                 )
 
     def finalize(self, job_id: UUID) -> Job:
         with self._transaction(write=True) as tx:
             keys = {"job_id": str(job_id)}
-            rows = tx.rows(SELECT_JOB, keys, for_update=True)
+            rows = tx.rows(sql.SELECT_JOB, keys, for_update=True)
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
             job = job_from_row(rows[0])
             if job.state == JobState.ABORTING:
-                tx.execute(RELEASE_EXPIRED_PARTS, {**keys, "now": tx.now()})
-            parts = [partition_from_row(r) for r in tx.rows(SELECT_PARTS, keys)]
+                tx.execute(sql.RELEASE_EXPIRED_PARTS, {**keys, "now": tx.now()})
+            parts = [partition_from_row(r) for r in tx.rows(sql.SELECT_PARTS, keys)]
             new_state = settled_state(job, parts)
             if new_state is not None:
                 failed = [p.partition_index for p in parts if p.status == "failed"]
                 error = f"partitions failed: {failed}" if new_state == JobState.FAILED else None
                 tx.execute(
-                    UPDATE_JOB_STATE,
+                    sql.UPDATE_JOB_STATE,
                     {**keys, "state": str(new_state), "now": tx.now(), "error": error},
                 )
         return self.get_job(job_id)
@@ -629,7 +511,7 @@ class SQLJobStore(JobStore):
     def set_breaker(self, job_id: UUID, breaker: Mapping[str, Any]) -> None:
         with self._transaction(write=True) as tx:
             tx.execute(
-                SET_BREAKER,
+                sql.SET_BREAKER,
                 {
                     "job_id": str(job_id),
                     "now": tx.now(),

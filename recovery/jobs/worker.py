@@ -58,8 +58,8 @@ from safereplay.recovery.jobs.store import JobStore, LeaseLost
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
+from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
 from safereplay.recovery.resilience.throttle import Throttle
-from safereplay.recovery.templates.model import BreakerSpec, PolicySpec
 
 __all__ = ["BreakerPolicy", "PartitionOutcome", "Worker", "WorkerOptions", "WorkerReport"]
 
@@ -138,6 +138,26 @@ class BreakerPolicy:
             self._on_change(self.breaker)
 
 
+class _ActiveJobs:
+    """The jobs a worker looks at in one poll: listed once, on first use.
+
+    With ``job_id``, just that job (whatever its state); otherwise the active ones.
+    """
+
+    def __init__(self, jobs: JobStore, job_id: uuid.UUID | None) -> None:
+        self.job_id = job_id
+        self._store = jobs
+        self._jobs: list[Job] | None = None
+
+    def jobs(self) -> list[Job]:
+        if self._jobs is None:
+            if self.job_id is not None:
+                self._jobs = [self._store.get_job(self.job_id)]
+            else:
+                self._jobs = self._store.list_jobs(active_only=True)
+        return self._jobs
+
+
 class Worker:
     """Claims and runs partitions of jobs until stopped (or idle, if so configured)."""
 
@@ -191,10 +211,13 @@ class Worker:
         stop = stop or threading.Event()
         report = WorkerReport(self.worker_id)
         while not stop.is_set():
-            claim = self._claim(job_id)
+            # One listing of the active jobs per poll, shared by the claim, the
+            # settling of orphans and the idle check (each used to list them again).
+            active = _ActiveJobs(self.jobs, job_id)
+            claim = self._claim(active)
             if claim is None:
-                self._settle_orphans(job_id)
-                if self.options.exit_when_idle and not self._work_pending(job_id):
+                self._settle_orphans(active)
+                if self.options.exit_when_idle and not self._work_pending(active):
                     break
                 stop.wait(self.options.idle_interval)
                 continue
@@ -204,13 +227,14 @@ class Worker:
             )
         return report
 
-    def _claim(self, job_id: uuid.UUID | None) -> Claim | None:
+    def _claim(self, active: _ActiveJobs) -> Claim | None:
         lease = self.options.lease_seconds
+        job_id = active.job_id
         if self._may_run is None:
             return self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job_id)
         # Only jobs this worker's principal may run (its grants' scopes).
-        for job in self.jobs.list_jobs(active_only=True):
-            if (job_id is None or job.job_id == job_id) and self._may_run(job):
+        for job in active.jobs():
+            if self._may_run(job):
                 claim = self.jobs.claim(self.worker_id, lease_seconds=lease, job_id=job.job_id)
                 if claim is not None:
                     return claim
@@ -224,12 +248,11 @@ class Worker:
             self._on_job_state(before, after)
         return after
 
-    def _settle_orphans(self, job_id: uuid.UUID | None) -> None:
+    def _settle_orphans(self, active: _ActiveJobs) -> None:
         """Settle (and seal) a job whose partitions have all ended but whose state did
         not follow: the worker that ended the last one died before settling it. An
         aborting job is settled too: the leases of dead workers expire (see finalize)."""
-        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
-        for job in jobs:
+        for job in active.jobs():
             if job.state not in (JobState.RUNNING, JobState.ABORTING):
                 continue
             if self._may_run is not None and not self._may_run(job):
@@ -242,10 +265,13 @@ class Worker:
             if settled.state == JobState.COMPLETED:
                 seal_job(settled, store=self.store)
 
-    def _work_pending(self, job_id: uuid.UUID | None) -> bool:
-        """A running job still has partitions someone else holds (they may expire)."""
-        jobs = [self.jobs.get_job(job_id)] if job_id else self.jobs.list_jobs(active_only=True)
-        for job in jobs:
+    def _work_pending(self, active: _ActiveJobs) -> bool:
+        """A running job still has partitions someone else holds (they may expire).
+
+        A job settled in this poll is still listed as running; its partitions have
+        all ended, so it counts as no work.
+        """
+        for job in active.jobs():
             if job.state not in (JobState.PLANNED, JobState.RUNNING):
                 continue
             if any(

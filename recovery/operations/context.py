@@ -1,4 +1,4 @@
-"""Everything an operation needs, built once from settings: stores, access, audit, dispatch."""
+"""Everything an operation needs, built once from settings: stores, access, audit, workers."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatab
 from safereplay.recovery.jobs.model import Job
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
-from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
@@ -124,26 +123,6 @@ class RecoveryContext:
         jobs = SQLJobStore(self.database)
         jobs.create_tables()
         return jobs
-
-    @cached_property
-    def operations(self) -> Operations:
-        from safereplay.recovery.operations.drills import register_drill_operations
-        from safereplay.recovery.operations.projections import (
-            register_job_operations,
-            register_projection_operations,
-        )
-        from safereplay.recovery.operations.rebuilds import register_recovery_operations
-        from safereplay.recovery.operations.security import register_security_operations
-        from safereplay.recovery.templates.store import register_template_operations
-
-        operations = Operations(access=self.access, audit=self.audit)
-        register_security_operations(operations, self)
-        register_projection_operations(operations, self)
-        register_job_operations(operations, self)
-        register_drill_operations(operations, self)
-        register_template_operations(operations, self)
-        register_recovery_operations(operations, self)
-        return operations
 
     def caller(self) -> Principal:
         """The principal whose token the environment holds."""

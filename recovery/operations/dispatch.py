@@ -32,6 +32,9 @@ class OperationContext:
 
 
 Handler = Callable[[OperationContext, Mapping[str, Any]], Any]
+#: Read-only work done before the permission check, whose result joins the
+#: parameters (and so the audit entry of every attempt, denied ones included).
+Preparer = Callable[[Mapping[str, Any]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,10 @@ class OperationSpec:
     handler: Handler
     summary: str = ""
     changes_state: bool = True
+    prepare: Preparer | None = None
+    #: Runs until stopped (a worker, a follower): audited when it starts, as well
+    #: as when it ends, so the trail shows what is running now.
+    long_running: bool = False
 
     @property
     def needs_reason(self) -> bool:
@@ -88,15 +95,22 @@ class Operations:
         scope: str | Callable[[Mapping[str, Any]], str] = projection_scope,
         summary: str = "",
         changes_state: bool | None = None,
+        prepare: Preparer | None = None,
+        long_running: bool = False,
     ) -> None:
-        """Register an operation; ``changes_state`` defaults to "needs more than view"."""
+        """Register an operation; ``changes_state`` defaults to "needs more than view".
+
+        ``prepare`` (optional) derives more parameters from the given ones before
+        the permission check: it must only read (a template's diff, say).
+        ``long_running`` operations get an audit entry when they start, too.
+        """
         if name in self._specs:
             raise ValueError(f"operation {name!r} is registered twice")
         scope_of = scope if callable(scope) else (lambda _params, fixed=scope: fixed)
         if changes_state is None:
             changes_state = permission != Permission.VIEW
         self._specs[name] = OperationSpec(
-            name, permission, scope_of, handler, summary, changes_state
+            name, permission, scope_of, handler, summary, changes_state, prepare, long_running
         )
 
     @property
@@ -117,6 +131,12 @@ class Operations:
             raise InvalidRequest(
                 f"unknown operation {operation!r}; known: {', '.join(sorted(self._specs))}"
             )
+        unprepared: InvalidRequest | None = None
+        if spec.prepare is not None:
+            try:
+                parameters = {**parameters, **spec.prepare(parameters)}
+            except InvalidRequest as exc:
+                unprepared = exc  # said after the permission check: a denial comes first
         scope = spec.scope_of(parameters)
         record: dict[str, Any] = {
             "actor": principal.name,
@@ -135,7 +155,13 @@ class Operations:
         if spec.needs_reason and not reason.strip():
             self.audit.append(AuditRecord(**{**record, "reason": "(none given)"}, outcome="failed"))
             raise InvalidRequest(f"{operation} changes state: give a reason (--reason)")
+        if unprepared is not None:
+            failed = {**parameters, "error": f"{type(unprepared).__name__}: {unprepared}"}
+            self.audit.append(AuditRecord(**{**record, "parameters": failed}, outcome="failed"))
+            raise unprepared
         context = OperationContext(principal=principal, reason=reason, operation=operation)
+        if spec.long_running:
+            self.audit.append(AuditRecord(**record, outcome="started"))
         try:
             result = spec.handler(context, parameters)
         except Exception as exc:

@@ -5,17 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from safereplay.recovery.drills.drill import (
-    DrillResult,
-    DrillStore,
-    PostgresSandbox,
-    PostgresStoreReader,
-    Sandbox,
-    SQLiteSandbox,
-    SQLiteStoreReader,
-    StoreReader,
-    run_drill,
-)
+from safereplay.recovery.drills.drill import DrillResult, DrillStore, run_drill
+from safereplay.recovery.drills.sandbox import PostgresSandbox, Sandbox, SQLiteSandbox
+from safereplay.recovery.drills.views import PostgresStoreReader, SQLiteStoreReader, StoreReader
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.security.access import Permission
 

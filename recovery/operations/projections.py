@@ -1,21 +1,19 @@
-"""Operations on projections that recovery jobs build on (more arrive with rebuilds)."""
+"""Reading projections through the dispatch layer: status and parked events."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from safereplay.projections import StatusReport, open_source, status
-from safereplay.recovery.jobs.model import JobState
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["register_job_operations", "register_projection_operations"]
+__all__ = ["register_projection_operations"]
 
 
 def register_projection_operations(operations: Operations, context: RecoveryContext) -> None:
@@ -49,74 +47,3 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
         handler=parked_list,
         summary="list parked (dead-letter) events of a projection",
     )
-
-
-def _job_scope(context: RecoveryContext) -> Any:
-    """Scope of a job operation: the projection the job works on."""
-
-    def scope(parameters: Mapping[str, Any]) -> str:
-        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
-        return f"projection:{job.projection}"
-
-    return scope
-
-
-def register_job_operations(operations: Operations, context: RecoveryContext) -> None:
-    jobs = context.jobs
-
-    def jobs_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[dict[str, Any]]:
-        listed = jobs.list_jobs(
-            projection=p.get("projection"), active_only=bool(p.get("active_only"))
-        )
-        result = []
-        for job in listed:
-            status = jobs.status(job.job_id)
-            result.append(
-                {
-                    **asdict(job),
-                    "events_applied": status.events_applied,
-                    "parked": status.parked,
-                    "retries": status.retries,
-                    "conflicts": status.conflicts,
-                    "events_per_second": status.events_per_second,
-                    "eta_seconds": status.eta_seconds,
-                    "partitions": [asdict(part) for part in status.partitions],
-                }
-            )
-        return result
-
-    def control(new_state: JobState) -> Any:
-        def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-            job_id = UUID(str(p["job_id"]))
-            state = new_state
-            if state == JobState.ABORTING and jobs.get_job(job_id).state in (
-                JobState.PLANNED,
-                JobState.FAILED,
-            ):
-                state = JobState.ABORTED  # no worker holds a partition: nothing to wind down
-            job = jobs.transition(job_id, state)
-            if state == JobState.ABORTING:
-                job = jobs.finalize(job_id)
-            return {"job_id": str(job.job_id), "state": str(job.state)}
-
-        return handler
-
-    operations.register(
-        "jobs.list",
-        permission=Permission.VIEW,
-        handler=jobs_list,
-        scope=lambda p: f"projection:{p['projection']}" if p.get("projection") else "*",
-        summary="list jobs with progress, rate and ETA",
-    )
-    for name, state in (
-        ("pause", JobState.PAUSED),
-        ("resume", JobState.RUNNING),
-        ("abort", JobState.ABORTING),
-    ):
-        operations.register(
-            name,
-            permission=Permission.OPERATE,
-            handler=control(state),
-            scope=_job_scope(context),
-            summary=f"{name} a job (workers see it at their next batch)",
-        )

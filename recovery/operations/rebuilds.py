@@ -18,7 +18,7 @@ from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-from safereplay.projections import ParkedEvent, Partition
+from safereplay.projections import ParkedEvent, Partition, open_source, open_store
 from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
@@ -292,7 +292,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 threading.Timer(float(p["stop_after"]), stop.set).start()
             parks = park_auditor(context, ctx.principal.name)
             return follow_projections(
-                context, names, stop=stop, on_parked=lambda parked: parks(parked, None)
+                [context.registry[name] for name in names],
+                open_store=lambda: open_store(context.domain, context.projection_settings),
+                open_source=lambda: open_source(context.app),
+                options=context.runner_options(),
+                stop=stop,
+                on_parked=lambda parked: parks(parked, None),
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:
@@ -332,18 +337,14 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         ("jobs.show", show_job, "one job with its partitions' progress", job_scope),
     ]
     for name, handler, summary, scope in table:
-        if name == "jobs.show":
-            operations.register(
-                name, permission=Permission.VIEW, handler=handler, summary=summary, scope=scope
-            )
-        elif scope is None:
-            operations.register(
-                name, permission=Permission.OPERATE, handler=handler, summary=summary
-            )
-        else:
-            operations.register(
-                name, permission=Permission.OPERATE, handler=handler, summary=summary, scope=scope
-            )
+        operations.register(
+            name,
+            permission=Permission.VIEW if name == "jobs.show" else Permission.OPERATE,
+            handler=handler,
+            summary=summary,
+            **({} if scope is None else {"scope": scope}),
+            long_running=name in ("worker", "follow"),
+        )
 
 
 @contextmanager

@@ -25,13 +25,31 @@ from uuid import UUID
 
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
-from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.security.access import Principal
 from safereplay.recovery.templates.model import RecoveryTemplate
 
-__all__ = ["AppliedStep", "JobDriver", "ThreadDriver", "apply_template", "wait_for_job"]
+__all__ = [
+    "AppliedStep",
+    "JobDriver",
+    "OperationRunner",
+    "ThreadDriver",
+    "apply_template",
+    "wait_for_job",
+]
 
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
+
+
+class OperationRunner(Protocol):
+    """What applying a template needs of the dispatch layer: running an operation.
+
+    (:class:`~safereplay.recovery.operations.dispatch.Operations` is one; a
+    template step runs through it, so every step is checked and audited.)
+    """
+
+    def run(
+        self, principal: Principal, operation: str, /, *, reason: str = "", **parameters: Any
+    ) -> Any: ...
 
 
 class JobDriver(Protocol):
@@ -132,7 +150,7 @@ def _canary_verified(template: RecoveryTemplate, status: JobStatus) -> tuple[boo
 
 
 def apply_template(
-    operations: Operations,
+    operations: OperationRunner,
     principal: Principal,
     template: RecoveryTemplate,
     *,

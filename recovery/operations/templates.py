@@ -1,0 +1,131 @@
+"""Template operations: plan a template, and add, update, list and show stored ones."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from safereplay.projections import open_source
+from safereplay.recovery.errors import InvalidRequest, JobConflict, RecoveryError
+from safereplay.recovery.jobs.store import SQLJobStore
+from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
+from safereplay.recovery.operations.drills import live_reader
+from safereplay.recovery.security.access import Permission, Principal
+from safereplay.recovery.templates.model import parse_template
+from safereplay.recovery.templates.plan import TemplatePlan, plan_template
+from safereplay.recovery.templates.store import (
+    StoredTemplate,
+    TemplateChange,
+    TemplateStore,
+    resolve_template,
+    shipped_runbooks,
+    template_change,
+)
+
+if TYPE_CHECKING:
+    from safereplay.recovery.operations.context import RecoveryContext
+
+__all__ = ["change_template", "register_template_operations"]
+
+
+def change_template(
+    operations: Operations, principal: Principal, *, text: str, reason: str, update: bool
+) -> TemplateChange:
+    """Add (or update) a template as ``principal``: admin only, audited with the diff."""
+    operation = "templates.update" if update else "templates.add"
+    result: TemplateChange = operations.run(principal, operation, reason=reason, toml=text)
+    return result
+
+
+def _plan_scope(context: RecoveryContext) -> Callable[[Mapping[str, Any]], str]:
+    def scope(parameters: Mapping[str, Any]) -> str:
+        try:
+            template, _ = resolve_template(
+                str(parameters.get("template", "")), TemplateStore(context.database)
+            )
+        except RecoveryError:
+            # Projections unknown: a viewer of every projection hears what is wrong
+            # (the handler raises it again, and the attempt is audited).
+            return "projection:*"
+        if template.template.kind == "reencrypt":
+            return "keys"
+        names = template.scope.projections
+        return f"projection:{names[0]}" if len(names) == 1 else "projection:*"
+
+    return scope
+
+
+def register_template_operations(operations: Operations, context: RecoveryContext) -> None:
+    templates = TemplateStore(context.database)
+
+    def plan(ctx: OperationContext, p: Mapping[str, Any]) -> TemplatePlan:
+        template, origin = resolve_template(str(p["template"]), templates)
+        with open_source(context.domain) as source:
+            return plan_template(
+                template,
+                origin=origin,
+                reader=live_reader(context),
+                source=source,
+                registry=context.registry,
+                jobs=SQLJobStore(context.database),
+            )
+
+    def save(update: bool) -> Callable[[OperationContext, Mapping[str, Any]], TemplateChange]:
+        def handler(ctx: OperationContext, p: Mapping[str, Any]) -> TemplateChange:
+            text = str(p["toml"])
+            template = parse_template(text, source=f"template {p.get('template')!r}")
+            name = template.template.name
+            if not update and name in shipped_runbooks():
+                raise InvalidRequest(
+                    f"{name!r} is the name of a shipped runbook: give the template another name"
+                )
+            templates.create_tables()
+            expected = template_change(templates, text)
+            if any(p.get(k) != expected[k] for k in ("template", "base_version", "diff")):
+                raise JobConflict(
+                    f"template {name!r} changed since the diff was made: run the command again"
+                )
+            base = int(expected["base_version"])
+            if not update and base:
+                raise InvalidRequest(
+                    f"template {name!r} exists (version {base}): use `templates update`"
+                )
+            if update and not base:
+                raise InvalidRequest(f"there is no template {name!r}: use `templates add`")
+            stored = templates.save(text, template, author=ctx.principal.name, base_version=base)
+            return TemplateChange(template=stored, diff=str(expected["diff"]))
+
+        return handler
+
+    def diff_of_change(p: Mapping[str, Any]) -> Mapping[str, Any]:
+        toml = p.get("toml")
+        if not isinstance(toml, str):
+            raise InvalidRequest("adding or changing a template needs its TOML text")
+        return template_change(templates, toml)
+
+    def listed(ctx: OperationContext, p: Mapping[str, Any]) -> list[StoredTemplate]:
+        return templates.templates()
+
+    def show(ctx: OperationContext, p: Mapping[str, Any]) -> StoredTemplate:
+        version = p.get("version")
+        return templates.get(str(p["name"]), None if version is None else int(version))
+
+    view, admin = Permission.VIEW, Permission.ADMINISTER
+    table: list[tuple[str, Permission, Handler, Any, str]] = [
+        ("plan", view, plan, _plan_scope(context), "dry run of a template, changing nothing"),
+        ("templates.add", admin, save(update=False), "*", "add a template (audited with a diff)"),
+        ("templates.update", admin, save(update=True), "*", "change a template (with a diff)"),
+        ("templates.list", view, listed, "projection:*", "list stored templates (latest)"),
+        ("templates.show", view, show, "projection:*", "show a stored template"),
+    ]
+    for name, permission, handler, scope, summary in table:
+        # Reading or planning changes nothing; adding and updating do (and need a reason),
+        # and their audit entries carry the diff, computed before the permission check.
+        operations.register(
+            name,
+            permission=permission,
+            handler=handler,
+            scope=scope,
+            summary=summary,
+            prepare=diff_of_change if name in ("templates.add", "templates.update") else None,
+        )
