@@ -163,6 +163,23 @@ def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:
         assert store.parked("run_status") == []
 
 
+def test_the_demo_runs_again_in_its_own_directory_and_nowhere_else(tmp_path: Path) -> None:
+    runner = CliRunner()
+    demo = ["demo", "--directory", str(tmp_path / "demo"), "--workflows", "1", "--runs", "2"]
+    for attempt in (1, 2):
+        result = runner.invoke(app, demo)
+        assert result.exit_code == 0, f"run {attempt}: {result.output}"
+        assert "audit entries that" in result.output
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    result = runner.invoke(app, ["demo", "--directory", str(mine)])
+    assert result.exit_code == 2
+    assert "holds files the demo did not make" in result.output
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"], "nothing touched"
+
+
 # -- settings ------------------------------------------------------------------------------------
 
 

@@ -16,7 +16,8 @@ from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import security as cli_security
 from safereplay.recovery.cli import templates as cli_templates
 from safereplay.recovery.cli.demo import run_demo, status_table
-from safereplay.recovery.cli.support import operation, to_jsonable
+from safereplay.recovery.cli.support import exit_code_for, fail, operation, to_jsonable
+from safereplay.recovery.errors import RecoveryError
 
 __all__ = ["app", "main"]
 
@@ -43,8 +44,14 @@ def demo(
     workflows: Annotated[int, typer.Option(min=1, max=1000)] = 6,
     runs: Annotated[int, typer.Option(min=1, max=10_000, help="Runs per workflow.")] = 12,
 ) -> None:
-    """Record a workload into an encrypted SQLite store and summarise it."""
-    run_demo(directory, console=console, workflows=workflows, runs=runs)
+    """Record a workload into an encrypted SQLite store and summarise it.
+
+    Run again, it starts over in its directory (one it made itself).
+    """
+    try:
+        run_demo(directory, console=console, workflows=workflows, runs=runs)
+    except RecoveryError as exc:
+        fail(str(exc), exit_code_for(exc))
 
 
 @app.command("status")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,6 +24,7 @@ from safereplay.projections import (
     status,
 )
 from safereplay.recovery.cli.demo_story import StoryResult, tell_recovery_story
+from safereplay.recovery.errors import InvalidRequest
 
 __all__ = ["DemoResult", "run_demo", "status_table"]
 
@@ -99,15 +101,39 @@ def prepare_key_file(directory: Path) -> Path:
     return key_file
 
 
+#: Written into the demo's directory, so that a later run knows it may start over there.
+DEMO_MARKER = "SAFEREPLAY-DEMO"
+
+
+def start_over(directory: Path) -> None:
+    """An empty demo directory: a new one, or one a previous demo left (removed whole).
+
+    Anything else is refused before a file is touched: the demo deletes only what
+    it made itself, and never half-resets a directory it did not make.
+    """
+    if directory.exists():
+        if not directory.is_dir():
+            raise InvalidRequest(f"{str(directory)!r} is a file: give the demo a directory")
+        if any(directory.iterdir()):
+            if not (directory / DEMO_MARKER).is_file():
+                raise InvalidRequest(
+                    f"{str(directory)!r} holds files the demo did not make: choose another "
+                    "directory with --directory"
+                )
+            shutil.rmtree(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    (directory / DEMO_MARKER).write_text(
+        "Made by `safereplay demo`, which starts over here (removing this folder) when run again.\n"
+    )
+
+
 def run_demo(
     directory: Path, *, console: Console, workflows: int = 6, runs: int = 12
 ) -> DemoResult:
-    directory.mkdir(parents=True, exist_ok=True)
-    os.chmod(directory, 0o700)
+    start_over(directory)
     key_file = prepare_key_file(directory)
     db_path = directory / "events.db"
-    for stale in directory.glob("events.db*"):
-        stale.unlink()
     settings = DomainSettings.from_env(
         backend="sqlite", sqlite_path=db_path, key_file=key_file, encryption=True
     )
