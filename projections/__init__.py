@@ -32,7 +32,7 @@ from safereplay.projections.errors import (
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
 from safereplay.projections.postgres import PostgresEventSource, PostgresProjectionStore
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
-from safereplay.projections.projection import Column, ColumnType, Projection, Table, handles
+from safereplay.projections.projection import Projection, handles
 from safereplay.projections.reference import (
     REFERENCE_PROJECTIONS,
     FailedSteps,
@@ -59,6 +59,7 @@ from safereplay.projections.status import (
     wait_for_position,
 )
 from safereplay.projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
+from safereplay.projections.tables import Column, ColumnType, Table
 from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
 
 __all__ = [

@@ -34,7 +34,7 @@ from typing import Any
 from uuid import UUID
 
 from safereplay.projections.errors import InvalidWrite
-from safereplay.projections.projection import Column, Table
+from safereplay.projections.tables import Column, Table
 
 __all__ = ["BatchState", "MergeShape", "RowReader", "TableWrites"]
 

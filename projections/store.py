@@ -39,8 +39,9 @@ from uuid import UUID
 
 from safereplay.projections.batch import RowReader, TableWrites
 from safereplay.projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
-from safereplay.projections.projection import Projection, Table
+from safereplay.projections.projection import Projection
 from safereplay.projections.source import Partition
+from safereplay.projections.tables import Table
 
 __all__ = [
     "POSITIONS_TABLE",
