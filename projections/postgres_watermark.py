@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from safereplay.projections.errors import WatermarkError  # re-exported: its former home
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
 __all__ = ["PostgresHighWaterMark", "WatermarkError", "WatermarkStatus"]
@@ -66,10 +67,6 @@ T = TypeVar("T")
 _MAX_IDENTIFIER_BYTES = 63
 #: A hold at one hole longer than this is logged (once per hole) as a warning.
 _LONG_HOLD_SECONDS = 60.0
-
-
-class WatermarkError(Exception):
-    """The high-water mark cannot be computed safely; the message says why."""
 
 
 @dataclass(frozen=True)
