@@ -78,3 +78,42 @@ def test_ruff_is_clean() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def module_imports(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of ``package`` it imports (at any level: in functions and
+    under TYPE_CHECKING too), by the name ``safereplay.{package}.{module}``."""
+    prefix = f"safereplay.{package}"
+    graph: dict[str, set[str]] = {}
+    for path in sorted((ROOT / package).rglob("*.py")):
+        parts = path.relative_to(ROOT / package).with_suffix("").parts
+        name = ".".join((prefix, *parts)).removesuffix(".__init__")
+        imported: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module)
+        graph[name] = {m for m in imported if m == prefix or m.startswith(prefix + ".")} - {name}
+    return graph
+
+
+def test_projections_modules_import_no_circle_and_never_the_package() -> None:
+    graph = module_imports("projections")
+    facade = "safereplay.projections"
+    assert not sorted(m for m, deps in graph.items() if m != facade and facade in deps)
+    circles: list[list[str]] = []
+    done: set[str] = set()
+
+    def visit(module: str, stack: list[str]) -> None:
+        for dependency in sorted(graph.get(module, ())):
+            if dependency in stack:
+                circles.append([*stack[stack.index(dependency) :], dependency])
+            elif dependency not in done:
+                visit(dependency, [*stack, dependency])
+        done.add(module)
+
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert not circles, [" -> ".join(c) for c in circles]
