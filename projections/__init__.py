@@ -1,12 +1,16 @@
 """Read models that track their position atomically with their state.
 
-- :mod:`safereplay.projections.projection`: the projection API (tables, ``@handles``);
+- :mod:`safereplay.projections.projection`: the projection API (``@handles``), with
+  :mod:`safereplay.projections.tables` (the tables a projection declares);
 - :mod:`safereplay.projections.batch`: the batch state handlers write to;
-- :mod:`safereplay.projections.store`, :mod:`safereplay.projections.sqlite`,
-  :mod:`safereplay.projections.postgres`: tables, positions, builds and parked events,
+- :mod:`safereplay.projections.store`: tables, positions, builds and parked events,
   one transaction per batch;
 - :mod:`safereplay.projections.source`: the notification log, read below the high-water mark
   (:mod:`safereplay.projections.watermark`, :mod:`safereplay.projections.postgres_watermark`);
+- the backends, side by side: :mod:`safereplay.projections.sqlite` and
+  :mod:`safereplay.projections.postgres` (each a store, a source and a connection
+  module), their SQL written once (:mod:`safereplay.projections.store_sql`,
+  :mod:`safereplay.projections.source_sql`, :mod:`safereplay.projections.sqltemplate`);
 - :mod:`safereplay.projections.runner`: catch-up and live following;
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
 - :mod:`safereplay.projections.status`: lag, status and read-your-writes;
@@ -30,9 +34,10 @@ from safereplay.projections.errors import (
     WaitTimeout,
 )
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
-from safereplay.projections.postgres import PostgresEventSource, PostgresProjectionStore
+from safereplay.projections.postgres_source import PostgresEventSource
+from safereplay.projections.postgres_store import PostgresProjectionStore
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
-from safereplay.projections.projection import Column, ColumnType, Projection, Table, handles
+from safereplay.projections.projection import Projection, handles
 from safereplay.projections.reference import (
     REFERENCE_PROJECTIONS,
     FailedSteps,
@@ -49,7 +54,8 @@ from safereplay.projections.runner import (
 )
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import EventSource, Partition, partition_of
-from safereplay.projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
+from safereplay.projections.sqlite_source import SQLiteEventSource
+from safereplay.projections.sqlite_store import SQLiteProjectionStore
 from safereplay.projections.status import (
     PartitionStatus,
     ProjectionStatus,
@@ -59,6 +65,7 @@ from safereplay.projections.status import (
     wait_for_position,
 )
 from safereplay.projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
+from safereplay.projections.tables import Column, ColumnType, Table
 from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
 
 __all__ = [

@@ -7,10 +7,12 @@ from typing import Any
 from safereplay.domain.application import EventStoreApplication
 from safereplay.domain.mapper import EnvelopeMapper
 from safereplay.domain.settings import DomainSettings
-from safereplay.projections.postgres import PostgresEventSource, PostgresProjectionStore
+from safereplay.projections.postgres_source import PostgresEventSource
+from safereplay.projections.postgres_store import PostgresProjectionStore
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import EventSource
-from safereplay.projections.sqlite import SQLiteEventSource, SQLiteProjectionStore
+from safereplay.projections.sqlite_source import SQLiteEventSource
+from safereplay.projections.sqlite_store import SQLiteProjectionStore
 from safereplay.projections.store import ProjectionStore
 
 __all__ = ["open_source", "open_store"]

@@ -22,6 +22,12 @@ overwrites another partition's contribution with a value it read earlier. Mixing
 ``add`` with ``maximum``/``minimum`` on one column within one batch cannot be
 folded into one operation; the row is then read and written absolutely (correct,
 but no longer commutative: avoid it in partitionable projections).
+
+Why this module is long (about 670 lines): the fold rules above
+are one concept, and their private helpers (pending rows, quick value checks,
+the add/set fold) are the per-event hot path of every catch-up, tuned together
+and property-tested together against the calls applied one by one. Kept in one
+module, the rules and the code that implements them read side by side.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from typing import Any
 from uuid import UUID
 
 from safereplay.projections.errors import InvalidWrite
-from safereplay.projections.projection import Column, Table
+from safereplay.projections.tables import Column, Table
 
 __all__ = ["BatchState", "MergeShape", "RowReader", "TableWrites"]
 

@@ -1,6 +1,7 @@
 """Errors raised by the projections layer.
 
-Every error :mod:`projections` raises derives from :class:`ProjectionError`.
+Every error :mod:`projections` raises derives from :class:`ProjectionError`, but
+one: the PostgreSQL high-water mark's own :class:`WatermarkError` (drawn below).
 Third-party errors (psycopg, sqlite3) are translated where they are caught, at
 the store and event-source adapters, with ``raise ... from``::
 
@@ -20,6 +21,12 @@ the store and event-source adapters, with ``raise ... from``::
     │   └── DatabaseUnavailable    transient: connection lost, server down, database
     │                              busy or locked; the runner retries with back-off
     └── WaitTimeout                wait_for_position ran out of time (also a TimeoutError)
+
+    Exception
+    └── WatermarkError             the PostgreSQL high-water mark cannot be computed
+                                   safely (raised by PostgresHighWaterMark, which
+                                   stands alone; the PostgreSQL event source turns it
+                                   into StoreError / DatabaseUnavailable)
 
 Messages name projections, builds, partitions, positions, aggregate ids and event
 types; never decrypted payloads, never connection strings.
@@ -43,6 +50,7 @@ __all__ = [
     "UnknownProjection",
     "VersionMismatch",
     "WaitTimeout",
+    "WatermarkError",
 ]
 
 
@@ -177,6 +185,14 @@ class DatabaseUnavailable(StoreError):
 
 class WaitTimeout(ProjectionError, TimeoutError):
     """``wait_for_position`` ran out of time before the projection got there."""
+
+
+class WatermarkError(Exception):
+    """The high-water mark cannot be computed safely; the message says why.
+
+    Not a :class:`ProjectionError`: :class:`~safereplay.projections.postgres_watermark.
+    PostgresHighWaterMark` is usable on its own, and its users catch this one error.
+    """
 
 
 def error_summary(error: BaseException, *, limit: int = 300) -> str:

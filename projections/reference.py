@@ -16,7 +16,8 @@ from __future__ import annotations
 from safereplay.domain.automation import Run, Workflow
 from safereplay.domain.envelope import Envelope, payload_value
 from safereplay.projections.batch import BatchState
-from safereplay.projections.projection import Projection, Table, handles
+from safereplay.projections.projection import Projection, handles
+from safereplay.projections.tables import Table
 
 __all__ = ["REFERENCE_PROJECTIONS", "FailedSteps", "RunStatusBoard", "WorkflowStatistics"]
 

@@ -37,6 +37,13 @@ anyway, so a lost notification or a killed listening connection never leaves
 it idle. A follower that meets a position moved by someone else (a recovery job that
 took the build over and gave it back, or another follower) re-reads it and goes
 on: the position check guarantees nothing was applied twice.
+
+Why this module is long (about 700 lines): it is one class,
+whose batch loop, connection retries and failure-policy path share the same
+state (the cached position, the blocked aggregates, the attempts of the failing
+event) and the one crash-safety argument above. Split by concern, each part
+would reach into the others' internals; its values (options, results) are small
+and read with it.
 """
 
 from __future__ import annotations

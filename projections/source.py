@@ -10,8 +10,8 @@ shipped only the rows it applies.
 The partition of an aggregate is ``int.from_bytes(id.bytes[:4], "big") % count``:
 the first 32 bits of the UUID, which are random for the UUIDv4 and UUIDv5 ids
 eventsourcing and safereplay use. Both backends compute it in SQL (see
-:mod:`safereplay.projections.sqlite`, :mod:`safereplay.projections.postgres`);
-:func:`partition_of` is the same function in Python.
+:mod:`safereplay.projections.source_sql`); :func:`partition_of` is the same
+function in Python.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The projection store: a projection's tables, its positions, its builds, its parked events.
 
-One interface, two backends side by side (:mod:`safereplay.projections.sqlite`,
-:mod:`safereplay.projections.postgres`), one contract test class. The store may live in the
+One interface, two backends side by side (:mod:`safereplay.projections.sqlite_store`,
+:mod:`safereplay.projections.postgres_store`), one contract test class; their SQL is
+written once, in :mod:`safereplay.projections.store_sql`. The store may live in the
 event store's database or in another database of the same kind.
 
 Tables the store owns (besides the projections' own)::
@@ -39,8 +40,9 @@ from uuid import UUID
 
 from safereplay.projections.batch import RowReader, TableWrites
 from safereplay.projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
-from safereplay.projections.projection import Projection, Table
+from safereplay.projections.projection import Projection
 from safereplay.projections.source import Partition
+from safereplay.projections.tables import Table
 
 __all__ = [
     "POSITIONS_TABLE",
@@ -370,6 +372,31 @@ def repartitioned_rows(
     return [(0, position, applied, parked)] + [(i, position, 0, 0) for i in range(1, count)]
 
 
+def build_status(value: str) -> BuildStatus:
+    """A registry row's status."""
+    if value == "live":
+        return "live"
+    if value == "building":
+        return "building"
+    return "retired"
+
+
+def checkpoint_of(
+    name: str, build: int, row: Sequence[Any], *, when: Callable[[Any], datetime]
+) -> Checkpoint:
+    """A positions row (partition index and count, position, events applied and
+    parked, committed at); ``when`` decodes the backend's timestamp."""
+    return Checkpoint(
+        projection=name,
+        build=build,
+        partition=Partition(int(row[0]), int(row[1])),
+        position=int(row[2]),
+        events_applied=int(row[3]),
+        events_parked=int(row[4]),
+        committed_at=None if row[5] is None else when(row[5]),
+    )
+
+
 def parked_insert_row(
     name: str,
     build: int,
@@ -377,45 +404,72 @@ def parked_insert_row(
     *,
     when: Callable[[datetime], Any],
     ident: Callable[[UUID], Any],
-) -> tuple[Any, ...]:
-    """The parameters of a parked event's insert, in the stores' column order:
-    projection, build, position, partition index and count, aggregate id and version,
-    topic, event type, error type and message, attempts, first and last seen, reason,
-    blocked by. ``when`` and ``ident`` encode timestamps and ids for the backend."""
-    return (
-        name,
-        build,
-        event.position,
-        event.partition.index,
-        event.partition.count,
-        ident(event.aggregate_id),
-        event.aggregate_version,
-        event.topic,
-        event.event_type,
-        event.error_type,
-        event.error_message,
-        event.attempts,
-        when(event.first_seen_at),
-        when(event.last_seen_at),
-        event.reason,
-        event.blocked_by,
-    )
+) -> dict[str, Any]:
+    """The parameters of a parked event's insert (``store_sql.PARK``); ``when`` and
+    ``ident`` encode timestamps and ids for the backend."""
+    return {
+        "projection": name,
+        "build": build,
+        "position": event.position,
+        "index": event.partition.index,
+        "count": event.partition.count,
+        "aggregate_id": ident(event.aggregate_id),
+        "aggregate_version": event.aggregate_version,
+        "topic": event.topic,
+        "event_type": event.event_type,
+        "error_type": event.error_type,
+        "error_message": event.error_message,
+        "attempts": event.attempts,
+        "first_seen_at": when(event.first_seen_at),
+        "last_seen_at": when(event.last_seen_at),
+        "reason": event.reason,
+        "blocked_by": event.blocked_by,
+    }
 
 
 def parked_update_row(
     name: str, build: int, event: ParkedEvent, *, when: Callable[[datetime], Any]
-) -> tuple[Any, ...]:
-    """The parameters of a redrive's update of a parked event that failed again:
-    attempts, last seen, error type and message, reason, blocked by, then the key
-    (projection, build, position)."""
-    return (
-        event.attempts,
-        when(event.last_seen_at),
-        event.error_type,
-        event.error_message,
-        event.reason,
-        event.blocked_by,
-        name,
-        build,
-        event.position,
+) -> dict[str, Any]:
+    """The parameters of a redrive's update of a parked event that failed again
+    (``store_sql.PARKED_AGAIN``)."""
+    return {
+        "attempts": event.attempts,
+        "last_seen_at": when(event.last_seen_at),
+        "error_type": event.error_type,
+        "error_message": event.error_message,
+        "reason": event.reason,
+        "blocked_by": event.blocked_by,
+        "projection": name,
+        "build": build,
+        "position": event.position,
+    }
+
+
+def parked_event_of(
+    name: str,
+    build: int,
+    row: Sequence[Any],
+    *,
+    when: Callable[[Any], datetime],
+    ident: Callable[[Any], UUID],
+) -> ParkedEvent:
+    """A parked row, in ``store_sql.PARKED``'s column order; ``when`` and ``ident``
+    decode the backend's timestamps and ids."""
+    return ParkedEvent(
+        projection=name,
+        build=build,
+        position=int(row[0]),
+        partition=Partition(int(row[1]), int(row[2])),
+        aggregate_id=ident(row[3]),
+        aggregate_version=int(row[4]),
+        topic=row[5],
+        event_type=row[6],
+        error_type=row[7],
+        error_message=row[8],
+        attempts=int(row[9]),
+        first_seen_at=when(row[10]),
+        last_seen_at=when(row[11]),
+        reason=row[12],
+        blocked_by=None if row[13] is None else int(row[13]),
+        resolved_at=None if row[14] is None else when(row[14]),
     )

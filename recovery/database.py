@@ -5,14 +5,14 @@ psycopg-style named placeholders (``%(name)s``) and table slots (``{jobs}``); a
 slot ``{x}`` names the table ``safereplay_x``, and a slot ``{idx_x}`` names an
 index. Each backend turns a template into its own statement: schema-qualified
 ``psycopg.sql.Identifier`` on PostgreSQL, quoted names and ``:name`` placeholders
-on SQLite. Templates are module constants, never built from input.
+on SQLite. Templates are module constants, never built from input. The notation
+and its renderers belong to the projections layer, which writes its own SQL the
+same way (:mod:`safereplay.projections.sqltemplate`).
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
-import string
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -26,6 +26,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
+
 __all__ = [
     "Database",
     "PostgresDatabase",
@@ -34,16 +36,6 @@ __all__ = [
     "missing_table",
     "recorded_rows",
 ]
-
-_PLACEHOLDER = re.compile(r"%\((\w+)\)s")
-
-
-def _slots(template: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(template) if name}
-
-
-def _table_name(slot: str) -> str:
-    return f"safereplay_{slot.removeprefix('idx_')}"
 
 
 class Tx(ABC):
@@ -82,11 +74,6 @@ class Database(ABC):
 
 
 # -- SQLite ---------------------------------------------------------------------------
-
-
-def sqlite_statement(template: str) -> str:
-    names = {slot: f'"{_table_name(slot)}"' for slot in _slots(template)}
-    return _PLACEHOLDER.sub(r":\1", template.format(**names))
 
 
 class _SQLiteTx(Tx):
@@ -147,16 +134,6 @@ class SQLiteDatabase(Database):
 
 
 # -- PostgreSQL -----------------------------------------------------------------------
-
-
-def postgres_statement(template: str, schema: str) -> sql.Composed:
-    names = {
-        slot: sql.Identifier(_table_name(slot))
-        if slot.startswith("idx_")
-        else sql.Identifier(schema, _table_name(slot))
-        for slot in _slots(template)
-    }
-    return sql.SQL(template).format(**names)
 
 
 class _PostgresTx(Tx):

@@ -9,7 +9,7 @@
   ``recovery/`` the sub-packages do too, from the command line down to the shared
   foundations (:data:`RECOVERY_LAYERS`);
 - no module of the three packages is over :data:`MAX_LINES` lines unless its
-  docstring says why (a paragraph starting ``Why this module is long:``).
+  docstring says why (a paragraph starting ``Why this module is long``).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RECOVERY_LAYERS = (
     "(foundations)",
 )
 MAX_LINES = 600
-LONG_REASON = "Why this module is long:"
+LONG_REASON = "Why this module is long"
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,19 @@ def test_packages_import_downward_only(package: str) -> None:
         if name.startswith("safereplay.") and name.split(".")[1] in forbidden
     ]
     assert not offenders, offenders
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_no_module_imports_its_own_package_facade(package: str) -> None:
+    facade = f"safereplay.{package}"
+    offenders = [
+        f"{module.name}:{line}"
+        for module in MODULES.values()
+        if module.name.startswith(facade + ".")
+        for line, name in imports_of(module)
+        if name == facade
+    ]
+    assert not offenders, f"import the module that defines the name, not {facade}: {offenders}"
 
 
 def recovery_layer(name: str) -> int | None:
