@@ -7,7 +7,10 @@ the two in step. :meth:`DomainSettings.from_env` turns any problem into one
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,7 +21,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from safereplay.domain.errors import ConfigurationError, DomainError
 from safereplay.domain.keyring import KeyRing
 
-__all__ = ["DEFAULT_POSTGRES_DSN", "DomainSettings", "settings_error"]
+__all__ = [
+    "DEFAULT_POSTGRES_DSN",
+    "RESERVED_PREFIXES",
+    "DomainSettings",
+    "check_variables",
+    "settings_error",
+    "variable_names",
+]
 
 #: The DSN tests and examples use when none is given (this machine's server).
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -26,6 +36,9 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Connection parameters of SAFEREPLAY_POSTGRES_DSN that reach the connection pool.
 _DSN_PARAMETERS = frozenset({"host", "port", "user", "password", "dbname", "connect_timeout"})
 ENV_PREFIX = "SAFEREPLAY_"
+#: ``SAFEREPLAY_*`` names that are not settings and are never checked: the test
+#: suite's own (``SAFEREPLAY_TEST_POSTGRES_DSN``...) and the benchmarks'.
+RESERVED_PREFIXES = ("SAFEREPLAY_TEST_", "SAFEREPLAY_BENCH_")
 
 
 def settings_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> ConfigurationError:
@@ -40,6 +53,50 @@ def settings_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> Configu
         name = f"{prefix}{location.upper()}" if location else "settings"
         problems.append(f"{name}: {error['msg']}")
     return ConfigurationError("invalid configuration: " + "; ".join(problems))
+
+
+def variable_names(settings_class: type[BaseSettings]) -> frozenset[str]:
+    """The environment variables a settings class reads (upper case)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    return frozenset(f"{prefix}{name}".upper() for name in settings_class.model_fields)
+
+
+def check_variables(
+    known: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefix: str = ENV_PREFIX,
+    reserved: Iterable[str] = RESERVED_PREFIXES,
+) -> None:
+    """Refuse every ``prefix`` variable of ``environ`` that is not one of ``known``.
+
+    A misspelt variable (``SAFEREPLAY_POSTGRES_DNS``) would otherwise be ignored
+    and its setting silently left at its default. The error names each unknown
+    variable and, where one is close, the setting it probably meant; values are
+    never shown. Names are compared in upper case, as pydantic-settings reads
+    them case-insensitively. Variables starting with one of ``reserved`` are
+    left alone.
+    """
+    environ = os.environ if environ is None else environ
+    valid = {name.upper() for name in known}
+    reserved = tuple(r.upper() for r in reserved)
+    # Compared without the common prefix, which would make every name look close.
+    short = {name.removeprefix(prefix): name for name in valid}
+    problems = []
+    for name in sorted(environ):
+        upper = name.upper()
+        if not upper.startswith(prefix) or upper in valid or upper.startswith(reserved):
+            continue
+        close = difflib.get_close_matches(upper.removeprefix(prefix), list(short), n=1)
+        if close:
+            problems.append(f"unknown setting {name}: did you mean {short[close[0]]}?")
+        else:
+            problems.append(
+                f"unknown setting {name}: no setting has a similar name "
+                "(see docs/configuration.md)"
+            )
+    if problems:
+        raise ConfigurationError("; ".join(problems))
 
 
 class DomainSettings(BaseSettings):

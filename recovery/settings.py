@@ -5,19 +5,32 @@ projection store's database. The audit MAC key and the caller's API token are
 kept out of that database on purpose: the key in a file or the environment, the
 token in the environment or a file — never on a command line, where ``ps``
 would show it.
+
+This is also where every layer's settings meet: :func:`check_environment`
+refuses a ``SAFEREPLAY_*`` variable that none of them reads (a misspelling would
+otherwise leave its setting at the default without a word). The domain and
+projection layers cannot make that check themselves, as they do not know the
+names of the layers above them.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from safereplay.domain.settings import settings_error
+from safereplay.domain.settings import (
+    DomainSettings,
+    check_variables,
+    settings_error,
+    variable_names,
+)
+from safereplay.projections.settings import ProjectionSettings
 from safereplay.recovery.errors import AuthenticationFailed
 
-__all__ = ["RecoverySettings"]
+__all__ = ["SETTINGS_CLASSES", "RecoverySettings", "check_environment", "setting_names"]
 
 
 class RecoverySettings(BaseSettings):
@@ -76,6 +89,8 @@ class RecoverySettings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: object) -> RecoverySettings:
+        """Read the environment (plus ``overrides``) after :func:`check_environment`."""
+        check_environment()
         try:
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
@@ -95,3 +110,29 @@ class RecoverySettings(BaseSettings):
             "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
             "as a command-line argument)"
         )
+
+
+#: Every settings class of safereplay: the variables they read are all the settings.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    DomainSettings,
+    ProjectionSettings,
+    RecoverySettings,
+)
+
+
+def setting_names() -> frozenset[str]:
+    """Every ``SAFEREPLAY_*`` variable safereplay reads as a setting (upper case)."""
+    return frozenset().union(*(variable_names(c) for c in SETTINGS_CLASSES))
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse any ``SAFEREPLAY_*`` variable that is not a setting (default: ``os.environ``).
+
+    Raises one :class:`~safereplay.domain.errors.ConfigurationError` naming each
+    unknown variable and the closest setting, e.g. ``unknown setting
+    SAFEREPLAY_POSTGRES_DNS: did you mean SAFEREPLAY_POSTGRES_DSN?``. Every
+    ``safereplay`` command runs it first; so does :meth:`RecoverySettings.from_env`.
+    ``SAFEREPLAY_TEST_*`` and ``SAFEREPLAY_BENCH_*`` are reserved for the test
+    suite and the benchmarks and are not checked.
+    """
+    check_variables(setting_names(), environ)
