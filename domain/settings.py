@@ -14,12 +14,13 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.errors import ConfigurationError, DomainError
 from safereplay.domain.keyring import KeyRing
+from safereplay.domain.secret import Password, read_password_file
 
 __all__ = [
     "DEFAULT_POSTGRES_DSN",
@@ -115,6 +116,10 @@ class DomainSettings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         default=None, description="PostgreSQL connection string (backend=postgres)."
     )
+    postgres_password_file: Path | None = Field(
+        default=None,
+        description="File holding the PostgreSQL password (mode 0600), instead of the DSN.",
+    )
     postgres_schema: str = Field(
         default="public", description="PostgreSQL schema holding the event tables."
     )
@@ -167,6 +172,20 @@ class DomainSettings(BaseSettings):
                     "SAFEREPLAY_POSTGRES_DSN: connect_timeout must be a whole number of "
                     "seconds (at least 1)"
                 )
+            if self.postgres_password_file is not None:
+                password = _file_password(
+                    self.postgres_password_file, "SAFEREPLAY_POSTGRES_PASSWORD_FILE"
+                )
+                if params.get("password") not in (None, "", password):
+                    raise ValueError(
+                        "SAFEREPLAY_POSTGRES_DSN holds a password and "
+                        "SAFEREPLAY_POSTGRES_PASSWORD_FILE is set: keep only one"
+                    )
+                # The password joins the DSN, a SecretStr, so that every user of the
+                # DSN (event store, projection store, event source, drills) connects
+                # with it. The model is frozen; this is its construction.
+                dsn = make_conninfo(self.postgres_dsn.get_secret_value(), password=password)
+                object.__setattr__(self, "postgres_dsn", SecretStr(dsn))
         if not _SCHEMA.match(self.postgres_schema):
             raise ValueError("SAFEREPLAY_POSTGRES_SCHEMA must be a lower-case SQL identifier")
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", self.application_name):
@@ -208,11 +227,24 @@ class DomainSettings(BaseSettings):
         except Exception as exc:  # pragma: no cover - defensive, keeps secrets out
             raise ConfigurationError(f"key ring cannot be loaded: {type(exc).__name__}") from None
 
+    def postgres_password(self) -> Password | None:
+        """The PostgreSQL password (from the DSN or the password file), or None.
+
+        None means libpq's own ways apply: ``PGPASSWORD`` or the password file
+        (``PGPASSFILE``, ``~/.pgpass``). The value prints as ``'**********'``.
+        """
+        if self.postgres_dsn is None:
+            return None
+        password = conninfo_to_dict(self.postgres_dsn.get_secret_value()).get("password")
+        return Password(password) if password else None
+
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing environment these settings map to.
 
         Encryption is not configured here: the key ring is handed to the mapper
-        directly so key material never sits in an environment dictionary.
+        directly so key material never sits in an environment dictionary. Nor is
+        the PostgreSQL password (``POSTGRES_PASSWORD`` is always empty): see
+        :meth:`postgres_password`.
         """
         if self.backend == "sqlite":
             return {
@@ -228,7 +260,11 @@ class DomainSettings(BaseSettings):
             "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
             "POSTGRES_PORT": str(params.get("port", "5432")),
             "POSTGRES_USER": str(params.get("user", "postgres")),
-            "POSTGRES_PASSWORD": str(params.get("password", "")),
+            # Never the password itself: this mapping becomes the application's
+            # ``env``, a dict that prints whole. EventStoreApplication hands the
+            # password to the pool through eventsourcing's password function
+            # (postgres_password()); empty, libpq looks in its own password file.
+            "POSTGRES_PASSWORD": "",
             "POSTGRES_SCHEMA": self.postgres_schema,
             "POSTGRES_POOL_SIZE": str(self.pool_size),
             "POSTGRES_LOCK_TIMEOUT": "5",
@@ -237,3 +273,11 @@ class DomainSettings(BaseSettings):
         if "connect_timeout" in params:
             env["POSTGRES_CONNECT_TIMEOUT"] = str(params["connect_timeout"])
         return env
+
+
+def _file_password(path: Path, variable: str) -> str:
+    """The password file's content, its problems as ValueError (for the validators)."""
+    try:
+        return read_password_file(path, variable=variable)
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None
