@@ -15,6 +15,8 @@ names of the layers above them.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -101,11 +103,20 @@ class RecoverySettings(BaseSettings):
             return self.token.get_secret_value()
         if self.token_file is not None:
             try:
-                return self.token_file.read_text(encoding="ascii").strip()
+                st = self.token_file.stat()
+                token = self.token_file.read_text(encoding="ascii").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthenticationFailed(
                     f"token file {str(self.token_file)!r} cannot be read"
                 ) from None
+            # A token is a credential like the key files: refused, not used, when others
+            # may read it.
+            if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise AuthenticationFailed(
+                    f"token file {str(self.token_file)!r} is readable by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {self.token_file}"
+                )
+            return token
         raise AuthenticationFailed(
             "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
             "as a command-line argument)"
