@@ -42,17 +42,24 @@ ENV_PREFIX = "SAFEREPLAY_"
 RESERVED_PREFIXES = ("SAFEREPLAY_TEST_", "SAFEREPLAY_BENCH_")
 
 
-def settings_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> ConfigurationError:
+def settings_error(
+    exc: ValidationError, *, prefix: str = ENV_PREFIX, known: Iterable[str] = ()
+) -> ConfigurationError:
     """One ConfigurationError naming each environment variable that is wrong.
 
     Only the field location and pydantic's message are used: input values are
     left out because they may be secrets (a DSN with a password, a key list).
+    An override that is no setting (``extra_forbidden``) is named like an unknown
+    variable, with the closest of ``known`` (see :func:`check_variables`).
     """
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in error["loc"])
         name = f"{prefix}{location.upper()}" if location else "settings"
-        problems.append(f"{name}: {error['msg']}")
+        if error["type"] == "extra_forbidden":
+            problems.append(_unknown_setting(name, known))
+        else:
+            problems.append(f"{name}: {error['msg']}")
     return ConfigurationError("invalid configuration: " + "; ".join(problems))
 
 
@@ -79,32 +86,34 @@ def check_variables(
     left alone.
     """
     environ = os.environ if environ is None else environ
-    valid = {name.upper() for name in known}
+    valid = frozenset(name.upper() for name in known)
     reserved = tuple(r.upper() for r in reserved)
-    # Compared without the common prefix, which would make every name look close.
-    short = {name.removeprefix(prefix): name for name in valid}
-    problems = []
-    for name in sorted(environ):
-        upper = name.upper()
-        if not upper.startswith(prefix) or upper in valid or upper.startswith(reserved):
-            continue
-        close = difflib.get_close_matches(upper.removeprefix(prefix), list(short), n=1)
-        if close:
-            problems.append(f"unknown setting {name}: did you mean {short[close[0]]}?")
-        else:
-            problems.append(
-                f"unknown setting {name}: no setting has a similar name "
-                "(see docs/configuration.md)"
-            )
+    problems = [
+        _unknown_setting(name, valid, prefix=prefix)
+        for name in sorted(environ)
+        if name.upper().startswith(prefix)
+        and name.upper() not in valid
+        and not name.upper().startswith(reserved)
+    ]
     if problems:
         raise ConfigurationError("; ".join(problems))
+
+
+def _unknown_setting(name: str, known: Iterable[str], *, prefix: str = ENV_PREFIX) -> str:
+    """``unknown setting NAME: did you mean CLOSEST?`` (or that none is close)."""
+    # Compared without the common prefix, which would make every name look close.
+    short = {valid.upper().removeprefix(prefix): valid.upper() for valid in known}
+    close = difflib.get_close_matches(name.upper().removeprefix(prefix), list(short), n=1)
+    if close:
+        return f"unknown setting {name}: did you mean {short[close[0]]}?"
+    return f"unknown setting {name}: no setting has a similar name (see docs/configuration.md)"
 
 
 class DomainSettings(BaseSettings):
     """Where and how events are stored. See ``docs/configuration.md``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     backend: Literal["sqlite", "postgres"] = Field(
@@ -211,7 +220,7 @@ class DomainSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc) from None
+            raise settings_error(exc, known=variable_names(cls)) from None
 
     def load_key_ring(self) -> KeyRing | None:
         """The configured key ring, or None when encryption is off."""

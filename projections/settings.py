@@ -21,7 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.errors import ConfigurationError
 from safereplay.domain.secret import Conninfo, read_password_file
-from safereplay.domain.settings import DomainSettings, settings_error
+from safereplay.domain.settings import DomainSettings, settings_error, variable_names
 
 __all__ = ["ENV_PREFIX", "ProjectionSettings"]
 
@@ -33,7 +33,7 @@ class ProjectionSettings(BaseSettings):
     """Projection store location and runner pacing. See ``docs/configuration.md``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     sqlite_path: Path | None = Field(
@@ -132,7 +132,7 @@ class ProjectionSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc, prefix=ENV_PREFIX) from None
+            raise settings_error(exc, prefix=ENV_PREFIX, known=variable_names(cls)) from None
 
     # -- where the store is -------------------------------------------------------------
 

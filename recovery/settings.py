@@ -39,7 +39,7 @@ class RecoverySettings(BaseSettings):
     """See ``docs/configuration.md`` (section "Recovery")."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SAFEREPLAY_", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix="SAFEREPLAY_", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     audit_key_file: Path | None = Field(
@@ -96,7 +96,7 @@ class RecoverySettings(BaseSettings):
         try:
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
-            raise settings_error(exc) from None
+            raise settings_error(exc, known=variable_names(cls)) from None
 
     def load_token(self) -> str:
         if self.token is not None:

@@ -177,6 +177,22 @@ def test_recovery_settings_from_env_checks_the_whole_environment(
     assert RecoverySettings.from_env().drill_required("run_status")
 
 
+def test_a_misspelt_keyword_override_is_refused_too() -> None:
+    """``from_env(**overrides)`` used to drop an unknown keyword as silently."""
+    with pytest.raises(ConfigurationError) as caught:
+        DomainSettings.from_env(postgres_dns="postgresql://app:pw-0fd1@h/db", encryption=False)
+    assert str(caught.value) == (
+        "invalid configuration: unknown setting SAFEREPLAY_POSTGRES_DNS: did you mean "
+        "SAFEREPLAY_POSTGRES_DSN?"
+    )
+    assert "pw-0fd1" not in str(caught.value)
+
+    with pytest.raises(ConfigurationError, match="did you mean SAFEREPLAY_PROJECTIONS_BATCH_SIZE"):
+        ProjectionSettings.from_env(batchsize=500)
+    with pytest.raises(ConfigurationError, match="did you mean SAFEREPLAY_LEASE_SECONDS"):
+        RecoverySettings.from_env(lease_second=5)
+
+
 # -- every command -------------------------------------------------------------------------------
 
 
