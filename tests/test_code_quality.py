@@ -16,14 +16,21 @@ PACKAGES = ("domain", "projections", "recovery")
 ALLOWED = {"domain": set(), "projections": {"domain"}, "recovery": {"projections", "domain"}}
 
 
+def layer_of(module: str) -> str:
+    """The package a module name belongs to: ``safereplay.domain.settings`` -> ``domain``."""
+    parts = module.split(".")
+    # The folders are imported under the safereplay namespace: the layer is the second part.
+    return parts[1] if parts[0] == "safereplay" and len(parts) > 1 else parts[0]
+
+
 def imported_top_levels(path: Path) -> set[str]:
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names.update(alias.name.split(".")[0] for alias in node.names)
+            names.update(layer_of(alias.name) for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names.add(layer_of(node.module))
     return names
 
 
