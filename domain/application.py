@@ -8,20 +8,23 @@ from uuid import UUID
 
 from eventsourcing.application import Application
 from eventsourcing.persistence import (
-    InterfaceError as EsInterfaceError,
-)
-from eventsourcing.persistence import (
+    InfrastructureFactory,
     JSONTranscoder,
     Mapper,
     OperationalError,
     Transcoder,
 )
+from eventsourcing.persistence import (
+    InterfaceError as EsInterfaceError,
+)
+from eventsourcing.postgres import BasePostgresFactory
 from eventsourcing.utils import Environment, EnvType
 
 from safereplay.domain.envelope import Envelope
 from safereplay.domain.errors import ConfigurationError
 from safereplay.domain.keyring import KeyRing
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.secret import hide_passwords
 from safereplay.domain.settings import DomainSettings
 
 __all__ = ["EventStoreApplication"]
@@ -58,6 +61,11 @@ class EventStoreApplication(Application[UUID]):
         try:
             super().__init__(env=self.settings.eventsourcing_env())
         except (OSError, OperationalError, EsInterfaceError) as exc:
+            # Close what was opened (the pool keeps retrying in its threads) now, on
+            # this thread: left to __del__, the close may run on one of those threads.
+            factory = getattr(self, "factory", None)
+            if factory is not None:
+                factory.close()
             raise ConfigurationError(
                 f"cannot open the {self.settings.backend} event store: {_scrub(exc)}; check "
                 + (
@@ -85,6 +93,25 @@ class EventStoreApplication(Application[UUID]):
         if env is not None:
             _env.update(env)
         return Environment(name, _env)
+
+    def construct_factory(self, env: Environment) -> InfrastructureFactory:
+        """eventsourcing's factory, given the PostgreSQL password by function, not by ``env``.
+
+        eventsourcing reads ``POSTGRES_PASSWORD`` from ``env``, which stays on the
+        application (and its factory) as a dict that prints whole. Its pool can
+        instead ask a function for the password at each connection
+        (``get_password_func``, what ``POSTGRES_GET_PASSWORD_TOPIC`` would resolve
+        to); the function is installed here, before the pool opens, so the
+        password is never in ``env``. What the function returns is a
+        :class:`~safereplay.domain.secret.Password`, which also prints hidden in
+        the pool's connection arguments. Without a password the pool sends an
+        empty one and libpq falls back on ``PGPASSFILE`` / ``~/.pgpass``.
+        """
+        factory = super().construct_factory(env)
+        password = self.settings.postgres_password()
+        if password is not None and isinstance(factory, BasePostgresFactory):
+            factory.datastore.pool.get_password_func = lambda: password
+        return factory
 
     @property
     def key_ring(self) -> KeyRing | None:
@@ -139,7 +166,7 @@ class EventStoreApplication(Application[UUID]):
 
 def _scrub(exc: BaseException) -> str:
     """The error's class and first line, with anything that looks like a password removed."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    text = hide_passwords(str(exc).splitlines()[0]) if str(exc) else ""
     if "password" in text.lower():
         text = "authentication or connection parameters rejected"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

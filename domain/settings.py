@@ -7,18 +7,29 @@ the two in step. :meth:`DomainSettings.from_env` turns any problem into one
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.errors import ConfigurationError, DomainError
 from safereplay.domain.keyring import KeyRing
+from safereplay.domain.secret import Password, read_password_file
 
-__all__ = ["DEFAULT_POSTGRES_DSN", "DomainSettings", "settings_error"]
+__all__ = [
+    "DEFAULT_POSTGRES_DSN",
+    "RESERVED_PREFIXES",
+    "DomainSettings",
+    "check_variables",
+    "settings_error",
+    "variable_names",
+]
 
 #: The DSN tests and examples use when none is given (this machine's server).
 DEFAULT_POSTGRES_DSN = "postgresql://postgres@127.0.0.1:5432/test"
@@ -26,27 +37,83 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 #: Connection parameters of SAFEREPLAY_POSTGRES_DSN that reach the connection pool.
 _DSN_PARAMETERS = frozenset({"host", "port", "user", "password", "dbname", "connect_timeout"})
 ENV_PREFIX = "SAFEREPLAY_"
+#: ``SAFEREPLAY_*`` names that are not settings and are never checked: the test
+#: suite's own (``SAFEREPLAY_TEST_POSTGRES_DSN``...) and the benchmarks'.
+RESERVED_PREFIXES = ("SAFEREPLAY_TEST_", "SAFEREPLAY_BENCH_")
 
 
-def settings_error(exc: ValidationError, *, prefix: str = ENV_PREFIX) -> ConfigurationError:
+def settings_error(
+    exc: ValidationError, *, prefix: str = ENV_PREFIX, known: Iterable[str] = ()
+) -> ConfigurationError:
     """One ConfigurationError naming each environment variable that is wrong.
 
     Only the field location and pydantic's message are used: input values are
     left out because they may be secrets (a DSN with a password, a key list).
+    An override that is no setting (``extra_forbidden``) is named like an unknown
+    variable, with the closest of ``known`` (see :func:`check_variables`).
     """
     problems = []
     for error in exc.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in error["loc"])
         name = f"{prefix}{location.upper()}" if location else "settings"
-        problems.append(f"{name}: {error['msg']}")
+        if error["type"] == "extra_forbidden":
+            problems.append(_unknown_setting(name, known))
+        else:
+            problems.append(f"{name}: {error['msg']}")
     return ConfigurationError("invalid configuration: " + "; ".join(problems))
+
+
+def variable_names(settings_class: type[BaseSettings]) -> frozenset[str]:
+    """The environment variables a settings class reads (upper case)."""
+    prefix = settings_class.model_config.get("env_prefix", "")
+    return frozenset(f"{prefix}{name}".upper() for name in settings_class.model_fields)
+
+
+def check_variables(
+    known: Iterable[str],
+    environ: Mapping[str, str] | None = None,
+    *,
+    prefix: str = ENV_PREFIX,
+    reserved: Iterable[str] = RESERVED_PREFIXES,
+) -> None:
+    """Refuse every ``prefix`` variable of ``environ`` that is not one of ``known``.
+
+    A misspelt variable (``SAFEREPLAY_POSTGRES_DNS``) would otherwise be ignored
+    and its setting silently left at its default. The error names each unknown
+    variable and, where one is close, the setting it probably meant; values are
+    never shown. Names are compared in upper case, as pydantic-settings reads
+    them case-insensitively. Variables starting with one of ``reserved`` are
+    left alone.
+    """
+    environ = os.environ if environ is None else environ
+    valid = frozenset(name.upper() for name in known)
+    reserved = tuple(r.upper() for r in reserved)
+    problems = [
+        _unknown_setting(name, valid, prefix=prefix)
+        for name in sorted(environ)
+        if name.upper().startswith(prefix)
+        and name.upper() not in valid
+        and not name.upper().startswith(reserved)
+    ]
+    if problems:
+        raise ConfigurationError("; ".join(problems))
+
+
+def _unknown_setting(name: str, known: Iterable[str], *, prefix: str = ENV_PREFIX) -> str:
+    """``unknown setting NAME: did you mean CLOSEST?`` (or that none is close)."""
+    # Compared without the common prefix, which would make every name look close.
+    short = {valid.upper().removeprefix(prefix): valid.upper() for valid in known}
+    close = difflib.get_close_matches(name.upper().removeprefix(prefix), list(short), n=1)
+    if close:
+        return f"unknown setting {name}: did you mean {short[close[0]]}?"
+    return f"unknown setting {name}: no setting has a similar name (see docs/configuration.md)"
 
 
 class DomainSettings(BaseSettings):
     """Where and how events are stored. See ``docs/configuration.md``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     backend: Literal["sqlite", "postgres"] = Field(
@@ -57,6 +124,10 @@ class DomainSettings(BaseSettings):
     )
     postgres_dsn: SecretStr | None = Field(
         default=None, description="PostgreSQL connection string (backend=postgres)."
+    )
+    postgres_password_file: Path | None = Field(
+        default=None,
+        description="File holding the PostgreSQL password (mode 0600), instead of the DSN.",
     )
     postgres_schema: str = Field(
         default="public", description="PostgreSQL schema holding the event tables."
@@ -110,6 +181,20 @@ class DomainSettings(BaseSettings):
                     "SAFEREPLAY_POSTGRES_DSN: connect_timeout must be a whole number of "
                     "seconds (at least 1)"
                 )
+            if self.postgres_password_file is not None:
+                password = _file_password(
+                    self.postgres_password_file, "SAFEREPLAY_POSTGRES_PASSWORD_FILE"
+                )
+                if params.get("password") not in (None, "", password):
+                    raise ValueError(
+                        "SAFEREPLAY_POSTGRES_DSN holds a password and "
+                        "SAFEREPLAY_POSTGRES_PASSWORD_FILE is set: keep only one"
+                    )
+                # The password joins the DSN, a SecretStr, so that every user of the
+                # DSN (event store, projection store, event source, drills) connects
+                # with it. The model is frozen; this is its construction.
+                dsn = make_conninfo(self.postgres_dsn.get_secret_value(), password=password)
+                object.__setattr__(self, "postgres_dsn", SecretStr(dsn))
         if not _SCHEMA.match(self.postgres_schema):
             raise ValueError("SAFEREPLAY_POSTGRES_SCHEMA must be a lower-case SQL identifier")
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", self.application_name):
@@ -135,7 +220,7 @@ class DomainSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc) from None
+            raise settings_error(exc, known=variable_names(cls)) from None
 
     def load_key_ring(self) -> KeyRing | None:
         """The configured key ring, or None when encryption is off."""
@@ -151,11 +236,24 @@ class DomainSettings(BaseSettings):
         except Exception as exc:  # pragma: no cover - defensive, keeps secrets out
             raise ConfigurationError(f"key ring cannot be loaded: {type(exc).__name__}") from None
 
+    def postgres_password(self) -> Password | None:
+        """The PostgreSQL password (from the DSN or the password file), or None.
+
+        None means libpq's own ways apply: ``PGPASSWORD`` or the password file
+        (``PGPASSFILE``, ``~/.pgpass``). The value prints as ``'**********'``.
+        """
+        if self.postgres_dsn is None:
+            return None
+        password = conninfo_to_dict(self.postgres_dsn.get_secret_value()).get("password")
+        return Password(password) if password else None
+
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing environment these settings map to.
 
         Encryption is not configured here: the key ring is handed to the mapper
-        directly so key material never sits in an environment dictionary.
+        directly so key material never sits in an environment dictionary. Nor is
+        the PostgreSQL password (``POSTGRES_PASSWORD`` is always empty): see
+        :meth:`postgres_password`.
         """
         if self.backend == "sqlite":
             return {
@@ -171,7 +269,11 @@ class DomainSettings(BaseSettings):
             "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
             "POSTGRES_PORT": str(params.get("port", "5432")),
             "POSTGRES_USER": str(params.get("user", "postgres")),
-            "POSTGRES_PASSWORD": str(params.get("password", "")),
+            # Never the password itself: this mapping becomes the application's
+            # ``env``, a dict that prints whole. EventStoreApplication hands the
+            # password to the pool through eventsourcing's password function
+            # (postgres_password()); empty, libpq looks in its own password file.
+            "POSTGRES_PASSWORD": "",
             "POSTGRES_SCHEMA": self.postgres_schema,
             "POSTGRES_POOL_SIZE": str(self.pool_size),
             "POSTGRES_LOCK_TIMEOUT": "5",
@@ -180,3 +282,11 @@ class DomainSettings(BaseSettings):
         if "connect_timeout" in params:
             env["POSTGRES_CONNECT_TIMEOUT"] = str(params["connect_timeout"])
         return env
+
+
+def _file_password(path: Path, variable: str) -> str:
+    """The password file's content, its problems as ValueError (for the validators)."""
+    try:
+        return read_password_file(path, variable=variable)
+    except ConfigurationError as exc:
+        raise ValueError(str(exc)) from None

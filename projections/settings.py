@@ -3,7 +3,8 @@
 The projection store is a database of the same kind as the event store. By
 default it *is* the event store's database (same SQLite file, or same PostgreSQL
 database and schema); ``SAFEREPLAY_PROJECTIONS_SQLITE_PATH`` or
-``SAFEREPLAY_PROJECTIONS_POSTGRES_DSN`` / ``..._POSTGRES_SCHEMA`` move it elsewhere.
+``SAFEREPLAY_PROJECTIONS_POSTGRES_DSN`` / ``..._POSTGRES_SCHEMA`` move it elsewhere
+(with ``..._POSTGRES_PASSWORD_FILE`` for a password kept out of that DSN).
 See ``docs/configuration.md`` (section "Projections"). Problems are reported as
 one :class:`domain.ConfigurationError` naming every variable to change.
 """
@@ -14,12 +15,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.errors import ConfigurationError
-from safereplay.domain.settings import DomainSettings, settings_error
+from safereplay.domain.secret import Conninfo, read_password_file
+from safereplay.domain.settings import DomainSettings, settings_error, variable_names
 
 __all__ = ["ENV_PREFIX", "ProjectionSettings"]
 
@@ -31,7 +33,7 @@ class ProjectionSettings(BaseSettings):
     """Projection store location and runner pacing. See ``docs/configuration.md``."""
 
     model_config = SettingsConfigDict(
-        env_prefix=ENV_PREFIX, extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix=ENV_PREFIX, extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     sqlite_path: Path | None = Field(
@@ -41,6 +43,10 @@ class ProjectionSettings(BaseSettings):
     postgres_dsn: SecretStr | None = Field(
         default=None,
         description="PostgreSQL database of the projection store (default: the event store's).",
+    )
+    postgres_password_file: Path | None = Field(
+        default=None,
+        description="File holding the password of postgres_dsn (mode 0600), instead of the DSN.",
     )
     postgres_schema: str | None = Field(
         default=None,
@@ -81,11 +87,34 @@ class ProjectionSettings(BaseSettings):
             )
         if self.postgres_dsn is not None:
             try:
-                conninfo_to_dict(self.postgres_dsn.get_secret_value())
+                params = conninfo_to_dict(self.postgres_dsn.get_secret_value())
             except Exception:
                 raise ValueError(
                     "SAFEREPLAY_PROJECTIONS_POSTGRES_DSN is not a valid connection string"
                 ) from None
+            if self.postgres_password_file is not None:
+                try:
+                    password = read_password_file(
+                        self.postgres_password_file,
+                        variable="SAFEREPLAY_PROJECTIONS_POSTGRES_PASSWORD_FILE",
+                    )
+                except ConfigurationError as exc:
+                    raise ValueError(str(exc)) from None
+                if params.get("password") not in (None, "", password):
+                    raise ValueError(
+                        "SAFEREPLAY_PROJECTIONS_POSTGRES_DSN holds a password and "
+                        "SAFEREPLAY_PROJECTIONS_POSTGRES_PASSWORD_FILE is set: keep only one"
+                    )
+                # As in DomainSettings: the password joins the DSN (a SecretStr) once,
+                # while the frozen model is being built.
+                dsn = make_conninfo(self.postgres_dsn.get_secret_value(), password=password)
+                object.__setattr__(self, "postgres_dsn", SecretStr(dsn))
+        elif self.postgres_password_file is not None:
+            raise ValueError(
+                "SAFEREPLAY_PROJECTIONS_POSTGRES_PASSWORD_FILE is the password of "
+                "SAFEREPLAY_PROJECTIONS_POSTGRES_DSN, which is not set (the event store's "
+                "database takes SAFEREPLAY_POSTGRES_PASSWORD_FILE)"
+            )
         if self.max_poll_interval < self.poll_interval:
             raise ValueError(
                 "SAFEREPLAY_PROJECTIONS_MAX_POLL_INTERVAL must be >= "
@@ -103,7 +132,7 @@ class ProjectionSettings(BaseSettings):
         try:
             return cls(**overrides)
         except ValidationError as exc:
-            raise settings_error(exc, prefix=ENV_PREFIX) from None
+            raise settings_error(exc, prefix=ENV_PREFIX, known=variable_names(cls)) from None
 
     # -- where the store is -------------------------------------------------------------
 
@@ -119,7 +148,11 @@ class ProjectionSettings(BaseSettings):
         return self.sqlite_path if self.sqlite_path is not None else domain.sqlite_path
 
     def postgres_store(self, domain: DomainSettings) -> tuple[str, str]:
-        """``(conninfo, schema)`` of the projection store."""
+        """``(conninfo, schema)`` of the projection store.
+
+        The conninfo holds the password, if any (from the DSN or a password file);
+        it is a :class:`~safereplay.domain.secret.Conninfo`, whose ``repr`` hides it.
+        """
         if domain.backend != "postgres":
             raise ConfigurationError("the event store is not PostgreSQL")
         if self.sqlite_path is not None:
@@ -131,4 +164,4 @@ class ProjectionSettings(BaseSettings):
         dsn = self.postgres_dsn if self.postgres_dsn is not None else domain.postgres_dsn
         assert dsn is not None  # DomainSettings requires it for backend postgres
         schema = self.postgres_schema or domain.postgres_schema
-        return dsn.get_secret_value(), schema
+        return Conninfo(dsn.get_secret_value()), schema

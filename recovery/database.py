@@ -23,9 +23,11 @@ from typing import Any, Literal
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from safereplay.domain.secret import Password
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
 __all__ = [
@@ -174,12 +176,19 @@ class PostgresDatabase(Database):
 
     def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4) -> None:
         self.schema = schema
-        self.conninfo = conninfo
+        # The pool keeps its conninfo and its connection arguments as attributes: the
+        # password goes in the arguments, as a Password that prints hidden, and the
+        # conninfo the pool keeps has none. (Without one, libpq reads PGPASSFILE.)
+        params = conninfo_to_dict(conninfo)
+        password = params.pop("password", None)
+        kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": False}
+        if password:
+            kwargs["password"] = Password(str(password))
         self._pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
-            conninfo,
+            make_conninfo("", **params),
             min_size=1,
             max_size=pool_size,
-            kwargs={"row_factory": dict_row, "autocommit": False},
+            kwargs=kwargs,
             open=True,
         )
 

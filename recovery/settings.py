@@ -5,26 +5,41 @@ projection store's database. The audit MAC key and the caller's API token are
 kept out of that database on purpose: the key in a file or the environment, the
 token in the environment or a file — never on a command line, where ``ps``
 would show it.
+
+This is also where every layer's settings meet: :func:`check_environment`
+refuses a ``SAFEREPLAY_*`` variable that none of them reads (a misspelling would
+otherwise leave its setting at the default without a word). The domain and
+projection layers cannot make that check themselves, as they do not know the
+names of the layers above them.
 """
 
 from __future__ import annotations
 
+import os
+import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from safereplay.domain.settings import settings_error
+from safereplay.domain.settings import (
+    DomainSettings,
+    check_variables,
+    settings_error,
+    variable_names,
+)
+from safereplay.projections.settings import ProjectionSettings
 from safereplay.recovery.errors import AuthenticationFailed
 
-__all__ = ["RecoverySettings"]
+__all__ = ["SETTINGS_CLASSES", "RecoverySettings", "check_environment", "setting_names"]
 
 
 class RecoverySettings(BaseSettings):
     """See ``docs/configuration.md`` (section "Recovery")."""
 
     model_config = SettingsConfigDict(
-        env_prefix="SAFEREPLAY_", extra="ignore", frozen=True, hide_input_in_errors=True
+        env_prefix="SAFEREPLAY_", extra="forbid", frozen=True, hide_input_in_errors=True
     )
 
     audit_key_file: Path | None = Field(
@@ -76,22 +91,59 @@ class RecoverySettings(BaseSettings):
 
     @classmethod
     def from_env(cls, **overrides: object) -> RecoverySettings:
+        """Read the environment (plus ``overrides``) after :func:`check_environment`."""
+        check_environment()
         try:
             return cls(**overrides)  # type: ignore[arg-type]
         except ValidationError as exc:
-            raise settings_error(exc) from None
+            raise settings_error(exc, known=variable_names(cls)) from None
 
     def load_token(self) -> str:
         if self.token is not None:
             return self.token.get_secret_value()
         if self.token_file is not None:
             try:
-                return self.token_file.read_text(encoding="ascii").strip()
+                st = self.token_file.stat()
+                token = self.token_file.read_text(encoding="ascii").strip()
             except (OSError, UnicodeDecodeError):
                 raise AuthenticationFailed(
                     f"token file {str(self.token_file)!r} cannot be read"
                 ) from None
+            # A token is a credential like the key files: refused, not used, when others
+            # may read it.
+            if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise AuthenticationFailed(
+                    f"token file {str(self.token_file)!r} is readable by group or others "
+                    f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {self.token_file}"
+                )
+            return token
         raise AuthenticationFailed(
             "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
             "as a command-line argument)"
         )
+
+
+#: Every settings class of safereplay: the variables they read are all the settings.
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    DomainSettings,
+    ProjectionSettings,
+    RecoverySettings,
+)
+
+
+def setting_names() -> frozenset[str]:
+    """Every ``SAFEREPLAY_*`` variable safereplay reads as a setting (upper case)."""
+    return frozenset().union(*(variable_names(c) for c in SETTINGS_CLASSES))
+
+
+def check_environment(environ: Mapping[str, str] | None = None) -> None:
+    """Refuse any ``SAFEREPLAY_*`` variable that is not a setting (default: ``os.environ``).
+
+    Raises one :class:`~safereplay.domain.errors.ConfigurationError` naming each
+    unknown variable and the closest setting, e.g. ``unknown setting
+    SAFEREPLAY_POSTGRES_DNS: did you mean SAFEREPLAY_POSTGRES_DSN?``. Every
+    ``safereplay`` command runs it first; so does :meth:`RecoverySettings.from_env`.
+    ``SAFEREPLAY_TEST_*`` and ``SAFEREPLAY_BENCH_*`` are reserved for the test
+    suite and the benchmarks and are not checked.
+    """
+    check_variables(setting_names(), environ)

@@ -18,6 +18,7 @@ import pytest
 from psycopg import sql
 
 from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
+from safereplay.domain.secret import hide_passwords
 
 POSTGRES_DSN = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -35,7 +36,8 @@ def postgres_problem() -> str | None:
             with psycopg.connect(POSTGRES_DSN, connect_timeout=3) as conn:
                 conn.execute("SELECT 1")
         except psycopg.Error as exc:
-            _postgres_problem = f"PostgreSQL at {POSTGRES_DSN} is not reachable: {exc}".strip()
+            where = hide_passwords(POSTGRES_DSN)
+            _postgres_problem = f"PostgreSQL at {where} is not reachable: {exc}".strip()
     return _postgres_problem
 
 

@@ -198,3 +198,22 @@ def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_
         ("olga", "abort", "succeeded"),
         ("olga", "resume", "failed"),
     ]
+
+
+def test_a_token_file_others_can_read_is_refused_like_the_key_files(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    code, out = run(env, "principals", "bootstrap", "root")
+    assert code == 0, out
+    token_file = tmp_path / "token"
+    token_file.write_text(last_line(out) + "\n", encoding="ascii")
+    token_file.chmod(0o644)
+    with_file = {**env, "SAFEREPLAY_TOKEN_FILE": str(token_file)}
+
+    code, out = run(with_file, "keys", "usage")
+
+    assert code == 4, out
+    assert f"is readable by group or others (mode 644); run: chmod 600 {token_file}" in out
+    token_file.chmod(0o600)
+    code, out = run(with_file, "keys", "usage")
+    assert code == 0, out

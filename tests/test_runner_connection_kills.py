@@ -29,7 +29,7 @@ After each phase every row of every projection table must equal a plain fold of
 the events, every position must equal the head, and ``events_applied`` must count
 every handled event once; at the end every position up to the head is a committed
 event or a recorded hole, never both. Several seeded rounds
-(``SAFEREPLAY_KILL_ROUNDS``, ``SAFEREPLAY_KILL_SEED``), each in fresh store
+(``SAFEREPLAY_TEST_KILL_ROUNDS``, ``SAFEREPLAY_TEST_KILL_SEED``), each in fresh store
 schemas over the same (growing) event log.
 """
 
@@ -76,8 +76,8 @@ from safereplay.projections.store import POSITIONS_TABLE
 pytestmark = pytest.mark.postgres
 
 #: Rounds and seed; raise the rounds to hunt for rarer interleavings.
-ROUNDS = int(os.environ.get("SAFEREPLAY_KILL_ROUNDS", "4"))
-SEED = int(os.environ.get("SAFEREPLAY_KILL_SEED", "20261129"))
+ROUNDS = int(os.environ.get("SAFEREPLAY_TEST_KILL_ROUNDS", "4"))
+SEED = int(os.environ.get("SAFEREPLAY_TEST_KILL_SEED", "20261129"))
 #: One per round, in turn: small batches mean many commits for the kills to land in.
 BATCH_SIZES = (25, 500, 60, 150)
 REFERENCE: tuple[type[Projection], ...] = (RunStatusBoard, WorkflowStatistics, FailedSteps)

@@ -278,13 +278,14 @@ def test_postgres_settings_map_onto_eventsourcing_postgres() -> None:
         "POSTGRES_HOST": "db.internal",
         "POSTGRES_PORT": "6543",
         "POSTGRES_USER": "app",
-        "POSTGRES_PASSWORD": PASSWORD,
+        "POSTGRES_PASSWORD": "",  # the pool asks settings.postgres_password() instead
         "POSTGRES_SCHEMA": "tenant_7",
         "POSTGRES_POOL_SIZE": "8",
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "POSTGRES_CONNECT_TIMEOUT": "4",
     }
+    assert settings.postgres_password() == PASSWORD
 
 
 def test_a_minimal_dsn_gets_local_defaults() -> None:

@@ -16,8 +16,15 @@ from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import security as cli_security
 from safereplay.recovery.cli import templates as cli_templates
 from safereplay.recovery.cli.demo import run_demo, status_table
-from safereplay.recovery.cli.support import exit_code_for, fail, operation, to_jsonable
+from safereplay.recovery.cli.support import (
+    EXIT_INVALID,
+    exit_code_for,
+    fail,
+    operation,
+    to_jsonable,
+)
 from safereplay.recovery.errors import RecoveryError
+from safereplay.recovery.settings import check_environment
 
 __all__ = ["app", "main"]
 
@@ -34,6 +41,12 @@ error_console = Console(stderr=True)
 @app.callback()
 def _root() -> None:
     """Safe replay and recovery for event-sourced projections."""
+    # Before any command creates or writes anything: a misspelt SAFEREPLAY_*
+    # variable would otherwise leave its setting at the default, silently.
+    try:
+        check_environment()
+    except DomainError as exc:
+        fail(str(exc), EXIT_INVALID)
 
 
 @app.command()

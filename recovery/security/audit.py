@@ -22,7 +22,8 @@ In normal operation the tables are append-only in the database itself
 someone who bypasses that with owner or superuser rights.
 
 Entries never hold payloads or secrets: parameters whose names suggest secrets
-are redacted before anything is hashed or stored.
+are redacted, and passwords are taken out of any connection string in the
+other values, before anything is hashed or stored.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
+from safereplay.domain.secret import hide_passwords
 from safereplay.recovery.database import Database
 from safereplay.recovery.errors import AuditKeyError
 from safereplay.recovery.settings import RecoverySettings
@@ -75,9 +77,13 @@ def redact(value: Any, *, name: str = "") -> Any:
         return [redact(v) for v in value]
     if isinstance(value, bytes | bytearray | memoryview):
         return "[bytes redacted]"
-    if value is None or isinstance(value, bool | int | float | str):
+    if isinstance(value, str):
+        # A secret can also hide in a value whose name says nothing: a connection
+        # string with its password, e.g. in a description or an error message.
+        return hide_passwords(value)
+    if value is None or isinstance(value, bool | int | float):
         return value
-    return str(value)
+    return hide_passwords(str(value))
 
 
 @dataclass(frozen=True, repr=False)
@@ -307,7 +313,7 @@ class AuditTrail:
                 "actor": record.actor,
                 "action": record.action,
                 "scope": record.scope,
-                "reason": record.reason,
+                "reason": hide_passwords(record.reason),
                 "outcome": record.outcome,
                 "parameters": parameters,
                 "job_id": str(record.job_id) if record.job_id else None,
