@@ -18,6 +18,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
+from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import DatabaseUnavailable, StoreError
 
 __all__ = ["TRANSIENT", "Connection", "first_line", "translate"]
@@ -41,7 +42,7 @@ class Connection:
     """One lazily opened autocommit connection, dropped when it breaks."""
 
     def __init__(self, conninfo: str, *, application_name: str, connect_timeout: float) -> None:
-        self._conninfo = make_conninfo(conninfo, application_name=application_name)
+        self._conninfo = Conninfo(make_conninfo(conninfo, application_name=application_name))
         self._connect_timeout = max(1, round(connect_timeout))
         self.lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None

@@ -30,6 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import DatabaseUnavailable, StoreError, WatermarkError
 from safereplay.projections.postgres_connection import TRANSIENT, Connection, first_line
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
@@ -90,8 +91,8 @@ class PostgresEventSource(EventSource):
         self._db = Connection(
             conninfo, application_name=f"{application_name}-source", connect_timeout=connect_timeout
         )
-        self._listener_conninfo = make_conninfo(
-            conninfo, application_name=f"{application_name}-listen-{table}"[:63]
+        self._listener_conninfo = Conninfo(
+            make_conninfo(conninfo, application_name=f"{application_name}-listen-{table}"[:63])
         )
         self._connect_timeout = max(1, round(connect_timeout))
         self._listener: psycopg.Connection[Any] | None = None

@@ -60,6 +60,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import WatermarkError  # re-exported: its former home
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
@@ -169,7 +170,7 @@ class PostgresHighWaterMark(HighWaterMark):
                     f"identifier {name!r} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes; "
                     "pass holes_table= / mark_table= explicitly for long table names"
                 )
-        self._conninfo = conninfo
+        self._conninfo = Conninfo(conninfo)  # its repr hides a password
         self._schema = schema
         self._table = table
         self._column = column

@@ -504,3 +504,37 @@ def test_the_cli_connects_with_the_password_file(
     )
     assert result.exit_code == 0, result.output
     assert role.password not in result.output
+
+
+@pytest.mark.postgres
+def test_the_stores_sources_and_drill_readers_show_no_password(role: Role, key_file: Path) -> None:
+    from safereplay.projections import PostgresEventSource, PostgresProjectionStore, open_source
+    from safereplay.recovery.drills.sandbox import PostgresSandbox
+    from safereplay.recovery.drills.views import PostgresStoreReader
+
+    dsn = make_conninfo(role.dsn, password=role.password)
+    settings = DomainSettings.from_env(
+        backend="postgres", postgres_dsn=dsn, postgres_schema=role.schema, key_file=key_file
+    )
+    app = AutomationApp(settings)
+    store = PostgresProjectionStore(dsn, schema=role.schema)
+    source = open_source(app)
+    assert isinstance(source, PostgresEventSource)
+    try:
+        assert source.head() == 0  # connected, with the password
+        objects: list[object] = [
+            store,
+            source,
+            PostgresStoreReader(dsn, schema=role.schema),
+            PostgresSandbox(dsn, store_schema=role.schema),
+        ]
+        # What an error reporter capturing local variables would show: every attribute.
+        everything = shown(*objects, *(vars(o) for o in objects))
+        everything += shown(
+            *(vars(v) for o in objects for v in vars(o).values() if hasattr(v, "__dict__"))
+        )
+        assert role.password not in everything
+    finally:
+        source.close()
+        store.close()
+        app.close()

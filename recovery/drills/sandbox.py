@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
+from safereplay.domain.secret import Conninfo
 from safereplay.projections import (
     PostgresProjectionStore,
     ProjectionStore,
@@ -86,7 +87,7 @@ class PostgresSandbox(Sandbox):
     """A fresh schema ``<store schema>_drill_<8 hex>`` in the store's database."""
 
     def __init__(self, conninfo: str, *, store_schema: str) -> None:
-        self._conninfo = conninfo
+        self._conninfo = Conninfo(conninfo)  # its repr hides a password
         self.schema = f"{store_schema[:40]}_drill_{uuid.uuid4().hex[:8]}"
         self._created = False
 

@@ -22,6 +22,7 @@ import psycopg
 from psycopg import IsolationLevel, sql
 from psycopg.conninfo import make_conninfo
 
+from safereplay.domain.secret import Conninfo
 from safereplay.projections.projection import Column, Table, physical_table_name
 from safereplay.projections.store import BUILDS_TABLE, PARKED_TABLE, POSITIONS_TABLE
 from safereplay.recovery.errors import InvalidRequest
@@ -220,7 +221,9 @@ class PostgresStoreReader(StoreReader):
 
     def __init__(self, conninfo: str, *, schema: str, connect_timeout: int = 5) -> None:
         self.schema = schema
-        self._conninfo = make_conninfo(conninfo, application_name="safereplay-drill-reader")
+        self._conninfo = Conninfo(
+            make_conninfo(conninfo, application_name="safereplay-drill-reader")
+        )
         self._connect_timeout = connect_timeout
 
     @property
