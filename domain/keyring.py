@@ -24,7 +24,6 @@ import hmac
 import json
 import os
 import re
-import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from safereplay.domain.errors import (
     KeyRingError,
     UnknownKeyId,
 )
+from safereplay.domain.secret import read_owner_only
 
 __all__ = [
     "KEY_BYTES",
@@ -256,23 +256,9 @@ class KeyRing:
         Refuses a file that group or others may read: a key file is a secret.
         """
         path = Path(path)
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            raise KeyFileError(f"key file {str(path)!r} does not exist") from None
-        except OSError as exc:
-            raise KeyFileError(f"key file {str(path)!r} cannot be read: {exc.strerror}") from None
-        if check_permissions and os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyFileError(
-                f"key file {str(path)!r} is readable by group or others "
-                f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-            )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise KeyFileError(
-                f"key file {str(path)!r} cannot be read: {type(exc).__name__}"
-            ) from None
+        text = read_owner_only(
+            path, what="key file", error=KeyFileError, check_permissions=check_permissions
+        )
         if not text.strip():
             raise KeyFileError(f"key file {str(path)!r} is empty")
         try:

@@ -10,8 +10,8 @@ here is every *accidental* view of it:
   ``str()`` still gives psycopg and libpq the real value;
 - :func:`hide_passwords` takes the password out of any text that quotes a
   connection string (URL or keyword form), for error messages and audit entries;
-- :func:`read_password_file` reads a password from a file that only its owner
-  may read, like the key ring and audit key files.
+- :func:`read_owner_only` reads any secret file that only its owner may read
+  (the key ring, the audit key, a token, a password: :func:`read_password_file`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,19 @@ from __future__ import annotations
 import os
 import re
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from safereplay.domain.errors import ConfigurationError
 
-__all__ = ["HIDDEN", "Conninfo", "Password", "hide_passwords", "read_password_file"]
+__all__ = [
+    "HIDDEN",
+    "Conninfo",
+    "Password",
+    "hide_passwords",
+    "read_owner_only",
+    "read_password_file",
+]
 
 #: What a hidden secret looks like (pydantic's SecretStr shows the same).
 HIDDEN = "**********"
@@ -69,6 +77,39 @@ class Conninfo(str):
         return repr(hide_passwords(str(self)))
 
 
+def read_owner_only(
+    path: Path,
+    *,
+    what: str,
+    error: Callable[[str], Exception],
+    check_permissions: bool = True,
+) -> str:
+    """The text of a secret file that only its owner may read (mode 0600 or stricter).
+
+    For every file safereplay reads a secret from (the key ring, the audit key,
+    a token, a database password). The mode is checked *before* the file is read:
+    a secret that others can read is refused rather than used. ``what`` names the
+    file in messages ("key file"), which never quote its content; ``error`` makes
+    the exception each caller's package raises.
+    """
+    shown = f"{what} {str(path)!r}"
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise error(f"{shown} does not exist (it cannot be read)") from None
+    except OSError as exc:
+        raise error(f"{shown} cannot be read: {exc.strerror}") from None
+    if check_permissions and os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise error(
+            f"{shown} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{shown} cannot be read: {type(exc).__name__}") from None
+
+
 def read_password_file(path: Path, *, variable: str) -> str:
     """The password held in ``path``, which only its owner may read (mode 0600).
 
@@ -78,23 +119,7 @@ def read_password_file(path: Path, *, variable: str) -> str:
     file's content.
     """
     shown = f"{variable}: password file {str(path)!r}"
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise ConfigurationError(f"{shown} does not exist") from None
-    except OSError as exc:
-        raise ConfigurationError(f"{shown} cannot be read: {exc.strerror}") from None
-    # Checked before reading, like the key ring file: a password that others can
-    # read is refused rather than used.
-    if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigurationError(
-            f"{shown} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"run: chmod 600 {path}"
-        )
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigurationError(f"{shown} cannot be read: {type(exc).__name__}") from None
+    text = read_owner_only(path, what=f"{variable}: password file", error=ConfigurationError)
     password = text.removesuffix("\n").removesuffix("\r")
     if not password:
         raise ConfigurationError(f"{shown} is empty")

@@ -15,14 +15,13 @@ names of the layers above them.
 
 from __future__ import annotations
 
-import os
-import stat
 from collections.abc import Mapping
 from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from safereplay.domain.secret import read_owner_only
 from safereplay.domain.settings import (
     DomainSettings,
     check_variables,
@@ -102,21 +101,10 @@ class RecoverySettings(BaseSettings):
         if self.token is not None:
             return self.token.get_secret_value()
         if self.token_file is not None:
-            try:
-                st = self.token_file.stat()
-                token = self.token_file.read_text(encoding="ascii").strip()
-            except (OSError, UnicodeDecodeError):
-                raise AuthenticationFailed(
-                    f"token file {str(self.token_file)!r} cannot be read"
-                ) from None
             # A token is a credential like the key files: refused, not used, when others
             # may read it.
-            if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise AuthenticationFailed(
-                    f"token file {str(self.token_file)!r} is readable by group or others "
-                    f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {self.token_file}"
-                )
-            return token
+            text = read_owner_only(self.token_file, what="token file", error=AuthenticationFailed)
+            return text.strip()
         raise AuthenticationFailed(
             "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
             "as a command-line argument)"

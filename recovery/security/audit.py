@@ -35,7 +35,6 @@ import hmac
 import json
 import os
 import re
-import stat
 import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -44,7 +43,7 @@ from pathlib import Path
 from typing import Any, Literal
 from uuid import UUID
 
-from safereplay.domain.secret import hide_passwords
+from safereplay.domain.secret import hide_passwords, read_owner_only
 from safereplay.recovery.database import Database
 from safereplay.recovery.errors import AuditKeyError
 from safereplay.recovery.settings import RecoverySettings
@@ -113,16 +112,7 @@ class AuditKey:
     @classmethod
     def load(cls, path: Path | str) -> AuditKey:
         path = Path(path)
-        try:
-            st = path.stat()
-            text = path.read_text(encoding="ascii")
-        except (OSError, UnicodeDecodeError):
-            raise AuditKeyError(f"audit key file {str(path)!r} cannot be read") from None
-        if os.name == "posix" and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise AuditKeyError(
-                f"audit key file {str(path)!r} is readable by group or others; "
-                f"run: chmod 600 {path}"
-            )
+        text = read_owner_only(path, what="audit key file", error=AuditKeyError)
         if not text.strip():
             raise AuditKeyError(f"audit key file {str(path)!r} is empty")
         return cls.from_base64(text)
