@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
 import textwrap
 import tomllib
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -145,9 +147,22 @@ def test_an_application_with_its_own_domain_package_uses_safereplay(
 
 def test_the_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path) -> None:
     env = clean_environment(tmp_path)
+    # Built from a copy of what git would commit: a checkout's own build/ folder can
+    # hold modules that no longer exist, which setuptools would put in the wheel.
+    source = tmp_path / "source"
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
     build = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(wheels), str(source)],
         env=env,
         capture_output=True,
         text=True,
@@ -156,6 +171,15 @@ def test_the_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path) 
     )
     assert build.returncode == 0, build.stdout + build.stderr
     (wheel,) = wheels.glob("safereplay-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        packed = {n for n in archive.namelist() if not n.startswith("safereplay-")}
+    tracked = {
+        f"safereplay/{path.relative_to(source)}"
+        for package in PACKAGES
+        for path in (source / package).rglob("*")
+        if path.is_file() and path.suffix in (".py", ".toml", ".typed")
+    }
+    assert packed == tracked, (sorted(packed - tracked), sorted(tracked - packed))
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
