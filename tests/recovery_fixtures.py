@@ -47,7 +47,7 @@ from safereplay.recovery.jobs.model import Job, JobState, PartitionProgress
 from safereplay.recovery.jobs.plans import JobRequest, start_rebuild, start_redrive
 from safereplay.recovery.jobs.postgres import PostgresJobStore
 from safereplay.recovery.jobs.sqlite import SQLiteJobStore
-from safereplay.recovery.jobs.store import JobStore
+from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.registry import ProjectionRegistry
@@ -206,6 +206,19 @@ def finished(recovery: Recovery, job: Job, *, timeout: float = 60) -> Job:
         timeout=timeout,
         what=f"job {job.job_id} to end",
     )
+
+
+def expire_leases(recovery: Recovery, job: Job, *, by: float) -> None:
+    """Move the expiry of a job's leases ``by`` seconds into the past, as if that much
+    time had passed (whichever clock wrote them: the database's or this machine's)."""
+    assert isinstance(recovery.jobs, SQLJobStore)
+    with recovery.jobs.database.transaction(write=True) as tx:
+        changed = tx.execute(
+            "UPDATE {job_partitions} SET lease_expires_at = lease_expires_at - %(by)s "
+            "WHERE job_id = %(job_id)s AND lease_expires_at IS NOT NULL",
+            {"by": by, "job_id": str(job.job_id)},
+        )
+    assert changed > 0, f"job {job.job_id} holds no lease"
 
 
 # -- a projection that fails on demand --------------------------------------------------------

@@ -5,16 +5,21 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from projection_fixtures import OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import Recovery, RecoveryContract, RunCounts, recovery_of, wait_until
 
 from safereplay.domain.workload import record_workload
+from safereplay.recovery.jobs import worker as worker_module
 from safereplay.recovery.jobs.model import JobState
 from safereplay.recovery.jobs.plans import JobRequest
+from safereplay.recovery.resilience.throttle import Throttle
 
 COOL_DOWN = 0.05
+#: Probes counted while the breaker is open.
+PROBES = 10
 #: Opens after two consecutive failures; probes again a cool-down later.
 BREAKER = {"failure_threshold": 2, "cool_down": COOL_DOWN, "min_samples": 1000}
 #: Retries every few milliseconds, giving up after 100 tries.
@@ -56,12 +61,20 @@ class LimitsContract(RecoveryContract):
             what="the breaker to open and be kept with the job",
         )
         assert opened
-        tries, window = RunCounts.tries[down], 0.5
-        time.sleep(window)
+        # Count the probes of a window that ends once PROBES of them were seen, however
+        # long that takes: the window is read before the first count and after the last.
+        started = time.monotonic()
+        tries = RunCounts.tries[down]
+        wait_until(
+            lambda: RunCounts.tries[down] - tries >= PROBES,
+            timeout=30,
+            what=f"{PROBES} probes of the service",
+        )
+        probes = RunCounts.tries[down] - tries
+        window = time.monotonic() - started
         # While open, one probe per cool-down at most: no storm (the policy alone
         # would retry every few milliseconds, and give up after 100 tries).
-        probes = RunCounts.tries[down] - tries
-        assert 1 <= probes <= window / COOL_DOWN + 2, probes
+        assert 1 <= probes <= window / COOL_DOWN + 2, (probes, window)
         assert runs.job(job).state == JobState.RUNNING, "nothing failed or parked meanwhile"
 
         RunCounts.flaky_failures = 0  # the service is back: the next probe closes it
@@ -74,7 +87,7 @@ class LimitsContract(RecoveryContract):
         assert runs.store.parked("run_counts", build=2) == []
 
     def test_an_events_per_second_cap_holds_across_parallel_partitions(
-        self, runs: Recovery
+        self, runs: Recovery, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         handled = handled_count(RunCounts, runs.log.envelopes())
         rate = handled / 2.5
@@ -82,19 +95,52 @@ class LimitsContract(RecoveryContract):
             principal="carol", reason="gentle rebuild", partitions=2, events_per_second=rate
         )
         job = runs.rebuild("run_counts", request)
+        # Each partition's throttle on a clock of its own that moves only by the sleeps
+        # it asks for: what is measured is what the throttle demanded, not the machine.
+        throttles = VirtualThrottles()
+        monkeypatch.setattr(worker_module, "Throttle", throttles)
         workers = [threading.Thread(target=runs.worker().run) for _ in range(2)]
-        started = time.monotonic()
         for thread in workers:
             thread.start()
         for thread in workers:
             thread.join(60)
-        elapsed = time.monotonic() - started
 
         assert runs.job(job).state == JobState.COMPLETED
         assert runs.actual(RunCounts, build=2) == runs.expected(RunCounts)
+        capped = [clock for throttle, clock in throttles.made if throttle.rate is not None]
+        assert len(capped) == 2, "one throttle per partition"
+        # The partitions run side by side, each on its own clock: the job lasts as long
+        # as the longer one.
+        elapsed = max(clock.now for clock in capped)
         # Each partition gets rate/2 with a burst of one second's worth: together at
         # most `rate` events in the first second and `rate` per second after it.
         assert elapsed >= handled / rate - 1, (elapsed, handled, rate)
+
+
+class VirtualClock:
+    """A clock that moves only when slept on (the sleep returns at once)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class VirtualThrottles:
+    """Stands in for the worker's ``Throttle``: each one made gets a virtual clock."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[Throttle, VirtualClock]] = []
+
+    def __call__(self, rate: float | None, **options: Any) -> Throttle:
+        clock = VirtualClock()
+        throttle = Throttle(rate, clock=clock.monotonic, sleep=clock.sleep, **options)
+        self.made.append((throttle, clock))
+        return throttle
 
 
 class TestSQLiteLimits(OnSQLite, LimitsContract):

@@ -31,6 +31,7 @@ from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract, fresh_re
 from safereplay.domain import AutomationApp, Envelope, KeyRing
 from safereplay.domain.workload import record_workload
 from safereplay.projections import WorkflowStatistics, wait_for_position
+from safereplay.projections.runner import FaultHook
 from safereplay.recovery.jobs.model import JobState
 from safereplay.recovery.jobs.plans import JobRequest
 
@@ -140,10 +141,24 @@ class Writers:
             thread.join(30)
 
 
-def slow_commits(point: str) -> None:
-    """Workers pause before each commit: the rebuild lasts long enough to be read."""
-    if point == "before_commit":
-        time.sleep(0.01)
+def half_built(reader: LiveReader, target: int) -> bool:
+    """The reader has read while some partition of build 2 was under way."""
+    return any(0 < x < target for positions in list(reader.building) for x in positions)
+
+
+def held_until_read_half_built(reader: LiveReader, target: int) -> FaultHook:
+    """Workers hold on after a commit until the reader has read build 2 half built:
+    it is read then on any machine, not only if its reads happen to fall in time."""
+
+    def hook(point: str) -> None:
+        if point == "after_commit" and not half_built(reader, target):
+            wait_until(
+                lambda: half_built(reader, target),
+                timeout=60,
+                what="the reader to read build 2 half built",
+            )
+
+    return hook
 
 
 def fold_upto(envelopes: list[Envelope], position: int) -> dict[str, Any]:
@@ -158,9 +173,10 @@ class ConcurrencyContract(RecoveryContract):
             with Writers(recovery, count=2) as writers:
                 wait_until(lambda: writers.rounds >= 2, timeout=20, what="writers to start")
                 job = recovery.rebuild(STATS.name, REBUILD)
+                assert job.target_position is not None
+                hold = held_until_read_half_built(reader, job.target_position)
                 workers = [
-                    recovery.worker(faults=slow_commits, runner_options=SMALL_BATCHES)
-                    for _ in range(2)
+                    recovery.worker(faults=hold, runner_options=SMALL_BATCHES) for _ in range(2)
                 ]
                 threads = [threading.Thread(target=w.run) for w in workers]
                 for thread in threads:
@@ -169,6 +185,8 @@ class ConcurrencyContract(RecoveryContract):
                     thread.join(60)
                 assert recovery.job(job).state == JobState.COMPLETED
                 assert recovery.store.live_build(STATS.name) == 1, "no swap without asking"
+                # Whole samples of build 1 before the swap: waited for, not hoped for.
+                wait_until(lambda: len(reader.samples) >= 3, timeout=30, what="samples")
                 during = len(reader.samples)
                 result = recovery.swap(STATS.name)  # writers are still appending
                 assert (result.previous, result.live) == (1, 2)

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
+import sqlite3
+import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 
 from safereplay.recovery.errors import (
     InvalidJobTransition,
@@ -155,18 +162,123 @@ class JobStoreContract:
         assert store.list_jobs(projection="nope") == []
 
 
-def _claim_many(args: tuple[str, str, str, int]) -> list[int]:
-    backend, where, schema, rounds = args
-    store: JobStore = (
-        SQLiteJobStore(where) if backend == "sqlite" else PostgresJobStore(where, schema=schema)
-    )
-    got = []
-    for _ in range(rounds):
-        claim = store.claim(f"pid-{multiprocessing.current_process().pid}", lease_seconds=600)
-        if claim is not None:
-            got.append(claim.partition.partition_index)
-    store.close()
-    return got
+RACERS = 4
+RACE_ROUNDS = 10
+
+
+def _racer(
+    backend: str,
+    where: str,
+    schema: str,
+    barrier: Any,
+    entered: Any,
+    returned: Any,
+    results: Any,
+) -> None:
+    """One worker process: per round, wait for the others, then claim (all at once);
+    puts one result per round (the partition index, or None)."""
+    try:
+        store: JobStore = (
+            SQLiteJobStore(where) if backend == "sqlite" else PostgresJobStore(where, schema=schema)
+        )
+        for _ in range(RACE_ROUNDS):
+            barrier.wait(60)  # everyone idle: the test takes the claim locks
+            barrier.wait(60)  # go
+            with entered.get_lock():
+                entered.value += 1
+            claim = store.claim(f"pid-{os.getpid()}", lease_seconds=600)
+            with returned.get_lock():
+                returned.value += 1
+            results.put(None if claim is None else claim.partition.partition_index)
+        store.close()
+    except BaseException as exc:
+        barrier.abort()
+        results.put(exc)
+
+
+@contextmanager
+def claims_held(backend: str, where: str, schema: str) -> Iterator[None]:
+    """Hold what every claim needs: SQLite's write lock; PostgreSQL's job and partition
+    rows (a claim that locked nothing would still wait here to update a partition)."""
+    if backend == "sqlite":
+        lite = sqlite3.connect(where, timeout=60, isolation_level=None)
+        try:
+            lite.execute("BEGIN IMMEDIATE")
+            yield
+            lite.execute("COMMIT")
+        finally:
+            lite.close()
+        return
+    with psycopg.connect(where) as conn:
+        for table in ("safereplay_jobs", "safereplay_job_partitions"):
+            conn.execute(
+                sql.SQL("SELECT 1 FROM {} FOR UPDATE").format(sql.Identifier(schema, table))
+            )
+        yield
+        conn.commit()
+
+
+def claims_waiting_on_a_lock(dsn: str, schema: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        [[count]] = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database() AND query LIKE %s",
+            (f"%{schema}%",),
+        ).fetchall()
+    return int(count)
+
+
+def race_claims(backend: str, where: str, schema: str) -> list[int]:
+    """Processes claiming in rounds, all of a round's claims in flight at once.
+
+    Per round the test holds what every claim needs, lets every racer go, waits until
+    all of them are inside ``claim`` (on PostgreSQL: all blocked on a lock) and none
+    has returned, and only then lets them through together. Returns every partition
+    index claimed, checked round by round: never one twice.
+    """
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(RACERS + 1)
+    entered = context.Value("i", 0)
+    returned = context.Value("i", 0)
+    results = context.Queue()
+    racers = [
+        context.Process(
+            target=_racer,
+            args=(backend, where, schema, barrier, entered, returned, results),
+            daemon=True,
+        )
+        for _ in range(RACERS)
+    ]
+    for racer in racers:
+        racer.start()
+    in_flight: list[int] = []
+    claimed: list[int] = []
+    try:
+        for round_ in range(RACE_ROUNDS):
+            barrier.wait(60)
+            with claims_held(backend, where, schema):
+                barrier.wait(60)
+                deadline = time.monotonic() + 60
+                while entered.value < RACERS * (round_ + 1) or (
+                    backend == "postgres" and claims_waiting_on_a_lock(where, schema) < RACERS
+                ):
+                    assert time.monotonic() < deadline, (
+                        f"round {round_}: the racers never were all inside claim() at once "
+                        f"({entered.value} entered, {returned.value} returned)"
+                    )
+                    time.sleep(0.005)
+                in_flight.append(entered.value - returned.value)
+            outcomes = [results.get(timeout=60) for _ in racers]
+            errors = [o for o in outcomes if isinstance(o, BaseException)]
+            assert not errors, errors
+            claimed += [o for o in outcomes if o is not None]
+            assert len(claimed) == len(set(claimed)), f"round {round_}: claimed twice {claimed}"
+    finally:
+        for racer in racers:
+            racer.join(60)
+    # The race happened: every round, all the racers were inside claim() at once.
+    assert in_flight == [RACERS] * RACE_ROUNDS, in_flight
+    return sorted(claimed)
 
 
 class TestSQLiteJobStore(JobStoreContract):
@@ -183,10 +295,8 @@ class TestSQLiteJobStore(JobStoreContract):
         self, store: JobStore
     ) -> None:
         store.create_job(new_job(partitions=24))
-        with multiprocessing.get_context("spawn").Pool(4) as pool:
-            results = pool.map(_claim_many, [("sqlite", self.where, self.schema, 10)] * 4)
-        claimed = sorted(i for r in results for i in r)
-        assert claimed == list(range(24))
+        claimed = race_claims("sqlite", self.where, self.schema)
+        assert claimed == list(range(24)), "each partition claimed once, by one racer"
 
 
 class TestPostgresJobStore(JobStoreContract):
@@ -203,7 +313,5 @@ class TestPostgresJobStore(JobStoreContract):
         self, store: JobStore
     ) -> None:
         store.create_job(new_job(partitions=24))
-        with multiprocessing.get_context("spawn").Pool(4) as pool:
-            results = pool.map(_claim_many, [("postgres", self.where, self.schema, 10)] * 4)
-        claimed = sorted(i for r in results for i in r)
-        assert claimed == list(range(24))
+        claimed = race_claims("postgres", self.where, self.schema)
+        assert claimed == list(range(24)), "each partition claimed once, by one racer"

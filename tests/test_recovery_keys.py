@@ -17,7 +17,13 @@ import pytest
 from safereplay.domain import AutomationApp, DomainSettings, KeyRing, UnknownKeyId
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.errors import InvalidRequest
-from safereplay.recovery.security.keys import add_key, key_usage, reencrypt, retire_key
+from safereplay.recovery.security.keys import (
+    ReencryptProgress,
+    add_key,
+    key_usage,
+    reencrypt,
+    retire_key,
+)
 
 
 def snapshot_of_log(app: AutomationApp) -> list[tuple[int | None, str, dict[str, Any]]]:
@@ -33,10 +39,24 @@ def plain_settings(settings: DomainSettings) -> dict[str, Any]:
     return values
 
 
-def _reencrypt_slowly(values: dict[str, Any]) -> None:
+def _reencrypt_until_killed(values: dict[str, Any], resealed: Any) -> None:
+    """Re-encrypt in a child process; after the first batch that re-sealed rows, say so
+    and stall there until the test kills the process (part-way through, on any machine)."""
     app = AutomationApp(DomainSettings.from_env(**values))
     assert app.key_ring is not None
-    reencrypt(app, app.key_ring, batch_size=5, events_per_second=60)
+
+    def stall_after_the_first(progress: ReencryptProgress) -> None:
+        if progress.resealed:
+            resealed.set()
+            threading.Event().wait(600)  # killed here
+
+    reencrypt(
+        app,
+        app.key_ring,
+        batch_size=5,
+        events_per_second=60,
+        on_progress=stall_after_the_first,
+    )
 
 
 class KeyRotationContract:
@@ -54,27 +74,34 @@ class KeyRotationContract:
         assert writer_app.key_ring.active_key_id == "k2", "new writers use the new key at once"
         stop_writing = threading.Event()
 
+        written = threading.Semaphore(0)
+
         def keep_writing() -> None:
             seed = 100
             while not stop_writing.is_set():
                 record_workload(writer_app, workflows=1, runs_per_workflow=2, seed=seed)
+                written.release()
                 seed += 1
 
         writer = threading.Thread(target=keep_writing)
         writer.start()
         try:
-            child = multiprocessing.get_context("spawn").Process(
-                target=_reencrypt_slowly, args=(plain_settings(self.settings()),)
+            context = multiprocessing.get_context("spawn")
+            resealed = context.Event()
+            child = context.Process(
+                target=_reencrypt_until_killed,
+                args=(plain_settings(self.settings()), resealed),
+                daemon=True,
             )
             child.start()
-            deadline = time.monotonic() + 60
-            while key_usage(app).uses("k1") == len(before) and time.monotonic() < deadline:
-                time.sleep(0.05)
+            assert resealed.wait(120), "the re-encryption never re-sealed a batch"
             assert child.pid is not None
             os.kill(child.pid, signal.SIGKILL)
             child.join()
             partly = key_usage(app).uses("k1")
             assert 0 < partly < len(before), "killed part-way through"
+            # Writes went on during the rotation (the writer started after add_key).
+            assert written.acquire(timeout=120), "the writer never wrote"
 
             with pytest.raises(InvalidRequest, match="still seals"):
                 retire_key(key_file, "k1", app)

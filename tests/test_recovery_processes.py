@@ -16,6 +16,7 @@ from projection_fixtures import OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import (
     Recovery,
     RecoveryContract,
+    expire_leases,
     finished,
     kill,
     spawn_worker,
@@ -35,6 +36,8 @@ TWO = JobRequest(principal="ops", reason="statistics fixed", partitions=2)
 THREE = JobRequest(principal="ops", reason="statistics fixed", partitions=3)
 #: Small batches, slowed down: a job lasts a few seconds and has many kill points.
 SLOW = {"batch_size": 5, "event_delay": 0.03, "lease_seconds": 1.0}
+#: Seconds: a lease that outlasts any test.
+LONG_LEASE = 3600.0
 
 
 class ProcessContract(RecoveryContract):
@@ -56,24 +59,39 @@ class ProcessContract(RecoveryContract):
         rng = random.Random(41)
         processes += [spawn_worker(recovery, **SLOW) for _ in range(2)]
 
-        def a_busy_worker() -> list[int] | None:
+        def moved() -> int:
+            return sum(p.position - p.start_position for p in recovery.partitions(job))
+
+        def a_busy_worker(after: int | None) -> list[int] | None:
             state = recovery.job(job).state
             assert state in (JobState.PLANNED, JobState.RUNNING), f"{state}, {len(kills)} kills"
+            if after is not None and moved() <= after:
+                return None
             alive = {p.pid for p in processes if p.is_alive()}
             return [pid for p in recovery.partitions(job) if (pid := worker_pid(p)) in alive]
 
         kills: list[tuple[int, int]] = []
         while len(kills) < KILLS:
-            busy = wait_until(a_busy_worker, timeout=30, what="a worker holding a partition")
-            time.sleep(rng.uniform(0, 0.3))  # a random point of its run
+            # A random point of the run, counted in progress rather than time: the
+            # first kill and most others wait until the job has moved since the last
+            # one (however slow the machine), some come at once.
+            after = kills[-1][1] if kills else 0
+            wait_for_progress = not kills or rng.random() < 0.75
+            busy = wait_until(
+                lambda after=after, wait=wait_for_progress: a_busy_worker(after if wait else None),
+                timeout=30,
+                what="a worker holding a partition (and progress since the last kill)",
+            )
+            # Only varies where inside its next batch the kill lands: nothing relies on it.
+            time.sleep(rng.uniform(0, 0.3))
             pid = rng.choice(busy)
-            moved = sum(p.position - p.start_position for p in recovery.partitions(job))
+            moved_at_kill = moved()
             kill(pid)
             [victim] = [p for p in processes if p.pid == pid]
             victim.join(10)
             processes.remove(victim)
             assert victim.exitcode == -signal.SIGKILL
-            kills.append((pid, moved))
+            kills.append((pid, moved_at_kill))
             processes.append(spawn_worker(recovery, **SLOW))
 
         done = finished(recovery, job, timeout=60)
@@ -149,7 +167,9 @@ class ProcessContract(RecoveryContract):
     ) -> None:
         record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=43)
         job = recovery.rebuild(STATS.name, TWO)
-        worker = spawn_worker(recovery, **SLOW)
+        # A lease far longer than this test: it cannot expire on its own, however slow
+        # the machine; the test moves it into the past instead of waiting for it.
+        worker = spawn_worker(recovery, **{**SLOW, "lease_seconds": LONG_LEASE})
         processes.append(worker)
         self.wait_for_progress(recovery, job)
         kill(worker)
@@ -158,8 +178,8 @@ class ProcessContract(RecoveryContract):
         recovery.jobs.transition(job.job_id, JobState.ABORTING)
         held = recovery.jobs.finalize(job.job_id)  # as the abort operation does
         assert held.state == JobState.ABORTING, "the dead worker's lease has not expired yet"
-        expiry = max(p.lease_expires_at or 0 for p in recovery.partitions(job))
-        time.sleep(max(0.0, expiry - time.time()) + 0.1)
+        assert recovery.job(job).state == JobState.ABORTING
+        expire_leases(recovery, job, by=2 * LONG_LEASE)  # as if that much time had passed
         recovery.worker().run()  # any worker (or the next abort) settles it
         assert recovery.job(job).state == JobState.ABORTED
         assert all(p.lease_owner is None for p in recovery.partitions(job))

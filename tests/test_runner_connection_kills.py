@@ -6,8 +6,8 @@ of the reference projections with the right counts but wrong table content.
 
 Here a background thread terminates (``pg_terminate_backend``) this test's own
 store, source, watermark, listening and raw-writer connections, selected by this
-test's unique application names only, every 20-100 ms at random (sometimes one
-caught inside a transaction, sometimes all), while:
+test's unique application names only, at random (sometimes one caught inside a
+transaction, sometimes all), while:
 
 - the three reference projections catch up one after the other through one
   store and one source (the benchmark's 1-worker loop), and two partitions of
@@ -25,6 +25,13 @@ case (PostgreSQL holds a termination off while it commits; of the commits that a
 kill failed here, the test counts those found committed all the same: in our runs
 none).
 
+The kills are paced by the runners' progress, not by the clock: after a kill the
+killer waits until every runner at work has finished a batch (committed, or found
+nothing to do) since that kill, then kills again 20-100 ms later. So however slow
+the machine, a batch always gets a window to commit after each kill (a runner
+never gives up), and the kills still land at random points of the batches that
+follow.
+
 After each phase every row of every projection table must equal a plain fold of
 the events, every position must equal the head, and ``events_applied`` must count
 every handled event once; at the end every position up to the head is a committed
@@ -35,6 +42,7 @@ schemas over the same (growing) event log.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import random
@@ -54,6 +62,8 @@ from psycopg import sql
 from safereplay.domain.automation import Workflow
 from safereplay.domain.workload import record_workload
 from safereplay.projections import (
+    BatchResult,
+    CatchUpResult,
     Checkpoint,
     FailedSteps,
     Fence,
@@ -83,16 +93,103 @@ BATCH_SIZES = (25, 500, 60, 150)
 REFERENCE: tuple[type[Projection], ...] = (RunStatusBoard, WorkflowStatistics, FailedSteps)
 
 
+class Progress:
+    """Batches finished by the runners at work, so that kills follow progress, not time.
+
+    A runner is at work from its construction (``prepare``) to the end of its
+    ``catch_up`` or ``follow``; each ``prepare`` and each batch that returns counts
+    one. :meth:`wait_for_all` returns once every runner at work has finished one since
+    the last :meth:`killed` (one that started since must have finished one too).
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._done: dict[int, int] = {}
+        self._at_kill: dict[int, int] = {}
+        self._keys = itertools.count()
+        #: Times :meth:`wait_for_all` had to wait for a runner (a kill held back).
+        self.held_back = 0
+
+    def start(self) -> int:
+        with self._cond:
+            key = next(self._keys)
+            self._done[key] = 0
+            return key
+
+    def finished_one(self, key: int) -> None:
+        with self._cond:
+            if key in self._done:
+                self._done[key] += 1
+                self._cond.notify_all()
+
+    def end(self, key: int) -> None:
+        with self._cond:
+            self._done.pop(key, None)
+            self._cond.notify_all()
+
+    def killed(self) -> None:
+        with self._cond:
+            self._at_kill = dict(self._done)
+
+    def _all_moved(self) -> bool:
+        return all(n > self._at_kill.get(key, 0) for key, n in self._done.items())
+
+    def wait_for_all(self, stop: threading.Event) -> None:
+        with self._cond:
+            if not self._all_moved():
+                self.held_back += 1
+            while not (stop.is_set() or self._all_moved()):
+                self._cond.wait(0.05)
+
+
+class PacedRunner(ProjectionRunner):
+    """A runner that reports its finished batches to :class:`Progress`."""
+
+    def __init__(self, *args: Any, progress: Progress, **kwargs: Any) -> None:
+        self._progress = progress
+        self._key = progress.start()
+        try:
+            super().__init__(*args, **kwargs)  # prepare(), retried like a batch
+        except BaseException:
+            progress.end(self._key)
+            raise
+        progress.finished_one(self._key)
+
+    def run_batch(
+        self, stop: threading.Event | None = None, *, until: int | None = None
+    ) -> BatchResult:
+        result = super().run_batch(stop, until=until)
+        if not result.stopped:
+            self._progress.finished_one(self._key)
+        return result
+
+    def catch_up(
+        self, stop: threading.Event | None = None, *, until: int | None = None
+    ) -> CatchUpResult:
+        try:
+            return super().catch_up(stop, until=until)
+        finally:
+            self._progress.end(self._key)
+
+    def follow(self, stop: threading.Event) -> None:
+        try:
+            super().follow(stop)
+        finally:
+            self._progress.end(self._key)
+
+
 class Killer:
     """Terminates the backends whose ``application_name`` is one of ``names``, at random.
 
-    Every 20-100 ms: one of them chosen at random, or one caught inside a transaction
+    Once every runner at work has finished a batch since the last kill (``progress``),
+    20-100 ms later: one of them chosen at random, or one caught inside a transaction
     (a commit in progress), or all of them. Only exact names: connections of other
     tests and other sessions are never touched.
     """
 
-    def __init__(self, dsn: str, names: Sequence[str], seed: int) -> None:
+    def __init__(self, dsn: str, names: Sequence[str], seed: int, progress: Progress) -> None:
         self.names = list(names)
+        self.progress = progress
         self.kills: Counter[str] = Counter()
         #: Kills of a backend seen inside a transaction (or a statement) just before.
         self.in_transaction: Counter[str] = Counter()
@@ -114,6 +211,10 @@ class Killer:
         try:
             with psycopg.connect(self._dsn, autocommit=True) as conn:
                 while not self._stop.is_set():
+                    # Every runner at work has had a window to commit since the last
+                    # kill; a race asked for before that is stale.
+                    self.progress.wait_for_all(self._stop)
+                    self._now.clear()
                     urgent = self._now.wait(self._rng.uniform(0.02, 0.1))
                     if self._stop.is_set():
                         break
@@ -137,6 +238,7 @@ class Killer:
                         victims = rows
                     else:
                         victims = [self._rng.choice(rows)]
+                    self.progress.killed()
                     for pid, name, in_transaction in victims:
                         [[done]] = conn.execute(
                             "SELECT pg_terminate_backend(%s)", (pid,)
@@ -264,6 +366,7 @@ class Round:
         self.batch_size = batch_size
         #: The killer of the current phase, raced from inside some commits.
         self.killer: Killer | None = None
+        self.progress = Progress()
         self._fault_rng = random.Random(rng.random())
         for kind in ("whole", "split"):
             schema = self.schemas[kind] = f"k_{uuid.uuid4().hex[:12]}"
@@ -299,7 +402,7 @@ class Round:
         source: Any = None,
         partition: Partition = WHOLE,
     ) -> ProjectionRunner:
-        return ProjectionRunner(
+        return PacedRunner(
             projection,
             source=source or self.log.source(),
             store=store,
@@ -314,7 +417,13 @@ class Round:
                 give_up_after=20,
             ),
             faults=self._faults,
+            progress=self.progress,
         )
+
+    def new_killer(self, dsn: str, names: Sequence[str], seed: int) -> Killer:
+        """The killer of the next phase, paced by this round's runners."""
+        self.killer = Killer(dsn, names, seed, self.progress)
+        return self.killer
 
     def _faults(self, point: str) -> None:
         if point == "in_commit" and self.killer is not None and self._fault_rng.random() < 0.1:
@@ -402,8 +511,10 @@ def catch_up_all(rnd: Round) -> None:
         for cls in REFERENCE:
             rnd.runner(cls(), store, source=source).catch_up()
     finally:
+        # No deadline: however slow the machine, the kills leave them windows to
+        # commit (pytest's timeout catches a hang).
         for thread in threads:
-            thread.join(60)
+            thread.join()
     assert not errors, errors
 
 
@@ -496,7 +607,7 @@ def follow_while_writing(rnd: Round, seed: int) -> tuple[int, int]:
         for i in range(2):
             record_workload(rnd.log.app, workflows=1, runs_per_workflow=6, seed=seed * 10 + i)
         for writer in raw_writers:
-            writer.join(30)
+            writer.join()  # at most 30 short transactions each
         assert not raw_errors, raw_errors
         head = rnd.log.app.head_position()
         for cls, kind in [(cls, "whole") for cls in REFERENCE] + [(WorkflowStatistics, "split")]:
@@ -521,21 +632,19 @@ def test_random_connection_kills_leave_every_row_equal_to_the_fold(log: Log) -> 
     names = killable_names(log)
     totals: Counter[str] = Counter()
     mid_transaction: Counter[str] = Counter()
-    lost_replies = holes = raced = failed_commits = committed_anyway = 0
+    lost_replies = holes = raced = failed_commits = committed_anyway = held_back = 0
     timings: Counter[str] = Counter()
     for round_ in range(ROUNDS):
         rnd = Round(log, random.Random(rng.random()), BATCH_SIZES[round_ % len(BATCH_SIZES)])
         try:
             started = time.monotonic()
-            with Killer(dsn, names, seed=rng.randint(0, 10**6)) as killer:
-                rnd.killer = killer
+            with rnd.new_killer(dsn, names, seed=rng.randint(0, 10**6)) as killer:
                 catch_up_all(rnd)
             timings["catch-up"] += time.monotonic() - started
             head = log.app.head_position()
             assert_matches_the_fold(log, rnd, head, phase=f"round {round_} catch-up")
             started = time.monotonic()
-            with Killer(dsn, names, seed=rng.randint(0, 10**6)) as live_killer:
-                rnd.killer = live_killer
+            with rnd.new_killer(dsn, names, seed=rng.randint(0, 10**6)) as live_killer:
                 head, left = follow_while_writing(rnd, seed=rng.randint(0, 10**6))
             timings["live"] += time.monotonic() - started
             assert_matches_the_fold(log, rnd, head, phase=f"round {round_} live")
@@ -547,6 +656,7 @@ def test_random_connection_kills_leave_every_row_equal_to_the_fold(log: Log) -> 
             failed_commits += rnd.count("failed_commits")
             committed_anyway += rnd.count("committed_anyway")
             holes += left
+            held_back += rnd.progress.held_back
         finally:
             rnd.close()
     print(
@@ -554,7 +664,8 @@ def test_random_connection_kills_leave_every_row_equal_to_the_fold(log: Log) -> 
         f"of which in a transaction or statement={dict(mid_transaction)} "
         f"kills racing a commit={raced} commits failed by a kill={failed_commits} "
         f"(committed all the same: {committed_anyway}) lost commit replies={lost_replies} "
-        f"holes={holes} events={log.app.head_position()} "
+        f"holes={holes} kills held back for a runner to finish a batch={held_back} "
+        f"events={log.app.head_position()} "
         f"seconds={ {k: round(v, 1) for k, v in timings.items()} }"
     )
     assert set(totals) >= set(names[:3]), totals

@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from typing import Any, ClassVar
@@ -472,13 +471,12 @@ class RunnerContract:
         )
         with pytest.raises(WaitTimeout):
             wait_for_position(store, RunStatusBoard, first_run, timeout=0.05, source=source)
-        started = time.monotonic()
         thread = runner.in_background()
         try:
+            # Returns once the follower got there; WaitTimeout after 15 s otherwise.
             assert wait_for_position(store, RunStatusBoard, head, timeout=15) >= head
         finally:
             thread.stop()
-        assert time.monotonic() - started < 15
         status_ = projection_status(store, "run_status", high_water_mark=head)
         assert status_.position == head
 

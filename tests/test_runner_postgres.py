@@ -20,6 +20,7 @@ import multiprocessing
 import random
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -406,11 +407,36 @@ def test_many_rolled_back_holes_do_not_stall_live_following(log: Log) -> None:
     assert len(log.source().skipped_holes()) == 20
 
 
-def test_following_stops_promptly(log: Log) -> None:
-    runner = log.runner(Ledger(), options=RunnerOptions(repoll_interval=30))
+def test_following_stops_promptly(log: Log, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stop ends the follower's wait for a notification at once: with a re-poll only
+    every hour, nothing written and a channel of its own (other tests' followers share
+    the database), nothing else could wake it up."""
+    source = log.source()
+    assert isinstance(source, PostgresEventSource)
+    source.channel = f"{source.channel}_{uuid.uuid4().hex[:8]}"
+    waiting = threading.Event()
+    waiters: list[threading.Thread] = []
+    real_wait = source.wait
+    #: Set only once the test has failed: ends a wait that was not given the stop event
+    #: (the teardown would hang on it).
+    failed = threading.Event()
+
+    def wait(timeout: float, stop: threading.Event | None = None) -> bool:
+        waiters.append(threading.current_thread())
+        if source.listen_connects:  # listening already: not the first call, which connects
+            waiting.set()
+        return real_wait(timeout, stop or failed)
+
+    monkeypatch.setattr(source, "wait", wait)
+    runner = log.runner(Ledger(), source=source, options=RunnerOptions(repoll_interval=3600))
     thread = runner.in_background()
-    time.sleep(0.2)
-    started = time.monotonic()
-    thread.stop()
-    assert time.monotonic() - started < 2
-    assert not threading.current_thread().name.startswith("safereplay-")
+    assert waiting.wait(30), "the follower never waited for a notification"
+    # It waits on its own background thread, not on the caller's.
+    [follower] = set(waiters)
+    assert follower is not threading.current_thread()
+    assert follower.name.startswith("safereplay-ledger") and follower.is_alive()
+    try:
+        thread.stop(timeout=30)  # far less than the hour the wait would otherwise last
+    finally:
+        failed.set()
+    assert not thread.alive and follower not in threading.enumerate()

@@ -27,7 +27,12 @@ from psycopg.conninfo import make_conninfo
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
-from safereplay.projections import HighWaterMark, PostgresHighWaterMark, SQLiteHighWaterMark
+from safereplay.projections import (
+    HighWaterMark,
+    PostgresHighWaterMark,
+    SQLiteHighWaterMark,
+    postgres_watermark,
+)
 from safereplay.projections.postgres_watermark import WatermarkError
 
 SettingsFactory = Callable[..., DomainSettings]
@@ -191,6 +196,39 @@ def function_statement(schema: str) -> sql.Composed:
     ).format(schema=sql.Identifier(schema))
 
 
+class WatermarkClock:
+    """Stands in for ``time`` in the watermark module: records every sleep it asks for.
+
+    ``virtual``: its clock moves only by those sleeps (which return at once), so what
+    is asserted is what the mark asked for, however slow the machine.
+    """
+
+    def __init__(self, *, virtual: bool = False) -> None:
+        self.virtual = virtual
+        self.slept: list[float] = []
+        self._now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self._now if self.virtual else time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        if self.virtual:
+            self._now += seconds
+        else:
+            time.sleep(seconds)
+
+
+@pytest.fixture
+def watermark_clock(monkeypatch: pytest.MonkeyPatch) -> Callable[..., WatermarkClock]:
+    def install(*, virtual: bool = False) -> WatermarkClock:
+        clock = WatermarkClock(virtual=virtual)
+        monkeypatch.setattr(postgres_watermark, "time", clock)
+        return clock
+
+    return install
+
+
 def make_pg_log(settings: DomainSettings, dsn: str, schema: str, name: str = "safereplay") -> PgLog:
     return PgLog(DbFunctionsApp(settings), dsn, schema, f"{name}_events")
 
@@ -252,30 +290,39 @@ class TestPostgresHighWaterMark(HighWaterMarkContract):
         assert "no writer transaction was in flight" in mark.skipped_holes()[0].reason
         mark.close()
 
-    def test_a_proof_carries_over_between_calls_without_waiting(self, log: PgLog) -> None:
+    def test_a_proof_carries_over_between_calls_without_waiting(
+        self, log: PgLog, watermark_clock: Callable[..., WatermarkClock]
+    ) -> None:
         mark = log.mark(hole_wait=0.0)
-        assert mark.advance() == 0  # connected, tables created: only the call is timed
+        assert mark.advance() == 0  # connected, tables created
+        clock = watermark_clock()
         with log.connect() as fast, log.connect(autocommit=False) as slow:
             [h] = log.insert(slow)
             [g] = log.insert(fast)
-            started = time.monotonic()
             assert mark.advance() == h - 1
-            assert time.monotonic() - started < 0.2
+            assert clock.slept == [], "hole_wait=0: the mark never sleeps"
+            [[between]] = fast.execute("SELECT clock_timestamp()").fetchall()
             slow.rollback()
         assert mark.advance() == g
-        assert [x.position for x in mark.skipped_holes()] == [h]
+        assert clock.slept == []
+        [hole] = mark.skipped_holes()
+        assert hole.position == h
+        assert hole.detected_at < between, "the proof begun by the first call was carried over"
         mark.close()
 
-    def test_advance_waits_no_longer_than_hole_wait(self, log: PgLog) -> None:
+    def test_advance_waits_no_longer_than_hole_wait(
+        self, log: PgLog, watermark_clock: Callable[..., WatermarkClock]
+    ) -> None:
         mark = log.mark(hole_wait=0.3)
+        clock = watermark_clock(virtual=True)
         with log.connect() as fast, log.connect(autocommit=False) as slow:
             [h] = log.insert(slow)
             log.insert(fast)
-            started = time.monotonic()
             assert mark.advance() == h - 1
-            elapsed = time.monotonic() - started
+            waited = sum(clock.slept)
             slow.rollback()
-        assert 0.25 <= elapsed < 2.0
+        # It waited for the writer in flight: hole_wait in all, no less and no longer.
+        assert waited == pytest.approx(0.3)
         mark.close()
 
     def test_a_hole_waits_only_for_writers_in_flight_when_it_was_seen(self, log: PgLog) -> None:
