@@ -9,8 +9,10 @@
   (:mod:`safereplay.projections.watermark`, :mod:`safereplay.projections.postgres_watermark`);
 - the backends, side by side: :mod:`safereplay.projections.sqlite` and
   :mod:`safereplay.projections.postgres` (each a store, a source and a connection
-  module), their SQL written once (:mod:`safereplay.projections.store_sql`,
-  :mod:`safereplay.projections.source_sql`, :mod:`safereplay.projections.sqltemplate`);
+  module), their logic written once (:mod:`safereplay.projections.sql_store`,
+  :mod:`safereplay.projections.sql_source`), their SQL too
+  (:mod:`safereplay.projections.store_sql`, :mod:`safereplay.projections.source_sql`,
+  :mod:`safereplay.projections.sqltemplate`);
 - :mod:`safereplay.projections.runner`: catch-up and live following;
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
 - :mod:`safereplay.projections.status`: lag, status and read-your-writes;

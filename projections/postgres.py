@@ -8,8 +8,9 @@
 - :mod:`safereplay.projections.postgres_connection`: how the store and the source
   connect and translate errors.
 
-Their SQL is shared with the SQLite backend (:mod:`~.store_sql`,
-:mod:`~.source_sql`). This module only gathers the backend's names in one place.
+Their logic (:mod:`~.sql_store`, :mod:`~.sql_source`) and their SQL
+(:mod:`~.store_sql`, :mod:`~.source_sql`) are shared with the SQLite backend.
+This module only gathers the backend's names in one place.
 """
 
 from __future__ import annotations

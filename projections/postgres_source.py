@@ -6,7 +6,9 @@ by topic and by partition in the query. The partition of an aggregate is
 computed from the first 8 hex digits of its id (:func:`partition_expression`),
 the same value as :func:`safereplay.projections.source.partition_of`. Its
 statements are :mod:`~safereplay.projections.source_sql`'s templates, composed
-with ``psycopg.sql`` once per filter shape.
+with ``psycopg.sql`` once per filter shape by
+:class:`~safereplay.projections.sql_source.SQLEventSource`, whose reads these are;
+this module keeps the connections and how rows are fetched and decoded.
 
 Live following LISTENs on the table's channel (eventsourcing NOTIFYs it on
 insert) on a separate connection; a notification only wakes the runner, which
@@ -34,13 +36,9 @@ from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import DatabaseUnavailable, StoreError, WatermarkError
 from safereplay.projections.postgres_connection import TRANSIENT, Connection, first_line
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
-from safereplay.projections.source import WHOLE, EventSource, Partition, notification_of
-from safereplay.projections.source_sql import (
-    head_statement,
-    partition_hash,
-    range_parameters,
-    range_statements,
-)
+from safereplay.projections.source import notification_of
+from safereplay.projections.source_sql import partition_hash
+from safereplay.projections.sql_source import SQLEventSource
 from safereplay.projections.sqltemplate import PostgresRenderer
 
 __all__ = ["PostgresEventSource", "partition_expression"]
@@ -54,7 +52,7 @@ def partition_expression(column: str = "originator_id") -> sql.Composable:
     return partition_hash(PostgresRenderer("public"), column)
 
 
-class PostgresEventSource(EventSource):
+class PostgresEventSource(SQLEventSource[sql.Composed]):
     """eventsourcing's PostgreSQL notification log ``{schema}.{table}``.
 
     ``listen`` (True) LISTENs on the table's channel to wake a following runner;
@@ -83,9 +81,10 @@ class PostgresEventSource(EventSource):
                 **watermark_options,
             ),
             mapper,
+            renderer=PostgresRenderer(schema),
+            table=table,
         )
         self.schema = schema
-        self.table = table
         self.channel = table.replace(".", "_")
         self._listen = listen
         self._db = Connection(
@@ -103,27 +102,16 @@ class PostgresEventSource(EventSource):
         self.listen_connects = 0
         #: Notifications that woke a waiter.
         self.notifications = 0
-        self._render = PostgresRenderer(schema)
         self._events = sql.Identifier(schema, table)
-        self._head = head_statement(self._render, table)
-        #: (count, read) per (any topics?, whole log?).
-        self._statements: dict[tuple[bool, bool], tuple[sql.Composed, sql.Composed]] = {}
 
     @property
     def description(self) -> str:
         return f"PostgreSQL event log {self.schema}.{self.table}"
 
-    def _range(
-        self, topics: Sequence[str], partition: Partition
-    ) -> tuple[sql.Composed, sql.Composed]:
+    @staticmethod
+    def _topic_shape(topics: Sequence[str]) -> int:
         # The topics are bound as one array: one statement for any number of them.
-        key = (bool(topics), partition.is_whole)
-        statements = self._statements.get(key)
-        if statements is None:
-            statements = self._statements[key] = range_statements(
-                self._render, self.table, topics=int(bool(topics)), whole=partition.is_whole
-            )
-        return statements
+        return int(bool(topics))
 
     def high_water_mark(self) -> int:
         try:
@@ -143,41 +131,18 @@ class PostgresEventSource(EventSource):
             row = conn.execute(self._head).fetchone()
         return int(row[0] or 0) if row else 0
 
-    def count(
-        self, *, after: int, upto: int, topics: Sequence[str] = (), partition: Partition = WHOLE
-    ) -> int:
-        if upto <= after:
-            return 0
-        statement, _ = self._range(topics, partition)
-        params = range_parameters("postgres", after, upto, topics, partition)
-        with self._db.use(f"{self.description}: count") as conn:
+    def _fetch(
+        self, what: str, statement: sql.Composed, params: Sequence[Any], *, binary: bool = False
+    ) -> list[Any]:
+        with self._db.use(f"{self.description}: {what}") as conn:
             try:
-                row = conn.execute(statement, params).fetchone()
-            except psycopg.errors.UndefinedTable:
-                return 0
-        return int(row[0]) if row is not None else 0
-
-    def read(
-        self,
-        *,
-        after: int,
-        upto: int,
-        limit: int,
-        topics: Sequence[str] = (),
-        partition: Partition = WHOLE,
-    ) -> list[Notification]:
-        if upto <= after or limit < 1:
-            return []
-        _, statement = self._range(topics, partition)
-        params = range_parameters("postgres", after, upto, topics, partition)
-        params.append(limit)
-        with self._db.use(f"{self.description}: read") as conn:
-            try:
-                # Binary results: each state (~420 bytes) arrives as bytes instead of
-                # hex text that the client must decode, row by row.
-                rows = conn.execute(statement, params, binary=True).fetchall()
+                # Binary results (reads): each state (~420 bytes) arrives as bytes
+                # instead of hex text that the client must decode, row by row.
+                return conn.execute(statement, params, binary=binary).fetchall()
             except psycopg.errors.UndefinedTable:
                 return []
+
+    def _notifications(self, rows: list[Any]) -> list[Notification]:
         # Aggregates recur within a batch: one (immutable) UUID per distinct id, so that
         # the batch keeps ~1 object per aggregate alive instead of one per row (fewer
         # objects for the garbage collector to walk until the batch commits).

@@ -4,8 +4,9 @@
 - :mod:`safereplay.projections.sqlite_source`: :class:`SQLiteEventSource`;
 - :mod:`safereplay.projections.sqlite_connection`: how both connect and translate errors.
 
-Their SQL is shared with the PostgreSQL backend (:mod:`~.store_sql`,
-:mod:`~.source_sql`). This module only gathers the backend's names in one place.
+Their logic (:mod:`~.sql_store`, :mod:`~.sql_source`) and their SQL
+(:mod:`~.store_sql`, :mod:`~.source_sql`) are shared with the PostgreSQL backend.
+This module only gathers the backend's names in one place.
 """
 
 from __future__ import annotations

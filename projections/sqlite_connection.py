@@ -11,11 +11,12 @@ the runner), anything else a :class:`~safereplay.projections.errors.StoreError`.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import suppress
 from pathlib import Path
 
 from safereplay.projections.errors import DatabaseUnavailable, StoreError
 
-__all__ = ["connect", "translate"]
+__all__ = ["close_quietly", "connect", "translate"]
 
 _TRANSIENT = ("locked", "busy", "disk i/o error")
 
@@ -28,6 +29,13 @@ def connect(database: Path | str, *, busy_timeout: float, uri: bool = False) -> 
         isolation_level=None,
         check_same_thread=False,
     )
+
+
+def close_quietly(conn: sqlite3.Connection | None) -> None:
+    """Close a connection being let go of: an error closing it has nothing left to undo."""
+    if conn is not None:
+        with suppress(sqlite3.Error):
+            conn.close()
 
 
 def translate(exc: sqlite3.Error, what: str) -> StoreError:

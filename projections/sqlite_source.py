@@ -6,7 +6,8 @@ registers the deterministic SQL function ``safereplay_partition(originator_id,
 count)`` (the first 32 bits of the id, modulo ``count``, as
 :func:`safereplay.projections.source.partition_of`). Its statements are
 :mod:`~safereplay.projections.source_sql`'s templates, rendered once per filter
-shape.
+shape by :class:`~safereplay.projections.sql_source.SQLEventSource`, whose reads
+these are; this module keeps the connection and how its rows are decoded.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
-from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -22,15 +22,13 @@ from uuid import UUID
 from eventsourcing.persistence import Notification
 
 from safereplay.domain.mapper import EnvelopeMapper, uuid_from_text
-from safereplay.projections.source import WHOLE, EventSource, Partition, notification_of
-from safereplay.projections.source_sql import head_statement, range_parameters, range_statements
-from safereplay.projections.sqlite_connection import connect, translate
+from safereplay.projections.source import notification_of
+from safereplay.projections.sql_source import SQLEventSource
+from safereplay.projections.sqlite_connection import close_quietly, connect, translate
 from safereplay.projections.sqltemplate import SQLiteRenderer
 from safereplay.projections.watermark import SQLiteHighWaterMark
 
 __all__ = ["SQLiteEventSource"]
-
-_SQL = SQLiteRenderer()
 
 
 def _partition_sql_function(originator_id: Any, count: int) -> int:
@@ -39,7 +37,7 @@ def _partition_sql_function(originator_id: Any, count: int) -> int:
     return int.from_bytes(UUID(str(originator_id)).bytes[:4], "big") % count
 
 
-class SQLiteEventSource(EventSource):
+class SQLiteEventSource(SQLEventSource[str]):
     """eventsourcing's SQLite notification log (``stored_events``, position ``rowid``)."""
 
     def __init__(
@@ -50,15 +48,13 @@ class SQLiteEventSource(EventSource):
         table: str = "stored_events",
         busy_timeout: float = 30.0,
     ) -> None:
-        super().__init__(SQLiteHighWaterMark(path, table=table), mapper)
+        super().__init__(
+            SQLiteHighWaterMark(path, table=table), mapper, renderer=SQLiteRenderer(), table=table
+        )
         self.path = Path(path)
-        self.table = table
         self._busy_timeout = busy_timeout
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
-        self._head = head_statement(_SQL, table)
-        #: (count, read) per (number of topics, whole log?).
-        self._statements: dict[tuple[int, bool], tuple[str, str]] = {}
 
     @property
     def description(self) -> str:
@@ -74,10 +70,13 @@ class SQLiteEventSource(EventSource):
             self._conn = conn
         return self._conn
 
-    def _query(self, sql: str, params: Sequence[Any]) -> list[Any]:
+    def _fetch(
+        self, what: str, statement: str, params: Sequence[Any], *, binary: bool = False
+    ) -> list[Any]:
+        # (States are BLOBs, read as bytes anyway: nothing to ask for when ``binary``.)
         with self._lock:
             try:
-                return self._connection().execute(sql, params).fetchall()
+                return self._connection().execute(statement, params).fetchall()
             except sqlite3.OperationalError as exc:
                 if "no such table" in str(exc):
                     return []
@@ -85,14 +84,10 @@ class SQLiteEventSource(EventSource):
             except sqlite3.Error as exc:
                 raise translate(exc, self.description) from exc
 
-    def _range(self, topics: Sequence[str], partition: Partition) -> tuple[str, str]:
-        key = (len(topics), partition.is_whole)
-        statements = self._statements.get(key)
-        if statements is None:
-            statements = self._statements[key] = range_statements(
-                _SQL, self.table, topics=len(topics), whole=partition.is_whole
-            )
-        return statements
+    @staticmethod
+    def _topic_shape(topics: Sequence[str]) -> int:
+        # No arrays: one placeholder per topic, so a statement per number of topics.
+        return len(topics)
 
     def high_water_mark(self) -> int:
         try:
@@ -103,33 +98,10 @@ class SQLiteEventSource(EventSource):
             raise translate(exc, f"{self.description}: high-water mark") from exc
 
     def head(self) -> int:
-        rows = self._query(self._head, ())
+        rows = self._fetch("head", self._head, ())
         return int(rows[0][0] or 0) if rows else 0
 
-    def count(
-        self, *, after: int, upto: int, topics: Sequence[str] = (), partition: Partition = WHOLE
-    ) -> int:
-        if upto <= after:
-            return 0
-        statement, _ = self._range(topics, partition)
-        rows = self._query(statement, range_parameters("sqlite", after, upto, topics, partition))
-        return int(rows[0][0]) if rows else 0
-
-    def read(
-        self,
-        *,
-        after: int,
-        upto: int,
-        limit: int,
-        topics: Sequence[str] = (),
-        partition: Partition = WHOLE,
-    ) -> list[Notification]:
-        if upto <= after or limit < 1:
-            return []
-        _, statement = self._range(topics, partition)
-        params = range_parameters("sqlite", after, upto, topics, partition)
-        params.append(limit)
-        rows = self._query(statement, params)
+    def _notifications(self, rows: list[Any]) -> list[Notification]:
         # Per row: the notification's fields set directly (what the frozen dataclass's
         # __init__ does, at a third of its cost). Aggregates recur within a batch: one
         # (immutable) UUID per distinct id text, parsed by the mapper's parser for the
@@ -148,7 +120,5 @@ class SQLiteEventSource(EventSource):
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
-            if conn is not None:
-                with suppress(sqlite3.Error):
-                    conn.close()
+            close_quietly(conn)
         super().close()

@@ -1,9 +1,10 @@
 """The projection store: a projection's tables, its positions, its builds, its parked events.
 
 One interface, two backends side by side (:mod:`safereplay.projections.sqlite_store`,
-:mod:`safereplay.projections.postgres_store`), one contract test class; their SQL is
-written once, in :mod:`safereplay.projections.store_sql`. The store may live in the
-event store's database or in another database of the same kind.
+:mod:`safereplay.projections.postgres_store`), one contract test class; their logic
+is written once, in :mod:`safereplay.projections.sql_store`, and their SQL in
+:mod:`safereplay.projections.store_sql`. The store may live in the event store's
+database or in another database of the same kind.
 
 Tables the store owns (besides the projections' own)::
 
