@@ -19,6 +19,7 @@ from psycopg import sql
 
 from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 from safereplay.domain.secret import hide_passwords
+from safereplay.recovery.security.audit import AuditKey
 
 POSTGRES_DSN = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -69,6 +70,19 @@ def key_file(tmp_path: Path, key_ring: KeyRing) -> Path:
     path = tmp_path / "keyring.json"
     key_ring.save(path)
     return path
+
+
+@pytest.fixture
+def sqlite_cli_env(tmp_path: Path, key_file: Path) -> dict[str, str]:
+    """A valid SQLite configuration for the command line (an audit key, no token)."""
+    audit_key = tmp_path / "audit.key"
+    AuditKey.generate().save(audit_key)
+    return {
+        "SAFEREPLAY_BACKEND": "sqlite",
+        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
+        "SAFEREPLAY_KEY_FILE": str(key_file),
+        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
+    }
 
 
 @pytest.fixture

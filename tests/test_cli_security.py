@@ -11,19 +11,11 @@ from typer.testing import CliRunner
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.security.audit import AuditKey
 
 
 @pytest.fixture
-def env(tmp_path: Path, key_file: Path) -> dict[str, str]:
-    audit_key = tmp_path / "audit.key"
-    AuditKey.generate().save(audit_key)
-    return {
-        "SAFEREPLAY_BACKEND": "sqlite",
-        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
-        "SAFEREPLAY_KEY_FILE": str(key_file),
-        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
-    }
+def env(sqlite_cli_env: dict[str, str]) -> dict[str, str]:
+    return sqlite_cli_env
 
 
 def run(env: dict[str, str], *args: str, token: str | None = None) -> tuple[int, str]:

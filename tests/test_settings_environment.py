@@ -22,7 +22,6 @@ from safereplay.domain import ConfigurationError, DomainSettings
 from safereplay.domain.settings import RESERVED_PREFIXES
 from safereplay.projections import ProjectionSettings
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings, check_environment, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,16 +39,8 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def sqlite_env(tmp_path: Path, key_file: Path) -> dict[str, str]:
-    """A valid SQLite configuration for the CLI."""
-    audit_key = tmp_path / "audit.key"
-    AuditKey.generate().save(audit_key)
-    return {
-        "SAFEREPLAY_BACKEND": "sqlite",
-        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
-        "SAFEREPLAY_KEY_FILE": str(key_file),
-        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
-    }
+def sqlite_env(sqlite_cli_env: dict[str, str]) -> dict[str, str]:
+    return sqlite_cli_env
 
 
 # -- the Python API --------------------------------------------------------------------------------
