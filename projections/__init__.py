@@ -66,7 +66,14 @@ from safereplay.projections.status import (
     status,
     wait_for_position,
 )
-from safereplay.projections.store import BuildInfo, Checkpoint, Fence, ParkedEvent, ProjectionStore
+from safereplay.projections.store import (
+    BuildInfo,
+    Checkpoint,
+    Fence,
+    ParkedEvent,
+    ProjectionStore,
+    Tally,
+)
 from safereplay.projections.tables import Column, ColumnType, Table
 from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteHighWaterMark
 
@@ -120,6 +127,7 @@ __all__ = [
     "StoreError",
     "Table",
     "TableWrites",
+    "Tally",
     "UnknownProjection",
     "VersionMismatch",
     "WaitTimeout",

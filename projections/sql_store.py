@@ -62,6 +62,7 @@ from safereplay.projections.store_sql import (
     StoreStatements,
     TableStatements,
     fence_statement,
+    fence_tally_statement,
     merge_statement,
     store_statements,
     table_statements,
@@ -175,6 +176,7 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
         self._registry_ready = False
         self._codecs: dict[str, TableCodec[Q]] = {}
         self._fences: dict[tuple[str, tuple[str, ...]], Q] = {}
+        self._tallies: dict[tuple[str, tuple[str, ...], tuple[str, str, str]], Q] = {}
         self._sql: StoreStatements[Q] = store_statements(
             renderer, builds=BUILDS_TABLE, positions=POSITIONS_TABLE, parked=PARKED_TABLE
         )
@@ -377,7 +379,7 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
         self, name: str, build: int, writes: Sequence[TableWrites], *, fence: Fence | None = None
     ) -> None:
         with self._write(f"replay into {name!r} build {build}") as conn:
-            self._apply(conn, name, build, WHOLE, writes, (), fence)
+            self._apply(conn, name, build, WHOLE, writes, (), fence, None)
 
     def repartition(self, name: str, build: int, count: int) -> list[Checkpoint]:
         key = {"projection": name, "build": build}
@@ -410,12 +412,21 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
         return self.checkpoints(name, build=build)
 
     def _check_fence(
-        self, conn: C, name: str, build: int, partition: Partition, fence: Fence
+        self, conn: C, name: str, build: int, partition: Partition, fence: Fence, moved: Any
     ) -> None:
         # The lease cannot be taken over until this transaction ends: on PostgreSQL the
-        # statement locks its row FOR SHARE (fence_statement); on SQLite the transaction
+        # statement locks its row FOR SHARE (FOR UPDATE when it moves the fence's tally:
+        # ``moved``, a commit's position, applied and parked); on SQLite the transaction
         # holds the database's write lock (BEGIN IMMEDIATE), so no other writer runs.
         columns = tuple(column for column, _ in fence.match)
+        if fence.tally is not None and moved is not None:
+            key = (fence.table, columns, fence.tally.columns())
+            if key not in self._tallies:
+                self._tallies[key] = fence_tally_statement(self._render, *key)
+            changed = conn.execute(self._tallies[key], [*moved, *(v for _, v in fence.match)])
+            if changed.rowcount != 1:
+                raise FencedOff(name, build, str(partition), fence=fence.description)
+            return
         statement = self._fences.get((fence.table, columns))
         if statement is None:
             statement = self._fences[fence.table, columns] = fence_statement(
@@ -449,7 +460,8 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
             "count": partition.count,
         }
         with self._write(f"commit {name!r} partition {partition}") as conn:
-            self._apply(conn, name, build, partition, writes, parked, fence)
+            tally = (position, applied, len(parked))  # moves the fence's tally, if any
+            self._apply(conn, name, build, partition, writes, parked, fence, tally)
             if during is not None:
                 during()
             if expected == 0:  # a partition's first commit: its row may not exist yet
@@ -483,11 +495,12 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
         writes: Sequence[TableWrites],
         parked: Sequence[ParkedEvent],
         fence: Fence | None,
+        moved: tuple[int, int, int] | None = None,
     ) -> None:
         """A batch's folded rows and parked events, in ``conn``'s transaction, once
-        ``fence`` (if any) is found to hold."""
+        ``fence`` (if any) is found to hold (and its tally moved by ``moved``)."""
         if fence is not None:
-            self._check_fence(conn, name, build, partition, fence)
+            self._check_fence(conn, name, build, partition, fence, moved)
         with self._batch(conn) as writer:
             for table_writes in writes:
                 self._flush(writer, name, build, table_writes)

@@ -54,6 +54,7 @@ __all__ = [
     "ParkedEvent",
     "ProjectionLike",
     "ProjectionStore",
+    "Tally",
 ]
 
 BUILDS_TABLE = "safereplay_projection_builds"
@@ -85,6 +86,25 @@ _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 @dataclass(frozen=True)
+class Tally:
+    """Columns of a fence's row that count the commits the fence guards.
+
+    With a tally, :meth:`ProjectionStore.commit` does not only find the fence's
+    row: it sets ``position`` to the commit's new position and adds the batch's
+    applied and parked events to ``applied`` and ``parked``, in the commit's own
+    transaction. A recovery job's progress counters are then never a batch behind
+    (or ahead of) the position and rows they count, whenever the writer dies.
+    """
+
+    position: str
+    applied: str
+    parked: str
+
+    def columns(self) -> tuple[str, str, str]:
+        return (self.position, self.applied, self.parked)
+
+
+@dataclass(frozen=True)
 class Fence:
     """A row that must still exist for a commit to go through: a writer's lease.
 
@@ -100,9 +120,13 @@ class Fence:
     match: tuple[tuple[str, Any], ...]
     #: What the fence is, for messages ("the lease of job ... partition 3").
     description: str
+    #: Counters of the fence's row that each commit moves (see :class:`Tally`).
+    tally: Tally | None = None
 
     def __post_init__(self) -> None:
         names = [self.table, *(column for column, _ in self.match)]
+        if self.tally is not None:
+            names += self.tally.columns()
         bad = [name for name in names if not _IDENTIFIER.match(name)]
         if bad or not self.match:
             raise ValueError(f"a fence needs a table and columns named as SQL identifiers: {bad}")

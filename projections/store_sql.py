@@ -33,6 +33,7 @@ __all__ = [
     "StoreStatements",
     "TableStatements",
     "fence_statement",
+    "fence_tally_statement",
     "merge_statement",
     "store_statements",
     "table_statements",
@@ -244,6 +245,12 @@ PARKED_AGAIN = (
 # A commit's fence: the lease row must still be there (see store.Fence); locked
 # FOR SHARE on PostgreSQL so it cannot be taken over until the commit ends.
 FENCE = "SELECT 1 FROM {table} WHERE {match}"
+# A fence with a tally (see store.Tally): its row counts the commits it guards, moved
+# in the commit's transaction (the update locks the row until the commit ends).
+FENCE_TALLY = (
+    "UPDATE {table} SET {position} = %s, {applied} = {applied} + %s, "
+    "{parked} = {parked} + %s WHERE {match}"
+)
 
 # -- a projection's tables --------------------------------------------------------------
 
@@ -351,6 +358,23 @@ def fence_statement(r: Renderer[Q], table: str, columns: tuple[str, ...]) -> Q:
     """Whether a fence holds: its values bound in ``columns`` order."""
     match = r.each(IS_PARAMETER, columns, " AND ")
     return r.locked(r.render(FENCE, table=r.table(table), match=match), "share")
+
+
+def fence_tally_statement(
+    r: Renderer[Q], table: str, columns: tuple[str, ...], tally: tuple[str, str, str]
+) -> Q:
+    """Move a fence's tally (position, applied, parked: bound first, in that order)
+    where its row holds (its values bound next, in ``columns`` order)."""
+    position, applied, parked = (r.name(c) for c in tally)
+    match = r.each(IS_PARAMETER, columns, " AND ")
+    return r.render(
+        FENCE_TALLY,
+        table=r.table(table),
+        position=position,
+        applied=applied,
+        parked=parked,
+        match=match,
+    )
 
 
 @dataclass(frozen=True)

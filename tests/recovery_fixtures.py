@@ -330,6 +330,8 @@ class WorkerSpec:
     event_delay: float = 0.0
     #: Exit when nothing is claimable; else run until SIGTERM (as ``safereplay worker``).
     exit_when_idle: bool = True
+    #: SIGKILL itself right after its Nth batch commit (before it reports anything).
+    kill_after_commits: int | None = None
 
 
 def run_worker_process(spec: WorkerSpec) -> None:
@@ -338,10 +340,15 @@ def run_worker_process(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     context = RecoveryContext(domain=spec.settings, recovery=RecoverySettings())
     delay = spec.event_delay
+    commits = Counter[str]()
 
     def slow(point: str) -> None:
         if point == "after_event" and delay:
             time.sleep(delay)
+        if point == "after_commit" and spec.kill_after_commits is not None:
+            commits[point] += 1
+            if commits[point] == spec.kill_after_commits:
+                os.kill(os.getpid(), signal.SIGKILL)
 
     worker = Worker(
         jobs=context.jobs,

@@ -10,9 +10,11 @@ over can therefore never commit another batch of that partition: two workers
 never both apply it.
 
 Per batch the worker reads the job's state: ``paused`` or ``aborting`` gives the
-partition back at the batch boundary; it reports progress (position, events,
-parked, retries, conflicts), pays the job's throttle, and renews its lease every
-third of the lease time. A partition is finished when its committed position
+partition back at the batch boundary; the partition's position and its applied
+and parked counters move inside each batch's commit (the lease fence's
+:class:`~safereplay.projections.store.Tally`), so they never disagree with the rows
+after a crash; it reports retries and conflicts, pays the job's throttle, and
+renews its lease every third of the lease time. A partition is finished when its committed position
 reaches the job's target and the completeness check (:mod:`safereplay.recovery.jobs.completeness`)
 accounts for every position up to it; a handler failure the policy does not park
 fails the partition (the others go on; ``retry_partition`` re-runs it alone).
@@ -45,6 +47,7 @@ from safereplay.projections import (
     ProjectionRunner,
     ProjectionStore,
     RunnerOptions,
+    Tally,
 )
 from safereplay.projections.errors import error_summary
 from safereplay.projections.failure import Decision, EventFailure, FailurePolicy
@@ -334,14 +337,16 @@ class Worker:
             build=job.build,
             options=self.runner_options,
             policy=policy,
-            fence=lease_fence(claim),
+            # The partition's position and its applied/parked counters move in each
+            # batch's own commit: after a crash they agree with the rows they count.
+            fence=lease_fence(claim, tally=True),
             on_parked=self._parked_hook(job),
             faults=self._faults,
         )
         throttle = Throttle(_partition_rate(job))
         renew_every = self.options.lease_seconds / 3
         renewed_at = time.monotonic()
-        counted = (0, 0, 0)
+        counted = 0
         while True:
             released = self._yield_if_asked(claim, stop)
             if released is not None:
@@ -365,16 +370,15 @@ class Worker:
                 self.jobs.finish_partition(claim, succeeded=False, error=error_summary(exc))
                 self._settle(job)
                 return PartitionOutcome.FAILED
-            totals = (runner.applied, runner.parked, runner.retries + runner.connection_retries)
+            retries = runner.retries + runner.connection_retries
+            # Applied and parked events were counted by the commits (the lease's tally).
             self.jobs.report(
                 claim,
                 position=result.position,
-                events_applied=totals[0] - counted[0],
-                parked=totals[1] - counted[1],
-                retries=totals[2] - counted[2],
+                retries=retries - counted,
                 target_position=target,
             )
-            counted = totals
+            counted = retries
             if not result.retried:
                 policy.record_success()
             throttle.acquire(result.applied)
@@ -522,8 +526,16 @@ class Worker:
         return PartitionOutcome.COMPLETED if result.still_parked == 0 else PartitionOutcome.FAILED
 
 
-def lease_fence(claim: Claim) -> Fence:
-    """The commit fence of a claim: its lease row, with its token, still running."""
+#: The columns of a lease row that a tallying fence moves with each commit.
+LEASE_TALLY = Tally(position="position", applied="events_applied", parked="parked")
+
+
+def lease_fence(claim: Claim, *, tally: bool = False) -> Fence:
+    """The commit fence of a claim: its lease row, with its token, still running.
+
+    With ``tally``, each commit also moves the row's position and adds its applied
+    and parked events to the partition's counters, in the commit's transaction.
+    """
     return Fence(
         LEASE_TABLE,
         (
@@ -534,6 +546,7 @@ def lease_fence(claim: Claim) -> Fence:
         ),
         f"the lease of job {claim.job.job_id} partition {claim.partition.partition_index} "
         f"(token {claim.token})",
+        LEASE_TALLY if tally else None,
     )
 
 

@@ -138,30 +138,54 @@ class _Table:
             cursor.execute(statement, params)
             return cursor.fetchall()
 
-    def swap(self, row: StoredRow, new_state: bytes) -> bool:
-        """Replace the state only if it is still ``row.state`` (compare-and-swap)."""
+    def swap(self, changes: Sequence[tuple[StoredRow, bytes]]) -> int:
+        """Replace each row's state with its new one, in **one** transaction, but only
+        where it is still the state read (a compare-and-swap per row): a row another
+        writer changed meanwhile is left as that writer left it. Returns how many
+        rows were replaced."""
+        if not changes:
+            return 0
         if isinstance(self.recorder, SQLiteAggregateRecorder):
-            originator_id = (
-                row.originator_id.hex if isinstance(row.originator_id, UUID) else row.originator_id
+            statement: Any = (
+                f"UPDATE {_sqlite_identifier(self.name)} SET state = ? "
+                "WHERE originator_id = ? AND originator_version = ? AND state = ?"
             )
-            with self.recorder.datastore.transaction(commit=True) as cursor:
-                cursor.execute(
-                    f"UPDATE {_sqlite_identifier(self.name)} SET state = ? "
-                    "WHERE originator_id = ? AND originator_version = ? AND state = ?",
-                    (new_state, originator_id, row.originator_version, row.state),
+            params: list[tuple[Any, ...]] = [
+                (
+                    new_state,
+                    row.originator_id.hex
+                    if isinstance(row.originator_id, UUID)
+                    else row.originator_id,
+                    row.originator_version,
+                    row.state,
                 )
-                return int(cursor.sqlite_cursor.rowcount) == 1
-        assert isinstance(self.recorder, PostgresAggregateRecorder)
-        table = sql.Identifier(self.recorder.datastore.schema or "public", self.name)
-        with self.recorder.datastore.transaction(commit=True) as cursor:
-            cursor.execute(
-                sql.SQL(
-                    "UPDATE {} SET state = %s WHERE originator_id = %s "
-                    "AND originator_version = %s AND state = %s"
-                ).format(table),
-                (new_state, row.originator_id, row.originator_version, row.state),
-            )
-            return int(cursor.rowcount) == 1
+                for row, new_state in changes
+            ]
+            datastore: Any = self.recorder.datastore
+        else:
+            assert isinstance(self.recorder, PostgresAggregateRecorder)
+            table = sql.Identifier(self.recorder.datastore.schema or "public", self.name)
+            statement = sql.SQL(
+                "UPDATE {} SET state = %s WHERE originator_id = %s "
+                "AND originator_version = %s AND state = %s"
+            ).format(table)
+            params = [
+                (new_state, row.originator_id, row.originator_version, row.state)
+                for row, new_state in changes
+            ]
+            datastore = self.recorder.datastore
+        swapped = 0
+        with datastore.transaction(commit=True) as cursor:
+            for values in params:
+                cursor.execute(statement, values)
+                swapped += _rowcount(cursor)
+        return swapped
+
+
+def _rowcount(cursor: Any) -> int:
+    """Rows the last statement changed (eventsourcing's SQLite cursor wraps sqlite3's)."""
+    inner = getattr(cursor, "sqlite_cursor", cursor)
+    return max(0, int(inner.rowcount))
 
 
 def _as_uuid(value: UUID | str) -> UUID | str:
@@ -234,6 +258,7 @@ def reencrypt(
         cursor = after
         for batch in _scan(table, batch_size=batch_size, after=after):
             throttle.acquire(len(batch))
+            changes: list[tuple[StoredRow, bytes]] = []
             for row in batch:
                 scanned += 1
                 if not is_sealed(row.state) or sealed_key_id(row.state) == ring.active_key_id:
@@ -245,8 +270,10 @@ def reencrypt(
                 # Verify before writing: the new blob must open to the same content.
                 if ring.open(sealed, aad, where=where) != plaintext:
                     raise InvalidRequest(f"re-sealed {where} does not verify; nothing written")
-                if table.swap(row, sealed):
-                    resealed += 1
+                changes.append((row, sealed))
+            # The whole batch in one short transaction (the cryptography is done
+            # before it opens), each row compared-and-swapped.
+            resealed += table.swap(changes)
             cursor = batch[-1].cursor
             progress = ReencryptProgress(table.name, cursor, scanned, resealed)
             if on_progress is not None:
