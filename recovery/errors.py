@@ -13,7 +13,8 @@
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
     ├── IncompleteJob           a job could not account for every position up to its target
     ├── AccessDenied            the principal lacks the permission for that scope (audited)
-    ├── AuthenticationFailed    no token, or a token that is unknown, revoked or malformed
+    ├── AuthenticationFailed    no token, or a token that is unknown, revoked, malformed or
+    │                           wrong (each failure audited, the message never says which)
     └── AuditKeyError           the audit MAC key is missing, unreadable or malformed
 
 Messages name projections, jobs, partitions and positions; never payloads or secrets.
@@ -88,7 +89,26 @@ class AccessDenied(RecoveryError):
 
 
 class AuthenticationFailed(RecoveryError):
-    """The token is unknown, revoked, malformed or wrong. (Never says which.)"""
+    """The token is missing, unknown, revoked, malformed or wrong. (Never says which.)
+
+    The message is the same for every bad token; what went wrong is kept for the
+    audit trail only: ``failure`` (a short code such as ``wrong-secret``), the
+    token id the token claimed (``token_id``, never its secret) and the principal
+    that id belongs to (``claimed``), where known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        failure: str = "invalid-token",
+        token_id: str | None = None,
+        claimed: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.failure = failure
+        self.token_id = token_id
+        self.claimed = claimed
 
 
 class AuditKeyError(RecoveryError):

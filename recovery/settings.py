@@ -66,6 +66,22 @@ class RecoverySettings(BaseSettings):
         ),
     )
 
+    auth_failures_audited: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description=(
+            "Failed sign-ins audited one by one per claimed principal and reason in each "
+            "window; further ones are counted into one aggregated entry."
+        ),
+    )
+    auth_failure_window_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="The window (seconds) that SAFEREPLAY_AUTH_FAILURES_AUDITED counts in.",
+    )
+
     recovery_require_drill: str = Field(
         default="",
         pattern=r"^\s*(\*|[a-z0-9_]+(\s*,\s*[a-z0-9_]+)*)?\s*$",
@@ -103,11 +119,16 @@ class RecoverySettings(BaseSettings):
         if self.token_file is not None:
             # A token is a credential like the key files: refused, not used, when others
             # may read it.
-            text = read_owner_only(self.token_file, what="token file", error=AuthenticationFailed)
+            text = read_owner_only(
+                self.token_file,
+                what="token file",
+                error=lambda message: AuthenticationFailed(message, failure="token-file"),
+            )
             return text.strip()
         raise AuthenticationFailed(
             "no API token: set SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE (never pass a token "
-            "as a command-line argument)"
+            "as a command-line argument)",
+            failure="no-token",
         )
 
 

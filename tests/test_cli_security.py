@@ -72,6 +72,9 @@ def test_least_privilege_grants_denials_and_audit(env: dict[str, str]) -> None:
         ("ops-bot", "keys.usage", "denied"),
         ("root", "grant", "succeeded"),
         ("ops-bot", "keys.usage", "succeeded"),
+        # The two failed sign-ins (an unknown token, then none at all).
+        ("(unknown)", "authenticate", "failed"),
+        ("(unknown)", "authenticate", "failed"),
     ]
     assert bot.split(".", 1)[1] not in out, "tokens never enter the audit trail"
 

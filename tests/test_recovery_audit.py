@@ -208,6 +208,18 @@ class TestPostgresAuditTrail(AuditTrailContract):
         yield trail
         database.close()
 
+    def test_the_database_refuses_truncate_of_both_tables(self, trail: AuditTrail) -> None:
+        self.fill(trail, 2)
+        for template in ("TRUNCATE {audit_entries}", "TRUNCATE {audit_head}"):
+            with (
+                pytest.raises(psycopg.errors.RaiseException, match="append-only") as refused,
+                trail.database.transaction(write=True) as tx,
+            ):
+                tx.execute(template)
+            assert trail.database.is_refused_by_database(refused.value)
+        assert len(trail.entries()) == 2
+        assert trail.verify().ok
+
     def tamper(self, statement: str, params: Any = ()) -> None:
         from safereplay.recovery.database import postgres_statement
 

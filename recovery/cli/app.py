@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import drills as cli_drill
@@ -21,6 +22,7 @@ from safereplay.recovery.cli.support import (
     exit_code_for,
     fail,
     operation,
+    refuse_token_arguments,
     to_jsonable,
 )
 from safereplay.recovery.errors import RecoveryError
@@ -28,11 +30,22 @@ from safereplay.recovery.settings import check_environment
 
 __all__ = ["app", "main"]
 
+
+class _TokenGuard(TyperGroup):
+    """The root command: refuses a command line that holds an API token before parsing
+    it, so that no parsing error echoes the token back."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: click's Context
+        refuse_token_arguments(args)
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
     name="safereplay",
     help="Safe replay and recovery for event-sourced projections.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    cls=_TokenGuard,
 )
 console = Console()
 error_console = Console(stderr=True)

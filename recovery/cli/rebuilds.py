@@ -29,7 +29,14 @@ from rich.progress import (
 from rich.table import Table
 
 from safereplay.recovery.cli.security import Json, Reason
-from safereplay.recovery.cli.support import EXIT_NO, console, emit, operation, recovery_context
+from safereplay.recovery.cli.support import (
+    EXIT_NO,
+    cli_caller,
+    console,
+    emit,
+    operation,
+    recovery_context,
+)
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.operations.catalog import open_operations
@@ -177,7 +184,7 @@ def _run_job(
     **parameters: Any,
 ) -> None:
     with recovery_context() as context:
-        caller = context.caller()
+        caller = cli_caller(context, operation_name)
         started = open_operations(context).run(caller, operation_name, reason=reason, **parameters)
         if started["job_id"] is None or workers == 0:
             if started["job_id"] is not None and not as_json:
@@ -284,7 +291,7 @@ def follow_command(
 def watch_command(job_id: str, as_json: Json = False) -> None:
     """Follow a job's progress (events, rate, ETA per partition) until it ends."""
     with recovery_context() as context:
-        caller = context.caller()
+        caller = cli_caller(context, "jobs.show")
         open_operations(context).run(caller, "jobs.show", job_id=job_id)
         status = watch_job(context.jobs, UUID(job_id))
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
@@ -433,7 +440,7 @@ def apply_command(
 ) -> None:
     """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
     with recovery_context() as context:
-        caller = context.caller()
+        caller = cli_caller(context, "apply")
         store = TemplateStore(context.database)
         store.create_tables()
         loaded, origin = resolve_template(template, store)

@@ -13,8 +13,13 @@ Exit codes::
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
-from collections.abc import Callable, Iterator
+import logging
+import os
+import re
+import socket
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from enum import Enum
@@ -29,7 +34,12 @@ from safereplay.projections import PositionConflict, ProjectionError
 from safereplay.recovery.errors import JobConflict, RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
-from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
+from safereplay.recovery.security.access import (
+    AccessDenied,
+    AuthenticationFailed,
+    Principal,
+    claimed_token_id,
+)
 from safereplay.recovery.security.audit import AuditKeyError
 
 __all__ = [
@@ -38,14 +48,19 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_NO",
     "EXIT_UNAUTHENTICATED",
+    "cli_caller",
+    "cli_origin",
     "console",
     "emit",
     "error_console",
     "fail",
     "operation",
     "recovery_context",
+    "refuse_token_arguments",
     "to_jsonable",
 ]
+
+logger = logging.getLogger(__name__)
 
 EXIT_NO = 1
 EXIT_INVALID = 2
@@ -86,11 +101,73 @@ def recovery_context() -> Iterator[RecoveryContext]:
             context.close()
 
 
+def cli_origin(operation: str = "") -> dict[str, str]:
+    """Where a command-line sign-in comes from (for the audit of a failed one): the
+    operation the command runs (never its arguments), the host, user and process."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    return {
+        "command": operation or "safereplay",
+        "via": "cli",
+        "host": socket.gethostname(),
+        "user": user,
+        "pid": str(os.getpid()),
+    }
+
+
+def cli_caller(context: RecoveryContext, operation: str = "") -> Principal:
+    """The caller of a command (its token from the environment); a failed sign-in is
+    audited with :func:`cli_origin`."""
+    return context.caller(origin=cli_origin(operation))
+
+
 def operation(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
     """Run operation ``name`` as the principal whose token is in the environment."""
     with recovery_context() as context:
-        caller = context.caller()
+        caller = cli_caller(context, name)
         return open_operations(context).run(caller, name, reason=reason, **parameters)
+
+
+#: An argument holding an API token (``sr_`` and a 16-hex-digit id), anywhere in it.
+_TOKEN_ARGUMENT = re.compile(r"sr_[0-9a-f]{16}")
+
+
+def refuse_token_arguments(args: Sequence[str]) -> None:
+    """Stop (exit 4) if an argument holds an API token, without ever showing it.
+
+    Run on the whole command line before it is parsed, so that no parsing error
+    ("unexpected extra argument", "no such command", "invalid value") can echo a
+    token back. The attempt is audited as a failed sign-in (when the environment
+    lets the audit trail be opened), naming whose token it was.
+    """
+    found = next((m for a in args if (m := _TOKEN_ARGUMENT.search(a)) is not None), None)
+    if found is None:
+        return
+    token_id = claimed_token_id(found.string[found.start() :])
+    try:
+        context = RecoveryContext.from_env()
+        try:
+            claimed = context.access.token_owner(token_id) if token_id else None
+            refused = AuthenticationFailed(
+                "an API token was given as a command-line argument",
+                failure="token-on-command-line",
+                token_id=token_id,
+                claimed=claimed,
+            )
+            context.sign_ins.failed(refused, cli_origin())
+        finally:
+            context.close()
+    except Exception as exc:  # the refusal stands even if it cannot be audited
+        logger.warning("a token on the command line could not be audited: %s", type(exc).__name__)
+    fail(
+        "an API token was given as a command-line argument (it is not shown here): refused. "
+        "The command line is visible to other users (ps) and kept in shell history, so "
+        "revoke that token (safereplay token revoke); pass tokens in SAFEREPLAY_TOKEN or "
+        "SAFEREPLAY_TOKEN_FILE only",
+        EXIT_UNAUTHENTICATED,
+    )
 
 
 def to_jsonable(value: Any) -> Any:

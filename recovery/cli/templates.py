@@ -12,6 +12,7 @@ from rich.table import Table
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
+    cli_caller,
     console,
     emit,
     fail,
@@ -100,7 +101,11 @@ def _change(path: Path, reason: str, *, update: bool) -> None:
     text = _read(path)
     with recovery_context() as context:
         change = change_template(
-            open_operations(context), context.caller(), text=text, reason=reason, update=update
+            open_operations(context),
+            cli_caller(context, "templates.update" if update else "templates.add"),
+            text=text,
+            reason=reason,
+            update=update,
         )
     stored = change.template
     console.print(

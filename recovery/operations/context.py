@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -17,12 +17,14 @@ from safereplay.projections import (
     open_store,
 )
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.errors import AuthenticationFailed
 from safereplay.recovery.jobs.model import Job
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
+from safereplay.recovery.security.signin import SignInAudit
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = ["RecoveryContext"]
@@ -124,9 +126,31 @@ class RecoveryContext:
         jobs.create_tables()
         return jobs
 
-    def caller(self) -> Principal:
-        """The principal whose token the environment holds."""
-        return self.access.authenticate(self.recovery.load_token())
+    @cached_property
+    def sign_ins(self) -> SignInAudit:
+        """Failed sign-ins, audited (and aggregated when they flood in)."""
+        sign_ins = SignInAudit(
+            self.database,
+            self.audit,
+            audited=self.recovery.auth_failures_audited,
+            window=self.recovery.auth_failure_window_seconds,
+        )
+        sign_ins.create_tables()
+        return sign_ins
+
+    def caller(self, *, origin: Mapping[str, str] | None = None) -> Principal:
+        """The principal whose token the environment holds.
+
+        A failed sign-in is audited before its error is raised; ``origin`` says where
+        the attempt came from (the command, a host, an address).
+        """
+        try:
+            principal = self.access.authenticate(self.recovery.load_token())
+        except AuthenticationFailed as exc:
+            self.sign_ins.failed(exc, origin or {})
+            raise
+        self.sign_ins.flush()
+        return principal
 
     def close(self) -> None:
         for closer in reversed(self._closers):

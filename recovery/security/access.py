@@ -34,6 +34,7 @@ from safereplay.recovery.errors import AccessDenied, AuthenticationFailed, Inval
 
 __all__ = [
     "ROLE_PERMISSIONS",
+    "TOKEN_SHAPE",
     "AccessControl",
     "AccessDenied",
     "AuthenticationFailed",
@@ -41,6 +42,7 @@ __all__ = [
     "Permission",
     "Principal",
     "Role",
+    "claimed_token_id",
     "scope_covers",
 ]
 
@@ -69,6 +71,8 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
 _SCOPE = re.compile(r"^(\*|keys|audit|projection:(\*|[a-z0-9_]{1,63}))$")
 _TOKEN = re.compile(r"^sr_([0-9a-f]{16})\.([A-Za-z0-9_-]{20,100})$")
+#: How every token starts, whatever follows: ``sr_``, its 16-hex-digit id, a dot.
+TOKEN_SHAPE = re.compile(r"sr_([0-9a-f]{16})\.")
 
 
 def scope_covers(granted: str, wanted: str) -> bool:
@@ -257,6 +261,14 @@ class AccessControl:
             )
         return f"sr_{token_id}.{secret}"
 
+    def token_owner(self, token_id: str) -> str | None:
+        """The principal a token id was issued to (revoked or not), if any."""
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows(
+                "SELECT principal FROM {tokens} WHERE token_id = %(id)s", {"id": token_id}
+            )
+        return str(rows[0]["principal"]) if rows else None
+
     def revoke_tokens(self, name: str) -> int:
         with self.database.transaction(write=True) as tx:
             return tx.execute(
@@ -266,23 +278,50 @@ class AccessControl:
             )
 
     def authenticate(self, token: str) -> Principal:
-        """The principal a token belongs to; one error for every way it can be wrong."""
+        """The principal a token belongs to; one error for every way it can be wrong.
+
+        The error's message never says which way (or quotes the token); its
+        ``failure``, ``token_id`` and ``claimed`` say it for the audit trail.
+        """
+        message = "the token is not valid (unknown, revoked or malformed)"
         match = _TOKEN.match(token.strip())
-        failure = AuthenticationFailed("the token is not valid (unknown, revoked or malformed)")
         if not match:
-            raise failure
+            token_id = claimed_token_id(token)
+            raise AuthenticationFailed(
+                message,
+                failure="malformed-token",
+                token_id=token_id,
+                claimed=self.token_owner(token_id) if token_id else None,
+            )
         token_id, secret = match.groups()
         with self.database.transaction(write=False) as tx:
             rows = tx.rows(
-                "SELECT t.principal, t.secret_hash, p.kind FROM {tokens} t "
+                "SELECT t.principal, t.secret_hash, t.revoked_at, p.kind FROM {tokens} t "
                 "JOIN {principals} p ON p.name = t.principal "
-                "WHERE t.token_id = %(id)s AND t.revoked_at IS NULL",
+                "WHERE t.token_id = %(id)s",
                 {"id": token_id},
             )
         if not rows:
-            raise failure
+            raise AuthenticationFailed(message, failure="unknown-token", token_id=token_id)
+        row = rows[0]
         try:
-            self._hasher.verify(rows[0]["secret_hash"], secret)
+            self._hasher.verify(row["secret_hash"], secret)
         except (VerifyMismatchError, VerificationError, InvalidHashError):
-            raise failure from None
-        return Principal(name=rows[0]["principal"], kind=rows[0]["kind"])
+            raise AuthenticationFailed(
+                message, failure="wrong-secret", token_id=token_id, claimed=row["principal"]
+            ) from None
+        if row["revoked_at"] is not None:
+            raise AuthenticationFailed(
+                message, failure="revoked-token", token_id=token_id, claimed=row["principal"]
+            )
+        return Principal(name=row["principal"], kind=row["kind"])
+
+
+def claimed_token_id(text: str) -> str | None:
+    """The token id a token-shaped text claims (``sr_<16 hex>.``...), never its secret.
+
+    Only a text that starts like a real token gives one: a malformed token could
+    be anything, a pasted secret included, so nothing else of it is kept.
+    """
+    match = TOKEN_SHAPE.match(text.strip())
+    return match.group(1) if match else None

@@ -255,6 +255,10 @@ _POSTGRES_GUARDS = [
     """CREATE TRIGGER {idx_audit_head_forward_only}
     BEFORE UPDATE OR DELETE ON {audit_head}
     FOR EACH ROW EXECUTE FUNCTION {audit_refuse_change}()""",
+    "DROP TRIGGER IF EXISTS {idx_audit_head_no_truncate} ON {audit_head}",
+    """CREATE TRIGGER {idx_audit_head_no_truncate}
+    BEFORE TRUNCATE ON {audit_head}
+    FOR EACH STATEMENT EXECUTE FUNCTION {audit_refuse_change}()""",
 ]
 _SELECT_HEAD = "SELECT seq, hash, mac FROM {audit_head} WHERE id = 1"
 _INSERT_ENTRY = """
