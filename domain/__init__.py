@@ -11,6 +11,7 @@ from safereplay.domain.errors import (
     ConfigurationError,
     DomainError,
     EventDecryptionError,
+    InputTooLarge,
     InvalidInput,
     InvalidKey,
     KeyFileError,
@@ -22,6 +23,7 @@ from safereplay.domain.errors import (
 )
 from safereplay.domain.events import EnvelopedAggregate
 from safereplay.domain.keyring import KeyRing
+from safereplay.domain.limits import EdgeLimits
 from safereplay.domain.mapper import EnvelopeMapper
 from safereplay.domain.settings import DEFAULT_POSTGRES_DSN, DomainSettings
 
@@ -33,12 +35,14 @@ __all__ = [
     "ConfigurationError",
     "DomainError",
     "DomainSettings",
+    "EdgeLimits",
     "EdgeModel",
     "Envelope",
     "EnvelopeMapper",
     "EnvelopedAggregate",
     "EventDecryptionError",
     "EventStoreApplication",
+    "InputTooLarge",
     "InvalidInput",
     "InvalidKey",
     "KeyFileError",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -13,6 +14,7 @@ from safereplay.domain.automation import Run, Workflow
 from safereplay.domain.edge import EdgeModel
 from safereplay.domain.envelope import recording
 from safereplay.domain.errors import AggregateNotFound
+from safereplay.domain.limits import EdgeLimits
 from safereplay.domain.messages import (
     AddStep,
     ArchiveWorkflow,
@@ -50,12 +52,19 @@ class AutomationApp(EventStoreApplication):
     ) -> UUID:
         """Validate and handle one message; returns the id of the aggregate it touched.
 
-        Raises :class:`~safereplay.domain.errors.InvalidInput` (every bad field listed) or
+        Raises :class:`~safereplay.domain.errors.InvalidInput` (every bad field listed; its
+        :class:`~safereplay.domain.errors.InputTooLarge` for a message beyond
+        :attr:`edge_limits`) or
         :class:`~safereplay.domain.errors.CommandRejected`; in both cases nothing is recorded.
         """
-        message = self.messages.parse(raw)
+        message = self.messages.parse(raw, limits=self.edge_limits)
         with recording(source=source, correlation_id=correlation_id, causation_id=causation_id):
             return self.handle(message.body)
+
+    @cached_property
+    def edge_limits(self) -> EdgeLimits:
+        """Bounds on each submitted message (``SAFEREPLAY_EDGE_*``, read once)."""
+        return EdgeLimits.from_env()
 
     def handle(self, body: EdgeModel) -> UUID:
         """Handle an already validated message body."""

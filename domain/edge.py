@@ -2,12 +2,15 @@
 
 A message is a JSON object ``{"type": NAME, "schema_version": N, ...fields}``.
 Each (type, version) pair is registered with a pydantic model; the registry
-rejects malformed JSON, unknown types and unknown versions, and lists every
+rejects messages that break an edge limit (:mod:`safereplay.domain.limits`: size,
+string length, keys, items, depth, non-finite numbers) before anything else,
+then malformed JSON, unknown types and unknown versions, and lists every
 invalid field of a known message in one :class:`~safereplay.domain.errors.InvalidInput`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -22,6 +25,7 @@ from safereplay.domain.errors import (
     UnknownEventType,
     UnknownSchemaVersion,
 )
+from safereplay.domain.limits import EdgeLimits, check_document, check_size
 
 __all__ = ["EdgeModel", "MessageRegistry", "ParsedMessage", "problems_of"]
 
@@ -69,6 +73,8 @@ class MessageRegistry:
     upgrades: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = field(
         default_factory=dict
     )
+    #: Bounds on every message (the documented defaults unless given).
+    limits: EdgeLimits = field(default_factory=EdgeLimits.defaults)
 
     def register(self, type_name: str, version: int, model: type[EdgeModel]) -> None:
         self.models.setdefault(type_name, {})[version] = model
@@ -78,15 +84,25 @@ class MessageRegistry:
     ) -> None:
         self.upgrades[(type_name, from_version)] = upgrade
 
-    def parse(self, raw: bytes | str | Mapping[str, Any]) -> ParsedMessage[EdgeModel]:
-        """Validate ``raw`` (JSON text or an already-decoded mapping)."""
+    def parse(
+        self, raw: bytes | str | Mapping[str, Any], *, limits: EdgeLimits | None = None
+    ) -> ParsedMessage[EdgeModel]:
+        """Validate ``raw`` (JSON text or an already-decoded mapping) within ``limits``
+        (default: the registry's)."""
+        limits = limits or self.limits
         if isinstance(raw, (bytes, str)):
+            check_size(_utf8_size(raw, limits.max_message_bytes), limits)
             try:
                 document = orjson.loads(raw)
             except orjson.JSONDecodeError as exc:
                 raise MalformedJSON("message", [FieldProblem("(json)", str(exc))]) from None
+            check_document(document, limits)
         else:
             document = dict(raw)
+            check_document(document, limits)  # first: a huge mapping is not serialised
+            # Not JSON at all (a TypeError): said by _validate, naming the problem.
+            with contextlib.suppress(TypeError):
+                check_size(len(orjson.dumps(document)), limits)
         if not isinstance(document, dict):
             raise InvalidInput("message", [FieldProblem("(message)", "must be a JSON object")])
         type_name = document.pop("type", None)
@@ -128,6 +144,16 @@ class MessageRegistry:
             current += 1
             body = _validate(versions[current], upgraded)
         return ParsedMessage(type=type_name, schema_version=current, body=body)
+
+
+def _utf8_size(raw: bytes | str, limit: int) -> int:
+    """The size of ``raw`` in UTF-8 bytes (exact up to ``limit``; text that is
+    certainly larger is not encoded to find out by how much)."""
+    if isinstance(raw, bytes):
+        return len(raw)
+    if len(raw) > limit:
+        return len(raw)  # at least one byte per character
+    return len(raw.encode("utf-8", errors="surrogatepass"))
 
 
 def _validate(model: type[M], document: Mapping[str, Any]) -> M:

@@ -7,6 +7,8 @@ drivers) are translated where they are caught, with ``raise ... from``::
     DomainError
     ├── ConfigurationError        settings or environment are wrong; says what to change
     ├── InvalidInput              external input failed validation; names every bad field
+    │   ├── InputTooLarge         the input breaks an edge limit (size, string, keys,
+    │   │                         items, depth); names the limit and its setting
     │   ├── MalformedJSON         the input is not JSON at all
     │   ├── UnknownEventType      an event type that this application does not define
     │   └── UnknownSchemaVersion  a schema version newer than (or unknown to) the code
@@ -34,6 +36,7 @@ __all__ = [
     "DomainError",
     "EventDecryptionError",
     "FieldProblem",
+    "InputTooLarge",
     "InvalidInput",
     "InvalidKey",
     "KeyFileError",
@@ -81,6 +84,10 @@ class InvalidInput(DomainError):
         self.problems = tuple(problems)
         details = "; ".join(f"{p.location}: {p.message}" for p in self.problems)
         super().__init__(f"invalid {what}: {details}" if details else f"invalid {what}")
+
+
+class InputTooLarge(InvalidInput):
+    """The input is larger than the edge allows (see :mod:`safereplay.domain.limits`)."""
 
 
 class MalformedJSON(InvalidInput):

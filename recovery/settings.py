@@ -21,6 +21,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from safereplay.domain.limits import EdgeLimits
 from safereplay.domain.secret import read_owner_only
 from safereplay.domain.settings import (
     DomainSettings,
@@ -135,6 +136,7 @@ class RecoverySettings(BaseSettings):
 #: Every settings class of safereplay: the variables they read are all the settings.
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     DomainSettings,
+    EdgeLimits,
     ProjectionSettings,
     RecoverySettings,
 )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from safereplay.domain import ConfigurationError, DomainSettings
+from safereplay.domain import ConfigurationError, DomainSettings, EdgeLimits
 from safereplay.domain.settings import RESERVED_PREFIXES
 from safereplay.projections import ProjectionSettings
 from safereplay.recovery.cli.app import app
@@ -102,7 +102,7 @@ def test_the_value_of_an_unknown_variable_is_never_shown() -> None:
 def test_every_setting_of_every_layer_passes() -> None:
     every = {
         f"{settings.model_config['env_prefix']}{field}".upper(): "x"
-        for settings in (DomainSettings, ProjectionSettings, RecoverySettings)
+        for settings in (DomainSettings, EdgeLimits, ProjectionSettings, RecoverySettings)
         for field in settings.model_fields
     }
 
