@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from safereplay.recovery.database import Database, Tx
+from safereplay.recovery.database import Database, Tx, recorded_rows
 from safereplay.recovery.errors import AuthenticationFailed
 from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 
@@ -105,6 +105,7 @@ class SignInAudit:
         """Record one failed sign-in; True if it got an entry of its own (else it was
         counted into the aggregate of its window)."""
         claimed = error.claimed or UNKNOWN_PRINCIPAL
+        self.create_tables()  # here, not before: a sign-in that succeeds creates nothing
         with self.database.transaction(write=True) as tx:
             now = self._now(tx)
             key = {"claimed": claimed, "failure": error.failure, "bucket": self._bucket(now)}
@@ -146,8 +147,8 @@ class SignInAudit:
 
     def _sum_up_closed(self, now: float) -> int:
         written = 0
-        with self.database.transaction(write=False) as tx:
-            closed = tx.rows(_CLOSED, {"bucket": self._bucket(now)})
+        # None recorded if the table was never created (no sign-in ever failed here).
+        closed = recorded_rows(self.database, _CLOSED, {"bucket": self._bucket(now)})
         for row in closed:
             key = {k: row[k] for k in ("claimed", "failure", "bucket", "failures")}
             with self.database.transaction(write=True) as tx:
