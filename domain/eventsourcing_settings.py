@@ -384,6 +384,27 @@ def _map(layer: _Layer, problems: list[str]) -> dict[str, Any]:
     return overrides
 
 
+def _settings(
+    settings: DomainSettings | None,
+    lower: Mapping[str, Any],
+    upper: Mapping[str, Any],
+    environ: Mapping[str, str],
+) -> DomainSettings:
+    """The settings of the three layers (see :func:`resolve`)."""
+    if settings is None:
+        # pydantic-settings reads the process environment under keyword arguments:
+        # a class entry is passed only where the process environment has none.
+        in_environ = {k.upper() for k in environ}
+        from_class = {
+            k: v for k, v in lower.items() if f"{ENV_PREFIX}{k.upper()}" not in in_environ
+        }
+        return DomainSettings.from_env(**{**from_class, **upper})
+    if not upper:
+        return settings
+    fields = {k: getattr(settings, k) for k in type(settings).model_fields}
+    return DomainSettings.from_env(**{**fields, **upper})
+
+
 def resolve(
     name: str,
     class_env: Mapping[str, str],
@@ -410,33 +431,26 @@ def resolve(
             problems.append(problem)
     lower_overrides = _map(lower, problems)
     upper_overrides = _map(upper, problems)
+    if "CIPHER_KEY" in given and "CIPHER_TOPIC" not in given:
+        problems.append(
+            "CIPHER_KEY without CIPHER_TOPIC means eventsourcing's AESCipher, which "
+            f"safereplay does not use: set CIPHER_TOPIC={_KEY_RING_CIPHER} (CIPHER_KEY is "
+            "then the key ring, KEY_ID=BASE64[,...]) or use SAFEREPLAY_KEY_FILE"
+        )
     if problems:
         raise ConfigurationError("; ".join(problems))
-
-    if settings is None:
-        in_environ = {k.upper() for k in environ}
-        from_class = {
-            k: v for k, v in lower_overrides.items() if f"{ENV_PREFIX}{k.upper()}" not in in_environ
-        }
-        if from_class or upper_overrides:
-            settings = DomainSettings.from_env(**{**from_class, **upper_overrides})
-        else:
-            settings = DomainSettings.from_env()
-    elif upper_overrides:
-        fields = {k: getattr(settings, k) for k in type(settings).model_fields}
-        settings = DomainSettings.from_env(**{**fields, **upper_overrides})
+    try:
+        settings = _settings(settings, lower_overrides, upper_overrides, environ)
+    except ConfigurationError as exc:
+        if "CIPHER_KEY" not in given:
+            raise
+        raise ConfigurationError(f"{exc} (CIPHER_KEY gives SAFEREPLAY_KEYS)") from None
 
     cipher_given = "CIPHER_TOPIC" in given or "CIPHER_KEY" in given
     if cipher_given and not settings.encryption:
         problems.append(
             "CIPHER_TOPIC / CIPHER_KEY ask for encryption but SAFEREPLAY_ENCRYPTION is "
             "false: events would be stored in plaintext; remove them or turn encryption on"
-        )
-    if "CIPHER_KEY" in given and "CIPHER_TOPIC" not in given:
-        problems.append(
-            "CIPHER_KEY without CIPHER_TOPIC means eventsourcing's AESCipher, which "
-            f"safereplay does not use: set CIPHER_TOPIC={_KEY_RING_CIPHER} (CIPHER_KEY is "
-            "then the key ring, KEY_ID=BASE64[,...]) or use SAFEREPLAY_KEY_FILE"
         )
     for key in given:
         backend = REGISTRY[key].backend
