@@ -369,3 +369,11 @@ def test_the_instance_name_follows_the_class_and_tables_keep_theirs(
         assert (billing.name, named.name) == ("Billing", "Ledger")
         assert billing.env.name == "safereplay", "table names come from the settings"
         assert billing.settings.application_name == "safereplay"
+
+
+def test_the_documentation_lists_each_setting_with_its_treatment() -> None:
+    text = (Path(__file__).resolve().parent.parent / "docs" / "eventsourcing.md").read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    for name, treatment in REGISTRY.items():
+        [row] = [r for r in rows if f"`{name}`" in r.split("|")[1]]
+        assert treatment.kind in row.split("|")[2], name
