@@ -118,9 +118,9 @@ class EventStoreApplication(Application[UUID]):
     def _choose_key_ring(self, key_ring: KeyRing | None) -> KeyRing | None:
         if key_ring is _UNSET:
             return self.settings.load_key_ring()
-        if self.configuration.cipher_given:
+        if self.configuration.cipher_key_given:
             raise ConfigurationError(
-                "a key ring was given both as key_ring= and by CIPHER_TOPIC / CIPHER_KEY: give one"
+                "a key ring was given both as key_ring= and as CIPHER_KEY: give one"
             )
         if key_ring is None and self.settings.encryption:
             raise ConfigurationError(

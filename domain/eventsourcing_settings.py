@@ -313,14 +313,14 @@ class Configuration:
 
     ``settings``: the application's settings; ``extra``: the entries laid over
     ``settings.eventsourcing_env()`` (honoured settings, the application's own
-    keys); ``mapper_class``: the mapper to build; ``cipher_given``: whether
-    ``CIPHER_TOPIC`` or ``CIPHER_KEY`` was given (the key ring then comes from them).
+    keys); ``mapper_class``: the mapper to build; ``cipher_key_given``: whether
+    ``CIPHER_KEY`` was given (the key ring then comes from it).
     """
 
     settings: DomainSettings
     extra: Mapping[str, str] = field(default_factory=dict)
     mapper_class: type[EnvelopeMapper] = EnvelopeMapper
-    cipher_given: bool = False
+    cipher_key_given: bool = False
 
     def environment(self) -> ResolvedEnvironment:
         """The eventsourcing environment, named for the table names (see resolve)."""
@@ -481,5 +481,5 @@ def resolve(
         settings=settings,
         extra={**others, **honoured},
         mapper_class=mapper_class,
-        cipher_given=cipher_given,
+        cipher_key_given="CIPHER_KEY" in given,
     )
