@@ -49,6 +49,7 @@ from safereplay.domain.settings import ENV_PREFIX, DomainSettings
 
 __all__ = [
     "REGISTRY",
+    "STORAGE_SETTINGS",
     "Configuration",
     "ResolvedEnvironment",
     "Treatment",
@@ -405,6 +406,22 @@ def _settings(
     return DomainSettings.from_env(**{**fields, **upper})
 
 
+#: eventsourcing settings that decide how events are stored: refused when only the
+#: process environment sets them (see :func:`resolve`).
+STORAGE_SETTINGS = frozenset(
+    {
+        "PERSISTENCE_MODULE",
+        "INFRASTRUCTURE_FACTORY",
+        "FACTORY_TOPIC",
+        "MAPPER_TOPIC",
+        "TRANSCODER_TOPIC",
+        "COMPRESSOR_TOPIC",
+        "CIPHER_TOPIC",
+        "CIPHER_KEY",
+    }
+)
+
+
 def resolve(
     name: str,
     class_env: Mapping[str, str],
@@ -429,6 +446,16 @@ def resolve(
         problem = REGISTRY[key].problem(key, value)
         if problem is not None:
             problems.append(problem)
+    # A variable left in a shell must not change how events are stored, and must not
+    # be dropped in silence either: the settings that decide the stored form are
+    # refused when only the process environment has them.
+    for key in sorted(STORAGE_SETTINGS):
+        if key in environ and key not in given:
+            problems.append(
+                f"{key} is set in the process environment, which safereplay does not read "
+                "for eventsourcing settings: give it in the application's env (class "
+                "attribute or constructor), or unset it"
+            )
     lower_overrides = _map(lower, problems)
     upper_overrides = _map(upper, problems)
     if "CIPHER_KEY" in given and "CIPHER_TOPIC" not in given:

@@ -33,7 +33,7 @@ from safereplay.domain import (
     KeyRing,
     KeyRingCipher,
 )
-from safereplay.domain.eventsourcing_settings import REGISTRY
+from safereplay.domain.eventsourcing_settings import REGISTRY, STORAGE_SETTINGS
 
 MODULES: tuple[ModuleType, ...] = (
     eventsourcing.application,
@@ -377,3 +377,26 @@ def test_the_documentation_lists_each_setting_with_its_treatment() -> None:
     for name, treatment in REGISTRY.items():
         [row] = [r for r in rows if f"`{name}`" in r.split("|")[1]]
         assert treatment.kind in row.split("|")[2], name
+
+
+@pytest.mark.parametrize("name", sorted(STORAGE_SETTINGS))
+def test_a_storage_setting_only_in_the_process_environment_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, name: str
+) -> None:
+    # eventsourcing would read it from os.environ; safereplay does not, and says so
+    # rather than storing events in a form the shell's variable did not ask for.
+    monkeypatch.setenv(name, "eventsourcing.compressor:ZlibCompressor")
+    settings = DomainSettings.from_env(sqlite_path=tmp_path / "s.db", encryption=False)
+    with pytest.raises(ConfigurationError, match=f"{name} is set in the process environment"):
+        EventStoreApplication(settings=settings)
+    assert not (tmp_path / "s.db").exists(), "refused before the store is opened"
+
+
+def test_a_storage_setting_in_env_is_not_refused_for_the_process_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("COMPRESSOR_TOPIC", "eventsourcing.compressor:ZlibCompressor")
+    settings = DomainSettings.from_env(sqlite_path=tmp_path / "s.db", encryption=False)
+    env = {"COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
+    with EventStoreApplication(env, settings=settings) as app:
+        assert isinstance(app.mapper.compressor, ZlibCompressor)

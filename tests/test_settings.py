@@ -310,7 +310,7 @@ def test_the_application_is_configured_by_its_settings_alone(
     """eventsourcing would also read os.environ, where SAFEREPLAY_PERSISTENCE_MODULE
     (its name-prefixed form of PERSISTENCE_MODULE) would switch to an in-memory store."""
     monkeypatch.setenv("SAFEREPLAY_PERSISTENCE_MODULE", "eventsourcing.popo")
-    monkeypatch.setenv("PERSISTENCE_MODULE", "eventsourcing.popo")
+    # (PERSISTENCE_MODULE itself is refused there: test_eventsourcing_settings.py.)
     monkeypatch.setenv("SAFEREPLAY_SQLITE_DBNAME", "elsewhere.db")
     monkeypatch.setenv("IS_SNAPSHOTTING_ENABLED", "y")
     settings = DomainSettings.from_env(sqlite_path=Path("events.db"), encryption=False)
