@@ -279,12 +279,19 @@ class AuditTrail:
         self.database = database
         self._key = key
 
+    @staticmethod
+    def schema_statements(dialect: str) -> list[str]:
+        """The tables' and guards' DDL (templates), run by the ``recovery`` schema
+        step once per schema version: the triggers are (re)created there, never at a
+        process's start, where dropping them would lock the trail against appenders."""
+        guards = _POSTGRES_GUARDS if dialect == "postgres" else _SQLITE_GUARDS
+        return [_CREATE_ENTRIES, _CREATE_HEAD, *guards]
+
     def create_tables(self) -> None:
-        guards = _POSTGRES_GUARDS if self.database.dialect == "postgres" else _SQLITE_GUARDS
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
-            tx.execute(_CREATE_ENTRIES)
-            tx.execute(_CREATE_HEAD)
-            for statement in guards:
+            for statement in self.schema_statements(self.database.dialect):
                 tx.execute(statement)
 
     def append(self, record: AuditRecord) -> AuditEntry:
