@@ -175,7 +175,8 @@ def tell_recovery_story(
     directory: Path, settings: DomainSettings, app: AutomationApp, *, console: Console
 ) -> StoryResult:
     audit_key = directory / "audit.key"
-    AuditKey.generate().save(audit_key)
+    if not audit_key.exists():  # run_demo made it to migrate the database
+        AuditKey.generate().save(audit_key)
     context = RecoveryContext(
         domain=settings,
         recovery=RecoverySettings(
