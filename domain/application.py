@@ -30,7 +30,7 @@ from eventsourcing.utils import Environment, EnvType
 
 from safereplay.domain.cipher import KeyRingCipher
 from safereplay.domain.envelope import Envelope
-from safereplay.domain.errors import ConfigurationError
+from safereplay.domain.errors import ConfigurationError, SchemaError
 from safereplay.domain.eventsourcing_settings import (
     Configuration,
     ResolvedEnvironment,
@@ -38,6 +38,7 @@ from safereplay.domain.eventsourcing_settings import (
 )
 from safereplay.domain.keyring import KeyRing
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.schema import ensure_event_store
 from safereplay.domain.secret import hide_passwords
 from safereplay.domain.settings import DomainSettings
 
@@ -86,6 +87,14 @@ class EventStoreApplication(Application[UUID]):
         self._later_factories: list[InfrastructureFactory] = []
         try:
             super().__init__(env=self.configuration.environment())
+            # eventsourcing's CREATE_TABLE is off: its tables are set up once per schema
+            # version, after a look at the catalog, never as DDL at every start.
+            ensure_event_store(self, migrate=self.settings.migrate_on_start)
+        except SchemaError:
+            factory = getattr(self, "factory", None)
+            if factory is not None:
+                factory.close()
+            raise
         except (OSError, OperationalError, EsInterfaceError) as exc:
             # Close what was opened (the pool keeps retrying in its threads) now, on
             # this thread: left to __del__, the close may run on one of those threads.

@@ -17,14 +17,21 @@ drivers) are translated where they are caught, with ``raise ... from``::
     │                             MapperDeserialisationError, so a ValueError)
     ├── CommandRejected           valid input that breaks an aggregate's rules
     │   └── AggregateNotFound     the command names an aggregate that does not exist
-    └── KeyRingError              key material problems; never carries key bytes
-        ├── KeyFileError          the key file is missing, empty, unreadable or malformed
-        ├── InvalidKey            a key has the wrong length or is not base64
-        ├── UnknownKeyId          a ciphertext names a key the ring does not hold
-        │                         (also MapperDeserialisationError, so a ValueError)
-        └── EventDecryptionError  the ciphertext failed authentication (wrong key, or
-                                  the blob was altered or moved to another row; also
-                                  MapperDeserialisationError, so a ValueError)
+    ├── KeyRingError              key material problems; never carries key bytes
+    │   ├── KeyFileError          the key file is missing, empty, unreadable or malformed
+    │   ├── InvalidKey            a key has the wrong length or is not base64
+    │   ├── UnknownKeyId          a ciphertext names a key the ring does not hold
+    │   │                         (also MapperDeserialisationError, so a ValueError)
+    │   └── EventDecryptionError  the ciphertext failed authentication (wrong key, or
+    │                             the blob was altered or moved to another row; also
+    │                             MapperDeserialisationError, so a ValueError)
+    └── SchemaError               the database's schema does not fit this code
+        ├── DatabaseSchemaOutdated   a component is missing or older than this code
+        │                            and migrate-on-start is off: run `safereplay migrate`
+        ├── DatabaseSchemaTooNew     a component is newer than this code (a newer
+        │                            release migrated it): upgrade this process
+        └── SchemaMigrationFailed    a migration could not run (a lock was not granted
+                                     in time, a statement failed); nothing of it stays
 
 **eventsourcing's types too.** Where eventsourcing raises an error of its own in
 the same situation, safereplay's error derives from that type as well, so an
@@ -50,6 +57,8 @@ __all__ = [
     "AggregateNotFound",
     "CommandRejected",
     "ConfigurationError",
+    "DatabaseSchemaOutdated",
+    "DatabaseSchemaTooNew",
     "DomainError",
     "EventDecryptionError",
     "FieldProblem",
@@ -59,6 +68,8 @@ __all__ = [
     "KeyRingError",
     "MalformedJSON",
     "UndecodableEvent",
+    "SchemaError",
+    "SchemaMigrationFailed",
     "UnknownEventType",
     "UnknownKeyId",
     "UnknownSchemaVersion",
@@ -158,3 +169,20 @@ class EventDecryptionError(KeyRingError, MapperDeserialisationError):
     modified, truncated, or moved from another row (the row identity is bound
     into the ciphertext as associated data).
     """
+
+
+class SchemaError(DomainError):
+    """The database's schema (``safereplay_schema_versions``) does not fit this code."""
+
+
+class DatabaseSchemaOutdated(SchemaError):
+    """A component's tables are missing or older than this code needs, and this
+    process may not migrate them (``SAFEREPLAY_MIGRATE_ON_START=false``)."""
+
+
+class DatabaseSchemaTooNew(SchemaError):
+    """A component's tables were set up by a newer release than this code."""
+
+
+class SchemaMigrationFailed(SchemaError):
+    """A migration was rolled back: a lock was not granted in time, or a step failed."""

@@ -28,8 +28,8 @@ its applications. Entries that are neither settings nor prefixed for this
 application (an application's own keys, another application's prefixed
 entries) stay in the application's ``env`` for its own code to read.
 
-``CREATE_TABLE`` is one entry, honoured for now: when schema set-up moves to an
-explicit step, its treatment changes here and nowhere else.
+``CREATE_TABLE`` is honoured only as off: schema set-up is an explicit, versioned
+step (:mod:`safereplay.domain.schema`, ``safereplay migrate``), never DDL at start.
 """
 
 from __future__ import annotations
@@ -255,7 +255,14 @@ REGISTRY: Mapping[str, Treatment] = {
     ),
     "SINGLE_ROW_TRACKING": _honoured("how process applications record tracking"),
     # Schema set-up: one entry, so that its treatment changes in one place.
-    "CREATE_TABLE": _honoured("eventsourcing creates the tables it needs at start-up"),
+    "CREATE_TABLE": _honoured(
+        "off only: the tables are set up once per schema version by the schema step "
+        "(safereplay.domain.schema), never as DDL at every start",
+        accepts=lambda value: _truth(value) is False,
+        instead="only off is accepted: safereplay sets its tables up once per schema "
+        "version (run `safereplay migrate`, or leave SAFEREPLAY_MIGRATE_ON_START on); "
+        "DDL at every start would make writers wait",
+    ),
     # -- SQLite --------------------------------------------------------------------------
     "SQLITE_DBNAME": _mapped(
         "sqlite_path", "the file is SAFEREPLAY_SQLITE_PATH (a file, not :memory:)", _sqlite_path

@@ -12,6 +12,8 @@ import base64
 import inspect
 import os
 import re
+import sqlite3
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
@@ -117,7 +119,7 @@ ON_SQLITE: dict[str, tuple[str, Any]] = {
     "TRACKING_RECORDER_TOPIC": ("eventsourcing.sqlite:SQLiteTrackingRecorder", "env"),
     "PROCESS_RECORDER_TOPIC": ("eventsourcing.sqlite:SQLiteProcessRecorder", "env"),
     "SINGLE_ROW_TRACKING": ("t", "env"),
-    "CREATE_TABLE": ("y", "env"),
+    "CREATE_TABLE": ("n", "env"),  # "y" is refused: test_a_refusal_says_what_to_use_instead
     "SQLITE_DBNAME": ("other.db", ("settings", "sqlite_path", Path("other.db"))),
     "SQLITE_LOCK_TIMEOUT": ("7", "env"),
     "POSTGRES_DBNAME": ("db", "refused"),
@@ -194,18 +196,14 @@ def test_refused_settings_take_the_values_safereplay_uses_anyway(
         ("CIPHER_TOPIC", "eventsourcing.cipher:AESCipher", "KeyRingCipher"),
         ("POSTGRES_PASSWORD", "hunter2-secret", "SAFEREPLAY_POSTGRES_PASSWORD_FILE"),
         ("POSTGRES_HOST", "db", "SAFEREPLAY_POSTGRES_DSN"),
-        ("CREATE_TABLE", "maybe", None),
+        ("CREATE_TABLE", "y", "safereplay migrate"),
+        ("CREATE_TABLE", "maybe", "only off is accepted"),
     ],
 )
 def test_a_refusal_says_what_to_use_instead(
-    name: str, value: str, says: str | None, tmp_path: Path, key_file: Path
+    name: str, value: str, says: str, tmp_path: Path, key_file: Path
 ) -> None:
     settings = DomainSettings.from_env(sqlite_path=tmp_path / "events.db", key_file=key_file)
-    if says is None:
-        # Honoured as it is: eventsourcing's own check of the value applies.
-        with pytest.raises(ValueError, match="invalid truth value"):
-            EventStoreApplication({name: value}, settings=settings)
-        return
     with pytest.raises(ConfigurationError, match=says):
         EventStoreApplication({name: value}, settings=settings)
 
@@ -400,3 +398,29 @@ def test_a_storage_setting_in_env_is_not_refused_for_the_process_environment(
     env = {"COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
     with EventStoreApplication(env, settings=settings) as app:
         assert isinstance(app.mapper.compressor, ZlibCompressor)
+
+
+def test_create_table_off_is_taken_and_the_tables_come_from_the_schema_step(
+    tmp_path: Path, key_file: Path
+) -> None:
+    # eventsourcing's own set-up would run DDL at every start; with CREATE_TABLE off
+    # the schema step (safereplay.domain.schema) still sets a new store up, once.
+    from safereplay.domain import AutomationApp
+
+    env = {
+        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
+        "SAFEREPLAY_KEY_FILE": str(key_file),
+        "CREATE_TABLE": "off",
+    }
+    with AutomationApp(env) as writer:
+        assert writer.env["CREATE_TABLE"] == "off"
+        workflow = writer.submit(
+            {"type": "CreateWorkflow", "name": "n", "owner": "o", "trigger": {}}, source="t"
+        )
+    with AutomationApp(env) as reader:
+        assert reader.workflow(workflow).name == "n"
+    with closing(sqlite3.connect(tmp_path / "events.db")) as db:
+        components = {
+            row[0] for row in db.execute("SELECT component FROM safereplay_schema_versions")
+        }
+    assert any(name.startswith("events:") for name in components), components

@@ -260,6 +260,7 @@ def test_sqlite_settings_map_onto_eventsourcing_sqlite() -> None:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": "/data/events.db",
         "SQLITE_LOCK_TIMEOUT": "30",
+        "CREATE_TABLE": "no",  # tables are set up by the schema catalog
     }
 
 
@@ -284,6 +285,7 @@ def test_postgres_settings_map_onto_eventsourcing_postgres() -> None:
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "POSTGRES_CONNECT_TIMEOUT": "4",
+        "CREATE_TABLE": "no",
     }
     assert settings.postgres_password() == PASSWORD
 
