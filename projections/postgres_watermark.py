@@ -52,7 +52,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TypeVar
@@ -60,11 +60,18 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from safereplay.domain.schema import PostgresSchema, SchemaStep, ensure_schema
 from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import WatermarkError  # re-exported: its former home
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
-__all__ = ["PostgresHighWaterMark", "WatermarkError", "WatermarkStatus"]
+__all__ = [
+    "WATERMARK_SCHEMA_VERSION",
+    "PostgresHighWaterMark",
+    "WatermarkError",
+    "WatermarkStatus",
+    "create_watermark_tables",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,6 +79,8 @@ T = TypeVar("T")
 
 #: PostgreSQL truncates longer identifiers silently; we refuse them instead.
 _MAX_IDENTIFIER_BYTES = 63
+#: The version of the tables :func:`create_watermark_tables` sets up.
+WATERMARK_SCHEMA_VERSION = 1
 #: A hold at one hole longer than this is logged (once per hole) as a warning.
 _LONG_HOLD_SECONDS = 60.0
 
@@ -126,8 +135,10 @@ class PostgresHighWaterMark(HighWaterMark):
       ``forced`` and names the transactions. The event may be lost to readers;
       :meth:`filled_holes` finds the ones that were. Off by default.
     - ``holes_table`` (``"{table}_skipped_holes"``), ``mark_table``
-      (``"{table}_hwm"``): the tables this class owns in ``schema``, created if
-      missing when ``create_tables`` (True).
+      (``"{table}_hwm"``): the tables this class owns in ``schema``, set up through
+      the schema catalog (component ``watermark:<table>``) when missing and
+      ``create_tables`` (True; ``SAFEREPLAY_MIGRATE_ON_START``); with False, missing
+      tables raise ``DatabaseSchemaOutdated``.
     - ``persist_interval`` (1.0 s): the least time between writes of the mark
       when it moved over committed ids only (moves over holes are written at once,
       with the holes).
@@ -225,22 +236,6 @@ class PostgresHighWaterMark(HighWaterMark):
             "AND {col} <= %(b)s UNION SELECT position FROM {holes} WHERE position > %(a)s "
             "AND position <= %(b)s AND (NOT forced OR %(forcing)s)) AS u"
         )
-        self._q_create = [
-            q(
-                "CREATE TABLE IF NOT EXISTS {holes} ("
-                "position bigint PRIMARY KEY, "
-                "detected_at timestamptz NOT NULL, "
-                "skipped_at timestamptz NOT NULL DEFAULT now(), "
-                "reason text NOT NULL, "
-                "forced boolean NOT NULL DEFAULT false)"
-            ),
-            q(
-                "CREATE TABLE IF NOT EXISTS {marks} ("
-                "singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
-                "position bigint NOT NULL CHECK (position >= 0), "
-                "updated_at timestamptz NOT NULL DEFAULT now())"
-            ),
-        ]
         self._q_read_mark = q("SELECT position FROM {marks}")
         self._q_write_mark = q(
             "INSERT INTO {marks} AS m (singleton, position) VALUES (true, %s) "
@@ -410,17 +405,45 @@ class PostgresHighWaterMark(HighWaterMark):
         if row is None:
             return
         self._check_sequence(conn)
-        if self._create_tables:
-            with conn.transaction():
-                # Serialise concurrent CREATE TABLE IF NOT EXISTS (it can race).
-                conn.execute(
-                    "SELECT pg_advisory_xact_lock(hashtext(%s))",
-                    (f"safereplay.watermark.{self._schema}.{self._table}",),
-                )
-                for statement in self._q_create:
-                    conn.execute(statement)
+        self.ensure_schema(conn)
         self._table_exists = True
         self._adopt_persisted(conn, startup=True)
+
+    def ensure_schema(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Check the catalog for this mark's tables; set them up if missing and allowed.
+
+        Read first, DDL only when the catalog says the tables are missing (see
+        :mod:`safereplay.domain.schema`); with ``create_tables=False`` a missing
+        table is :class:`~safereplay.domain.errors.DatabaseSchemaOutdated`.
+        """
+        if conn is None:
+            with self._lock:
+                self._retrying(lambda c: self._prepare(c))
+            return
+
+        @contextlib.contextmanager
+        def lend() -> Iterator[psycopg.Connection[Any]]:
+            yield conn
+
+        ensure_schema(
+            PostgresSchema(lend, self._schema),
+            [self.schema_step()],
+            migrate=self._create_tables,
+        )
+
+    def schema_step(self) -> SchemaStep:
+        """The ``watermark:<table>`` component: :func:`create_watermark_tables`."""
+        schema, table = self._schema, self._table
+        holes, marks = self.holes_table, self.mark_table
+
+        def apply(cursor: Any, from_version: int) -> None:
+            create_watermark_tables(
+                cursor, schema=schema, table=table, holes_table=holes, mark_table=marks
+            )
+
+        return SchemaStep(
+            f"watermark:{table}", WATERMARK_SCHEMA_VERSION, apply, "the high-water mark's tables"
+        )
 
     def _check_sequence(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute(
@@ -646,6 +669,43 @@ class PostgresHighWaterMark(HighWaterMark):
             if not self._table_exists:
                 return []
         return conn.execute(query, (after, upto, upto)).fetchall()
+
+
+def create_watermark_tables(
+    conn: psycopg.Connection[Any] | psycopg.Cursor[Any],
+    *,
+    schema: str,
+    table: str,
+    holes_table: str | None = None,
+    mark_table: str | None = None,
+) -> None:
+    """Create the tables of the high-water mark of ``schema.table`` if they are missing.
+
+    The one place they are defined, idempotent; the ``watermark:<table>`` schema step
+    (:meth:`PostgresHighWaterMark.schema_step`) runs it inside a migration, which
+    holds the schema's migration lock.
+    """
+    ident = sql.Identifier
+    holes = ident(schema, holes_table or f"{table}_skipped_holes")
+    marks = ident(schema, mark_table or f"{table}_hwm")
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "position bigint PRIMARY KEY, "
+            "detected_at timestamptz NOT NULL, "
+            "skipped_at timestamptz NOT NULL DEFAULT now(), "
+            "reason text NOT NULL, "
+            "forced boolean NOT NULL DEFAULT false)"
+        ).format(holes)
+    )
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} ("
+            "singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
+            "position bigint NOT NULL CHECK (position >= 0), "
+            "updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(marks)
+    )
 
 
 def _first_line(exc: BaseException) -> str:

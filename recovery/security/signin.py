@@ -94,7 +94,14 @@ class SignInAudit:
         self.window = window
         self._clock = clock
 
+    @staticmethod
+    def schema_statements() -> list[str]:
+        """The counts' table (a template), set up by the ``recovery`` schema step."""
+        return [_CREATE]
+
     def create_tables(self) -> None:
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
             tx.execute(_CREATE)
 
@@ -105,7 +112,6 @@ class SignInAudit:
         """Record one failed sign-in; True if it got an entry of its own (else it was
         counted into the aggregate of its window)."""
         claimed = error.claimed or UNKNOWN_PRINCIPAL
-        self.create_tables()  # here, not before: a sign-in that succeeds creates nothing
         with self.database.transaction(write=True) as tx:
             now = self._now(tx)
             key = {"claimed": claimed, "failure": error.failure, "bucket": self._bucket(now)}
