@@ -33,6 +33,7 @@ def open_source(
     app_or_settings: EventStoreApplication | DomainSettings,
     *,
     mapper: EnvelopeMapper | None = None,
+    settings: ProjectionSettings | None = None,
     **options: Any,
 ) -> EventSource:
     """The notification log of an application (which decodes with its mapper), or
@@ -40,7 +41,9 @@ def open_source(
     source without one reports head and high-water mark but cannot decode).
 
     ``options`` go to the backend's source (e.g. ``listen=False``, or high-water
-    mark options such as ``hole_wait`` on PostgreSQL).
+    mark options such as ``hole_wait`` on PostgreSQL). On PostgreSQL the mark's
+    options not given default to ``settings`` (default: read from the environment,
+    ``SAFEREPLAY_PROJECTIONS_HOLE_WAIT`` and ``..._HOLE_PROOF_REFRESH``).
     """
     if isinstance(app_or_settings, EventStoreApplication):
         domain = app_or_settings.settings
@@ -50,6 +53,8 @@ def open_source(
     if domain.backend == "sqlite":
         return SQLiteEventSource(domain.sqlite_path, mapper=mapper, **options)
     assert domain.postgres_dsn is not None
+    settings = settings if settings is not None else ProjectionSettings.from_env()
+    options = settings.watermark_options() | options
     return PostgresEventSource(
         domain.postgres_dsn.get_secret_value(),
         schema=domain.postgres_schema,

@@ -72,7 +72,7 @@ class RecoveryContext:
     @cached_property
     def source(self) -> EventSource:
         """The event store's notification log, decoding with the application's key ring."""
-        source = open_source(self.app)
+        source = open_source(self.app, settings=self.projection_settings)
         self._closers.append(source)
         return source
 
