@@ -76,6 +76,16 @@ class RecoveryContext:
         self._closers.append(source)
         return source
 
+    @cached_property
+    def log(self) -> EventSource:
+        """The notification log without a key ring: head, high-water mark and what is
+        held back, for planning (which decodes nothing). It opens no application:
+        eventsourcing's start-up DDL on the events table waits for every writer
+        transaction open at the time, which a plan need not do."""
+        source = open_source(self.domain, settings=self.projection_settings)
+        self._closers.append(source)
+        return source
+
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions.from_settings(self.projection_settings)
 

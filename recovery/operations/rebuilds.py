@@ -195,7 +195,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             _request(ctx, p, 1),
             projection=p["projection"],
             store=context.projection_store,
-            source=context.source,
+            source=context.log,
             jobs=context.jobs,
             registry=context.registry,
             wait=context.recovery.catch_up_wait,
