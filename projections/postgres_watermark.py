@@ -20,11 +20,16 @@ How a hole is proved dead (``docs/gaps.md`` has the full argument):
    transaction that holds ``h`` either has ended by the time of the next
    statement, or appears in ``pg_locks`` holding ``RowExclusiveLock`` on the table.
 3. After the scan, collect the virtual transaction ids of those lock holders
-   (other backends, prepared transactions included). Once none of them holds the
+   (other backends, prepared transactions included): a **proof**, kept in
+   ``{table}_hole_proofs`` so that any process continues it
+   (:mod:`safereplay.projections.hole_proofs`). Once none of them holds the
    lock any more, every id up to the largest id that scan saw is decided: a fresh
-   read shows it (committed) or it is dead for ever.
+   read shows it (committed) or it is dead for ever. While proofs are pending, a
+   newer one is begun at most every ``hole_proof_refresh``, so that writers that
+   always overlap still let the mark through.
 4. The dead ids are recorded in ``{table}_skipped_holes`` in the same transaction
-   that moves the persisted mark (``{table}_hwm``) past them.
+   that moves the persisted mark (``{table}_hwm``) past them and removes the
+   proofs it completes.
 
 A transaction snapshot (``pg_current_snapshot()``) is not enough on its own: a
 transaction that has taken an id from the sequence may not have a transaction id
@@ -33,16 +38,21 @@ so it is absent from every snapshot's in-progress list while it still holds the
 id. Its virtual transaction id and its lock are there from the start.
 
 Waiting is bounded (``hole_wait``); while the proof is pending, :meth:`advance`
-returns the mark held below the hole and the caller polls again. Assumptions,
+returns the mark held below the hole and the caller (or the next process) polls
+again. Assumptions,
 checked where possible: the mark is computed on the primary; ids are assigned
 only by the column's default inside the INSERT (no ``nextval`` taken earlier and
 written explicitly later); rows are never deleted from the events table.
 
-Why this module is long (about 670 lines): it is the proof
+Why this module is long (about 690 lines): it is the proof
 above and the one class that carries it out; its statements, its steps and its
 connection handling are checked against that argument, which would be spread
-over several modules if it were split. Its error, :class:`WatermarkError`, lives
-in :mod:`safereplay.projections.errors` (and is importable from here).
+over several modules if it were split further. What could move without that
+cost has: the proofs as values and their table
+(:mod:`safereplay.projections.hole_proofs`), the tables' DDL
+(:mod:`safereplay.projections.watermark_tables`), and its error,
+:class:`WatermarkError`, in :mod:`safereplay.projections.errors` (importable
+from here).
 """
 
 from __future__ import annotations
