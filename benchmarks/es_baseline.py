@@ -189,7 +189,9 @@ def run_es_postgres(store: Store, *, upto: int, view: dict[str, Any]) -> dict[st
         env=env,
     )
     with runner:
-        app_name = store.name
+        # Tracking records name the application by its instance name (eventsourcing's:
+        # the class's name), not by the store's application name (its tables).
+        app_name = runner.app.name
         while (runner.view.max_tracking_id(app_name) or 0) < target:
             if runner.is_interrupted.is_set():
                 runner.run_forever(timeout=0)

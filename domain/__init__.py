@@ -3,6 +3,7 @@
 from safereplay.domain.application import EventStoreApplication
 from safereplay.domain.automation import Run, Workflow
 from safereplay.domain.automation_app import AutomationApp
+from safereplay.domain.cipher import KeyRingCipher
 from safereplay.domain.edge import EdgeModel, MessageRegistry, ParsedMessage
 from safereplay.domain.envelope import Envelope, RecordingContext, event_id_for, recording
 from safereplay.domain.errors import (
@@ -16,6 +17,7 @@ from safereplay.domain.errors import (
     KeyFileError,
     KeyRingError,
     MalformedJSON,
+    UndecodableEvent,
     UnknownEventType,
     UnknownKeyId,
     UnknownSchemaVersion,
@@ -23,6 +25,7 @@ from safereplay.domain.errors import (
 from safereplay.domain.events import EnvelopedAggregate
 from safereplay.domain.keyring import KeyRing
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.process import EventStoreProcessApplication
 from safereplay.domain.settings import DEFAULT_POSTGRES_DSN, DomainSettings
 
 __all__ = [
@@ -39,16 +42,19 @@ __all__ = [
     "EnvelopedAggregate",
     "EventDecryptionError",
     "EventStoreApplication",
+    "EventStoreProcessApplication",
     "InvalidInput",
     "InvalidKey",
     "KeyFileError",
     "KeyRing",
+    "KeyRingCipher",
     "KeyRingError",
     "MalformedJSON",
     "MessageRegistry",
     "ParsedMessage",
     "RecordingContext",
     "Run",
+    "UndecodableEvent",
     "UnknownEventType",
     "UnknownKeyId",
     "UnknownSchemaVersion",

@@ -1,7 +1,15 @@
-"""eventsourcing ``Application`` configured from :class:`DomainSettings`."""
+"""eventsourcing ``Application`` configured from :class:`DomainSettings` and ``env``.
+
+The application takes ``env`` as eventsourcing's does (positionally or as
+``env=``), so that eventsourcing's runners (``ProjectionRunner``, the system
+runners) can build it; its entries are checked against
+:mod:`safereplay.domain.eventsourcing_settings` and laid over the ``SAFEREPLAY_*``
+settings (precedence there and in ``docs/eventsourcing.md``).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
@@ -20,10 +28,17 @@ from eventsourcing.persistence import (
 from eventsourcing.postgres import BasePostgresFactory
 from eventsourcing.utils import Environment, EnvType
 
+from safereplay.domain.cipher import KeyRingCipher
 from safereplay.domain.envelope import Envelope
-from safereplay.domain.errors import ConfigurationError
+from safereplay.domain.errors import ConfigurationError, SchemaError
+from safereplay.domain.eventsourcing_settings import (
+    Configuration,
+    ResolvedEnvironment,
+    resolve,
+)
 from safereplay.domain.keyring import KeyRing
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.schema import ensure_event_store
 from safereplay.domain.secret import hide_passwords
 from safereplay.domain.settings import DomainSettings
 
@@ -35,31 +50,51 @@ _UNSET: Any = object()
 class EventStoreApplication(Application[UUID]):
     """An eventsourcing application whose events carry the envelope and are sealed.
 
-    ``settings`` defaults to :meth:`DomainSettings.from_env`; ``key_ring`` defaults
-    to the ring those settings point at (pass ``None`` only together with
-    ``encryption=False`` settings).
+    - ``env`` (default None): eventsourcing settings and ``SAFEREPLAY_*`` settings,
+      as eventsourcing's ``Application`` takes them; each eventsourcing setting is
+      honoured, mapped to its ``SAFEREPLAY_*`` setting or refused
+      (:data:`~safereplay.domain.eventsourcing_settings.REGISTRY`). A
+      :class:`DomainSettings` given here is taken as ``settings`` (what the first
+      argument was before the application took ``env``).
+    - ``settings`` (keyword, default None: :meth:`DomainSettings.from_env`, the
+      ``SAFEREPLAY_*`` process environment): the settings ``env`` is laid over.
+    - ``key_ring`` (keyword, default: the ring the settings point at): pass ``None``
+      only together with ``encryption=False`` settings.
+
+    The instance's ``name`` is eventsourcing's: the class's name unless the class
+    sets ``name``; it names the application to eventsourcing's systems and
+    runners (and prefixes its entries in a shared ``env``). Table names keep
+    coming from ``SAFEREPLAY_APPLICATION_NAME``.
     """
 
     def __init__(
         self,
-        settings: DomainSettings | None = None,
+        env: EnvType | DomainSettings | None = None,
         *,
+        settings: DomainSettings | None = None,
         key_ring: KeyRing | None = _UNSET,
     ) -> None:
-        self.settings = settings if settings is not None else DomainSettings.from_env()
+        if isinstance(env, DomainSettings):
+            if settings is not None:
+                raise TypeError("settings given twice (positionally and as settings=)")
+            env, settings = None, env
+        self.configuration = self.resolve_configuration(env, settings)
+        self.settings = self.configuration.settings
         self._ring_from_settings = key_ring is _UNSET
-        if key_ring is _UNSET:
-            key_ring = self.settings.load_key_ring()
-        elif key_ring is None and self.settings.encryption:
-            raise ConfigurationError(
-                "encryption is on but no key ring was given; set SAFEREPLAY_ENCRYPTION=false "
-                "to store plaintext deliberately"
-            )
-        self._key_ring: KeyRing | None = key_ring
-        # The table prefix on PostgreSQL comes from the application name.
-        self.name = self.settings.application_name
+        self._key_ring: KeyRing | None = self._choose_key_ring(key_ring)
+        #: Factories eventsourcing builds after construction (Follower.follow builds
+        #: one per leader, for its mapper): closed with the application.
+        self._later_factories: list[InfrastructureFactory] = []
         try:
-            super().__init__(env=self.settings.eventsourcing_env())
+            super().__init__(env=self.configuration.environment())
+            # eventsourcing's CREATE_TABLE is off: its tables are set up once per schema
+            # version, after a look at the catalog, never as DDL at every start.
+            ensure_event_store(self, migrate=self.settings.migrate_on_start)
+        except SchemaError:
+            factory = getattr(self, "factory", None)
+            if factory is not None:
+                factory.close()
+            raise
         except (OSError, OperationalError, EsInterfaceError) as exc:
             # Close what was opened (the pool keeps retrying in its threads) now, on
             # this thread: left to __del__, the close may run on one of those threads.
@@ -75,24 +110,54 @@ class EventStoreApplication(Application[UUID]):
                 )
             ) from exc
 
+    # -- configuration ------------------------------------------------------------------
+
+    def resolve_configuration(
+        self, env: EnvType | None, settings: DomainSettings | None
+    ) -> Configuration:
+        """The class's ``env``, the settings (or the ``SAFEREPLAY_*`` environment) and
+        ``env``, checked and laid over each other (``eventsourcing_settings.resolve``).
+
+        The process environment is read for ``SAFEREPLAY_*`` variables only: a
+        ``PERSISTENCE_MODULE`` or ``POSTGRES_*`` variable left in a shell would
+        otherwise redirect a store configured by validated settings.
+        """
+        return resolve(self.name, type(self).env, env, settings=settings, environ=os.environ)
+
+    def _choose_key_ring(self, key_ring: KeyRing | None) -> KeyRing | None:
+        if key_ring is _UNSET:
+            return self.settings.load_key_ring()
+        if self.configuration.cipher_key_given:
+            raise ConfigurationError(
+                "a key ring was given both as key_ring= and as CIPHER_KEY: give one"
+            )
+        if key_ring is None and self.settings.encryption:
+            raise ConfigurationError(
+                "encryption is on but no key ring was given; set SAFEREPLAY_ENCRYPTION=false "
+                "to store plaintext deliberately"
+            )
+        return key_ring
+
     # -- eventsourcing extension points -------------------------------------------------
 
     def construct_env(self, name: str, env: EnvType | None = None) -> Environment:
-        """The eventsourcing environment: the class's ``env`` plus the settings' mapping.
+        """The eventsourcing environment: the resolved configuration, as it is.
 
-        eventsourcing's own ``construct_env`` also merges ``os.environ``, where a
-        ``PERSISTENCE_MODULE``, ``POSTGRES_*`` or name-prefixed variable (for this
-        application ``SAFEREPLAY_PERSISTENCE_MODULE``, ``SAFEREPLAY_POSTGRES_SCHEMA``...)
-        would silently override the validated settings, even settings passed
-        explicitly. :class:`DomainSettings` is the only source of configuration, so
-        the process environment is left out here.
+        It is named after ``SAFEREPLAY_APPLICATION_NAME``, not ``name``: on
+        PostgreSQL eventsourcing prefixes table names with the environment's name,
+        and existing stores keep their tables. ``Follower.follow`` passes the
+        application's own ``env`` back here (with the leader's name), to build a
+        mapper for the leader's events: the same configuration, so the same key ring.
         """
-        _env = dict(type(self).env)
-        if type(self).is_snapshotting_enabled or type(self).snapshotting_intervals:
-            _env["IS_SNAPSHOTTING_ENABLED"] = "y"
-        if env is not None:
-            _env.update(env)
-        return Environment(name, _env)
+        resolved = ResolvedEnvironment(
+            self.settings.application_name,
+            env if isinstance(env, ResolvedEnvironment) else self.configuration.environment(),
+        )
+        if (
+            type(self).is_snapshotting_enabled or type(self).snapshotting_intervals
+        ) and "IS_SNAPSHOTTING_ENABLED" not in resolved:
+            resolved["IS_SNAPSHOTTING_ENABLED"] = "y"
+        return resolved
 
     def construct_factory(self, env: Environment) -> InfrastructureFactory:
         """eventsourcing's factory, given the PostgreSQL password by function, not by ``env``.
@@ -108,10 +173,25 @@ class EventStoreApplication(Application[UUID]):
         empty one and libpq falls back on ``PGPASSFILE`` / ``~/.pgpass``.
         """
         factory = super().construct_factory(env)
+        if hasattr(self, "factory"):
+            self._later_factories.append(factory)
         password = self.settings.postgres_password()
         if password is not None and isinstance(factory, BasePostgresFactory):
             factory.datastore.pool.get_password_func = lambda: password
+        # The factory builds the cipher it gives the mapper (eventsourcing's
+        # mapper_class(transcoder=, compressor=, cipher=)) from CIPHER_TOPIC and
+        # CIPHER_KEY in env. Key material stays out of env: the factory is handed
+        # the cipher of the ring in use instead.
+        cipher = self._cipher()
+        setattr(factory, "cipher", lambda: cipher)  # noqa: B010 - replaces a method
         return factory
+
+    def _cipher(self) -> KeyRingCipher | None:
+        if self._key_ring is None:
+            return None
+        # Only a ring read from the configured key file is watched for rotations.
+        watch = self.settings.key_file if self._ring_from_settings else None
+        return KeyRingCipher.of(self._key_ring, key_file=watch)
 
     @property
     def key_ring(self) -> KeyRing | None:
@@ -123,20 +203,22 @@ class EventStoreApplication(Application[UUID]):
         return self._key_ring
 
     def construct_mapper(self) -> Mapper[UUID]:
-        # Only a ring read from the configured key file is watched for rotations.
-        watch = (
-            self.settings.key_file
-            if self._key_ring is not None and self._ring_from_settings
-            else None
-        )
-        return EnvelopeMapper(
-            transcoder=self.construct_transcoder(), key_ring=self._key_ring, key_file=watch
+        """eventsourcing's way: the factory builds the mapper (EnvelopeMapper, or the
+        subclass MAPPER_TOPIC names) with its cipher and compressor."""
+        return self.factory.mapper(
+            transcoder=self.construct_transcoder(),
+            mapper_class=self.configuration.mapper_class,
         )
 
     def construct_transcoder(self) -> Transcoder:
         transcoder = JSONTranscoder()
         self.register_transcodings(transcoder)
         return transcoder
+
+    def close(self) -> None:
+        for factory in getattr(self, "_later_factories", ()):
+            factory.close()
+        super().close()
 
     @property
     def envelope_mapper(self) -> EnvelopeMapper:

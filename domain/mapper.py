@@ -3,7 +3,13 @@
 eventsourcing's ``Cipher`` interface sees only the plaintext, so it cannot bind a
 ciphertext to the row it belongs to. The binding needs the row identity, which
 the ``Mapper`` has; hence encryption lives in this ``Mapper`` subclass, while
-transcoding stays eventsourcing's (so stored state keeps eventsourcing's format).
+transcoding and compression stay eventsourcing's (so stored state keeps
+eventsourcing's format: transcode, compress, then encrypt).
+
+The mapper is built the way eventsourcing builds mappers,
+``mapper_class(transcoder=, compressor=, cipher=)``, so ``MAPPER_TOPIC`` and
+``Follower.follow`` can build it: the key ring then comes from the cipher, a
+:class:`~safereplay.domain.cipher.KeyRingCipher`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from uuid import UUID, SafeUUID
 import orjson
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
+    Cipher,
+    Compressor,
     DatetimeAsISO,
     JSONTranscoder,
     Mapper,
@@ -28,11 +36,13 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import TopicError, get_topic, resolve_topic
 
+from safereplay.domain.cipher import KeyRingCipher
 from safereplay.domain.envelope import Envelope, derived_envelope
 from safereplay.domain.errors import (
+    ConfigurationError,
     EventDecryptionError,
     FieldProblem,
-    InvalidInput,
+    UndecodableEvent,
     UnknownEventType,
     UnknownKeyId,
     UnknownSchemaVersion,
@@ -50,6 +60,8 @@ def associated_data(originator_id: UUID | str, originator_version: int, topic: s
 
 #: Aggregate id texts kept by a mapper for associated data (~0.4 MB when full).
 _ID_TEXTS_MAX = 2048
+#: ``key_ring`` not given: the ring is the cipher's (or none, without a cipher).
+_FROM_CIPHER: Any = object()
 
 
 def describe_row(stored: StoredEvent) -> str:
@@ -59,7 +71,16 @@ def describe_row(stored: StoredEvent) -> str:
 
 
 class EnvelopeMapper(Mapper[UUID]):
-    """Transcode, then seal under ``key_ring`` (or store plaintext when it is None).
+    """Transcode, compress (with a ``compressor``), then seal under the key ring
+    (or store plaintext when there is none).
+
+    The arguments are eventsourcing's: ``transcoder``, ``compressor`` (default
+    None: no compression) and ``cipher`` (default None), which must be a
+    :class:`~safereplay.domain.cipher.KeyRingCipher` when given: its ring seals and
+    opens, bound to each row, and its ``key_file`` (if any) is watched. Instead of
+    a cipher, safereplay's code passes the ring itself: ``key_ring`` (keyword-only,
+    default: the cipher's ring, or None without a cipher), with ``key_file``
+    (default None: no watching) and ``reload_interval`` (default 1 s).
 
     Every stored state records its schema version (``class_version``), even 1, so
     the envelope always knows it. On reading, an unknown topic or a schema version
@@ -80,12 +101,33 @@ class EnvelopeMapper(Mapper[UUID]):
     def __init__(
         self,
         transcoder: Transcoder,
-        key_ring: KeyRing | None,
+        compressor: Compressor | None = None,
+        cipher: Cipher | None = None,
         *,
+        key_ring: KeyRing | None = _FROM_CIPHER,
         key_file: Path | None = None,
         reload_interval: float = 1.0,
     ) -> None:
-        super().__init__(transcoder=transcoder)
+        if isinstance(compressor, KeyRing):
+            # The key ring was the second positional argument before the mapper took
+            # eventsourcing's (transcoder, compressor, cipher): say so, not AttributeError.
+            raise TypeError("EnvelopeMapper: pass the key ring as key_ring=, not positionally")
+        if cipher is not None and not isinstance(cipher, KeyRingCipher):
+            raise ConfigurationError(
+                f"EnvelopeMapper seals with safereplay's key ring, bound to each row; it "
+                f"cannot use {type(cipher).__qualname__}: set "
+                "CIPHER_TOPIC=safereplay.domain.cipher:KeyRingCipher (with CIPHER_KEY="
+                "KEY_ID=BASE64) or use SAFEREPLAY_KEY_FILE / SAFEREPLAY_KEYS"
+            )
+        if key_ring is _FROM_CIPHER:
+            key_ring = cipher.key_ring if cipher is not None else None
+            if cipher is not None and key_file is None:
+                key_file = cipher.key_file
+        elif cipher is not None and key_ring is not cipher.key_ring:
+            raise ConfigurationError(
+                "EnvelopeMapper was given a key ring twice (key_ring= and a cipher): give one"
+            )
+        super().__init__(transcoder=transcoder, compressor=compressor, cipher=cipher)
         self.key_ring = key_ring
         # With a key file, a rotation done by another process (keys add/activate)
         # takes effect here without a restart: the file is re-read when its
@@ -114,6 +156,25 @@ class EnvelopeMapper(Mapper[UUID]):
             self.key_ring = KeyRing.load(self._key_file)
             self._file_stamp = stamp
 
+    _cipher: KeyRingCipher | None = None
+
+    @property
+    def cipher(self) -> KeyRingCipher | None:
+        """eventsourcing's view of the encryption: the cipher of the ring in use."""
+        ring = self.key_ring
+        if ring is None:
+            return None
+        cached = self._cipher
+        if cached is None or cached.key_ring is not ring:
+            cached = KeyRingCipher.of(ring, key_file=self._key_file)
+            self._cipher = cached
+        return cached
+
+    @cipher.setter
+    def cipher(self, value: Cipher | None) -> None:
+        # eventsourcing's Mapper.__init__ assigns the cipher; the ring is what counts.
+        self._cipher = value if isinstance(value, KeyRingCipher) else None
+
     # -- writing ----------------------------------------------------------------------
 
     def to_stored_event(self, domain_event: DomainEventProtocol[UUID]) -> StoredEvent:
@@ -123,6 +184,8 @@ class EnvelopeMapper(Mapper[UUID]):
         originator_version = event_state.pop("originator_version")
         event_state["class_version"] = getattr(type(domain_event), "class_version", 1)
         state = self.transcoder.encode(event_state)
+        if self.compressor is not None:
+            state = self.compressor.compress(state)
         self.refresh_key_ring()
         if self.key_ring is not None:
             state = self.key_ring.seal(
@@ -197,6 +260,20 @@ class EnvelopeMapper(Mapper[UUID]):
 
     def decode_state(self, stored: StoredEvent, cls: type[Any]) -> dict[str, Any]:
         plaintext = self.decrypt_state(stored)
+        if self.compressor is not None:
+            try:
+                plaintext = self.compressor.decompress(plaintext)
+            except Exception as exc:  # zlib.error, lzma.LZMAError...: no common base
+                raise UndecodableEvent(
+                    "stored event",
+                    [
+                        FieldProblem(
+                            "state",
+                            f"state at {describe_row(stored)} cannot be decompressed "
+                            f"({type(exc).__name__}); was it written without compression?",
+                        )
+                    ],
+                ) from None
         try:
             event_state: dict[str, Any] = (
                 self.transcoder.decode(plaintext)
@@ -206,7 +283,7 @@ class EnvelopeMapper(Mapper[UUID]):
         except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, bad transcoding
             # Only a plaintext store (encryption off) can get here with a damaged row:
             # a sealed state that authenticates is exactly what was written.
-            raise InvalidInput(
+            raise UndecodableEvent(
                 "stored event",
                 [
                     FieldProblem(
@@ -216,7 +293,7 @@ class EnvelopeMapper(Mapper[UUID]):
                 ],
             ) from None
         if not isinstance(event_state, dict):
-            raise InvalidInput(
+            raise UndecodableEvent(
                 "stored event",
                 [FieldProblem("state", f"state at {describe_row(stored)} is not an object")],
             )
@@ -300,6 +377,12 @@ class EnvelopeMapper(Mapper[UUID]):
             return None
         else:
             plaintext = blob
+        compressor = self.compressor
+        if compressor is not None:
+            try:
+                plaintext = compressor.decompress(plaintext)
+            except Exception:
+                return None  # the general path raises it, described
         try:
             state = orjson.loads(plaintext)
         except orjson.JSONDecodeError:

@@ -149,6 +149,13 @@ class DomainSettings(BaseSettings):
         description="Active key id for SAFEREPLAY_KEYS (default: the last key listed).",
     )
     pool_size: int = Field(default=5, ge=1, le=100, description="Database connections kept.")
+    migrate_on_start: bool = Field(
+        default=True,
+        description=(
+            "Let a process set up missing or outdated tables when it starts (after a look "
+            "at the schema catalog); false: only `safereplay migrate` does."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_consistency(self) -> DomainSettings:
@@ -260,6 +267,9 @@ class DomainSettings(BaseSettings):
                 "PERSISTENCE_MODULE": "eventsourcing.sqlite",
                 "SQLITE_DBNAME": str(self.sqlite_path),
                 "SQLITE_LOCK_TIMEOUT": "30",
+                # Tables are set up by the schema catalog (safereplay.domain.schema),
+                # once per version, not by eventsourcing at every start.
+                "CREATE_TABLE": "no",
             }
         assert self.postgres_dsn is not None
         params = conninfo_to_dict(self.postgres_dsn.get_secret_value())
@@ -278,6 +288,7 @@ class DomainSettings(BaseSettings):
             "POSTGRES_POOL_SIZE": str(self.pool_size),
             "POSTGRES_LOCK_TIMEOUT": "5",
             "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
+            "CREATE_TABLE": "no",
         }
         if "connect_timeout" in params:
             env["POSTGRES_CONNECT_TIMEOUT"] = str(params["connect_timeout"])

@@ -23,10 +23,11 @@ def open_store(
 ) -> ProjectionStore:
     """The projection store: by default in the event store's own database."""
     settings = settings if settings is not None else ProjectionSettings.from_env()
+    migrate = domain.migrate_on_start
     if domain.backend == "sqlite":
-        return SQLiteProjectionStore(settings.sqlite_store_path(domain))
+        return SQLiteProjectionStore(settings.sqlite_store_path(domain), migrate_on_start=migrate)
     conninfo, schema = settings.postgres_store(domain)
-    return PostgresProjectionStore(conninfo, schema=schema)
+    return PostgresProjectionStore(conninfo, schema=schema, migrate_on_start=migrate)
 
 
 def open_source(
@@ -55,6 +56,8 @@ def open_source(
     assert domain.postgres_dsn is not None
     settings = settings if settings is not None else ProjectionSettings.from_env()
     options = settings.watermark_options() | options
+    # The high-water mark's tables: set up on first use only if processes may migrate.
+    options.setdefault("create_tables", domain.migrate_on_start)
     return PostgresEventSource(
         domain.postgres_dsn.get_secret_value(),
         schema=domain.postgres_schema,

@@ -8,8 +8,10 @@ pipelined ``executemany``). The logic is
 for the store's schema once (the registry's when the store is opened, a table's
 when it is first used); identifiers are never formatted into SQL text. This
 module keeps what is PostgreSQL's own: the connection, transactions and locks
-(table creation is serialised with a transaction-level advisory lock, so workers
-starting together do not race on ``CREATE TABLE IF NOT EXISTS``), the values
+(the registry is set up once per schema version through the schema catalog,
+:mod:`safereplay.domain.schema`; a build's tables are created under a
+transaction-level advisory lock, so workers starting together do not race on
+``CREATE TABLE IF NOT EXISTS``), the values
 psycopg does not adapt as they are (JSON), and the statements PostgreSQL spells
 otherwise (``RETURNING``, arrays).
 """
@@ -25,6 +27,7 @@ import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
+from safereplay.domain.schema import PostgresSchema, SchemaDatabase
 from safereplay.projections.postgres_connection import Connection
 from safereplay.projections.sql_store import (
     RegistryValues,
@@ -115,8 +118,9 @@ class PostgresProjectionStore(SQLProjectionStore[sql.Composed, psycopg.Connectio
         schema: str = "public",
         connect_timeout: float = 5.0,
         application_name: str = "safereplay",
+        migrate_on_start: bool = True,
     ) -> None:
-        super().__init__(PostgresRenderer(schema))
+        super().__init__(PostgresRenderer(schema), migrate_on_start=migrate_on_start)
         self.schema = schema
         self._db = Connection(
             conninfo,
@@ -132,16 +136,18 @@ class PostgresProjectionStore(SQLProjectionStore[sql.Composed, psycopg.Connectio
 
     @contextmanager
     def _write(self, what: str, *, ddl: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        self.ensure_schema()
         with self._db.use(f"{self.description}: {what}") as conn, conn.transaction():
-            if ddl or not self._registry_ready:
+            if ddl:
+                # A build's tables are created (or dropped) one transaction at a time.
                 conn.execute(
                     "SELECT pg_advisory_xact_lock(hashtext(%s))",
                     (f"safereplay.projections.{self.schema}",),
                 )
-            if not self._registry_ready:
-                self._create_registry(conn)
             yield conn
-        self._registry_ready = True
+
+    def _schema_database(self) -> SchemaDatabase:
+        return PostgresSchema(lambda: self._db.use(f"{self.description}: schema"), self.schema)
 
     @contextmanager
     def _read(self, what: str) -> Iterator[psycopg.Connection[Any]]:
@@ -159,16 +165,6 @@ class PostgresProjectionStore(SQLProjectionStore[sql.Composed, psycopg.Connectio
             "SELECT pg_advisory_xact_lock(hashtext(%s))",
             (f"safereplay.positions.{self.schema}.{name}.{build}",),
         )
-
-    def _create_registry(self, conn: psycopg.Connection[Any]) -> None:
-        exists = conn.execute(
-            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (self.schema,)
-        ).fetchone()
-        if exists is None:
-            conn.execute(
-                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(self.schema))
-            )
-        super()._create_registry(conn)
 
     def _registry_table(self, conn: psycopg.Connection[Any]) -> str:
         return sql.Identifier(self.schema, BUILDS_TABLE).as_string(conn)

@@ -62,7 +62,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -70,6 +70,7 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg import sql
 
+from safereplay.domain.schema import PostgresSchema, SchemaStep, ensure_schema
 from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import WatermarkError  # re-exported: its former home
 from safereplay.projections.hole_proofs import (
@@ -81,18 +82,23 @@ from safereplay.projections.hole_proofs import (
     first_seen,
 )
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
-from safereplay.projections.watermark_tables import (
-    MAX_IDENTIFIER_BYTES,
-    WatermarkTables,
-    ensure_tables,
-)
+from safereplay.projections.watermark_tables import MAX_IDENTIFIER_BYTES, WatermarkTables
 
-__all__ = ["PostgresHighWaterMark", "WatermarkError", "WatermarkStatus"]
+__all__ = [
+    "WATERMARK_SCHEMA_VERSION",
+    "PostgresHighWaterMark",
+    "WatermarkError",
+    "WatermarkStatus",
+    "create_watermark_tables",
+]
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+#: The version of the tables :func:`create_watermark_tables` sets up: 1, the skipped
+#: holes and the mark; 2, the pending hole proofs.
+WATERMARK_SCHEMA_VERSION = 2
 #: A hold at one hole longer than this is logged (once per hole) as a warning.
 _LONG_HOLD_SECONDS = 60.0
 
@@ -149,8 +155,10 @@ class PostgresHighWaterMark(HighWaterMark):
       :meth:`filled_holes` finds the ones that were. Off by default.
     - ``holes_table`` (``"{table}_skipped_holes"``), ``mark_table``
       (``"{table}_hwm"``), ``proofs_table`` (``"{table}_hole_proofs"``): the
-      tables this class owns in ``schema``, created if missing when
-      ``create_tables`` (True; :meth:`ensure_tables` creates them on demand).
+      tables this class owns in ``schema``, set up through the schema catalog
+      (component ``watermark:<table>``, :func:`create_watermark_tables`) when
+      missing and ``create_tables`` (True; ``SAFEREPLAY_MIGRATE_ON_START``); with
+      False, missing tables raise ``DatabaseSchemaOutdated``.
     - ``persist_interval`` (1.0 s): the least time between writes of the mark
       when it moved over committed ids only (moves over holes are written at once,
       with the holes).
@@ -320,11 +328,6 @@ class PostgresHighWaterMark(HighWaterMark):
     def held_since(self) -> datetime | None:
         return self.status().holding_since
 
-    def ensure_tables(self) -> tuple[str, ...]:
-        """Create this mark's tables if missing (idempotent); returns their names."""
-        with self._lock:
-            return self._retrying(lambda conn: ensure_tables(conn, self.tables))
-
     def close(self) -> None:
         with self._lock:
             conn, self._conn = self._conn, None
@@ -426,13 +429,57 @@ class PostgresHighWaterMark(HighWaterMark):
         if row is None:
             return
         self._check_sequence(conn)
-        if self._create_tables:
-            ensure_tables(conn, self.tables)
+        self.ensure_schema(conn)
         started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
         assert started is not None
         self._relid, self._server_started = int(row[0]), started[0]
         self._table_exists = True
         self._adopt_persisted(conn, startup=True)
+
+    def ensure_schema(self, conn: psycopg.Connection[Any] | None = None) -> None:
+        """Check the catalog for this mark's tables; set them up if missing and allowed.
+
+        Read first, DDL only when the catalog says the tables are missing (see
+        :mod:`safereplay.domain.schema`); with ``create_tables=False`` a missing
+        table is :class:`~safereplay.domain.errors.DatabaseSchemaOutdated`.
+        """
+        if conn is None:
+            with self._lock:
+                self._retrying(lambda c: self._prepare(c))
+            return
+
+        @contextlib.contextmanager
+        def lend() -> Iterator[psycopg.Connection[Any]]:
+            yield conn
+
+        ensure_schema(
+            PostgresSchema(lend, self._schema),
+            [self.schema_step()],
+            migrate=self._create_tables,
+        )
+
+    def schema_step(self) -> SchemaStep:
+        """The ``watermark:<table>`` component: :func:`create_watermark_tables`."""
+        tables = self.tables
+
+        def apply(cursor: Any, from_version: int) -> None:
+            # Every table is created if missing: the same statements bring any
+            # earlier version (or none) up to this one.
+            create_watermark_tables(
+                cursor,
+                schema=tables.schema,
+                table=tables.table,
+                holes_table=tables.holes,
+                mark_table=tables.mark,
+                proofs_table=tables.proofs,
+            )
+
+        return SchemaStep(
+            f"watermark:{tables.table}",
+            WATERMARK_SCHEMA_VERSION,
+            apply,
+            "the high-water mark's tables",
+        )
 
     def _check_sequence(self, conn: psycopg.Connection[Any]) -> None:
         row = conn.execute(
@@ -666,6 +713,32 @@ class PostgresHighWaterMark(HighWaterMark):
             if not self._table_exists:
                 return []
         return conn.execute(query, (after, upto, upto)).fetchall()
+
+
+def create_watermark_tables(
+    conn: psycopg.Connection[Any] | psycopg.Cursor[Any],
+    *,
+    schema: str,
+    table: str,
+    holes_table: str | None = None,
+    mark_table: str | None = None,
+    proofs_table: str | None = None,
+) -> tuple[str, ...]:
+    """Create the tables of the high-water mark of ``schema.table`` if they are missing;
+    returns their names (skipped holes, mark, hole proofs).
+
+    The one place they are set up, idempotent (their DDL is
+    :meth:`WatermarkTables.create_statements
+    <safereplay.projections.watermark_tables.WatermarkTables.create_statements>`);
+    the ``watermark:<table>`` schema step (:meth:`PostgresHighWaterMark.schema_step`)
+    runs it inside a migration, which holds the schema's migration lock.
+    """
+    tables = WatermarkTables.of(
+        schema, table, holes=holes_table, mark=mark_table, proofs=proofs_table
+    )
+    for statement in tables.create_statements():
+        conn.execute(statement)
+    return tables.names
 
 
 def _first_line(exc: BaseException) -> str:

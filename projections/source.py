@@ -176,6 +176,10 @@ class EventSource(ABC):
             )
         return self.mapper.to_envelope(notification)
 
+    def ensure_schema(self) -> None:
+        """Check (and set up, if allowed) the tables the source's watermark keeps."""
+        self.watermark.ensure_schema()
+
     def close(self) -> None:
         self.watermark.close()
 

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 from uuid import UUID
 
+from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.batch import MergeShape, TableWrites
 from safereplay.projections.errors import (
     FencedOff,
@@ -63,6 +64,7 @@ from safereplay.projections.store_sql import (
     TableStatements,
     fence_statement,
     merge_statement,
+    registry_schema_step,
     store_statements,
     table_statements,
 )
@@ -170,8 +172,10 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
     #: How the backend stores the registry's values.
     _values: RegistryValues
 
-    def __init__(self, renderer: Renderer[Q]) -> None:
+    def __init__(self, renderer: Renderer[Q], *, migrate_on_start: bool = True) -> None:
         self._render: Renderer[Q] = renderer
+        #: May it set a missing registry up (``SAFEREPLAY_MIGRATE_ON_START``)?
+        self.migrate_on_start = migrate_on_start
         self._registry_ready = False
         self._codecs: dict[str, TableCodec[Q]] = {}
         self._fences: dict[tuple[str, tuple[str, ...]], Q] = {}
@@ -188,8 +192,8 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
     @abstractmethod
     def _write(self, what: str, *, ddl: bool = False) -> AbstractContextManager[C]:
         """The connection in a write transaction, committed when the block ends, rolled
-        back when it raises; the registry created on first use; driver errors
-        translated. ``ddl``: the transaction creates or drops tables."""
+        back when it raises; :meth:`ensure_schema` called before the first; driver
+        errors translated. ``ddl``: the transaction creates or drops tables."""
 
     @abstractmethod
     def _batch(self, conn: C) -> AbstractContextManager[Writer]:
@@ -216,11 +220,21 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
     def _resolve(self, conn: C, name: str, build: int, positions: Sequence[int], now: Any) -> int:
         """Mark unresolved parked ``positions`` resolved at ``now``; how many changed."""
 
+    @abstractmethod
+    def _schema_database(self) -> SchemaDatabase:
+        """Where this store's schema catalog lives (its own database or schema)."""
+
     # -- the registry ---------------------------------------------------------------------
 
-    def _create_registry(self, conn: C) -> None:
-        for statement in self._sql.create_registry:
-            conn.execute(statement)
+    def schema_step(self) -> SchemaStep:  # the ``projections`` component
+        return registry_schema_step(self._sql.create_registry)
+
+    def ensure_schema(self) -> None:
+        """Check the catalog once, before the first write; set up what is missing."""
+        if not self._registry_ready:
+            step = self.schema_step()
+            ensure_schema(self._schema_database(), [step], migrate=self.migrate_on_start)
+            self._registry_ready = True
 
     def _registry_exists(self) -> bool:
         if self._registry_ready:

@@ -25,6 +25,7 @@ from uuid import UUID
 
 import orjson
 
+from safereplay.domain.schema import SchemaDatabase, SQLiteSchema
 from safereplay.projections.sql_store import (
     RegistryValues,
     SQLProjectionStore,
@@ -120,8 +121,10 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
         load_json=orjson.loads,
     )
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
-        super().__init__(SQLiteRenderer())
+    def __init__(
+        self, path: Path | str, *, busy_timeout: float = 30.0, migrate_on_start: bool = True
+    ) -> None:
+        super().__init__(SQLiteRenderer(), migrate_on_start=migrate_on_start)
         self.path = Path(path)
         self._busy_timeout = busy_timeout
         self._lock = threading.RLock()
@@ -146,11 +149,10 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
         # (``ddl`` or not): writers are serialised, a read inside sees no other
         # writer's change until COMMIT, and no row needs a lock of its own.
         with self._lock:
+            self.ensure_schema()
             try:
                 conn = self._connection()
                 conn.execute("BEGIN IMMEDIATE")
-                if not self._registry_ready:
-                    self._create_registry(conn)
             except sqlite3.Error as exc:
                 self._rollback()
                 raise translate(exc, f"{self.description}: {what}") from exc
@@ -163,7 +165,18 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
             except BaseException:
                 self._rollback()
                 raise
-            self._registry_ready = True
+
+    def _schema_database(self) -> SchemaDatabase:
+        @contextmanager
+        def lend() -> Iterator[sqlite3.Connection]:
+            with self._lock:
+                try:
+                    yield self._connection()
+                except sqlite3.Error as exc:
+                    self._rollback()
+                    raise translate(exc, f"{self.description}: schema") from exc
+
+        return SQLiteSchema(lend, self.description)
 
     @contextmanager
     def _read(self, what: str) -> Iterator[sqlite3.Connection]:

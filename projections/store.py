@@ -327,6 +327,10 @@ class ProjectionStore(ABC):
     def description(self) -> str:
         """Which database (no secrets), for messages."""
 
+    def ensure_schema(self) -> None:  # noqa: B027 - optional hook
+        """Check the schema catalog (and set up what is missing, if allowed); see
+        :mod:`safereplay.domain.schema`. A store without a catalog has nothing to do."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -16,16 +16,19 @@ else is one text. The stores render these once, when they are opened
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, Literal
+from typing import Any, Generic, Literal
 
+from safereplay.domain.schema import SchemaStep
 from safereplay.projections.batch import MergeShape
 from safereplay.projections.sqltemplate import Q, Renderer
 from safereplay.projections.tables import Table
 
 __all__ = [
     "KEEP",
+    "PROJECTIONS_COMPONENT",
+    "PROJECTIONS_SCHEMA_VERSION",
     "REGISTRY_EXISTS",
     "RESOLVE_PARKED",
     "ROW_SOURCE",
@@ -34,9 +37,16 @@ __all__ = [
     "TableStatements",
     "fence_statement",
     "merge_statement",
+    "registry_schema_step",
     "store_statements",
     "table_statements",
 ]
+
+#: The registry's component in the schema catalog (:mod:`safereplay.domain.schema`)
+#: and its version: raise it with any change to the registry tables, and make
+#: :func:`registry_schema_step` bring the previous version up to it.
+PROJECTIONS_COMPONENT = "projections"
+PROJECTIONS_SCHEMA_VERSION = 1
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -426,4 +436,20 @@ def _write_rows(r: Renderer[Q], table: Table, name: Q, names: list[str], action:
         rows=rows,
         keys=r.names(table.key_names),
         action=action,
+    )
+
+
+def registry_schema_step(create_registry: Sequence[Any]) -> SchemaStep:
+    """The ``projections`` step: a store's rendered ``create_registry`` statements."""
+    statements = list(create_registry)
+
+    def apply(cursor: Any, from_version: int) -> None:
+        for statement in statements:
+            cursor.execute(statement)
+
+    return SchemaStep(
+        PROJECTIONS_COMPONENT,
+        PROJECTIONS_SCHEMA_VERSION,
+        apply,
+        "the projection store's registry: builds, positions, parked events",
     )

@@ -64,6 +64,9 @@ class HighWaterMark(ABC):
         requires it to be empty."""
         return []
 
+    def ensure_schema(self) -> None:  # noqa: B027 - optional hook
+        """Check (and set up, if allowed) the tables the mark keeps; none by default."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -10,21 +10,20 @@ Three tables in the events table's schema, named after it by default:
   that were in flight when it was begun (:mod:`safereplay.projections.hole_proofs`).
   A new process continues these instead of starting over.
 
-:func:`ensure_tables` creates the three of them, idempotently, in one transaction
-serialised by an advisory lock (concurrent ``CREATE TABLE IF NOT EXISTS`` of the
-same name can fail otherwise). It is the one place their schema is written: the
-mark calls it on first use, and an explicit schema-setup step can call it instead.
+Their statements are written here once (``CREATE TABLE IF NOT EXISTS``, so they
+bring any earlier version up). They run only through
+:func:`~safereplay.projections.postgres_watermark.create_watermark_tables`, the
+``watermark:<table>`` step of the schema catalog (``safereplay migrate``, or
+migrate-on-start under the catalog's lock), never at every start.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
-import psycopg
 from psycopg import sql
 
-__all__ = ["MAX_IDENTIFIER_BYTES", "WatermarkTables", "ensure_tables"]
+__all__ = ["MAX_IDENTIFIER_BYTES", "WatermarkTables"]
 
 #: PostgreSQL truncates longer identifiers silently; we refuse them instead.
 MAX_IDENTIFIER_BYTES = 63
@@ -79,10 +78,6 @@ class WatermarkTables:
     def qualified(self, name: str) -> sql.Composed:
         return sql.SQL("{}.{}").format(sql.Identifier(self.schema), sql.Identifier(name))
 
-    def lock_key(self) -> str:
-        """The advisory lock (by ``hashtext``) that serialises creating these tables."""
-        return f"safereplay.watermark.{self.schema}.{self.table}"
-
     def create_statements(self) -> list[sql.Composed]:
         fmt = {
             "holes": self.qualified(self.holes),
@@ -119,17 +114,3 @@ class WatermarkTables:
                 "CHECK (cardinality(writers) = cardinality(writer_pids)))",
             )
         ]
-
-
-def ensure_tables(conn: psycopg.Connection[Any], tables: WatermarkTables) -> tuple[str, ...]:
-    """Create the mark's tables if missing; returns their names. Idempotent.
-
-    Runs in one transaction of ``conn`` (which must not be inside one already
-    unless the caller wants the DDL in its own), serialised with any other
-    process creating the same tables.
-    """
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (tables.lock_key(),))
-        for statement in tables.create_statements():
-            conn.execute(statement)
-    return tables.names

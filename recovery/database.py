@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from safereplay.domain.schema import PostgresSchema, SchemaDatabase, SQLiteSchema
 from safereplay.domain.secret import Password
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
@@ -70,6 +71,14 @@ class Database(ABC):
     @abstractmethod
     def is_refused_by_database(self, exc: BaseException) -> bool:
         """True for errors raised by the database's own rules (triggers, privileges)."""
+
+    @abstractmethod
+    def schema_database(self) -> SchemaDatabase:
+        """This database's schema catalog (:mod:`safereplay.domain.schema`)."""
+
+    @abstractmethod
+    def render(self, template: str) -> Any:
+        """A template as this backend runs it (for statements run outside a :class:`Tx`)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -130,6 +139,17 @@ class SQLiteDatabase(Database):
 
     def is_refused_by_database(self, exc: BaseException) -> bool:
         return isinstance(exc, sqlite3.IntegrityError | sqlite3.DatabaseError)
+
+    def schema_database(self) -> SchemaDatabase:
+        @contextmanager
+        def lend() -> Iterator[sqlite3.Connection]:
+            with self._lock:
+                yield self._conn
+
+        return SQLiteSchema(lend, f"SQLite file {self.path!r}")
+
+    def render(self, template: str) -> str:
+        return sqlite_statement(template)
 
     def close(self) -> None:
         self._conn.close()
@@ -202,6 +222,12 @@ class PostgresDatabase(Database):
 
     def is_refused_by_database(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.RaiseException | psycopg.errors.InsufficientPrivilege)
+
+    def schema_database(self) -> SchemaDatabase:
+        return PostgresSchema(self._pool.connection, self.schema)
+
+    def render(self, template: str) -> sql.Composed:
+        return postgres_statement(template, self.schema)
 
     def close(self) -> None:
         self._pool.close()

@@ -33,6 +33,7 @@ ALLOWED = {"domain": set(), "projections": {"domain"}, "recovery": {"projections
 RECOVERY_LAYERS = (
     "cli",
     "operations",
+    "migrations",
     "templates",
     "drills",
     "jobs",

@@ -146,9 +146,7 @@ def applied_up_to(world: World, position: int) -> int:
 
 
 def test_status_and_catch_up_never_call_a_held_back_backlog_zero(world: World) -> None:
-    """A writer keeps a position in doubt while events commit above it. (Only
-    ``-w 0`` while it is open: a worker opens the application, whose start-up DDL
-    on the events table waits for every open writer.)"""
+    """A writer keeps a position in doubt while events commit above it."""
     code, _, out = run(world.env, "catch-up", "run_status", "-w", "1", "-r", "start")
     assert code == 0, out
     quick = world.env | {"SAFEREPLAY_CATCH_UP_WAIT": "0.2"}
@@ -222,9 +220,9 @@ class OverlappingWriters:
     opened a newer one (counted, under a condition), and not before ``hold``
     seconds: so every transaction lasts at least ``2 * hold`` and overlaps the next.
     ``hold`` only paces them; the overlap comes from the counting. One exception:
-    a writer whose partner cannot open (queued behind DDL that waits for the open
-    writer, such as eventsourcing's start-up ``CREATE INDEX IF NOT EXISTS`` in a
-    new worker process) commits after ``4 * hold`` rather than deadlock with it.
+    a writer whose partner cannot open (its insert queued behind a lock that waits
+    for the open writer, such as DDL on the events table) commits after
+    ``4 * hold`` rather than deadlock with it.
     """
 
     def __init__(self, world: World, *, hold: float) -> None:

@@ -114,13 +114,13 @@ def common_state(**overrides: Any) -> dict[str, Any]:
 def mappers(ring: KeyRing | None, aggregate_id: UUID) -> tuple[EnvelopeMapper, EnvelopeMapper]:
     """A mapper that has decoded one event of each topic of ``aggregate_id`` (so that
     the common path knows them), and one with the general path only."""
-    mapper = EnvelopeMapper(transcoder(), ring)
+    mapper = EnvelopeMapper(transcoder(), key_ring=ring)
     for topic in TOPICS:
         warm = common_state(class_version=2 if topic == TOPICS[1] else 1, error_code="E")
         mapper.to_envelope(
             stored_event(warm, topic=topic, aggregate_id=aggregate_id, version=1, key_ring=ring)
         )
-    return mapper, GeneralOnly(transcoder(), ring)
+    return mapper, GeneralOnly(transcoder(), key_ring=ring)
 
 
 def test_a_common_event_takes_the_common_path_and_equals_the_general_one() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +219,50 @@ class TestPostgresAuditTrail(AuditTrailContract):
             conn.execute("SET session_replication_role = replica")
             conn.execute(postgres_statement(statement, self.schema), params or None)
         assert sql  # keep the import for readers looking for identifier handling
+
+    def test_first_appenders_together_take_one_seq_each(self, trail: AuditTrail) -> None:
+        """Two processes bootstrapping a new store append their first entries together:
+        both read an empty head (held at a barrier until both have), and still take
+        seq 1 and 2. (SQLite's write transactions are serial: no such interleaving.)"""
+        both_read = threading.Barrier(2, timeout=60)
+
+        class MeetAfterReadingTheHead(PostgresDatabase):
+            @contextmanager
+            def transaction(self, *, write: bool) -> Iterator[Any]:
+                with super().transaction(write=write) as tx:
+                    rows, met = tx.rows, []
+
+                    def meeting_rows(template: str, *args: Any, **kwargs: Any) -> Any:
+                        result = rows(template, *args, **kwargs)
+                        if "FROM {audit_head}" in template and not result and not met:
+                            met.append(True)  # the first read only: the re-read waits
+                            both_read.wait()
+                        return result
+
+                    tx.rows = meeting_rows  # type: ignore[method-assign]
+                    yield tx
+
+        errors: list[BaseException] = []
+        key = AuditKey.generate()
+        fresh = AuditTrail(trail.database, key)  # the fixture's tables, still empty
+
+        def append(n: int) -> None:
+            database = MeetAfterReadingTheHead(self.dsn, schema=self.schema)
+            try:
+                AuditTrail(database, key).append(record(n))
+            except BaseException as exc:
+                errors.append(exc)
+            finally:
+                database.close()
+
+        threads = [threading.Thread(target=append, args=(n,)) for n in (1, 2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not errors, errors
+        assert sorted(e.seq for e in fresh.entries()) == [1, 2]
+        assert fresh.verify().ok
 
 
 def test_audit_key_problems_are_clear(tmp_path: Path) -> None:

@@ -260,6 +260,7 @@ def test_sqlite_settings_map_onto_eventsourcing_sqlite() -> None:
         "PERSISTENCE_MODULE": "eventsourcing.sqlite",
         "SQLITE_DBNAME": "/data/events.db",
         "SQLITE_LOCK_TIMEOUT": "30",
+        "CREATE_TABLE": "no",  # tables are set up by the schema catalog
     }
 
 
@@ -284,6 +285,7 @@ def test_postgres_settings_map_onto_eventsourcing_postgres() -> None:
         "POSTGRES_LOCK_TIMEOUT": "5",
         "POSTGRES_IDLE_IN_TRANSACTION_SESSION_TIMEOUT": "10",
         "POSTGRES_CONNECT_TIMEOUT": "4",
+        "CREATE_TABLE": "no",
     }
     assert settings.postgres_password() == PASSWORD
 
@@ -310,7 +312,7 @@ def test_the_application_is_configured_by_its_settings_alone(
     """eventsourcing would also read os.environ, where SAFEREPLAY_PERSISTENCE_MODULE
     (its name-prefixed form of PERSISTENCE_MODULE) would switch to an in-memory store."""
     monkeypatch.setenv("SAFEREPLAY_PERSISTENCE_MODULE", "eventsourcing.popo")
-    monkeypatch.setenv("PERSISTENCE_MODULE", "eventsourcing.popo")
+    # (PERSISTENCE_MODULE itself is refused there: test_eventsourcing_settings.py.)
     monkeypatch.setenv("SAFEREPLAY_SQLITE_DBNAME", "elsewhere.db")
     monkeypatch.setenv("IS_SNAPSHOTTING_ENABLED", "y")
     settings = DomainSettings.from_env(sqlite_path=Path("events.db"), encryption=False)

@@ -569,16 +569,20 @@ class TestPostgresHighWaterMark(HighWaterMarkContract):
         assert decided([proof, newer], {"4/2": 102}, run) == proof, "the lower cover first"
         assert decided([proof, newer], {"5/1": 103}, run) == newer, "the largest cover done"
 
-    def test_ensure_tables_creates_every_watermark_table_once(self, log: PgLog) -> None:
-        from safereplay.projections.watermark_tables import WatermarkTables, ensure_tables
+    def test_one_idempotent_function_creates_every_watermark_table(self, log: PgLog) -> None:
+        from safereplay.projections.postgres_watermark import (
+            WATERMARK_SCHEMA_VERSION,
+            create_watermark_tables,
+        )
 
         mark = log.mark()
+        assert mark.advance() == 0  # the catalog set the tables up (migrate on start)
         names = (f"{log.table}_skipped_holes", f"{log.table}_hwm", f"{log.table}_hole_proofs")
-        assert mark.ensure_tables() == names
-        assert mark.ensure_tables() == names  # idempotent
+        assert (mark.holes_table, mark.mark_table, mark.proofs_table) == names
+        assert mark.schema_step().version == WATERMARK_SCHEMA_VERSION == 2
         with log.connect() as conn:
-            tables = WatermarkTables.of(log.schema, log.table)
-            assert ensure_tables(conn, tables) == names
+            for _ in range(2):  # idempotent
+                assert create_watermark_tables(conn, schema=log.schema, table=log.table) == names
             found = {
                 r[0]
                 for r in conn.execute(
@@ -586,7 +590,6 @@ class TestPostgresHighWaterMark(HighWaterMarkContract):
                 )
             }
         assert set(names) <= found
-        assert (mark.holes_table, mark.mark_table, mark.proofs_table) == names
         mark.close()
 
     # -- skipped holes and the persisted mark ---------------------------------------------

@@ -13,6 +13,7 @@ from safereplay.domain import DomainError
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import jobs as cli_jobs
 from safereplay.recovery.cli import rebuilds as cli_recovery
+from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
 from safereplay.recovery.cli import templates as cli_templates
 from safereplay.recovery.cli.demo import run_demo, status_table
@@ -92,6 +93,7 @@ cli_recovery.register(app, cli_jobs.parked_app)
 cli_security.register(app)
 cli_drill.register(app)
 cli_templates.register(app)
+cli_schema.register(app)
 
 
 def main() -> None:

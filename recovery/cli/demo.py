@@ -25,6 +25,10 @@ from safereplay.projections import (
 )
 from safereplay.recovery.cli.demo_story import StoryResult, tell_recovery_story
 from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.schema import migrate_bootstrap
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
 
 __all__ = ["DemoResult", "run_demo", "status_table"]
 
@@ -145,6 +149,22 @@ def start_over(directory: Path) -> None:
     )
 
 
+def migrate_database(directory: Path, settings: DomainSettings, console: Console) -> None:
+    """What `safereplay migrate` does on a new database: every component's tables, once,
+    audited as the bootstrap (no principal exists yet)."""
+    audit_key = directory / "audit.key"
+    AuditKey.generate().save(audit_key)
+    context = RecoveryContext(
+        domain=settings, recovery=RecoverySettings(audit_key_file=audit_key), check_schema=False
+    )
+    try:
+        report = migrate_bootstrap(context, reason="demo: a new database")
+    finally:
+        context.close()
+    components = ", ".join(a["component"] for a in report["applied"])
+    console.print(f"schema:      `safereplay migrate` set up {components} (audited)")
+
+
 def run_demo(
     directory: Path, *, console: Console, workflows: int = 6, runs: int = 12
 ) -> DemoResult:
@@ -157,6 +177,7 @@ def run_demo(
     console.rule("[bold]safereplay demo")
     console.print(f"event store: SQLite at {db_path}")
     console.print(f"key ring:    {key_file} (owner-only), active key 'demo-1'")
+    migrate_database(directory, settings, console)
     app = AutomationApp(settings)
     try:
         summary = record_workload(app, workflows=workflows, runs_per_workflow=runs, source="demo")

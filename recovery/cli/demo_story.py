@@ -29,7 +29,7 @@ from safereplay.projections import (
     RunStatusBoard,
     WorkflowStatistics,
 )
-from safereplay.recovery.cli.rebuilds import start_workers, watch_job
+from safereplay.recovery.cli.rebuilds import start_workers, watch_job, worker_failures
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.worker import WorkerOptions
 from safereplay.recovery.operations.catalog import open_operations
@@ -175,7 +175,8 @@ def tell_recovery_story(
     directory: Path, settings: DomainSettings, app: AutomationApp, *, console: Console
 ) -> StoryResult:
     audit_key = directory / "audit.key"
-    AuditKey.generate().save(audit_key)
+    if not audit_key.exists():  # run_demo made it to migrate the database
+        AuditKey.generate().save(audit_key)
     context = RecoveryContext(
         domain=settings,
         recovery=RecoverySettings(
@@ -280,7 +281,10 @@ def _story(
     console.print(_jobs_table(context.jobs.status(job_id), time.time()))
     workers += start_workers(str(job_id), 1, env=env)
     console.print("a replacement worker joins; the expired lease is taken over")
-    status = watch_job(context.jobs, job_id, workers=[w for w in workers if w is not holder])
+    survivors = [w for w in workers if w is not holder]
+    status = watch_job(context.jobs, job_id, workers=survivors)
+    for failure in worker_failures(survivors):
+        console.print(f"[red]error:[/] {failure}", highlight=False)
     console.print(_jobs_table(status, time.time()))
 
     console.rule("[bold]verify and swap")

@@ -3,7 +3,9 @@ retry-partition, parked redrive.
 
 ``rebuild`` and ``catch-up`` create the job through the dispatch layer (checked
 and audited), then by default start ``--workers`` local worker processes and
-show one progress bar per partition (events, rate, ETA) until the job ends.
+show one progress bar per partition (events, rate, ETA) until the job ends. A
+local worker that fails makes the command exit with 1, naming the worker and its
+error (its partition was given back, so the others carry on).
 Workers on other machines join with ``safereplay worker``. Every worker process
 authenticates with the caller's token from the environment and runs through the
 ``worker`` operation, so it too is checked and audited.
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -43,7 +46,7 @@ from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.templates.apply import AppliedStep, apply_template, wait_for_job
 from safereplay.recovery.templates.store import TemplateStore, resolve_template
 
-__all__ = ["register", "watch_job"]
+__all__ = ["WorkerProcess", "register", "start_workers", "watch_job", "worker_failures"]
 
 Partitions = Annotated[
     int | None,
@@ -72,9 +75,48 @@ Projection = Annotated[str, typer.Argument(help="The projection's name.")]
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 
 
+class WorkerProcess(subprocess.Popen[bytes]):
+    """A local worker process whose error output is kept, to say why it failed.
+
+    Its stderr goes to a temporary file (a pipe could fill up and block it), which
+    is passed on to this process's stderr once the worker has exited.
+    """
+
+    def __init__(self, command: list[str], *, number: int, env: Mapping[str, str] | None) -> None:
+        self.number = number
+        self._stderr_file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by error_text()
+        # Its own reports are not the caller's output.
+        super().__init__(
+            command,
+            env=None if env is None else dict(env),
+            stdout=subprocess.DEVNULL,
+            stderr=self._stderr_file,
+        )
+        self._error_text: str | None = None
+
+    def error_text(self) -> str:
+        """What it wrote to stderr (read once it has exited)."""
+        if self._error_text is None:
+            self.wait()
+            self._stderr_file.seek(0)
+            self._error_text = self._stderr_file.read().decode("utf-8", "replace")
+            self._stderr_file.close()
+        return self._error_text
+
+    def failure(self) -> str | None:
+        """None if it exited with 0; else which worker failed, and why (its last line)."""
+        code = self.wait()
+        if code == 0:
+            return None
+        lines = [line.strip() for line in self.error_text().splitlines() if line.strip()]
+        why = lines[-1] if lines else "no error output"
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        return f"worker {self.number} (pid {self.pid}) {how}: {why}"
+
+
 def start_workers(
     job_id: str, count: int, *, env: Mapping[str, str] | None = None
-) -> list[subprocess.Popen[bytes]]:
+) -> list[WorkerProcess]:
     """``count`` worker processes for one job; they exit when it has no work left.
 
     They authenticate with the token in their environment (``env``, default this
@@ -84,13 +126,20 @@ def start_workers(
         *(sys.executable, "-m", "safereplay.recovery.cli"),
         *("worker", "--job", job_id, "--exit-when-idle"),
     ]
-    # Their own reports are not the caller's output; errors still reach stderr.
-    return [
-        subprocess.Popen(  # noqa: S603 - our own CLI
-            command, env=None if env is None else dict(env), stdout=subprocess.DEVNULL
-        )
-        for _ in range(count)
-    ]
+    return [WorkerProcess(command, number=n, env=env) for n in range(1, count + 1)]
+
+
+def worker_failures(workers: Sequence[WorkerProcess]) -> list[str]:
+    """Wait for ``workers``; pass their error output on; one line per failed worker."""
+    failures = []
+    for worker in workers:
+        text = worker.error_text()
+        if text:
+            sys.stderr.write(text)
+        failure = worker.failure()
+        if failure is not None:
+            failures.append(failure)
+    return failures
 
 
 def _progress_fields(status: JobStatus, index: int) -> dict[str, Any]:
@@ -108,7 +157,7 @@ def watch_job(
     jobs: JobStore,
     job_id: UUID,
     *,
-    workers: list[subprocess.Popen[bytes]] | None = None,
+    workers: Sequence[subprocess.Popen[bytes]] | None = None,
     interval: float = 0.25,
 ) -> JobStatus:
     """Show a job's partitions until it ends (or its local workers have all exited).
@@ -202,8 +251,16 @@ def _run_job(
                 f"{started['build']} to position {started['target_position']} in "
                 f"{started['partitions']} partition(s), {workers} local worker(s)"
             )
-        status = watch_job(context.jobs, job_id, workers=start_workers(str(job_id), workers))
+        processes = start_workers(str(job_id), workers)
+        status = watch_job(context.jobs, job_id, workers=processes)
+        failures = worker_failures(processes)
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
+        if failures:
+            # Even if the others finished the job: a worker that died is a fault to
+            # look at (the same one may stop the next job).
+            for failure in failures:
+                error_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_NO)
         if status.job.state != JobState.COMPLETED:
             console.print(f"job {job_id} is {status.job.state}: {status.job.error or ''}")
             raise typer.Exit(EXIT_NO)
@@ -434,7 +491,7 @@ class ProcessDriver:
     def __init__(self, jobs: JobStore, workers: int) -> None:
         self.jobs = jobs
         self.workers = workers
-        self.processes: list[subprocess.Popen[bytes]] = []
+        self.processes: list[WorkerProcess] = []
 
     def start(self, job_id: UUID) -> None:
         self.processes += start_workers(str(job_id), self.workers)
@@ -443,10 +500,18 @@ class ProcessDriver:
         return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
 
     def close(self) -> None:
+        stopped = []
         for process in self.processes:
             if process.poll() is None:
                 process.terminate()  # SIGTERM: a worker gives its partition back
+                stopped.append(process)
             process.wait()
+        # Those stopped here were not failing: only the others' exits are reported.
+        failed_alone = [p for p in self.processes if p not in stopped]
+        for failure in worker_failures(failed_alone):
+            error_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
+        for process in stopped:
+            process.error_text()  # read and close its error file
 
 
 def apply_command(
@@ -461,7 +526,7 @@ def apply_command(
     with recovery_context() as context:
         caller = context.caller()
         store = TemplateStore(context.database)
-        store.create_tables()
+        context.ensure_schema()
         loaded, origin = resolve_template(template, store)
         driver = ProcessDriver(context.jobs, max(1, workers))
         try:

@@ -8,6 +8,9 @@ Exit codes::
     3  access denied (the attempt is audited)
     4  authentication failed (no token, or the token is not valid)
     5  conflict (a job already holds the projection, a lease was lost)
+    6  the database's schema does not fit this code: missing or outdated (run
+       ``safereplay migrate``), newer than this code (upgrade), or a migration
+       could not take its locks in time (retry)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from uuid import UUID
 from rich.console import Console
 
 from safereplay.domain import DomainError
+from safereplay.domain.errors import SchemaError
 from safereplay.projections import PositionConflict, ProjectionError
 from safereplay.recovery.errors import JobConflict, RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
@@ -37,6 +41,7 @@ __all__ = [
     "EXIT_DENIED",
     "EXIT_INVALID",
     "EXIT_NO",
+    "EXIT_SCHEMA",
     "EXIT_UNAUTHENTICATED",
     "console",
     "emit",
@@ -52,6 +57,7 @@ EXIT_INVALID = 2
 EXIT_DENIED = 3
 EXIT_UNAUTHENTICATED = 4
 EXIT_CONFLICT = 5
+EXIT_SCHEMA = 6
 
 console = Console()
 error_console = Console(stderr=True)
@@ -69,15 +75,20 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_UNAUTHENTICATED
     if isinstance(exc, JobConflict | PositionConflict):
         return EXIT_CONFLICT
+    if isinstance(exc, SchemaError):
+        return EXIT_SCHEMA
     return EXIT_INVALID
 
 
 @contextmanager
-def recovery_context() -> Iterator[RecoveryContext]:
-    """A context from the environment; known errors become messages and exit codes."""
+def recovery_context(*, check_schema: bool = True) -> Iterator[RecoveryContext]:
+    """A context from the environment; known errors become messages and exit codes.
+
+    ``check_schema``: see :attr:`RecoveryContext.check_schema` (off for ``migrate``).
+    """
     context: RecoveryContext | None = None
     try:
-        context = RecoveryContext.from_env()
+        context = RecoveryContext.from_env(check_schema=check_schema)
         yield context
     except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
         fail(str(exc), exit_code_for(exc))

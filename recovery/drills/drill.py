@@ -271,10 +271,17 @@ class DrillStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    @staticmethod
+    def schema_statements() -> list[str]:
+        """The table's DDL (templates), run by the ``recovery`` schema step."""
+        return [_CREATE_DRILLS, _CREATE_DRILLS_INDEX]
+
     def create_tables(self) -> None:
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
-            tx.execute(_CREATE_DRILLS)
-            tx.execute(_CREATE_DRILLS_INDEX)
+            for statement in self.schema_statements():
+                tx.execute(statement)
 
     def record(self, result: DrillResult) -> None:
         details = {

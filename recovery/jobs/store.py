@@ -233,11 +233,17 @@ class SQLJobStore(JobStore):
     def close(self) -> None:
         self.database.close()
 
+    @staticmethod
+    def schema_statements() -> list[str]:
+        """The tables' DDL (templates), run by the ``recovery`` schema step."""
+        return [sql.CREATE_JOBS, sql.CREATE_ONE_ACTIVE_JOB_INDEX, sql.CREATE_PARTS]
+
     def create_tables(self) -> None:
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self._transaction(write=True) as tx:
-            tx.execute(sql.CREATE_JOBS)
-            tx.execute(sql.CREATE_ONE_ACTIVE_JOB_INDEX)
-            tx.execute(sql.CREATE_PARTS)
+            for statement in self.schema_statements():
+                tx.execute(statement)
 
     def create_job(self, new: NewJob) -> Job:
         job_id = uuid4()

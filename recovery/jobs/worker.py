@@ -18,7 +18,9 @@ accounts for every position up to it; a handler failure the policy does not park
 fails the partition (the others go on; ``retry_partition`` re-runs it alone).
 
 A worker killed at any instant loses nothing: its lease expires, another worker
-claims the partition and goes on from the last committed position.
+claims the partition and goes on from the last committed position. A worker that
+fails with a partition claimed (an error, not a kill) gives it back first, so
+that no one waits for the lease to expire.
 """
 
 from __future__ import annotations
@@ -297,6 +299,31 @@ class Worker:
         except LeaseLost as exc:
             logger.warning("worker %s: %s", self.worker_id, exc)
             return PartitionOutcome.LOST
+        except BaseException as exc:
+            # The worker is dying with the partition claimed (its event source would
+            # not open, the database refused it, it was interrupted...): give the
+            # partition back now, so that another worker takes it at once instead of
+            # after the lease expires. If even that fails, the lease still expires.
+            try:
+                self.jobs.release(claim)
+            except Exception as release_error:
+                logger.warning(
+                    "worker %s: could not give partition %d of job %s back (%s); its "
+                    "lease will expire",
+                    self.worker_id,
+                    index,
+                    job.job_id,
+                    release_error,
+                )
+            else:
+                logger.warning(
+                    "worker %s: gave partition %d of job %s back after %s",
+                    self.worker_id,
+                    index,
+                    job.job_id,
+                    error_summary(exc) if isinstance(exc, Exception) else type(exc).__name__,
+                )
+            raise
 
     def _policy(self, job: Job, breaker: CircuitBreaker) -> BreakerPolicy:
         rules = self.policies.live if job.kind == JobKind.CATCH_UP else self.policies.rebuild

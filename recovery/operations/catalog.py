@@ -17,6 +17,7 @@ from safereplay.recovery.operations.drills import register_drill_operations
 from safereplay.recovery.operations.jobs import register_job_operations
 from safereplay.recovery.operations.projections import register_projection_operations
 from safereplay.recovery.operations.rebuilds import register_recovery_operations
+from safereplay.recovery.operations.schema import register_schema_operations
 from safereplay.recovery.operations.security import register_security_operations
 from safereplay.recovery.operations.templates import register_template_operations
 
@@ -33,14 +34,16 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_drill_operations,
     register_template_operations,
     register_recovery_operations,
+    register_schema_operations,
 )
 
 
 def open_operations(context: RecoveryContext) -> Operations:
     """The dispatcher with every operation registered, running against ``context``.
 
-    Creates the access-control and audit tables if they are missing (the
-    dispatcher checks grants and appends audit entries from its first call).
+    Checks the access-control and audit tables in the schema catalog first (the
+    dispatcher checks grants and appends audit entries from its first call); see
+    :meth:`RecoveryContext.ensure_schema`.
     """
     operations = Operations(access=context.access, audit=context.audit)
     for register in REGISTRARS:

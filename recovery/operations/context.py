@@ -20,6 +20,7 @@ from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatab
 from safereplay.recovery.jobs.model import Job
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
+from safereplay.recovery.migrations.steps import ensure_recovery_schema
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
@@ -34,11 +35,28 @@ class RecoveryContext:
 
     domain: DomainSettings
     recovery: RecoverySettings
+    #: Check the recovery tables' schema version before first use (and set them up
+    #: if missing, when ``SAFEREPLAY_MIGRATE_ON_START`` allows). Off only for
+    #: ``safereplay migrate``, which reads the access tables of an older version to
+    #: authenticate its caller before it migrates them.
+    check_schema: bool = True
     _closers: list[object] = field(default_factory=list)
+    _schema_checked: bool = False
 
     @classmethod
-    def from_env(cls) -> RecoveryContext:
-        return cls(domain=DomainSettings.from_env(), recovery=RecoverySettings.from_env())
+    def from_env(cls, *, check_schema: bool = True) -> RecoveryContext:
+        return cls(
+            domain=DomainSettings.from_env(),
+            recovery=RecoverySettings.from_env(),
+            check_schema=check_schema,
+        )
+
+    def ensure_schema(self) -> None:
+        """Check the recovery tables in the schema catalog, once (no DDL when current)."""
+        if self._schema_checked or not self.check_schema:
+            return
+        ensure_recovery_schema(self.database, migrate=self.domain.migrate_on_start)
+        self._schema_checked = True
 
     @cached_property
     def projection_settings(self) -> ProjectionSettings:
@@ -79,9 +97,8 @@ class RecoveryContext:
     @cached_property
     def log(self) -> EventSource:
         """The notification log without a key ring: head, high-water mark and what is
-        held back, for planning (which decodes nothing). It opens no application:
-        eventsourcing's start-up DDL on the events table waits for every writer
-        transaction open at the time, which a plan need not do."""
+        held back, for planning (which decodes nothing): it opens no application,
+        no key ring and no pool."""
         source = open_source(self.domain, settings=self.projection_settings)
         self._closers.append(source)
         return source
@@ -119,19 +136,19 @@ class RecoveryContext:
     @cached_property
     def access(self) -> AccessControl:
         access = AccessControl(self.database)
-        access.create_tables()
+        self.ensure_schema()
         return access
 
     @cached_property
     def audit(self) -> AuditTrail:
         audit = AuditTrail(self.database, AuditKey.from_settings(self.recovery))
-        audit.create_tables()
+        self.ensure_schema()
         return audit
 
     @cached_property
     def jobs(self) -> JobStore:
         jobs = SQLJobStore(self.database)
-        jobs.create_tables()
+        self.ensure_schema()
         return jobs
 
     def caller(self) -> Principal:

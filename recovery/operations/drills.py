@@ -49,7 +49,7 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
             options=context.runner_options(),
         )
         drills = DrillStore(context.database)
-        drills.create_tables()
+        context.ensure_schema()
         drills.record(result)
         return result
 

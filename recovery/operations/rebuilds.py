@@ -242,7 +242,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
         def drill_gate(build: int) -> None:
             drills = DrillStore(context.database)
-            drills.create_tables()
+            context.ensure_schema()
             require_matching_drill(
                 drills,
                 required=context.recovery.drill_required(name),

@@ -79,7 +79,7 @@ def register_template_operations(operations: Operations, context: RecoveryContex
                 raise InvalidRequest(
                     f"{name!r} is the name of a shipped runbook: give the template another name"
                 )
-            templates.create_tables()
+            context.ensure_schema()
             expected = template_change(templates, text)
             if any(p.get(k) != expected[k] for k in ("template", "base_version", "diff")):
                 raise JobConflict(

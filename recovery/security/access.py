@@ -141,9 +141,16 @@ class AccessControl:
         self.database = database
         self._hasher = hasher or PasswordHasher()
 
+    @staticmethod
+    def schema_statements() -> list[str]:
+        """The tables' DDL (templates), run by the ``recovery`` schema step."""
+        return list(_CREATE)
+
     def create_tables(self) -> None:
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
-            for statement in _CREATE:
+            for statement in self.schema_statements():
                 tx.execute(statement)
 
     # -- principals and grants ----------------------------------------------------------

@@ -257,6 +257,7 @@ _POSTGRES_GUARDS = [
     FOR EACH ROW EXECUTE FUNCTION {audit_refuse_change}()""",
 ]
 _SELECT_HEAD = "SELECT seq, hash, mac FROM {audit_head} WHERE id = 1"
+_LOCK_FIRST_APPEND = "SELECT pg_advisory_xact_lock(hashtext('safereplay_audit_head')::bigint)"
 _INSERT_ENTRY = """
 INSERT INTO {audit_entries} (seq, entry_id, at, actor, action, scope, reason, outcome,
     parameters, job_id, prev_hash, hash, mac)
@@ -279,12 +280,19 @@ class AuditTrail:
         self.database = database
         self._key = key
 
+    @staticmethod
+    def schema_statements(dialect: str) -> list[str]:
+        """The tables' and guards' DDL (templates), run by the ``recovery`` schema
+        step once per schema version: the triggers are (re)created there, never at a
+        process's start, where dropping them would lock the trail against appenders."""
+        guards = _POSTGRES_GUARDS if dialect == "postgres" else _SQLITE_GUARDS
+        return [_CREATE_ENTRIES, _CREATE_HEAD, *guards]
+
     def create_tables(self) -> None:
-        guards = _POSTGRES_GUARDS if self.database.dialect == "postgres" else _SQLITE_GUARDS
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
-            tx.execute(_CREATE_ENTRIES)
-            tx.execute(_CREATE_HEAD)
-            for statement in guards:
+            for statement in self.schema_statements(self.database.dialect):
                 tx.execute(statement)
 
     def append(self, record: AuditRecord) -> AuditEntry:
@@ -293,6 +301,14 @@ class AuditTrail:
             # Locking the head row serialises appenders, so seq and prev_hash are
             # taken from the entry that really is last.
             head = tx.rows(_SELECT_HEAD, for_update=True)
+            if not head and self.database.dialect == "postgres":
+                # The first append has no head row to lock, so two first appenders
+                # (processes bootstrapping a new store together) would both take seq
+                # 1. A transaction-level advisory lock serialises them until the head
+                # row exists; the second then reads the first's head. (SQLite's write
+                # transactions are serial already.)
+                tx.rows(_LOCK_FIRST_APPEND)
+                head = tx.rows(_SELECT_HEAD, for_update=True)
             seq = int(head[0]["seq"]) + 1 if head else 1
             prev_hash = head[0]["hash"] if head else GENESIS
             at = datetime.fromtimestamp(tx.now(), UTC).isoformat(timespec="microseconds")

@@ -93,9 +93,17 @@ class TemplateStore:
     def __init__(self, database: Database) -> None:
         self.database = database
 
+    @staticmethod
+    def schema_statements() -> list[str]:
+        """The table's DDL (a template), run by the ``recovery`` schema step."""
+        return [_CREATE_TEMPLATES]
+
     def create_tables(self) -> None:
+        """Run the DDL directly (tools and tests); processes go through the schema
+        catalog (:mod:`safereplay.recovery.migrations`)."""
         with self.database.transaction(write=True) as tx:
-            tx.execute(_CREATE_TEMPLATES)
+            for statement in self.schema_statements():
+                tx.execute(statement)
 
     def _select(self, where: str, params: Mapping[str, Any]) -> list[StoredTemplate]:
         return [

@@ -1,0 +1,69 @@
+"""The ``recovery`` component: every recovery table, set up once per schema version.
+
+Access control (principals, grants, tokens), the audit trail with its append-only
+guards, jobs and partition leases, organisation templates and drills live in the
+projection store's database. Their DDL is one step of the schema catalog
+(:mod:`safereplay.domain.schema`), run by ``safereplay migrate`` or, when
+``SAFEREPLAY_MIGRATE_ON_START`` allows it, by the first process that finds it
+missing. A process that finds it current runs no DDL: the audit trail's triggers
+in particular are created by the migration and never dropped and re-created at a
+start, which used to lock the trail against appenders and deadlock processes
+started together.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from safereplay.domain.schema import AppliedStep, SchemaStep, ensure_schema
+from safereplay.recovery.database import Database
+from safereplay.recovery.drills.drill import DrillStore
+from safereplay.recovery.jobs.store import SQLJobStore
+from safereplay.recovery.security.access import AccessControl
+from safereplay.recovery.security.audit import AuditTrail
+from safereplay.recovery.templates.store import TemplateStore
+
+__all__ = [
+    "RECOVERY_COMPONENT",
+    "RECOVERY_SCHEMA_VERSION",
+    "ensure_recovery_schema",
+    "recovery_statements",
+    "recovery_step",
+]
+
+RECOVERY_COMPONENT = "recovery"
+#: Raise it with every change to a recovery table, and make the step bring a
+#: database at the previous version up to it (its ``from_version`` says which).
+RECOVERY_SCHEMA_VERSION = 1
+
+
+def recovery_statements(dialect: str) -> list[str]:
+    """Every recovery table's DDL, as templates, in the order they are created."""
+    return [
+        *AccessControl.schema_statements(),
+        *AuditTrail.schema_statements(dialect),
+        *SQLJobStore.schema_statements(),
+        *TemplateStore.schema_statements(),
+        *DrillStore.schema_statements(),
+    ]
+
+
+def recovery_step(database: Database) -> SchemaStep:
+    """The ``recovery`` step of ``database``'s catalog."""
+    statements = [database.render(t) for t in recovery_statements(database.dialect)]
+
+    def apply(cursor: Any, from_version: int) -> None:
+        for statement in statements:
+            cursor.execute(statement)
+
+    return SchemaStep(
+        RECOVERY_COMPONENT,
+        RECOVERY_SCHEMA_VERSION,
+        apply,
+        "access control, audit trail and its guards, jobs, templates, drills",
+    )
+
+
+def ensure_recovery_schema(database: Database, *, migrate: bool) -> list[AppliedStep]:
+    """Check the catalog; set the recovery tables up if missing and ``migrate``."""
+    return ensure_schema(database.schema_database(), [recovery_step(database)], migrate=migrate)
