@@ -34,6 +34,7 @@ def open_source(
     app_or_settings: EventStoreApplication | DomainSettings,
     *,
     mapper: EnvelopeMapper | None = None,
+    settings: ProjectionSettings | None = None,
     **options: Any,
 ) -> EventSource:
     """The notification log of an application (which decodes with its mapper), or
@@ -41,7 +42,9 @@ def open_source(
     source without one reports head and high-water mark but cannot decode).
 
     ``options`` go to the backend's source (e.g. ``listen=False``, or high-water
-    mark options such as ``hole_wait`` on PostgreSQL).
+    mark options such as ``hole_wait`` on PostgreSQL). On PostgreSQL the mark's
+    options not given default to ``settings`` (default: read from the environment,
+    ``SAFEREPLAY_PROJECTIONS_HOLE_WAIT`` and ``..._HOLE_PROOF_REFRESH``).
     """
     if isinstance(app_or_settings, EventStoreApplication):
         domain = app_or_settings.settings
@@ -51,6 +54,8 @@ def open_source(
     if domain.backend == "sqlite":
         return SQLiteEventSource(domain.sqlite_path, mapper=mapper, **options)
     assert domain.postgres_dsn is not None
+    settings = settings if settings is not None else ProjectionSettings.from_env()
+    options = settings.watermark_options() | options
     # The high-water mark's tables: set up on first use only if processes may migrate.
     options.setdefault("create_tables", domain.migrate_on_start)
     return PostgresEventSource(

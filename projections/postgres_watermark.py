@@ -20,11 +20,16 @@ How a hole is proved dead (``docs/gaps.md`` has the full argument):
    transaction that holds ``h`` either has ended by the time of the next
    statement, or appears in ``pg_locks`` holding ``RowExclusiveLock`` on the table.
 3. After the scan, collect the virtual transaction ids of those lock holders
-   (other backends, prepared transactions included). Once none of them holds the
+   (other backends, prepared transactions included): a **proof**, kept in
+   ``{table}_hole_proofs`` so that any process continues it
+   (:mod:`safereplay.projections.hole_proofs`). Once none of them holds the
    lock any more, every id up to the largest id that scan saw is decided: a fresh
-   read shows it (committed) or it is dead for ever.
+   read shows it (committed) or it is dead for ever. While proofs are pending, a
+   newer one is begun at most every ``hole_proof_refresh``, so that writers that
+   always overlap still let the mark through.
 4. The dead ids are recorded in ``{table}_skipped_holes`` in the same transaction
-   that moves the persisted mark (``{table}_hwm``) past them.
+   that moves the persisted mark (``{table}_hwm``) past them and removes the
+   proofs it completes.
 
 A transaction snapshot (``pg_current_snapshot()``) is not enough on its own: a
 transaction that has taken an id from the sequence may not have a transaction id
@@ -33,16 +38,21 @@ so it is absent from every snapshot's in-progress list while it still holds the
 id. Its virtual transaction id and its lock are there from the start.
 
 Waiting is bounded (``hole_wait``); while the proof is pending, :meth:`advance`
-returns the mark held below the hole and the caller polls again. Assumptions,
+returns the mark held below the hole and the caller (or the next process) polls
+again. Assumptions,
 checked where possible: the mark is computed on the primary; ids are assigned
 only by the column's default inside the INSERT (no ``nextval`` taken earlier and
 written explicitly later); rows are never deleted from the events table.
 
-Why this module is long (about 670 lines): it is the proof
+Why this module is long (about 690 lines): it is the proof
 above and the one class that carries it out; its statements, its steps and its
 connection handling are checked against that argument, which would be spread
-over several modules if it were split. Its error, :class:`WatermarkError`, lives
-in :mod:`safereplay.projections.errors` (and is importable from here).
+over several modules if it were split further. What could move without that
+cost has: the proofs as values and their table
+(:mod:`safereplay.projections.hole_proofs`), the tables' DDL
+(:mod:`safereplay.projections.watermark_tables`), and its error,
+:class:`WatermarkError`, in :mod:`safereplay.projections.errors` (importable
+from here).
 """
 
 from __future__ import annotations
@@ -53,8 +63,8 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
@@ -63,7 +73,16 @@ from psycopg import sql
 from safereplay.domain.schema import PostgresSchema, SchemaStep, ensure_schema
 from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import WatermarkError  # re-exported: its former home
+from safereplay.projections.hole_proofs import (
+    MAX_PENDING,
+    HoleProof,
+    HoleProofs,
+    Writers,
+    decided,
+    first_seen,
+)
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
+from safereplay.projections.watermark_tables import MAX_IDENTIFIER_BYTES, WatermarkTables
 
 __all__ = [
     "WATERMARK_SCHEMA_VERSION",
@@ -77,10 +96,9 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-#: PostgreSQL truncates longer identifiers silently; we refuse them instead.
-_MAX_IDENTIFIER_BYTES = 63
-#: The version of the tables :func:`create_watermark_tables` sets up.
-WATERMARK_SCHEMA_VERSION = 1
+#: The version of the tables :func:`create_watermark_tables` sets up: 1, the skipped
+#: holes and the mark; 2, the pending hole proofs.
+WATERMARK_SCHEMA_VERSION = 2
 #: A hold at one hole longer than this is logged (once per hole) as a warning.
 _LONG_HOLD_SECONDS = 60.0
 
@@ -90,9 +108,10 @@ class WatermarkStatus:
     """What :meth:`PostgresHighWaterMark.advance` last saw, for lag and stall reports.
 
     ``holding_at`` is the first position above ``mark`` not yet proven committed or
-    dead (None when the mark is not held by a hole); ``waiting_for`` are the
-    backend pids (None for a prepared transaction) of the transactions that may
-    still fill it.
+    dead (None when the mark is not held by a hole); ``holding_since`` when the
+    oldest pending proof began (the database's clock: the oldest doubt, whichever
+    process first saw it); ``waiting_for`` are the backend pids (None for a
+    prepared transaction) of the transactions that may still fill it.
     """
 
     mark: int
@@ -101,19 +120,15 @@ class WatermarkStatus:
     waiting_for: tuple[int | None, ...]
 
 
-@dataclass
-class _Proof:
-    """A pending (or finished) proof that every position ``<= cover`` is decided."""
+@dataclass(frozen=True)
+class _Decision:
+    """Move the mark over every position <= ``proof.cover``: proven when no writer
+    of the proof is ``running``, else forced (the escape hatch)."""
 
-    cover: int
-    holding_at: int
-    detected_at: datetime
-    started: float
-    #: virtualtransaction -> pid of the transactions that may still fill a hole.
-    waiting: dict[str, int | None]
-    waited_for: int
-    proven: bool = False
-    warned: bool = field(default=False)
+    proof: HoleProof
+    proofs: list[HoleProof]
+    running: Writers
+    held_for: timedelta
 
 
 class PostgresHighWaterMark(HighWaterMark):
@@ -127,6 +142,10 @@ class PostgresHighWaterMark(HighWaterMark):
       settled (and hole rows written) per transaction.
     - ``hole_wait`` (0.5 s): the longest one :meth:`advance` call waits for
       in-flight writers before returning the mark held below a hole.
+    - ``hole_proof_refresh`` (1.0 s): while proofs are pending, begin a newer one
+      (covering more positions) at most this often, so that the mark trails
+      overlapping writers by about this plus the longest writer transaction
+      (:mod:`safereplay.projections.hole_proofs`).
     - ``poll_interval`` (0.01 s): first pause between ``pg_locks`` checks while
       waiting (doubles up to 0.1 s).
     - ``skip_stale_holes_despite_live_transactions_after`` (None = never): the
@@ -135,10 +154,11 @@ class PostgresHighWaterMark(HighWaterMark):
       ``forced`` and names the transactions. The event may be lost to readers;
       :meth:`filled_holes` finds the ones that were. Off by default.
     - ``holes_table`` (``"{table}_skipped_holes"``), ``mark_table``
-      (``"{table}_hwm"``): the tables this class owns in ``schema``, set up through
-      the schema catalog (component ``watermark:<table>``) when missing and
-      ``create_tables`` (True; ``SAFEREPLAY_MIGRATE_ON_START``); with False, missing
-      tables raise ``DatabaseSchemaOutdated``.
+      (``"{table}_hwm"``), ``proofs_table`` (``"{table}_hole_proofs"``): the
+      tables this class owns in ``schema``, set up through the schema catalog
+      (component ``watermark:<table>``, :func:`create_watermark_tables`) when
+      missing and ``create_tables`` (True; ``SAFEREPLAY_MIGRATE_ON_START``); with
+      False, missing tables raise ``DatabaseSchemaOutdated``.
     - ``persist_interval`` (1.0 s): the least time between writes of the mark
       when it moved over committed ids only (moves over holes are written at once,
       with the holes).
@@ -156,10 +176,12 @@ class PostgresHighWaterMark(HighWaterMark):
         column: str = "notification_id",
         batch_size: int = 10_000,
         hole_wait: float = 0.5,
+        hole_proof_refresh: float = 1.0,
         poll_interval: float = 0.01,
         skip_stale_holes_despite_live_transactions_after: float | None = None,
         holes_table: str | None = None,
         mark_table: str | None = None,
+        proofs_table: str | None = None,
         create_tables: bool = True,
         persist_interval: float = 1.0,
         connect_timeout: float = 5.0,
@@ -168,25 +190,25 @@ class PostgresHighWaterMark(HighWaterMark):
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        if hole_wait < 0 or poll_interval <= 0 or persist_interval < 0:
-            raise ValueError("hole_wait and persist_interval must be >= 0, poll_interval > 0")
+        if hole_wait < 0 or hole_proof_refresh < 0 or poll_interval <= 0 or persist_interval < 0:
+            raise ValueError(
+                "hole_wait, hole_proof_refresh and persist_interval must be >= 0, poll_interval > 0"
+            )
         force_after = skip_stale_holes_despite_live_transactions_after
         if force_after is not None and force_after < 0:
             raise ValueError("skip_stale_holes_despite_live_transactions_after must be >= 0")
-        holes_table = holes_table or f"{table}_skipped_holes"
-        mark_table = mark_table or f"{table}_hwm"
-        for name in (schema, table, column, holes_table, mark_table):
-            if not name or len(name.encode()) > _MAX_IDENTIFIER_BYTES:
-                raise ValueError(
-                    f"identifier {name!r} must be 1 to {_MAX_IDENTIFIER_BYTES} bytes; "
-                    "pass holes_table= / mark_table= explicitly for long table names"
-                )
+        if not column or len(column.encode()) > MAX_IDENTIFIER_BYTES:
+            raise ValueError(f"identifier {column!r} must be 1 to {MAX_IDENTIFIER_BYTES} bytes")
+        tables = WatermarkTables.of(
+            schema, table, holes=holes_table, mark=mark_table, proofs=proofs_table
+        )
         self._conninfo = Conninfo(conninfo)  # its repr hides a password
         self._schema = schema
         self._table = table
         self._column = column
         self._batch = batch_size
         self._hole_wait = hole_wait
+        self._refresh = timedelta(seconds=hole_proof_refresh)
         self._poll = poll_interval
         self._force_after = force_after
         self._create_tables = create_tables
@@ -198,19 +220,26 @@ class PostgresHighWaterMark(HighWaterMark):
         self._lock = threading.RLock()
         self._conn: psycopg.Connection[Any] | None = None
         self._table_exists = False
+        #: The events table's oid and the server run's start, read per connection.
+        self._relid = 0
+        self._server_started = datetime.min
         self._mark = 0
         self._persisted = 0
         self._persisted_at = 0.0
-        self._proof: _Proof | None = None
+        #: What holds the mark, as of the last :meth:`advance` (None: nothing).
+        self._held: WatermarkStatus | None = None
+        self._warned_at_hole = 0
 
-        ident = sql.Identifier
-        events = sql.SQL("{}.{}").format(ident(schema), ident(table))
-        col = ident(column)
-        holes = sql.SQL("{}.{}").format(ident(schema), ident(holes_table))
-        marks = sql.SQL("{}.{}").format(ident(schema), ident(mark_table))
+        self.tables = tables
+        self._proofs = HoleProofs(tables)
+        events = tables.qualified(table)
+        col = sql.Identifier(column)
+        holes = tables.qualified(tables.holes)
+        marks = tables.qualified(tables.mark)
         #: The tables this instance owns, in ``schema``.
-        self.holes_table = holes_table
-        self.mark_table = mark_table
+        self.holes_table = tables.holes
+        self.mark_table = tables.mark
+        self.proofs_table = tables.proofs
         fmt = {"events": events, "col": col, "holes": holes, "marks": marks}
 
         def q(text: str) -> sql.Composed:
@@ -244,7 +273,7 @@ class PostgresHighWaterMark(HighWaterMark):
         )
         self._q_insert_holes = q(
             "INSERT INTO {holes} (position, detected_at, reason, forced) "
-            "SELECT p, %s, %s, %s FROM unnest(%s::bigint[]) AS p "
+            "SELECT p, d, %s, %s FROM unnest(%s::bigint[], %s::timestamptz[]) AS u (p, d) "
             "ON CONFLICT (position) DO NOTHING"
         )
         self._q_holes = q(
@@ -294,15 +323,10 @@ class PostgresHighWaterMark(HighWaterMark):
     def status(self) -> WatermarkStatus:
         """The mark and, if it is held by a hole, since when and by whom (no I/O)."""
         with self._lock:
-            proof = self._proof
-            if proof is None or proof.proven:
-                return WatermarkStatus(self._mark, None, None, ())
-            return WatermarkStatus(
-                self._mark,
-                max(proof.holding_at, self._mark + 1),
-                proof.detected_at,
-                tuple(sorted(proof.waiting.values(), key=lambda p: -1 if p is None else p)),
-            )
+            return self._held or WatermarkStatus(self._mark, None, None, ())
+
+    def held_since(self) -> datetime | None:
+        return self.status().holding_since
 
     def close(self) -> None:
         with self._lock:
@@ -406,6 +430,9 @@ class PostgresHighWaterMark(HighWaterMark):
             return
         self._check_sequence(conn)
         self.ensure_schema(conn)
+        started = conn.execute("SELECT pg_postmaster_start_time()").fetchone()
+        assert started is not None
+        self._relid, self._server_started = int(row[0]), started[0]
         self._table_exists = True
         self._adopt_persisted(conn, startup=True)
 
@@ -433,16 +460,25 @@ class PostgresHighWaterMark(HighWaterMark):
 
     def schema_step(self) -> SchemaStep:
         """The ``watermark:<table>`` component: :func:`create_watermark_tables`."""
-        schema, table = self._schema, self._table
-        holes, marks = self.holes_table, self.mark_table
+        tables = self.tables
 
         def apply(cursor: Any, from_version: int) -> None:
+            # Every table is created if missing: the same statements bring any
+            # earlier version (or none) up to this one.
             create_watermark_tables(
-                cursor, schema=schema, table=table, holes_table=holes, mark_table=marks
+                cursor,
+                schema=tables.schema,
+                table=tables.table,
+                holes_table=tables.holes,
+                mark_table=tables.mark,
+                proofs_table=tables.proofs,
             )
 
         return SchemaStep(
-            f"watermark:{table}", WATERMARK_SCHEMA_VERSION, apply, "the high-water mark's tables"
+            f"watermark:{tables.table}",
+            WATERMARK_SCHEMA_VERSION,
+            apply,
+            "the high-water mark's tables",
         )
 
     def _check_sequence(self, conn: psycopg.Connection[Any]) -> None:
@@ -472,6 +508,7 @@ class PostgresHighWaterMark(HighWaterMark):
         self._adopt_persisted(conn, startup=False)
         deadline = time.monotonic() + self._hole_wait
         moved_over_holes = False
+        self._held = None
         while True:
             row = conn.execute(self._q_scan, {"after": self._mark, "limit": self._batch}).fetchone()
             assert row is not None
@@ -484,102 +521,102 @@ class PostgresHighWaterMark(HighWaterMark):
                     break
                 continue
             self._mark += int(first_gap_rank) - 1
-            hole = self._mark + 1
-            proof = self._proof
-            if proof is not None and proof.cover < hole:
-                proof = self._proof = None
-            if proof is None:
-                proof = self._start_proof(conn, cover=int(last), hole=hole, now=now)
-            if not proof.proven:
-                self._wait(conn, proof, deadline)
-            if proof.proven:
-                self._settle(conn, proof, forced=False)
-                moved_over_holes = True
-                continue
-            if self._force_due(proof):
-                self._settle(conn, proof, forced=True)
-                moved_over_holes = True
-                continue
-            self._warn_if_long(proof)
-            break
-        if self._proof is not None and self._proof.cover <= self._mark:
-            self._proof = None
+            decision = self._prove(conn, cover=int(last), now=now, deadline=deadline)
+            if decision is None:
+                break
+            self._settle(conn, decision)
+            moved_over_holes = True
         if self._mark > self._persisted and (
             moved_over_holes or time.monotonic() - self._persisted_at >= self._persist_interval
         ):
             self._write_mark(conn)
         return self._mark
 
-    def _start_proof(
-        self, conn: psycopg.Connection[Any], *, cover: int, hole: int, now: datetime
-    ) -> _Proof:
-        # Runs after the scan, in a later statement: any transaction holding an id
-        # <= cover either has ended by now or holds RowExclusiveLock on the table.
-        writers = self._writers(conn)
-        proof = _Proof(
-            cover=cover,
-            holding_at=hole,
-            detected_at=now,
-            started=time.monotonic(),
-            waiting=writers,
-            waited_for=len(writers),
-            proven=not writers,
-        )
-        self._proof = proof
-        return proof
+    def _prove(
+        self, conn: psycopg.Connection[Any], *, cover: int, now: datetime, deadline: float
+    ) -> _Decision | None:
+        """How to move past the hole at ``mark + 1``, or None when ``deadline`` passed.
+
+        Continues the proofs other
+        processes (or earlier calls) began; begins a new one if there is none, or
+        if the newest is older than ``hole_proof_refresh`` and this scan saw more.
+        """
+        hole = self._mark + 1
+        proofs = self._proofs.pending(conn, after=self._mark, relid=self._relid)
+        # Read after the scan that saw ``cover``: every transaction that may still
+        # commit a position <= cover has ended by now, or it is among these.
+        current = self._writers(conn)
+        done = decided(proofs, current, self._server_started)
+        newest = proofs[-1] if proofs else None
+        if done is None and (
+            newest is None or (cover > newest.cover and newest.age(now) >= self._refresh)
+        ):
+            proof = HoleProof.made(
+                hole=hole,
+                cover=cover,
+                writers=current,
+                detected_at=now,
+                server=self._server_started,
+            )
+            self._proofs.record(conn, proof, relid=self._relid, pending=proofs)
+            proofs = [*(proofs[:-1] if len(proofs) >= MAX_PENDING else proofs), proof]
+        pause = self._poll
+        started = time.monotonic()
+        while True:
+            done = decided(proofs, current, self._server_started)
+            if done is not None:
+                return _Decision(done, proofs, {}, done.age(now))
+            # The lowest cover completes first: its writers are what holds the mark.
+            waiting = proofs[0].running(current, self._server_started)
+            self._held = WatermarkStatus(
+                self._mark,
+                hole,
+                min(p.detected_at for p in proofs),
+                tuple(sorted(waiting.values(), key=lambda p: -1 if p is None else p)),
+            )
+            elapsed = now + timedelta(seconds=time.monotonic() - started)
+            if self._force_after is not None:
+                due = [p for p in proofs if p.age(elapsed).total_seconds() >= self._force_after]
+                if due:
+                    forced = max(due, key=lambda p: p.cover)
+                    running = forced.running(current, self._server_started)
+                    return _Decision(forced, proofs, running, forced.age(elapsed))
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self._warn_if_long(proofs[0], elapsed, waiting)
+                return None
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, 0.1)
+            current = self._writers(conn)
 
     def _writers(self, conn: psycopg.Connection[Any]) -> dict[str, int | None]:
         rows = conn.execute(self._q_writers, (self._schema, self._table)).fetchall()
         return {str(vxid): (None if pid is None else int(pid)) for vxid, pid in rows}
 
-    def _wait(self, conn: psycopg.Connection[Any], proof: _Proof, deadline: float) -> None:
-        """Shrink the proof's writer set until it is empty or the deadline passes."""
-        pause = self._poll
-        while True:
-            current = self._writers(conn)
-            # A transaction that no longer holds the lock has ended (or the
-            # subtransaction that inserted has aborted): it cannot fill a hole now.
-            # PREPARE TRANSACTION hands the locks to a new virtual transaction id
-            # ("-1/xid", no pid), so every prepared writer is waited for.
-            proof.waiting = {v: p for v, p in current.items() if v in proof.waiting or p is None}
-            if not proof.waiting:
-                proof.proven = True
-                return
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return
-            time.sleep(min(pause, remaining))
-            pause = min(pause * 2, 0.1)
+    def _settle(self, conn: psycopg.Connection[Any], decision: _Decision) -> None:
+        """Move the mark over every position ``<= cover``, a batch per transaction.
 
-    def _force_due(self, proof: _Proof) -> bool:
-        return (
-            self._force_after is not None and time.monotonic() - proof.started >= self._force_after
-        )
-
-    def _settle(self, conn: psycopg.Connection[Any], proof: _Proof, *, forced: bool) -> None:
-        """Move the mark over up to one batch of positions <= ``proof.cover``.
-
-        With ``proof.proven`` every position <= cover is decided, so a fresh read
-        shows exactly the committed ones; the others are dead. Holes and the new
-        mark commit together, before the mark is handed out.
+        With no writer of the proof ``running``, every position <= cover is
+        decided, so a fresh read shows exactly the committed ones; the others are
+        dead. Holes and the new mark commit together, before the mark is handed
+        out; the proofs that are done go in the same transaction. A forced move
+        (``running`` writers) leaves the proofs to instances that do not force.
         """
-        low = self._mark
-        high = min(proof.cover, low + self._batch)
-        present = {int(r[0]) for r in conn.execute(self._q_range, (low, high)).fetchall()}
-        dead = [p for p in range(low + 1, high + 1) if p not in present]
+        proof, running = decision.proof, decision.running
+        forced = bool(running)
         if forced:
             pids = ", ".join(
-                "prepared" if p is None else str(p) for p in sorted(proof.waiting.values(), key=str)
+                "prepared" if p is None else str(p) for p in sorted(running.values(), key=str)
             )
             reason = (
-                f"FORCED: skipped after {time.monotonic() - proof.started:.0f}s although "
-                f"{len(proof.waiting)} writer transaction(s) that may fill it were still "
+                f"FORCED: skipped after {decision.held_for.total_seconds():.0f}s although "
+                f"{len(running)} writer transaction(s) that may fill it were still "
                 f"running (pids {pids}); skip_stale_holes_despite_live_transactions_after="
                 f"{self._force_after:g}. The event may be missing: check filled_holes()"
             )
-        elif proof.waited_for:
+        elif proof.writers:
             reason = (
-                f"dead: still empty after all {proof.waited_for} writer transaction(s) in "
+                f"dead: still empty after all {len(proof.writers)} writer transaction(s) in "
                 "flight when the hole was seen had ended (rolled back, failed insert, or "
                 "id taken without insert)"
             )
@@ -588,35 +625,44 @@ class PostgresHighWaterMark(HighWaterMark):
                 "dead: no writer transaction was in flight when the hole was seen (rolled "
                 "back, failed insert, or id taken without insert)"
             )
-        with conn.transaction():
+        while self._mark < proof.cover:
+            low = self._mark
+            high = min(proof.cover, low + self._batch)
+            present = {int(r[0]) for r in conn.execute(self._q_range, (low, high)).fetchall()}
+            dead = [p for p in range(low + 1, high + 1) if p not in present]
+            seen = [first_seen(p, decision.proofs, proof.detected_at) for p in dead]
+            with conn.transaction():
+                if dead:
+                    conn.execute(self._q_insert_holes, (reason, forced, dead, seen))
+                conn.execute(self._q_write_mark, (high,))
+                if not forced:
+                    self._proofs.prune(conn, upto=high, relid=self._relid)
+            self._mark = high
+            self._persisted = max(self._persisted, high)
+            self._persisted_at = time.monotonic()
             if dead:
-                conn.execute(self._q_insert_holes, (proof.detected_at, reason, forced, dead))
-            conn.execute(self._q_write_mark, (high,))
-        self._mark = high
-        self._persisted = max(self._persisted, high)
-        self._persisted_at = time.monotonic()
-        if dead:
-            log = logger.warning if forced else logger.info
-            log(
-                "high-water mark of %s.%s moved past %d hole(s) %s: %s",
-                self._schema,
-                self._table,
-                len(dead),
-                _ranges(dead),
-                reason,
-            )
+                log = logger.warning if forced else logger.info
+                log(
+                    "high-water mark of %s.%s moved past %d hole(s) %s: %s",
+                    self._schema,
+                    self._table,
+                    len(dead),
+                    _ranges(dead),
+                    reason,
+                )
 
-    def _warn_if_long(self, proof: _Proof) -> None:
-        if not proof.warned and time.monotonic() - proof.started >= _LONG_HOLD_SECONDS:
-            proof.warned = True
+    def _warn_if_long(self, proof: HoleProof, now: datetime, waiting: Writers) -> None:
+        held = proof.age(now).total_seconds()
+        if self._warned_at_hole != self._mark + 1 and held >= _LONG_HOLD_SECONDS:
+            self._warned_at_hole = self._mark + 1
             logger.warning(
                 "high-water mark of %s.%s held at %d for %.0fs: waiting for writer "
                 "transaction(s) %s that may still commit it",
                 self._schema,
                 self._table,
                 self._mark,
-                time.monotonic() - proof.started,
-                sorted(proof.waiting.values(), key=str),
+                held,
+                sorted(waiting.values(), key=str),
             )
 
     # -- the persisted mark -------------------------------------------------------------
@@ -653,8 +699,6 @@ class PostgresHighWaterMark(HighWaterMark):
         self._mark = persisted
         self._persisted = persisted
         self._persisted_at = time.monotonic()
-        if self._proof is not None and self._proof.cover <= self._mark:
-            self._proof = None
 
     def _write_mark(self, conn: psycopg.Connection[Any]) -> None:
         conn.execute(self._q_write_mark, (self._mark,))
@@ -678,34 +722,23 @@ def create_watermark_tables(
     table: str,
     holes_table: str | None = None,
     mark_table: str | None = None,
-) -> None:
-    """Create the tables of the high-water mark of ``schema.table`` if they are missing.
+    proofs_table: str | None = None,
+) -> tuple[str, ...]:
+    """Create the tables of the high-water mark of ``schema.table`` if they are missing;
+    returns their names (skipped holes, mark, hole proofs).
 
-    The one place they are defined, idempotent; the ``watermark:<table>`` schema step
-    (:meth:`PostgresHighWaterMark.schema_step`) runs it inside a migration, which
-    holds the schema's migration lock.
+    The one place they are set up, idempotent (their DDL is
+    :meth:`WatermarkTables.create_statements
+    <safereplay.projections.watermark_tables.WatermarkTables.create_statements>`);
+    the ``watermark:<table>`` schema step (:meth:`PostgresHighWaterMark.schema_step`)
+    runs it inside a migration, which holds the schema's migration lock.
     """
-    ident = sql.Identifier
-    holes = ident(schema, holes_table or f"{table}_skipped_holes")
-    marks = ident(schema, mark_table or f"{table}_hwm")
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} ("
-            "position bigint PRIMARY KEY, "
-            "detected_at timestamptz NOT NULL, "
-            "skipped_at timestamptz NOT NULL DEFAULT now(), "
-            "reason text NOT NULL, "
-            "forced boolean NOT NULL DEFAULT false)"
-        ).format(holes)
+    tables = WatermarkTables.of(
+        schema, table, holes=holes_table, mark=mark_table, proofs=proofs_table
     )
-    conn.execute(
-        sql.SQL(
-            "CREATE TABLE IF NOT EXISTS {} ("
-            "singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton), "
-            "position bigint NOT NULL CHECK (position >= 0), "
-            "updated_at timestamptz NOT NULL DEFAULT now())"
-        ).format(marks)
-    )
+    for statement in tables.create_statements():
+        conn.execute(statement)
+    return tables.names
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Where projections live and how runners pace themselves: ``SAFEREPLAY_PROJECTIONS_*``.
+"""Where projections live, how runners pace themselves, and how the PostgreSQL
+high-water mark proves holes: ``SAFEREPLAY_PROJECTIONS_*``.
 
 The projection store is a database of the same kind as the event store. By
 default it *is* the event store's database (same SQLite file, or same PostgreSQL
@@ -73,6 +74,25 @@ class ProjectionSettings(BaseSettings):
     retry_max: float = Field(
         default=5.0, gt=0, le=600, description="Longest back-off after a lost connection."
     )
+    hole_wait: float = Field(
+        default=0.5,
+        ge=0,
+        le=60,
+        description=(
+            "PostgreSQL: longest one high-water mark update waits at a hole for the writers "
+            "that may fill it."
+        ),
+    )
+    hole_proof_refresh: float = Field(
+        default=1.0,
+        ge=0,
+        le=600,
+        description=(
+            "PostgreSQL: while hole proofs are pending, begin a newer one at most this often "
+            "(the mark trails overlapping writers by about this plus the longest writer "
+            "transaction)."
+        ),
+    )
     give_up_after: float | None = Field(
         default=None,
         gt=0,
@@ -146,6 +166,10 @@ class ProjectionSettings(BaseSettings):
                 "SAFEREPLAY_PROJECTIONS_SQLITE_PATH instead)"
             )
         return self.sqlite_path if self.sqlite_path is not None else domain.sqlite_path
+
+    def watermark_options(self) -> dict[str, float]:
+        """Options of :class:`~safereplay.projections.postgres_watermark.PostgresHighWaterMark`."""
+        return {"hole_wait": self.hole_wait, "hole_proof_refresh": self.hole_proof_refresh}
 
     def postgres_store(self, domain: DomainSettings) -> tuple[str, str]:
         """``(conninfo, schema)`` of the projection store.

@@ -20,6 +20,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -119,6 +120,11 @@ class EventSource(ABC):
 
     def skipped_holes(self, *, after: int = 0, upto: int | None = None) -> list[SkippedHole]:
         return self.watermark.skipped_holes(after=after, upto=upto)
+
+    def held_since(self) -> datetime | None:
+        """When the oldest position above the mark still in doubt was first seen
+        (None when nothing holds the mark back); see :meth:`high_water_mark`."""
+        return self.watermark.held_since()
 
     @abstractmethod
     def head(self) -> int:

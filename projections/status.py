@@ -2,9 +2,17 @@
 
 :func:`status` reports, for the event log: the head position and the high-water
 mark (the head may be above the mark while a hole is being proved dead); and per
-projection: its live build, its position per partition, the backlog (positions
-between the projection and the high-water mark), the last commit time and the
-events applied and parked. Frozen dataclasses, ready for ``--json``.
+projection: its live build, its position per partition, the backlog, the last
+commit time and the events applied and parked. Frozen dataclasses, ready for
+``--json``.
+
+The **backlog** is every position between the projection and the log's head,
+including those **held back**: committed above a position still in doubt (a
+transaction that may yet commit there, or a hole not yet proven dead), so above
+the high-water mark, where no reader may go yet. A projection at the mark with
+events held back is not caught up: its backlog is the held-back count, and
+``held_back_since`` says since when the oldest doubt has held them (the
+PostgreSQL mark proves each doubt within its liveness bound, ``docs/gaps.md``).
 
 A projection's **position** is the position every one of its partitions has
 reached, for a complete partitioning (all of ``0..n-1`` for some ``n``); 0 when
@@ -44,10 +52,14 @@ __all__ = [
 
 @dataclass(frozen=True)
 class PartitionStatus:
+    """One partition's position; ``backlog`` counts up to the head, ``held_back`` of
+    those lie above the high-water mark."""
+
     index: int
     count: int
     position: int
     backlog: int
+    held_back: int
     events_applied: int
     events_parked: int
     committed_at: datetime | None
@@ -55,11 +67,19 @@ class PartitionStatus:
 
 @dataclass(frozen=True)
 class ProjectionStatus:
+    """One projection's live build (or the build asked for).
+
+    ``backlog`` is the positions from ``position`` up to the log's head;
+    ``held_back`` of them lie above the high-water mark, unreadable until the
+    doubt below them is settled.
+    """
+
     name: str
     build: int
     version: int
     position: int
     backlog: int
+    held_back: int
     events_applied: int
     events_parked: int
     last_commit_at: datetime | None
@@ -72,16 +92,20 @@ class ProjectionStatus:
 
 @dataclass(frozen=True)
 class StatusReport:
+    """The log and its projections at ``taken_at``.
+
+    ``held_back`` is the positions above the high-water mark up to the head (not
+    yet safe to read); ``held_back_since`` when the oldest doubt holding them was
+    first seen (None when nothing is held back).
+    """
+
     source: str
     head_position: int
     high_water_mark: int
+    held_back: int
+    held_back_since: datetime | None
     taken_at: datetime
     projections: tuple[ProjectionStatus, ...]
-
-    @property
-    def held_back(self) -> int:
-        """Positions above the high-water mark (not yet safe to read)."""
-        return max(0, self.head_position - self.high_water_mark)
 
 
 def _complete_groups(checkpoints: Iterable[Checkpoint]) -> dict[int, list[Checkpoint]]:
@@ -108,10 +132,24 @@ def covered_position(checkpoints: Sequence[Checkpoint]) -> int:
     return min((c.position for c in group), default=0)
 
 
+def _backlog(position: int, *, mark: int, head: int) -> tuple[int, int]:
+    """``(backlog, held_back)`` of a position: up to the head, and above the mark."""
+    held_back = max(0, head - max(mark, position))
+    return max(0, mark - position) + held_back, held_back
+
+
 def projection_status(
-    store: ProjectionStore, name: str, *, high_water_mark: int, build: int | None = None
+    store: ProjectionStore,
+    name: str,
+    *,
+    high_water_mark: int,
+    build: int | None = None,
+    head: int | None = None,
 ) -> ProjectionStatus:
-    """Status of one projection (its live build unless ``build``)."""
+    """Status of one projection (its live build unless ``build``).
+
+    ``head`` is the log's head (default: the mark, so nothing is held back).
+    """
     infos = {i.build: i for i in store.builds(name)}
     if not infos:
         raise UnknownProjection(
@@ -122,12 +160,15 @@ def projection_status(
     checkpoints = store.checkpoints(name, build=build)
     position = covered_position(checkpoints)
     commits = [c.committed_at for c in checkpoints if c.committed_at is not None]
+    top = high_water_mark if head is None else max(head, high_water_mark)
+    backlog, held_back = _backlog(position, mark=high_water_mark, head=top)
     return ProjectionStatus(
         name=name,
         build=build,
         version=infos[build].version if build in infos else 0,
         position=position,
-        backlog=max(0, high_water_mark - position),
+        backlog=backlog,
+        held_back=held_back,
         events_applied=sum(c.events_applied for c in checkpoints),
         events_parked=sum(c.events_parked for c in checkpoints),
         last_commit_at=max(commits, default=None),
@@ -136,12 +177,14 @@ def projection_status(
                 index=c.partition.index,
                 count=c.partition.count,
                 position=c.position,
-                backlog=max(0, high_water_mark - c.position),
+                backlog=backlog,
+                held_back=held_back,
                 events_applied=c.events_applied,
                 events_parked=c.events_parked,
                 committed_at=c.committed_at,
             )
             for c in checkpoints
+            for backlog, held_back in [_backlog(c.position, mark=high_water_mark, head=top)]
         ),
     )
 
@@ -152,13 +195,19 @@ def status(
     """Status of the log and of ``names`` (default: every projection in the store)."""
     head = source.head()
     mark = source.high_water_mark()
+    # Events that committed after the head was read may have let the mark pass it.
+    head = max(head, mark)
     chosen = list(names) if names is not None else store.projection_names()
     return StatusReport(
         source=source.description,
         head_position=head,
         high_water_mark=mark,
+        held_back=head - mark,
+        held_back_since=source.held_since() if head > mark else None,
         taken_at=datetime.now(UTC),
-        projections=tuple(projection_status(store, n, high_water_mark=mark) for n in chosen),
+        projections=tuple(
+            projection_status(store, n, high_water_mark=mark, head=head) for n in chosen
+        ),
     )
 
 

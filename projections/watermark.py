@@ -52,6 +52,12 @@ class HighWaterMark(ABC):
     def skipped_holes(self, *, after: int = 0, upto: int | None = None) -> list[SkippedHole]:
         """Holes recorded with ``after < position <= upto``, in position order."""
 
+    def held_since(self) -> datetime | None:
+        """When the oldest position above the mark still in doubt was first seen, as
+        of the last :meth:`advance` (None when nothing holds the mark back). A
+        position in doubt may yet commit: events above it are a backlog, held back."""
+        return None
+
     def filled_holes(self, *, after: int = 0, upto: int | None = None) -> list[int]:
         """Recorded holes that now hold a committed event (lost to readers): none
         unless the log breaks the mark's assumptions; a completeness check

@@ -58,6 +58,15 @@ class RecoverySettings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a worker's claim on a partition lasts."
     )
+    catch_up_wait: float = Field(
+        default=5.0,
+        ge=0,
+        le=3600,
+        description=(
+            "How long catch-up waits for the high-water mark to pass events held back above "
+            "a position in doubt before it plans to the safe head (and exits 1)."
+        ),
+    )
     projections: str = Field(
         default="safereplay.projections.reference:REFERENCE_PROJECTIONS",
         min_length=1,

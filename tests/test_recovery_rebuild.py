@@ -91,7 +91,7 @@ class RebuildContract:
         follower = recovery.log.runner(FailedSteps(), store=recovery.log.store())
         follower.catch_up()
         record_workload(recovery.log.app, workflows=2, runs_per_workflow=10, seed=3)
-        job = start_catch_up(
+        plan = start_catch_up(
             ALICE,
             projection="failed_steps",
             store=recovery.store,
@@ -99,7 +99,8 @@ class RebuildContract:
             jobs=recovery.jobs,
             registry=recovery.registry,
         )
-        assert job is not None and job.build == 1
+        job = plan.job
+        assert job is not None and job.build == 1 and plan.safe_head.held_back == 0
         with follower.in_background() as thread:  # waits while the job holds the build
             report = recovery.worker().run()
             assert report.count("completed") == 3

@@ -438,6 +438,160 @@ class TestPostgresHighWaterMark(HighWaterMarkContract):
             other.close()
             mark.close()
 
+    # -- proofs that outlive a process, under writers that always overlap ---------------
+
+    def proofs(self, log: PgLog) -> list[tuple[int, int, list[str]]]:
+        """(hole, cover, writers) of the persisted proofs."""
+        with log.connect() as conn:
+            rows = conn.execute(
+                sql.SQL("SELECT hole, cover, writers FROM {} ORDER BY cover").format(
+                    sql.Identifier(log.schema, f"{log.table}_hole_proofs")
+                )
+            ).fetchall()
+        return [(int(h), int(c), list(w)) for h, c, w in rows]
+
+    def test_a_new_process_continues_the_proof_another_began(self, log: PgLog) -> None:
+        """A proof is kept in the database: a new instance (a new process, on a new
+        connection) waits only for the writers in flight when the hole was first
+        seen, not for a writer that began later and is still open."""
+        first = log.mark(hole_wait=0.0)
+        with (
+            log.connect() as fast,
+            log.connect(autocommit=False) as slow,
+            log.connect(autocommit=False) as later,
+        ):
+            log.insert(fast)
+            [h] = log.insert(slow)
+            [g] = log.insert(fast)
+            assert first.advance() == h - 1
+            [[slow_vxid]] = slow.execute(
+                "SELECT virtualtransaction FROM pg_locks WHERE pid = pg_backend_pid() "
+                "AND locktype = 'virtualxid'"
+            ).fetchall()
+            assert self.proofs(log) == [(h, g, [slow_vxid])]
+            first.close()
+            [[between]] = fast.execute("SELECT clock_timestamp()").fetchall()
+            [newer] = log.insert(later)  # began after the hole was seen; stays open
+            slow.rollback()
+            second = log.mark(hole_wait=0.0)
+            assert second.advance() == g, "the persisted proof was continued"
+            [hole] = second.skipped_holes()
+            assert hole.position == h and "1 writer transaction" in hole.reason
+            assert hole.detected_at < between, "first seen by the first process"
+            assert self.proofs(log) == [], "a settled proof is removed with the move"
+            log.insert(fast)
+            assert second.advance() == newer - 1  # the later writer still holds its own id
+            later.commit()
+        assert second.advance() == newer + 1
+        second.close()
+
+    def test_the_mark_passes_a_dead_hole_under_writers_that_always_overlap(
+        self, log: PgLog
+    ) -> None:
+        """Two writers of which one has a transaction open at every instant (each
+        commits only once the other has opened its next one), a dead hole among
+        their ids, and a reader that is a new process at every step, calling
+        advance() once without waiting (like ``safereplay status`` run again and
+        again). Each process alone never sees a moment without a writer in flight;
+        the persisted proofs still move the mark past every committed position
+        within one step, and never past one before it committed."""
+
+        def one_process() -> int:
+            mark = log.mark(hole_wait=0.0, hole_proof_refresh=0.0)
+            try:
+                return mark.advance()
+            finally:
+                mark.close()
+
+        steps = 8
+        marks: list[int] = []
+        targets: list[int] = []
+        committed: set[int] = set()
+        seen: set[int] = set()
+        select = sql.SQL(
+            "SELECT notification_id FROM {} WHERE notification_id > %s AND notification_id <= %s"
+        ).format(log.events)
+        with (
+            log.connect() as fast,
+            log.connect(autocommit=False) as a,
+            log.connect(autocommit=False) as b,
+            log.connect(autocommit=False) as doomed,
+        ):
+            open_ids = {id(a): log.insert(a)}
+            [dead] = log.insert(doomed)
+            doomed.rollback()
+            committed.update(log.insert(fast))
+            current, other = a, b
+            for _ in range(steps):
+                open_ids[id(other)] = log.insert(other)  # opens before the other commits
+                current.commit()
+                committed.update(open_ids.pop(id(current)))
+                committed.update(log.insert(fast))
+                targets.append(max(committed))
+                value = one_process()
+                assert value >= max(marks, default=0), "the mark went backwards"
+                seen.update(r[0] for r in fast.execute(select, (max(marks, default=0), value)))
+                marks.append(value)
+                current, other = other, current
+            current.commit()
+            committed.update(open_ids.pop(id(current)))
+        # Each process passed every position committed before the previous one ran.
+        lagging = [
+            (k, marks[k], targets[k - 1]) for k in range(1, steps) if marks[k] < targets[k - 1]
+        ]
+        assert not lagging, f"(step, mark, committed before the previous step): {lagging}"
+        final = one_process()
+        assert final == max(committed)
+        mark = log.mark()
+        assert [x.position for x in mark.skipped_holes()] == [dead]
+        mark.close()
+        # Nothing committed at or below a mark already handed out.
+        assert {x for x in committed if x <= marks[-1]} <= seen
+
+    def test_proofs_of_an_earlier_server_run_or_prepared_writers(self) -> None:
+        """White-box: a restart ends every writer a proof names (virtual ids start
+        over with the server); a prepared transaction is waited for always."""
+        from datetime import UTC, datetime, timedelta
+
+        from safereplay.projections.hole_proofs import HoleProof, decided
+
+        run = datetime(2025, 1, 1, tzinfo=UTC)
+        proof = HoleProof.made(hole=5, cover=9, writers={"3/7": 101}, detected_at=run, server=run)
+        assert proof.running({"3/7": 101, "4/2": 102}, run) == {"3/7": 101}
+        assert proof.running({"4/2": 102}, run) == {}, "a writer that began later"
+        assert proof.running({"3/7": 101}, run + timedelta(hours=1)) == {}, "restarted"
+        assert proof.running({"-1/900": None}, run) == {"-1/900": None}, "prepared"
+        # A newer proof names the older one's writers still in flight when it was made.
+        newer = HoleProof.made(
+            hole=5, cover=12, writers={"3/7": 101, "4/2": 102}, detected_at=run, server=run
+        )
+        assert decided([proof, newer], {"3/7": 101, "4/2": 102}, run) is None
+        assert decided([proof, newer], {"4/2": 102}, run) == proof, "the lower cover first"
+        assert decided([proof, newer], {"5/1": 103}, run) == newer, "the largest cover done"
+
+    def test_one_idempotent_function_creates_every_watermark_table(self, log: PgLog) -> None:
+        from safereplay.projections.postgres_watermark import (
+            WATERMARK_SCHEMA_VERSION,
+            create_watermark_tables,
+        )
+
+        mark = log.mark()
+        assert mark.advance() == 0  # the catalog set the tables up (migrate on start)
+        names = (f"{log.table}_skipped_holes", f"{log.table}_hwm", f"{log.table}_hole_proofs")
+        assert (mark.holes_table, mark.mark_table, mark.proofs_table) == names
+        assert mark.schema_step().version == WATERMARK_SCHEMA_VERSION == 2
+        with log.connect() as conn:
+            for _ in range(2):  # idempotent
+                assert create_watermark_tables(conn, schema=log.schema, table=log.table) == names
+            found = {
+                r[0]
+                for r in conn.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = %s", (log.schema,)
+                )
+            }
+        assert set(names) <= found
+        mark.close()
+
     # -- skipped holes and the persisted mark ---------------------------------------------
 
     def test_skipped_holes_filters_by_position(self, log: PgLog) -> None:

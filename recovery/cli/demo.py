@@ -46,17 +46,32 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.astimezone(UTC).strftime("%H:%M:%S")
 
 
+def held_back_text(held_back: int, since: datetime | None, taken_at: datetime) -> str:
+    """``"106 held back for 12s (since 10:04:31)"``: events committed above a doubt."""
+    if since is None:
+        return f"{held_back} held back"
+    age = max(0.0, (taken_at - since).total_seconds())
+    return f"{held_back} held back for {age:,.0f}s (since {_when(since)})"
+
+
 def status_table(report: StatusReport) -> Table:
-    """The projections' lag as a table: one row per projection partition."""
+    """The projections' lag as a table: one row per projection partition.
+
+    A backlog that includes events held back above the high-water mark says so:
+    they are behind a position still in doubt, not caught up (``docs/gaps.md``).
+    """
+    held = (
+        f" ({held_back_text(report.held_back, report.held_back_since, report.taken_at)})"
+        if report.held_back
+        else ""
+    )
     table = Table(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
         title=(
             f"projection status: log head {report.head_position}, high-water mark "
-            f"{report.high_water_mark}"
-            + (f" ({report.held_back} held back)" if report.held_back else "")
-            + " (times UTC)"
+            f"{report.high_water_mark}{held} (times UTC)"
         ),
     )
     table.add_column("projection", no_wrap=True)
@@ -69,6 +84,8 @@ def status_table(report: StatusReport) -> Table:
             table.add_row(projection.name, str(projection.build), "-", "0", "-", "0", "0", "-")
         for part in rows:
             backlog = str(part.backlog)
+            if part.held_back:
+                backlog += f" ({part.held_back} held back)"
             table.add_row(
                 projection.name,
                 str(projection.build),

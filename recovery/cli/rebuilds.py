@@ -243,6 +243,7 @@ def _run_job(
                     f"`safereplay worker --job {started['job_id']}` on any machine"
                 )
             emit(started, as_json=as_json)
+            _exit_if_held_back(started, as_json=as_json)
             return
         job_id = UUID(started["job_id"])
         if not as_json:
@@ -264,11 +265,29 @@ def _run_job(
         if status.job.state != JobState.COMPLETED:
             console.print(f"job {job_id} is {status.job.state}: {status.job.error or ''}")
             raise typer.Exit(EXIT_NO)
+        _exit_if_held_back(started, as_json=as_json)
         if operation_name == "rebuild" and not as_json:
             console.print(
                 f"build {status.job.build} is complete; make it live with "
                 f"`safereplay swap {status.job.projection} --reason ...`"
             )
+
+
+def _exit_if_held_back(started: Mapping[str, Any], *, as_json: bool) -> None:
+    """Exit 1 when events were held back above the plan's target (catch-up): the
+    projection is not caught up, whatever the job did. On stderr with ``--json``,
+    whose stdout stays one JSON document."""
+    if not started.get("held_back"):
+        return
+    out = error_console if as_json else console
+    out.print(
+        f"not caught up: {started['held_back_detail']}. Those events will be read once the "
+        "high-water mark passes them; run the catch-up again, or see `safereplay status` "
+        "and docs/runbook.md (events held back)",
+        highlight=False,
+        soft_wrap=True,
+    )
+    raise typer.Exit(EXIT_NO)
 
 
 def _job_command(operation_name: str, summary: str) -> Any:

@@ -12,7 +12,11 @@ the build then follows live (catch-up) or waits for the swap (rebuild).
   Its live follower waits meanwhile (a build is kept in one partitioning at a
   time) and goes on from the target when the job completes. A catch-up whose
   build is still split by an aborted catch-up resumes each partition from where
-  it stopped.
+  it stopped. Events committed above a position still in doubt are **held
+  back** (above the high-water mark, unreadable yet): the plan first waits, up
+  to ``wait`` seconds, for the mark to pass the head as it was when asked
+  (:func:`wait_for_safe_head`), then plans to the mark; what is still held back
+  is in the :class:`CatchUpPlan`, never reported as "not behind".
 - **redrive**: one partition, no positions moved: parked events re-applied.
 - **replay**: positions a..b again, into a sandbox build (its own positions), or
   into the live build of a replay-safe projection (no positions moved).
@@ -22,8 +26,10 @@ The database refuses a second active job on the same projection.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from safereplay.projections import EventSource, Partition, PartitioningMismatch, ProjectionStore
@@ -32,7 +38,16 @@ from safereplay.recovery.jobs.model import Job, JobKind
 from safereplay.recovery.jobs.store import JobStore, NewJob
 from safereplay.recovery.registry import ProjectionRegistry
 
-__all__ = ["JobRequest", "start_catch_up", "start_rebuild", "start_redrive", "start_replay"]
+__all__ = [
+    "CatchUpPlan",
+    "JobRequest",
+    "SafeHead",
+    "start_catch_up",
+    "start_rebuild",
+    "start_redrive",
+    "start_replay",
+    "wait_for_safe_head",
+]
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,55 @@ class JobRequest:
                 f"held partitions {list(self.held_partitions)} must be some, not all, of "
                 f"partitions 0..{self.partitions - 1}"
             )
+
+
+@dataclass(frozen=True)
+class SafeHead:
+    """The log's head when a plan was asked for, and the safe head it could plan to.
+
+    ``held_back`` positions lie between them: committed above a position still in
+    doubt (since ``held_back_since``, the oldest doubt), so not readable yet.
+    ``waited`` is how long the plan waited for the mark to pass the head.
+    """
+
+    head: int
+    mark: int
+    held_back_since: datetime | None
+    waited: float
+
+    @property
+    def held_back(self) -> int:
+        return max(0, self.head - self.mark)
+
+
+@dataclass(frozen=True)
+class CatchUpPlan:
+    """A catch-up's job (None: the projection is at the safe head already) and the
+    safe head it was planned to, with what is held back above it."""
+
+    job: Job | None
+    safe_head: SafeHead
+
+
+def wait_for_safe_head(source: EventSource, *, wait: float, poll: float = 0.05) -> SafeHead:
+    """The high-water mark once it has passed the log's head as it is now, or after
+    ``wait`` seconds, whichever comes first.
+
+    Each look at the mark may itself wait a little (on PostgreSQL, up to
+    ``SAFEREPLAY_PROJECTIONS_HOLE_WAIT``) while it proves a hole; ``poll`` paces
+    the looks in between.
+    """
+    started = time.monotonic()
+    head = source.head()
+    mark = source.high_water_mark()
+    while mark < head:
+        remaining = started + wait - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(poll, remaining))
+        mark = source.high_water_mark()
+    since = source.held_since() if mark < head else None
+    return SafeHead(head=head, mark=mark, held_back_since=since, waited=time.monotonic() - started)
 
 
 def _check_partitionable(registry: ProjectionRegistry, projection: str, partitions: int) -> None:
@@ -150,8 +214,15 @@ def start_catch_up(
     source: EventSource,
     jobs: JobStore,
     registry: ProjectionRegistry,
-) -> Job | None:
-    """Catch the live build up to the head in P partitions; None if it is not behind."""
+    wait: float = 0.0,
+) -> CatchUpPlan:
+    """Catch the live build up to the safe head in P partitions.
+
+    First waits up to ``wait`` seconds for the high-water mark to pass the head
+    (events held back above a position in doubt); then plans to the mark. The
+    plan's job is None when the build is at the mark already; its ``safe_head``
+    says what, if anything, is still held back above it.
+    """
     _check_partitionable(registry, projection, request.partitions)
     _refuse_if_busy(jobs, projection)
     cls = registry[projection]
@@ -170,13 +241,14 @@ def start_catch_up(
     elif not counts:
         checkpoints = store.repartition(projection, build, request.partitions)
     by_index = sorted(checkpoints, key=lambda c: c.partition.index)
-    target = source.high_water_mark()
+    safe = wait_for_safe_head(source, wait=wait)
+    target = safe.mark
     if all(c.position >= target for c in by_index):
         if request.partitions > 1:
             store.repartition(projection, build, 1)
-        return None
+        return CatchUpPlan(None, safe)
     try:
-        return jobs.create_job(
+        job = jobs.create_job(
             _new_job(
                 request,
                 kind=JobKind.CATCH_UP,
@@ -192,6 +264,7 @@ def start_catch_up(
         if len({c.position for c in by_index}) == 1:
             store.repartition(projection, build, 1)  # give the build back to its follower
         raise
+    return CatchUpPlan(job, safe)
 
 
 def start_redrive(

@@ -95,7 +95,16 @@ class RecoveryContext:
     @cached_property
     def source(self) -> EventSource:
         """The event store's notification log, decoding with the application's key ring."""
-        source = open_source(self.app)
+        source = open_source(self.app, settings=self.projection_settings)
+        self._closers.append(source)
+        return source
+
+    @cached_property
+    def log(self) -> EventSource:
+        """The notification log without a key ring: head, high-water mark and what is
+        held back, for planning (which decodes nothing): it opens no application,
+        no key ring and no pool."""
+        source = open_source(self.domain, settings=self.projection_settings)
         self._closers.append(source)
         return source
 

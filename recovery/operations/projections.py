@@ -27,7 +27,7 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
     def status_report(ctx: OperationContext, p: Mapping[str, Any]) -> StatusReport:
         names = list(p.get("projections") or []) or None
         # The log's head and safe head need no key ring: nothing is decrypted here.
-        with open_source(context.domain) as source:
+        with open_source(context.domain, settings=context.projection_settings) as source:
             return status(context.projection_store, source, names)
 
     def status_scope(parameters: Mapping[str, Any]) -> str:

@@ -25,6 +25,7 @@ from safereplay.recovery.jobs.builds import drop_version, rollback, swap
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
 from safereplay.recovery.jobs.model import Job, JobStatus
 from safereplay.recovery.jobs.plans import (
+    CatchUpPlan,
     JobRequest,
     start_catch_up,
     start_rebuild,
@@ -80,6 +81,36 @@ def _job_summary(job: Job | None) -> dict[str, Any]:
         "target_position": job.target_position,
         "state": str(job.state),
     }
+
+
+def _catch_up_summary(plan: CatchUpPlan) -> dict[str, Any]:
+    """The job, or why there is none; and what is held back above its target.
+
+    A projection at the safe head with events held back above it is behind: the
+    summary says so (``held_back`` > 0), never "not behind".
+    """
+    safe = plan.safe_head
+    summary = _job_summary(plan.job)
+    summary |= {
+        "head": safe.head,
+        "safe_head": safe.mark,
+        "held_back": safe.held_back,
+        "held_back_since": (
+            None if safe.held_back_since is None else safe.held_back_since.isoformat()
+        ),
+        "waited_seconds": round(safe.waited, 3),
+    }
+    if safe.held_back:
+        since = "" if safe.held_back_since is None else f" since {safe.held_back_since:%H:%M:%S}"
+        held = (
+            f"{safe.held_back} position(s) up to the head {safe.head} are held back above the "
+            f"safe head {safe.mark} by a position still in doubt{since} (waited "
+            f"{safe.waited:.1f}s, SAFEREPLAY_CATCH_UP_WAIT)"
+        )
+        if plan.job is None:
+            summary["state"] = f"held back: the projection is at the safe head; {held}"
+        summary["held_back_detail"] = held
+    return summary
 
 
 def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
@@ -158,7 +189,18 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return handler
 
     rebuild = job_starter(start_rebuild, partitions)
-    catch_up = job_starter(start_catch_up, 1)
+
+    def catch_up(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        plan = start_catch_up(
+            _request(ctx, p, 1),
+            projection=p["projection"],
+            store=context.projection_store,
+            source=context.log,
+            jobs=context.jobs,
+            registry=context.registry,
+            wait=context.recovery.catch_up_wait,
+        )
+        return _catch_up_summary(plan)
 
     def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
@@ -294,7 +336,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             return follow_projections(
                 [context.registry[name] for name in names],
                 open_store=lambda: open_store(context.domain, context.projection_settings),
-                open_source=lambda: open_source(context.app),
+                open_source=lambda: open_source(context.app, settings=context.projection_settings),
                 options=context.runner_options(),
                 stop=stop,
                 on_parked=lambda parked: parks(parked, None),

@@ -60,7 +60,7 @@ def register_template_operations(operations: Operations, context: RecoveryContex
 
     def plan(ctx: OperationContext, p: Mapping[str, Any]) -> TemplatePlan:
         template, origin = resolve_template(str(p["template"]), templates)
-        with open_source(context.domain) as source:
+        with open_source(context.domain, settings=context.projection_settings) as source:
             return plan_template(
                 template,
                 origin=origin,
