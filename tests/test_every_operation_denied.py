@@ -153,6 +153,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "templates list": [],
     "templates show": ["x"],
     "migrate": ["-r", "x"],
+    "audit anchor": [],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security).
