@@ -117,11 +117,16 @@ def dump(context: RecoveryContext) -> dict[str, list[str]]:
                         tables[f"{path}:{name}"] = sorted(map(repr, rows))
         return tables
     assert context.domain.postgres_dsn is not None
+    # This world's schemas only: other tests share the server.
+    schemas = [
+        context.domain.postgres_schema,
+        context.projection_settings.postgres_store(context.domain)[1],
+    ]
     with psycopg.connect(context.domain.postgres_dsn.get_secret_value()) as conn:
         found = conn.execute(
             "SELECT table_schema, table_name FROM information_schema.tables "
-            "WHERE table_schema NOT IN ('pg_catalog', 'information_schema') "
-            "AND table_name NOT LIKE 'safereplay_audit%%'"
+            "WHERE table_schema = ANY(%s) AND table_name NOT LIKE 'safereplay_audit%%'",
+            (schemas,),
         ).fetchall()
         for schema, name in found:
             query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name))
