@@ -48,6 +48,22 @@ class RecoverySettings(BaseSettings):
     audit_key: SecretStr | None = Field(
         default=None, description="The audit trail's HMAC key (base64), instead of a file."
     )
+    audit_anchor_dir: Path | None = Field(
+        default=None,
+        description=(
+            "Directory outside the events database where signed digests of the audit "
+            "trail's head are written (one file per digest, mode 0600); `audit verify` "
+            "checks the trail against the latest one."
+        ),
+    )
+    audit_anchor_interval_seconds: float = Field(
+        default=3600.0,
+        gt=0,
+        description=(
+            "A digest is anchored after an operation once the latest anchor is older "
+            "than this (with SAFEREPLAY_AUDIT_ANCHOR_DIR set)."
+        ),
+    )
     token: SecretStr | None = Field(
         default=None, description="The caller's API token (sr_ID.SECRET)."
     )

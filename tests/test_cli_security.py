@@ -67,9 +67,12 @@ def test_least_privilege_grants_denials_and_audit(env: dict[str, str]) -> None:
     entries = json.loads(out)
     assert [(e["actor"], e["action"], e["outcome"]) for e in entries] == [
         ("root", "principals.bootstrap", "succeeded"),
+        ("root", "principals.add", "started"),
         ("root", "principals.add", "succeeded"),
+        ("root", "token.issue", "started"),
         ("root", "token.issue", "succeeded"),
         ("ops-bot", "keys.usage", "denied"),
+        ("root", "grant", "started"),
         ("root", "grant", "succeeded"),
         ("ops-bot", "keys.usage", "succeeded"),
         # The two failed sign-ins (an unknown token, then none at all).
@@ -99,7 +102,7 @@ def test_key_rotation_through_the_cli(env: dict[str, str], tmp_path: Path, key_f
     assert json.loads(out)["by_key"] == {"k2": json.loads(out)["rows"]}
     assert run(env, "keys", "retire", "k1", "-r", "rotation done", token=admin)[0] == 0
     code, out = run(env, "audit", "list", "--json", "--action", "keys.retire", token=admin)
-    assert [e["outcome"] for e in json.loads(out)] == ["failed", "succeeded"]
+    assert [e["outcome"] for e in json.loads(out)] == ["started", "failed", "started", "succeeded"]
 
 
 def test_parked_events_are_listed_through_the_audited_layer(
@@ -187,10 +190,15 @@ def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_
     code, out = run(env, "audit", "list", "--json", "--job", str(job.job_id), token=admin)
     assert [(e["actor"], e["action"], e["outcome"]) for e in json.loads(out)] == [
         ("vic", "pause", "denied"),
+        ("olga", "pause", "started"),
         ("olga", "pause", "succeeded"),
+        ("olga", "pause", "started"),
         ("olga", "pause", "succeeded"),
+        ("olga", "resume", "started"),
         ("olga", "resume", "succeeded"),
+        ("olga", "abort", "started"),
         ("olga", "abort", "succeeded"),
+        ("olga", "resume", "started"),
         ("olga", "resume", "failed"),
     ]
 

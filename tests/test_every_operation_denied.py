@@ -8,17 +8,21 @@ one that is not added here fails the coverage checks.
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg import sql
 from typer.main import get_command
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.database import SQLiteDatabase
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
@@ -95,10 +99,46 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def dump(context: RecoveryContext) -> dict[str, list[str]]:
+    """Every table of the store's database but the audit trail's, with all its rows."""
+    database = context.database
+    tables: dict[str, list[str]] = {}
+    if isinstance(database, SQLiteDatabase):
+        paths = {database.path, context.domain.sqlite_path}
+        for path in paths:
+            with sqlite3.connect(path) as conn:
+                names = [
+                    r[0]
+                    for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                ]
+                for name in names:
+                    if not name.startswith("safereplay_audit"):
+                        rows = conn.execute(f'SELECT * FROM "{name}"').fetchall()
+                        tables[f"{path}:{name}"] = sorted(map(repr, rows))
+        return tables
+    assert context.domain.postgres_dsn is not None
+    # This world's schemas only: other tests share the server.
+    schemas = [
+        context.domain.postgres_schema,
+        context.projection_settings.postgres_store(context.domain)[1],
+    ]
+    with psycopg.connect(context.domain.postgres_dsn.get_secret_value()) as conn:
+        found = conn.execute(
+            "SELECT table_schema, table_name FROM information_schema.tables "
+            "WHERE table_schema = ANY(%s) AND table_name NOT LIKE 'safereplay_audit%%'",
+            (schemas,),
+        ).fetchall()
+        for schema, name in found:
+            query = sql.SQL("SELECT * FROM {}").format(sql.Identifier(schema, name))
+            tables[f"{schema}.{name}"] = sorted(map(repr, conn.execute(query).fetchall()))
+    return tables
+
+
 def test_every_operation_refuses_a_principal_without_grants(world: dict[str, Any]) -> None:
     context = world["context"]
     names = sorted(open_operations(context).specs)
     assert len(names) >= 30
+    before = dump(context)
     for name in names:
         with pytest.raises(AccessDenied, match=f"'mallory' may not {name} on"):
             open_operations(context).run(world["mallory"], name, reason="try", **parameters(world))
@@ -109,6 +149,32 @@ def test_every_operation_refuses_a_principal_without_grants(world: dict[str, Any
     ]
     assert sorted(denied) == names
     assert context.jobs.list_jobs()[0].state == "planned", "nothing ran"
+    assert dump(context) == before, "nothing but the audit trail changed"
+
+
+def test_apply_resolves_no_template_for_a_principal_without_grants(world: dict[str, Any]) -> None:
+    """`apply` resolves its template only for a principal who could run one of its steps."""
+    context = world["context"]
+    before = dump(context)
+    calls: list[str] = []
+    import safereplay.recovery.cli.rebuilds as rebuilds
+
+    original = rebuilds.resolve_template
+
+    def spy(reference: str, store: Any) -> Any:
+        calls.append(reference)
+        return original(reference, store)
+
+    rebuilds.resolve_template = spy
+    try:
+        result = CliRunner().invoke(
+            app, ["apply", world["template"], "-r", "x", "-w", "1"], env=world["env"]
+        )
+    finally:
+        rebuilds.resolve_template = original
+    assert result.exit_code == 3, result.output
+    assert calls == [], "the template was not even resolved"
+    assert dump(context) == before
 
 
 #: Every command with arguments that would work for someone granted; exit 3 for mallory.
@@ -153,6 +219,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "templates list": [],
     "templates show": ["x"],
     "migrate": ["-r", "x"],
+    "audit anchor": [],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security).

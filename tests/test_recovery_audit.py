@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import uuid
@@ -15,13 +16,16 @@ import pytest
 from psycopg import sql
 
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.security.anchors import DirectoryAnchorSink
 from safereplay.recovery.security.audit import (
     AuditKey,
     AuditKeyError,
     AuditRecord,
     AuditTrail,
+    AuditTrailUnavailable,
     entry_hash,
 )
+from safereplay.recovery.security.audit_verify import NO_ANCHOR, Anchoring, verify_audit
 
 
 def record(n: int, **extra: Any) -> AuditRecord:
@@ -175,13 +179,137 @@ class AuditTrailContract:
         other = AuditTrail(trail.database, AuditKey.generate())
         assert not other.verify().ok
 
+    # -- anchors, and tampering that never crashes verification ---------------------------
+
+    key: AuditKey
+
+    def anchoring(self, trail: AuditTrail, directory: Path) -> Anchoring:
+        return Anchoring(trail, DirectoryAnchorSink(directory), self.key, interval_seconds=3600)
+
+    def test_a_cut_tail_with_an_older_head_put_back_is_seen_only_against_the_anchor(
+        self, trail: AuditTrail, tmp_path: Path
+    ) -> None:
+        self.fill(trail, 3)
+        old = trail.head()
+        assert old is not None
+        for i in range(4, 7):
+            trail.append(record(i))
+        anchoring = self.anchoring(trail, tmp_path / "anchor")
+        digest = anchoring.anchor()
+        assert (digest.seq, digest.entries, digest.number) == (6, 6, 1)
+        assert oct((tmp_path / "anchor" / "digest-000000000001.json").stat().st_mode)[-3:] == "600"
+        self.tamper("DELETE FROM {audit_entries} WHERE seq > 3")
+        self.tamper(
+            "UPDATE {audit_head} SET seq = %(seq)s, hash = %(hash)s, mac = %(mac)s",
+            {"seq": old.seq, "hash": old.hash, "mac": old.mac},
+        )
+        assert trail.verify().ok, "the database alone cannot tell"
+        alone = verify_audit(trail, None)
+        assert alone.ok and NO_ANCHOR in str(alone)
+        report = verify_audit(trail, anchoring)
+        assert (report.ok, report.status, report.first_bad_seq) == (False, "rolled back", 4)
+        assert "ROLLED BACK at entry 4" in str(report)
+
+    def test_an_emptied_trail_is_seen_and_so_is_its_restart(
+        self, trail: AuditTrail, tmp_path: Path
+    ) -> None:
+        self.fill(trail)
+        anchoring = self.anchoring(trail, tmp_path / "anchor")
+        anchoring.anchor()
+        self.tamper("DELETE FROM {audit_entries}")
+        self.tamper("DELETE FROM {audit_head}")
+        assert trail.verify().ok
+        report = verify_audit(trail, anchoring)
+        assert (report.ok, report.status, report.first_bad_seq) == (False, "emptied", 1)
+        trail.append(record(1))  # the trail restarts at 1
+        report = verify_audit(trail, anchoring)
+        assert (report.ok, report.status) == (False, "rolled back")
+
+    def test_dropped_tables_are_reported_and_nothing_runs_unaudited(
+        self, trail: AuditTrail
+    ) -> None:
+        self.fill(trail)
+        self.tamper("DROP TABLE {audit_entries}")
+        self.tamper("DROP TABLE {audit_head}")
+        report = verify_audit(trail, None)
+        assert (report.ok, report.status, report.first_bad_seq) == (False, "dropped", 1)
+        with pytest.raises(AuditTrailUnavailable, match="audit tables are missing"):
+            trail.append(record(7))
+
+    def test_invalid_json_is_reported_not_raised(self, trail: AuditTrail) -> None:
+        self.fill(trail)
+        self.tamper(
+            "UPDATE {audit_entries} SET parameters = %(bad)s WHERE seq = 3", {"bad": "{not json"}
+        )
+        report = trail.verify()
+        assert (report.ok, report.first_bad_seq) == (False, 3)
+
+    def test_a_row_forged_after_the_head_never_makes_an_append_collide(
+        self, trail: AuditTrail
+    ) -> None:
+        self.fill(trail)
+        forged = trail.entries()[-1]
+        self.tamper(
+            "INSERT INTO {audit_entries} (seq, entry_id, at, actor, action, scope, reason, "
+            "outcome, parameters, job_id, prev_hash, hash, mac) VALUES (7, 'x', %(at)s, 'eve', "
+            "'grant', '*', 'r', 'succeeded', %(p)s, NULL, %(prev)s, 'h', 'm')",
+            {"at": forged.at, "prev": forged.hash, "p": "{}"},
+        )
+        assert trail.verify().first_bad_seq == 7
+        assert trail.append(record(8)).seq == 8, "no UNIQUE violation"
+        assert trail.append(record(9)).seq == 9
+        assert trail.verify().first_bad_seq == 7, "still named"
+
+    def test_a_deleted_head_after_a_cut_is_reported_and_appends_go_on(
+        self, trail: AuditTrail
+    ) -> None:
+        self.fill(trail)
+        self.tamper("DELETE FROM {audit_entries} WHERE seq > 4")
+        self.tamper("DELETE FROM {audit_head}")
+        assert trail.verify().first_bad_seq == 4
+        assert trail.append(record(5)).seq == 5
+        report = trail.verify()
+        assert (report.ok, report.first_bad_seq) == (False, 5)
+        assert "restarts the chain" in report.problem
+
+    def test_a_wrong_key_is_refused_before_anything_is_appended(self, trail: AuditTrail) -> None:
+        self.fill(trail)
+        with pytest.raises(AuditKeyError, match="not the key the trail was written with"):
+            AuditTrail(trail.database, AuditKey.generate()).append(record(7))
+        assert len(trail.entries()) == 6
+        assert trail.verify().ok
+
+    def test_anchors_are_due_after_the_interval_only(
+        self, trail: AuditTrail, tmp_path: Path
+    ) -> None:
+        self.fill(trail, 2)
+        now = [1_000_000.0]
+        anchoring = Anchoring(
+            trail,
+            DirectoryAnchorSink(tmp_path / "a"),
+            self.key,
+            interval_seconds=60,
+            clock=lambda: now[0],
+        )
+        assert anchoring.anchor_if_due() is not None, "nothing anchored yet"
+        now[0] += 59
+        assert anchoring.anchor_if_due() is None
+        now[0] += 1
+        second = anchoring.anchor_if_due()
+        assert second is not None and second.number == 2
+        assert verify_audit(trail, anchoring).ok
+        (tmp_path / "a" / "digest-000000000001.json").unlink()
+        report = verify_audit(trail, anchoring)
+        assert not report.ok and "digest 1 is missing" in report.problem
+
 
 class TestSQLiteAuditTrail(AuditTrailContract):
     @pytest.fixture
     def trail(self, tmp_path: Path) -> Iterator[AuditTrail]:
         self.path = tmp_path / "recovery.db"
         database: Database = SQLiteDatabase(self.path)
-        trail = AuditTrail(database, AuditKey.generate())
+        self.key = AuditKey.generate()
+        trail = AuditTrail(database, self.key)
         trail.create_tables()
         yield trail
         database.close()
@@ -197,7 +325,8 @@ class TestSQLiteAuditTrail(AuditTrailContract):
                 conn.execute(f'DROP TRIGGER "{name}"')
             conn.execute(sqlite_statement(statement), params)
             for _, ddl in triggers:
-                conn.execute(ddl)
+                with contextlib.suppress(sqlite3.OperationalError):  # its table was dropped
+                    conn.execute(ddl)
 
 
 class TestPostgresAuditTrail(AuditTrailContract):
@@ -205,7 +334,8 @@ class TestPostgresAuditTrail(AuditTrailContract):
     def trail(self, postgres_dsn: str, pg_schema: str) -> Iterator[AuditTrail]:
         self.dsn, self.schema = postgres_dsn, pg_schema
         database: Database = PostgresDatabase(postgres_dsn, schema=pg_schema)
-        trail = AuditTrail(database, AuditKey.generate())
+        self.key = AuditKey.generate()
+        trail = AuditTrail(database, self.key)
         trail.create_tables()
         yield trail
         database.close()

@@ -157,7 +157,8 @@ class DrillContract(LiveStore):
         assert latest is not None and latest.drill_id == result.drill_id
         assert latest.comparisons == result.comparisons, "recorded as it was found"
         assert require_matching_drill(drills, required=True, projection="run_status", build=1)
-        (entry,) = world.context.audit.entries(action="drill")
+        intent, entry = world.context.audit.entries(action="drill")
+        assert intent.outcome == "started"
         assert (entry.actor, entry.outcome, entry.scope) == (
             "olga",
             "succeeded",

@@ -65,8 +65,9 @@ def test_an_allowed_operation_runs_and_is_audited_with_its_job(operations: Opera
     operations.access.grant("alice", Role.OPERATOR, "projection:runs", granted_by="setup")
     result = operations.run(ALICE, "rebuild", reason="bad deploy", projection="runs")
     assert result["job_id"].endswith("7")
-    (entry,) = operations.audit.entries()
-    assert entry.outcome == "succeeded"
+    intent, entry = operations.audit.entries()
+    assert (intent.outcome, entry.outcome) == ("started", "succeeded")
+    assert entry.parameters["intent_seq"] == intent.seq
     assert entry.reason == "bad deploy"
     assert entry.job_id == "00000000-0000-0000-0000-000000000007"
 
@@ -76,8 +77,8 @@ def test_failures_are_audited_and_reraised(operations: Operations) -> None:
     operations.access.grant("alice", Role.OPERATOR, "*", granted_by="setup")
     with pytest.raises(RuntimeError, match="boom"):
         operations.run(ALICE, "rebuild", reason="try", projection="runs", explode=True)
-    (entry,) = operations.audit.entries()
-    assert entry.outcome == "failed"
+    intent, entry = operations.audit.entries()
+    assert (intent.outcome, entry.outcome) == ("started", "failed")
     assert "RuntimeError: boom" in entry.parameters["error"]
 
 

@@ -97,7 +97,9 @@ class ApplyContract:
         audit = applying.context.audit.entries(limit=1000)
         actions = [(e.action, e.reason) for e in audit]
         assert ("rebuild", "INC-7 (template rebuild-stats)") in actions
-        continued = [e for e in audit if e.action == "rollout.continue"]
+        continued = [
+            e for e in audit if e.action == "rollout.continue" and e.outcome == "succeeded"
+        ]
         assert len(continued) == 1 and "canary partitions [1] verified" in continued[0].reason
 
     def test_a_failing_canary_stops_the_rollout(self, applying: Applying) -> None:

@@ -231,7 +231,15 @@ class PlanContract(LiveStore):
         assert updated.template.version == 2
         assert "-partitions = 4\n+partitions = 2\n" in updated.diff
 
-        entries = [e for e in context.audit.entries() if e.action.startswith("templates.")]
+        entries = [
+            e
+            for e in context.audit.entries()
+            if e.action.startswith("templates.") and e.outcome != "started"
+        ]
+        assert [(e.actor, e.action, e.outcome) for e in context.audit.entries()][-2:] == [
+            ("ada", "templates.update", "started"),
+            ("ada", "templates.update", "succeeded"),
+        ]
         assert [(e.actor, e.action, e.outcome) for e in entries] == [
             ("ada", "templates.add", "succeeded"),
             ("olga", "templates.update", "denied"),
@@ -239,7 +247,11 @@ class PlanContract(LiveStore):
             ("ada", "templates.update", "succeeded"),
         ]
         assert entries[0].parameters["diff"] == added.diff
-        assert entries[1].parameters["diff"] == entries[3].parameters["diff"] == updated.diff
+        assert entries[3].parameters["diff"] == updated.diff
+        # Olga and Vic hold no admin grant anywhere: refused before the stored template is
+        # read for a diff; their entries hold the text they tried.
+        assert [e.parameters.get("diff") for e in entries[1:3]] == [None, None]
+        assert entries[1].parameters["toml"] == entries[2].parameters["toml"] == changed
         assert entries[3].reason == "fewer"
         assert context.audit.verify().ok
 
@@ -319,8 +331,8 @@ class PlanContract(LiveStore):
             )
         assert "template.kind" in str(rejected.value)
         assert "scope.partitions" in str(rejected.value)
-        (entry,) = world.context.audit.entries(action="templates.add")
-        assert entry.outcome == "failed"
+        intent, entry = world.context.audit.entries(action="templates.add")
+        assert (intent.outcome, entry.outcome) == ("started", "failed")
         assert "template.kind" in entry.parameters["error"]
         assert '+kind = "nuke"' in entry.parameters["diff"]
         assert TemplateStore(world.context.database).templates() == []

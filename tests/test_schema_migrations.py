@@ -324,6 +324,7 @@ class SchemaContract:
             assert entries == [
                 ("bootstrap", "migrate", "succeeded", "first install"),
                 ("mallory", "migrate", "denied", "again"),
+                ("ada", "migrate", "started", "upgrade 1.5"),
                 ("ada", "migrate", "succeeded", "upgrade 1.5"),
             ]
             assert context.audit.verify().ok

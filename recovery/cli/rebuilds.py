@@ -44,7 +44,12 @@ from safereplay.recovery.cli.support import (
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.operations.catalog import open_operations
-from safereplay.recovery.templates.apply import AppliedStep, apply_template, wait_for_job
+from safereplay.recovery.templates.apply import (
+    STEP_OPERATIONS,
+    AppliedStep,
+    apply_template,
+    wait_for_job,
+)
 from safereplay.recovery.templates.store import TemplateStore, resolve_template
 
 __all__ = ["WorkerProcess", "register", "start_workers", "watch_job", "worker_failures"]
@@ -526,12 +531,20 @@ def apply_command(
     """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
     with recovery_context() as context:
         caller = cli_caller(context, "apply")
+        operations = open_operations(context)
+        # Refused before the template is even resolved when no step could run.
+        operations.require_any(
+            caller,
+            "apply",
+            list(STEP_OPERATIONS.values()),
+            reason=reason,
+            parameters={"template": template, "workers": workers},
+        )
         store = TemplateStore(context.database)
         context.ensure_schema()
         loaded, origin = resolve_template(template, store)
         driver = ProcessDriver(context.jobs, max(1, workers))
         try:
-            operations = open_operations(context)
             steps = apply_template(operations, caller, loaded, reason=reason, driver=driver)
         finally:
             driver.close()

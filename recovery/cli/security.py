@@ -13,10 +13,15 @@ from safereplay.recovery.cli.support import (
     EXIT_NO,
     console,
     emit,
+    error_console,
+    fail,
     operation,
     recovery_context,
 )
+from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.security.anchors import AnchorError
+from safereplay.recovery.security.audit import AuditTrailUnavailable, VerificationReport
 
 __all__ = ["Json", "Reason", "audit_app", "keys_app", "principals_app", "register", "token_app"]
 
@@ -139,11 +144,42 @@ def audit_list(
 
 @audit_app.command("verify")
 def audit_verify(as_json: Json = False) -> None:
-    """Verify the hash chain and signatures; exit 1 naming the first bad entry."""
-    report = operation("audit.verify")
+    """Verify the chain, signatures and head, and the latest anchor; exit 1 naming the
+    first bad entry (also when the trail was truncated, rolled back, emptied or dropped)."""
+    with recovery_context() as context:
+        caller = context.caller()
+        try:
+            report = open_operations(context).run(caller, "audit.verify")
+        except AuditTrailUnavailable as exc:
+            # The tables are gone, so this verification cannot be recorded either.
+            report = VerificationReport(
+                False, 0, 1, "the audit tables are missing (dropped)", status="dropped"
+            )
+            error_console.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
     emit(report, as_json=as_json, human=lambda r: console.print(str(r), highlight=False))
     if not report.ok:
         raise SystemExit(EXIT_NO)
+
+
+@audit_app.command("anchor")
+def audit_anchor(as_json: Json = False) -> None:
+    """Write a signed digest of the audit head to the anchor (SAFEREPLAY_AUDIT_ANCHOR_DIR),
+    after verifying the trail; exit 1 if the trail does not verify."""
+    with recovery_context() as context:
+        caller = context.caller()
+        try:
+            digest = open_operations(context).run(caller, "audit.anchor")
+        except AnchorError as exc:
+            fail(str(exc), EXIT_NO)
+
+    def human(d: Any) -> None:
+        console.print(
+            f"anchored digest {d['number']}: entry {d['seq']} ({d['entries']} entries) "
+            f"in {d['where']}",
+            highlight=False,
+        )
+
+    emit(digest, as_json=as_json, human=human)
 
 
 @keys_app.command("add")

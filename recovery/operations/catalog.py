@@ -45,7 +45,7 @@ def open_operations(context: RecoveryContext) -> Operations:
     dispatcher checks grants and appends audit entries from its first call); see
     :meth:`RecoveryContext.ensure_schema`.
     """
-    operations = Operations(access=context.access, audit=context.audit)
+    operations = Operations(access=context.access, audit=context.audit, anchoring=context.anchoring)
     for register in REGISTRARS:
         register(operations, context)
     return operations

@@ -25,7 +25,9 @@ from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal
+from safereplay.recovery.security.anchors import sink_from_settings
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
+from safereplay.recovery.security.audit_verify import Anchoring
 from safereplay.recovery.security.signin import SignInAudit
 from safereplay.recovery.settings import RecoverySettings
 
@@ -149,6 +151,19 @@ class RecoveryContext:
         audit = AuditTrail(self.database, AuditKey.from_settings(self.recovery))
         self.ensure_schema()
         return audit
+
+    @cached_property
+    def anchoring(self) -> Anchoring | None:
+        """Digests of the audit head outside the database (``SAFEREPLAY_AUDIT_ANCHOR_DIR``)."""
+        sink = sink_from_settings(self.recovery)
+        if sink is None:
+            return None
+        return Anchoring(
+            self.audit,
+            sink,
+            AuditKey.from_settings(self.recovery),
+            interval_seconds=self.recovery.audit_anchor_interval_seconds,
+        )
 
     @cached_property
     def jobs(self) -> JobStore:

@@ -6,20 +6,50 @@ from its parameters. :meth:`Operations.run` is the only way to call one: it
 checks the caller's permission *before* the handler runs, and appends an audit
 entry for every attempt — denied, failed or succeeded — so no operation can
 bypass access control or the audit trail.
+
+The check comes first in two steps. A principal holding the operation's
+permission on no scope at all is refused before anything else: before its scope
+is derived (which may read a job or resolve a template) and before ``prepare``.
+Only then is the scope derived and checked exactly.
+
+An operation that changes state gets an *intent* entry (outcome ``started``)
+before its handler runs, and its outcome entry (naming the intent's ``seq`` in
+``intent_seq``) after. Handlers commit through their stores' own connections,
+so the outcome cannot share their transaction; a crash between the change and
+the outcome entry leaves the intent, whose outcome is then unknown — never a
+change without any entry (docs/security.md).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 from uuid import UUID
 
-from safereplay.recovery.errors import InvalidRequest
-from safereplay.recovery.security.access import AccessControl, AccessDenied, Permission, Principal
-from safereplay.recovery.security.audit import AuditRecord, AuditTrail
+from safereplay.recovery.errors import InvalidRequest, RecoveryError
+from safereplay.recovery.security.access import (
+    ROLE_PERMISSIONS,
+    AccessControl,
+    AccessDenied,
+    Permission,
+    Principal,
+)
+from safereplay.recovery.security.audit import AuditEntry, AuditRecord, AuditTrail
+
+_log = logging.getLogger(__name__)
+#: The scope recorded when a denial comes before the scope is derived.
+_NOT_DERIVED = "(not derived: no grant with the permission)"
 
 __all__ = ["OperationContext", "OperationSpec", "Operations", "int_parameter"]
+
+
+class AnchorsWhenDue(Protocol):
+    """Anchors the audit trail's head outside the database when an interval has passed."""
+
+    def anchor_if_due(self) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -49,6 +79,9 @@ class OperationSpec:
     #: Runs until stopped (a worker, a follower): audited when it starts, as well
     #: as when it ends, so the trail shows what is running now.
     long_running: bool = False
+    #: Deriving the scope reads the database (a job, a template): not done for a
+    #: principal without the permission anywhere.
+    scope_reads: bool = True
 
     @property
     def needs_reason(self) -> bool:
@@ -81,9 +114,16 @@ def projection_scope(parameters: Mapping[str, Any]) -> str:
 class Operations:
     """The registry and dispatcher of every operation."""
 
-    def __init__(self, *, access: AccessControl, audit: AuditTrail) -> None:
+    def __init__(
+        self,
+        *,
+        access: AccessControl,
+        audit: AuditTrail,
+        anchoring: AnchorsWhenDue | None = None,
+    ) -> None:
         self.access = access
         self.audit = audit
+        self.anchoring = anchoring
         self._specs: dict[str, OperationSpec] = {}
 
     def register(
@@ -97,20 +137,33 @@ class Operations:
         changes_state: bool | None = None,
         prepare: Preparer | None = None,
         long_running: bool = False,
+        scope_reads: bool | None = None,
     ) -> None:
         """Register an operation; ``changes_state`` defaults to "needs more than view".
 
         ``prepare`` (optional) derives more parameters from the given ones before
         the permission check: it must only read (a template's diff, say).
         ``long_running`` operations get an audit entry when they start, too.
+        ``scope_reads``: does ``scope`` read the database? (By default: a fixed scope
+        or the projection parameter's does not, any other function may.)
         """
         if name in self._specs:
             raise ValueError(f"operation {name!r} is registered twice")
         scope_of = scope if callable(scope) else (lambda _params, fixed=scope: fixed)
         if changes_state is None:
             changes_state = permission != Permission.VIEW
+        if scope_reads is None:
+            scope_reads = callable(scope) and scope is not projection_scope
         self._specs[name] = OperationSpec(
-            name, permission, scope_of, handler, summary, changes_state, prepare, long_running
+            name,
+            permission,
+            scope_of,
+            handler,
+            summary,
+            changes_state,
+            prepare,
+            long_running,
+            scope_reads,
         )
 
     @property
@@ -131,6 +184,28 @@ class Operations:
             raise InvalidRequest(
                 f"unknown operation {operation!r}; known: {', '.join(sorted(self._specs))}"
             )
+        if not self.may_hold(principal, spec.permission):
+            # Nothing is read, resolved or prepared for a principal who may do this nowhere.
+            scope = _NOT_DERIVED
+            if not spec.scope_reads:
+                with contextlib.suppress(InvalidRequest):
+                    scope = spec.scope_of(parameters)
+            self._append(
+                AuditRecord(
+                    actor=principal.name,
+                    action=operation,
+                    scope=scope,
+                    reason=reason,
+                    parameters=parameters,
+                    job_id=_job_id_of(parameters),
+                    outcome="denied",
+                )
+            )
+            where = "any scope" if scope == _NOT_DERIVED else repr(scope)
+            raise AccessDenied(
+                f"{principal.name!r} may not {operation} on {where}: it holds no grant with "
+                f"the {spec.permission} permission (ask an admin for a grant)"
+            )
         unprepared: InvalidRequest | None = None
         if spec.prepare is not None:
             try:
@@ -147,41 +222,96 @@ class Operations:
             "job_id": _job_id_of(parameters),
         }
         if not self.access.allows(principal.name, spec.permission, scope):
-            self.audit.append(AuditRecord(**record, outcome="denied"))
+            self._append(AuditRecord(**record, outcome="denied"))
             raise AccessDenied(
                 f"{principal.name!r} may not {operation} on {scope!r}: it needs the "
                 f"{spec.permission} permission there (ask an admin for a grant)"
             )
         if spec.needs_reason and not reason.strip():
-            self.audit.append(AuditRecord(**{**record, "reason": "(none given)"}, outcome="failed"))
+            self._append(AuditRecord(**{**record, "reason": "(none given)"}, outcome="failed"))
             raise InvalidRequest(f"{operation} changes state: give a reason (--reason)")
         if unprepared is not None:
             failed = {**parameters, "error": f"{type(unprepared).__name__}: {unprepared}"}
-            self.audit.append(AuditRecord(**{**record, "parameters": failed}, outcome="failed"))
+            self._append(AuditRecord(**{**record, "parameters": failed}, outcome="failed"))
             raise unprepared
         context = OperationContext(principal=principal, reason=reason, operation=operation)
-        if spec.long_running:
-            self.audit.append(AuditRecord(**record, outcome="started"))
+        outcome_parameters = dict(parameters)
+        if spec.long_running or spec.changes_state:
+            intent = self.audit.append(AuditRecord(**record, outcome="started"))
+            outcome_parameters["intent_seq"] = intent.seq
         try:
             result = spec.handler(context, parameters)
         except Exception as exc:
-            self.audit.append(
+            self._append(
                 AuditRecord(
                     **{
                         **record,
-                        "parameters": {**parameters, "error": f"{type(exc).__name__}: {exc}"},
+                        "parameters": {
+                            **outcome_parameters,
+                            "error": f"{type(exc).__name__}: {exc}",
+                        },
                     },
                     outcome="failed",
                 )
             )
             raise
-        self.audit.append(
+        self._append(
             AuditRecord(
-                **{**record, "job_id": record["job_id"] or _job_id_of(result)},
+                **{
+                    **record,
+                    "parameters": outcome_parameters,
+                    "job_id": record["job_id"] or _job_id_of(result),
+                },
                 outcome="succeeded",
             )
         )
         return result
+
+    def require_any(
+        self,
+        principal: Principal,
+        action: str,
+        operations: Sequence[str],
+        *,
+        reason: str,
+        parameters: Mapping[str, Any],
+    ) -> None:
+        """Refuse (and audit) ``action`` — a command made of ``operations``, such as
+        ``apply`` — before it reads anything, when ``principal`` may run none of them
+        anywhere; each operation is then checked exactly when it runs."""
+        if any(self.may_hold(principal, self._specs[name].permission) for name in operations):
+            return
+        self._append(
+            AuditRecord(
+                actor=principal.name,
+                action=action,
+                scope=_NOT_DERIVED,
+                reason=reason,
+                parameters=parameters,
+                outcome="denied",
+            )
+        )
+        raise AccessDenied(
+            f"{principal.name!r} may not {action} on any scope: it holds no grant to run "
+            f"{' or '.join(sorted(set(operations)))} (ask an admin for a grant)"
+        )
+
+    def may_hold(self, principal: Principal, permission: Permission) -> bool:
+        """Does ``principal`` hold ``permission`` on any scope at all?"""
+        return any(
+            permission in ROLE_PERMISSIONS[g.role] for g in self.access.grants(principal.name)
+        )
+
+    def _append(self, record: AuditRecord) -> AuditEntry:
+        entry = self.audit.append(record)
+        if self.anchoring is not None:
+            try:
+                self.anchoring.anchor_if_due()
+            except (RecoveryError, OSError) as exc:
+                # The operation is done and audited; the anchor is retried after the
+                # next one. `audit anchor` and `audit verify` say what is wrong.
+                _log.warning("audit trail not anchored: %s", exc)
+        return entry
 
 
 def _job_id_of(value: Any) -> UUID | None:

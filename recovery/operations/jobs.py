@@ -73,6 +73,7 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
         handler=jobs_list,
         scope=lambda p: f"projection:{p['projection']}" if p.get("projection") else "*",
         summary="list jobs with progress, rate and ETA",
+        scope_reads=False,
     )
     for name, state in (
         ("pause", JobState.PAUSED),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
 from safereplay.recovery.security.access import Permission, Role
+from safereplay.recovery.security.audit_verify import verify_audit
 from safereplay.recovery.security.keys import (
     activate_key,
     add_key,
@@ -110,7 +111,16 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         return [asdict(e) for e in entries]
 
     def audit_verify(ctx: OperationContext, p: Mapping[str, Any]) -> Any:
-        return audit.verify()
+        return verify_audit(audit, context.anchoring)
+
+    def audit_anchor(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        if context.anchoring is None:
+            raise InvalidRequest(
+                "no anchor configured: set SAFEREPLAY_AUDIT_ANCHOR_DIR to a directory outside "
+                "the events database"
+            )
+        digest = context.anchoring.anchor()
+        return {**asdict(digest), "where": context.anchoring.sink.where}
 
     def keys_add(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         ring = add_key(_key_file(context), p["key_id"], activate=bool(p.get("activate")))
@@ -154,6 +164,7 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         ("token.revoke", admin, token_revoke, "*", "revoke a principal's tokens"),
         ("audit.list", view, audit_list, "audit", "list audit entries"),
         ("audit.verify", admin, audit_verify, "audit", "verify the audit chain"),
+        ("audit.anchor", admin, audit_anchor, "audit", "anchor the audit head outside the db"),
         ("keys.add", keys, keys_add, "keys", "add a key to the ring"),
         ("keys.activate", keys, keys_activate, "keys", "make a key the one new events use"),
         ("keys.usage", keys, keys_usage, "keys", "count stored rows per key"),
@@ -167,7 +178,8 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         ("keys.retire", keys, keys_retire, "keys", "remove an unused key from the ring"),
     )
     # Read-only although they need more than the view permission.
-    read_only = {"audit.verify", "keys.usage"}
+    # (Anchoring writes outside the database only, and is audited like any attempt.)
+    read_only = {"audit.verify", "audit.anchor", "keys.usage"}
     for name, permission, handler, scope, summary in table:
         operations.register(
             name,
@@ -176,4 +188,5 @@ def register_security_operations(operations: Operations, context: RecoveryContex
             scope=scope,
             summary=summary,
             changes_state=False if name in read_only else None,
+            scope_reads=False,
         )

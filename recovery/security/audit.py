@@ -44,8 +44,8 @@ from typing import Any, Literal
 from uuid import UUID
 
 from safereplay.domain.secret import hide_passwords, read_owner_only
-from safereplay.recovery.database import Database
-from safereplay.recovery.errors import AuditKeyError
+from safereplay.recovery.database import Database, missing_table
+from safereplay.recovery.errors import AuditKeyError, RecoveryError
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
@@ -54,6 +54,8 @@ __all__ = [
     "AuditKeyError",
     "AuditRecord",
     "AuditTrail",
+    "AuditTrailUnavailable",
+    "TrailHead",
     "VerificationReport",
     "redact",
 ]
@@ -125,7 +127,23 @@ class AuditKey:
             handle.write(base64.b64encode(self.key).decode("ascii"))
 
     def sign(self, digest: str) -> str:
-        return hmac.new(self.key, digest.encode("ascii"), hashlib.sha256).hexdigest()
+        # UTF-8, not ASCII: a digest read from a tampered row may hold any character,
+        # and signing it must yield a mismatch, not an exception (ASCII is UTF-8).
+        return hmac.new(
+            self.key, digest.encode("utf-8", "surrogatepass"), hashlib.sha256
+        ).hexdigest()
+
+    def verifies(self, digest: str, mac: object) -> bool:
+        """Whether ``mac`` is this key's signature of ``digest``, in constant time.
+
+        Anything read back from storage may be tampered with: a MAC that is not a
+        string, or holds non-ASCII characters (which ``hmac.compare_digest`` refuses
+        as ``str``), is simply not a match."""
+        if not isinstance(mac, str):
+            return False
+        return hmac.compare_digest(
+            self.sign(digest).encode("ascii"), mac.encode("utf-8", "surrogatepass")
+        )
 
     @classmethod
     def from_settings(cls, settings: RecoverySettings) -> AuditKey:
@@ -176,19 +194,53 @@ class AuditEntry:
         return fields
 
 
+class AuditTrailUnavailable(RecoveryError):
+    """The audit tables cannot be written (dropped?): nothing is run unaudited."""
+
+
+@dataclass(frozen=True)
+class TrailHead:
+    """The signed head as found, with the number of entries: what an anchor records."""
+
+    seq: int
+    hash: str
+    mac: str
+    entries: int
+
+
 @dataclass(frozen=True)
 class VerificationReport:
+    """What ``audit verify`` found. ``status`` is ``intact``, ``tampered``,
+    ``truncated``, ``rolled back``, ``emptied`` or ``dropped``; ``anchor`` says what
+    the trail was checked against outside the database (or that nothing was)."""
+
     ok: bool
     entries_checked: int
     first_bad_seq: int | None = None
     problem: str = ""
+    status: str = ""
+    anchor: str = ""
+    notes: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            object.__setattr__(self, "status", "intact" if self.ok else "tampered")
 
     def __str__(self) -> str:
         if self.ok:
-            return (
+            text = (
                 f"audit trail verified: {self.entries_checked} entries, chain and signatures intact"
             )
-        return f"audit trail TAMPERED at entry {self.first_bad_seq}: {self.problem}"
+        else:
+            text = (
+                f"audit trail {self.status.upper()} at entry {self.first_bad_seq}: {self.problem}"
+            )
+        lines = [text, *([self.anchor] if self.anchor else []), *self.notes]
+        return "\n".join(lines)
+
+
+def _bad(checked: int, seq: int, problem: str, status: str = "tampered") -> VerificationReport:
+    return VerificationReport(False, checked, seq, problem, status=status)
 
 
 def entry_hash(content: Mapping[str, Any]) -> str:
@@ -261,6 +313,9 @@ _POSTGRES_GUARDS = [
     FOR EACH STATEMENT EXECUTE FUNCTION {audit_refuse_change}()""",
 ]
 _SELECT_HEAD = "SELECT seq, hash, mac FROM {audit_head} WHERE id = 1"
+_SELECT_LAST_SEQ = "SELECT MAX(seq) AS seq, COUNT(*) AS entries FROM {audit_entries}"
+_SELECT_HASH_AT = "SELECT hash FROM {audit_entries} WHERE seq = %(seq)s"
+_SELECT_FIRST = "SELECT seq, hash, mac FROM {audit_entries} ORDER BY seq LIMIT 1"
 _LOCK_FIRST_APPEND = "SELECT pg_advisory_xact_lock(hashtext('safereplay_audit_head')::bigint)"
 _INSERT_ENTRY = """
 INSERT INTO {audit_entries} (seq, entry_id, at, actor, action, scope, reason, outcome,
@@ -300,6 +355,26 @@ class AuditTrail:
                 tx.execute(statement)
 
     def append(self, record: AuditRecord) -> AuditEntry:
+        """Append one entry and move the signed head to it, in one transaction.
+
+        Refused (:class:`AuditKeyError`, nothing appended) when the key verifies
+        neither the head nor the first entry: it is not the key this trail was
+        written with. The new entry takes the sequence number after both the head
+        and the last entry found, so a row forged after the head never makes an
+        append collide; it links to the signed head, so ``audit verify`` still names
+        the forged row (see docs/security.md).
+        """
+        try:
+            return self._append(record)
+        except Exception as exc:
+            if missing_table(exc):
+                raise AuditTrailUnavailable(
+                    "the audit tables are missing (dropped?): nothing is run unaudited; "
+                    "run `safereplay audit verify`, then restore the trail"
+                ) from None
+            raise
+
+    def _append(self, record: AuditRecord) -> AuditEntry:
         parameters = redact(dict(record.parameters))
         with self.database.transaction(write=True) as tx:
             # Locking the head row serialises appenders, so seq and prev_hash are
@@ -313,8 +388,11 @@ class AuditTrail:
                 # transactions are serial already.)
                 tx.rows(_LOCK_FIRST_APPEND)
                 head = tx.rows(_SELECT_HEAD, for_update=True)
-            seq = int(head[0]["seq"]) + 1 if head else 1
-            prev_hash = head[0]["hash"] if head else GENESIS
+            if head:
+                self._check_key(tx, head[0])
+            last = tx.rows(_SELECT_LAST_SEQ)[0]["seq"]
+            seq = max(int(head[0]["seq"]) if head else 0, int(last or 0)) + 1
+            prev_hash = str(head[0]["hash"]) if head else GENESIS
             at = datetime.fromtimestamp(tx.now(), UTC).isoformat(timespec="microseconds")
             unsigned = {
                 "seq": seq,
@@ -345,6 +423,37 @@ class AuditTrail:
             }
             tx.execute(_UPDATE_HEAD if head else _INSERT_HEAD, head_params)
         return entry
+
+    def _check_key(self, tx: Any, head: Mapping[str, Any]) -> None:
+        """Refuse a key that verifies neither the head nor the first entry."""
+        if self._signs(_head_digest(int(head["seq"]), str(head["hash"])), head["mac"]):
+            return
+        first = tx.rows(_SELECT_FIRST)
+        if first and self._signs(str(first[0]["hash"]), first[0]["mac"]):
+            return  # the head was tampered with, not signed with another key: verify says so
+        raise AuditKeyError(
+            "the audit key does not verify this trail (neither its signed head nor its first "
+            "entry): it is not the key the trail was written with; nothing was appended. "
+            "Check SAFEREPLAY_AUDIT_KEY_FILE / SAFEREPLAY_AUDIT_KEY"
+        )
+
+    def _signs(self, digest: str, mac: Any) -> bool:
+        return self._key.verifies(digest, mac)
+
+    def hash_at(self, seq: int) -> str | None:
+        """The stored hash of entry ``seq`` (None if there is none)."""
+        with self.database.transaction(write=False) as tx:
+            rows = tx.rows(_SELECT_HASH_AT, {"seq": seq})
+        return str(rows[0]["hash"]) if rows else None
+
+    def head(self) -> TrailHead | None:
+        """The signed head and the number of entries (None without a head)."""
+        with self.database.transaction(write=False) as tx:
+            head = tx.rows(_SELECT_HEAD)
+            count = tx.rows(_SELECT_LAST_SEQ)[0]["entries"]
+        if not head:
+            return None
+        return TrailHead(int(head[0]["seq"]), str(head[0]["hash"]), str(head[0]["mac"]), int(count))
 
     def entries(
         self,
@@ -401,53 +510,84 @@ class AuditTrail:
         )
 
     def verify(self) -> VerificationReport:
-        with self.database.transaction(write=False) as tx:
-            rows = tx.rows("SELECT * FROM {audit_entries} ORDER BY seq")
-            head = tx.rows(_SELECT_HEAD)
+        """Check the chain, the signatures and the head; never raises on tampering.
+
+        Whatever was done to the rows — changed, deleted, reordered, inserted,
+        unreadable values, a forged or missing head, the tables dropped — ends in a
+        report naming the first bad entry.
+        """
+        try:
+            with self.database.transaction(write=False) as tx:
+                rows = tx.rows("SELECT * FROM {audit_entries} ORDER BY seq")
+                head = tx.rows(_SELECT_HEAD)
+        except Exception as exc:
+            if missing_table(exc):
+                return _bad(0, 1, "the audit tables are missing (dropped)", "dropped")
+            raise
         previous = GENESIS
         expected = 1
         for row in rows:
-            entry = self._entry(row)
+            try:
+                entry = self._entry(row)
+            except (ValueError, TypeError, KeyError):
+                return _bad(
+                    expected - 1,
+                    _seq_of(row, expected),
+                    "it cannot be read (a value is not what was written: modified)",
+                )
             if entry.seq != expected:
-                return VerificationReport(
-                    False,
+                return _bad(
                     expected - 1,
                     expected,
                     f"entry {expected} is missing (deleted); next found is {entry.seq}",
                 )
             if entry_hash(entry.content()) != entry.hash:
-                return VerificationReport(
-                    False, expected - 1, entry.seq, "its content does not match its hash (modified)"
+                return _bad(
+                    expected - 1, entry.seq, "its content does not match its hash (modified)"
                 )
-            if not hmac.compare_digest(self._key.sign(entry.hash), entry.mac):
-                return VerificationReport(
-                    False, expected - 1, entry.seq, "its signature is invalid (forged or re-hashed)"
+            if not self._signs(str(entry.hash), entry.mac):
+                return _bad(
+                    expected - 1, entry.seq, "its signature is invalid (forged or re-hashed)"
                 )
             if entry.prev_hash != previous:
-                return VerificationReport(
-                    False,
-                    expected - 1,
-                    entry.seq,
-                    "it does not link to the entry before it (inserted or reordered)",
-                )
+                if entry.prev_hash == GENESIS:
+                    problem = (
+                        "it restarts the chain: it was appended while the signed head was "
+                        "missing (head deleted; entries after the one before it may be cut)"
+                    )
+                else:
+                    problem = "it does not link to the entry before it (inserted or reordered)"
+                return _bad(expected - 1, entry.seq, problem)
             previous = entry.hash
             expected += 1
         last = expected - 1
         if not head:
             if rows:
-                return VerificationReport(False, last, last, "the signed head record is missing")
+                return _bad(last, last, "the signed head record is missing")
             return VerificationReport(True, 0)
-        head_seq, head_hash, head_mac = int(head[0]["seq"]), head[0]["hash"], head[0]["mac"]
-        if not hmac.compare_digest(self._key.sign(_head_digest(head_seq, head_hash)), head_mac):
-            return VerificationReport(
-                False, last, head_seq, "the head record's signature is invalid"
+        try:
+            head_seq, head_hash, head_mac = (
+                int(head[0]["seq"]),
+                str(head[0]["hash"]),
+                head[0]["mac"],
             )
+        except (ValueError, TypeError):
+            return _bad(last, last, "the head record cannot be read (modified)")
+        if not self._signs(_head_digest(head_seq, head_hash), head_mac):
+            return _bad(last, head_seq, "the head record's signature is invalid")
         if head_seq != last or head_hash != previous:
-            return VerificationReport(
-                False,
+            return _bad(
                 last,
-                last + 1 if head_seq > last else head_seq,
+                last + 1 if head_seq > last else max(head_seq, 1),
                 f"the head names entry {head_seq} but the chain ends at {last} "
                 "(trailing entries deleted or replaced)",
+                "truncated" if head_seq > last else "tampered",
             )
         return VerificationReport(True, last)
+
+
+def _seq_of(row: Mapping[str, Any], default: int) -> int:
+    try:
+        return int(row["seq"])
+    except (ValueError, TypeError, KeyError):
+        return default

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -31,6 +31,7 @@ from safereplay.recovery.templates.model import RecoveryTemplate
 __all__ = [
     "AppliedStep",
     "JobDriver",
+    "STEP_OPERATIONS",
     "OperationRunner",
     "ThreadDriver",
     "apply_template",
@@ -88,14 +89,18 @@ class AppliedStep:
     detail: str = ""
 
 
+#: The operation each kind of template runs.
+STEP_OPERATIONS: Mapping[str, str] = {
+    "rebuild": "rebuild",
+    "catch-up": "catch-up",
+    "replay-range": "replay",
+    "redrive-parked": "parked.redrive",
+    "reencrypt": "keys.reencrypt",
+}
+
+
 def _operation(template: RecoveryTemplate) -> str:
-    return {
-        "rebuild": "rebuild",
-        "catch-up": "catch-up",
-        "replay-range": "replay",
-        "redrive-parked": "parked.redrive",
-        "reencrypt": "keys.reencrypt",
-    }[template.template.kind]
+    return STEP_OPERATIONS[template.template.kind]
 
 
 def _parameters(template: RecoveryTemplate, projection: str | None) -> dict[str, Any]:
