@@ -7,7 +7,8 @@
     │   └── InvalidTemplate     a recovery template failed validation (every problem listed)
     ├── JobConflict             a job is already running on that projection
     │   └── DrillConflict       the live build moved in a way a drill cannot follow
-    ├── JobNotFound             no job with that id
+    ├── JobNotFound             no job with that id (or id prefix)
+    │   └── AmbiguousJobId      a short job id that more than one job starts with
     ├── InvalidJobTransition    e.g. resume a completed job
     ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDenied",
+    "AmbiguousJobId",
     "AuditKeyError",
     "AuthenticationFailed",
     "CircuitOpen",
@@ -52,6 +54,10 @@ class JobConflict(RecoveryError):
 
 class JobNotFound(RecoveryError):
     """No job has that id."""
+
+
+class AmbiguousJobId(JobNotFound):
+    """A short job id (a prefix) that more than one job's id starts with."""
 
 
 class InvalidJobTransition(RecoveryError):

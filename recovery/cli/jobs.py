@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import console, emit, operation
@@ -23,7 +23,6 @@ def jobs_command(
 
     def table(result: Any) -> None:
         t = Table(
-            "job",
             "kind",
             "projection",
             "state",
@@ -35,6 +34,8 @@ def jobs_command(
             "by",
             "reason",
         )
+        # The short id is what job commands take: never wrapped or cut.
+        t.columns.insert(0, Column("job", no_wrap=True, min_width=8))
         for r in result:
             eta = r["eta_seconds"]
             t.add_row(

@@ -349,8 +349,8 @@ def watch_command(job_id: str, as_json: Json = False) -> None:
     """Follow a job's progress (events, rate, ETA per partition) until it ends."""
     with recovery_context() as context:
         caller = context.caller()
-        open_operations(context).run(caller, "jobs.show", job_id=job_id)
-        status = watch_job(context.jobs, UUID(job_id))
+        shown = open_operations(context).run(caller, "jobs.show", job_id=job_id)
+        status = watch_job(context.jobs, shown.job.job_id)
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
 
 

@@ -33,6 +33,7 @@ from safereplay.recovery.jobs.plans import (
 )
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
 
@@ -235,7 +236,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return {"projection": p["projection"], "dropped": build}
 
     def retry_partition(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job_id = UUID(str(p["job_id"]))
+        job_id = resolve_job_id(context.jobs, p["job_id"])
         index = int_parameter(p, "partition")
         if index is None:
             raise InvalidRequest("retry-partition needs the partition (--partition)")
@@ -266,15 +267,17 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         )
         job_id = p.get("job_id")
         with stop_on_signals() as stop:
-            return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
+            return instance.run(
+                stop, job_id=resolve_job_id(context.jobs, job_id) if job_id else None
+            )
 
     def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job_id = UUID(str(p["job_id"]))
+        job_id = resolve_job_id(context.jobs, p["job_id"])
         released = context.jobs.release_held(job_id)
         return {"job_id": str(job_id), "released_partitions": released}
 
     def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
-        return context.jobs.status(UUID(str(p["job_id"])))
+        return context.jobs.status(resolve_job_id(context.jobs, p["job_id"]))
 
     def follow(ctx: OperationContext, p: Mapping[str, Any]) -> list[FollowReport]:
         names = list(p.get("projections") or []) or list(context.registry)
@@ -309,7 +312,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return f"projection:{only}" if only else "projection:*"
 
     def job_scope(parameters: Mapping[str, Any]) -> str:
-        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
+        job = context.jobs.get_job(resolve_job_id(context.jobs, parameters.get("job_id")))
         return f"projection:{job.projection}"
 
     table: list[tuple[str, Any, str, Any]] = [
@@ -343,8 +346,15 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             handler=handler,
             summary=summary,
             **({} if scope is None else {"scope": scope}),
+            prepare=job_id_preparer(context, optional=name == "worker")
+            if name in _TAKES_A_JOB
+            else None,
             long_running=name in ("worker", "follow"),
         )
+
+
+#: Operations with a ``job_id`` parameter (a whole id or a prefix of one).
+_TAKES_A_JOB = frozenset({"retry-partition", "rollout.continue", "worker", "jobs.show"})
 
 
 @contextmanager
