@@ -5,6 +5,8 @@
     RecoveryError
     ├── InvalidRequest          bad operator input (range, partition, unknown projection...)
     │   └── InvalidTemplate     a recovery template failed validation (every problem listed)
+    ├── StoreUnavailable        the store cannot be opened: no such file, a bad path, a
+    │                           database server that cannot be reached or refuses us
     ├── JobConflict             a job is already running on that projection
     │   └── DrillConflict       the live build moved in a way a drill cannot follow
     ├── JobNotFound             no job with that id (or id prefix)
@@ -37,6 +39,7 @@ __all__ = [
     "JobNotFound",
     "LeaseLost",
     "RecoveryError",
+    "StoreUnavailable",
 ]
 
 
@@ -46,6 +49,10 @@ class RecoveryError(Exception):
 
 class InvalidRequest(RecoveryError):
     """The operator's request is invalid; the message says what to change."""
+
+
+class StoreUnavailable(RecoveryError):
+    """The store cannot be opened: the message names the path or server, and the cause."""
 
 
 class JobConflict(RecoveryError):

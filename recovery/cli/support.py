@@ -34,6 +34,7 @@ from safereplay.projections import PositionConflict, ProjectionError
 from safereplay.recovery.errors import InvalidJobTransition, JobConflict, RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.store_check import check_store
 from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
 from safereplay.recovery.security.audit import AuditKeyError
 
@@ -82,14 +83,19 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def recovery_context(*, check_schema: bool = True) -> Iterator[RecoveryContext]:
+def recovery_context(
+    *, check_schema: bool = True, create: bool = False
+) -> Iterator[RecoveryContext]:
     """A context from the environment; known errors become messages and exit codes.
 
     ``check_schema``: see :attr:`RecoveryContext.check_schema` (off for ``migrate``).
+    ``create``: the SQLite store may not exist yet (``migrate``, ``principals
+    bootstrap``); every other command refuses a missing one, creating nothing.
     """
     context: RecoveryContext | None = None
     try:
         context = RecoveryContext.from_env(check_schema=check_schema)
+        check_store(context.domain, context.projection_settings, create=create)
         yield context
     except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
         fail(str(exc), exit_code_for(exc))
