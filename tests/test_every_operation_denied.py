@@ -153,10 +153,12 @@ CLI_CALLS: dict[str, list[str]] = {
     "templates list": [],
     "templates show": ["x"],
     "migrate": ["-r", "x"],
+    "seed": ["--events", "5", "-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
-#: (refused once any principal exists, see test_cli_security).
-UNGUARDED = {"demo", "principals bootstrap"}
+#: (refused once any principal exists, see test_cli_security), and `init`, which makes a
+#: new store and its first admin (refused where anything exists, see test_cli_init).
+UNGUARDED = {"demo", "principals bootstrap", "init"}
 
 
 def all_commands() -> set[str]:

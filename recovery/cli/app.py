@@ -11,6 +11,7 @@ from rich.console import Console
 
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import drills as cli_drill
+from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
@@ -94,6 +95,7 @@ cli_security.register(app)
 cli_drill.register(app)
 cli_templates.register(app)
 cli_schema.register(app)
+cli_init.register(app)
 
 
 def main() -> None:

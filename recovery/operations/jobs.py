@@ -71,7 +71,8 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
         "jobs.list",
         permission=Permission.VIEW,
         handler=jobs_list,
-        scope=lambda p: f"projection:{p['projection']}" if p.get("projection") else "*",
+        # Every projection's jobs: what a grant on projection:* (or *) covers.
+        scope=lambda p: f"projection:{p.get('projection') or '*'}",
         summary="list jobs with progress, rate and ETA",
     )
     for name, state in (
