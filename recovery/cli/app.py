@@ -87,6 +87,7 @@ def status_command(
         typer.echo(json.dumps(to_jsonable(report), indent=2))
     else:
         console.print(status_table(report))
+        cli_jobs.print_stalled_jobs(projection or [])
 
 
 cli_jobs.register(app)

@@ -16,6 +16,7 @@ no batch is ever applied twice.
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -118,6 +119,10 @@ class JobStore(ABC):
 
     def status(self, job_id: UUID) -> JobStatus:
         return JobStatus(job=self.get_job(job_id), partitions=self.partitions(job_id))
+
+    def clock(self) -> float:
+        """Now, by the clock leases are written with (the database's)."""
+        return time.time()
 
     @abstractmethod
     def list_jobs(
@@ -328,6 +333,10 @@ class SQLJobStore(JobStore):
         template += " ORDER BY created_at DESC, job_id LIMIT %(limit)s"
         with self._transaction(write=False) as tx:
             return [job_from_row(r) for r in tx.rows(template, params)]
+
+    def clock(self) -> float:
+        with self._transaction(write=False) as tx:
+            return tx.now()
 
     def jobs_with_prefix(self, prefix: str, *, limit: int = 10) -> list[Job]:
         if not prefix or any(c not in "0123456789abcdef-" for c in prefix):

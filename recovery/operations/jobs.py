@@ -35,17 +35,21 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
             projection=p.get("projection"), active_only=bool(p.get("active_only"))
         )
         result = []
+        now = jobs.clock()
         for job in listed:
             status = jobs.status(job.job_id)
+            stalled = status.stalled(now)
             result.append(
                 {
                     **asdict(job),
+                    "stalled": stalled,
+                    "live_workers": status.live_leases(now),
                     "events_applied": status.events_applied,
                     "parked": status.parked,
                     "retries": status.retries,
                     "conflicts": status.conflicts,
                     "events_per_second": status.events_per_second,
-                    "eta_seconds": status.eta_seconds,
+                    "eta_seconds": None if stalled else status.eta_seconds,
                     "partitions": [asdict(part) for part in status.partitions],
                 }
             )

@@ -23,7 +23,7 @@ from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
-from safereplay.recovery.jobs.model import Job, JobStatus
+from safereplay.recovery.jobs.model import Job, JobKind, JobState, JobStatus
 from safereplay.recovery.jobs.plans import (
     JobRequest,
     start_catch_up,
@@ -31,6 +31,7 @@ from safereplay.recovery.jobs.plans import (
     start_redrive,
     start_replay,
 )
+from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
@@ -81,6 +82,18 @@ def _job_summary(job: Job | None) -> dict[str, Any]:
         "target_position": job.target_position,
         "state": str(job.state),
     }
+
+
+def resumable_job(jobs: JobStore, projection: str, kind: JobKind) -> Job | None:
+    """The projection's unfinished job of ``kind`` that the same command resumes.
+
+    Planned or running only: a paused job waits for ``safereplay resume`` (someone
+    paused it on purpose), and anything else active is a conflict, as before.
+    """
+    for job in jobs.list_jobs(projection=projection, active_only=True):
+        if job.kind == kind and job.state in (JobState.PLANNED, JobState.RUNNING):
+            return job
+    return None
 
 
 def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
@@ -142,10 +155,15 @@ def park_auditor(
 def register_recovery_operations(operations: Operations, context: RecoveryContext) -> None:
     partitions = context.recovery.partitions
 
-    def job_starter(start: Any, default_partitions: int) -> Any:
+    def job_starter(start: Any, default_partitions: int, kind: JobKind) -> Any:
         """The handler of ``rebuild`` or ``catch-up``: plan the job, return its summary."""
 
         def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+            interrupted = resumable_job(context.jobs, p["projection"], kind)
+            if interrupted is not None:
+                # The same command, run again after an interruption: it resumes the
+                # job (its partitions from where they stopped), as the runbook says.
+                return {**_job_summary(interrupted), "resumed": True}
             job = start(
                 _request(ctx, p, default_partitions),
                 projection=p["projection"],
@@ -158,8 +176,8 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
         return handler
 
-    rebuild = job_starter(start_rebuild, partitions)
-    catch_up = job_starter(start_catch_up, 1)
+    rebuild = job_starter(start_rebuild, partitions, JobKind.REBUILD)
+    catch_up = job_starter(start_catch_up, 1, JobKind.CATCH_UP)
 
     def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
@@ -359,13 +377,16 @@ _TAKES_A_JOB = frozenset({"retry-partition", "rollout.continue", "worker", "jobs
 
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (in the main thread): a worker stops at the
-    next batch boundary and gives its partition back instead of dying mid-lease."""
+    """An event set by SIGTERM, SIGINT or SIGHUP (in the main thread): a worker stops
+    at the next batch boundary and gives its partition back instead of dying
+    mid-lease (SIGHUP: the ssh session it ran in was dropped)."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
 
     def handle(signum: int, frame: object) -> None:
         stop.set()
