@@ -5,9 +5,12 @@
     RecoveryError
     ├── InvalidRequest          bad operator input (range, partition, unknown projection...)
     │   └── InvalidTemplate     a recovery template failed validation (every problem listed)
+    ├── StoreUnavailable        the store cannot be opened: no such file, a bad path, a
+    │                           database server that cannot be reached or refuses us
     ├── JobConflict             a job is already running on that projection
     │   └── DrillConflict       the live build moved in a way a drill cannot follow
-    ├── JobNotFound             no job with that id
+    ├── JobNotFound             no job with that id (or id prefix)
+    │   └── AmbiguousJobId      a short job id that more than one job starts with
     ├── InvalidJobTransition    e.g. resume a completed job
     ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDenied",
+    "AmbiguousJobId",
     "AuditKeyError",
     "AuthenticationFailed",
     "CircuitOpen",
@@ -36,6 +40,7 @@ __all__ = [
     "JobNotFound",
     "LeaseLost",
     "RecoveryError",
+    "StoreUnavailable",
 ]
 
 
@@ -47,12 +52,20 @@ class InvalidRequest(RecoveryError):
     """The operator's request is invalid; the message says what to change."""
 
 
+class StoreUnavailable(RecoveryError):
+    """The store cannot be opened: the message names the path or server, and the cause."""
+
+
 class JobConflict(RecoveryError):
     """Another job already holds the projection (or partition) this one needs."""
 
 
 class JobNotFound(RecoveryError):
     """No job has that id."""
+
+
+class AmbiguousJobId(JobNotFound):
+    """A short job id (a prefix) that more than one job's id starts with."""
 
 
 class InvalidJobTransition(RecoveryError):

@@ -157,21 +157,21 @@ def test_apply_resolves_no_template_for_a_principal_without_grants(world: dict[s
     context = world["context"]
     before = dump(context)
     calls: list[str] = []
-    import safereplay.recovery.cli.rebuilds as rebuilds
+    import safereplay.recovery.cli.apply as cli_apply
 
-    original = rebuilds.resolve_template
+    original = cli_apply.resolve_template
 
     def spy(reference: str, store: Any) -> Any:
         calls.append(reference)
         return original(reference, store)
 
-    rebuilds.resolve_template = spy
+    cli_apply.resolve_template = spy
     try:
         result = CliRunner().invoke(
             app, ["apply", world["template"], "-r", "x", "-w", "1"], env=world["env"]
         )
     finally:
-        rebuilds.resolve_template = original
+        cli_apply.resolve_template = original
     assert result.exit_code == 3, result.output
     assert calls == [], "the template was not even resolved"
     assert dump(context) == before
@@ -220,10 +220,12 @@ CLI_CALLS: dict[str, list[str]] = {
     "templates show": ["x"],
     "migrate": ["-r", "x"],
     "audit anchor": [],
+    "seed": ["--events", "5", "-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
-#: (refused once any principal exists, see test_cli_security).
-UNGUARDED = {"demo", "principals bootstrap"}
+#: (refused once any principal exists, see test_cli_security), and `init`, which makes a
+#: new store and its first admin (refused where anything exists, see test_cli_init).
+UNGUARDED = {"demo", "principals bootstrap", "init"}
 
 
 def all_commands() -> set[str]:

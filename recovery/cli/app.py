@@ -11,7 +11,9 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from safereplay.domain import DomainError
+from safereplay.recovery.cli import apply as cli_apply
 from safereplay.recovery.cli import drills as cli_drill
+from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
@@ -99,6 +101,7 @@ def status_command(
         typer.echo(json.dumps(to_jsonable(report), indent=2))
     else:
         console.print(status_table(report))
+        cli_jobs.print_stalled_jobs(projection or [])
 
 
 cli_jobs.register(app)
@@ -106,7 +109,9 @@ cli_recovery.register(app, cli_jobs.parked_app)
 cli_security.register(app)
 cli_drill.register(app)
 cli_templates.register(app)
+cli_apply.register(app)
 cli_schema.register(app)
+cli_init.register(app)
 
 
 def main() -> None:

@@ -26,6 +26,7 @@ from safereplay.projections import (
 from safereplay.recovery.cli.demo_story import StoryResult, tell_recovery_story
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.initialise import export_lines, write_secret_file
 from safereplay.recovery.operations.schema import migrate_bootstrap
 from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings
@@ -165,6 +166,33 @@ def migrate_database(directory: Path, settings: DomainSettings, console: Console
     console.print(f"schema:      `safereplay migrate` set up {components} (audited)")
 
 
+def hand_over(directory: Path, story: StoryResult, console: Console) -> None:
+    """How to point the other commands at the demo's store, as its operator.
+
+    The token goes to a 0600 file in the demo's directory, never to the terminal.
+    """
+    token_file = (directory / "demo-operator.token").absolute()
+    write_secret_file(token_file, story.operator_token)
+    console.rule("[bold]your turn")
+    console.print(
+        f"demo-operator's token is in {token_file} (owner-only, not shown). Point the other "
+        "commands at the demo's store with:"
+    )
+    for line in export_lines(
+        backend="sqlite",
+        sqlite_path=(directory / "events.db").absolute(),
+        key_file=(directory / "keyring.json").absolute(),
+        audit_key_file=(directory / "audit.key").absolute(),
+        token_file=token_file,
+    ):
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(
+        "then try `safereplay status`, `safereplay jobs` or `safereplay rebuild run_status "
+        '--reason "try it"`. For a store of your own: `safereplay init`, then '
+        "`safereplay seed --events 1000 --reason ...`"
+    )
+
+
 def run_demo(
     directory: Path, *, console: Console, workflows: int = 6, runs: int = 12
 ) -> DemoResult:
@@ -227,6 +255,7 @@ def run_demo(
             f"workflow_stats live after a verified swap, {story.audit_entries} audit entries "
             "that verify"
         )
+        hand_over(directory, story, console)
         return DemoResult(
             directory=directory,
             events=summary.events,

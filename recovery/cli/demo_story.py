@@ -54,6 +54,8 @@ class StoryResult:
     rebuild: JobStatus
     live_build: int
     audit_entries: int
+    #: The demo operator's token, for the demo to hand over in a 0600 file.
+    operator_token: str = ""
 
 
 @dataclass
@@ -320,6 +322,7 @@ def _story(
         rebuild=status,
         live_build=int(swapped["live"]),
         audit_entries=len(entries),
+        operator_token=cast.operator_token,
     )
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.table import Column, Table
 
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import console, emit, operation
 
-__all__ = ["parked_app", "register"]
+__all__ = ["parked_app", "print_stalled_jobs", "register"]
 
 
 def jobs_command(
@@ -22,11 +22,12 @@ def jobs_command(
     rows = operation("jobs.list", projection=projection, active_only=active)
 
     def table(result: Any) -> None:
+        # The short id (what job commands take) and the state are never wrapped or cut.
         t = Table(
-            "job",
+            Column("job", no_wrap=True, min_width=8),
             "kind",
             "projection",
-            "state",
+            Column("state", no_wrap=True, min_width=7),
             "applied",
             "ev/s",
             "ETA s",
@@ -41,10 +42,10 @@ def jobs_command(
                 str(r["job_id"])[:8],
                 r["kind"],
                 r["projection"],
-                r["state"],
+                "[yellow]stalled[/]" if r.get("stalled") else r["state"],
                 str(r["events_applied"]),
                 f"{r['events_per_second']:.0f}",
-                "?" if eta is None else f"{eta:.0f}",
+                "-" if r.get("stalled") else ("?" if eta is None else f"{eta:.0f}"),
                 str(r["parked"]),
                 str(r["retries"]),
                 r["principal"],
@@ -53,6 +54,25 @@ def jobs_command(
         console.print(t)
 
     emit(rows, as_json=as_json, human=table)
+
+
+def print_stalled_jobs(projections: list[str]) -> None:
+    """Under ``status``: each active job of those projections that no worker runs."""
+    if len(projections) > 1:
+        return  # a list of all jobs could need a wider grant than the status itself
+    rows = operation(
+        "jobs.list", projection=projections[0] if projections else None, active_only=True
+    )
+    for row in rows:
+        if row.get("stalled"):
+            short = str(row["job_id"])[:8]
+            console.print(
+                f"[yellow]job {short} ({row['kind']} of {row['projection']}) is stalled: no "
+                f"worker holds a partition. Resume it with the command that started it, or "
+                f"`safereplay worker --job {short} --exit-when-idle`[/]",
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 def _control(name: str) -> Any:

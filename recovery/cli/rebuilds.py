@@ -13,11 +13,12 @@ authenticates with the caller's token from the environment and runs through the
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -31,6 +32,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from safereplay.recovery.cli.interrupts import Interrupted, interruptible
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_NO,
@@ -44,15 +46,15 @@ from safereplay.recovery.cli.support import (
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.operations.catalog import open_operations
-from safereplay.recovery.templates.apply import (
-    STEP_OPERATIONS,
-    AppliedStep,
-    apply_template,
-    wait_for_job,
-)
-from safereplay.recovery.templates.store import TemplateStore, resolve_template
 
-__all__ = ["WorkerProcess", "register", "start_workers", "watch_job", "worker_failures"]
+__all__ = [
+    "Workers",
+    "WorkerProcess",
+    "register",
+    "start_workers",
+    "watch_job",
+    "worker_failures",
+]
 
 Partitions = Annotated[
     int | None,
@@ -148,14 +150,17 @@ def worker_failures(workers: Sequence[WorkerProcess]) -> list[str]:
     return failures
 
 
-def _progress_fields(status: JobStatus, index: int) -> dict[str, Any]:
+def _progress_fields(status: JobStatus, index: int, now: float) -> dict[str, Any]:
     part = status.partitions[index]
     rate = part.events_rate()
     eta = part.eta_seconds()
+    state: str = part.status
+    if status.stalled(now) and part.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING):
+        state, eta = "stalled: no live worker", None
     return {
         "rate": "-" if rate is None else f"{rate:,.0f}",
         "eta": "-" if eta is None else f"{eta:,.0f}s",
-        "status": part.status if part.last_error is None else f"{part.status}: {part.last_error}",
+        "status": state if part.last_error is None else f"{state}: {part.last_error}",
     }
 
 
@@ -189,27 +194,68 @@ def watch_job(
                 progress.add_task(
                     f"partition {part.partition_index}/{status.job.partition_count}",
                     total=total or 1,
-                    **_progress_fields(status, part.partition_index),
+                    **_progress_fields(status, part.partition_index, jobs.clock()),
                 )
             )
+        said_stalled = False
         while True:
             status = jobs.status(job_id)
+            now = jobs.clock()
+            if status.stalled(now) and workers is None and not said_stalled:
+                said_stalled = True
+                short = str(status.job.job_id)[:8]
+                error_console.print(
+                    f"[yellow]job {short} is stalled: no worker holds a partition. Resume it "
+                    f"with the command that started it, or `safereplay worker --job {short} "
+                    "--exit-when-idle`[/]",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             for task, part in zip(tasks, status.partitions, strict=True):
                 done = part.position - part.start_position
                 if part.status == PartitionStatus.COMPLETED:
                     done = max(done, 1)
                 progress.update(
-                    task, completed=done, **_progress_fields(status, part.partition_index)
+                    task, completed=done, **_progress_fields(status, part.partition_index, now)
                 )
             if status.job.state in ENDED:
                 break
-            if workers is not None and all(w.poll() is not None for w in workers):
+            # Ours are done: wait on only while workers elsewhere still hold partitions.
+            ours_done = workers is not None and all(w.poll() is not None for w in workers)
+            if ours_done and not status.live_leases(jobs.clock()):
                 break
             time.sleep(interval)
     if workers is not None:
         for worker in workers:
             worker.wait()
     return jobs.status(job_id)
+
+
+def _stop_workers(processes: Sequence[WorkerProcess]) -> None:
+    """SIGTERM to each local worker still running (it gives its partition back); wait."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        process.wait()
+        process.error_text()  # read and close its error file
+
+
+def _say_how_to_resume(status: JobStatus, operation_name: str, stop: Interrupted) -> None:
+    job = status.job
+    short = str(job.job_id)[:8]
+    if job.state in ENDED:
+        message = f"interrupted ({stop}): job {short} had already ended ({job.state})"
+    else:
+        message = (
+            f"interrupted ({stop}): the local workers stopped and gave their partitions "
+            f"back. Job {short} ({job.kind} of {job.projection}) is {job.state} and resumes "
+            f"where it stopped: run the same command again (`safereplay {operation_name} "
+            f"{job.projection} --reason ...`), or `safereplay worker --job {short} "
+            "--exit-when-idle`"
+        )
+    with contextlib.suppress(OSError):  # the terminal went away with the session (SIGHUP)
+        error_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
 
 
 def _summary_table(status: JobStatus) -> Table:
@@ -251,14 +297,26 @@ def _run_job(
             _exit_if_held_back(started, as_json=as_json)
             return
         job_id = UUID(started["job_id"])
+        if not as_json and started.get("resumed"):
+            console.print(
+                f"job {job_id} was interrupted: resuming it (each partition from where it "
+                "stopped, as planned when it started)"
+            )
         if not as_json:
             console.print(
                 f"job {job_id}: {started['kind']} of {started['projection']} build "
                 f"{started['build']} to position {started['target_position']} in "
                 f"{started['partitions']} partition(s), {workers} local worker(s)"
             )
-        processes = start_workers(str(job_id), workers)
-        status = watch_job(context.jobs, job_id, workers=processes)
+        processes: list[WorkerProcess] = []
+        try:
+            with interruptible():
+                processes += start_workers(str(job_id), workers)
+                status = watch_job(context.jobs, job_id, workers=processes)
+        except Interrupted as stop:
+            _stop_workers(processes)
+            _say_how_to_resume(context.jobs.status(job_id), operation_name, stop)
+            raise typer.Exit(stop.exit_code) from None
         failures = worker_failures(processes)
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
         if failures:
@@ -374,8 +432,8 @@ def watch_command(job_id: str, as_json: Json = False) -> None:
     """Follow a job's progress (events, rate, ETA per partition) until it ends."""
     with recovery_context() as context:
         caller = cli_caller(context, "jobs.show")
-        open_operations(context).run(caller, "jobs.show", job_id=job_id)
-        status = watch_job(context.jobs, UUID(job_id))
+        shown = open_operations(context).run(caller, "jobs.show", job_id=job_id)
+        status = watch_job(context.jobs, shown.job.job_id)
         emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
 
 
@@ -488,77 +546,3 @@ def register(app: typer.Typer, parked_app: typer.Typer) -> None:
     app.command("drop-version")(drop_version_command)
     app.command("retry-partition")(retry_partition_command)
     parked_app.command("redrive")(parked_redrive_command)
-    app.command("apply")(apply_command)
-
-
-class ProcessDriver:
-    """Worker processes on this machine for each job of a template; waits on the job."""
-
-    def __init__(self, jobs: JobStore, workers: int) -> None:
-        self.jobs = jobs
-        self.workers = workers
-        self.processes: list[WorkerProcess] = []
-
-    def start(self, job_id: UUID) -> None:
-        self.processes += start_workers(str(job_id), self.workers)
-
-    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
-        return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
-
-    def close(self) -> None:
-        stopped = []
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()  # SIGTERM: a worker gives its partition back
-                stopped.append(process)
-            process.wait()
-        # Those stopped here were not failing: only the others' exits are reported.
-        failed_alone = [p for p in self.processes if p not in stopped]
-        for failure in worker_failures(failed_alone):
-            error_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
-        for process in stopped:
-            process.error_text()  # read and close its error file
-
-
-def apply_command(
-    template: Annotated[
-        str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
-    ],
-    reason: Reason,
-    workers: Workers = 2,
-    as_json: Json = False,
-) -> None:
-    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
-    with recovery_context() as context:
-        caller = cli_caller(context, "apply")
-        operations = open_operations(context)
-        # Refused before the template is even resolved when no step could run.
-        operations.require_any(
-            caller,
-            "apply",
-            list(STEP_OPERATIONS.values()),
-            reason=reason,
-            parameters={"template": template, "workers": workers},
-        )
-        store = TemplateStore(context.database)
-        context.ensure_schema()
-        loaded, origin = resolve_template(template, store)
-        driver = ProcessDriver(context.jobs, max(1, workers))
-        try:
-            steps = apply_template(operations, caller, loaded, reason=reason, driver=driver)
-        finally:
-            driver.close()
-        emit(steps, as_json=as_json, human=lambda s: _steps_table(origin, s))
-        if not steps or steps[-1].outcome not in ("completed", "done"):
-            raise typer.Exit(EXIT_NO)
-
-
-def _steps_table(origin: str, steps: list[AppliedStep]) -> None:
-    table = Table(title=f"applied {origin}")
-    for column in ("projection", "operation", "job", "outcome", "detail"):
-        table.add_column(column)
-    for step in steps:
-        table.add_row(
-            step.projection or "-", step.operation, step.job_id or "-", step.outcome, step.detail
-        )
-    console.print(table)

@@ -25,7 +25,7 @@ def migrate_command(reason: Reason, as_json: Json = False) -> None:
     """
     # The context does not check the recovery tables' version first: the caller is
     # authenticated against the access tables as they are, then they are migrated.
-    with recovery_context(check_schema=False) as context:
+    with recovery_context(check_schema=False, create=True) as context:
         if needs_bootstrap(context):
             report = migrate_bootstrap(context, reason=reason)
         else:

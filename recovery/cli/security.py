@@ -63,7 +63,7 @@ def principals_add(
 @principals_app.command("bootstrap")
 def principals_bootstrap(name: str) -> None:
     """Create the first admin while no principal exists; prints its token once."""
-    with recovery_context() as context:
+    with recovery_context(create=True) as context:
         token = bootstrap_admin(context, name)
     console.print(f"admin {name!r} created. Its token, shown only now:")
     console.print(token, highlight=False, soft_wrap=True)

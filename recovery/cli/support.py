@@ -7,7 +7,8 @@ Exit codes::
     2  invalid input or configuration (the message says what to change)
     3  access denied (the attempt is audited)
     4  authentication failed (no token, or the token is not valid)
-    5  conflict (a job already holds the projection, a lease was lost)
+    5  conflict (a job already holds the projection, a lease was lost, the job has
+       ended or its state does not allow that)
     6  the database's schema does not fit this code: missing or outdated (run
        ``safereplay migrate``), newer than this code (upgrade), or a migration
        could not take its locks in time (retry)
@@ -35,9 +36,10 @@ from rich.console import Console
 from safereplay.domain import DomainError
 from safereplay.domain.errors import SchemaError
 from safereplay.projections import PositionConflict, ProjectionError
-from safereplay.recovery.errors import JobConflict, RecoveryError
+from safereplay.recovery.errors import InvalidJobTransition, JobConflict, RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.store_check import check_store
 from safereplay.recovery.security.access import (
     AccessDenied,
     AuthenticationFailed,
@@ -88,7 +90,7 @@ def exit_code_for(exc: BaseException) -> int:
         return EXIT_DENIED
     if isinstance(exc, AuthenticationFailed):
         return EXIT_UNAUTHENTICATED
-    if isinstance(exc, JobConflict | PositionConflict):
+    if isinstance(exc, JobConflict | PositionConflict | InvalidJobTransition):
         return EXIT_CONFLICT
     if isinstance(exc, SchemaError):
         return EXIT_SCHEMA
@@ -96,14 +98,19 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 @contextmanager
-def recovery_context(*, check_schema: bool = True) -> Iterator[RecoveryContext]:
+def recovery_context(
+    *, check_schema: bool = True, create: bool = False
+) -> Iterator[RecoveryContext]:
     """A context from the environment; known errors become messages and exit codes.
 
     ``check_schema``: see :attr:`RecoveryContext.check_schema` (off for ``migrate``).
+    ``create``: the SQLite store may not exist yet (``migrate``, ``principals
+    bootstrap``); every other command refuses a missing one, creating nothing.
     """
     context: RecoveryContext | None = None
     try:
         context = RecoveryContext.from_env(check_schema=check_schema)
+        check_store(context.domain, context.projection_settings, create=create)
         yield context
     except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
         fail(str(exc), exit_code_for(exc))

@@ -187,6 +187,28 @@ class JobStatus:
     def events_per_second(self) -> float:
         return sum(p.events_rate() or 0.0 for p in self.partitions if p.status == "running")
 
+    def live_leases(self, now: float) -> int:
+        """Partitions a worker holds now (its lease not yet expired at ``now``)."""
+        return sum(
+            1
+            for p in self.partitions
+            if p.status == PartitionStatus.RUNNING
+            and p.lease_expires_at is not None
+            and p.lease_expires_at > now
+        )
+
+    def stalled(self, now: float) -> bool:
+        """Running, work left, and no live worker: every lease released or expired.
+
+        Nothing moves until a worker joins (``safereplay worker --job J``, or the
+        command that started the job, run again); it has no ETA.
+        """
+        if self.job.state != JobState.RUNNING or self.live_leases(now):
+            return False
+        return any(
+            p.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING) for p in self.partitions
+        )
+
     @property
     def eta_seconds(self) -> float | None:
         """The slowest unfinished partition's ETA (partitions run in parallel)."""

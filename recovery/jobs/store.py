@@ -16,6 +16,7 @@ no batch is ever applied twice.
 from __future__ import annotations
 
 import json
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
@@ -23,7 +24,13 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from safereplay.recovery.database import Database, Tx
-from safereplay.recovery.errors import InvalidRequest, JobConflict, JobNotFound, LeaseLost
+from safereplay.recovery.errors import (
+    InvalidJobTransition,
+    InvalidRequest,
+    JobConflict,
+    JobNotFound,
+    LeaseLost,
+)
 from safereplay.recovery.jobs import statements as sql
 from safereplay.recovery.jobs.model import (
     Claim,
@@ -113,10 +120,18 @@ class JobStore(ABC):
     def status(self, job_id: UUID) -> JobStatus:
         return JobStatus(job=self.get_job(job_id), partitions=self.partitions(job_id))
 
+    def clock(self) -> float:
+        """Now, by the clock leases are written with (the database's)."""
+        return time.time()
+
     @abstractmethod
     def list_jobs(
         self, *, projection: str | None = None, active_only: bool = False, limit: int = 50
     ) -> list[Job]: ...
+
+    @abstractmethod
+    def jobs_with_prefix(self, prefix: str, *, limit: int = 10) -> list[Job]:
+        """Jobs whose id starts with ``prefix`` (lower-case hex and dashes only)."""
 
     @abstractmethod
     def transition(self, job_id: UUID, new_state: JobState, *, error: str | None = None) -> Job:
@@ -319,6 +334,21 @@ class SQLJobStore(JobStore):
         with self._transaction(write=False) as tx:
             return [job_from_row(r) for r in tx.rows(template, params)]
 
+    def clock(self) -> float:
+        with self._transaction(write=False) as tx:
+            return tx.now()
+
+    def jobs_with_prefix(self, prefix: str, *, limit: int = 10) -> list[Job]:
+        if not prefix or any(c not in "0123456789abcdef-" for c in prefix):
+            raise InvalidRequest(f"{prefix!r} is not a job id (hexadecimal digits and dashes)")
+        template = (
+            "SELECT * FROM {jobs} WHERE job_id LIKE %(pattern)s "
+            "ORDER BY created_at DESC, job_id LIMIT %(limit)s"
+        )
+        with self._transaction(write=False) as tx:
+            rows = tx.rows(template, {"pattern": f"{prefix}%", "limit": limit})
+        return [job_from_row(r) for r in rows]
+
     def transition(self, job_id: UUID, new_state: JobState, *, error: str | None = None) -> Job:
         with self._transaction(write=True) as tx:
             rows = tx.rows(sql.SELECT_JOB, {"job_id": str(job_id)}, for_update=True)
@@ -480,6 +510,10 @@ class SQLJobStore(JobStore):
             if not rows:
                 raise JobNotFound(f"no job {job_id}")
             job = job_from_row(rows[0])
+            if job.state in (JobState.COMPLETED, JobState.ABORTED):
+                raise InvalidJobTransition(
+                    f"job {job_id} has ended ({job.state}): there is no partition to retry"
+                )
             changed = tx.execute(
                 sql.RETRY_PART,
                 {"job_id": str(job_id), "partition_index": partition_index, "now": tx.now()},

@@ -19,6 +19,7 @@ from safereplay.recovery.operations.projections import register_projection_opera
 from safereplay.recovery.operations.rebuilds import register_recovery_operations
 from safereplay.recovery.operations.schema import register_schema_operations
 from safereplay.recovery.operations.security import register_security_operations
+from safereplay.recovery.operations.seed import register_seed_operations
 from safereplay.recovery.operations.templates import register_template_operations
 
 __all__ = ["REGISTRARS", "Registrar", "open_operations"]
@@ -35,6 +36,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_template_operations,
     register_recovery_operations,
     register_schema_operations,
+    register_seed_operations,
 )
 
 

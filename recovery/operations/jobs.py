@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
 from safereplay.recovery.jobs.model import JobState
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
+from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
@@ -21,7 +21,7 @@ def _job_scope(context: RecoveryContext) -> Any:
     """Scope of a job operation: the projection the job works on."""
 
     def scope(parameters: Mapping[str, Any]) -> str:
-        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
+        job = context.jobs.get_job(resolve_job_id(context.jobs, parameters.get("job_id")))
         return f"projection:{job.projection}"
 
     return scope
@@ -35,17 +35,21 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
             projection=p.get("projection"), active_only=bool(p.get("active_only"))
         )
         result = []
+        now = jobs.clock()
         for job in listed:
             status = jobs.status(job.job_id)
+            stalled = status.stalled(now)
             result.append(
                 {
                     **asdict(job),
+                    "stalled": stalled,
+                    "live_workers": status.live_leases(now),
                     "events_applied": status.events_applied,
                     "parked": status.parked,
                     "retries": status.retries,
                     "conflicts": status.conflicts,
                     "events_per_second": status.events_per_second,
-                    "eta_seconds": status.eta_seconds,
+                    "eta_seconds": None if stalled else status.eta_seconds,
                     "partitions": [asdict(part) for part in status.partitions],
                 }
             )
@@ -53,7 +57,7 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
 
     def control(new_state: JobState) -> Any:
         def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-            job_id = UUID(str(p["job_id"]))
+            job_id = resolve_job_id(jobs, p["job_id"])
             state = new_state
             if state == JobState.ABORTING and jobs.get_job(job_id).state in (
                 JobState.PLANNED,
@@ -71,7 +75,8 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
         "jobs.list",
         permission=Permission.VIEW,
         handler=jobs_list,
-        scope=lambda p: f"projection:{p['projection']}" if p.get("projection") else "*",
+        # Every projection's jobs: what a grant on projection:* (or *) covers.
+        scope=lambda p: f"projection:{p.get('projection') or '*'}",
         summary="list jobs with progress, rate and ETA",
         scope_reads=False,
     )
@@ -85,5 +90,6 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
             permission=Permission.OPERATE,
             handler=control(state),
             scope=_job_scope(context),
+            prepare=job_id_preparer(context),
             summary=f"{name} a job (workers see it at their next batch)",
         )

@@ -23,7 +23,7 @@ from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
-from safereplay.recovery.jobs.model import Job, JobStatus
+from safereplay.recovery.jobs.model import Job, JobKind, JobState, JobStatus
 from safereplay.recovery.jobs.plans import (
     CatchUpPlan,
     JobRequest,
@@ -32,8 +32,10 @@ from safereplay.recovery.jobs.plans import (
     start_redrive,
     start_replay,
 )
+from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
 
@@ -113,6 +115,18 @@ def _catch_up_summary(plan: CatchUpPlan) -> dict[str, Any]:
     return summary
 
 
+def resumable_job(jobs: JobStore, projection: str, kind: JobKind) -> Job | None:
+    """The projection's unfinished job of ``kind`` that the same command resumes.
+
+    Planned or running only: a paused job waits for ``safereplay resume`` (someone
+    paused it on purpose), and anything else active is a conflict, as before.
+    """
+    for job in jobs.list_jobs(projection=projection, active_only=True):
+        if job.kind == kind and job.state in (JobState.PLANNED, JobState.RUNNING):
+            return job
+    return None
+
+
 def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
     """Audit a job's state change made by a worker."""
 
@@ -172,10 +186,15 @@ def park_auditor(
 def register_recovery_operations(operations: Operations, context: RecoveryContext) -> None:
     partitions = context.recovery.partitions
 
-    def job_starter(start: Any, default_partitions: int) -> Any:
+    def job_starter(start: Any, default_partitions: int, kind: JobKind) -> Any:
         """The handler of ``rebuild`` or ``catch-up``: plan the job, return its summary."""
 
         def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+            interrupted = resumable_job(context.jobs, p["projection"], kind)
+            if interrupted is not None:
+                # The same command, run again after an interruption: it resumes the
+                # job (its partitions from where they stopped), as the runbook says.
+                return {**_job_summary(interrupted), "resumed": True}
             job = start(
                 _request(ctx, p, default_partitions),
                 projection=p["projection"],
@@ -188,9 +207,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
         return handler
 
-    rebuild = job_starter(start_rebuild, partitions)
+    rebuild = job_starter(start_rebuild, partitions, JobKind.REBUILD)
 
     def catch_up(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
+        interrupted = resumable_job(context.jobs, p["projection"], JobKind.CATCH_UP)
+        if interrupted is not None:
+            return {**_job_summary(interrupted), "resumed": True}  # as job_starter does
         plan = start_catch_up(
             _request(ctx, p, 1),
             projection=p["projection"],
@@ -277,7 +299,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return {"projection": p["projection"], "dropped": build}
 
     def retry_partition(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job_id = UUID(str(p["job_id"]))
+        job_id = resolve_job_id(context.jobs, p["job_id"])
         index = int_parameter(p, "partition")
         if index is None:
             raise InvalidRequest("retry-partition needs the partition (--partition)")
@@ -308,15 +330,17 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         )
         job_id = p.get("job_id")
         with stop_on_signals() as stop:
-            return instance.run(stop, job_id=UUID(str(job_id)) if job_id else None)
+            return instance.run(
+                stop, job_id=resolve_job_id(context.jobs, job_id) if job_id else None
+            )
 
     def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        job_id = UUID(str(p["job_id"]))
+        job_id = resolve_job_id(context.jobs, p["job_id"])
         released = context.jobs.release_held(job_id)
         return {"job_id": str(job_id), "released_partitions": released}
 
     def show_job(ctx: OperationContext, p: Mapping[str, Any]) -> JobStatus:
-        return context.jobs.status(UUID(str(p["job_id"])))
+        return context.jobs.status(resolve_job_id(context.jobs, p["job_id"]))
 
     def follow(ctx: OperationContext, p: Mapping[str, Any]) -> list[FollowReport]:
         names = list(p.get("projections") or []) or list(context.registry)
@@ -351,7 +375,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         return f"projection:{only}" if only else "projection:*"
 
     def job_scope(parameters: Mapping[str, Any]) -> str:
-        job = context.jobs.get_job(UUID(str(parameters["job_id"])))
+        job = context.jobs.get_job(resolve_job_id(context.jobs, parameters.get("job_id")))
         return f"projection:{job.projection}"
 
     table: list[tuple[str, Any, str, Any]] = [
@@ -385,19 +409,29 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             handler=handler,
             summary=summary,
             **({} if scope is None else {"scope": scope}),
+            prepare=job_id_preparer(context, optional=name == "worker")
+            if name in _TAKES_A_JOB
+            else None,
             long_running=name in ("worker", "follow"),
         )
 
 
+#: Operations with a ``job_id`` parameter (a whole id or a prefix of one).
+_TAKES_A_JOB = frozenset({"retry-partition", "rollout.continue", "worker", "jobs.show"})
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGTERM or SIGINT (in the main thread): a worker stops at the
-    next batch boundary and gives its partition back instead of dying mid-lease."""
+    """An event set by SIGTERM, SIGINT or SIGHUP (in the main thread): a worker stops
+    at the next batch boundary and gives its partition back instead of dying
+    mid-lease (SIGHUP: the ssh session it ran in was dropped)."""
     stop = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {
+        sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+    }
 
     def handle(signum: int, frame: object) -> None:
         stop.set()

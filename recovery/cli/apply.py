@@ -1,0 +1,114 @@
+"""CLI: apply, a template's steps run by local worker processes, canary partitions first.
+
+The steps go through the dispatch layer one by one (checked and audited); jobs
+get ``--workers`` local worker processes each, as ``rebuild`` starts them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+from uuid import UUID
+
+import typer
+from rich.table import Table
+
+from safereplay.recovery.cli.rebuilds import WorkerProcess, Workers, start_workers, worker_failures
+from safereplay.recovery.cli.security import Json, Reason
+from safereplay.recovery.cli.support import (
+    EXIT_NO,
+    cli_caller,
+    console,
+    emit,
+    error_console,
+    recovery_context,
+)
+from safereplay.recovery.jobs.model import JobStatus
+from safereplay.recovery.jobs.store import JobStore
+from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.templates.apply import (
+    STEP_OPERATIONS,
+    AppliedStep,
+    apply_template,
+    wait_for_job,
+)
+from safereplay.recovery.templates.store import TemplateStore, resolve_template
+
+__all__ = ["ProcessDriver", "register"]
+
+
+class ProcessDriver:
+    """Worker processes on this machine for each job of a template; waits on the job."""
+
+    def __init__(self, jobs: JobStore, workers: int) -> None:
+        self.jobs = jobs
+        self.workers = workers
+        self.processes: list[WorkerProcess] = []
+
+    def start(self, job_id: UUID) -> None:
+        self.processes += start_workers(str(job_id), self.workers)
+
+    def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
+        return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
+
+    def close(self) -> None:
+        stopped = []
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()  # SIGTERM: a worker gives its partition back
+                stopped.append(process)
+            process.wait()
+        # Those stopped here were not failing: only the others' exits are reported.
+        failed_alone = [p for p in self.processes if p not in stopped]
+        for failure in worker_failures(failed_alone):
+            error_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
+        for process in stopped:
+            process.error_text()  # read and close its error file
+
+
+def apply_command(
+    template: Annotated[
+        str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
+    ],
+    reason: Reason,
+    workers: Workers = 2,
+    as_json: Json = False,
+) -> None:
+    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
+    with recovery_context() as context:
+        caller = cli_caller(context, "apply")
+        operations = open_operations(context)
+        # Refused before the template is even resolved when no step could run.
+        operations.require_any(
+            caller,
+            "apply",
+            list(STEP_OPERATIONS.values()),
+            reason=reason,
+            parameters={"template": template, "workers": workers},
+        )
+        store = TemplateStore(context.database)
+        context.ensure_schema()
+        loaded, origin = resolve_template(template, store)
+        driver = ProcessDriver(context.jobs, max(1, workers))
+        try:
+            steps = apply_template(operations, caller, loaded, reason=reason, driver=driver)
+        finally:
+            driver.close()
+        emit(steps, as_json=as_json, human=lambda s: _steps_table(origin, s))
+        if not steps or steps[-1].outcome not in ("completed", "done"):
+            raise typer.Exit(EXIT_NO)
+
+
+def _steps_table(origin: str, steps: list[AppliedStep]) -> None:
+    table = Table(title=f"applied {origin}")
+    for column in ("projection", "operation", "job", "outcome", "detail"):
+        table.add_column(column)
+    for step in steps:
+        table.add_row(
+            step.projection or "-", step.operation, step.job_id or "-", step.outcome, step.detail
+        )
+    console.print(table)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("apply")(apply_command)
