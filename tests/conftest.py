@@ -61,6 +61,17 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 @pytest.fixture
+def clean_safereplay_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No SAFEREPLAY_* variable of the shell (but the tests' own SAFEREPLAY_TEST_*), and
+    a temporary working directory: for tests of what an application reads itself."""
+    for name in list(os.environ):
+        upper = name.upper()
+        if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
 def key_ring() -> KeyRing:
     return KeyRing.generate("k1")
 

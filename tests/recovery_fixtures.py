@@ -396,3 +396,27 @@ def spawn_worker(recovery: Recovery, **spec: Any) -> BaseProcess:
     )
     process.start()
     return process
+
+
+def operator_cli_env(
+    sqlite_cli_env: dict[str, str], *, workflows: int, runs_per_workflow: int, seed: int
+) -> dict[str, str]:
+    """``sqlite_cli_env`` with a recorded workload and a bootstrapped admin's token."""
+    from typer.testing import CliRunner
+
+    from safereplay.domain import AutomationApp
+    from safereplay.domain.workload import record_workload
+    from safereplay.recovery.cli.app import app
+
+    settings = DomainSettings.from_env(
+        backend="sqlite",
+        sqlite_path=sqlite_cli_env["SAFEREPLAY_SQLITE_PATH"],
+        key_file=sqlite_cli_env["SAFEREPLAY_KEY_FILE"],
+    )
+    with AutomationApp(settings) as application:
+        record_workload(
+            application, workflows=workflows, runs_per_workflow=runs_per_workflow, seed=seed
+        )
+    result = CliRunner().invoke(app, ["principals", "bootstrap", "root"], env=sqlite_cli_env)
+    assert result.exit_code == 0, result.output
+    return {**sqlite_cli_env, "SAFEREPLAY_TOKEN": result.output.strip().splitlines()[-1].strip()}

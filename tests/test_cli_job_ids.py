@@ -4,36 +4,17 @@ acting on an ended job is a conflict (exit 5), not bad input."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from recovery_fixtures import operator_cli_env
 from typer.testing import CliRunner
 
-from safereplay.domain import AutomationApp, DomainSettings
-from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.security.audit import AuditKey
 
 
 @pytest.fixture
-def env(tmp_path: Path, key_file: Path) -> dict[str, str]:
-    audit_key = tmp_path / "audit.key"
-    AuditKey.generate().save(audit_key)
-    values = {
-        "SAFEREPLAY_BACKEND": "sqlite",
-        "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
-        "SAFEREPLAY_KEY_FILE": str(key_file),
-        "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
-    }
-    settings = DomainSettings.from_env(
-        backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
-    )
-    with AutomationApp(settings) as application:
-        record_workload(application, workflows=2, runs_per_workflow=4, seed=3)
-    code, out = run(values, "principals", "bootstrap", "root")
-    assert code == 0, out
-    values["SAFEREPLAY_TOKEN"] = out.strip().splitlines()[-1].strip()
-    return values
+def env(sqlite_cli_env: dict[str, str]) -> dict[str, str]:
+    return operator_cli_env(sqlite_cli_env, workflows=2, runs_per_workflow=4, seed=3)
 
 
 def run(env: dict[str, str], *args: str) -> tuple[int, str]:

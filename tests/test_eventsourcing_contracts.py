@@ -11,7 +11,6 @@ it with a test of what safereplay does instead, and says why next to it.
 from __future__ import annotations
 
 import base64
-import os
 from pathlib import Path
 from typing import Any, ClassVar, Generic, TypeVar
 from uuid import UUID
@@ -83,13 +82,8 @@ class SafeBankAccounts(SafeApplication[UUID], BankAccounts):
     """eventsourcing's example application on safereplay's store."""
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+#: No SAFEREPLAY_* variable of the shell reaches these applications (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 
 class OnSQLite:

@@ -78,13 +78,8 @@ def eventsourcing_settings() -> set[str]:
     return names
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+#: No SAFEREPLAY_* variable of the shell reaches these applications (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 
 def spec(ring: KeyRing) -> str:

@@ -10,7 +10,6 @@ the row, and records nothing.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -68,13 +67,8 @@ class Tallies(EventStoreProcessApplication):
             processing_event.collect_events(Tally(domain_event.originator_id, domain_event.text))
 
 
-@pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in list(os.environ):
-        upper = name.upper()
-        if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
+#: No SAFEREPLAY_* variable of the shell reaches these applications (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

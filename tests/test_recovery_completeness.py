@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
-from eventsourcing.persistence import Notification
 from projection_fixtures import OnPostgres, OnSQLite
-from recovery_fixtures import Recovery, RecoveryContract
+from recovery_fixtures import DroppingSource, Recovery, RecoveryContract
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import EventSource, Partition, RunStatusBoard
@@ -50,37 +49,22 @@ class FillingMark(HighWaterMark):
         return [self.filled] if inside else []
 
 
-class Wrapped(EventSource):
+class Wrapped(DroppingSource):
     """A real source with a different mark, or losing one event from reads *and*
-    counts (gone from the log, with no hole recorded for it)."""
+    counts (gone from the log, with no hole recorded for it; DroppingSource's reads
+    lose it, its count does not)."""
 
     def __init__(
         self, inner: EventSource, *, mark: HighWaterMark | None = None, vanished: int = 0
     ) -> None:
-        super().__init__(mark or inner.watermark, inner.mapper)
-        self.inner = inner
+        super().__init__(inner, drop=vanished)
+        if mark is not None:
+            self.watermark = mark
         self.vanished = vanished
 
     @property
     def description(self) -> str:
         return f"{self.inner.description} (altered)"
-
-    def head(self) -> int:
-        return self.inner.head()
-
-    def read(
-        self,
-        *,
-        after: int,
-        upto: int,
-        limit: int,
-        topics: Sequence[str] = (),
-        partition: Partition = WHOLE,
-    ) -> list[Notification]:
-        found = self.inner.read(
-            after=after, upto=upto, limit=limit, topics=topics, partition=partition
-        )
-        return [n for n in found if n.id != self.vanished]
 
     def count(
         self,
@@ -97,9 +81,6 @@ class Wrapped(EventSource):
             after=self.vanished - 1, upto=self.vanished, limit=1, topics=topics, partition=partition
         )
         return counted - len(gone)
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 class CompletenessContract(RecoveryContract):
