@@ -92,6 +92,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "start": 1,
         "end": 2,
         "projections": ["run_status"],
+        "table": "runs",
     }
 
 
@@ -114,6 +115,8 @@ def test_every_operation_refuses_a_principal_without_grants(world: dict[str, Any
 #: Every command with arguments that would work for someone granted; exit 3 for mallory.
 CLI_CALLS: dict[str, list[str]] = {
     "status": [],
+    "projections": [],
+    "rows": ["run_status", "runs"],
     "jobs": [],
     "pause": ["{job_id}", "-r", "x"],
     "resume": ["{job_id}", "-r", "x"],

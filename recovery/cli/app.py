@@ -13,6 +13,7 @@ from typer.core import TyperGroup
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import jobs as cli_jobs
+from safereplay.recovery.cli import projections as cli_projections
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
@@ -107,6 +108,7 @@ cli_security.register(app)
 cli_drill.register(app)
 cli_templates.register(app)
 cli_schema.register(app)
+cli_projections.register(app)
 
 
 def main() -> None:

@@ -7,7 +7,9 @@ head when the job was made. Workers run every partition to exactly that target;
 the build then follows live (catch-up) or waits for the swap (rebuild).
 
 - **rebuild**: a new build (``b + 1``) with empty tables beside the live one,
-  split into P partitions at position 0.
+  split into P partitions at position 0. The first build of a projection (none
+  yet, or only an empty live build 1 never written to) is built in that live
+  build 1 itself: there is nothing to swap, and no empty build is left live.
 - **catch-up**: the live build, split into P partitions at its current position.
   Its live follower waits meanwhile (a build is kept in one partitioning at a
   time) and goes on from the target when the job completes. A catch-up whose
@@ -45,6 +47,7 @@ __all__ = [
     "start_catch_up",
     "start_rebuild",
     "start_redrive",
+    "never_built",
     "start_replay",
     "wait_for_safe_head",
 ]
@@ -184,8 +187,11 @@ def start_rebuild(
     _check_partitionable(registry, projection, request.partitions)
     _refuse_if_busy(jobs, projection)
     cls = registry[projection]
-    store.prepare(cls)  # the live build exists (made if this is the first one)
-    build = store.create_build(cls)
+    # The first build of a projection is built where it is read: in its live build
+    # (made now, empty, at 0), not beside it, where it would leave an empty build
+    # live. Any other goes beside the live one, whatever version made that one.
+    first = never_built(store, projection, version=cls.version)
+    build = store.prepare(cls) if first else store.create_build(cls)
     try:
         store.repartition(projection, build, request.partitions)
         job = jobs.create_job(
@@ -201,9 +207,32 @@ def start_rebuild(
             )
         )
     except BaseException:
-        store.drop_build(projection, build)  # nothing half-made is left behind
+        if first:
+            store.repartition(projection, build, 1)  # give the build back to its follower
+        else:
+            store.drop_build(projection, build)  # nothing half-made is left behind
         raise
     return job
+
+
+def never_built(store: ProjectionStore, projection: str, *, version: int | None = None) -> bool:
+    """Has ``projection`` no build yet, or only its first live one, never written to
+    (and made by ``version``, if given)?
+
+    A follower or a status check may have made build 1 (live, empty, at 0); a
+    rebuild builds into it rather than beside it.
+    """
+    builds = store.builds(projection)
+    if not builds:
+        return True
+    if len(builds) > 1 or builds[0].status != "live":
+        return False
+    if version is not None and builds[0].version != version:
+        return False
+    return all(
+        c.position == 0 and c.committed_at is None and c.events_applied + c.events_parked == 0
+        for c in store.checkpoints(projection, build=builds[0].build)
+    )
 
 
 def start_catch_up(
