@@ -123,7 +123,8 @@ def test_projections_lists_never_built_ones_and_the_first_rebuild_is_live(
     assert board["backlog"] == world["head"] and board["builds"] == []
 
     planned = rebuild_in_process(world["admin"], "run_status", "-n", "2")
-    assert (planned["build"], planned["live"]) == (1, True)
+    assert planned["build"] == 1, "the first build is built live, not beside an empty one"
+    assert planned["live"] is True
 
     with open_store(world["settings"]) as store:
         assert [(b.build, b.status) for b in store.builds("run_status")] == [(1, "live")]
@@ -154,7 +155,8 @@ def test_the_first_rebuild_builds_into_an_empty_live_build_a_follower_made(
     with open_store(world["settings"]) as store:
         assert store.prepare(RunStatusBoard) == 1  # what a follower or runner start does
     planned = rebuild_in_process(world["admin"], "run_status")
-    assert (planned["build"], planned["live"]) == (1, True)
+    assert planned["build"] == 1, "built in the empty live build, not beside it"
+    assert planned["live"] is True
     with open_store(world["settings"]) as store:
         assert [b.build for b in store.builds("run_status")] == [1]
         assert len(store.rows(RunStatusBoard, "runs")) == 6
