@@ -37,7 +37,7 @@ def _lifecycle_table(found: list[ProjectionLifecycle]) -> None:
     if any(p.state == "not built" for p in found):
         console.print(
             "a projection that is not built gets its first (live) build with "
-            "`safereplay rebuild NAME --reason ...`"
+            "`safereplay catch-up NAME --reason ...`"
         )
 
 

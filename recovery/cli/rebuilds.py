@@ -266,13 +266,7 @@ def _run_job(
             console.print(f"job {job_id} is {status.job.state}: {status.job.error or ''}")
             raise typer.Exit(EXIT_NO)
         _exit_if_held_back(started, as_json=as_json)
-        if operation_name == "rebuild" and not as_json and started.get("live"):
-            console.print(
-                f"build {status.job.build} is live: the first build of "
-                f"{status.job.projection} is built where it is read (nothing to swap); read "
-                f"its rows with `safereplay rows {status.job.projection} TABLE`"
-            )
-        elif operation_name == "rebuild" and not as_json:
+        if operation_name == "rebuild" and not as_json:
             console.print(
                 f"build {status.job.build} is complete; make it live with "
                 f"`safereplay swap {status.job.projection} --reason ...`"

@@ -43,7 +43,7 @@ class ProjectionLifecycle:
     builds in the store, the live one's position and backlog).
 
     ``state``: ``not built`` (no build has been written yet: ``safereplay
-    rebuild`` or ``catch-up`` makes the first, live), ``caught up``, ``behind``,
+    catch-up`` makes the first, live), ``caught up``, ``behind``,
     ``outdated`` (the live build was made by another version of the code: rebuild
     and swap), ``rebuilding`` / ``catching up`` / ... (an active job, named in
     ``job``), or ``not registered`` (in the store, but not in SAFEREPLAY_PROJECTIONS).
@@ -237,7 +237,7 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
             if build is None:
                 raise InvalidRequest(
                     f"projection {cls.name!r} has no build yet: make its first with "
-                    f"`safereplay rebuild {cls.name} --reason ...`"
+                    f"`safereplay catch-up {cls.name} --reason ...`"
                 )
         elif build not in {b.build for b in store.builds(cls.name)}:
             raise InvalidRequest(f"projection {cls.name!r} has no build {build}")

@@ -184,11 +184,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 jobs=context.jobs,
                 registry=context.registry,
             )
-            summary = _job_summary(job)
-            if start is start_rebuild:
-                # The first build of a projection is built in its live build 1.
-                summary["live"] = context.projection_store.live_build(job.projection) == job.build
-            return summary
+            return _job_summary(job)
 
         return handler
 
