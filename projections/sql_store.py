@@ -25,7 +25,7 @@ the commit moves in separate files that must still change together.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +57,7 @@ from safereplay.projections.store import (
     build_status,
     check_partitioning,
     checkpoint_of,
+    matching_columns,
     parked_event_of,
     parked_insert_row,
     parked_update_row,
@@ -65,6 +66,9 @@ from safereplay.projections.store import (
 )
 from safereplay.projections.store_sql import (
     DROP_TABLE,
+    IS_PARAMETER,
+    MATCH_ALL,
+    SELECT_MATCHING,
     StoreStatements,
     TableStatements,
     fence_statement,
@@ -563,6 +567,34 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
         codec = self._codec(cls.name, self.resolve_build(cls, build), cls.table(table))
         with self._read(f"read {codec.physical}") as conn:
             return [codec.row(r) for r in conn.execute(codec.sql.select_rows).fetchall()]
+
+    def select(
+        self,
+        projection: ProjectionLike,
+        table: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        build: int | None = None,
+    ) -> list[dict[str, Any]]:
+        cls = projection_class(projection)
+        spec = cls.table(table)
+        match = matching_columns(cls.name, spec, where or {})
+        codec = self._codec(cls.name, self.resolve_build(cls, build), spec)
+        r = self._render
+        statement = r.render(
+            SELECT_MATCHING,
+            columns=r.names(c.name for c in spec.columns),
+            table=r.table(codec.physical),
+            match=r.each(IS_PARAMETER, match, " AND ") if match else r.text(MATCH_ALL),
+            keys=r.names(spec.key_names),
+        )
+        bound: list[Any] = [codec.encode[name](value) for name, value in match.items()]
+        unlimited = -1 if self.dialect == "sqlite" else None  # LIMIT -1 / LIMIT NULL
+        bound.append(unlimited if limit is None else limit)
+        with self._read(f"read {codec.physical}") as conn:
+            found = conn.execute(statement, tuple(bound))
+            return [codec.row(row) for row in found.fetchall()]
 
     # -- parking --------------------------------------------------------------------------
 

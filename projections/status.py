@@ -3,7 +3,9 @@
 :func:`status` reports, for the event log: the head position and the high-water
 mark (the head may be above the mark while a hole is being proved dead); and per
 projection: its live build, its position per partition, the backlog, the last
-commit time and the events applied and parked. Frozen dataclasses, ready for
+commit time, the events applied, and the events parked now (``parked_now``: not
+re-driven yet) apart from those since re-driven (``redriven``); ``events_parked``
+is the running total of both. Frozen dataclasses, ready for
 ``--json``.
 
 The **backlog** is every position between the projection and the log's head,
@@ -61,8 +63,13 @@ class PartitionStatus:
     backlog: int
     held_back: int
     events_applied: int
+    #: Events ever parked here (a running total: re-driven ones included).
     events_parked: int
     committed_at: datetime | None
+    #: Events parked now (not re-driven yet) of this partition's aggregates.
+    parked_now: int = 0
+    #: Parked events since re-driven (resolved) of this partition's aggregates.
+    redriven: int = 0
 
 
 @dataclass(frozen=True)
@@ -81,9 +88,14 @@ class ProjectionStatus:
     backlog: int
     held_back: int
     events_applied: int
+    #: Events ever parked (a running total: re-driven ones included).
     events_parked: int
     last_commit_at: datetime | None
     partitions: tuple[PartitionStatus, ...]
+    #: Events parked now: not re-driven yet (``safereplay parked list``).
+    parked_now: int = 0
+    #: Parked events since re-driven (resolved).
+    redriven: int = 0
 
     @property
     def caught_up(self) -> bool:
@@ -158,6 +170,15 @@ def projection_status(
         )
     build = store.resolve_build(name, build)
     checkpoints = store.checkpoints(name, build=build)
+    parked = store.parked(name, build=build, include_resolved=True)
+
+    def parked_in(partition: Partition | None) -> tuple[int, int]:
+        """``(parked now, re-driven)`` of the aggregates of ``partition`` (None: all)."""
+        mine = [p for p in parked if partition is None or partition.contains(p.aggregate_id)]
+        now = sum(1 for p in mine if p.resolved_at is None)
+        return now, len(mine) - now
+
+    parked_now, redriven = parked_in(None)
     position = covered_position(checkpoints)
     commits = [c.committed_at for c in checkpoints if c.committed_at is not None]
     top = high_water_mark if head is None else max(head, high_water_mark)
@@ -182,10 +203,15 @@ def projection_status(
                 events_applied=c.events_applied,
                 events_parked=c.events_parked,
                 committed_at=c.committed_at,
+                parked_now=now,
+                redriven=resolved,
             )
             for c in checkpoints
             for backlog, held_back in [_backlog(c.position, mark=high_water_mark, head=top)]
+            for now, resolved in [parked_in(c.partition)]
         ),
+        parked_now=parked_now,
+        redriven=redriven,
     )
 
 

@@ -33,14 +33,19 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 from uuid import UUID
 
 from safereplay.projections.batch import RowReader, TableWrites
-from safereplay.projections.errors import PartitioningMismatch, UnknownProjection, VersionMismatch
+from safereplay.projections.errors import (
+    InvalidWrite,
+    PartitioningMismatch,
+    UnknownProjection,
+    VersionMismatch,
+)
 from safereplay.projections.projection import Projection
 from safereplay.projections.source import Partition
 from safereplay.projections.tables import Table
@@ -313,6 +318,30 @@ class ProjectionStore(ABC):
     ) -> list[dict[str, Any]]:
         """Every row of a projection's table (live build unless ``build``), by key."""
 
+    def select(
+        self,
+        projection: ProjectionLike,
+        table: str,
+        *,
+        where: Mapping[str, Any] | None = None,
+        limit: int | None = None,
+        build: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Rows of a projection's table whose columns equal ``where`` (declared
+        columns only, values in their column's type), by key, at most ``limit``.
+
+        The columns are checked against the projection's declared table (never
+        put into SQL otherwise); this default filters :meth:`rows`.
+        """
+        cls = projection_class(projection)
+        match = matching_columns(cls.name, cls.table(table), where or {})
+        found = [
+            row
+            for row in self.rows(cls, table, build=build)
+            if all(row[name] == value for name, value in match.items())
+        ]
+        return found if limit is None else found[:limit]
+
     # -- parking ------------------------------------------------------------------------
 
     @abstractmethod
@@ -399,6 +428,22 @@ def repartitioned_rows(
     applied = sum(c.events_applied for c in current)
     parked = sum(c.events_parked for c in current)
     return [(0, position, applied, parked)] + [(i, position, 0, 0) for i in range(1, count)]
+
+
+def matching_columns(name: str, table: Table, where: Mapping[str, Any]) -> dict[str, Any]:
+    """``where`` checked against ``table``'s declared columns, values normalised
+    (:class:`~safereplay.projections.errors.InvalidWrite` names an unknown column)."""
+    unknown = sorted(set(where) - set(table.by_name))
+    if unknown:
+        raise InvalidWrite(
+            f"projection {name!r} table {table.name!r} has no column "
+            f"{', '.join(repr(u) for u in unknown)} (it has "
+            f"{', '.join(c.name for c in table.columns)})"
+        )
+    return {
+        column: table.by_name[column].normalise(value, where=f"where {column}")
+        for column, value in where.items()
+    }
 
 
 def build_status(value: str) -> BuildStatus:

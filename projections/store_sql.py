@@ -27,11 +27,13 @@ from safereplay.projections.tables import Table
 
 __all__ = [
     "KEEP",
+    "MATCH_ALL",
     "PROJECTIONS_COMPONENT",
     "PROJECTIONS_SCHEMA_VERSION",
     "REGISTRY_EXISTS",
     "RESOLVE_PARKED",
     "ROW_SOURCE",
+    "SELECT_MATCHING",
     "TYPES",
     "StoreStatements",
     "TableStatements",
@@ -269,6 +271,9 @@ KEY_COLUMN = "{column} {type} NOT NULL"
 VALUE_COLUMN = "{column} {type}"
 SELECT_ROW = "SELECT {columns} FROM {table} WHERE {key}"
 SELECT_ROWS = "SELECT {columns} FROM {table} ORDER BY {keys}"
+# Some rows: declared columns equal to bound values (``match``, or TRUE), in key order.
+SELECT_MATCHING = "SELECT {columns} FROM {table} WHERE {match} ORDER BY {keys} LIMIT %s"
+MATCH_ALL = "1 = 1"
 DELETE_ROW = "DELETE FROM {table} WHERE {key}"
 IS_PARAMETER = "{column} = %s"
 # A batch's rows (ROW_SOURCE), written whole (upserts) or merged into the stored row.

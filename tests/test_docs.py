@@ -69,7 +69,15 @@ def test_each_foundation_document_has_a_runnable_example(name: str) -> None:
     assert fenced_blocks(read(name), "python"), f"docs/{name} has no ```python example"
 
 
-@pytest.mark.parametrize("document", DOCS, ids=[d.name for d in DOCS])
+#: Documents run step by step, shell commands and files included (see below).
+STEP_BY_STEP = ["quickstart.md"]
+
+
+@pytest.mark.parametrize(
+    "document",
+    [d for d in DOCS if d.name not in STEP_BY_STEP],
+    ids=[d.name for d in DOCS if d.name not in STEP_BY_STEP],
+)
 def test_python_examples_run(document: Path, scratch_directory: Path) -> None:
     blocks = fenced_blocks(document.read_text(encoding="utf-8"), "python")
     # A real module, so that classes an example defines have resolvable topics.
@@ -81,6 +89,80 @@ def test_python_examples_run(document: Path, scratch_directory: Path) -> None:
             exec(code, module.__dict__)
     finally:
         del sys.modules[module.__name__]
+
+
+def steps(text: str) -> list[tuple[str, str]]:
+    """The fenced blocks of a step-by-step document, in order, as ``(kind, body)``:
+    ``("sh", commands)``, ``("file NAME", contents)`` for a ```python file=NAME
+    block, ``("python", code)`` for a plain one."""
+    pattern = re.compile(
+        r"^```(?P<info>sh|python(?: file=(?P<file>[\w./-]+))?)[ \t]*\n(?P<body>.*?)^```[ \t]*$",
+        flags=re.MULTILINE | re.DOTALL,
+    )
+    found = []
+    for match in pattern.finditer(text):
+        if match["file"]:
+            found.append((f"file {match['file']}", match["body"]))
+        else:
+            found.append((match["info"], match["body"]))
+    return found
+
+
+def step_script(text: str) -> str:
+    """One bash script doing a step-by-step document's steps, stopping at the first
+    command that fails."""
+    lines = ["set -euo pipefail"]
+    for kind, body in steps(text):
+        if kind == "sh":
+            lines.append(body)
+        elif kind == "python":
+            lines.append(f"python - <<'SAFEREPLAY_DOCS_EOF'\n{body}SAFEREPLAY_DOCS_EOF")
+        else:
+            name = kind.removeprefix("file ")
+            lines.append(f"cat > {name} <<'SAFEREPLAY_DOCS_EOF'\n{body}SAFEREPLAY_DOCS_EOF")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("name", STEP_BY_STEP)
+def test_step_by_step_documents_run(name: str, scratch_directory: Path) -> None:
+    """Every file, command and example of the document, in order, in an empty
+    directory, with the installed ``safereplay`` and this Python first on PATH."""
+    import subprocess
+
+    text = read(name)
+    kinds = {kind.split()[0] for kind, _ in steps(text)}
+    assert {"sh", "file"} <= kinds, f"docs/{name} has no commands or files to run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env["COLUMNS"] = "120"
+    result = subprocess.run(
+        ["bash", "-c", step_script(text)],
+        cwd=scratch_directory,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, f"docs/{name}:\n{result.stdout}\n{result.stderr}"
+
+
+def test_a_failing_step_fails_the_document(scratch_directory: Path) -> None:
+    import subprocess
+
+    text = (
+        "```sh\ntrue\n```\n\n```python file=x.py\nraise SystemExit(3)\n```\n\n"
+        "```sh\npython x.py\necho unreachable\n```\n"
+    )
+    result = subprocess.run(
+        ["bash", "-c", step_script(text)],
+        cwd=scratch_directory,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 3 and "unreachable" not in result.stdout
 
 
 @pytest.mark.parametrize("name", OWN_DOCS)

@@ -96,6 +96,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "start": 1,
         "end": 2,
         "projections": ["run_status"],
+        "table": "runs",
     }
 
 
@@ -180,6 +181,8 @@ def test_apply_resolves_no_template_for_a_principal_without_grants(world: dict[s
 #: Every command with arguments that would work for someone granted; exit 3 for mallory.
 CLI_CALLS: dict[str, list[str]] = {
     "status": [],
+    "projections": [],
+    "rows": ["run_status", "runs"],
     "jobs": [],
     "pause": ["{job_id}", "-r", "x"],
     "resume": ["{job_id}", "-r", "x"],

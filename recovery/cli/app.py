@@ -15,6 +15,7 @@ from safereplay.recovery.cli import apply as cli_apply
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
+from safereplay.recovery.cli import projections as cli_projections
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
@@ -112,6 +113,7 @@ cli_templates.register(app)
 cli_apply.register(app)
 cli_schema.register(app)
 cli_init.register(app)
+cli_projections.register(app)
 
 
 def main() -> None:

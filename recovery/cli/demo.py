@@ -69,20 +69,20 @@ def status_table(report: StatusReport) -> Table:
     table = Table(
         box=box.SIMPLE_HEAD,
         pad_edge=False,
-        collapse_padding=True,
+        padding=0,  # the box leaves one space between columns: it fits 80 columns
         title=(
             f"projection status: log head {report.head_position}, high-water mark "
             f"{report.high_water_mark}{held} (times UTC)"
         ),
     )
     table.add_column("projection", no_wrap=True)
-    for name in ("build", "part", "position", "backlog", "applied", "parked"):
+    for name in ("build", "part", "position", "backlog", "applied", "parked", "re-driven"):
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_column("committed", no_wrap=True, min_width=9)
     for projection in report.projections:
         rows = projection.partitions or ()
         if not rows:
-            table.add_row(projection.name, str(projection.build), "-", "0", "-", "0", "0", "-")
+            table.add_row(projection.name, str(projection.build), "-", "0", "-", "0", "0", "0", "-")
         for part in rows:
             backlog = str(part.backlog)
             if part.held_back:
@@ -94,7 +94,8 @@ def status_table(report: StatusReport) -> Table:
                 str(part.position),
                 f"[green]{backlog}[/]" if part.backlog == 0 else f"[yellow]{backlog}[/]",
                 str(part.events_applied),
-                str(part.events_parked),
+                str(part.parked_now),
+                str(part.redriven),
                 _when(part.committed_at),
             )
     return table

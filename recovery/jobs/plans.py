@@ -7,7 +7,8 @@ head when the job was made. Workers run every partition to exactly that target;
 the build then follows live (catch-up) or waits for the swap (rebuild).
 
 - **rebuild**: a new build (``b + 1``) with empty tables beside the live one,
-  split into P partitions at position 0.
+  split into P partitions at position 0. A projection's first build is best made
+  by a catch-up, which builds its live build 1 (see :func:`never_built`).
 - **catch-up**: the live build, split into P partitions at its current position.
   Its live follower waits meanwhile (a build is kept in one partitioning at a
   time) and goes on from the target when the job completes. A catch-up whose
@@ -45,6 +46,7 @@ __all__ = [
     "start_catch_up",
     "start_rebuild",
     "start_redrive",
+    "never_built",
     "start_replay",
     "wait_for_safe_head",
 ]
@@ -184,7 +186,9 @@ def start_rebuild(
     _check_partitionable(registry, projection, request.partitions)
     _refuse_if_busy(jobs, projection)
     cls = registry[projection]
-    store.prepare(cls)  # the live build exists (made if this is the first one)
+    if not store.builds(projection):
+        store.prepare(cls)  # the live build exists (made if this is the first one)
+    # Beside the live build, whatever version made that one (a new version's rebuild).
     build = store.create_build(cls)
     try:
         store.repartition(projection, build, request.partitions)
@@ -204,6 +208,25 @@ def start_rebuild(
         store.drop_build(projection, build)  # nothing half-made is left behind
         raise
     return job
+
+
+def never_built(store: ProjectionStore, projection: str, *, version: int | None = None) -> bool:
+    """Has ``projection`` no build yet, or only its first live one, never written to
+    (and made by ``version``, if given)?
+
+    A follower or a status check may have made build 1 (live, empty, at 0).
+    """
+    builds = store.builds(projection)
+    if not builds:
+        return True
+    if len(builds) > 1 or builds[0].status != "live":
+        return False
+    if version is not None and builds[0].version != version:
+        return False
+    return all(
+        c.position == 0 and c.committed_at is None and c.events_applied + c.events_parked == 0
+        for c in store.checkpoints(projection, build=builds[0].build)
+    )
 
 
 def start_catch_up(
