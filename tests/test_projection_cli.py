@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,12 +31,8 @@ from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings
 
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SAFEREPLAY_") and name != "SAFEREPLAY_TEST_POSTGRES_DSN":
-            monkeypatch.delenv(name)
+#: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 
 _VIEWERS: dict[int, dict[str, str]] = {}

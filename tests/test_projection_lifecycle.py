@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,12 +36,8 @@ from safereplay.recovery.security.access import AccessDenied
 from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings
 
-
-@pytest.fixture(autouse=True)
-def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(os.environ):
-        if name.startswith("SAFEREPLAY_") and name != "SAFEREPLAY_TEST_POSTGRES_DSN":
-            monkeypatch.delenv(name)
+#: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 
 def backend_env(settings: DomainSettings) -> dict[str, str]:
