@@ -16,10 +16,11 @@ each backend did on its own: cached statements, the backend's encoders called on
 for the columns that need them; a hook is called once per batch, table or write
 shape, never per row.
 
-Why this module is long (about 620 lines): it is one class, the store's contract
+Why this module is long (about 650 lines): it is one class, the store's contract
 carried out once for both backends; splitting it would put the batch commit, the
-lease fence that commits a job's counters with the batch, and the registry that
-the commit moves in separate files that must still change together.
+lease fence that commits a job's counters with the batch, the registry that the
+commit moves, and the reads (``rows``, ``select``) in separate files that must
+still change together.
 """
 
 from __future__ import annotations
