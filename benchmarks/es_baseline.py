@@ -40,7 +40,7 @@ from benchmarks.raw import PG_VIEW_DDL, SQLITE_UPSERT
 from benchmarks.shape import TOPICS
 from safereplay.domain import AutomationApp, Run
 
-__all__ = ["run_es_postgres", "run_es_sqlite"]
+__all__ = ["plain_postgres_environment", "run_es_postgres", "run_es_sqlite"]
 
 PROJECTION_NAME = "esbench"
 
@@ -153,7 +153,9 @@ class RunStatusProjection(Projection[Any]):
         self._write(domain_event, tracking, (None, domain_event.status, 0, 0, None))
 
 
-def _pg_env(dsn: str, schema: str) -> dict[str, str]:
+def plain_postgres_environment(dsn: str, schema: str) -> dict[str, str]:
+    """eventsourcing's own PostgreSQL settings for ``dsn`` (password included): for a
+    plain eventsourcing application, as the baseline and the contract tests run."""
     params = conninfo_to_dict(dsn)
     return {
         "PERSISTENCE_MODULE": "eventsourcing.postgres",
@@ -180,7 +182,7 @@ def run_es_postgres(store: Store, *, upto: int, view: dict[str, Any]) -> dict[st
     target = last_topic_position(store, upto)
     RunStatusProjection.upto = upto
     RunStatusProjection.as_text = False
-    env = _pg_env(store.postgres_dsn, view["schema"])
+    env = plain_postgres_environment(store.postgres_dsn, view["schema"])
     started = time.perf_counter()
     runner = ProjectionRunner(
         application_class=application_class(store),

@@ -50,9 +50,9 @@ from eventsourcing.tests.application import BankAccounts
 from eventsourcing.tests.persistence import CustomType1AsDict, CustomType2AsDict
 from eventsourcing.tests.projection import EventCountersView
 from eventsourcing.utils import Environment, get_topic
-from psycopg.conninfo import conninfo_to_dict
 from psycopg.sql import SQL, Identifier
 
+from benchmarks.es_baseline import plain_postgres_environment
 from safereplay.domain import (
     ConfigurationError,
     DomainSettings,
@@ -299,19 +299,6 @@ class PostgresFactoryContract(FactoryContract):
         return PostgresProcessRecorder
 
 
-def postgres_environment(dsn: str, schema: str) -> dict[str, str]:
-    params = conninfo_to_dict(dsn)
-    return {
-        "PERSISTENCE_MODULE": "eventsourcing.postgres",
-        "POSTGRES_DBNAME": str(params.get("dbname", "postgres")),
-        "POSTGRES_HOST": str(params.get("host", "127.0.0.1")),
-        "POSTGRES_PORT": str(params.get("port", "5432")),
-        "POSTGRES_USER": str(params.get("user", "postgres")),
-        "POSTGRES_PASSWORD": str(params.get("password", "")),
-        "POSTGRES_SCHEMA": schema,
-    }
-
-
 class TestFactoryByTopicOnSQLite(SQLiteFactoryContract):
     """eventsourcing's own SQLite settings, safereplay's mapper by MAPPER_TOPIC."""
 
@@ -338,7 +325,7 @@ class TestFactoryByTopicOnPostgres(PostgresFactoryContract):
 
     def environment(self, request: pytest.FixtureRequest) -> dict[str, str]:
         dsn = request.getfixturevalue("postgres_dsn")
-        return postgres_environment(dsn, request.getfixturevalue("pg_schema"))
+        return plain_postgres_environment(dsn, request.getfixturevalue("pg_schema"))
 
 
 @pytest.mark.postgres
@@ -468,7 +455,7 @@ class ProjectionEnv:
     def projection_env(
         self, postgres_dsn: str, pg_schema: str, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        plain = postgres_environment(postgres_dsn, pg_schema)
+        plain = plain_postgres_environment(postgres_dsn, pg_schema)
         env = {f"{name}_{k}": v for name in ("EVENTCOUNTERS", "COUNTERS") for k, v in plain.items()}
         monkeypatch.setattr(self, "env", env)
 
@@ -480,7 +467,7 @@ class TestEventCountersViewOnPostgres(es_projection_tests.EventCountersViewTestC
     @pytest.fixture(autouse=True)
     def view_env(self, postgres_dsn: str, pg_schema: str) -> None:
         self.factory_env = Environment(
-            "eventcounters", postgres_environment(postgres_dsn, pg_schema)
+            "eventcounters", plain_postgres_environment(postgres_dsn, pg_schema)
         )
 
     def construct_event_counters_view(self) -> EventCountersView:
