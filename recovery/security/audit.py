@@ -46,6 +46,7 @@ from uuid import UUID
 from safereplay.domain.secret import hide_passwords, read_owner_only
 from safereplay.recovery.database import Database, missing_table
 from safereplay.recovery.errors import AuditKeyError, RecoveryError
+from safereplay.recovery.security.audit_report import VerificationReport
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
@@ -206,37 +207,6 @@ class TrailHead:
     hash: str
     mac: str
     entries: int
-
-
-@dataclass(frozen=True)
-class VerificationReport:
-    """What ``audit verify`` found. ``status`` is ``intact``, ``tampered``,
-    ``truncated``, ``rolled back``, ``emptied`` or ``dropped``; ``anchor`` says what
-    the trail was checked against outside the database (or that nothing was)."""
-
-    ok: bool
-    entries_checked: int
-    first_bad_seq: int | None = None
-    problem: str = ""
-    status: str = ""
-    anchor: str = ""
-    notes: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not self.status:
-            object.__setattr__(self, "status", "intact" if self.ok else "tampered")
-
-    def __str__(self) -> str:
-        if self.ok:
-            text = (
-                f"audit trail verified: {self.entries_checked} entries, chain and signatures intact"
-            )
-        else:
-            text = (
-                f"audit trail {self.status.upper()} at entry {self.first_bad_seq}: {self.problem}"
-            )
-        lines = [text, *([self.anchor] if self.anchor else []), *self.notes]
-        return "\n".join(lines)
 
 
 def _bad(checked: int, seq: int, problem: str, status: str = "tampered") -> VerificationReport:

@@ -31,12 +31,8 @@ from safereplay.recovery.security.anchors import (
     AuditDigest,
     check_digests,
 )
-from safereplay.recovery.security.audit import (
-    GENESIS,
-    AuditKey,
-    AuditTrail,
-    VerificationReport,
-)
+from safereplay.recovery.security.audit import GENESIS, AuditKey, AuditTrail
+from safereplay.recovery.security.audit_report import VerificationReport, outcomes_unknown
 
 __all__ = ["NO_ANCHOR", "Anchoring", "verify_audit"]
 
@@ -55,7 +51,22 @@ def _store_has_audited_state(trail: AuditTrail) -> bool:
 
 
 def verify_audit(trail: AuditTrail, anchoring: Anchoring | None) -> VerificationReport:
-    """The trail's own check, then the store's and the anchor's; never raises on tampering."""
+    """The trail's own check, then the store's and the anchor's; never raises on tampering.
+
+    A trail whose chain holds also gets the intents without an outcome listed
+    (``outcome_unknown``): they are no tampering, and never fail the verification.
+    """
+    report = _verified(trail, anchoring)
+    if report.first_bad_seq is not None or report.entries_checked == 0:
+        return report  # entries past the first bad one are not to be trusted, or read
+    try:
+        entries = trail.entries()
+    except (ValueError, TypeError):  # rewritten since the check: the next one names it
+        return report
+    return replace(report, outcome_unknown=outcomes_unknown(entries))
+
+
+def _verified(trail: AuditTrail, anchoring: Anchoring | None) -> VerificationReport:
     report = trail.verify()
     if not report.ok:
         return replace(report, anchor=NO_ANCHOR if anchoring is None else "")
