@@ -134,12 +134,22 @@ def audit_list(
                 e["actor"],
                 e["action"],
                 e["scope"],
-                e["outcome"],
+                "[red]UNREADABLE[/]" if "unreadable" in e else e["outcome"],
                 e["reason"],
             )
         console.print(t)
 
     emit(entries, as_json=as_json, human=table)
+    unreadable = [str(e["seq"]) for e in entries if "unreadable" in e]
+    if unreadable:
+        # Listed, never trusted: a row that cannot be read was rewritten behind the trail.
+        error_console.print(
+            f"[red]error:[/] audit entries {', '.join(unreadable)} cannot be read (tampered "
+            "with?): run `safereplay audit verify`",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise SystemExit(EXIT_NO)
 
 
 @audit_app.command("verify")

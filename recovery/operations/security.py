@@ -99,7 +99,8 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         return {"revoked": access.revoke_tokens(p["name"])}
 
     def audit_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[dict[str, Any]]:
-        entries = audit.entries(
+        # A row rewritten so it cannot be read is listed, marked (`unreadable`), not raised.
+        entries = audit.listing(
             actor=p.get("actor"),
             scope=p.get("filter_scope"),
             job_id=p.get("job_id"),

@@ -46,7 +46,7 @@ from uuid import UUID
 from safereplay.domain.secret import hide_passwords, read_owner_only
 from safereplay.recovery.database import Database, missing_table
 from safereplay.recovery.errors import AuditKeyError, RecoveryError
-from safereplay.recovery.security.audit_report import VerificationReport
+from safereplay.recovery.security.audit_report import UnreadableEntry, VerificationReport
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "AuditTrail",
     "AuditTrailUnavailable",
     "TrailHead",
+    "UnreadableEntry",
     "VerificationReport",
     "redact",
 ]
@@ -436,6 +437,40 @@ class AuditTrail:
         until: datetime | None = None,
         limit: int | None = None,
     ) -> list[AuditEntry]:
+        rows = self._rows(
+            actor=actor,
+            scope=scope,
+            job_id=job_id,
+            action=action,
+            since=since,
+            until=until,
+            limit=limit,
+        )
+        return [self._entry(row) for row in rows]
+
+    def listing(self, **filters: Any) -> list[AuditEntry | UnreadableEntry]:
+        """:meth:`entries` (same filters) for a reader: a row that cannot be read (a
+        value rewritten behind the trail's back, such as invalid JSON) is listed as an
+        :class:`UnreadableEntry` instead of stopping the listing."""
+        listed: list[AuditEntry | UnreadableEntry] = []
+        for row in self._rows(**filters):
+            try:
+                listed.append(self._entry(row))
+            except (ValueError, TypeError, KeyError) as exc:
+                listed.append(UnreadableEntry.of(row, exc))
+        return listed
+
+    def _rows(
+        self,
+        *,
+        actor: str | None = None,
+        scope: str | None = None,
+        job_id: UUID | None = None,
+        action: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        limit: int | None = None,
+    ) -> list[Mapping[str, Any]]:
         template = "SELECT * FROM {audit_entries} WHERE 1 = 1"
         params: dict[str, Any] = {}
         filters = {
@@ -459,7 +494,7 @@ class AuditTrail:
             template += " LIMIT %(limit)s"
             params["limit"] = limit
         with self.database.transaction(write=False) as tx:
-            return [self._entry(row) for row in tx.rows(template, params)]
+            return list(tx.rows(template, params))
 
     @staticmethod
     def _entry(row: Mapping[str, Any]) -> AuditEntry:

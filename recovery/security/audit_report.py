@@ -1,4 +1,5 @@
-"""What ``audit verify`` reports: the trail's state, and the changes whose outcome is unknown.
+"""What ``audit verify`` reports: the trail's state, and the changes whose outcome is
+unknown; and what ``audit list`` shows of a row that cannot be read.
 
 A state-changing operation writes an *intent* entry (outcome ``started``) before
 it runs and an outcome entry naming it (``intent_seq``) after. An intent without
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["OutcomeUnknown", "VerificationReport", "outcomes_unknown"]
+__all__ = ["OutcomeUnknown", "UnreadableEntry", "VerificationReport", "outcomes_unknown"]
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,39 @@ class VerificationReport:
             )
             lines.extend(f"  {pending}" for pending in self.outcome_unknown)
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class UnreadableEntry:
+    """A stored row that cannot be read back as an entry: tampered with (listed, never
+    trusted; ``audit verify`` names it)."""
+
+    seq: int | str
+    at: str
+    actor: str
+    action: str
+    scope: str
+    reason: str
+    outcome: str
+    unreadable: str
+
+    @classmethod
+    def of(cls, row: Mapping[str, Any], error: Exception) -> UnreadableEntry:
+        def text(name: str) -> str:
+            return str(row.get(name, ""))
+
+        seq = row.get("seq")
+        return cls(
+            seq=seq if isinstance(seq, int) else text("seq"),
+            at=text("at"),
+            actor=text("actor"),
+            action=text("action"),
+            scope=text("scope"),
+            reason=text("reason"),
+            outcome=text("outcome"),
+            unreadable=f"this row cannot be read ({type(error).__name__}): tampered with? "
+            "run `safereplay audit verify`",
+        )
 
 
 class _Entry(Protocol):
