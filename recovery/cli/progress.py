@@ -33,7 +33,7 @@ __all__ = [
 
 #: Below this width the job list is one block per job instead of a table (a
 #: table would cut the ids, which later commands need whole).
-NARROW = 120
+NARROW = 150
 
 
 def format_rate(rate: float | None) -> str:
@@ -131,16 +131,17 @@ def _events_text(row: Mapping[str, Any]) -> str:
 
 def _table(rows: Sequence[Mapping[str, Any]]) -> Table:
     # The full id (what job commands take) and the state are never wrapped or cut.
+    # Only "by" and "reason" may wrap: the figures are never cut.
     table = Table(
         Column("job", no_wrap=True, min_width=36),
-        "kind",
-        "projection",
+        Column("kind", no_wrap=True),
+        Column("projection", no_wrap=True),
         Column("state", no_wrap=True, min_width=7),
-        Column("events", justify="right"),
-        Column("ev/s", justify="right"),
-        Column("ETA", justify="right"),
-        Column("parked", justify="right"),
-        Column("retries", justify="right"),
+        Column("events", justify="right", no_wrap=True),
+        Column("ev/s", justify="right", no_wrap=True),
+        Column("ETA", justify="right", no_wrap=True),
+        Column("parked", justify="right", no_wrap=True),
+        Column("retries", justify="right", no_wrap=True),
         "by",
         "reason",
     )
@@ -165,9 +166,9 @@ def _block(row: Mapping[str, Any]) -> RenderableType:
     """One job in a few short lines: the full id alone on the first."""
     lines = [
         Text(f"job {row['job_id']}", style="bold"),
-        Text.from_markup(
-            f"  {row['kind']} of {row['projection']}, {_state_text(row)}, "
-            f"{_events_text(row)} events, {row['events_per_second']:,.0f} ev/s, "
+        Text.from_markup(f"  {row['kind']} of {row['projection']}: {_state_text(row)}"),
+        Text(
+            f"  {_events_text(row)} events, {row['events_per_second']:,.0f} ev/s, "
             f"ETA {_eta_text(row)}"
         ),
         Text(f"  parked {row['parked']}, retries {row['retries']}, by {row['principal']}"),
