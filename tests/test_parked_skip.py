@@ -143,6 +143,9 @@ def test_parked_skip_from_the_command_line_is_audited_and_shown_apart(
     assert f"skipped the event parked at position {position} of run_status" in out
     code, out = run(env, "parked", "list", "run_status", "--json")
     assert json.loads(out) == []
+    code, out = run(env, "parked", "list", "run_status", "--include-resolved", "--json")
+    [kept] = json.loads(out)
+    assert (kept["position"], kept["skipped_reason"]) == (position, "INC-5: poison")
     code, out = run(env, "status", "-p", "run_status", "--json")
     [projection] = json.loads(out)["projections"]
     assert (projection["parked_now"], projection["redriven"], projection["skipped"]) == (0, 0, 1)

@@ -65,7 +65,9 @@ parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=Tr
 @parked_app.command("list")
 def parked_list(
     projection: str,
-    include_resolved: Annotated[bool, typer.Option(help="Also re-driven ones.")] = False,
+    include_resolved: Annotated[
+        bool, typer.Option(help="Also re-driven and skipped ones.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Parked events of a projection, in position order (never their payloads)."""
@@ -87,7 +89,8 @@ def parked_list(
                 f"{r['partition']['index']}/{r['partition']['count']}",
                 str(r["aggregate_id"]),
                 r["event_type"],
-                f"{r['error_type']}: {r['error_message']}",
+                f"{r['error_type']}: {r['error_message']}"
+                + (f" (skipped: {r['skipped_reason']})" if r.get("skipped_reason") else ""),
                 str(r["attempts"]),
                 str(r["blocked_by"] or "-"),
             )
