@@ -41,6 +41,7 @@ __all__ = [
     "FencedOff",
     "HandlerFailed",
     "InvalidWrite",
+    "ParkedEventNotFound",
     "PartitioningMismatch",
     "PositionConflict",
     "RedriveConflict",
@@ -126,6 +127,11 @@ class PartitioningMismatch(ProjectionError):
     recovery job moves a build between partitionings with
     :meth:`~safereplay.projections.store.ProjectionStore.repartition`.
     """
+
+
+class ParkedEventNotFound(ProjectionError):
+    """No event is parked now at that position of that build (never parked there, or
+    re-driven or skipped already)."""
 
 
 class RedriveConflict(ProjectionError):

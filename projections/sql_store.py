@@ -16,7 +16,7 @@ each backend did on its own: cached statements, the backend's encoders called on
 for the columns that need them; a hook is called once per batch, table or write
 shape, never per row.
 
-Why this module is long (about 650 lines): it is one class, the store's contract
+Why this module is long (about 670 lines): it is one class, the store's contract
 carried out once for both backends; splitting it would put the batch commit, the
 lease fence that commits a job's counters with the batch, the registry that the
 commit moves, and the reads (``rows``, ``select``) in separate files that must
@@ -37,6 +37,7 @@ from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.batch import MergeShape, TableWrites
 from safereplay.projections.errors import (
     FencedOff,
+    ParkedEventNotFound,
     PositionConflict,
     RedriveConflict,
     StoreError,
@@ -239,7 +240,7 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
     # -- the registry ---------------------------------------------------------------------
 
     def schema_step(self) -> SchemaStep:  # the ``projections`` component
-        return registry_schema_step(self._sql.create_registry)
+        return registry_schema_step(self._sql.create_registry, self._sql.upgrade_registry)
 
     def ensure_schema(self) -> None:
         """Check the catalog once, before the first write; set up what is missing."""
@@ -649,3 +650,24 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
                         [parked_update_row(name, build, p, when=dump_time) for p in failed],
                     )
         return len(resolved)
+
+    def skip_parked(self, name: str, build: int, position: int, *, reason: str) -> ParkedEvent:
+        if not reason.strip():
+            raise ValueError("skipping a parked event needs a reason")
+        params = {"projection": name, "build": build, "position": position}
+        with self._write(f"skip the parked event at {position} of {name!r}") as conn:
+            changed = conn.execute(
+                self._sql.skip_parked,
+                {**params, "now": self._values.dump_time(now()), "reason": reason},
+            ).rowcount
+        if changed != 1:
+            raise ParkedEventNotFound(
+                f"no event of {name!r} build {build} is parked now at position {position} "
+                "(see `safereplay parked list`: it may have been re-driven or skipped already)"
+            )
+        [skipped] = [
+            p
+            for p in self.parked(name, build=build, include_resolved=True)
+            if p.position == position
+        ]
+        return skipped

@@ -70,6 +70,8 @@ class PartitionStatus:
     parked_now: int = 0
     #: Parked events since re-driven (resolved) of this partition's aggregates.
     redriven: int = 0
+    #: Parked events an operator skipped (they can never apply) of its aggregates.
+    skipped: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class ProjectionStatus:
     parked_now: int = 0
     #: Parked events since re-driven (resolved).
     redriven: int = 0
+    #: Parked events an operator skipped (``safereplay parked skip``): never applied.
+    skipped: int = 0
 
     @property
     def caught_up(self) -> bool:
@@ -172,13 +176,15 @@ def projection_status(
     checkpoints = store.checkpoints(name, build=build)
     parked = store.parked(name, build=build, include_resolved=True)
 
-    def parked_in(partition: Partition | None) -> tuple[int, int]:
-        """``(parked now, re-driven)`` of the aggregates of ``partition`` (None: all)."""
+    def parked_in(partition: Partition | None) -> tuple[int, int, int]:
+        """``(parked now, re-driven, skipped)`` of the aggregates of ``partition``
+        (None: all)."""
         mine = [p for p in parked if partition is None or partition.contains(p.aggregate_id)]
         now = sum(1 for p in mine if p.resolved_at is None)
-        return now, len(mine) - now
+        skipped = sum(1 for p in mine if p.skipped)
+        return now, len(mine) - now - skipped, skipped
 
-    parked_now, redriven = parked_in(None)
+    parked_now, redriven, skipped = parked_in(None)
     position = covered_position(checkpoints)
     commits = [c.committed_at for c in checkpoints if c.committed_at is not None]
     top = high_water_mark if head is None else max(head, high_water_mark)
@@ -205,13 +211,15 @@ def projection_status(
                 committed_at=c.committed_at,
                 parked_now=now,
                 redriven=resolved,
+                skipped=passed,
             )
             for c in checkpoints
             for backlog, held_back in [_backlog(c.position, mark=high_water_mark, head=top)]
-            for now, resolved in [parked_in(c.partition)]
+            for now, resolved, passed in [parked_in(c.partition)]
         ),
         parked_now=parked_now,
         redriven=redriven,
+        skipped=skipped,
     )
 
 

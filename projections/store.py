@@ -168,6 +168,12 @@ class ParkedEvent:
     #: The parked position of the same aggregate this event waits behind, if any.
     blocked_by: int | None = None
     resolved_at: datetime | None = None
+    #: Why an operator skipped it (it can never apply): resolved, never applied.
+    skipped_reason: str | None = None
+
+    @property
+    def skipped(self) -> bool:
+        return self.skipped_reason is not None
 
 
 class ProjectionStore(ABC):
@@ -373,6 +379,13 @@ class ProjectionStore(ABC):
         seen, error): the event stays parked.
         """
 
+    @abstractmethod
+    def skip_parked(self, name: str, build: int, position: int, *, reason: str) -> ParkedEvent:
+        """Resolve the event parked at ``position`` without applying it (it can never
+        apply): it is no longer parked now, and counted apart from re-driven ones.
+        Raises :class:`~safereplay.projections.errors.ParkedEventNotFound` when no
+        event is parked there now."""
+
     # -- lifecycle ----------------------------------------------------------------------
 
     @property
@@ -546,4 +559,5 @@ def parked_event_of(
         reason=row[12],
         blocked_by=None if row[13] is None else int(row[13]),
         resolved_at=None if row[14] is None else when(row[14]),
+        skipped_reason=row[15],
     )

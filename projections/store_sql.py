@@ -16,6 +16,7 @@ else is one text. The stores render these once, when they are opened
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Literal
@@ -49,7 +50,9 @@ __all__ = [
 #: and its version: raise it with any change to the registry tables, and make
 #: :func:`registry_schema_step` bring the previous version up to it.
 PROJECTIONS_COMPONENT = "projections"
-PROJECTIONS_SCHEMA_VERSION = 1
+PROJECTIONS_SCHEMA_VERSION = 2
+# Versions: 1, the first registry; 2, a parked event can be skipped (``skipped_reason``:
+# resolved without being applied, because it can never apply).
 
 Dialect = Literal["sqlite", "postgres"]
 
@@ -160,8 +163,15 @@ CREATE_PARKED = (
     "error_message {text} NOT NULL, attempts {int} NOT NULL, "
     "first_seen_at {timestamp} NOT NULL, last_seen_at {timestamp} NOT NULL, "
     "reason {text} NOT NULL, blocked_by {bigint}, resolved_at {timestamp}, "
+    "skipped_reason {text}, "
     "PRIMARY KEY (projection, build, position))"
 )
+#: Version 2 on a version 1 registry. SQLite has no ADD COLUMN IF NOT EXISTS: the
+#: step absorbs its "duplicate column" error instead.
+ADD_SKIPPED_REASON: Mapping[Dialect, str] = {
+    "postgres": "ALTER TABLE {parked} ADD COLUMN IF NOT EXISTS skipped_reason {text}",
+    "sqlite": "ALTER TABLE {parked} ADD COLUMN skipped_reason {text}",
+}
 
 BUILDS = (
     "SELECT build, version, status, created_at, tables FROM {builds} "
@@ -237,7 +247,7 @@ PARK = (
 _PARKED = (
     "SELECT position, partition_index, partition_count, aggregate_id, aggregate_version, "
     "topic, event_type, error_type, error_message, attempts, first_seen_at, last_seen_at, "
-    "reason, blocked_by, resolved_at FROM {parked} "
+    "reason, blocked_by, resolved_at, skipped_reason FROM {parked} "
     "WHERE projection = %(projection)s AND build = %(build)s"
 )
 PARKED = _PARKED + " ORDER BY position"
@@ -245,6 +255,12 @@ UNRESOLVED_PARKED = _PARKED + " AND resolved_at IS NULL ORDER BY position"
 BLOCKED_AGGREGATES = (
     "SELECT aggregate_id, MIN(position) FROM {parked} WHERE projection = %(projection)s "
     "AND build = %(build)s AND resolved_at IS NULL GROUP BY aggregate_id"
+)
+# An event that can never apply, skipped by an operator: resolved, not applied.
+SKIP_PARKED = (
+    "UPDATE {parked} SET resolved_at = %(now)s, skipped_reason = %(reason)s "
+    "WHERE projection = %(projection)s AND build = %(build)s AND position = %(position)s "
+    "AND resolved_at IS NULL"
 )
 # A redriven event that failed again stays parked, updated in place.
 PARKED_AGAIN = (
@@ -289,6 +305,8 @@ class StoreStatements(Generic[Q]):
     """The registry's statements, rendered for one store."""
 
     create_registry: tuple[Q, ...]
+    #: Version 1 -> 2 of the registry (see ADD_SKIPPED_REASON).
+    upgrade_registry: tuple[Q, ...]
     registry_exists: Q
     builds: Q
     register_build: Q
@@ -315,6 +333,7 @@ class StoreStatements(Generic[Q]):
     blocked_aggregates: Q
     resolve_parked: Q
     parked_again: Q
+    skip_parked: Q
 
 
 def store_statements(
@@ -335,6 +354,7 @@ def store_statements(
             r.render(CREATE_POSITIONS, **tables, **types),
             r.render(CREATE_PARKED, **tables, **types),
         ),
+        upgrade_registry=(r.render(ADD_SKIPPED_REASON[r.dialect], **tables, **types),),
         registry_exists=r.render(REGISTRY_EXISTS[r.dialect]),
         builds=q(BUILDS),
         register_build=q(REGISTER_BUILD),
@@ -366,6 +386,7 @@ def store_statements(
         blocked_aggregates=q(BLOCKED_AGGREGATES),
         resolve_parked=q(RESOLVE_PARKED[r.dialect]),
         parked_again=q(PARKED_AGAIN),
+        skip_parked=q(SKIP_PARKED),
     )
 
 
@@ -468,11 +489,22 @@ def _write_rows(r: Renderer[Q], table: Table, name: Q, names: list[str], action:
     )
 
 
-def registry_schema_step(create_registry: Sequence[Any]) -> SchemaStep:
-    """The ``projections`` step: a store's rendered ``create_registry`` statements."""
+def registry_schema_step(
+    create_registry: Sequence[Any], upgrade_registry: Sequence[Any] = ()
+) -> SchemaStep:
+    """The ``projections`` step: a store's rendered ``create_registry`` statements,
+    after ``upgrade_registry`` when the registry is at version 1."""
     statements = list(create_registry)
+    upgrades = list(upgrade_registry)
 
     def apply(cursor: Any, from_version: int) -> None:
+        if 0 < from_version < 2:
+            for statement in upgrades:
+                try:
+                    cursor.execute(statement)
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):
+                        raise
         for statement in statements:
             cursor.execute(statement)
 

@@ -97,6 +97,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "end": 2,
         "projections": ["run_status"],
         "table": "runs",
+        "position": 1,
     }
 
 
@@ -205,6 +206,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "plan": ["{template}"],
     "parked list": ["run_status"],
     "parked redrive": ["run_status", "-r", "x"],
+    "parked skip": ["run_status:1", "-r", "x"],
     "principals list": [],
     "principals add": ["eve", "-r", "x"],
     "token issue": ["mallory", "-r", "x"],

@@ -55,7 +55,7 @@ from safereplay.projections import (
     UnknownProjection,
     handles,
 )
-from safereplay.projections.errors import RedriveConflict
+from safereplay.projections.errors import ParkedEventNotFound, RedriveConflict
 from safereplay.projections.store import Fence
 
 
@@ -480,6 +480,49 @@ class ProjectionStoreContract:
             store.resolve_parked("rows", 1, resolved=[2, 3], writes=state.writes())
         assert [r["k"] for r in store.rows(Rows, "t")] == [7]
         assert len(store.parked("rows", include_resolved=True)) == 3
+
+    def test_a_skipped_parked_event_is_resolved_never_applied_and_says_why(
+        self, store: ProjectionStore
+    ) -> None:
+        store.prepare(Rows)
+        now = datetime.now(UTC)
+        aggregate = uuid4()
+        parked = [
+            ParkedEvent(
+                projection="rows",
+                build=1,
+                position=position,
+                partition=P,
+                aggregate_id=aggregate,
+                aggregate_version=position,
+                topic="safereplay.domain.automation:Run.Started",
+                event_type="Run.Started",
+                error_type="ValueError" if position == 1 else "Blocked",
+                error_message="bad",
+                attempts=1,
+                first_seen_at=now,
+                last_seen_at=now,
+                reason="poison",
+                blocked_by=None if position == 1 else 1,
+            )
+            for position in (1, 2)
+        ]
+        store.commit("rows", 1, P, expected=0, position=2, parked=parked)
+        skipped = store.skip_parked("rows", 1, 1, reason="INC-9: the payload can never apply")
+        assert skipped.skipped and skipped.resolved_at is not None
+        assert skipped.skipped_reason == "INC-9: the payload can never apply"
+        # No longer parked now; the one behind it still is, and now heads its aggregate.
+        assert [p.position for p in store.parked("rows")] == [2]
+        assert store.blocked_aggregates("rows", 1, P) == {aggregate: 2}
+        every = store.parked("rows", include_resolved=True)
+        assert [(p.position, p.skipped) for p in every] == [(1, True), (2, False)]
+        assert store.rows(Rows, "t") == [], "nothing was applied"
+        for position in (1, 3):  # skipped already; never parked
+            with pytest.raises(ParkedEventNotFound, match=f"parked now at position {position}"):
+                store.skip_parked("rows", 1, position, reason="again")
+        # A redrive of the one left resolves it as re-driven, not skipped.
+        store.resolve_parked("rows", 1, resolved=[2])
+        assert [p.skipped for p in store.parked("rows", include_resolved=True)] == [True, False]
 
     # -- where the store lives ----------------------------------------------------------------
 

@@ -148,14 +148,14 @@ class CompletenessContract(RecoveryContract):
             )
         recovery.worker().run(job_id=job.job_id)  # completed, then sealed: one partition
         assert recovery.job(job).state == JobState.COMPLETED
-        position = check_build(
+        checked = check_build(
             recovery.store,
             source,
             projection=BOARD.name,
             build=job.build,
             topics=list(BOARD.topics),
         )
-        assert position == job.target_position
+        assert checked.position == job.target_position and checked.skipped == ()
 
 
 class TestSQLiteCompleteness(OnSQLite, CompletenessContract):

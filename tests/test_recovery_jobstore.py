@@ -125,7 +125,7 @@ class JobStoreContract:
         assert store.finalize(job.job_id).state == JobState.COMPLETED
         assert status.events_applied == 100
         assert status.parked == 1 and status.retries == 2
-        assert status.eta_seconds == 0.0
+        assert status.eta_seconds(store.clock()) == 0.0
 
     def test_failed_partition_fails_the_job_until_retried_alone(self, store: JobStore) -> None:
         job = store.create_job(new_job(partitions=2))

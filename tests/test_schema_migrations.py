@@ -41,6 +41,7 @@ from safereplay.domain.schema import (
 from safereplay.domain.workload import record_workload
 from safereplay.projections import ProjectionSettings, open_store
 from safereplay.projections.postgres_watermark import WATERMARK_SCHEMA_VERSION
+from safereplay.projections.store_sql import PROJECTIONS_SCHEMA_VERSION
 from safereplay.recovery.cli.app import app as cli
 from safereplay.recovery.database import (
     Database,
@@ -58,6 +59,20 @@ from safereplay.recovery.settings import RecoverySettings
 
 SettingsFactory = Callable[..., DomainSettings]
 TESTS = Path(__file__).resolve().parent
+
+
+#: The job partitions table as recovery schema version 2 made it.
+VERSION_2_PARTITIONS = """
+CREATE TABLE {job_partitions} (
+    job_id TEXT NOT NULL, partition_index INTEGER NOT NULL, status TEXT NOT NULL,
+    start_position BIGINT NOT NULL, position BIGINT NOT NULL, target_position BIGINT,
+    events_applied BIGINT NOT NULL DEFAULT 0, parked BIGINT NOT NULL DEFAULT 0,
+    retries BIGINT NOT NULL DEFAULT 0, conflicts BIGINT NOT NULL DEFAULT 0,
+    lease_owner TEXT, lease_token BIGINT NOT NULL DEFAULT 0,
+    lease_expires_at DOUBLE PRECISION, started_at DOUBLE PRECISION,
+    updated_at DOUBLE PRECISION NOT NULL, last_error TEXT,
+    PRIMARY KEY (job_id, partition_index)
+)"""
 
 
 def database_of(settings: DomainSettings) -> Database:
@@ -175,13 +190,74 @@ class SchemaContract:
             database.close()
         with recovery_context(settings, audit_key) as context:
             start_everything(context)
-        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 2
+        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 3
         database = database_of(settings)
         try:
             with database.transaction(write=False) as tx:  # raises if the table is missing
                 assert tx.rows("SELECT * FROM {auth_failures}") == []
         finally:
             database.close()
+
+    def test_a_projection_registry_at_version_1_gets_the_skipped_reason(
+        self, audit_key: Path
+    ) -> None:
+        # Projections version 2: a parked event can be skipped (skipped_reason).
+        settings = self.make()
+        with recovery_context(settings, audit_key) as context:
+            start_everything(context)
+        database = database_of(settings)
+        try:
+            with database.transaction(write=True) as tx:
+                tx.execute("ALTER TABLE {projection_parked} DROP COLUMN skipped_reason")
+                tx.execute(
+                    "UPDATE {schema_versions} SET version = 1 WHERE component = 'projections'"
+                )
+        finally:
+            database.close()
+        with recovery_context(settings, audit_key) as context:
+            start_everything(context)
+        assert catalog(settings)["projections"][0] == PROJECTIONS_SCHEMA_VERSION == 2
+        database = database_of(settings)
+        try:
+            with database.transaction(write=False) as tx:  # raises if the column is missing
+                assert tx.rows("SELECT skipped_reason FROM {projection_parked}") == []
+        finally:
+            database.close()
+
+    def test_a_recovery_schema_at_version_2_gets_the_partitions_progress_columns(
+        self, audit_key: Path
+    ) -> None:
+        # Version 3 counts progress in events: each job partition's events in scope
+        # and its recent rate. A version 2 table (without them) gets both, its rows kept.
+        settings = self.make()
+        with recovery_context(settings, audit_key) as context:
+            start_everything(context)
+        database = database_of(settings)
+        try:
+            with database.transaction(write=True) as tx:
+                tx.execute("DROP TABLE {job_partitions}")
+                tx.execute(VERSION_2_PARTITIONS)
+                tx.execute(
+                    "INSERT INTO {job_partitions} (job_id, partition_index, status, "
+                    "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)"
+                )
+                tx.execute("UPDATE {schema_versions} SET version = 2 WHERE component = 'recovery'")
+        finally:
+            database.close()
+        with recovery_context(settings, audit_key) as context:
+            start_everything(context)
+        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION
+        database = database_of(settings)
+        try:
+            with database.transaction(write=False) as tx:
+                rows = tx.rows(
+                    "SELECT position, events_in_scope, recent_rate FROM {job_partitions}"
+                )
+        finally:
+            database.close()
+        assert [dict(r) for r in rows] == [
+            {"position": 9, "events_in_scope": None, "recent_rate": None}
+        ]
 
     def test_a_first_start_sets_each_component_up_once_and_records_it(
         self, audit_key: Path
@@ -193,12 +269,15 @@ class SchemaContract:
         recorded = catalog(settings)
         assert set(recorded) == self.components(settings)
         # Each at its current version: the watermark's 2 added the hole proofs, the
-        # recovery's 2 the failed sign-ins' counts.
+        # recovery's 2 the failed sign-ins' counts, its 3 the partitions' progress;
+        # the projections' 2 the skipped parked events.
         current = {
             c: WATERMARK_SCHEMA_VERSION
             if c.startswith("watermark:")
             else RECOVERY_SCHEMA_VERSION
             if c == "recovery"
+            else PROJECTIONS_SCHEMA_VERSION
+            if c == "projections"
             else 1
             for c in recorded
         }

@@ -75,14 +75,18 @@ def status_table(report: StatusReport) -> Table:
             f"{report.high_water_mark}{held} (times UTC)"
         ),
     )
+    # Skipped parked events (never applied) get a column once there are any.
+    skipped = any(p.skipped for p in report.projections)
     table.add_column("projection", no_wrap=True)
-    for name in ("build", "part", "position", "backlog", "applied", "parked", "re-driven"):
+    names = ("build", "part", "position", "backlog", "applied", "parked", "re-driven")
+    for name in (*names, "skipped") if skipped else names:
         table.add_column(name, justify="right", no_wrap=True, min_width=len(name))
     table.add_column("committed", no_wrap=True, min_width=9)
     for projection in report.projections:
         rows = projection.partitions or ()
         if not rows:
-            table.add_row(projection.name, str(projection.build), "-", "0", "-", "0", "0", "0", "-")
+            zeros = ("0", "0", "0", "0") if skipped else ("0", "0", "0")
+            table.add_row(projection.name, str(projection.build), "-", "0", "-", *zeros, "-")
         for part in rows:
             backlog = str(part.backlog)
             if part.held_back:
@@ -96,6 +100,7 @@ def status_table(report: StatusReport) -> Table:
                 str(part.events_applied),
                 str(part.parked_now),
                 str(part.redriven),
+                *((str(part.skipped),) if skipped else ()),
                 _when(part.committed_at),
             )
     return table

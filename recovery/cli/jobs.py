@@ -7,8 +7,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Column, Table
 
+from safereplay.recovery.cli.progress import jobs_renderable
 from safereplay.recovery.cli.security import Json, Reason
-from safereplay.recovery.cli.support import console, emit, operation
+from safereplay.recovery.cli.support import EXIT_INVALID, console, emit, fail, operation
+from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.operations.parked import parse_parked_id
 
 __all__ = ["parked_app", "print_stalled_jobs", "register"]
 
@@ -18,40 +21,12 @@ def jobs_command(
     active: Annotated[bool, typer.Option(help="Only jobs not yet ended.")] = False,
     as_json: Json = False,
 ) -> None:
-    """Jobs with state, progress, events/s, ETA, parked, retries and conflicts."""
+    """Jobs with state, progress (events done of those in scope), events/s, ETA,
+    parked and retries; a failed partition with its error and the next command."""
     rows = operation("jobs.list", projection=projection, active_only=active)
 
     def table(result: Any) -> None:
-        # The short id (what job commands take) and the state are never wrapped or cut.
-        t = Table(
-            Column("job", no_wrap=True, min_width=8),
-            "kind",
-            "projection",
-            Column("state", no_wrap=True, min_width=7),
-            "applied",
-            "ev/s",
-            "ETA s",
-            "parked",
-            "retries",
-            "by",
-            "reason",
-        )
-        for r in result:
-            eta = r["eta_seconds"]
-            t.add_row(
-                str(r["job_id"])[:8],
-                r["kind"],
-                r["projection"],
-                "[yellow]stalled[/]" if r.get("stalled") else r["state"],
-                str(r["events_applied"]),
-                f"{r['events_per_second']:.0f}",
-                "-" if r.get("stalled") else ("?" if eta is None else f"{eta:.0f}"),
-                str(r["parked"]),
-                str(r["retries"]),
-                r["principal"],
-                r["reason"],
-            )
-        console.print(t)
+        console.print(jobs_renderable(result, console))
 
     emit(rows, as_json=as_json, human=table)
 
@@ -90,27 +65,72 @@ parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=Tr
 @parked_app.command("list")
 def parked_list(
     projection: str,
-    include_resolved: Annotated[bool, typer.Option(help="Also re-driven ones.")] = False,
+    include_resolved: Annotated[
+        bool, typer.Option(help="Also re-driven and skipped ones.")
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Parked events of a projection, in position order (never their payloads)."""
     rows = operation("parked.list", projection=projection, include_resolved=include_resolved)
 
     def table(result: Any) -> None:
-        t = Table("position", "partition", "aggregate", "event", "error", "attempts", "blocked by")
+        t = Table(
+            Column("id", no_wrap=True),  # what `parked skip` takes
+            "partition",
+            "aggregate",
+            "event",
+            "error",
+            "attempts",
+            "blocked by",
+        )
         for r in result:
             t.add_row(
-                str(r["position"]),
+                f"{r['projection']}:{r['position']}",
                 f"{r['partition']['index']}/{r['partition']['count']}",
                 str(r["aggregate_id"]),
                 r["event_type"],
-                f"{r['error_type']}: {r['error_message']}",
+                f"{r['error_type']}: {r['error_message']}"
+                + (f" (skipped: {r['skipped_reason']})" if r.get("skipped_reason") else ""),
                 str(r["attempts"]),
                 str(r["blocked_by"] or "-"),
             )
         console.print(t)
 
     emit(rows, as_json=as_json, human=table)
+
+
+@parked_app.command("skip")
+def parked_skip(
+    parked_id: Annotated[
+        str, typer.Argument(help="PROJECTION:POSITION, as `parked list` shows it.")
+    ],
+    reason: Reason,
+    build: Annotated[int | None, typer.Option(help="The build (default: the live one).")] = None,
+    as_json: Json = False,
+) -> None:
+    """Skip a parked event that can never apply: resolved without being applied.
+
+    Audited with the reason; `status` counts it as skipped (not parked now), and the
+    completeness check reports it as accounted for.
+    """
+    try:
+        projection, position = parse_parked_id(parked_id)
+    except InvalidRequest as exc:
+        fail(str(exc), EXIT_INVALID)
+    skipped = operation(
+        "parked.skip", reason=reason, projection=projection, position=position, build=build
+    )
+
+    def sentence(result: Any) -> None:
+        console.print(
+            f"skipped the event parked at position {result['position']} of "
+            f"{result['projection']} build {result['build']} ({result['event_type']}, "
+            f"{result['error_type']}: {result['error_message']}); it will never be applied",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    emit(skipped, as_json=as_json, human=sentence)
 
 
 def register(app: typer.Typer) -> None:

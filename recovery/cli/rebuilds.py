@@ -30,9 +30,15 @@ from rich.progress import (
     TaskID,
     TextColumn,
 )
-from rich.table import Table
 
 from safereplay.recovery.cli.interrupts import Interrupted, interruptible
+from safereplay.recovery.cli.progress import (
+    job_fields,
+    partition_fields,
+    progress_line,
+    summary_line,
+    summary_table,
+)
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_NO,
@@ -150,18 +156,20 @@ def worker_failures(workers: Sequence[WorkerProcess]) -> list[str]:
     return failures
 
 
-def _progress_fields(status: JobStatus, index: int, now: float) -> dict[str, Any]:
-    part = status.partitions[index]
-    rate = part.events_rate()
-    eta = part.eta_seconds()
-    state: str = part.status
-    if status.stalled(now) and part.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING):
-        state, eta = "stalled: no live worker", None
-    return {
-        "rate": "-" if rate is None else f"{rate:,.0f}",
-        "eta": "-" if eta is None else f"{eta:,.0f}s",
-        "status": state if part.last_error is None else f"{state}: {part.last_error}",
-    }
+def _say_stalled(status: JobStatus) -> None:
+    job_id = status.job.job_id
+    error_console.print(
+        f"[yellow]job {job_id} is stalled: no worker holds a partition. Resume it "
+        f"with the command that started it, or `safereplay worker --job {job_id} "
+        "--exit-when-idle`[/]",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _say_line(line: str) -> None:
+    console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.file.flush()  # a pipe reader sees each line as it is written
 
 
 def watch_job(
@@ -170,55 +178,71 @@ def watch_job(
     *,
     workers: Sequence[subprocess.Popen[bytes]] | None = None,
     interval: float = 0.25,
+    lines: bool = False,
+    line_interval: float = 2.0,
 ) -> JobStatus:
-    """Show a job's partitions until it ends (or its local workers have all exited).
+    """Show a job's progress until it ends (or its local workers have all exited).
+
+    On a terminal: a bar for the job and one per partition (events done of those
+    in scope, the recent rate, the ETA). Elsewhere (a pipe, a log) with ``lines``:
+    one plain line every ``line_interval`` seconds and a summary line at the end,
+    each flushed. Polls every ``interval`` seconds.
 
     The caller checks (through the dispatch layer) that the principal may view the
     job; polling its progress is not audited once per poll.
     """
     status = jobs.status(job_id)
+    on_terminal = console.is_terminal
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} ev/s"),
+        TextColumn("{task.fields[rate]}"),
         TextColumn("ETA {task.fields[eta]}"),
         TextColumn("{task.fields[status]}"),
         console=console,
-        disable=not console.is_terminal,
+        disable=not on_terminal,
     ) as progress:
+        now = jobs.clock()
+        job_task = progress.add_task(
+            "job", total=status.events_in_scope or 1, **job_fields(status, now)
+        )
         tasks: list[TaskID] = []
         for part in status.partitions:
-            total = max(0, (part.target_position or 0) - part.start_position)
             tasks.append(
                 progress.add_task(
                     f"partition {part.partition_index}/{status.job.partition_count}",
-                    total=total or 1,
-                    **_progress_fields(status, part.partition_index, jobs.clock()),
+                    total=part.scope or 1,
+                    **partition_fields(status, part.partition_index, now),
                 )
             )
         said_stalled = False
+        said_at: float | None = None
         while True:
             status = jobs.status(job_id)
             now = jobs.clock()
             if status.stalled(now) and workers is None and not said_stalled:
                 said_stalled = True
-                short = str(status.job.job_id)[:8]
-                error_console.print(
-                    f"[yellow]job {short} is stalled: no worker holds a partition. Resume it "
-                    f"with the command that started it, or `safereplay worker --job {short} "
-                    "--exit-when-idle`[/]",
-                    highlight=False,
-                    soft_wrap=True,
-                )
+                _say_stalled(status)
+            progress.update(
+                job_task,
+                completed=status.events_done
+                if status.events_in_scope
+                else int(status.job.state == JobState.COMPLETED),
+                **job_fields(status, now),
+            )
             for task, part in zip(tasks, status.partitions, strict=True):
-                done = part.position - part.start_position
-                if part.status == PartitionStatus.COMPLETED:
-                    done = max(done, 1)
+                done = part.done if part.scope else int(part.status == PartitionStatus.COMPLETED)
                 progress.update(
-                    task, completed=done, **_progress_fields(status, part.partition_index, now)
+                    task, completed=done, **partition_fields(status, part.partition_index, now)
                 )
-            if status.job.state in ENDED:
+            ended = status.job.state in ENDED
+            if lines and not on_terminal and not ended:
+                moment = time.monotonic()
+                if said_at is None or moment - said_at >= line_interval:
+                    said_at = moment
+                    _say_line(progress_line(status, now))
+            if ended:
                 break
             # Ours are done: wait on only while workers elsewhere still hold partitions.
             ours_done = workers is not None and all(w.poll() is not None for w in workers)
@@ -228,7 +252,12 @@ def watch_job(
     if workers is not None:
         for worker in workers:
             worker.wait()
-    return jobs.status(job_id)
+    final = jobs.status(job_id)
+    if lines and not on_terminal:
+        _say_line(
+            summary_line(final) if final.job.state in ENDED else progress_line(final, jobs.clock())
+        )
+    return final
 
 
 def _stop_workers(processes: Sequence[WorkerProcess]) -> None:
@@ -256,24 +285,6 @@ def _say_how_to_resume(status: JobStatus, operation_name: str, stop: Interrupted
         )
     with contextlib.suppress(OSError):  # the terminal went away with the session (SIGHUP)
         error_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
-
-
-def _summary_table(status: JobStatus) -> Table:
-    job = status.job
-    table = Table(title=f"job {job.job_id}: {job.kind} of {job.projection} build {job.build}")
-    for column in ("partition", "status", "position", "target", "applied", "parked", "retries"):
-        table.add_column(column, justify="right")
-    for part in status.partitions:
-        table.add_row(
-            str(part.partition_index),
-            part.status,
-            str(part.position),
-            str(part.target_position),
-            str(part.events_applied),
-            str(part.parked),
-            str(part.retries),
-        )
-    return table
 
 
 def _run_job(
@@ -312,13 +323,18 @@ def _run_job(
         try:
             with interruptible():
                 processes += start_workers(str(job_id), workers)
-                status = watch_job(context.jobs, job_id, workers=processes)
+                status = watch_job(context.jobs, job_id, workers=processes, lines=not as_json)
         except Interrupted as stop:
             _stop_workers(processes)
             _say_how_to_resume(context.jobs.status(job_id), operation_name, stop)
             raise typer.Exit(stop.exit_code) from None
         failures = worker_failures(processes)
-        emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
+        on_terminal = console.is_terminal
+        emit(
+            status,
+            as_json=as_json,
+            human=lambda s: console.print(summary_table(s, lines=not on_terminal)),
+        )
         if failures:
             # Even if the others finished the job: a worker that died is a fault to
             # look at (the same one may stop the next job).
@@ -428,13 +444,33 @@ def follow_command(
         raise typer.Exit(EXIT_NO)
 
 
-def watch_command(job_id: str, as_json: Json = False) -> None:
-    """Follow a job's progress (events, rate, ETA per partition) until it ends."""
+def watch_command(
+    job_id: str,
+    as_json: Json = False,
+    interval: Annotated[
+        float,
+        typer.Option(
+            "--interval", min=0.1, help="Seconds between lines when the output is not a terminal."
+        ),
+    ] = 2.0,
+) -> None:
+    """Follow a job's progress (events done of those in scope, rate, ETA) until it ends.
+
+    On a terminal, bars for the job and each partition; into a pipe or a file, one
+    plain line per interval and a summary line at the end.
+    """
     with recovery_context() as context:
         caller = cli_caller(context, "jobs.show")
         shown = open_operations(context).run(caller, "jobs.show", job_id=job_id)
-        status = watch_job(context.jobs, shown.job.job_id)
-        emit(status, as_json=as_json, human=lambda s: console.print(_summary_table(s)))
+        status = watch_job(
+            context.jobs, shown.job.job_id, lines=not as_json, line_interval=interval
+        )
+        on_terminal = console.is_terminal
+        emit(
+            status,
+            as_json=as_json,
+            human=lambda s: console.print(summary_table(s, lines=not on_terminal)),
+        )
 
 
 def replay_command(

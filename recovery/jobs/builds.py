@@ -33,6 +33,8 @@ class SwapResult:
     previous: int | None
     live: int
     position: int
+    #: Positions of the build's parked events that were skipped (never applied).
+    skipped: tuple[int, ...] = ()
 
 
 def seal_job(job: Job, *, store: ProjectionStore) -> None:
@@ -104,11 +106,17 @@ def swap(
     # handler failure here stops the swap, the live build is untouched.
     runner = ProjectionRunner(cls(), source=source, store=store, build=build, policy=FailFast())
     runner.catch_up()
-    position = check_build(
+    checked = check_build(
         store, source, projection=projection, build=build, topics=list(cls.topics)
     )
     store.set_live(projection, build)
-    return SwapResult(projection=projection, previous=live, live=build, position=position)
+    return SwapResult(
+        projection=projection,
+        previous=live,
+        live=build,
+        position=checked.position,
+        skipped=checked.skipped,
+    )
 
 
 def rollback(*, store: ProjectionStore, projection: str) -> SwapResult:

@@ -12,17 +12,40 @@ For one partition of a job that ran from ``start`` to ``target``:
 
 Anything else fails the partition with :class:`~safereplay.recovery.errors.IncompleteJob`,
 naming the partition and the numbers that disagree.
+
+A parked event counts as accounted for (it was read and set aside, with its
+reason), whether it is parked now, re-driven, or **skipped** by an operator
+because it can never apply (``safereplay parked skip``). Skipped events are never
+applied, so :func:`check_build` reports them (how many, at which positions)
+instead of letting them pass unseen.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from safereplay.projections import EventSource, Partition, ProjectionStore
 from safereplay.recovery.errors import IncompleteJob
 from safereplay.recovery.jobs.model import Job
 
-__all__ = ["check_build", "check_log_accounted", "check_partition"]
+__all__ = ["BuildCheck", "check_build", "check_log_accounted", "check_partition", "skipped_in"]
+
+
+@dataclass(frozen=True)
+class BuildCheck:
+    """A build that accounts for every position up to ``position``; ``skipped`` are
+    the positions of its parked events an operator skipped (accounted for, never
+    applied)."""
+
+    position: int
+    skipped: tuple[int, ...] = ()
+
+
+def skipped_in(store: ProjectionStore, projection: str, build: int) -> tuple[int, ...]:
+    """Positions of the parked events of ``build`` that were skipped, in order."""
+    parked = store.parked(projection, build=build, include_resolved=True)
+    return tuple(p.position for p in parked if p.skipped)
 
 
 def check_partition(
@@ -79,9 +102,9 @@ def check_build(
     projection: str,
     build: int,
     topics: Sequence[str],
-) -> int:
+) -> BuildCheck:
     """A whole build (one partition, built from position 0) accounts for every
-    position up to its own; returns that position."""
+    position up to its own; returns that position and the skipped parked events."""
     where = f"projection {projection!r} build {build}"
     checkpoints = store.checkpoints(projection, build=build)
     if len(checkpoints) != 1 or not checkpoints[0].partition.is_whole:
@@ -95,4 +118,4 @@ def check_build(
             f"{checkpoint.position} but {done} were applied or parked"
         )
     check_log_accounted(source, after=0, upto=checkpoint.position, where=where)
-    return checkpoint.position
+    return BuildCheck(checkpoint.position, skipped_in(store, projection, build))

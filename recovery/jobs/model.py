@@ -115,6 +115,13 @@ class Job:
 
 @dataclass(frozen=True)
 class PartitionProgress:
+    """One partition's progress. Progress is counted in *events*, not positions:
+    ``events_done`` (applied or parked) against ``events_in_scope`` (the stored
+    events of the projection's types in the partition's range, counted once when
+    the job was planned). A log with holes, other event types or other
+    partitions' aggregates would otherwise show "21731/21731" long before the end.
+    """
+
     job_id: UUID
     partition_index: int
     status: PartitionStatus
@@ -131,30 +138,54 @@ class PartitionProgress:
     started_at: float | None
     updated_at: float
     last_error: str | None
+    #: Events this partition reads, counted when the job was planned (None: a job
+    #: planned before progress was counted in events; positions stand in for them).
+    events_in_scope: int | None = None
+    #: Events/s over the worker's recent window (see resilience.throttle.RecentRate), as last
+    #: reported; only meaningful while a worker holds the lease.
+    recent_rate: float | None = None
 
-    def rate(self) -> float | None:
-        """Positions per second since the partition started (None before it has)."""
-        if self.started_at is None or self.updated_at <= self.started_at:
-            return None
-        return (self.position - self.start_position) / (self.updated_at - self.started_at)
+    @property
+    def events_done(self) -> int:
+        """Events applied or parked: both are done with (the completeness check's sum)."""
+        return self.events_applied + self.parked
 
-    def events_rate(self) -> float | None:
-        if self.started_at is None or self.updated_at <= self.started_at:
-            return None
-        return self.events_applied / (self.updated_at - self.started_at)
+    @property
+    def scope(self) -> int:
+        """Events in scope (positions in range for a job planned without a count)."""
+        if self.events_in_scope is not None:
+            return self.events_in_scope
+        return max(0, (self.target_position or 0) - self.start_position)
 
-    def remaining(self) -> int | None:
-        if self.target_position is None:
-            return None
-        return max(0, self.target_position - self.position)
+    @property
+    def done(self) -> int:
+        """Progress against :attr:`scope`: a completed partition is all done."""
+        if self.status == PartitionStatus.COMPLETED:
+            return self.scope
+        if self.events_in_scope is None:
+            return max(0, self.position - self.start_position)
+        return min(self.events_done, self.scope)
 
-    def eta_seconds(self) -> float | None:
+    def live(self, now: float) -> bool:
+        """A worker holds it now (its lease has not expired at ``now``)."""
+        return (
+            self.status == PartitionStatus.RUNNING
+            and self.lease_expires_at is not None
+            and self.lease_expires_at > now
+        )
+
+    def remaining(self) -> int:
+        return max(0, self.scope - self.done)
+
+    def rate(self, now: float) -> float | None:
+        """Events/s now: the worker's recent rate while it holds the lease, else None."""
+        return self.recent_rate if self.live(now) else None
+
+    def eta_seconds(self, now: float) -> float | None:
         remaining = self.remaining()
-        rate = self.rate()
-        if remaining is None:
-            return None
         if remaining == 0:
             return 0.0
+        rate = self.rate(now)
         if not rate:
             return None
         return remaining / rate
@@ -172,6 +203,15 @@ class JobStatus:
         return sum(p.events_applied for p in self.partitions)
 
     @property
+    def events_done(self) -> int:
+        """Progress of the job, in events (see :attr:`PartitionProgress.done`)."""
+        return sum(p.done for p in self.partitions)
+
+    @property
+    def events_in_scope(self) -> int:
+        return sum(p.scope for p in self.partitions)
+
+    @property
     def parked(self) -> int:
         return sum(p.parked for p in self.partitions)
 
@@ -183,19 +223,23 @@ class JobStatus:
     def conflicts(self) -> int:
         return sum(p.conflicts for p in self.partitions)
 
-    @property
-    def events_per_second(self) -> float:
-        return sum(p.events_rate() or 0.0 for p in self.partitions if p.status == "running")
+    def started_at(self) -> float | None:
+        started = [p.started_at for p in self.partitions if p.started_at is not None]
+        return min(started) if started else None
+
+    def events_per_second(self, now: float) -> float:
+        """Running: the sum of the live partitions' recent rates (what the throttle
+        caps). Ended: the average, events done over the time from the first claim
+        to the end."""
+        if not self.job.active:
+            started = self.started_at()
+            elapsed = self.job.updated_at - started if started is not None else 0.0
+            return self.events_applied / elapsed if elapsed > 0 else 0.0
+        return sum(p.rate(now) or 0.0 for p in self.partitions)
 
     def live_leases(self, now: float) -> int:
         """Partitions a worker holds now (its lease not yet expired at ``now``)."""
-        return sum(
-            1
-            for p in self.partitions
-            if p.status == PartitionStatus.RUNNING
-            and p.lease_expires_at is not None
-            and p.lease_expires_at > now
-        )
+        return sum(1 for p in self.partitions if p.live(now))
 
     def stalled(self, now: float) -> bool:
         """Running, work left, and no live worker: every lease released or expired.
@@ -209,19 +253,21 @@ class JobStatus:
             p.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING) for p in self.partitions
         )
 
-    @property
-    def eta_seconds(self) -> float | None:
-        """The slowest unfinished partition's ETA (partitions run in parallel)."""
-        etas = [
-            p.eta_seconds()
-            for p in self.partitions
-            if p.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING)
-        ]
-        if not etas:
+    def eta_seconds(self, now: float) -> float | None:
+        """Events left over the job's rate now (None: no rate yet, or nothing runs)."""
+        if self.job.state == JobState.COMPLETED:
             return 0.0
-        if any(eta is None for eta in etas):
+        remaining = sum(
+            p.remaining()
+            for p in self.partitions
+            if p.status in (PartitionStatus.PENDING, PartitionStatus.RUNNING, PartitionStatus.HELD)
+        )
+        if remaining == 0:
+            return 0.0
+        if self.stalled(now):
             return None
-        return max(eta for eta in etas if eta is not None)
+        rate = self.events_per_second(now)
+        return remaining / rate if rate > 0 else None
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,7 @@ __all__ = [
     "start_redrive",
     "never_built",
     "start_replay",
+    "events_in_scope",
     "wait_for_safe_head",
 ]
 
@@ -138,6 +139,21 @@ def _check_partitionable(registry: ProjectionRegistry, projection: str, partitio
         )
 
 
+def events_in_scope(
+    source: EventSource, topics: Collection[str], *, starts: list[int], target: int
+) -> list[int]:
+    """Each partition's events to read: the stored events of ``topics`` in its
+    aggregates and its range ``(start, target]``, counted once here (progress and
+    ETA are measured against them; a count per poll could be slow on a big log)."""
+    count = len(starts)
+    return [
+        source.count(after=start, upto=target, topics=list(topics), partition=Partition(i, count))
+        if start < target
+        else 0
+        for i, start in enumerate(starts)
+    ]
+
+
 def _new_job(
     request: JobRequest,
     *,
@@ -148,6 +164,7 @@ def _new_job(
     starts: list[int],
     baseline: list[int],
     target: int,
+    scope: list[int] | None = None,
 ) -> NewJob:
     return NewJob(
         kind=kind,
@@ -162,6 +179,7 @@ def _new_job(
         events_per_second=request.events_per_second,
         parameters={**(request.parameters or {}), "baseline": baseline},
         held_partitions=request.held_partitions,
+        events_in_scope=scope,
     )
 
 
@@ -192,6 +210,8 @@ def start_rebuild(
     build = store.create_build(cls)
     try:
         store.repartition(projection, build, request.partitions)
+        target = source.high_water_mark()
+        starts = [0] * request.partitions
         job = jobs.create_job(
             _new_job(
                 request,
@@ -199,9 +219,10 @@ def start_rebuild(
                 projection=projection,
                 build=build,
                 partitions=request.partitions,
-                starts=[0] * request.partitions,
+                starts=starts,
                 baseline=[0] * request.partitions,
-                target=source.high_water_mark(),
+                target=target,
+                scope=events_in_scope(source, cls.topics, starts=starts, target=target),
             )
         )
     except BaseException:
@@ -270,6 +291,7 @@ def start_catch_up(
         if request.partitions > 1:
             store.repartition(projection, build, 1)
         return CatchUpPlan(None, safe)
+    starts = [c.position for c in by_index]
     try:
         job = jobs.create_job(
             _new_job(
@@ -278,9 +300,10 @@ def start_catch_up(
                 projection=projection,
                 build=build,
                 partitions=request.partitions,
-                starts=[c.position for c in by_index],
+                starts=starts,
                 baseline=[c.events_applied + c.events_parked for c in by_index],
                 target=target,
+                scope=events_in_scope(source, cls.topics, starts=starts, target=target),
             )
         )
     except BaseException:
@@ -307,6 +330,8 @@ def start_redrive(
     parked = store.parked(projection, build=build)
     if not parked:
         raise InvalidRequest(f"projection {projection!r} build {build} has no parked events")
+    wanted = {str(a) for a in aggregates or []}
+    in_scope = [p for p in parked if not wanted or str(p.aggregate_id) in wanted]
     return jobs.create_job(
         NewJob(
             kind=JobKind.REDRIVE,
@@ -317,6 +342,7 @@ def start_redrive(
             reason=request.reason,
             target_position=max(p.position for p in parked),
             parameters={**(request.parameters or {}), "aggregates": aggregates or []},
+            events_in_scope=[len(in_scope)],
         )
     )
 
@@ -407,6 +433,7 @@ def start_replay(
             starts=starts,
             baseline=[0] * count,
             target=end,
+            scope=events_in_scope(source, cls.topics, starts=starts, target=end),
         )
         new.range_start, new.range_end = start, end
         return jobs.create_job(new)

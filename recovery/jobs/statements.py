@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ADD_PART_COLUMNS",
     "CLAIM_PART",
     "COUNT_LIVE_LEASES",
     "CREATE_JOBS",
@@ -15,6 +16,7 @@ __all__ = [
     "FINISH_PART",
     "INSERT_JOB",
     "INSERT_PART",
+    "PART_COLUMNS",
     "RELEASE_EXPIRED_PARTS",
     "RELEASE_HELD_PARTS",
     "RENEW_LEASE",
@@ -78,8 +80,29 @@ CREATE TABLE IF NOT EXISTS {job_partitions} (
     started_at DOUBLE PRECISION,
     updated_at DOUBLE PRECISION NOT NULL,
     last_error TEXT,
+    events_in_scope BIGINT,
+    recent_rate DOUBLE PRECISION,
     PRIMARY KEY (job_id, partition_index)
 )"""
+
+# Version 3 of the recovery schema: a partition's events in scope (counted once,
+# when the job is planned) and its worker's recent events/s (see JobStore.report).
+PART_COLUMNS = "PRAGMA table_info({job_partitions})"  # SQLite: row[1] is the name
+# SQLite has no ADD COLUMN IF NOT EXISTS: the step looks at PART_COLUMNS first.
+ADD_PART_COLUMNS = {
+    "sqlite": {
+        "events_in_scope": "ALTER TABLE {job_partitions} ADD COLUMN events_in_scope BIGINT",
+        "recent_rate": "ALTER TABLE {job_partitions} ADD COLUMN recent_rate DOUBLE PRECISION",
+    },
+    "postgres": {
+        "events_in_scope": (
+            "ALTER TABLE {job_partitions} ADD COLUMN IF NOT EXISTS events_in_scope BIGINT"
+        ),
+        "recent_rate": (
+            "ALTER TABLE {job_partitions} ADD COLUMN IF NOT EXISTS recent_rate DOUBLE PRECISION"
+        ),
+    },
+}
 
 INSERT_JOB = """
 INSERT INTO {jobs} (job_id, kind, projection, build, partition_count, state, principal, reason,
@@ -91,9 +114,9 @@ VALUES (%(job_id)s, %(kind)s, %(projection)s, %(build)s, %(partition_count)s, 'p
 
 INSERT_PART = """
 INSERT INTO {job_partitions} (job_id, partition_index, status, start_position, position,
-    target_position, updated_at)
+    target_position, updated_at, events_in_scope)
 VALUES (%(job_id)s, %(partition_index)s, %(status)s, %(position)s, %(position)s,
-    %(target_position)s, %(now)s)"""
+    %(target_position)s, %(now)s, %(events_in_scope)s)"""
 # A staged rollout's later partitions wait as 'held' until the canary verified.
 RELEASE_HELD_PARTS = """
 UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
@@ -130,7 +153,8 @@ UPDATE {job_partitions} SET position = %(position)s,
     events_applied = events_applied + %(events_applied)s, parked = parked + %(parked)s,
     retries = retries + %(retries)s, conflicts = conflicts + %(conflicts)s,
     target_position = COALESCE(%(target_position)s, target_position),
-    last_error = COALESCE(%(last_error)s, last_error), updated_at = %(now)s
+    last_error = COALESCE(%(last_error)s, last_error),
+    recent_rate = COALESCE(%(recent_rate)s, recent_rate), updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
 FINISH_PART = """

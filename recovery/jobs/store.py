@@ -67,6 +67,7 @@ class NewJob:
         events_per_second: float | None = None,
         parameters: Mapping[str, Any] | None = None,
         held_partitions: Sequence[int] = (),
+        events_in_scope: Sequence[int] | None = None,
     ) -> None:
         if partition_count < 1:
             raise ValueError("partition_count must be >= 1")
@@ -94,6 +95,10 @@ class NewJob:
             raise ValueError("held partitions must be partitions of the job")
         if held_partitions and len(set(held_partitions)) >= partition_count:
             raise ValueError("a staged rollout must leave some partitions to run first")
+        if events_in_scope is not None and len(events_in_scope) != partition_count:
+            raise ValueError("events_in_scope needs one count per partition")
+        #: Each partition's events to read, counted when planned (progress is in events).
+        self.events_in_scope = list(events_in_scope) if events_in_scope is not None else None
         #: Partitions that wait (status ``held``) until :meth:`JobStore.release_held`.
         self.held_partitions = frozenset(held_partitions)
 
@@ -159,8 +164,10 @@ class JobStore(ABC):
         conflicts: int = 0,
         target_position: int | None = None,
         last_error: str | None = None,
+        recent_rate: float | None = None,
     ) -> None:
-        """Record progress (deltas for the counters); raises LeaseLost if fenced off."""
+        """Record progress (deltas for the counters) and the worker's recent events/s;
+        raises LeaseLost if fenced off."""
 
     @abstractmethod
     def finish_partition(self, claim: Claim, *, succeeded: bool, error: str | None = None) -> None:
@@ -230,6 +237,8 @@ def partition_from_row(row: Mapping[str, Any]) -> PartitionProgress:
         started_at=row["started_at"],
         updated_at=float(row["updated_at"]),
         last_error=row["last_error"],
+        events_in_scope=None if row["events_in_scope"] is None else int(row["events_in_scope"]),
+        recent_rate=row["recent_rate"],
     )
 
 
@@ -252,6 +261,17 @@ class SQLJobStore(JobStore):
     def schema_statements() -> list[str]:
         """The tables' DDL (templates), run by the ``recovery`` schema step."""
         return [sql.CREATE_JOBS, sql.CREATE_ONE_ACTIVE_JOB_INDEX, sql.CREATE_PARTS]
+
+    @staticmethod
+    def add_progress_columns(cursor: Any, dialect: str, render: Callable[[str], Any]) -> None:
+        """Recovery schema version 3 on a version 1 or 2 database: the partitions'
+        events in scope and recent rate, each added unless it is there already."""
+        present: set[str] = set()
+        if dialect == "sqlite":
+            present = {row[1] for row in cursor.execute(render(sql.PART_COLUMNS)).fetchall()}
+        for column, statement in sql.ADD_PART_COLUMNS[dialect].items():
+            if column not in present:
+                cursor.execute(render(statement))
 
     def create_tables(self) -> None:
         """Run the DDL directly (tools and tests); processes go through the schema
@@ -294,6 +314,9 @@ class SQLJobStore(JobStore):
                             "position": position,
                             "target_position": new.target_position,
                             "now": now,
+                            "events_in_scope": None
+                            if new.events_in_scope is None
+                            else new.events_in_scope[index],
                         },
                     )
         except Exception as exc:
@@ -472,6 +495,7 @@ class SQLJobStore(JobStore):
         conflicts: int = 0,
         target_position: int | None = None,
         last_error: str | None = None,
+        recent_rate: float | None = None,
     ) -> None:
         self._fenced(
             claim,
@@ -484,6 +508,7 @@ class SQLJobStore(JobStore):
                 "conflicts": conflicts,
                 "target_position": target_position,
                 "last_error": last_error,
+                "recent_rate": recent_rate,
             },
         )
 

@@ -64,7 +64,7 @@ from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
 from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
-from safereplay.recovery.resilience.throttle import Throttle
+from safereplay.recovery.resilience.throttle import RecentRate, Throttle
 
 __all__ = ["BreakerPolicy", "PartitionOutcome", "Worker", "WorkerOptions", "WorkerReport"]
 
@@ -370,7 +370,8 @@ class Worker:
             on_parked=self._parked_hook(job),
             faults=self._faults,
         )
-        throttle = Throttle(_partition_rate(job))
+        throttle = _throttle(job)
+        recent = RecentRate()
         renew_every = self.options.lease_seconds / 3
         renewed_at = time.monotonic()
         counted = 0
@@ -398,17 +399,20 @@ class Worker:
                 self._settle(job)
                 return PartitionOutcome.FAILED
             retries = runner.retries + runner.connection_retries
+            # The throttle is paid before the rate is sampled: the rate shown is what
+            # the cap allowed, never the burst of a batch applied before its pause.
+            throttle.acquire(result.applied)
             # Applied and parked events were counted by the commits (the lease's tally).
             self.jobs.report(
                 claim,
                 position=result.position,
                 retries=retries - counted,
                 target_position=target,
+                recent_rate=recent.add(result.applied + result.parked),
             )
             counted = retries
             if not result.retried:
                 policy.record_success()
-            throttle.acquire(result.applied)
             if result.position >= target:
                 return self._finish(claim, runner)
             if time.monotonic() - renewed_at >= renew_every:
@@ -473,7 +477,8 @@ class Worker:
         wanted = {uuid.UUID(str(a)) for a in job.parameters.get("aggregates") or []}
         partition = Partition(index, job.partition_count)
         fence = lease_fence(claim)
-        throttle = Throttle(_partition_rate(job))
+        throttle = _throttle(job)
+        recent = RecentRate()
         position = claim.partition.position
         renewed_at = time.monotonic()
         while position < target:
@@ -507,9 +512,15 @@ class Worker:
                 self.store.write(cls.name, job.build, state.writes(), fence=fence)
             except FencedOff:
                 return PartitionOutcome.LOST
-            self.jobs.report(claim, position=upto, events_applied=applied, target_position=target)
-            position = upto
             throttle.acquire(applied)
+            self.jobs.report(
+                claim,
+                position=upto,
+                events_applied=applied,
+                target_position=target,
+                recent_rate=recent.add(applied),
+            )
+            position = upto
             if time.monotonic() - renewed_at >= self.options.lease_seconds / 3:
                 claim = self.jobs.renew(claim, lease_seconds=self.options.lease_seconds)
                 renewed_at = time.monotonic()
@@ -577,9 +588,10 @@ def lease_fence(claim: Claim, *, tally: bool = False) -> Fence:
     )
 
 
-def _partition_rate(job: Job) -> float | None:
-    """The job's events/s cap, shared by the partitions that may run at once."""
+def _throttle(job: Job) -> Throttle:
+    """The job's events/s cap, shared by the partitions that may run at once, with no
+    initial burst: each batch waits for its own events, so no window runs above it."""
     if job.events_per_second is None:
-        return None
+        return Throttle(None)
     running = job.max_concurrent_partitions or job.partition_count
-    return job.events_per_second / max(1, min(running, job.partition_count))
+    return Throttle(job.events_per_second / max(1, min(running, job.partition_count)), burst=0.0)

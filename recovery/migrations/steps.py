@@ -35,10 +35,12 @@ __all__ = [
 RECOVERY_COMPONENT = "recovery"
 #: Raise it with every change to a recovery table, and make the step bring a
 #: database at the previous version up to it (its ``from_version`` says which).
-RECOVERY_SCHEMA_VERSION = 2
+RECOVERY_SCHEMA_VERSION = 3
 # Versions: 1, the tables of the first catalog; 2, the failed sign-ins' counts
-# (safereplay_auth_failures) and TRUNCATE refused on the audit head too. Every
-# statement is idempotent, so each version's step runs them all.
+# (safereplay_auth_failures) and TRUNCATE refused on the audit head too; 3, each
+# job partition's events in scope and recent events/s (progress counts events,
+# not positions). Every CREATE is idempotent, so each version's step runs them
+# all; the columns version 3 adds to an existing table are added unless present.
 
 
 def recovery_statements(dialect: str) -> list[str]:
@@ -58,6 +60,10 @@ def recovery_step(database: Database) -> SchemaStep:
     statements = [database.render(t) for t in recovery_statements(database.dialect)]
 
     def apply(cursor: Any, from_version: int) -> None:
+        if 0 < from_version < 3:
+            # The partitions table exists without the version 3 columns (a fresh
+            # database gets them from its CREATE TABLE below).
+            SQLJobStore.add_progress_columns(cursor, database.dialect, database.render)
         for statement in statements:
             cursor.execute(statement)
 

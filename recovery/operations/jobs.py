@@ -45,11 +45,14 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
                     "stalled": stalled,
                     "live_workers": status.live_leases(now),
                     "events_applied": status.events_applied,
+                    # Progress in events: done (applied or parked) of those in scope.
+                    "events_done": status.events_done,
+                    "events_in_scope": status.events_in_scope,
                     "parked": status.parked,
                     "retries": status.retries,
                     "conflicts": status.conflicts,
-                    "events_per_second": status.events_per_second,
-                    "eta_seconds": None if stalled else status.eta_seconds,
+                    "events_per_second": status.events_per_second(now),
+                    "eta_seconds": None if stalled else status.eta_seconds(now),
                     "partitions": [asdict(part) for part in status.partitions],
                 }
             )

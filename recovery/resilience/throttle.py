@@ -1,11 +1,13 @@
-"""A token bucket capping events per second, so a rebuild does not starve live traffic."""
+"""A token bucket capping events per second, so a rebuild does not starve live traffic;
+and the recent rate a worker reports (what the cap let through)."""
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 
-__all__ = ["Throttle"]
+__all__ = ["RecentRate", "Throttle"]
 
 
 class Throttle:
@@ -51,3 +53,26 @@ class Throttle:
         self._sleep(wait)
         self._refill()
         return wait
+
+
+class RecentRate:
+    """Events/s over a worker's last ``window`` seconds (what ``jobs`` and ``watch``
+    show, and the ETA divides by): an average since the start would hide a slow-down
+    and overstate a throttled job's first batches."""
+
+    def __init__(self, *, window: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self._window = window
+        self._clock = clock
+        self._total = 0
+        self._samples: deque[tuple[float, int]] = deque([(clock(), 0)])
+
+    def add(self, events: int) -> float | None:
+        """Count ``events`` done now; the rate over the window (None: no time yet)."""
+        now = self._clock()
+        self._total += events
+        self._samples.append((now, self._total))
+        # Keep one sample at or before the window's start, so the window is full.
+        while len(self._samples) > 2 and self._samples[1][0] <= now - self._window:
+            self._samples.popleft()
+        began, before = self._samples[0]
+        return (self._total - before) / (now - began) if now > began else None
