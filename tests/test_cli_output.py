@@ -15,15 +15,20 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from io import StringIO
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 import typer
 from recovery_fixtures import operator_cli_env
+from rich.console import Console
 from typer.testing import CliRunner
 
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.cli.job_messages import say_not_completed
+from safereplay.recovery.operations.context import RecoveryContext
 
 ISO_UTC = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?\+00:00$")
 
@@ -81,8 +86,11 @@ class Cli:
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
-    def planned_rebuild(self, projection: str = "run_status") -> str:
-        return str(self.json("rebuild", projection, "-r", "planned", "-w", "0")["job_id"])
+    def planned_rebuild(self, projection: str = "run_status", partitions: int = 2) -> str:
+        started = self.json(
+            "rebuild", projection, "-r", "planned", "-w", "0", "-n", str(partitions)
+        )
+        return str(started["job_id"])
 
     def completed_rebuild(self, projection: str = "workflow_stats") -> str:
         job = self.planned_rebuild(projection)
@@ -239,6 +247,32 @@ def test_init_tells_a_person_and_a_script(tmp_path: Path) -> None:
     report = json.loads(result.stdout)
     assert report["admin"] == "admin" and "sr_" not in result.stdout
     assert Path(report["token_file"]).is_file()
+
+
+def test_a_failed_partition_names_its_error_and_the_next_commands(
+    cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = cli.planned_rebuild(partitions=1)
+    for name, value in cli.env.items():
+        monkeypatch.setenv(name, value)
+    context = RecoveryContext.from_env()
+    try:
+        claim = context.jobs.claim("a worker", lease_seconds=60, job_id=UUID(job))
+        assert claim is not None
+        context.jobs.finish_partition(claim, succeeded=False, error="cannot decrypt position 7")
+        context.jobs.finalize(UUID(job))
+        status = context.jobs.status(UUID(job))
+    finally:
+        context.close()
+    shown = StringIO()
+    say_not_completed(status, out=Console(file=shown, width=100))
+    assert f"job {job} is failed" in shown.getvalue()
+    assert "partition 0 failed: cannot decrypt position 7" in shown.getvalue()
+    assert f"`safereplay retry-partition {job} --partition 0 --reason ...`" in shown.getvalue()
+
+    result = cli.run("retry-partition", job, "--partition", "0", "-r", "key restored")
+    assert result.exit_code == 0, result.output
+    assert f"`safereplay worker --job {job} --exit-when-idle`" in result.stdout
 
 
 # -- errors under --json ---------------------------------------------------------------------

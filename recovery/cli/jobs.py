@@ -67,11 +67,11 @@ def print_stalled_jobs(projections: list[str]) -> None:
     )
     for row in rows:
         if row.get("stalled"):
-            short = str(row["job_id"])[:8]
+            job_id = row["job_id"]
             console.print(
-                f"[yellow]job {short} ({row['kind']} of {row['projection']}) is stalled: no "
+                f"[yellow]job {job_id} ({row['kind']} of {row['projection']}) is stalled: no "
                 f"worker holds a partition. Resume it with the command that started it, or "
-                f"`safereplay worker --job {short} --exit-when-idle`[/]",
+                f"`safereplay worker --job {job_id} --exit-when-idle`[/]",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -254,16 +254,15 @@ def _stop_workers(processes: Sequence[WorkerProcess]) -> None:
 
 def _say_how_to_resume(status: JobStatus, operation_name: str, stop: Interrupted) -> None:
     job = status.job
-    short = str(job.job_id)[:8]
     if job.state in ENDED:
-        message = f"interrupted ({stop}): job {short} had already ended ({job.state})"
+        message = f"interrupted ({stop}): job {job.job_id} had already ended ({job.state})"
     else:
         message = (
             f"interrupted ({stop}): the local workers stopped and gave their partitions "
-            f"back. Job {short} ({job.kind} of {job.projection}) is {job.state} and resumes "
-            f"where it stopped: run the same command again (`safereplay {operation_name} "
-            f"{job.projection} --reason ...`), or `safereplay worker --job {short} "
-            "--exit-when-idle`"
+            f"back. Job {job.job_id} ({job.kind} of {job.projection}) is {job.state} and "
+            f"resumes where it stopped: run the same command again (`safereplay "
+            f"{operation_name} {job.projection} --reason ...`), or `safereplay worker --job "
+            f"{job.job_id} --exit-when-idle`"
         )
     with contextlib.suppress(OSError):  # the terminal went away with the session (SIGHUP)
         error_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
