@@ -69,8 +69,10 @@ def _options(command: Any) -> set[str]:
 # -- one command of each group, read by a person and by a script -----------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class Cli:
+    """The command line run in this process, as the operator of a small store."""
+
     env: dict[str, str]
 
     def run(self, *args: str, token: str | None = None) -> Any:
