@@ -1,8 +1,14 @@
-"""The ``safereplay`` command line."""
+"""The ``safereplay`` command line.
+
+Its root command sees the whole command line before it is parsed: it refuses one
+that holds an API token, and with ``--json`` on it, it has every error written
+as JSON (see :mod:`safereplay.recovery.cli.support`), usage errors included.
+"""
 
 from __future__ import annotations
 
-import json
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,14 +26,16 @@ from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
 from safereplay.recovery.cli import templates as cli_templates
-from safereplay.recovery.cli.demo import run_demo, status_table
+from safereplay.recovery.cli.demo import DemoResult, run_demo, status_table
+from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
+    emit,
     exit_code_for,
     fail,
     operation,
     refuse_token_arguments,
-    to_jsonable,
+    use_json_errors,
 )
 from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.settings import check_environment
@@ -35,9 +43,47 @@ from safereplay.recovery.settings import check_environment
 __all__ = ["app", "main"]
 
 
+def json_requested(args: Sequence[str]) -> bool:
+    """Whether ``--json`` is an option on the command line (not after ``--``)."""
+    for arg in args:
+        if arg == "--":
+            return False
+        if arg == "--json":
+            return True
+    return False
+
+
 class _TokenGuard(TyperGroup):
     """The root command: refuses a command line that holds an API token before parsing
-    it, so that no parsing error echoes the token back."""
+    it, so that no parsing error echoes the token back; under ``--json``, writes
+    click's usage errors as the JSON error object."""
+
+    def main(  # type: ignore[override]  # the keyword arguments click's main takes
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        argv = list(sys.argv[1:] if args is None else args)
+        as_json = json_requested(argv)
+        # Set on every run: a process (a test) may run several command lines.
+        use_json_errors(as_json)
+        if not as_json:
+            return super().main(argv, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            # Not standalone: click would print its usage error itself, as text.
+            code = super().main(argv, prog_name, complete_var, False, **extra)
+        except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+            context = getattr(exc, "ctx", None)
+            hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+            fail(exc.format_message() + hint, exc.exit_code)
+        except typer.Abort:
+            fail("aborted", 1)
+        if not standalone_mode:
+            return code
+        raise SystemExit(code if isinstance(code, int) else 0)
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:  # ctx: click's Context
         refuse_token_arguments(args)
@@ -71,17 +117,37 @@ def demo(
     directory: Annotated[
         Path, typer.Option(help="Where the demo keeps its SQLite store and key file.")
     ] = Path(".safereplay-demo"),
-    workflows: Annotated[int, typer.Option(min=1, max=1000)] = 6,
+    workflows: Annotated[int, typer.Option(min=1, max=1000, help="Workflows to record.")] = 6,
     runs: Annotated[int, typer.Option(min=1, max=10_000, help="Runs per workflow.")] = 12,
+    as_json: Json = False,
 ) -> None:
     """Record a workload into an encrypted SQLite store and summarise it.
 
-    Run again, it starts over in its directory (one it made itself).
+    Run again, it starts over in its directory (one it made itself). With --json,
+    the story goes to standard error and a summary to standard output.
     """
     try:
-        run_demo(directory, console=console, workflows=workflows, runs=runs)
+        result = run_demo(
+            directory, console=error_console if as_json else console, workflows=workflows, runs=runs
+        )
     except RecoveryError as exc:
         fail(str(exc), exit_code_for(exc))
+    # The story has told everything already; JSON gets its figures (never the token).
+    emit(_demo_summary(result), as_json=as_json, human=lambda summary: None)
+
+
+def _demo_summary(result: DemoResult) -> dict[str, Any]:
+    story = result.story
+    return {
+        "directory": str(result.directory.absolute()),
+        "events": result.events,
+        "head_position": result.head_position,
+        "parked": None if story is None else story.parked,
+        "redriven": None if story is None else story.redriven,
+        "live_build": None if story is None else story.live_build,
+        "audit_entries": None if story is None else story.audit_entries,
+        "token_file": str((result.directory / "demo-operator.token").absolute()),
+    }
 
 
 @app.command("status")
@@ -98,11 +164,12 @@ def status_command(
     and decrypts nothing.
     """
     report = operation("status", projections=projection or [])
-    if as_json:
-        typer.echo(json.dumps(to_jsonable(report), indent=2))
-    else:
-        console.print(status_table(report))
+
+    def human(found: Any) -> None:
+        console.print(status_table(found))
         cli_jobs.print_stalled_jobs(projection or [])
+
+    emit(report, as_json=as_json, human=human)
 
 
 cli_jobs.register(app)
@@ -120,8 +187,7 @@ def main() -> None:
     try:
         app()
     except DomainError as exc:
-        error_console.print(f"[red]error:[/] {exc}")
-        raise SystemExit(2) from None
+        fail(str(exc), EXIT_INVALID)
 
 
 if __name__ == "__main__":  # worker processes: python -m recovery.cli worker ...

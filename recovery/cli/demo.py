@@ -44,7 +44,9 @@ class DemoResult:
 
 
 def _when(value: datetime | None) -> str:
-    return "-" if value is None else value.astimezone(UTC).strftime("%H:%M:%S")
+    """The UTC time of day in ISO 8601 (``14:00:47Z``): a whole timestamp would not
+    fit the status table in 80 columns (``status --json`` has it)."""
+    return "-" if value is None else value.astimezone(UTC).strftime("%H:%M:%SZ")
 
 
 def held_back_text(held_back: int, since: datetime | None, taken_at: datetime) -> str:
@@ -72,7 +74,7 @@ def status_table(report: StatusReport) -> Table:
         padding=0,  # the box leaves one space between columns: it fits 80 columns
         title=(
             f"projection status: log head {report.head_position}, high-water mark "
-            f"{report.high_water_mark}{held} (times UTC)"
+            f"{report.high_water_mark}{held}"
         ),
     )
     # Skipped parked events (never applied) get a column once there are any.

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from safereplay.recovery.cli.security import Json, Reason
-from safereplay.recovery.cli.support import EXIT_NO, console, emit, operation
+from safereplay.recovery.cli.support import EXIT_NO, console, emit, iso_time, operation
 from safereplay.recovery.drills.drill import DrillResult
 
 __all__ = ["drill_command", "drills_command", "register"]
@@ -51,8 +51,11 @@ def _drill_table(result: DrillResult) -> None:
     )
 
 
+Projection = Annotated[str, typer.Argument(help="The projection's name.")]
+
+
 def drill_command(
-    projection: str,
+    projection: Projection,
     reason: Reason,
     build: Build = None,
     partitions: Annotated[
@@ -82,9 +85,9 @@ def drill_command(
 
 
 def drills_command(
-    projection: str,
+    projection: Projection,
     build: Build = None,
-    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    limit: Annotated[int, typer.Option(min=1, max=1000, help="At most this many drills.")] = 20,
     as_json: Json = False,
 ) -> None:
     """Past drills of PROJECTION, newest first."""
@@ -97,13 +100,13 @@ def drills_command(
         t = Table("drill", "build", "position", "partitions", "match", "by", "finished")
         for r in rows:
             t.add_row(
-                r.drill_id[:8],
+                r.drill_id,
                 str(r.build),
                 str(r.position),
                 str(r.partition_count),
                 "[green]yes[/]" if r.match else "[red]NO[/]",
                 r.principal,
-                r.finished_at.isoformat(timespec="seconds"),
+                iso_time(r.finished_at),
             )
         console.print(t)
 

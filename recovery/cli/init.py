@@ -17,7 +17,7 @@ from safereplay.projections import ProjectionError
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import emit, error_console, exit_code_for, fail, operation
 from safereplay.recovery.errors import RecoveryError
-from safereplay.recovery.operations.initialise import initialise
+from safereplay.recovery.operations.initialise import InitReport, initialise
 
 __all__ = ["init_command", "register", "seed_command"]
 
@@ -28,17 +28,23 @@ def init_command(
         typer.Option("--dir", help="Where the key ring, audit key, token (and SQLite store) go."),
     ] = Path(".safereplay"),
     admin: Annotated[str, typer.Option(help="The first admin's name.")] = "admin",
+    as_json: Json = False,
 ) -> None:
     """Create a store from nothing: key ring, audit key, schema, first admin and its token file.
 
     SQLite by default (in --dir); PostgreSQL when SAFEREPLAY_BACKEND=postgres (with
     SAFEREPLAY_POSTGRES_DSN and SAFEREPLAY_POSTGRES_SCHEMA). Refuses to overwrite
-    anything (exit 2, nothing changed).
+    anything (exit 2, nothing changed). With --json: the report (paths and export
+    lines, never the token) as one JSON document instead.
     """
     try:
         report = initialise(directory, admin=admin)
     except (DomainError, ProjectionError, RecoveryError) as exc:
         fail(str(exc), exit_code_for(exc))
+    emit(report, as_json=as_json, human=_say_initialised)
+
+
+def _say_initialised(report: InitReport) -> None:
     say = error_console.print
     where = report.sqlite_path or f"PostgreSQL schema {report.postgres_schema!r}"
     say(f"store:      {where} ({', '.join(report.components)} set up; audited as bootstrap)")

@@ -17,7 +17,9 @@ __all__ = ["parked_app", "print_stalled_jobs", "register"]
 
 
 def jobs_command(
-    projection: Annotated[str | None, typer.Option("--projection", "-p")] = None,
+    projection: Annotated[
+        str | None, typer.Option("--projection", "-p", help="Only this projection's jobs.")
+    ] = None,
     active: Annotated[bool, typer.Option(help="Only jobs not yet ended.")] = False,
     as_json: Json = False,
 ) -> None:
@@ -40,19 +42,43 @@ def print_stalled_jobs(projections: list[str]) -> None:
     )
     for row in rows:
         if row.get("stalled"):
-            short = str(row["job_id"])[:8]
+            job_id = row["job_id"]
             console.print(
-                f"[yellow]job {short} ({row['kind']} of {row['projection']}) is stalled: no "
+                f"[yellow]job {job_id} ({row['kind']} of {row['projection']}) is stalled: no "
                 f"worker holds a partition. Resume it with the command that started it, or "
-                f"`safereplay worker --job {short} --exit-when-idle`[/]",
+                f"`safereplay worker --job {job_id} --exit-when-idle`[/]",
                 highlight=False,
                 soft_wrap=True,
             )
 
 
+#: What to say after a job control, by the state the job is in now.
+_NEXT_STEP = {
+    "paused": "workers stop at their next batch; continue it with `safereplay resume {job} "
+    "--reason ...`",
+    "running": "workers pick it up again (if none runs: `safereplay worker --job {job} "
+    "--exit-when-idle`)",
+}
+
+
+def _control_done(result: Any) -> None:
+    job, state = result["job_id"], result["state"]
+    next_step = _NEXT_STEP.get(state, "")
+    console.print(
+        f"job {job} is {state}" + (f": {next_step.format(job=job)}" if next_step else ""),
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def _control(name: str) -> Any:
-    def command(job_id: str, reason: Reason) -> None:
-        emit(operation(name, reason=reason, job_id=job_id), as_json=False)
+    def command(
+        job_id: Annotated[str, typer.Argument(help="The job's id, or an unambiguous prefix.")],
+        reason: Reason,
+        as_json: Json = False,
+    ) -> None:
+        emit(operation(name, reason=reason, job_id=job_id), as_json=as_json, human=_control_done)
 
     command.__doc__ = f"{name.capitalize()} a job (the state is persisted for every process)."
     command.__name__ = f"{name}_command"
@@ -64,7 +90,7 @@ parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=Tr
 
 @parked_app.command("list")
 def parked_list(
-    projection: str,
+    projection: Annotated[str, typer.Argument(help="The projection's name.")],
     include_resolved: Annotated[
         bool, typer.Option(help="Also re-driven and skipped ones.")
     ] = False,

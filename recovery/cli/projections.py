@@ -3,6 +3,7 @@ projection's rows). Both are reads through the dispatch layer (view permission).
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -65,6 +66,8 @@ def _cell(value: Any) -> str:
     if value is None:
         return "-"
     jsonable = to_jsonable(value)
+    if isinstance(jsonable, dict | list):
+        return json.dumps(jsonable)  # a JSON column as JSON, not as a Python repr
     return str(jsonable)
 
 

@@ -32,6 +32,16 @@ from rich.progress import (
 )
 
 from safereplay.recovery.cli.interrupts import Interrupted, interruptible
+from safereplay.recovery.cli.job_messages import (
+    follow_table,
+    say_dropped,
+    say_not_completed,
+    say_partition_retried,
+    say_rolled_back,
+    say_started,
+    say_swapped,
+    say_worker_report,
+)
 from safereplay.recovery.cli.progress import (
     job_fields,
     partition_fields,
@@ -85,6 +95,7 @@ Rate = Annotated[
     typer.Option("--max-rate", min=1.0, help="Cap on events/s for the whole job."),
 ]
 Projection = Annotated[str, typer.Argument(help="The projection's name.")]
+JobId = Annotated[str, typer.Argument(help="The job's id, or an unambiguous prefix.")]
 
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 
@@ -272,16 +283,15 @@ def _stop_workers(processes: Sequence[WorkerProcess]) -> None:
 
 def _say_how_to_resume(status: JobStatus, operation_name: str, stop: Interrupted) -> None:
     job = status.job
-    short = str(job.job_id)[:8]
     if job.state in ENDED:
-        message = f"interrupted ({stop}): job {short} had already ended ({job.state})"
+        message = f"interrupted ({stop}): job {job.job_id} had already ended ({job.state})"
     else:
         message = (
             f"interrupted ({stop}): the local workers stopped and gave their partitions "
-            f"back. Job {short} ({job.kind} of {job.projection}) is {job.state} and resumes "
-            f"where it stopped: run the same command again (`safereplay {operation_name} "
-            f"{job.projection} --reason ...`), or `safereplay worker --job {short} "
-            "--exit-when-idle`"
+            f"back. Job {job.job_id} ({job.kind} of {job.projection}) is {job.state} and "
+            f"resumes where it stopped: run the same command again (`safereplay "
+            f"{operation_name} {job.projection} --reason ...`), or `safereplay worker --job "
+            f"{job.job_id} --exit-when-idle`"
         )
     with contextlib.suppress(OSError):  # the terminal went away with the session (SIGHUP)
         error_console.print(f"[yellow]{message}[/]", highlight=False, soft_wrap=True)
@@ -299,12 +309,7 @@ def _run_job(
         caller = cli_caller(context, operation_name)
         started = open_operations(context).run(caller, operation_name, reason=reason, **parameters)
         if started["job_id"] is None or workers == 0:
-            if started["job_id"] is not None and not as_json:
-                console.print(
-                    f"job {started['job_id']} planned; start workers with "
-                    f"`safereplay worker --job {started['job_id']}` on any machine"
-                )
-            emit(started, as_json=as_json)
+            emit(started, as_json=as_json, human=say_started)
             _exit_if_held_back(started, as_json=as_json)
             return
         job_id = UUID(started["job_id"])
@@ -342,7 +347,8 @@ def _run_job(
                 error_console.print(f"[red]error:[/] {failure}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_NO)
         if status.job.state != JobState.COMPLETED:
-            console.print(f"job {job_id} is {status.job.state}: {status.job.error or ''}")
+            # Under --json on stderr: stdout stays one JSON document.
+            say_not_completed(status, out=error_console if as_json else console)
             raise typer.Exit(EXIT_NO)
         _exit_if_held_back(started, as_json=as_json)
         if operation_name == "rebuild" and not as_json:
@@ -423,7 +429,7 @@ def worker_command(
         job_id=job,
         exit_when_idle=exit_when_idle,
     )
-    emit(report, as_json=as_json)
+    emit(report, as_json=as_json, human=say_worker_report)
 
 
 def follow_command(
@@ -439,13 +445,13 @@ def follow_command(
     live build after a swap or rollback, waits while a catch-up holds a build.
     """
     reports = operation("follow", reason="live follower", projections=projection or [])
-    emit(reports, as_json=as_json)
+    emit(reports, as_json=as_json, human=follow_table)
     if any(r.error for r in reports):
         raise typer.Exit(EXIT_NO)
 
 
 def watch_command(
-    job_id: str,
+    job_id: JobId,
     as_json: Json = False,
     interval: Annotated[
         float,
@@ -516,12 +522,21 @@ def swap_command(
     as_json: Json = False,
 ) -> None:
     """Make a completed rebuild live, in one transaction (the old build stays)."""
-    emit(operation("swap", reason=reason, projection=projection, build=build), as_json=as_json)
+    emit(
+        operation("swap", reason=reason, projection=projection, build=build),
+        as_json=as_json,
+        human=say_swapped,
+    )
 
 
 def rollback_command(projection: Projection, reason: Reason, as_json: Json = False) -> None:
     """Make the previously live build live again, in one transaction."""
-    emit(operation("rollback", reason=reason, projection=projection), as_json=as_json)
+
+    emit(
+        operation("rollback", reason=reason, projection=projection),
+        as_json=as_json,
+        human=say_rolled_back,
+    )
 
 
 def drop_version_command(
@@ -534,11 +549,12 @@ def drop_version_command(
     emit(
         operation("drop-version", reason=reason, projection=projection, build=build),
         as_json=as_json,
+        human=say_dropped,
     )
 
 
 def retry_partition_command(
-    job_id: str,
+    job_id: JobId,
     reason: Reason,
     partition: Annotated[int, typer.Option(help="The failed partition to run again.")],
     as_json: Json = False,
@@ -547,6 +563,7 @@ def retry_partition_command(
     emit(
         operation("retry-partition", reason=reason, job_id=job_id, partition=partition),
         as_json=as_json,
+        human=say_partition_retried,
     )
 
 

@@ -33,7 +33,18 @@ audit_app = typer.Typer(help="The tamper-evident audit trail.", no_args_is_help=
 keys_app = typer.Typer(help="The event key ring.", no_args_is_help=True)
 
 Reason = Annotated[str, typer.Option("--reason", "-r", help="Why (recorded in the audit trail).")]
-Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+Json = Annotated[
+    bool, typer.Option("--json", help="Machine-readable output (errors too, as JSON).")
+]
+Name = Annotated[str, typer.Argument(help="The principal's name.")]
+KeyId = Annotated[str, typer.Argument(help="The key's id in the ring (e.g. key-2).")]
+Role = Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")]
+Scope = Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")]
+
+
+def say(text: str) -> None:
+    """One sentence of human output (no markup or highlighting read into it)."""
+    console.print(text, highlight=False, markup=False, soft_wrap=True)
 
 
 @principals_app.command("list")
@@ -52,54 +63,93 @@ def principals_list(as_json: Json = False) -> None:
 
 @principals_app.command("add")
 def principals_add(
-    name: str,
+    name: Name,
     reason: Reason,
     kind: Annotated[str, typer.Option(help="person or service")] = "person",
+    as_json: Json = False,
 ) -> None:
     """Create a principal (it can do nothing until granted a role)."""
-    emit(operation("principals.add", reason=reason, name=name, kind=kind), as_json=False)
+
+    def human(added: Any) -> None:
+        say(
+            f"{added['kind']} {added['name']!r} created; it can do nothing yet: grant it a "
+            f"role with `safereplay grant {added['name']} ROLE SCOPE --reason ...`"
+        )
+
+    emit(
+        operation("principals.add", reason=reason, name=name, kind=kind),
+        as_json=as_json,
+        human=human,
+    )
 
 
 @principals_app.command("bootstrap")
-def principals_bootstrap(name: str) -> None:
+def principals_bootstrap(name: Name, as_json: Json = False) -> None:
     """Create the first admin while no principal exists; prints its token once."""
     with recovery_context(create=True) as context:
         token = bootstrap_admin(context, name)
-    console.print(f"admin {name!r} created. Its token, shown only now:")
-    console.print(token, highlight=False, soft_wrap=True)
+
+    def human(created: Any) -> None:
+        say(f"admin {name!r} created. Its token, shown only now:")
+        say(created["token"])
+
+    emit({"principal": name, "token": token}, as_json=as_json, human=human)
 
 
-def grant(
-    name: str,
-    role: Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")],
-    scope: Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")],
-    reason: Reason,
-) -> None:
+def grant(name: Name, role: Role, scope: Scope, reason: Reason, as_json: Json = False) -> None:
     """Grant a role over a scope."""
-    emit(operation("grant", reason=reason, name=name, role=role, grant_scope=scope), as_json=False)
+
+    def human(granted: Any) -> None:
+        say(f"{granted['principal']!r} is now {granted['role']} on {granted['scope']}")
+
+    emit(
+        operation("grant", reason=reason, name=name, role=role, grant_scope=scope),
+        as_json=as_json,
+        human=human,
+    )
 
 
-def revoke(
-    name: str,
-    role: Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")],
-    scope: Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")],
-    reason: Reason,
-) -> None:
+def revoke(name: Name, role: Role, scope: Scope, reason: Reason, as_json: Json = False) -> None:
     """Revoke a role over a scope."""
-    emit(operation("revoke", reason=reason, name=name, role=role, grant_scope=scope), as_json=False)
+
+    def human(revoked: Any) -> None:
+        if revoked["revoked"]:
+            say(f"{name!r} is no longer {role} on {scope}")
+        else:
+            say(f"{name!r} had no {role} grant on {scope}: nothing revoked")
+
+    emit(
+        {
+            "principal": name,
+            "role": role,
+            "scope": scope,
+            **operation("revoke", reason=reason, name=name, role=role, grant_scope=scope),
+        },
+        as_json=as_json,
+        human=human,
+    )
 
 
 @token_app.command("issue")
-def token_issue(name: str, reason: Reason) -> None:
+def token_issue(name: Name, reason: Reason, as_json: Json = False) -> None:
     """Issue an API token for a principal; it is shown only now."""
     token = operation("token.issue", reason=reason, name=name)
-    console.print(token, highlight=False, soft_wrap=True)
+    emit(
+        {"principal": name, "token": token},
+        as_json=as_json,
+        human=lambda issued: say(issued["token"]),
+    )
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, reason: Reason) -> None:
+def token_revoke(name: Name, reason: Reason, as_json: Json = False) -> None:
     """Revoke every token of a principal."""
-    emit(operation("token.revoke", reason=reason, name=name), as_json=False)
+    revoked = operation("token.revoke", reason=reason, name=name)["revoked"]
+    emit(
+        {"principal": name, "revoked": revoked},
+        as_json=as_json,
+        human=lambda r: say(f"{r['revoked']} token(s) of {name!r} revoked"),
+    )
 
 
 @audit_app.command("list")
@@ -110,7 +160,7 @@ def audit_list(
     action: Annotated[str | None, typer.Option(help="Only this operation.")] = None,
     since: Annotated[datetime | None, typer.Option(help="From this time (ISO 8601).")] = None,
     until: Annotated[datetime | None, typer.Option(help="Up to this time (ISO 8601).")] = None,
-    limit: Annotated[int | None, typer.Option(min=1)] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many entries.")] = None,
     as_json: Json = False,
 ) -> None:
     """List audit entries, oldest first."""
@@ -192,51 +242,108 @@ def audit_anchor(as_json: Json = False) -> None:
     emit(digest, as_json=as_json, human=human)
 
 
+def _ring(done: str) -> Any:
+    """Human output of a key ring change: what was done, the keys, the active one."""
+
+    def human(ring: Any) -> None:
+        say(
+            f"{done}; the ring holds {', '.join(ring['key_ids'])} and new events are sealed "
+            f"with {ring['active']!r}"
+        )
+
+    return human
+
+
 @keys_app.command("add")
 def keys_add(
-    key_id: str,
+    key_id: KeyId,
     reason: Reason,
     activate: Annotated[bool, typer.Option(help="Also make it active.")] = False,
+    as_json: Json = False,
 ) -> None:
     """Add a new random key to the ring file."""
-    emit(operation("keys.add", reason=reason, key_id=key_id, activate=activate), as_json=False)
+    emit(
+        operation("keys.add", reason=reason, key_id=key_id, activate=activate),
+        as_json=as_json,
+        human=_ring(f"key {key_id!r} added"),
+    )
 
 
 @keys_app.command("activate")
-def keys_activate(key_id: str, reason: Reason) -> None:
+def keys_activate(key_id: KeyId, reason: Reason, as_json: Json = False) -> None:
     """Make a key the one new events are sealed with."""
-    emit(operation("keys.activate", reason=reason, key_id=key_id), as_json=False)
+    emit(
+        operation("keys.activate", reason=reason, key_id=key_id),
+        as_json=as_json,
+        human=_ring(f"key {key_id!r} activated"),
+    )
 
 
 @keys_app.command("rotate")
-def keys_rotate(key_id: str, reason: Reason) -> None:
+def keys_rotate(key_id: KeyId, reason: Reason, as_json: Json = False) -> None:
     """Add a new key and make it active at once."""
-    emit(operation("keys.add", reason=reason, key_id=key_id, activate=True), as_json=False)
+    emit(
+        operation("keys.add", reason=reason, key_id=key_id, activate=True),
+        as_json=as_json,
+        human=_ring(
+            f"key {key_id!r} added and activated (re-seal older events with "
+            "`safereplay keys reencrypt --reason ...`)"
+        ),
+    )
 
 
 @keys_app.command("usage")
 def keys_usage(as_json: Json = False) -> None:
     """How many stored rows each key seals (a full scan)."""
-    emit(operation("keys.usage"), as_json=as_json)
+
+    def table(usage: Any) -> None:
+        t = Table("key", "rows")
+        for key_id, rows in sorted(usage["by_key"].items()):
+            t.add_row(key_id, str(rows))
+        t.add_row("(plaintext)", str(usage["plaintext"]))
+        console.print(t)
+        say(f"{usage['rows']} stored row(s) in all")
+
+    emit(operation("keys.usage"), as_json=as_json, human=table)
 
 
 @keys_app.command("reencrypt")
 def keys_reencrypt(
     reason: Reason,
     rate: Annotated[float | None, typer.Option(help="Cap on events per second.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1, max=100_000)] = 500,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=100_000, help="Rows re-sealed per transaction.")
+    ] = 500,
+    as_json: Json = False,
 ) -> None:
     """Re-seal stored events under the active key (resumable, throttled)."""
+
+    def table(done: Any) -> None:
+        t = Table("table", "scanned", "re-sealed", "cursor")
+        for row in done["tables"]:
+            t.add_row(row["table"], str(row["scanned"]), str(row["resealed"]), str(row["cursor"]))
+        console.print(t)
+        say(
+            f"stored rows re-sealed under {done['active']!r}; retire an old key once "
+            "`safereplay keys usage` shows it seals nothing (`safereplay keys retire KEY_ID "
+            "--reason ...`)"
+        )
+
     emit(
         operation("keys.reencrypt", reason=reason, events_per_second=rate, batch_size=batch_size),
-        as_json=False,
+        as_json=as_json,
+        human=table,
     )
 
 
 @keys_app.command("retire")
-def keys_retire(key_id: str, reason: Reason) -> None:
+def keys_retire(key_id: KeyId, reason: Reason, as_json: Json = False) -> None:
     """Remove a key from the ring, refused while any stored event needs it."""
-    emit(operation("keys.retire", reason=reason, key_id=key_id), as_json=False)
+    emit(
+        operation("keys.retire", reason=reason, key_id=key_id),
+        as_json=as_json,
+        human=_ring(f"key {key_id!r} retired (removed from the ring)"),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,25 @@ Exit codes::
     6  the database's schema does not fit this code: missing or outdated (run
        ``safereplay migrate``), newer than this code (upgrade), or a migration
        could not take its locks in time (retry)
+
+Output: every command prints sentences and tables for a person, and with
+``--json`` one JSON document on standard output for a script (:func:`emit`
+takes both renderings, so no command can fall back to a raw Python value).
+Times are ISO 8601 in UTC (``2026-01-31T12:00:00.000000+00:00``) in both: a
+datetime is converted to UTC, and the job store's epoch seconds (its database
+format, named in :data:`EPOCH_FIELDS`) are converted when they are emitted.
+
+Errors: without ``--json``, one paragraph on standard error and the exit code.
+With ``--json`` anywhere on the command line (set once by the entry point, see
+:func:`use_json_errors`, before the command line is parsed, so usage errors are
+covered too), the error is a JSON object on standard output, and the exit code
+is the same::
+
+    {"error": {"code": "conflict", "exit_code": 5, "message": "..."}}
+
+``code`` names the exit code: ``no`` 1, ``invalid`` 2 (bad input, including
+command-line usage errors), ``denied`` 3, ``unauthenticated`` 4, ``conflict``
+5, ``schema`` 6. A token is never part of a message, in either form.
 """
 
 from __future__ import annotations
@@ -23,9 +42,10 @@ import logging
 import os
 import re
 import socket
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
 from pathlib import Path
 from typing import Any, NoReturn
@@ -49,6 +69,8 @@ from safereplay.recovery.security.access import (
 from safereplay.recovery.security.audit import AuditKeyError
 
 __all__ = [
+    "EPOCH_FIELDS",
+    "ERROR_CODES",
     "EXIT_CONFLICT",
     "EXIT_DENIED",
     "EXIT_INVALID",
@@ -61,10 +83,12 @@ __all__ = [
     "emit",
     "error_console",
     "fail",
+    "iso_time",
     "operation",
     "recovery_context",
     "refuse_token_arguments",
     "to_jsonable",
+    "use_json_errors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -80,8 +104,41 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+#: The name of each exit code, as ``code`` in a JSON error.
+ERROR_CODES = {
+    EXIT_NO: "no",
+    EXIT_INVALID: "invalid",
+    EXIT_DENIED: "denied",
+    EXIT_UNAUTHENTICATED: "unauthenticated",
+    EXIT_CONFLICT: "conflict",
+    EXIT_SCHEMA: "schema",
+}
+
+
+@dataclasses.dataclass
+class _ErrorMode:
+    """Whether errors are written as JSON: one flag for the whole process, because
+    an error can be raised before the command (and its ``--json`` option) is known."""
+
+    as_json: bool = False
+
+
+_error_mode = _ErrorMode()
+
+
+def use_json_errors(as_json: bool) -> None:
+    """Errors from now on as JSON on stdout (``True``) or a paragraph on stderr."""
+    _error_mode.as_json = as_json
+
+
 def fail(message: str, code: int) -> NoReturn:
-    error_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+    """Stop with exit ``code``, saying why (JSON under ``--json``, see the module)."""
+    if _error_mode.as_json:
+        error = {"code": ERROR_CODES.get(code, "error"), "exit_code": code, "message": message}
+        sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        error_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 
@@ -188,26 +245,50 @@ def refuse_token_arguments(args: Sequence[str]) -> None:
     )
 
 
+#: Fields the job store keeps as epoch seconds (its database format): emitted as
+#: ISO 8601 UTC like every other time.
+EPOCH_FIELDS = frozenset(
+    {"created_at", "updated_at", "started_at", "lease_expires_at", "expires_at", "retry_at"}
+)
+
+
+def iso_time(value: datetime | float) -> str:
+    """A time as ISO 8601 in UTC; a naive datetime is taken to be UTC already (the
+    stores write UTC)."""
+    if not isinstance(value, datetime):
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _field(key: Any, value: Any) -> Any:
+    if key in EPOCH_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
+        return iso_time(value)
+    return to_jsonable(value)
+
+
 def to_jsonable(value: Any) -> Any:
+    """``value`` as JSON types: dataclasses and mappings as objects, times as ISO 8601 UTC."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(dataclasses.asdict(value))
     if isinstance(value, dict):
-        return {str(k): to_jsonable(v) for k, v in value.items()}
+        return {str(k): _field(k, v) for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         return [to_jsonable(v) for v in value]
     if isinstance(value, UUID | Path):
         return str(value)
     if isinstance(value, datetime):
-        return value.isoformat()
+        return iso_time(value)
     if isinstance(value, Enum):
         return value.value
     return value
 
 
-def emit(result: Any, *, as_json: bool, human: Callable[[Any], None] | None = None) -> None:
+def emit(result: Any, *, as_json: bool, human: Callable[[Any], None]) -> None:
+    """``result`` as JSON, or as ``human`` renders it: sentences or a table, never a
+    raw Python value (so there is no default)."""
     if as_json:
         console.print_json(json.dumps(to_jsonable(result)))
-    elif human is not None:
-        human(result)
     else:
-        console.print(to_jsonable(result))
+        human(result)

@@ -16,13 +16,14 @@ from safereplay.recovery.cli.support import (
     console,
     emit,
     fail,
+    iso_time,
     operation,
     recovery_context,
 )
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.templates import change_template
 from safereplay.recovery.templates.plan import TemplatePlan
-from safereplay.recovery.templates.store import StoredTemplate
+from safereplay.recovery.templates.store import StoredTemplate, TemplateChange
 
 __all__ = ["plan_command", "register", "templates_app"]
 
@@ -97,7 +98,7 @@ def _read(path: Path) -> str:
         fail(f"template file {str(path)!r} cannot be read: {exc}", EXIT_INVALID)
 
 
-def _change(path: Path, reason: str, *, update: bool) -> None:
+def _change(path: Path, reason: str, *, update: bool, as_json: bool) -> None:
     text = _read(path)
     with recovery_context() as context:
         change = change_template(
@@ -107,24 +108,33 @@ def _change(path: Path, reason: str, *, update: bool) -> None:
             reason=reason,
             update=update,
         )
+    emit(change, as_json=as_json, human=_say_changed)
+
+
+def _say_changed(change: TemplateChange) -> None:
     stored = change.template
     console.print(
-        f"template {stored.name!r} is at version {stored.version} (by {stored.author})",
+        f"template {stored.name!r} is at version {stored.version} (by {stored.author}); see "
+        f"what it would do with `safereplay plan {stored.name}`",
         highlight=False,
+        markup=False,
     )
     console.print(Syntax(change.diff, "diff"))
 
 
+TemplateFile = Annotated[Path, typer.Argument(help="The template's TOML file.")]
+
+
 @templates_app.command("add")
-def templates_add(file: Path, reason: Reason) -> None:
+def templates_add(file: TemplateFile, reason: Reason, as_json: Json = False) -> None:
     """Add a template from a TOML file (rejected with every problem listed if invalid)."""
-    _change(file, reason, update=False)
+    _change(file, reason, update=False, as_json=as_json)
 
 
 @templates_app.command("update")
-def templates_update(file: Path, reason: Reason) -> None:
+def templates_update(file: TemplateFile, reason: Reason, as_json: Json = False) -> None:
     """Store a new version of a template (named in the file); the diff is audited."""
-    _change(file, reason, update=True)
+    _change(file, reason, update=True, as_json=as_json)
 
 
 @templates_app.command("list")
@@ -139,7 +149,7 @@ def templates_list(as_json: Json = False) -> None:
                 str(r.version),
                 r.kind,
                 r.author,
-                r.created_at.isoformat(timespec="seconds"),
+                iso_time(r.created_at),
                 r.sha256[:12],
             )
         console.print(t)
@@ -149,7 +159,7 @@ def templates_list(as_json: Json = False) -> None:
 
 @templates_app.command("show")
 def templates_show(
-    name: str,
+    name: Annotated[str, typer.Argument(help="The stored template's name.")],
     version: Annotated[int | None, typer.Option(min=1, help="Default: the latest.")] = None,
     as_json: Json = False,
 ) -> None:

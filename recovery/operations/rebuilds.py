@@ -15,6 +15,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
+from datetime import UTC
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -97,13 +98,20 @@ def _catch_up_summary(plan: CatchUpPlan) -> dict[str, Any]:
         "head": safe.head,
         "safe_head": safe.mark,
         "held_back": safe.held_back,
+        # ISO 8601 UTC, as the command line writes every time (cli.support).
         "held_back_since": (
-            None if safe.held_back_since is None else safe.held_back_since.isoformat()
+            None
+            if safe.held_back_since is None
+            else safe.held_back_since.astimezone(UTC).isoformat(timespec="microseconds")
         ),
         "waited_seconds": round(safe.waited, 3),
     }
     if safe.held_back:
-        since = "" if safe.held_back_since is None else f" since {safe.held_back_since:%H:%M:%S}"
+        since = (
+            ""
+            if safe.held_back_since is None
+            else f" since {safe.held_back_since.astimezone(UTC):%H:%M:%SZ}"
+        )
         held = (
             f"{safe.held_back} position(s) up to the head {safe.head} are held back above the "
             f"safe head {safe.mark} by a position still in doubt{since} (waited "
