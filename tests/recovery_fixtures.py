@@ -90,6 +90,11 @@ class Recovery:
             registry=self.registry,
         )
 
+    def first_build(self, projection: type[Projection]) -> None:
+        """Build the live build 1 (a live runner's catch-up), so that a rebuild goes
+        beside it: a never-built projection's first rebuild is its live build 1."""
+        self.log.runner(projection(), store=self.store).catch_up()
+
     def redrive(self, projection: str, request: JobRequest) -> Job:
         return start_redrive(
             request, projection=projection, store=self.store, jobs=self.jobs, registry=self.registry

@@ -203,7 +203,11 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 jobs=context.jobs,
                 registry=context.registry,
             )
-            return _job_summary(job)
+            summary = _job_summary(job)
+            if kind == JobKind.REBUILD:
+                # A never-built projection's first build is built in its live build 1.
+                summary["live"] = context.projection_store.live_build(job.projection) == job.build
+            return summary
 
         return handler
 
