@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import shlex
 import signal
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 from uuid import UUID
 
@@ -89,6 +92,11 @@ class Recovery:
             jobs=self.jobs,
             registry=self.registry,
         )
+
+    def first_build(self, projection: type[Projection]) -> None:
+        """Build the live build 1 (a live runner's catch-up), so that a rebuild goes
+        beside it: a never-built projection's first rebuild is its live build 1."""
+        self.log.runner(projection(), store=self.store).catch_up()
 
     def redrive(self, projection: str, request: JobRequest) -> Job:
         return start_redrive(
@@ -182,6 +190,21 @@ class RecoveryContract:
     def recovery(self, backend: Backend) -> Iterator[Recovery]:
         with fresh_recovery(backend) as recovery:
             yield recovery
+
+
+def bootstrap_args(name: str) -> list[str]:
+    """``principals bootstrap NAME`` with its token file in a new temporary directory
+    (the default, ``./NAME.token``, would be the tests' working directory)."""
+    token_file = Path(tempfile.mkdtemp(prefix="safereplay-token-")) / f"{name}.token"
+    return ["principals", "bootstrap", name, "--token-file", str(token_file)]
+
+
+def bootstrapped_token(output: str) -> str:
+    """The token ``principals bootstrap`` wrote, read from the file its export line names
+    (it is never printed)."""
+    [line] = [x for x in output.splitlines() if x.startswith("export SAFEREPLAY_TOKEN_FILE=")]
+    path = Path(shlex.split(line.removeprefix("export SAFEREPLAY_TOKEN_FILE="))[0])
+    return path.read_text(encoding="ascii").strip()
 
 
 def wait_until(
@@ -417,6 +440,6 @@ def operator_cli_env(
         record_workload(
             application, workflows=workflows, runs_per_workflow=runs_per_workflow, seed=seed
         )
-    result = CliRunner().invoke(app, ["principals", "bootstrap", "root"], env=sqlite_cli_env)
+    result = CliRunner().invoke(app, bootstrap_args("root"), env=sqlite_cli_env)
     assert result.exit_code == 0, result.output
-    return {**sqlite_cli_env, "SAFEREPLAY_TOKEN": result.output.strip().splitlines()[-1].strip()}
+    return {**sqlite_cli_env, "SAFEREPLAY_TOKEN": bootstrapped_token(result.output)}

@@ -167,3 +167,32 @@ def test_the_demo_hands_its_store_over(tmp_path: Path) -> None:
     code, out, err = invoke(env, "jobs", "--json")
     assert code == 0, err
     assert {j["kind"] for j in json.loads(out)} >= {"rebuild"}
+
+
+def test_principals_bootstrap_writes_its_token_to_a_0600_file_and_never_prints_it(
+    sqlite_cli_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env: dict[str, str | None] = dict(sqlite_cli_env)
+    taken = tmp_path / "taken.token"
+    taken.write_text("someone else's\n")
+    code, out, err = invoke(env, "principals", "bootstrap", "ada", "--token-file", str(taken))
+    assert code == 2 and "it exists (nothing was created)" in err, err
+    assert taken.read_text() == "someone else's\n"
+
+    monkeypatch.chdir(tmp_path)  # the default is ./NAME.token
+    code, out, err = invoke(env, "principals", "bootstrap", "ada")
+    assert code == 0, err
+    token_file = tmp_path / "ada.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert token.startswith("sr_") and token not in out + err
+    assert exports(out) == {"SAFEREPLAY_TOKEN_FILE": str(token_file)}
+    code, out, err = invoke({**env, **exports(out)}, "principals", "list", "--json")
+    assert code == 0 and [p["name"] for p in json.loads(out)] == ["ada"], err
+
+    # Refused once a principal exists: the token file it would have written is not left.
+    code, out, err = invoke(env, "principals", "bootstrap", "bob")
+    assert code == 2 and "principals already exist" in err
+    assert not (tmp_path / "bob.token").exists()
+    code, out, err = invoke(env, "principals", "bootstrap", "ada")
+    assert code == 2 and "it exists" in err, "an existing token file is never overwritten"

@@ -22,6 +22,14 @@ def run(env: dict[str, str], *args: str) -> tuple[int, str]:
 
 
 def test_rebuild_with_worker_processes_swap_rollback_and_drop(env: dict[str, str]) -> None:
+    # The first build is built live, in place (nothing to swap); the next goes beside it.
+    code, out = run(env, "rebuild", "workflow_stats", "-w", "1", "-r", "first")
+    said = " ".join(out.split())
+    assert code == 0, out
+    assert "workflow_stats was never built: building build 1, live when complete" in said
+    assert "build 1 of workflow_stats is complete and live (nothing to swap)" in said
+    code, out = run(env, "swap", "workflow_stats", "-r", "nothing to swap")
+    assert code == 2 and "build 1 is live already" in " ".join(out.split()), out
     code, out = run(env, "rebuild", "workflow_stats", "-n", "3", "-w", "2", "-r", "fixed", "--json")
     assert code == 0, out
     status = json.loads(out)
@@ -42,7 +50,7 @@ def test_rebuild_with_worker_processes_swap_rollback_and_drop(env: dict[str, str
     code, out = run(env, "audit", "list", "--json")
     actions = [(e["action"], e["outcome"]) for e in json.loads(out)]
     assert ("rebuild", "succeeded") in actions and ("swap", "succeeded") in actions
-    assert actions.count(("worker", "succeeded")) == 2
+    assert actions.count(("worker", "succeeded")) == 3  # one for the first build, two after
     assert ("job.state", "succeeded") in actions
     code, out = run(env, "audit", "verify")
     assert code == 0, out
@@ -62,14 +70,16 @@ def test_clear_errors_and_exit_codes(env: dict[str, str]) -> None:
     assert code == 2 and "'failed_steps' has no live build" in out
     code, out = run(env, "abort", job_id, "-r", "changed my mind")
     assert code == 0, out
-    code, out = run(env, "parked", "redrive", "run_status", "-r", "x")
-    assert code == 2 and "build 1 has no parked events" in out
+    code, out = run(env, "parked", "redrive", "run_status", "-r", "x", "--json")
+    assert code == 0 and "build 1 of run_status has no parked events" in out, "nothing to do"
     code, out = run(env, "swap", "run_status", "-r", "x")
-    assert code == 2 and "cannot be swapped in" in out
+    assert code == 2 and "has no rebuilt build to swap in" in out
 
 
 def test_a_swap_can_require_a_matching_drill_first(env: dict[str, str]) -> None:
     gated = env | {"SAFEREPLAY_RECOVERY_REQUIRE_DRILL": "workflow_stats"}
+    code, out = run(gated, "catch-up", "workflow_stats", "-w", "1", "-r", "first build")
+    assert code == 0, out
     code, out = run(gated, "rebuild", "workflow_stats", "-n", "2", "-w", "1", "-r", "fix")
     assert code == 0, out
     code, out = run(gated, "swap", "workflow_stats", "-r", "looks fine")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from recovery_fixtures import bootstrap_args, bootstrapped_token
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
@@ -31,12 +32,12 @@ def last_line(output: str) -> str:
 
 
 def test_least_privilege_grants_denials_and_audit(env: dict[str, str]) -> None:
-    code, out = run(env, "principals", "bootstrap", "root")
+    code, out = run(env, *bootstrap_args("root"))
     assert code == 0, out
-    admin = last_line(out)
-    assert admin.startswith("sr_")
+    admin = bootstrapped_token(out)
+    assert admin.startswith("sr_") and admin not in out, "the token is never printed"
 
-    code, out = run(env, "principals", "bootstrap", "again")
+    code, out = run(env, *bootstrap_args("again"))
     assert code == 2
     assert "principals already exist" in out
 
@@ -91,7 +92,7 @@ def test_key_rotation_through_the_cli(env: dict[str, str], tmp_path: Path, key_f
         backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
     )
     record_workload(AutomationApp(settings), workflows=1, runs_per_workflow=3)
-    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+    admin = bootstrapped_token(run(env, *bootstrap_args("root"))[1])
 
     assert run(env, "keys", "rotate", "k2", "-r", "quarterly rotation", token=admin)[0] == 0
     code, out = run(env, "keys", "retire", "k1", "-r", "too early", token=admin)
@@ -131,7 +132,7 @@ def test_parked_events_are_listed_through_the_audited_layer(
     finally:
         Runs.poison = set()
 
-    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+    admin = bootstrapped_token(run(env, *bootstrap_args("root"))[1])
     code, out = run(env, "parked", "list", "policy_runs", "--json", token=admin)
     assert code == 0, out
     parked = json.loads(out)
@@ -148,7 +149,7 @@ def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_
     from safereplay.recovery.jobs.sqlite import SQLiteJobStore
     from safereplay.recovery.jobs.store import NewJob
 
-    admin = last_line(run(env, "principals", "bootstrap", "root")[1])
+    admin = bootstrapped_token(run(env, *bootstrap_args("root"))[1])
     for name, role in (("olga", "operator"), ("vic", "viewer")):
         run(env, "principals", "add", name, "-r", "team", token=admin)
         run(env, "grant", name, role, "projection:run_status", "-r", "team", token=admin)
@@ -206,10 +207,10 @@ def test_jobs_are_listed_and_steered_by_operators_only(env: dict[str, str], tmp_
 def test_a_token_file_others_can_read_is_refused_like_the_key_files(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    code, out = run(env, "principals", "bootstrap", "root")
+    code, out = run(env, *bootstrap_args("root"))
     assert code == 0, out
     token_file = tmp_path / "token"
-    token_file.write_text(last_line(out) + "\n", encoding="ascii")
+    token_file.write_text(bootstrapped_token(out) + "\n", encoding="ascii")
     token_file.chmod(0o644)
     with_file = {**env, "SAFEREPLAY_TOKEN_FILE": str(token_file)}
 

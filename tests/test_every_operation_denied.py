@@ -161,19 +161,19 @@ def test_apply_resolves_no_template_for_a_principal_without_grants(world: dict[s
     calls: list[str] = []
     import safereplay.recovery.cli.apply as cli_apply
 
-    original = cli_apply.resolve_template
+    original = cli_apply.planned_template
 
-    def spy(reference: str, store: Any) -> Any:
-        calls.append(reference)
-        return original(reference, store)
+    def spy(context: Any, parameters: Any) -> Any:
+        calls.append(parameters["template"])
+        return original(context, parameters)
 
-    cli_apply.resolve_template = spy
+    cli_apply.planned_template = spy  # type: ignore[assignment]
     try:
         result = CliRunner().invoke(
             app, ["apply", world["template"], "-r", "x", "-w", "1"], env=world["env"]
         )
     finally:
-        cli_apply.resolve_template = original
+        cli_apply.planned_template = original  # type: ignore[assignment]
     assert result.exit_code == 3, result.output
     assert calls == [], "the template was not even resolved"
     assert dump(context) == before

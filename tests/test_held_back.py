@@ -22,6 +22,7 @@ import psycopg
 import pytest
 from eventsourcing.utils import Environment, EnvType
 from psycopg import sql
+from recovery_fixtures import bootstrap_args, bootstrapped_token
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
@@ -119,9 +120,9 @@ def world(postgres_settings: Any, tmp_path: Path) -> Iterator[World]:
         "SAFEREPLAY_KEY_FILE": str(settings.key_file),
         "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
     }
-    code, out, _ = run(env, "principals", "bootstrap", "root")
+    code, out, _ = run(env, *bootstrap_args("root"))
     assert code == 0, out
-    env["SAFEREPLAY_TOKEN"] = out.strip().splitlines()[-1].strip()
+    env["SAFEREPLAY_TOKEN"] = bootstrapped_token(out)
     yield World(app, settings, env)
     app.close()
 

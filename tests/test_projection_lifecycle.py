@@ -124,8 +124,16 @@ def test_projections_lists_never_built_ones_and_the_first_build_is_live(
     assert (board["state"], board["live_build"], board["version"]) == ("not built", None, 1)
     assert board["backlog"] == world["head"] and board["builds"] == []
 
-    planned = build_first(world["admin"], "run_status", "-n", "2")
-    assert planned["build"] == 1, "the first build is built live"
+    # Its dry run says what the first rebuild does: build 1, live when complete.
+    dry = cli_json(world["admin"], "rebuild", "run_status", "-r", "t", "-n", "2", "--dry-run")
+    [plan] = dry["projections"]
+    assert (plan["live_build"], plan["writes_build"]) == (None, 1)
+    assert "run_status was never built: build 1 is built live" in plan["notes"][0]
+    again = {p["name"]: p for p in cli_json(world["viewer"], "projections")}
+    assert again["run_status"]["builds"] == [], "a dry run makes no build"
+
+    planned = rebuild_in_process(world["admin"], "run_status", "-n", "2")
+    assert (planned["build"], planned["live"]) == (1, True), "the first rebuild is built live"
 
     with open_store(world["settings"]) as store:
         assert [(b.build, b.status) for b in store.builds("run_status")] == [(1, "live")]
@@ -140,7 +148,7 @@ def test_projections_lists_never_built_ones_and_the_first_build_is_live(
 
     # A second rebuild goes beside the live one, and a swap makes it live.
     second = rebuild_in_process(world["admin"], "run_status")
-    assert second["build"] == 2
+    assert (second["build"], second["live"]) == (2, False)
     assert cli_json(world["admin"], "swap", "run_status", "-r", "t")["live"] == 2
     table = cli(world["viewer"], "projections")
     assert table.exit_code == 0, table.output

@@ -33,6 +33,7 @@ class FencingContract(RecoveryContract):
         """A stalls before its commit past its lease; B claims the partition (and,
         in the second case, runs it to the end) before A wakes."""
         record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=11)
+        recovery.first_build(RunStatusBoard)  # the rebuild goes beside the live build 1
         job = recovery.rebuild("run_status", ONE)
         stalled, wake = threading.Event(), threading.Event()
 
@@ -95,6 +96,7 @@ class FencingContract(RecoveryContract):
         lost = events[len(events) // 2]
         assert lost.position is not None
         victim = partition_of(lost.aggregate_id, 2)
+        recovery.first_build(RunStatusBoard)
         job = recovery.rebuild("run_status", TWO)
 
         worker = recovery.worker(
@@ -120,6 +122,7 @@ class FencingContract(RecoveryContract):
         self, recovery: Recovery
     ) -> None:
         record_workload(recovery.log.app, workflows=1, runs_per_workflow=4, seed=13)
+        recovery.first_build(RunStatusBoard)
         job = recovery.rebuild("run_status", TWO)
         dying = recovery.worker()
 

@@ -110,7 +110,9 @@ class ProcessContract(RecoveryContract):
         killed, uninterrupted = (recovery.actual(STATS, build=b) for b in (job.build, again.build))
         assert killed == uninterrupted == recovery.expected(STATS)
         handled = handled_count(STATS, recovery.log.envelopes())
-        assert recovery.applied(STATS, job.build) == handled == recovery.applied(STATS, 3)
+        assert job.build == 1, "a never-built projection's first rebuild is its live build"
+        assert recovery.store.live_build(STATS.name) == 1
+        assert recovery.applied(STATS, job.build) == handled == recovery.applied(STATS, again.build)
 
     def test_pause_resume_and_abort_from_another_process_then_swap_and_rollback(
         self, recovery: Recovery, processes: list[BaseProcess]
@@ -166,6 +168,7 @@ class ProcessContract(RecoveryContract):
         self, recovery: Recovery, processes: list[BaseProcess]
     ) -> None:
         record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=43)
+        recovery.first_build(STATS)  # the aborted rebuild is one beside the live build 1
         job = recovery.rebuild(STATS.name, TWO)
         # A lease far longer than this test: it cannot expire on its own, however slow
         # the machine; the test moves it into the past instead of waiting for it.

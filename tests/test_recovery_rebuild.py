@@ -74,6 +74,8 @@ class RebuildContract:
 
     def test_a_swap_needs_a_completed_rebuild(self, recovery: Recovery) -> None:
         record_workload(recovery.log.app, workflows=1, runs_per_workflow=2, seed=1)
+        # Built once (a never-built projection's first rebuild is its live build 1).
+        recovery.log.runner(RunStatusBoard(), store=recovery.store).catch_up()
         job = self.rebuild(recovery, "run_status")
         with pytest.raises(InvalidRequest, match=f"rebuild job {job.job_id} is planned"):
             swap(

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from argon2 import PasswordHasher
+from recovery_fixtures import bootstrap_args, bootstrapped_token
 from typer.testing import CliRunner
 
 from safereplay.recovery.cli.app import app
@@ -197,9 +198,9 @@ def run(env: dict[str, str], *args: str, token: str | None = None) -> tuple[int,
 
 
 def bootstrap(env: dict[str, str]) -> str:
-    code, out = run(env, "principals", "bootstrap", "root")
+    code, out = run(env, *bootstrap_args("root"))
     assert code == 0, out
-    return out.strip().splitlines()[-1].strip()
+    return bootstrapped_token(out)
 
 
 def audited_failures(env: dict[str, str], admin: str) -> list[dict[str, Any]]:

@@ -366,7 +366,8 @@ class PlanContract(LiveStore):
         assert code == 2
         assert "scope.partitions" in out
         code, out = self.cli(world, vic, "templates", "list", "--json")
-        assert [(t["name"], t["version"]) for t in json.loads(out)] == [("org-rebuild", 1)]
+        stored = [t for t in json.loads(out) if t["source"] == "stored"]
+        assert [(t["name"], t["version"]) for t in stored] == [("org-rebuild", 1)]
         code, out = self.cli(world, vic, "templates", "show", "org-rebuild")
         assert code == 0 and "Our rebuild of the run board." in out
         code, out = self.cli(world, vic, "plan", "org-rebuild", "--json")

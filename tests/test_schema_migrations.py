@@ -24,7 +24,13 @@ import psycopg
 import pytest
 from projection_fixtures import OnPostgres, OnSQLite
 from psycopg import sql
-from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract
+from recovery_fixtures import (
+    QUICK_RUNNER,
+    Recovery,
+    RecoveryContract,
+    bootstrap_args,
+    bootstrapped_token,
+)
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
@@ -382,9 +388,9 @@ class SchemaContract:
         assert {c["component"] for c in report["applied"]} == self.components(settings)
         assert {by for _, by in catalog(settings).values()} == {"bootstrap"}
 
-        code, out = run(env, "principals", "bootstrap", "ada")
+        code, out = run(env, *bootstrap_args("ada"))
         assert code == 0, out
-        admin = out.strip().splitlines()[-1].strip()
+        admin = bootstrapped_token(out)
         with recovery_context(settings, audit_key) as context:
             context.access.add_principal("mallory", kind="person", created_by="ada")
             mallory = context.access.issue_token("mallory")
@@ -507,9 +513,9 @@ def test_a_worker_dying_at_start_fails_its_command_naming_it_and_its_partition_m
         "SAFEREPLAY_TEST_FAIL_ONCE": str(tmp_path / "failed-once"),
         "PYTHONPATH": str(modules),
     }
-    code, out = run(env, "principals", "bootstrap", "root")
+    code, out = run(env, *bootstrap_args("root"))
     assert code == 0, out
-    env["SAFEREPLAY_TOKEN"] = out.strip().splitlines()[-1].strip()
+    env["SAFEREPLAY_TOKEN"] = bootstrapped_token(out)
 
     command = [sys.executable, "-m", "safereplay.recovery.cli", "rebuild", "fails_once"]
     result = subprocess.run(
@@ -723,9 +729,9 @@ def test_processes_started_together_all_start(
         where = f"round {round_number} ({'new' if fresh else 'existing'} schema)"
         assert not failed, where + ":\n" + "\n".join(failed)
         if fresh:
-            code, out = run(env, "principals", "bootstrap", "ada")
+            code, out = run(env, *bootstrap_args("ada"))
             assert code == 0, out
-            token = out.strip().splitlines()[-1].strip()
+            token = bootstrapped_token(out)
         recorded = catalog(settings)
         assert set(recorded) == {
             "events:safereplay_events",

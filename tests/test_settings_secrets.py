@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from recovery_fixtures import bootstrap_args, bootstrapped_token
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, ConfigurationError, DomainSettings
@@ -495,10 +496,10 @@ def test_the_cli_connects_with_the_password_file(
         SAFEREPLAY_POSTGRES_SCHEMA=role.schema,
     )
 
-    result = CliRunner().invoke(cli, ["principals", "bootstrap", "root"], env=env)
+    result = CliRunner().invoke(cli, bootstrap_args("root"), env=env)
 
     assert result.exit_code == 0, result.output
-    token = result.output.strip().splitlines()[-1].strip()
+    token = bootstrapped_token(result.output)
     result = CliRunner().invoke(
         cli, ["audit", "list", "--json"], env={**env, "SAFEREPLAY_TOKEN": token}
     )

@@ -23,16 +23,17 @@ from safereplay.recovery.cli.support import (
     error_console,
     recovery_context,
 )
+from safereplay.recovery.cli.templates import Settings
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.templates import planned_template
 from safereplay.recovery.templates.apply import (
     STEP_OPERATIONS,
     AppliedStep,
     apply_template,
     wait_for_job,
 )
-from safereplay.recovery.templates.store import TemplateStore, resolve_template
 
 __all__ = ["ProcessDriver", "register"]
 
@@ -72,9 +73,14 @@ def apply_command(
     ],
     reason: Reason,
     workers: Workers = 2,
+    settings: Settings = None,
     as_json: Json = False,
 ) -> None:
-    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first."""
+    """Run TEMPLATE (see `safereplay plan` for the dry run), canary partitions first.
+
+    `--set NAME=VALUE` sets a parameter the template declares, within its bounds
+    (as on `plan`); anything else is refused (exit 2) before any step runs.
+    """
     with recovery_context() as context:
         caller = cli_caller(context, "apply")
         operations = open_operations(context)
@@ -84,11 +90,12 @@ def apply_command(
             "apply",
             list(STEP_OPERATIONS.values()),
             reason=reason,
-            parameters={"template": template, "workers": workers},
+            parameters={"template": template, "workers": workers, "settings": settings or []},
         )
-        store = TemplateStore(context.database)
         context.ensure_schema()
-        loaded, origin = resolve_template(template, store)
+        loaded, origin = planned_template(
+            context, {"template": template, "settings": settings or []}
+        )
         driver = ProcessDriver(context.jobs, max(1, workers))
         try:
             steps = apply_template(operations, caller, loaded, reason=reason, driver=driver)

@@ -59,6 +59,7 @@ from safereplay.recovery.cli.support import (
     operation,
     recovery_context,
 )
+from safereplay.recovery.cli.templates import dry_run as plan_dry_run
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.operations.catalog import open_operations
@@ -96,6 +97,14 @@ Rate = Annotated[
 ]
 Projection = Annotated[str, typer.Argument(help="The projection's name.")]
 JobId = Annotated[str, typer.Argument(help="The job's id, or an unambiguous prefix.")]
+DryRun = Annotated[
+    bool,
+    typer.Option(
+        "--dry-run",
+        help="Print the plan (builds, partitions, events in scope, what would change) "
+        "as `safereplay plan` does; change nothing.",
+    ),
+]
 
 ENDED = (JobState.COMPLETED, JobState.FAILED, JobState.ABORTED)
 
@@ -308,6 +317,7 @@ def _run_job(
     with recovery_context() as context:
         caller = cli_caller(context, operation_name)
         started = open_operations(context).run(caller, operation_name, reason=reason, **parameters)
+        _say_if_first_build(started, as_json=as_json)
         if started["job_id"] is None or workers == 0:
             emit(started, as_json=as_json, human=say_started)
             _exit_if_held_back(started, as_json=as_json)
@@ -351,11 +361,29 @@ def _run_job(
             say_not_completed(status, out=error_console if as_json else console)
             raise typer.Exit(EXIT_NO)
         _exit_if_held_back(started, as_json=as_json)
-        if operation_name == "rebuild" and not as_json:
+        if operation_name == "rebuild" and not as_json and started.get("live"):
+            console.print(
+                f"build {status.job.build} of {status.job.projection} is complete and live "
+                f"(nothing to swap); read its rows with `safereplay rows "
+                f"{status.job.projection} TABLE`"
+            )
+        elif operation_name == "rebuild" and not as_json:
             console.print(
                 f"build {status.job.build} is complete; make it live with "
                 f"`safereplay swap {status.job.projection} --reason ...`"
             )
+
+
+def _say_if_first_build(started: Mapping[str, Any], *, as_json: bool) -> None:
+    """A never-built projection's first rebuild builds its live build 1 (as a first
+    catch-up would): say so before it runs, not after an empty build was swapped."""
+    if started.get("live") and not as_json:
+        console.print(
+            f"{started['projection']} was never built: building build {started['build']}, "
+            "live when complete",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _exit_if_held_back(started: Mapping[str, Any], *, as_json: bool) -> None:
@@ -385,17 +413,18 @@ def _job_command(operation_name: str, summary: str) -> Any:
         workers: Workers = 2,
         max_concurrent: MaxConcurrent = None,
         max_rate: Rate = None,
+        dry_run: DryRun = False,
         as_json: Json = False,
     ) -> None:
-        _run_job(
+        (plan_dry_run if dry_run else _run_job)(
             operation_name,
             reason=reason,
-            workers=workers,
             as_json=as_json,
             projection=projection,
             partitions=partitions,
             max_concurrent_partitions=max_concurrent,
             events_per_second=max_rate,
+            **({} if dry_run else {"workers": workers}),
         )
 
     command.__doc__ = summary
@@ -496,14 +525,15 @@ def replay_command(
     yes: Annotated[bool, typer.Option("--yes", help="Confirm a replay into live.")] = False,
     partitions: Partitions = None,
     workers: Workers = 1,
+    dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
     """Re-apply positions FROM..TO of PROJECTION, idempotently."""
-    _run_job(
+    (plan_dry_run if dry_run else _run_job)(
         "replay",
         reason=reason,
-        workers=workers,
         as_json=as_json,
+        **({} if dry_run else {"workers": workers}),
         projection=projection,
         start=start,
         end=end,
@@ -574,14 +604,15 @@ def parked_redrive_command(
         list[str] | None, typer.Option("--aggregate", help="Only this aggregate (repeatable).")
     ] = None,
     workers: Annotated[int, typer.Option(min=0, max=1, help="0: leave it to a worker.")] = 1,
+    dry_run: DryRun = False,
     as_json: Json = False,
 ) -> None:
     """Re-apply parked events in order after a fix (idempotent)."""
-    _run_job(
+    (plan_dry_run if dry_run else _run_job)(
         "parked.redrive",
         reason=reason,
-        workers=workers,
         as_json=as_json,
+        **({} if dry_run else {"workers": workers}),
         projection=projection,
         aggregates=aggregate or [],
     )

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shlex
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -10,6 +13,7 @@ import typer
 from rich.table import Table
 
 from safereplay.recovery.cli.support import (
+    EXIT_INVALID,
     EXIT_NO,
     console,
     emit,
@@ -19,6 +23,7 @@ from safereplay.recovery.cli.support import (
     recovery_context,
 )
 from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.initialise import reserved_secret_file
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.anchors import AnchorError
 from safereplay.recovery.security.audit import AuditTrailUnavailable, VerificationReport
@@ -84,16 +89,55 @@ def principals_add(
 
 
 @principals_app.command("bootstrap")
-def principals_bootstrap(name: Name, as_json: Json = False) -> None:
-    """Create the first admin while no principal exists; prints its token once."""
-    with recovery_context(create=True) as context:
-        token = bootstrap_admin(context, name)
+def principals_bootstrap(
+    name: Annotated[str, typer.Argument(help="The first admin's name.")],
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            help="Where its token goes (mode 0600, never overwritten). Default: ./NAME.token.",
+        ),
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Create the first admin while no principal exists; its token goes to a 0600 file.
+
+    The token is never printed: standard output gets the `export` line that points
+    the other commands at the file (`eval "$(safereplay principals bootstrap ada)"`).
+    An existing file is refused (exit 2) before anything is created.
+    """
+    path = (token_file or Path(f"{name}.token")).expanduser().absolute()
+    if path.exists() or path.is_symlink():
+        fail(
+            f"refusing to write the token to {str(path)!r}: it exists (nothing was created). "
+            "Give another --token-file, or move that file away",
+            EXIT_INVALID,
+        )
+    if not path.parent.is_dir():
+        fail(f"no directory {str(path.parent)!r} for the token file (--token-file)", EXIT_INVALID)
+    # The file is reserved (0600, exclusively) before the admin exists: a token is
+    # never made that has nowhere to go, and the file goes again if the admin is not.
+    with recovery_context(create=True) as context, reserved_secret_file(path) as write:
+        write(bootstrap_admin(context, name))
+    error_console.print(
+        f"admin {name!r} created (admin and key custodian); its token is in {path} "
+        "(0600), not shown. Point the other commands at it:",
+        highlight=False,
+        soft_wrap=True,
+    )
+    exports = [f"export SAFEREPLAY_TOKEN_FILE={shlex.quote(str(path))}"]
+    if "SAFEREPLAY_TOKEN" in os.environ:
+        exports.append("unset SAFEREPLAY_TOKEN  # the token file takes its place")
 
     def human(created: Any) -> None:
-        say(f"admin {name!r} created. Its token, shown only now:")
-        say(created["token"])
+        for line in created["exports"]:
+            typer.echo(line)
 
-    emit({"principal": name, "token": token}, as_json=as_json, human=human)
+    emit(
+        {"principal": name, "token_file": str(path), "exports": exports},
+        as_json=as_json,
+        human=human,
+    )
 
 
 def grant(name: Name, role: Role, scope: Scope, reason: Reason, as_json: Json = False) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.syntax import Syntax
@@ -16,16 +16,23 @@ from safereplay.recovery.cli.support import (
     console,
     emit,
     fail,
-    iso_time,
     operation,
     recovery_context,
 )
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.templates import change_template
 from safereplay.recovery.templates.plan import TemplatePlan
-from safereplay.recovery.templates.store import StoredTemplate, TemplateChange
+from safereplay.recovery.templates.store import ListedTemplate, StoredTemplate, TemplateChange
 
-__all__ = ["plan_command", "register", "templates_app"]
+__all__ = ["Settings", "dry_run", "plan_command", "register", "templates_app"]
+
+Settings = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="NAME=VALUE: set a parameter the template declares (repeatable), within its bounds.",
+    ),
+]
 
 templates_app = typer.Typer(
     help="Recovery templates an organisation adds (admin only, audited with a diff).",
@@ -77,18 +84,32 @@ def _plan_report(plan: TemplatePlan) -> None:
     console.print(f"changed: {plan.changes}")
 
 
+def dry_run(operation_name: str, *, reason: str, as_json: bool, **parameters: Any) -> None:
+    """``--dry-run`` of a command: the plan ``safereplay plan`` would show for the
+    template the command amounts to (checked and audited as a plan). Changes nothing."""
+    planned = operation("plan", reason=reason, dry_run={"operation": operation_name, **parameters})
+    emit(planned, as_json=as_json, human=_plan_report)
+
+
 def plan_command(
     template: Annotated[
         str, typer.Argument(help="A TOML file, a stored template or a shipped runbook name.")
     ],
+    settings: Settings = None,
     as_json: Json = False,
 ) -> None:
     """Dry run: what applying TEMPLATE would do. Changes nothing.
 
     Projections and partitions in scope, events in scope, the tables that would
     change, an estimated duration, the failure policy, throttle and rollout stages.
+    `--set NAME=VALUE` sets a parameter the template declares (`templates list`
+    shows them); a value outside its bounds is refused (exit 2).
     """
-    emit(operation("plan", template=template), as_json=as_json, human=_plan_report)
+    emit(
+        operation("plan", template=template, settings=settings or []),
+        as_json=as_json,
+        human=_plan_report,
+    )
 
 
 def _read(path: Path) -> str:
@@ -139,20 +160,26 @@ def templates_update(file: TemplateFile, reason: Reason, as_json: Json = False) 
 
 @templates_app.command("list")
 def templates_list(as_json: Json = False) -> None:
-    """Stored templates (latest versions)."""
+    """Stored templates (latest versions) and the shipped runbooks, with what `--set` takes."""
 
-    def table(rows: list[StoredTemplate]) -> None:
-        t = Table("template", "version", "kind", "by", "at", "sha256")
+    def table(rows: list[ListedTemplate]) -> None:
+        # Narrow enough for 80 columns; --json has the author, time and hash too.
+        t = Table("template", "source", "kind", "version", "--set NAME=VALUE")
         for r in rows:
             t.add_row(
                 r.name,
-                str(r.version),
+                r.source,
                 r.kind,
-                r.author,
-                iso_time(r.created_at),
-                r.sha256[:12],
+                "-" if r.version is None else f"{r.version} ({r.author})",
+                ", ".join(r.parameters) or "-",
             )
+            t.columns[0].no_wrap = True
         console.print(t)
+        console.print(
+            "shipped: a runbook that comes with safereplay; stored: added by an admin "
+            "(`templates add`). Plan one with `safereplay plan NAME [--set NAME=VALUE]`",
+            highlight=False,
+        )
 
     emit(operation("templates.list"), as_json=as_json, human=table)
 

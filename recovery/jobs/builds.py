@@ -85,7 +85,14 @@ def swap(
             if b.status == "building" and _rebuild_job(jobs, projection, b.build) is not None
         ]
         if not candidates:
-            raise InvalidRequest(f"projection {projection!r} has no rebuilt build to swap in")
+            # A never-built projection's first rebuild built its live build in place.
+            first = _rebuild_job(jobs, projection, live) if live is not None else None
+            also = (
+                f": build {live} is live already, built by its first rebuild in place"
+                if first is not None and first.state == JobState.COMPLETED
+                else ""
+            )
+            raise InvalidRequest(f"projection {projection!r} has no rebuilt build to swap in{also}")
         build = candidates[-1]
     info = next((b for b in builds if b.build == build), None)
     if info is None:

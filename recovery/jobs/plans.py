@@ -7,8 +7,10 @@ head when the job was made. Workers run every partition to exactly that target;
 the build then follows live (catch-up) or waits for the swap (rebuild).
 
 - **rebuild**: a new build (``b + 1``) with empty tables beside the live one,
-  split into P partitions at position 0. A projection's first build is best made
-  by a catch-up, which builds its live build 1 (see :func:`never_built`).
+  split into P partitions at position 0. The first build of a projection (none
+  yet, or only an empty live build 1 never written to, see :func:`never_built`)
+  is built in that live build 1 itself, as a first catch-up would: live when
+  complete, nothing to swap, and no empty build left live beside it.
 - **catch-up**: the live build, split into P partitions at its current position.
   Its live follower waits meanwhile (a build is kept in one partitioning at a
   time) and goes on from the target when the job completes. A catch-up whose
@@ -204,10 +206,12 @@ def start_rebuild(
     _check_partitionable(registry, projection, request.partitions)
     _refuse_if_busy(jobs, projection)
     cls = registry[projection]
-    if not store.builds(projection):
-        store.prepare(cls)  # the live build exists (made if this is the first one)
-    # Beside the live build, whatever version made that one (a new version's rebuild).
-    build = store.create_build(cls)
+    # The first build of a projection is built where it is read: in its live build
+    # (made now, empty, at 0), not beside it, where it would leave an empty build
+    # live to be swapped out. Any other goes beside the live one, whatever version
+    # made that one (a new version's rebuild).
+    first = never_built(store, projection, version=cls.version)
+    build = store.prepare(cls) if first else store.create_build(cls)
     try:
         store.repartition(projection, build, request.partitions)
         target = source.high_water_mark()
@@ -226,7 +230,10 @@ def start_rebuild(
             )
         )
     except BaseException:
-        store.drop_build(projection, build)  # nothing half-made is left behind
+        if first:
+            store.repartition(projection, build, 1)  # give the build back to its follower
+        else:
+            store.drop_build(projection, build)  # nothing half-made is left behind
         raise
     return job
 
@@ -235,7 +242,8 @@ def never_built(store: ProjectionStore, projection: str, *, version: int | None 
     """Has ``projection`` no build yet, or only its first live one, never written to
     (and made by ``version``, if given)?
 
-    A follower or a status check may have made build 1 (live, empty, at 0).
+    A follower or a status check may have made build 1 (live, empty, at 0); a
+    rebuild builds into it rather than beside it.
     """
     builds = store.builds(projection)
     if not builds:

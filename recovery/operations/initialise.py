@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +31,13 @@ from safereplay.recovery.operations.store_check import check_postgres, check_sql
 from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings
 
-__all__ = ["InitReport", "StoreExists", "initialise", "write_secret_file"]
+__all__ = [
+    "InitReport",
+    "StoreExists",
+    "initialise",
+    "reserved_secret_file",
+    "write_secret_file",
+]
 
 KEY_RING = "keyring.json"
 AUDIT_KEY = "audit.key"
@@ -59,6 +67,29 @@ def write_secret_file(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="ascii") as handle:
         handle.write(text + "\n")
+
+
+@contextmanager
+def reserved_secret_file(path: Path) -> Iterator[Callable[[str], None]]:
+    """A new 0600 file, created (exclusively) before its secret exists: the body
+    writes the secret with the function it is given; if the body fails, the file
+    is removed again. An existing file is never replaced (:class:`StoreExists`)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise StoreExists(f"refusing to overwrite {str(path)!r}: it exists") from None
+    except OSError as exc:
+        raise InvalidRequest(f"cannot create {str(path)!r}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as handle:
+
+            def write(text: str) -> None:
+                handle.write(text + "\n")
+
+            yield write
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
 
 
 def export_lines(

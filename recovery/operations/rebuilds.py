@@ -211,7 +211,11 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 jobs=context.jobs,
                 registry=context.registry,
             )
-            return _job_summary(job)
+            summary = _job_summary(job)
+            if kind == JobKind.REBUILD:
+                # A never-built projection's first build is built in its live build 1.
+                summary["live"] = context.projection_store.live_build(job.projection) == job.build
+            return summary
 
         return handler
 
@@ -234,6 +238,17 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
     def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
+        name = p["projection"]
+        context.registry[name]  # an unknown projection is refused, clearly
+        build = context.projection_store.resolve_build(name, int_parameter(p, "build"))
+        if not context.projection_store.parked(name, build=build):
+            # Nothing parked is nothing to do, as a catch-up that is not behind: the
+            # runbook's redrive can be run again (idempotently), exit code 0.
+            return _job_summary(None) | {
+                "projection": name,
+                "build": build,
+                "state": f"not needed: build {build} of {name} has no parked events",
+            }
         job = start_redrive(
             JobRequest(principal=ctx.principal.name, reason=ctx.reason),
             projection=p["projection"],

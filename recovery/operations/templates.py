@@ -1,4 +1,11 @@
-"""Template operations: plan a template, and add, update, list and show stored ones."""
+"""Template operations: plan a template, and add, update, list and show stored ones.
+
+``plan`` plans a template (a file, a stored one or a shipped runbook) with the
+values an operator set on it (``settings``, each a parameter the template
+declares, within its bounds), or, with ``dry_run``, the template a command
+(``rebuild``, ``catch-up``, ``replay``, ``parked.redrive``) amounts to: the
+commands' ``--dry-run`` is this same plan.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,16 @@ from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
 from safereplay.recovery.operations.drills import live_reader
 from safereplay.recovery.security.access import Permission, Principal
-from safereplay.recovery.templates.model import parse_template
+from safereplay.recovery.templates.commands import command_template
+from safereplay.recovery.templates.model import RecoveryTemplate, parse_template
+from safereplay.recovery.templates.parameters import parse_settings
 from safereplay.recovery.templates.plan import TemplatePlan, plan_template
 from safereplay.recovery.templates.store import (
+    ListedTemplate,
     StoredTemplate,
     TemplateChange,
     TemplateStore,
+    listed_templates,
     resolve_template,
     shipped_runbooks,
     template_change,
@@ -25,7 +36,7 @@ from safereplay.recovery.templates.store import (
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["change_template", "register_template_operations"]
+__all__ = ["change_template", "planned_template", "register_template_operations"]
 
 
 def change_template(
@@ -37,12 +48,32 @@ def change_template(
     return result
 
 
+def planned_template(
+    context: RecoveryContext, parameters: Mapping[str, Any]
+) -> tuple[RecoveryTemplate, str]:
+    """What ``plan`` plans, and where it came from: the ``dry_run`` of a command, or
+    the ``template`` referred to with the operator's ``settings`` on it."""
+    dry_run = parameters.get("dry_run")
+    if isinstance(dry_run, Mapping):
+        operation = str(dry_run.get("operation"))
+        default = context.recovery.partitions if operation == "rebuild" else 1
+        template = command_template(operation, dry_run, default_partitions=default)
+        return template, f"dry run of `safereplay {operation.replace('.', ' ')}`"
+    template, origin = resolve_template(
+        str(parameters.get("template", "")), TemplateStore(context.database)
+    )
+    settings = parse_settings(parameters.get("settings"))
+    if settings:
+        template = template.with_settings(settings, registered=list(context.registry))
+        origin += " with " + ", ".join(f"{k}={v}" for k, v in settings.items())
+    return template, origin
+
+
 def _plan_scope(context: RecoveryContext) -> Callable[[Mapping[str, Any]], str]:
     def scope(parameters: Mapping[str, Any]) -> str:
         try:
-            template, _ = resolve_template(
-                str(parameters.get("template", "")), TemplateStore(context.database)
-            )
+            # The projection an operator set is the one checked, not the template's.
+            template, _ = planned_template(context, parameters)
         except RecoveryError:
             # Projections unknown: a viewer of every projection hears what is wrong
             # (the handler raises it again, and the attempt is audited).
@@ -59,7 +90,9 @@ def register_template_operations(operations: Operations, context: RecoveryContex
     templates = TemplateStore(context.database)
 
     def plan(ctx: OperationContext, p: Mapping[str, Any]) -> TemplatePlan:
-        template, origin = resolve_template(str(p["template"]), templates)
+        template, origin = planned_template(context, p)
+        dry_run = p.get("dry_run")
+        into = str(dry_run.get("into") or "sandbox") if isinstance(dry_run, Mapping) else "sandbox"
         with open_source(context.domain, settings=context.projection_settings) as source:
             return plan_template(
                 template,
@@ -68,6 +101,8 @@ def register_template_operations(operations: Operations, context: RecoveryContex
                 source=source,
                 registry=context.registry,
                 jobs=SQLJobStore(context.database),
+                into=into,
+                settings=parse_settings(p.get("settings")),
             )
 
     def save(update: bool) -> Callable[[OperationContext, Mapping[str, Any]], TemplateChange]:
@@ -103,8 +138,8 @@ def register_template_operations(operations: Operations, context: RecoveryContex
             raise InvalidRequest("adding or changing a template needs its TOML text")
         return template_change(templates, toml)
 
-    def listed(ctx: OperationContext, p: Mapping[str, Any]) -> list[StoredTemplate]:
-        return templates.templates()
+    def listed(ctx: OperationContext, p: Mapping[str, Any]) -> list[ListedTemplate]:
+        return listed_templates(templates)
 
     def show(ctx: OperationContext, p: Mapping[str, Any]) -> StoredTemplate:
         version = p.get("version")
@@ -115,7 +150,13 @@ def register_template_operations(operations: Operations, context: RecoveryContex
         ("plan", view, plan, _plan_scope(context), "dry run of a template, changing nothing"),
         ("templates.add", admin, save(update=False), "*", "add a template (audited with a diff)"),
         ("templates.update", admin, save(update=True), "*", "change a template (with a diff)"),
-        ("templates.list", view, listed, "projection:*", "list stored templates (latest)"),
+        (
+            "templates.list",
+            view,
+            listed,
+            "projection:*",
+            "list stored templates (latest) and shipped runbooks",
+        ),
         ("templates.show", view, show, "projection:*", "show a stored template"),
     ]
     for name, permission, handler, scope, summary in table:

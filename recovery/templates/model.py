@@ -30,22 +30,37 @@ A template is a TOML file (see ``recovery/runbooks/`` for the shipped ones)::
     canary_partitions = [0]
     require_verified_canary = true
 
+    [parameters]                # what an operator may set: plan/apply --set NAME=VALUE
+    projection = { type = "projection", allowed = "*" }
+    partitions = { type = "integer", min = 1, max = 16 }
+    max_rate = { type = "number", min = 100, max = 50000 }
+
 An invalid template is rejected with every problem listed, each naming where it is.
+Parameters are described in :mod:`safereplay.recovery.templates.parameters`.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Literal, Self
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from safereplay.recovery.errors import InvalidTemplate
+from safereplay.recovery.errors import InvalidRequest, InvalidTemplate
 from safereplay.recovery.resilience.breaker import BreakerSettings
 from safereplay.recovery.resilience.policies import ErrorRules
 from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
+from safereplay.recovery.templates.parameters import (
+    ParameterSpec,
+    declaration_problems,
+    default_problems,
+    revalidation_error,
+    set_values,
+    typed_value,
+)
 
 __all__ = [
     "RUNBOOKS",
@@ -117,12 +132,14 @@ class RecoveryTemplate(_Strict):
     breaker: BreakerSpec = Field(default_factory=BreakerSpec)
     throttle: ThrottleSpec = Field(default_factory=ThrottleSpec)
     rollout: RolloutSpec = Field(default_factory=RolloutSpec)
+    parameters: dict[str, ParameterSpec] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Self:
         kind = self.template.kind
         scope = self.scope
-        problems = []
+        problems = declaration_problems(kind, self.parameters)
+        problems += default_problems(self.model_dump(by_alias=True), self.parameters)
         if kind == "reencrypt":
             if scope.projections:
                 problems.append(
@@ -158,6 +175,35 @@ class RecoveryTemplate(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def with_settings(
+        self, settings: Mapping[str, str], *, registered: Collection[str]
+    ) -> RecoveryTemplate:
+        """This template with operator-set values (``--set NAME=VALUE``), each one a
+        parameter it declares and within that parameter's bounds; else refused
+        (:class:`InvalidRequest`), naming the parameter and the bound."""
+        if not settings:
+            return self
+        name = self.template.name
+        for parameter in settings:
+            if parameter not in self.parameters:
+                declared = ", ".join(self.parameters) or "none"
+                raise InvalidRequest(
+                    f"template {name!r} does not declare a parameter {parameter!r} (it "
+                    f"declares: {declared}; see its [parameters] table)"
+                )
+        values = {
+            parameter: typed_value(
+                parameter, self.parameters[parameter], text, registered=registered
+            )
+            for parameter, text in settings.items()
+        }
+        document = self.model_dump(by_alias=True, exclude_none=True)
+        set_values(document, values)
+        try:
+            return RecoveryTemplate.model_validate(document)
+        except ValidationError as exc:
+            raise revalidation_error(settings, exc) from None
 
     def partitions_in_scope(self) -> list[int]:
         if self.scope.only_partitions is not None:

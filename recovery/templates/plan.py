@@ -13,7 +13,7 @@ it creates no table.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from safereplay.projections import EventSource, Partition, Projection, partition_of
@@ -91,6 +91,8 @@ class TemplatePlan:
     throttle: Mapping[str, Any]
     stages: tuple[RolloutStage, ...]
     changes: str = "nothing: a plan is a dry run"
+    #: The values an operator set (``--set NAME=VALUE``), as given.
+    settings: Mapping[str, str] = field(default_factory=dict)
 
 
 def measured_rate(jobs: JobStore | None, projections: Sequence[str]) -> tuple[float, str] | None:
@@ -140,15 +142,32 @@ def _stages(template: RecoveryTemplate) -> tuple[RolloutStage, ...]:
     return (RolloutStage("canary", tuple(canary), "first"), RolloutStage("rest", rest, when))
 
 
+def _never_built(view: ReadView, cls: type[Projection], builds: Sequence[BuildRecord]) -> bool:
+    """As :func:`safereplay.recovery.jobs.plans.never_built` decides it: no build, or
+    only an empty live build 1 of this version at position 0 (read-only here)."""
+    if not builds:
+        return True
+    if len(builds) > 1 or builds[0].status != "live" or builds[0].version != cls.version:
+        return False
+    return all(position == 0 for _, _, position in view.positions(cls.name, builds[0].build))
+
+
 class _Planner:
     def __init__(
-        self, template: RecoveryTemplate, view: ReadView, source: EventSource, head: int
+        self,
+        template: RecoveryTemplate,
+        view: ReadView,
+        source: EventSource,
+        head: int,
+        *,
+        into: str,
     ) -> None:
         self.template = template
         self.view = view
         self.source = source
         self.head = head
         self.count = template.scope.partitions
+        self.into = into
 
     def _ranges(
         self, cls: type[Projection], live: BuildRecord | None
@@ -156,7 +175,7 @@ class _Planner:
         kind = self.template.template.kind
         in_scope = self.template.partitions_in_scope()
         notes: list[str] = []
-        if kind == "rebuild":
+        if kind == "rebuild" or (kind == "catch-up" and live is None):
             return dict.fromkeys(in_scope, (0, self.head)), notes
         if live is None:
             raise InvalidRequest(f"projection {cls.name!r} has no live build to {kind}")
@@ -185,11 +204,7 @@ class _Planner:
             )
         builds = self.view.builds(cls.name)
         live = next((b for b in builds if b.status == "live"), None)
-        writes = (
-            max((b.build for b in builds), default=0) + 1
-            if kind == "rebuild"
-            else (live.build if live else None)
-        )
+        writes, said = self._writes(cls, builds, live)
         tables = tuple(physical_table_name(cls.name, t.name, writes) for t in cls.tables if writes)
         if kind == "redrive-parked":
             partitions, notes = self._parked(cls, live)
@@ -206,6 +221,7 @@ class _Planner:
                 )
                 for p, (a, u) in sorted(ranges.items())
             )
+        notes.insert(0, said)
         if self.template.scope.aggregates:
             notes.append(
                 f"only {len(self.template.scope.aggregates)} aggregate(s) are in scope: the "
@@ -220,6 +236,32 @@ class _Planner:
             events=sum(p.events for p in partitions),
             notes=tuple(notes),
         )
+
+    def _writes(
+        self, cls: type[Projection], builds: Sequence[BuildRecord], live: BuildRecord | None
+    ) -> tuple[int, str]:
+        """The build the template would write, and what becomes of it."""
+        kind = self.template.template.kind
+        newest = max((b.build for b in builds), default=0)
+        if kind == "rebuild" and not _never_built(self.view, cls, builds):
+            beside = "" if live is None else f" beside the live build {live.build}"
+            return newest + 1, (
+                f"a new build {newest + 1}{beside}; `safereplay swap` makes it live once complete"
+            )
+        if kind in ("rebuild", "catch-up") and (live is None or kind == "rebuild"):
+            build = live.build if live is not None else 1
+            return build, (
+                f"{cls.name} was never built: build {build} is built live, live when "
+                "complete (nothing to swap)"
+            )
+        if live is None:
+            raise InvalidRequest(f"projection {cls.name!r} has no live build to {kind}")
+        if kind == "replay-range" and self.into != "live":
+            return newest + 1, (
+                f"a sandbox build {newest + 1} (never live, never swappable) gets the range; "
+                f"the live build {live.build} is not touched"
+            )
+        return live.build, f"the live build {live.build} is written in place"
 
     def _parked(
         self, cls: type[Projection], live: BuildRecord | None
@@ -249,12 +291,19 @@ def plan_template(
     source: EventSource,
     registry: Mapping[str, type[Projection]],
     jobs: JobStore | None = None,
+    into: str = "sandbox",
+    settings: Mapping[str, str] | None = None,
 ) -> TemplatePlan:
-    """What applying ``template`` would do; reads only."""
+    """What applying ``template`` would do; reads only.
+
+    ``into``: where a replay-range goes (a sandbox build, as ``apply`` replays, or
+    the live build, as ``safereplay replay --into live`` would); ``settings``: the
+    values an operator set on the template, reported with the plan.
+    """
     head = source.head()
     kind = template.template.kind
     with reader.view() as view:
-        planner = _Planner(template, view, source, head)
+        planner = _Planner(template, view, source, head, into=into)
         plans = tuple(planner.projection(registry[name]) for name in template.scope.projections)
     if kind == "reencrypt":
         events = source.count(after=0, upto=head)
@@ -290,4 +339,5 @@ def plan_template(
         },
         throttle=template.throttle.model_dump(),
         stages=_stages(template),
+        settings=dict(settings or {}),
     )

@@ -7,11 +7,13 @@ TOML against the version it replaces, in the audit entry's parameters; the diff
 is computed before the permission check (:func:`template_change`), so a denied
 attempt records it too, and checked again by the handler, so a recorded diff is
 always the real one. :func:`resolve_template` finds a template by reference: a
-TOML file, a stored template (latest version) or a shipped runbook.
+TOML file, a stored template (latest version) or a shipped runbook;
+:func:`listed_templates` lists the stored ones and the shipped runbooks together.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import hashlib
 import tomllib
@@ -31,10 +33,12 @@ from safereplay.recovery.templates.model import (
 )
 
 __all__ = [
+    "ListedTemplate",
     "StoredTemplate",
     "TemplateChange",
     "TemplateStore",
     "resolve_template",
+    "listed_templates",
     "shipped_runbooks",
     "template_change",
 ]
@@ -232,3 +236,49 @@ def resolve_template(reference: str, store: TemplateStore) -> tuple[RecoveryTemp
         f"no template {reference!r}: not a file, not a stored template ({stored_names}), "
         f"not a shipped runbook ({', '.join(shipped_runbooks())})"
     )
+
+
+@dataclass(frozen=True)
+class ListedTemplate:
+    """A template ``plan`` and ``apply`` can name: stored here (by an admin, in
+    versions) or shipped with safereplay (a runbook). ``parameters``: what an
+    operator may set on it (``--set NAME=VALUE``) and within which bounds."""
+
+    name: str
+    source: str
+    kind: str
+    description: str
+    parameters: dict[str, str]
+    sha256: str
+    version: int | None = None
+    author: str | None = None
+    created_at: datetime | None = None
+
+
+def _listed(template: RecoveryTemplate, text: str, source: str) -> ListedTemplate:
+    return ListedTemplate(
+        name=template.template.name,
+        source=source,
+        kind=template.template.kind,
+        description=template.template.description,
+        parameters={name: spec.bounds() for name, spec in template.parameters.items()},
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+    )
+
+
+def listed_templates(store: TemplateStore) -> list[ListedTemplate]:
+    """Every template by name: the latest version of each stored one and every
+    shipped runbook (a stored template cannot take a runbook's name)."""
+    listed = []
+    for stored in store.templates():
+        template = parse_template(stored.text, source=f"stored template {stored.name}")
+        entry = _listed(template, stored.text, "stored")
+        listed.append(
+            dataclasses.replace(
+                entry, version=stored.version, author=stored.author, created_at=stored.created_at
+            )
+        )
+    for name in shipped_runbooks():
+        path = RUNBOOKS / f"{name}.toml"
+        listed.append(_listed(load_template(path), path.read_text(encoding="utf-8"), "shipped"))
+    return sorted(listed, key=lambda t: (t.name, t.source))

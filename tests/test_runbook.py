@@ -1,0 +1,98 @@
+"""docs/runbook.md is executed as written: every ```sh block, in order, in one shell.
+
+The runbook's first commands make the store (``eval "$(safereplay init ...)"``
+and ``safereplay seed``); the blocks after them run against it, each command's
+exit code checked (``set -euo pipefail``). Job ids are not copied by hand: the
+runbook's own shell variables (``JOB=$(safereplay jobs ... --json | ...)``) pick
+them up.
+
+Some procedures need the fault they repair. Before those sections the test
+brings the store into that state with ordinary commands (:data:`SITUATIONS`),
+as an incident would have: the runbook's text is never rewritten.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNBOOK = ROOT / "docs" / "runbook.md"
+
+#: Commands run before a section's blocks (by its heading): the situation it repairs.
+SITUATIONS = {
+    "A projection is behind after an outage": [
+        'safereplay seed --events 300 --reason "events while the follower was down"',
+    ],
+    "A worker crashed": [
+        # A job whose only worker died: planned, with nobody running it.
+        'safereplay seed --events 100 --reason "more events"',
+        'safereplay catch-up run_status --workers 0 --reason "its worker crashed"',
+    ],
+    "Pause, resume or abort a job": [
+        # A job still active, not running (no worker: pausing it cannot race a worker).
+        'safereplay rebuild run_status --workers 0 --reason "a job to pause"',
+    ],
+}
+
+
+def sections(text: str) -> list[tuple[str, list[str]]]:
+    """``(heading, [sh block, ...])`` for every ``## `` section, in order (blocks
+    indented under a list item included)."""
+    found = []
+    for part in re.split(r"^## ", text, flags=re.MULTILINE)[1:]:
+        heading, _, body = part.partition("\n")
+        blocks = [
+            textwrap.dedent(m["body"])
+            for m in re.finditer(
+                r"^(?P<indent>[ \t]*)```sh[ \t]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$",
+                body,
+                flags=re.MULTILINE | re.DOTALL,
+            )
+        ]
+        found.append((heading.strip(), blocks))
+    return found
+
+
+def runbook_script(text: str) -> str:
+    lines = ["set -euo pipefail"]
+    for heading, blocks in sections(text):
+        lines.append(f"echo '>>> {heading}' >&2")
+        lines += SITUATIONS.get(heading, [])
+        lines += blocks
+    return "\n".join(lines) + "\n"
+
+
+def test_every_situation_names_a_section_with_commands() -> None:
+    found = dict(sections(RUNBOOK.read_text(encoding="utf-8")))
+    for heading in SITUATIONS:
+        assert found.get(heading), f"docs/runbook.md has no commands under '## {heading}'"
+
+
+def test_the_runbook_runs_as_written(tmp_path: Path) -> None:
+    text = RUNBOOK.read_text(encoding="utf-8")
+    script = runbook_script(text)
+    assert "safereplay init" in script.split(">>> ")[1], "the store is made first"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env.pop("PYTHONPATH", None)
+    env["COLUMNS"] = "120"
+    result = subprocess.run(
+        ["bash", "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    last = [line for line in result.stderr.splitlines() if line.startswith(">>> ")][-1:]
+    assert result.returncode == 0, (
+        f"docs/runbook.md stopped in {last} with exit code {result.returncode}:\n"
+        f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}"
+    )
+    assert last == [">>> " + sections(text)[-1][0]], "every section ran"
