@@ -9,6 +9,12 @@ error (its partition was given back, so the others carry on).
 Workers on other machines join with ``safereplay worker``. Every worker process
 authenticates with the caller's token from the environment and runs through the
 ``worker`` operation, so it too is checked and audited.
+
+Why this module is long (about 630 lines): it holds the typer signatures of ten
+commands that share the local worker processes, the interrupt handling and the
+``--dry-run`` branch; the renderers already live in ``progress`` and
+``job_messages``. The next command added here should move the worker processes
+and ``watch`` into a module of their own.
 """
 
 from __future__ import annotations
