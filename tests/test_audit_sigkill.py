@@ -165,10 +165,13 @@ class SigkillContract:
         token = bootstrap_admin(context, "ada")
         admin = context.access.authenticate(token)
         operations = open_operations(context)
-        operations.run(admin, "rebuild", reason="setup", projection=PROJECTION)
-        context.worker(
-            options=WorkerOptions(lease_seconds=30, idle_interval=0.02, exit_when_idle=True)
-        ).run()
+        # A never-built projection's first rebuild is its live build 1; the second
+        # builds 2 beside it, which the steps swap in and roll back.
+        for _ in ("build 1, live", "build 2 beside it"):
+            operations.run(admin, "rebuild", reason="setup", projection=PROJECTION)
+            context.worker(
+                options=WorkerOptions(lease_seconds=30, idle_interval=0.02, exit_when_idle=True)
+            ).run()
         context.access.add_principal("mallory", kind="person", created_by="ada")
         operations.run(
             admin,
