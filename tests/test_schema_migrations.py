@@ -91,26 +91,28 @@ def database_of(settings: DomainSettings) -> Database:
     )
 
 
-def catalog(settings: DomainSettings) -> dict[str, tuple[int, str]]:
-    """The versions table: component -> (version, applied_by); empty if missing."""
+@contextmanager
+def opened_database(settings: DomainSettings) -> Iterator[Database]:
     database = database_of(settings)
     try:
+        yield database
+    finally:
+        database.close()
+
+
+def catalog(settings: DomainSettings) -> dict[str, tuple[int, str]]:
+    """The versions table: component -> (version, applied_by); empty if missing."""
+    with opened_database(settings) as database:
         rows = recorded_rows(
             database, "SELECT component, version, applied_by FROM {schema_versions}", {}
         )
-    finally:
-        database.close()
     return {r["component"]: (int(r["version"]), r["applied_by"]) for r in rows}
 
 
 def set_versions(settings: DomainSettings, version: int) -> None:
     """Pretend a newer release migrated every component."""
-    database = database_of(settings)
-    try:
-        with database.transaction(write=True) as tx:
-            tx.execute("UPDATE {schema_versions} SET version = %(v)s", {"v": version})
-    finally:
-        database.close()
+    with opened_database(settings) as database, database.transaction(write=True) as tx:
+        tx.execute("UPDATE {schema_versions} SET version = %(v)s", {"v": version})
 
 
 def cli_env(settings: DomainSettings, audit_key: Path) -> dict[str, str]:
@@ -158,6 +160,18 @@ def start_everything(context: RecoveryContext) -> None:
     context.ensure_schema()
 
 
+def restarted_after_downgrade(settings: DomainSettings, audit_key: Path, *downgrade: str) -> None:
+    """Set everything up, run ``downgrade`` (statements that put a component back to an
+    older version's schema), then start again: that start has the migration to run."""
+    with recovery_context(settings, audit_key) as context:
+        start_everything(context)
+    with opened_database(settings) as database, database.transaction(write=True) as tx:
+        for statement in downgrade:
+            tx.execute(statement)
+    with recovery_context(settings, audit_key) as context:
+        start_everything(context)
+
+
 # -- the catalog's contract, on each backend ----------------------------------------------------
 
 
@@ -185,50 +199,32 @@ class SchemaContract:
         # Version 2 added the failed sign-ins' counts: a store the first catalog set
         # up gets the table from the next start's migration, and nothing else moves.
         settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("DROP TABLE {auth_failures}")
-                tx.execute("UPDATE {schema_versions} SET version = 1 WHERE component = 'recovery'")
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "DROP TABLE {auth_failures}",
+            "UPDATE {schema_versions} SET version = 1 WHERE component = 'recovery'",
+        )
         assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 3
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:  # raises if the table is missing
-                assert tx.rows("SELECT * FROM {auth_failures}") == []
-        finally:
-            database.close()
+        with opened_database(settings) as database, database.transaction(write=False) as tx:
+            # Raises if the table is missing.
+            assert tx.rows("SELECT * FROM {auth_failures}") == []
 
     def test_a_projection_registry_at_version_1_gets_the_skipped_reason(
         self, audit_key: Path
     ) -> None:
         # Projections version 2: a parked event can be skipped (skipped_reason).
         settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("ALTER TABLE {projection_parked} DROP COLUMN skipped_reason")
-                tx.execute(
-                    "UPDATE {schema_versions} SET version = 1 WHERE component = 'projections'"
-                )
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "ALTER TABLE {projection_parked} DROP COLUMN skipped_reason",
+            "UPDATE {schema_versions} SET version = 1 WHERE component = 'projections'",
+        )
         assert catalog(settings)["projections"][0] == PROJECTIONS_SCHEMA_VERSION == 2
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:  # raises if the column is missing
-                assert tx.rows("SELECT skipped_reason FROM {projection_parked}") == []
-        finally:
-            database.close()
+        with opened_database(settings) as database, database.transaction(write=False) as tx:
+            # Raises if the column is missing.
+            assert tx.rows("SELECT skipped_reason FROM {projection_parked}") == []
 
     def test_a_recovery_schema_at_version_2_gets_the_partitions_progress_columns(
         self, audit_key: Path
@@ -236,31 +232,18 @@ class SchemaContract:
         # Version 3 counts progress in events: each job partition's events in scope
         # and its recent rate. A version 2 table (without them) gets both, its rows kept.
         settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("DROP TABLE {job_partitions}")
-                tx.execute(VERSION_2_PARTITIONS)
-                tx.execute(
-                    "INSERT INTO {job_partitions} (job_id, partition_index, status, "
-                    "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)"
-                )
-                tx.execute("UPDATE {schema_versions} SET version = 2 WHERE component = 'recovery'")
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "DROP TABLE {job_partitions}",
+            VERSION_2_PARTITIONS,
+            "INSERT INTO {job_partitions} (job_id, partition_index, status, "
+            "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
+            "UPDATE {schema_versions} SET version = 2 WHERE component = 'recovery'",
+        )
         assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:
-                rows = tx.rows(
-                    "SELECT position, events_in_scope, recent_rate FROM {job_partitions}"
-                )
-        finally:
-            database.close()
+        with opened_database(settings) as database, database.transaction(write=False) as tx:
+            rows = tx.rows("SELECT position, events_in_scope, recent_rate FROM {job_partitions}")
         assert [dict(r) for r in rows] == [
             {"position": 9, "events_in_scope": None, "recent_rate": None}
         ]
