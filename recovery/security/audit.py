@@ -47,7 +47,11 @@ from safereplay.domain.secret import hide_passwords, read_owner_only
 from safereplay.recovery.database import Database, missing_table
 from safereplay.recovery.errors import AuditKeyError, RecoveryError
 from safereplay.recovery.security.audit_query import EntryFilters, select_entries
-from safereplay.recovery.security.audit_report import UnreadableEntry, VerificationReport
+from safereplay.recovery.security.audit_report import (
+    ListedEntry,
+    UnreadableEntry,
+    VerificationReport,
+)
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
@@ -175,15 +179,10 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(ListedEntry):
+    # A stored entry's seq is always a number (an unreadable row's may not be).
     seq: int
     entry_id: str
-    at: str
-    actor: str
-    action: str
-    scope: str
-    reason: str
-    outcome: str
     parameters: Mapping[str, Any]
     job_id: str | None
     prev_hash: str
