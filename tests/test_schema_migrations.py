@@ -100,6 +100,11 @@ def opened_database(settings: DomainSettings) -> Iterator[Database]:
         database.close()
 
 
+def rows_of(settings: DomainSettings, query: str) -> list[dict[str, Any]]:
+    with opened_database(settings) as database, database.transaction(write=False) as tx:
+        return [dict(r) for r in tx.rows(query)]
+
+
 def catalog(settings: DomainSettings) -> dict[str, tuple[int, str]]:
     """The versions table: component -> (version, applied_by); empty if missing."""
     with opened_database(settings) as database:
@@ -160,14 +165,21 @@ def start_everything(context: RecoveryContext) -> None:
     context.ensure_schema()
 
 
-def restarted_after_downgrade(settings: DomainSettings, audit_key: Path, *downgrade: str) -> None:
-    """Set everything up, run ``downgrade`` (statements that put a component back to an
-    older version's schema), then start again: that start has the migration to run."""
+def restarted_after_downgrade(
+    settings: DomainSettings, audit_key: Path, *undo: str, component: str, version: int
+) -> None:
+    """Set everything up, run ``undo`` (statements that put ``component`` back to its
+    ``version`` schema) and record that version, then start again: that start has the
+    migration to run."""
     with recovery_context(settings, audit_key) as context:
         start_everything(context)
     with opened_database(settings) as database, database.transaction(write=True) as tx:
-        for statement in downgrade:
+        for statement in undo:
             tx.execute(statement)
+        tx.execute(
+            "UPDATE {schema_versions} SET version = %(v)s WHERE component = %(c)s",
+            {"v": version, "c": component},
+        )
     with recovery_context(settings, audit_key) as context:
         start_everything(context)
 
@@ -195,36 +207,29 @@ class SchemaContract:
             found.add("watermark:safereplay_events")
         return found
 
-    def test_a_recovery_schema_at_version_1_is_brought_up_to_date(self, audit_key: Path) -> None:
-        # Version 2 added the failed sign-ins' counts: a store the first catalog set
-        # up gets the table from the next start's migration, and nothing else moves.
-        settings = self.make()
-        restarted_after_downgrade(
-            settings,
-            audit_key,
-            "DROP TABLE {auth_failures}",
-            "UPDATE {schema_versions} SET version = 1 WHERE component = 'recovery'",
-        )
-        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 3
-        with opened_database(settings) as database, database.transaction(write=False) as tx:
-            # Raises if the table is missing.
-            assert tx.rows("SELECT * FROM {auth_failures}") == []
-
-    def test_a_projection_registry_at_version_1_gets_the_skipped_reason(
-        self, audit_key: Path
+    @pytest.mark.parametrize(
+        ("undo", "component", "current", "read"),
+        [
+            # Recovery version 2 added the failed sign-ins' counts: a store the first
+            # catalog set up gets the table from the next start's migration.
+            ("DROP TABLE {auth_failures}", "recovery", 3, "SELECT * FROM {auth_failures}"),
+            # Projections version 2: a parked event can be skipped (skipped_reason).
+            (
+                "ALTER TABLE {projection_parked} DROP COLUMN skipped_reason",
+                "projections",
+                2,
+                "SELECT skipped_reason FROM {projection_parked}",
+            ),
+        ],
+        ids=["recovery auth_failures", "projections skipped_reason"],
+    )
+    def test_a_component_at_version_1_is_brought_up_to_date(
+        self, audit_key: Path, undo: str, component: str, current: int, read: str
     ) -> None:
-        # Projections version 2: a parked event can be skipped (skipped_reason).
         settings = self.make()
-        restarted_after_downgrade(
-            settings,
-            audit_key,
-            "ALTER TABLE {projection_parked} DROP COLUMN skipped_reason",
-            "UPDATE {schema_versions} SET version = 1 WHERE component = 'projections'",
-        )
-        assert catalog(settings)["projections"][0] == PROJECTIONS_SCHEMA_VERSION == 2
-        with opened_database(settings) as database, database.transaction(write=False) as tx:
-            # Raises if the column is missing.
-            assert tx.rows("SELECT skipped_reason FROM {projection_parked}") == []
+        restarted_after_downgrade(settings, audit_key, undo, component=component, version=1)
+        assert catalog(settings)[component][0] == current
+        assert rows_of(settings, read) == []  # raises if the table or column is missing
 
     def test_a_recovery_schema_at_version_2_gets_the_partitions_progress_columns(
         self, audit_key: Path
@@ -239,14 +244,14 @@ class SchemaContract:
             VERSION_2_PARTITIONS,
             "INSERT INTO {job_partitions} (job_id, partition_index, status, "
             "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
-            "UPDATE {schema_versions} SET version = 2 WHERE component = 'recovery'",
+            component="recovery",
+            version=2,
         )
         assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION
-        with opened_database(settings) as database, database.transaction(write=False) as tx:
-            rows = tx.rows("SELECT position, events_in_scope, recent_rate FROM {job_partitions}")
-        assert [dict(r) for r in rows] == [
-            {"position": 9, "events_in_scope": None, "recent_rate": None}
-        ]
+        rows = rows_of(
+            settings, "SELECT position, events_in_scope, recent_rate FROM {job_partitions}"
+        )
+        assert rows == [{"position": 9, "events_in_scope": None, "recent_rate": None}]
 
     def test_a_first_start_sets_each_component_up_once_and_records_it(
         self, audit_key: Path
