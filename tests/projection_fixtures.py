@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,8 @@ from safereplay.domain.automation import Run, Workflow
 from safereplay.projections import (
     BatchState,
     EventSource,
+    ParkedEvent,
+    Partition,
     PostgresEventSource,
     PostgresProjectionStore,
     Projection,
@@ -486,6 +489,42 @@ class Catalog(Projection):
     @handles(Workflow.Archived)
     def archived(self, envelope: Envelope, state: BatchState) -> None:
         state.delete("workflows", envelope.aggregate_id)
+
+
+def parked_event(
+    *,
+    projection: str,
+    position: int,
+    partition: Partition,
+    aggregate_id: uuid.UUID,
+    aggregate_version: int = 1,
+    error_type: str = "ValueError",
+    error_message: str = "bad",
+    attempts: int = 1,
+    reason: str = "poison",
+    blocked_by: int | None = None,
+    seen_at: datetime | None = None,
+) -> ParkedEvent:
+    """A ``Run.Started`` of build 1 set aside by the failure policy, first and last seen
+    at ``seen_at`` (now by default): what a run parks, without running one."""
+    seen = seen_at or datetime.now(UTC)
+    return ParkedEvent(
+        projection=projection,
+        build=1,
+        position=position,
+        partition=partition,
+        aggregate_id=aggregate_id,
+        aggregate_version=aggregate_version,
+        topic="safereplay.domain.automation:Run.Started",
+        event_type="Run.Started",
+        error_type=error_type,
+        error_message=error_message,
+        attempts=attempts,
+        first_seen_at=seen,
+        last_seen_at=seen,
+        reason=reason,
+        blocked_by=blocked_by,
+    )
 
 
 def topic(cls: type[Any]) -> str:

@@ -10,6 +10,8 @@ import multiprocessing
 import os
 import shlex
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -205,6 +207,47 @@ def bootstrapped_token(output: str) -> str:
     [line] = [x for x in output.splitlines() if x.startswith("export SAFEREPLAY_TOKEN_FILE=")]
     path = Path(shlex.split(line.removeprefix("export SAFEREPLAY_TOKEN_FILE="))[0])
     return path.read_text(encoding="ascii").strip()
+
+
+class FakeClock:
+    """Time that moves only when a test moves it (or something sleeps on it): pass it as
+    the clock and its :meth:`sleep` as the sleep of throttles, breakers and rates."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def cli_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``safereplay ARGS`` in a process of its own (as an operator's shell runs it),
+    which must succeed."""
+    result = subprocess.run(
+        [sys.executable, "-m", "safereplay.recovery.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr + result.stdout
+    return result
+
+
+def seeded_store_env(directory: Path) -> dict[str, str]:
+    """The environment of a new ``safereplay init`` store in ``directory`` holding 600
+    seeded events, read in batches of 20 (so a job has many batches to be stopped in)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    base["SAFEREPLAY_PROJECTIONS_BATCH_SIZE"] = "20"
+    made = cli_process(base, "init", "--dir", str(directory))
+    for line in made.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        base[name] = shlex.split(value)[0]
+    cli_process(base, "seed", "--events", "600", "-r", "events to rebuild")
+    return base
 
 
 def wait_until(

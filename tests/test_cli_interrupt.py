@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import signal
 import sqlite3
 import subprocess
@@ -21,35 +20,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-#: Small batches, each paying the job's rate cap at once: a worker renews its lease
-#: (every third of it) far more often than the lease could expire.
-BATCH_SIZE = "20"
-
-
-def cli(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "safereplay.recovery.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    if check:
-        assert result.returncode == 0, result.stderr + result.stdout
-    return result
+from recovery_fixtures import cli_process, seeded_store_env
 
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
-    base["SAFEREPLAY_PROJECTIONS_BATCH_SIZE"] = BATCH_SIZE
-    made = cli(base, "init", "--dir", str(tmp_path / "store"))
-    for line in made.stdout.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        base[name] = shlex.split(value)[0]
-    cli(base, "seed", "--events", "600", "-r", "events to rebuild")
-    return base
+    # Small batches, each paying the job's rate cap at once: a worker renews its lease
+    # (every third of it) far more often than the lease could expire.
+    return seeded_store_env(tmp_path / "store")
 
 
 def rows(env: dict[str, str], query: str) -> list[dict[str, Any]]:
@@ -96,7 +74,7 @@ def start_rebuild(env: dict[str, str], *extra: str) -> subprocess.Popen[str]:
 
 
 def jobs_json(env: dict[str, str]) -> list[dict[str, Any]]:
-    return json.loads(cli(env, "jobs", "--json").stdout)  # type: ignore[no-any-return]
+    return json.loads(cli_process(env, "jobs", "--json").stdout)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
@@ -120,10 +98,10 @@ def test_a_signal_stops_the_workers_cleanly_and_the_same_command_resumes(
 
     [listed] = jobs_json(env)
     assert listed["stalled"] is True and listed["eta_seconds"] is None
-    assert "stalled" in cli(env, "jobs").stdout
-    assert "is stalled" in cli(env, "status").stdout
+    assert "stalled" in cli_process(env, "jobs").stdout
+    assert "is stalled" in cli_process(env, "status").stdout
 
-    again = cli(env, "rebuild", "run_status", "-n", "2", "-w", "2", "-r", "INC-1", "--json")
+    again = cli_process(env, "rebuild", "run_status", "-n", "2", "-w", "2", "-r", "INC-1", "--json")
     status = json.loads(again.stdout)
     assert status["job"]["job_id"] == job["job_id"], "resumed, not a new job"
     assert status["job"]["state"] == "completed"
@@ -146,10 +124,10 @@ def test_killed_workers_leave_a_stalled_job_that_the_same_command_resumes(
     wait_for("the leases to expire", lambda: jobs_json(env)[0]["stalled"], timeout=120)
     [listed] = jobs_json(env)
     assert listed["eta_seconds"] is None and listed["live_workers"] == 0
-    assert "is stalled" in cli(env, "status").stdout
+    assert "is stalled" in cli_process(env, "status").stdout
 
-    again = cli(env, "rebuild", "run_status", "-r", "INC-1", "--json")
+    again = cli_process(env, "rebuild", "run_status", "-r", "INC-1", "--json")
     status = json.loads(again.stdout)
     assert status["job"]["job_id"] == the_job(env)["job_id"]
     assert status["job"]["state"] == "completed"
-    assert cli(env, "audit", "verify").returncode == 0
+    assert cli_process(env, "audit", "verify").returncode == 0

@@ -308,9 +308,8 @@ def test_an_unknown_job_is_a_json_error(cli: Cli) -> None:
 
 def test_a_finished_job_is_a_json_conflict(cli: Cli) -> None:
     job = cli.completed_rebuild()
-    result = cli.run("pause", job, "-r", "x", "--json")
-    assert result.exit_code == 5
-    assert _error(result)["code"] == "conflict"
+    error = _error(cli.run("pause", job, "-r", "x", "--json"))
+    assert (error["code"], error["exit_code"]) == ("conflict", 5)
 
 
 def test_a_denial_is_a_json_error(cli: Cli) -> None:

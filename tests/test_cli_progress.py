@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import shlex
 import subprocess
 import sys
 import time
@@ -22,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from recovery_fixtures import operator_cli_env
+from recovery_fixtures import cli_process, operator_cli_env, seeded_store_env
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -33,32 +31,13 @@ from safereplay.recovery.jobs.sqlite import SQLiteJobStore
 RATE = 100
 
 
-def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [sys.executable, "-m", "safereplay.recovery.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr + result.stdout
-    return result
-
-
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
-    base["SAFEREPLAY_PROJECTIONS_BATCH_SIZE"] = "20"
-    made = cli(base, "init", "--dir", str(tmp_path / "store"))
-    for line in made.stdout.splitlines():
-        name, _, value = line.removeprefix("export ").partition("=")
-        base[name] = shlex.split(value)[0]
-    cli(base, "seed", "--events", "600", "-r", "events to rebuild")
-    return base
+    return seeded_store_env(tmp_path / "store")
 
 
 def jobs_json(env: dict[str, str], *args: str) -> list[dict[str, Any]]:
-    return json.loads(cli(env, "jobs", "--json", *args).stdout)  # type: ignore[no-any-return]
+    return json.loads(cli_process(env, "jobs", "--json", *args).stdout)  # type: ignore[no-any-return]
 
 
 def wait_for(what: str, predicate: Callable[[], bool], *, timeout: float = 180) -> None:

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from uuid import uuid4
 
 import pytest
-from projection_fixtures import OnPostgres, OnSQLite
+from projection_fixtures import OnPostgres, OnSQLite, parked_event
 from recovery_fixtures import Recovery, RecoveryContract, RunCounts, operator_cli_env, recovery_of
 from typer.testing import CliRunner
 
 from safereplay.domain import DomainSettings
 from safereplay.domain.workload import record_workload
-from safereplay.projections import ParkedEvent, ProjectionSettings, open_store
+from safereplay.projections import ProjectionSettings, open_store
 from safereplay.projections.source import WHOLE
 from safereplay.projections.status import projection_status
 from safereplay.recovery.cli.app import app
@@ -105,21 +104,13 @@ def park_one(env: dict[str, str]) -> int:
     store = open_store(settings, ProjectionSettings())
     try:
         [checkpoint] = store.checkpoints("run_status", build=1)
-        now = datetime.now(UTC)
-        event = ParkedEvent(
+        event = parked_event(
             projection="run_status",
-            build=1,
             position=checkpoint.position,
             partition=WHOLE,
             aggregate_id=uuid4(),
-            aggregate_version=1,
-            topic="safereplay.domain.automation:Run.Started",
-            event_type="Run.Started",
-            error_type="ValueError",
             error_message="cannot decode",
             attempts=3,
-            first_seen_at=now,
-            last_seen_at=now,
             reason="retries exhausted",
         )
         position = checkpoint.position

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
-from uuid import uuid4
+from uuid import UUID, uuid4
 
 import psycopg
 import pytest
@@ -31,6 +31,7 @@ from projection_fixtures import (
     PostgresBackend,
     Row,
     apply_sequentially,
+    parked_event,
 )
 from psycopg import sql
 
@@ -99,6 +100,26 @@ class Renamed(Everything):
 
 
 P = Partition()
+
+
+def parked_behind_the_first(
+    aggregate: UUID, positions: list[int], *, seen_at: datetime
+) -> list[ParkedEvent]:
+    """One aggregate's parked events of ``rows``: the one at position 1 failed, every
+    later one waits behind it (blocked)."""
+    return [
+        parked_event(
+            projection="rows",
+            position=position,
+            partition=P,
+            aggregate_id=aggregate,
+            aggregate_version=position,
+            error_type="ValueError" if position == 1 else "Blocked",
+            blocked_by=None if position == 1 else 1,
+            seen_at=seen_at,
+        )
+        for position in positions
+    ]
 
 
 def commit(
@@ -356,21 +377,13 @@ class ProjectionStoreContract:
         now = datetime.now(UTC)
         aggregates = [uuid4() for _ in range(6)]
         parked = [
-            ParkedEvent(
+            parked_event(
                 projection="rows",
-                build=1,
                 position=3 + i,
                 partition=P,
                 aggregate_id=aggregate,
-                aggregate_version=1,
-                topic="safereplay.domain.automation:Run.Started",
-                event_type="Run.Started",
-                error_type="ValueError",
-                error_message="bad",
                 attempts=2,
-                first_seen_at=now,
-                last_seen_at=now,
-                reason="poison",
+                seen_at=now,
             )
             for i, aggregate in enumerate(aggregates)
         ]
@@ -441,26 +454,7 @@ class ProjectionStoreContract:
         store.prepare(Rows)
         now = datetime.now(UTC)
         aggregate = uuid4()
-        parked = [
-            ParkedEvent(
-                projection="rows",
-                build=1,
-                position=position,
-                partition=P,
-                aggregate_id=aggregate,
-                aggregate_version=position,
-                topic="safereplay.domain.automation:Run.Started",
-                event_type="Run.Started",
-                error_type="ValueError" if position == 1 else "Blocked",
-                error_message="bad",
-                attempts=1,
-                first_seen_at=now,
-                last_seen_at=now,
-                reason="poison",
-                blocked_by=None if position == 1 else 1,
-            )
-            for position in (1, 2, 3)
-        ]
+        parked = parked_behind_the_first(aggregate, [1, 2, 3], seen_at=now)
         store.commit("rows", 1, P, expected=0, position=3, parked=parked)
         state = self.state(store, Rows)
         state.put("t", 7, {"n": 1})
@@ -487,26 +481,7 @@ class ProjectionStoreContract:
         store.prepare(Rows)
         now = datetime.now(UTC)
         aggregate = uuid4()
-        parked = [
-            ParkedEvent(
-                projection="rows",
-                build=1,
-                position=position,
-                partition=P,
-                aggregate_id=aggregate,
-                aggregate_version=position,
-                topic="safereplay.domain.automation:Run.Started",
-                event_type="Run.Started",
-                error_type="ValueError" if position == 1 else "Blocked",
-                error_message="bad",
-                attempts=1,
-                first_seen_at=now,
-                last_seen_at=now,
-                reason="poison",
-                blocked_by=None if position == 1 else 1,
-            )
-            for position in (1, 2)
-        ]
+        parked = parked_behind_the_first(aggregate, [1, 2], seen_at=now)
         store.commit("rows", 1, P, expected=0, position=2, parked=parked)
         skipped = store.skip_parked("rows", 1, 1, reason="INC-9: the payload can never apply")
         assert skipped.skipped and skipped.resolved_at is not None

@@ -7,6 +7,7 @@ import random
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from recovery_fixtures import FakeClock
 
 from safereplay.recovery.resilience.backoff import Backoff
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
@@ -20,17 +21,6 @@ from safereplay.recovery.resilience.policies import (
     RetryThenPark,
 )
 from safereplay.recovery.resilience.throttle import Throttle
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @given(

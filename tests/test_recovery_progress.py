@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import replace
 from uuid import uuid4
 
+from recovery_fixtures import FakeClock
+
 from safereplay.recovery.jobs.model import (
     Job,
     JobKind,
@@ -17,17 +19,6 @@ from safereplay.recovery.jobs.model import (
     PartitionStatus,
 )
 from safereplay.recovery.resilience.throttle import RecentRate, Throttle
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def test_a_throttled_workers_recent_rate_stays_under_its_cap() -> None:

@@ -91,26 +91,33 @@ def database_of(settings: DomainSettings) -> Database:
     )
 
 
-def catalog(settings: DomainSettings) -> dict[str, tuple[int, str]]:
-    """The versions table: component -> (version, applied_by); empty if missing."""
+@contextmanager
+def opened_database(settings: DomainSettings) -> Iterator[Database]:
     database = database_of(settings)
     try:
+        yield database
+    finally:
+        database.close()
+
+
+def rows_of(settings: DomainSettings, query: str) -> list[dict[str, Any]]:
+    with opened_database(settings) as database, database.transaction(write=False) as tx:
+        return [dict(r) for r in tx.rows(query)]
+
+
+def catalog(settings: DomainSettings) -> dict[str, tuple[int, str]]:
+    """The versions table: component -> (version, applied_by); empty if missing."""
+    with opened_database(settings) as database:
         rows = recorded_rows(
             database, "SELECT component, version, applied_by FROM {schema_versions}", {}
         )
-    finally:
-        database.close()
     return {r["component"]: (int(r["version"]), r["applied_by"]) for r in rows}
 
 
 def set_versions(settings: DomainSettings, version: int) -> None:
     """Pretend a newer release migrated every component."""
-    database = database_of(settings)
-    try:
-        with database.transaction(write=True) as tx:
-            tx.execute("UPDATE {schema_versions} SET version = %(v)s", {"v": version})
-    finally:
-        database.close()
+    with opened_database(settings) as database, database.transaction(write=True) as tx:
+        tx.execute("UPDATE {schema_versions} SET version = %(v)s", {"v": version})
 
 
 def cli_env(settings: DomainSettings, audit_key: Path) -> dict[str, str]:
@@ -158,6 +165,25 @@ def start_everything(context: RecoveryContext) -> None:
     context.ensure_schema()
 
 
+def restarted_after_downgrade(
+    settings: DomainSettings, audit_key: Path, *undo: str, component: str, version: int
+) -> None:
+    """Set everything up, run ``undo`` (statements that put ``component`` back to its
+    ``version`` schema) and record that version, then start again: that start has the
+    migration to run."""
+    with recovery_context(settings, audit_key) as context:
+        start_everything(context)
+    with opened_database(settings) as database, database.transaction(write=True) as tx:
+        for statement in undo:
+            tx.execute(statement)
+        tx.execute(
+            "UPDATE {schema_versions} SET version = %(v)s WHERE component = %(c)s",
+            {"v": version, "c": component},
+        )
+    with recovery_context(settings, audit_key) as context:
+        start_everything(context)
+
+
 # -- the catalog's contract, on each backend ----------------------------------------------------
 
 
@@ -181,54 +207,29 @@ class SchemaContract:
             found.add("watermark:safereplay_events")
         return found
 
-    def test_a_recovery_schema_at_version_1_is_brought_up_to_date(self, audit_key: Path) -> None:
-        # Version 2 added the failed sign-ins' counts: a store the first catalog set
-        # up gets the table from the next start's migration, and nothing else moves.
-        settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("DROP TABLE {auth_failures}")
-                tx.execute("UPDATE {schema_versions} SET version = 1 WHERE component = 'recovery'")
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 3
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:  # raises if the table is missing
-                assert tx.rows("SELECT * FROM {auth_failures}") == []
-        finally:
-            database.close()
-
-    def test_a_projection_registry_at_version_1_gets_the_skipped_reason(
-        self, audit_key: Path
+    @pytest.mark.parametrize(
+        ("undo", "component", "current", "read"),
+        [
+            # Recovery version 2 added the failed sign-ins' counts: a store the first
+            # catalog set up gets the table from the next start's migration.
+            ("DROP TABLE {auth_failures}", "recovery", 3, "SELECT * FROM {auth_failures}"),
+            # Projections version 2: a parked event can be skipped (skipped_reason).
+            (
+                "ALTER TABLE {projection_parked} DROP COLUMN skipped_reason",
+                "projections",
+                2,
+                "SELECT skipped_reason FROM {projection_parked}",
+            ),
+        ],
+        ids=["recovery auth_failures", "projections skipped_reason"],
+    )
+    def test_a_component_at_version_1_is_brought_up_to_date(
+        self, audit_key: Path, undo: str, component: str, current: int, read: str
     ) -> None:
-        # Projections version 2: a parked event can be skipped (skipped_reason).
         settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("ALTER TABLE {projection_parked} DROP COLUMN skipped_reason")
-                tx.execute(
-                    "UPDATE {schema_versions} SET version = 1 WHERE component = 'projections'"
-                )
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        assert catalog(settings)["projections"][0] == PROJECTIONS_SCHEMA_VERSION == 2
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:  # raises if the column is missing
-                assert tx.rows("SELECT skipped_reason FROM {projection_parked}") == []
-        finally:
-            database.close()
+        restarted_after_downgrade(settings, audit_key, undo, component=component, version=1)
+        assert catalog(settings)[component][0] == current
+        assert rows_of(settings, read) == []  # raises if the table or column is missing
 
     def test_a_recovery_schema_at_version_2_gets_the_partitions_progress_columns(
         self, audit_key: Path
@@ -236,34 +237,21 @@ class SchemaContract:
         # Version 3 counts progress in events: each job partition's events in scope
         # and its recent rate. A version 2 table (without them) gets both, its rows kept.
         settings = self.make()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
-        database = database_of(settings)
-        try:
-            with database.transaction(write=True) as tx:
-                tx.execute("DROP TABLE {job_partitions}")
-                tx.execute(VERSION_2_PARTITIONS)
-                tx.execute(
-                    "INSERT INTO {job_partitions} (job_id, partition_index, status, "
-                    "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)"
-                )
-                tx.execute("UPDATE {schema_versions} SET version = 2 WHERE component = 'recovery'")
-        finally:
-            database.close()
-        with recovery_context(settings, audit_key) as context:
-            start_everything(context)
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "DROP TABLE {job_partitions}",
+            VERSION_2_PARTITIONS,
+            "INSERT INTO {job_partitions} (job_id, partition_index, status, "
+            "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
+            component="recovery",
+            version=2,
+        )
         assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION
-        database = database_of(settings)
-        try:
-            with database.transaction(write=False) as tx:
-                rows = tx.rows(
-                    "SELECT position, events_in_scope, recent_rate FROM {job_partitions}"
-                )
-        finally:
-            database.close()
-        assert [dict(r) for r in rows] == [
-            {"position": 9, "events_in_scope": None, "recent_rate": None}
-        ]
+        rows = rows_of(
+            settings, "SELECT position, events_in_scope, recent_rate FROM {job_partitions}"
+        )
+        assert rows == [{"position": 9, "events_in_scope": None, "recent_rate": None}]
 
     def test_a_first_start_sets_each_component_up_once_and_records_it(
         self, audit_key: Path

@@ -40,13 +40,18 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Unpack
 from uuid import UUID
 
 from safereplay.domain.secret import hide_passwords, read_owner_only
 from safereplay.recovery.database import Database, missing_table
 from safereplay.recovery.errors import AuditKeyError, RecoveryError
-from safereplay.recovery.security.audit_report import UnreadableEntry, VerificationReport
+from safereplay.recovery.security.audit_query import EntryFilters, select_entries
+from safereplay.recovery.security.audit_report import (
+    ListedEntry,
+    UnreadableEntry,
+    VerificationReport,
+)
 from safereplay.recovery.settings import RecoverySettings
 
 __all__ = [
@@ -174,15 +179,10 @@ class AuditRecord:
 
 
 @dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(ListedEntry):
+    # A stored entry's seq is always a number (an unreadable row's may not be).
     seq: int
     entry_id: str
-    at: str
-    actor: str
-    action: str
-    scope: str
-    reason: str
-    outcome: str
     parameters: Mapping[str, Any]
     job_id: str | None
     prev_hash: str
@@ -426,73 +426,23 @@ class AuditTrail:
             return None
         return TrailHead(int(head[0]["seq"]), str(head[0]["hash"]), str(head[0]["mac"]), int(count))
 
-    def entries(
-        self,
-        *,
-        actor: str | None = None,
-        scope: str | None = None,
-        job_id: UUID | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[AuditEntry]:
-        rows = self._rows(
-            actor=actor,
-            scope=scope,
-            job_id=job_id,
-            action=action,
-            since=since,
-            until=until,
-            limit=limit,
-        )
-        return [self._entry(row) for row in rows]
+    def entries(self, **filters: Unpack[EntryFilters]) -> list[AuditEntry]:
+        return [self._entry(row) for row in self._rows(filters)]
 
-    def listing(self, **filters: Any) -> list[AuditEntry | UnreadableEntry]:
+    def listing(self, **filters: Unpack[EntryFilters]) -> list[AuditEntry | UnreadableEntry]:
         """:meth:`entries` (same filters) for a reader: a row that cannot be read (a
         value rewritten behind the trail's back, such as invalid JSON) is listed as an
         :class:`UnreadableEntry` instead of stopping the listing."""
         listed: list[AuditEntry | UnreadableEntry] = []
-        for row in self._rows(**filters):
+        for row in self._rows(filters):
             try:
                 listed.append(self._entry(row))
             except (ValueError, TypeError, KeyError) as exc:
                 listed.append(UnreadableEntry.of(row, exc))
         return listed
 
-    def _rows(
-        self,
-        *,
-        actor: str | None = None,
-        scope: str | None = None,
-        job_id: UUID | None = None,
-        action: str | None = None,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        limit: int | None = None,
-    ) -> list[Mapping[str, Any]]:
-        template = "SELECT * FROM {audit_entries} WHERE 1 = 1"
-        params: dict[str, Any] = {}
-        filters = {
-            " AND actor = %(actor)s": ("actor", actor),
-            " AND scope = %(scope)s": ("scope", scope),
-            " AND action = %(action)s": ("action", action),
-            " AND job_id = %(job_id)s": ("job_id", str(job_id) if job_id else None),
-        }
-        for fragment, (name, value) in filters.items():
-            if value is not None:
-                template += fragment
-                params[name] = value
-        if since is not None:
-            template += " AND at >= %(since)s"
-            params["since"] = since.astimezone(UTC).isoformat(timespec="microseconds")
-        if until is not None:
-            template += " AND at <= %(until)s"
-            params["until"] = until.astimezone(UTC).isoformat(timespec="microseconds")
-        template += " ORDER BY seq"
-        if limit is not None:
-            template += " LIMIT %(limit)s"
-            params["limit"] = limit
+    def _rows(self, filters: EntryFilters) -> list[Mapping[str, Any]]:
+        template, params = select_entries(filters)
         with self.database.transaction(write=False) as tx:
             return list(tx.rows(template, params))
 

@@ -15,7 +15,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["OutcomeUnknown", "UnreadableEntry", "VerificationReport", "outcomes_unknown"]
+__all__ = [
+    "ListedEntry",
+    "OutcomeUnknown",
+    "UnreadableEntry",
+    "VerificationReport",
+    "outcomes_unknown",
+]
 
 
 @dataclass(frozen=True)
@@ -74,9 +80,9 @@ class VerificationReport:
 
 
 @dataclass(frozen=True)
-class UnreadableEntry:
-    """A stored row that cannot be read back as an entry: tampered with (listed, never
-    trusted; ``audit verify`` names it)."""
+class ListedEntry:
+    """What ``audit list`` shows of every row, readable or not: which, when, who did
+    what where, why, and how it ended."""
 
     seq: int | str
     at: str
@@ -85,6 +91,13 @@ class UnreadableEntry:
     scope: str
     reason: str
     outcome: str
+
+
+@dataclass(frozen=True)
+class UnreadableEntry(ListedEntry):
+    """A stored row that cannot be read back as an entry: tampered with (listed, never
+    trusted; ``audit verify`` names it)."""
+
     unreadable: str
 
     @classmethod
