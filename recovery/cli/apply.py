@@ -21,6 +21,7 @@ from safereplay.recovery.cli.support import (
     console,
     emit,
     error_console,
+    fail,
     recovery_context,
 )
 from safereplay.recovery.cli.templates import Settings
@@ -45,12 +46,39 @@ class ProcessDriver:
         self.jobs = jobs
         self.workers = workers
         self.processes: list[WorkerProcess] = []
+        self.by_job: dict[UUID, list[WorkerProcess]] = {}
 
     def start(self, job_id: UUID) -> None:
-        self.processes += start_workers(str(job_id), self.workers)
+        started = start_workers(str(job_id), self.workers)
+        self.by_job[job_id] = started
+        self.processes += started
 
     def wait(self, job_id: UUID, done: Callable[[JobStatus], bool]) -> JobStatus:
-        return wait_for_job(self.jobs.status, job_id, done, poll=0.2)
+        """The job's status once ``done`` holds; stops (exit 1) if every local worker
+        of the job has exited before that. Workers wait while partitions are held for
+        a canary, so all of them gone means they failed (an import error in the
+        projection code, a lost database): polling on would wait forever."""
+        workers = self.by_job.get(job_id, [])
+
+        def done_or_abandoned(status: JobStatus) -> bool:
+            return done(status) or (bool(workers) and all(w.poll() is not None for w in workers))
+
+        status = wait_for_job(self.jobs.status, job_id, done_or_abandoned, poll=0.2)
+        if done(status):
+            return status
+        # A worker may have finished the job just before it exited: read it once more.
+        status = self.jobs.status(job_id)
+        if not done(status):
+            # Only named here: close() passes their error output on.
+            failed = [f for w in workers if (f := w.failure()) is not None]
+            fail(
+                f"every local worker of job {job_id} exited while it was {status.job.state} "
+                f"({'; '.join(failed) or 'they exited without an error'}). Nothing is lost: "
+                "the job resumes where it stopped once the cause is fixed, with "
+                f"`safereplay worker --job {job_id} --exit-when-idle`",
+                EXIT_NO,
+            )
+        return status
 
     def close(self) -> None:
         stopped = []
