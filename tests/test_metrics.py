@@ -50,8 +50,7 @@ def backend_env(settings: DomainSettings) -> dict[str, str]:
 
 
 def cli(env: dict[str, str], *args: str) -> Any:
-    result = CliRunner().invoke(app, list(args), env=env)
-    return result
+    return CliRunner().invoke(app, list(args), env=env)
 
 
 def cli_json(env: dict[str, str], *args: str) -> Any:
@@ -134,9 +133,9 @@ class MetricsContract:
         assert found[("safereplay_projection_redriven_events_total", board())] == 0
         assert found[("safereplay_projection_skipped_events_total", board())] == 0
         # Never-built projections have no position to report.
-        assert not any(
-            dict(labels).get("projection") == "workflow_stats" for _, labels in found
-        ), "workflow_stats was never built"
+        assert not any(dict(labels).get("projection") == "workflow_stats" for _, labels in found), (
+            "workflow_stats was never built"
+        )
         # The catch-up job completed; no job is active, so no job progress series.
         assert found[("safereplay_jobs", (("state", "completed"),))] == 1
         assert found[("safereplay_jobs", (("state", "running"),))] == 0
@@ -162,9 +161,7 @@ class MetricsContract:
         )
         assert found[("safereplay_projection_backlog_events", board())] == report.backlog > 0
 
-    def test_an_active_job_is_counted_by_kind_and_projection(
-        self, world: dict[str, Any]
-    ) -> None:
+    def test_an_active_job_is_counted_by_kind_and_projection(self, world: dict[str, Any]) -> None:
         context = world["context"]
         planned = cli_json(world["admin"], "rebuild", "run_status", "-r", "later", "-w", "0")
         status = context.jobs.status(UUID(planned["job_id"]))

@@ -166,7 +166,7 @@ class RecoveryCollector(Collector):
             if seconds is not None:
                 eta.add_metric(list(key), seconds)
         by_state = _gauge("safereplay_jobs", "Jobs in the jobs table, by state.", ["state"])
-        counts = {state: 0 for state in JobState}
+        counts = dict.fromkeys(JobState, 0)
         for job in jobs.list_jobs(limit=MAX_JOBS_COUNTED):
             counts[job.state] += 1
         for state, count in counts.items():
