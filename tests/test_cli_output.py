@@ -162,6 +162,7 @@ def _token_revoke(cli: Cli) -> list[str]:
 CASES: dict[str, Callable[[Cli], list[str]]] = {
     "status": lambda cli: ["status"],
     "projections": lambda cli: ["projections"],
+    "metrics": lambda cli: ["metrics"],
     "jobs": _jobs,
     "pause": lambda cli: ["pause", cli.planned_rebuild(), "-r", "hold on"],
     "abort": lambda cli: ["abort", cli.planned_rebuild(), "-r", "not needed"],

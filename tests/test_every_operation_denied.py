@@ -183,6 +183,7 @@ def test_apply_resolves_no_template_for_a_principal_without_grants(world: dict[s
 CLI_CALLS: dict[str, list[str]] = {
     "status": [],
     "projections": [],
+    "metrics": [],
     "rows": ["run_status", "runs"],
     "jobs": [],
     "pause": ["{job_id}", "-r", "x"],

@@ -1,9 +1,11 @@
-"""CLI: ``projections`` (every registered projection's lifecycle) and ``rows`` (a
-projection's rows). Both are reads through the dispatch layer (view permission)."""
+"""CLI: ``projections`` (every registered projection's lifecycle), ``rows`` (a
+projection's rows) and ``metrics`` (the Prometheus exposition). All are reads
+through the dispatch layer (view permission)."""
 
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import console, emit, operation, to_jsonable
+from safereplay.recovery.operations.metrics import samples_of
 from safereplay.recovery.operations.projections import ProjectionLifecycle, RowsResult
 
 __all__ = ["register"]
@@ -89,6 +92,20 @@ def rows_command(
     emit(result, as_json=as_json, human=_rows_table)
 
 
+def metrics_command(as_json: Json = False) -> None:
+    """Prometheus metrics computed from the store now (text exposition format):
+    projections' positions, lag and parked events, active jobs' progress. Needs a
+    viewer grant. With --json: the samples as a list of {name, labels, value}."""
+    text = str(operation("metrics"))
+    if as_json:
+        emit(samples_of(text), as_json=True, human=lambda _: None)
+    else:
+        # The exposition text verbatim: rich would highlight and wrap it.
+        sys.stdout.write(text)
+        sys.stdout.flush()
+
+
 def register(app: typer.Typer) -> None:
     app.command("projections")(projections_command)
     app.command("rows")(rows_command)
+    app.command("metrics")(metrics_command)

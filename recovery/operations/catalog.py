@@ -15,6 +15,7 @@ from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.operations.drills import register_drill_operations
 from safereplay.recovery.operations.jobs import register_job_operations
+from safereplay.recovery.operations.metrics import register_metrics_operations
 from safereplay.recovery.operations.parked import register_parked_operations
 from safereplay.recovery.operations.projections import register_projection_operations
 from safereplay.recovery.operations.rebuilds import register_recovery_operations
@@ -39,6 +40,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_schema_operations,
     register_seed_operations,
     register_parked_operations,
+    register_metrics_operations,
 )
 
 

@@ -1,0 +1,202 @@
+"""Issue #19 point 1, the first increment: ``safereplay metrics`` exposes Prometheus
+metrics computed from the database on each scrape, and they say what the store says.
+
+- after a first build (catch-up, nothing parked): the projection's position is the
+  log's head, its lag and backlog 0, nothing parked, re-driven or skipped;
+- after more events are recorded: its lag is the new events' positions;
+- a planned job shows its events in scope, by kind and projection (never job id);
+- ``--json`` lists the same samples as {name, labels, value};
+- a scrape needs a viewer grant.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
+
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.projections.status import projection_status
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.metrics import render_metrics
+from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.settings import RecoverySettings
+
+#: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def backend_env(settings: DomainSettings) -> dict[str, str]:
+    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
+    if settings.backend == "sqlite":
+        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
+    assert settings.postgres_dsn is not None
+    return env | {
+        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
+    }
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def cli_json(env: dict[str, str], *args: str) -> Any:
+    result = cli(env, *args, "--json")
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def scrape(text: str) -> dict[tuple[str, Labels], float]:
+    """Every sample of an exposition text, by name and labels."""
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def board(build: int = 1) -> Labels:
+    return (("build", str(build)), ("projection", "run_status"))
+
+
+class MetricsContract:
+    """The same scrape against each backend's store."""
+
+    def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def world(
+        self, request: pytest.FixtureRequest, tmp_path: Path, key_file: Path
+    ) -> Iterator[dict[str, Any]]:
+        """A recorded workload; run_status built once (catch-up), nothing parked."""
+        AuditKey.generate().save(tmp_path / "audit.key")
+        settings = self.settings(request, tmp_path)
+        with AutomationApp(settings) as application:
+            record_workload(application, workflows=2, runs_per_workflow=3, seed=5)
+        context = RecoveryContext(
+            domain=settings, recovery=RecoverySettings(audit_key_file=tmp_path / "audit.key")
+        )
+        admin_token = bootstrap_admin(context, "ada")
+        admin = context.access.authenticate(admin_token)
+        run = open_operations(context).run
+        run(admin, "principals.add", reason="t", name="vic", kind="person")
+        run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
+        viewer_token = run(admin, "token.issue", reason="t", name="vic")
+        context.access.add_principal("mallory", kind="person", created_by="ada")
+        stranger_token = context.access.issue_token("mallory")
+        env = backend_env(settings) | {"SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key")}
+        admin_env = env | {"SAFEREPLAY_TOKEN": admin_token}
+        planned = cli_json(admin_env, "catch-up", "run_status", "-r", "first build", "-w", "0")
+        done = cli(admin_env, "worker", "--job", planned["job_id"], "--exit-when-idle")
+        assert done.exit_code == 0, done.output
+        yield {
+            "settings": settings,
+            "context": context,
+            "admin": admin_env,
+            "viewer": env | {"SAFEREPLAY_TOKEN": viewer_token},
+            "stranger": env | {"SAFEREPLAY_TOKEN": stranger_token},
+        }
+        context.close()
+
+    def test_after_a_first_build_the_figures_are_the_stores(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        result = cli(world["viewer"], "metrics")
+        assert result.exit_code == 0, result.output
+        found = scrape(result.stdout)
+
+        head, mark = context.log.head(), context.log.high_water_mark()
+        assert head > 0
+        assert found[("safereplay_log_head_position", ())] == head
+        assert found[("safereplay_high_water_mark_position", ())] == mark
+        report = projection_status(
+            context.projection_store, "run_status", high_water_mark=mark, head=head
+        )
+        assert report.position == head, "the catch-up read the whole log"
+        assert found[("safereplay_projection_position", board())] == report.position
+        assert found[("safereplay_projection_lag_positions", board())] == 0
+        assert found[("safereplay_projection_backlog_events", board())] == 0
+        assert found[("safereplay_projection_parked_events", board())] == 0
+        assert found[("safereplay_projection_redriven_events_total", board())] == 0
+        assert found[("safereplay_projection_skipped_events_total", board())] == 0
+        # Never-built projections have no position to report.
+        assert not any(dict(labels).get("projection") == "workflow_stats" for _, labels in found), (
+            "workflow_stats was never built"
+        )
+        # The catch-up job completed; no job is active, so no job progress series.
+        assert found[("safereplay_jobs", (("state", "completed"),))] == 1
+        assert found[("safereplay_jobs", (("state", "running"),))] == 0
+        assert not any(name.startswith("safereplay_job_events") for name, _ in found)
+
+    def test_lag_is_the_new_events_positions(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        before = context.log.head()
+        with AutomationApp(world["settings"]) as application:
+            record_workload(application, workflows=1, runs_per_workflow=2, seed=9)
+        after = context.log.head()
+        assert after > before
+
+        found = scrape(render_metrics(context).decode())
+        assert found[("safereplay_log_head_position", ())] == after
+        assert found[("safereplay_projection_position", board())] == before
+        assert found[("safereplay_projection_lag_positions", board())] == after - before
+        report = projection_status(
+            context.projection_store,
+            "run_status",
+            high_water_mark=context.log.high_water_mark(),
+            head=after,
+        )
+        assert found[("safereplay_projection_backlog_events", board())] == report.backlog > 0
+
+    def test_an_active_job_is_counted_by_kind_and_projection(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        planned = cli_json(world["admin"], "rebuild", "run_status", "-r", "later", "-w", "0")
+        status = context.jobs.status(UUID(planned["job_id"]))
+
+        found = scrape(cli(world["viewer"], "metrics").stdout)
+        job = (("job", "rebuild"), ("projection", "run_status"))
+        assert found[("safereplay_job_events_in_scope", job)] == status.events_in_scope > 0
+        assert found[("safereplay_job_events_applied", job)] == 0
+        assert found[("safereplay_jobs", (("state", "planned"),))] == 1
+        assert not any(planned["job_id"] in value for _, labels in found for _, value in labels)
+
+    def test_json_lists_the_same_samples(self, world: dict[str, Any]) -> None:
+        text = cli(world["viewer"], "metrics").stdout
+        listed = cli_json(world["viewer"], "metrics")
+        assert {
+            (s["name"], tuple(sorted(s["labels"].items()))): s["value"] for s in listed
+        } == scrape(text)
+        assert set(listed[0]) == {"name", "labels", "value"}
+
+    def test_a_scrape_needs_a_viewer_grant(self, world: dict[str, Any]) -> None:
+        result = cli(world["stranger"], "metrics")
+        assert result.exit_code == 3, result.output
+        assert "'mallory' may not metrics" in result.output
+
+
+class TestSQLiteMetrics(MetricsContract):
+    def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
+        key_file = request.getfixturevalue("key_file")
+        return DomainSettings.from_env(
+            backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+        )
+
+
+@pytest.mark.postgres
+class TestPostgresMetrics(MetricsContract):
+    def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
+        settings: DomainSettings = request.getfixturevalue("postgres_settings")()
+        return settings
