@@ -486,3 +486,43 @@ def operator_cli_env(
     result = CliRunner().invoke(app, bootstrap_args("root"), env=sqlite_cli_env)
     assert result.exit_code == 0, result.output
     return {**sqlite_cli_env, "SAFEREPLAY_TOKEN": bootstrapped_token(result.output)}
+
+
+def backend_env(settings: DomainSettings) -> dict[str, str]:
+    """The CLI's environment for a store of these settings (no token, no audit key)."""
+    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
+    if settings.backend == "sqlite":
+        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
+    assert settings.postgres_dsn is not None
+    return env | {
+        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
+        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
+    }
+
+
+def principals_world(
+    settings: DomainSettings, audit_key_file: Path
+) -> tuple[RecoveryContext, dict[str, dict[str, str]]]:
+    """A recovery context over ``settings`` with three principals, and each one's CLI
+    environment: ``admin`` (ada, the first admin), ``viewer`` (vic, a viewer of every
+    projection) and ``stranger`` (mallory, no grant)."""
+    from safereplay.recovery.operations.catalog import open_operations
+    from safereplay.recovery.operations.security import bootstrap_admin
+
+    context = RecoveryContext(
+        domain=settings, recovery=RecoverySettings(audit_key_file=audit_key_file)
+    )
+    admin_token = bootstrap_admin(context, "ada")
+    admin = context.access.authenticate(admin_token)
+    run = open_operations(context).run
+    run(admin, "principals.add", reason="t", name="vic", kind="person")
+    run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
+    viewer_token = run(admin, "token.issue", reason="t", name="vic")
+    context.access.add_principal("mallory", kind="person", created_by="ada")
+    stranger_token = context.access.issue_token("mallory")
+    env = backend_env(settings) | {"SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key_file)}
+    return context, {
+        "admin": env | {"SAFEREPLAY_TOKEN": admin_token},
+        "viewer": env | {"SAFEREPLAY_TOKEN": viewer_token},
+        "stranger": env | {"SAFEREPLAY_TOKEN": stranger_token},
+    }

@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from recovery_fixtures import backend_env
 from typer.main import get_command
 from typer.testing import CliRunner
 
@@ -66,17 +67,6 @@ def world(
         | {"SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key"), "SAFEREPLAY_TOKEN": token},
     }
     context.close()
-
-
-def backend_env(settings: DomainSettings) -> dict[str, str]:
-    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
-    if settings.backend == "sqlite":
-        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
-    assert settings.postgres_dsn is not None
-    return env | {
-        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
-        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
-    }
 
 
 def parameters(world: dict[str, Any]) -> dict[str, Any]:

@@ -19,34 +19,20 @@ from uuid import UUID
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from recovery_fixtures import principals_world
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.projections.status import projection_status
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.operations.catalog import open_operations
-from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.metrics import render_metrics
-from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.audit import AuditKey
-from safereplay.recovery.settings import RecoverySettings
 
 #: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 Labels = tuple[tuple[str, str], ...]
-
-
-def backend_env(settings: DomainSettings) -> dict[str, str]:
-    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
-    if settings.backend == "sqlite":
-        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
-    assert settings.postgres_dsn is not None
-    return env | {
-        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
-        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
-    }
 
 
 def cli(env: dict[str, str], *args: str) -> Any:
@@ -87,28 +73,15 @@ class MetricsContract:
         settings = self.settings(request, tmp_path)
         with AutomationApp(settings) as application:
             record_workload(application, workflows=2, runs_per_workflow=3, seed=5)
-        context = RecoveryContext(
-            domain=settings, recovery=RecoverySettings(audit_key_file=tmp_path / "audit.key")
-        )
-        admin_token = bootstrap_admin(context, "ada")
-        admin = context.access.authenticate(admin_token)
-        run = open_operations(context).run
-        run(admin, "principals.add", reason="t", name="vic", kind="person")
-        run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
-        viewer_token = run(admin, "token.issue", reason="t", name="vic")
-        context.access.add_principal("mallory", kind="person", created_by="ada")
-        stranger_token = context.access.issue_token("mallory")
-        env = backend_env(settings) | {"SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key")}
-        admin_env = env | {"SAFEREPLAY_TOKEN": admin_token}
+        context, envs = principals_world(settings, tmp_path / "audit.key")
+        admin_env = envs["admin"]
         planned = cli_json(admin_env, "catch-up", "run_status", "-r", "first build", "-w", "0")
         done = cli(admin_env, "worker", "--job", planned["job_id"], "--exit-when-idle")
         assert done.exit_code == 0, done.output
         yield {
             "settings": settings,
             "context": context,
-            "admin": admin_env,
-            "viewer": env | {"SAFEREPLAY_TOKEN": viewer_token},
-            "stranger": env | {"SAFEREPLAY_TOKEN": stranger_token},
+            **envs,
         }
         context.close()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from recovery_fixtures import principals_world
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
@@ -31,24 +32,11 @@ from safereplay.projections import (
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
-from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.security.access import AccessDenied
 from safereplay.recovery.security.audit import AuditKey
-from safereplay.recovery.settings import RecoverySettings
 
 #: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
-
-
-def backend_env(settings: DomainSettings) -> dict[str, str]:
-    env = {"SAFEREPLAY_BACKEND": settings.backend, "SAFEREPLAY_KEY_FILE": str(settings.key_file)}
-    if settings.backend == "sqlite":
-        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
-    assert settings.postgres_dsn is not None
-    return env | {
-        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
-        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
-    }
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -67,25 +55,12 @@ def world(
     with AutomationApp(settings) as application:
         record_workload(application, workflows=2, runs_per_workflow=3, seed=5)
         head = application.head_position()
-    context = RecoveryContext(
-        domain=settings, recovery=RecoverySettings(audit_key_file=tmp_path / "audit.key")
-    )
-    admin_token = bootstrap_admin(context, "ada")
-    admin = context.access.authenticate(admin_token)
-    run = open_operations(context).run
-    run(admin, "principals.add", reason="t", name="vic", kind="person")
-    run(admin, "grant", reason="t", name="vic", role="viewer", grant_scope="projection:*")
-    viewer_token = run(admin, "token.issue", reason="t", name="vic")
-    context.access.add_principal("mallory", kind="person", created_by="ada")
-    stranger_token = context.access.issue_token("mallory")
-    env = backend_env(settings) | {"SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key")}
+    context, envs = principals_world(settings, tmp_path / "audit.key")
     yield {
         "settings": settings,
         "context": context,
         "head": head,
-        "admin": env | {"SAFEREPLAY_TOKEN": admin_token},
-        "viewer": env | {"SAFEREPLAY_TOKEN": viewer_token},
-        "stranger": env | {"SAFEREPLAY_TOKEN": stranger_token},
+        **envs,
     }
     context.close()
 
