@@ -28,6 +28,7 @@ from recovery_fixtures import (
     QUICK_RUNNER,
     Recovery,
     RecoveryContract,
+    backend_env,
     bootstrap_args,
     bootstrapped_token,
 )
@@ -121,18 +122,9 @@ def set_versions(settings: DomainSettings, version: int) -> None:
 
 
 def cli_env(settings: DomainSettings, audit_key: Path) -> dict[str, str]:
-    env = {
-        "SAFEREPLAY_BACKEND": settings.backend,
-        "SAFEREPLAY_KEY_FILE": str(settings.key_file),
+    return backend_env(settings) | {
         "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
         "SAFEREPLAY_MIGRATE_ON_START": "true" if settings.migrate_on_start else "false",
-    }
-    if settings.backend == "sqlite":
-        return env | {"SAFEREPLAY_SQLITE_PATH": str(settings.sqlite_path)}
-    assert settings.postgres_dsn is not None
-    return env | {
-        "SAFEREPLAY_POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
-        "SAFEREPLAY_POSTGRES_SCHEMA": settings.postgres_schema,
     }
 
 
