@@ -32,6 +32,7 @@ ALLOWED = {"domain": set(), "projections": {"domain"}, "recovery": {"projections
 #: façade: it may import from any layer, and nothing inside the package imports it.
 RECOVERY_LAYERS = (
     "cli",
+    "api",
     "operations",
     "migrations",
     "templates",

@@ -25,6 +25,7 @@ from safereplay.recovery.cli import projections as cli_projections
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
+from safereplay.recovery.cli import serve as cli_serve
 from safereplay.recovery.cli import templates as cli_templates
 from safereplay.recovery.cli.demo import DemoResult, run_demo, status_table
 from safereplay.recovery.cli.security import Json
@@ -181,6 +182,7 @@ cli_apply.register(app)
 cli_schema.register(app)
 cli_init.register(app)
 cli_projections.register(app)
+cli_serve.register(app)
 
 
 def main() -> None:

@@ -45,23 +45,18 @@ import socket
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
-from enum import Enum
-from pathlib import Path
 from typing import Any, NoReturn
-from uuid import UUID
 
 from rich.console import Console
 
 from safereplay.domain import DomainError
-from safereplay.domain.errors import SchemaError
-from safereplay.projections import PositionConflict, ProjectionError
-from safereplay.recovery.errors import InvalidJobTransition, JobConflict, RecoveryError
+from safereplay.projections import ProjectionError
+from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.shapes import EPOCH_FIELDS, error_code, iso_time, to_jsonable
 from safereplay.recovery.operations.store_check import check_store
 from safereplay.recovery.security.access import (
-    AccessDenied,
     AuthenticationFailed,
     Principal,
     claimed_token_id,
@@ -113,6 +108,13 @@ ERROR_CODES = {
     EXIT_CONFLICT: "conflict",
     EXIT_SCHEMA: "schema",
 }
+#: Failures the command line reports as invalid input (exit 2), as it always has:
+#: a missing job or projection, or a store it cannot reach, is something to change
+#: in the command or the configuration.
+_EXIT_CODES = {name: code for code, name in ERROR_CODES.items()} | {
+    "not_found": EXIT_INVALID,
+    "unavailable": EXIT_INVALID,
+}
 
 
 @dataclasses.dataclass
@@ -143,15 +145,8 @@ def fail(message: str, code: int) -> NoReturn:
 
 
 def exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, AccessDenied):
-        return EXIT_DENIED
-    if isinstance(exc, AuthenticationFailed):
-        return EXIT_UNAUTHENTICATED
-    if isinstance(exc, JobConflict | PositionConflict | InvalidJobTransition):
-        return EXIT_CONFLICT
-    if isinstance(exc, SchemaError):
-        return EXIT_SCHEMA
-    return EXIT_INVALID
+    """The exit code of the failure :func:`~.shapes.error_code` names."""
+    return _EXIT_CODES[error_code(exc)]
 
 
 @contextmanager
@@ -243,46 +238,6 @@ def refuse_token_arguments(args: Sequence[str]) -> None:
         "SAFEREPLAY_TOKEN_FILE only",
         EXIT_UNAUTHENTICATED,
     )
-
-
-#: Fields the job store keeps as epoch seconds (its database format): emitted as
-#: ISO 8601 UTC like every other time.
-EPOCH_FIELDS = frozenset(
-    {"created_at", "updated_at", "started_at", "lease_expires_at", "expires_at", "retry_at"}
-)
-
-
-def iso_time(value: datetime | float) -> str:
-    """A time as ISO 8601 in UTC; a naive datetime is taken to be UTC already (the
-    stores write UTC)."""
-    if not isinstance(value, datetime):
-        return datetime.fromtimestamp(value, UTC).isoformat(timespec="microseconds")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _field(key: Any, value: Any) -> Any:
-    if key in EPOCH_FIELDS and isinstance(value, int | float) and not isinstance(value, bool):
-        return iso_time(value)
-    return to_jsonable(value)
-
-
-def to_jsonable(value: Any) -> Any:
-    """``value`` as JSON types: dataclasses and mappings as objects, times as ISO 8601 UTC."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return to_jsonable(dataclasses.asdict(value))
-    if isinstance(value, dict):
-        return {str(k): _field(k, v) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [to_jsonable(v) for v in value]
-    if isinstance(value, UUID | Path):
-        return str(value)
-    if isinstance(value, datetime):
-        return iso_time(value)
-    if isinstance(value, Enum):
-        return value.value
-    return value
 
 
 def emit(result: Any, *, as_json: bool, human: Callable[[Any], None]) -> None:

@@ -24,7 +24,7 @@ from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
 from safereplay.recovery.registry import ProjectionRegistry
-from safereplay.recovery.security.access import AccessControl, Principal
+from safereplay.recovery.security.access import AccessControl, Principal, VerifiedSecrets
 from safereplay.recovery.security.anchors import sink_from_settings
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
 from safereplay.recovery.security.audit_verify import Anchoring
@@ -47,15 +47,20 @@ class RecoveryContext:
     #: ``safereplay migrate``, which reads the access tables of an older version to
     #: authenticate its caller before it migrates them.
     check_schema: bool = True
+    #: Token secrets already checked by this process (a server's requests share one).
+    verified_secrets: VerifiedSecrets | None = None
     _closers: list[object] = field(default_factory=list)
     _schema_checked: bool = False
 
     @classmethod
-    def from_env(cls, *, check_schema: bool = True) -> RecoveryContext:
+    def from_env(
+        cls, *, check_schema: bool = True, verified_secrets: VerifiedSecrets | None = None
+    ) -> RecoveryContext:
         return cls(
             domain=DomainSettings.from_env(),
             recovery=RecoverySettings.from_env(),
             check_schema=check_schema,
+            verified_secrets=verified_secrets,
         )
 
     def ensure_schema(self) -> None:
@@ -142,7 +147,7 @@ class RecoveryContext:
 
     @cached_property
     def access(self) -> AccessControl:
-        access = AccessControl(self.database)
+        access = AccessControl(self.database, verified=self.verified_secrets)
         self.ensure_schema()
         return access
 
@@ -187,8 +192,15 @@ class RecoveryContext:
         A failed sign-in is audited before its error is raised; ``origin`` says where
         the attempt came from (the command, a host, an address).
         """
+        return self.sign_in(self.recovery.load_token, origin=origin)
+
+    def sign_in(
+        self, token: Callable[[], str], *, origin: Mapping[str, str] | None = None
+    ) -> Principal:
+        """The principal whose token ``token()`` gives (a callable: reading it may fail
+        too, and that failure is audited like a wrong token); see :meth:`caller`."""
         try:
-            principal = self.access.authenticate(self.recovery.load_token())
+            principal = self.access.authenticate(token())
         except AuthenticationFailed as exc:
             try:
                 self.sign_ins.failed(exc, origin or {})

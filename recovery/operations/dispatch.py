@@ -5,7 +5,9 @@ is registered here with the permission it needs and how its scope is derived
 from its parameters. :meth:`Operations.run` is the only way to call one: it
 checks the caller's permission *before* the handler runs, and appends an audit
 entry for every attempt — denied, failed or succeeded — so no operation can
-bypass access control or the audit trail.
+bypass access control or the audit trail. (The one exception: a successful
+*monitoring* read — status, positions, job progress, metrics, alerts, polled
+by dashboards and scrapers — is not audited; its denials and failures are.)
 
 The check comes first in two steps. A principal holding the operation's
 permission on no scope at all is refused before anything else: before its scope
@@ -82,6 +84,10 @@ class OperationSpec:
     #: Deriving the scope reads the database (a job, a template): not done for a
     #: principal without the permission anywhere.
     scope_reads: bool = True
+    #: A routine monitoring read (status, positions, job progress, metrics, alerts),
+    #: polled by dashboards and scrapers every few seconds: its denials and failures
+    #: are audited, its successes are not (they would bury every other entry).
+    monitoring: bool = False
 
     @property
     def needs_reason(self) -> bool:
@@ -138,6 +144,7 @@ class Operations:
         prepare: Preparer | None = None,
         long_running: bool = False,
         scope_reads: bool | None = None,
+        monitoring: bool = False,
     ) -> None:
         """Register an operation; ``changes_state`` defaults to "needs more than view".
 
@@ -146,7 +153,11 @@ class Operations:
         ``long_running`` operations get an audit entry when they start, too.
         ``scope_reads``: does ``scope`` read the database? (By default: a fixed scope
         or the projection parameter's does not, any other function may.)
+        ``monitoring``: a routine read whose successes are not audited (see
+        :attr:`OperationSpec.monitoring`); only for operations that change nothing.
         """
+        if monitoring and permission != Permission.VIEW:
+            raise ValueError(f"operation {name!r}: only a view operation can be monitoring")
         if name in self._specs:
             raise ValueError(f"operation {name!r} is registered twice")
         scope_of = scope if callable(scope) else (lambda _params, fixed=scope: fixed)
@@ -164,6 +175,7 @@ class Operations:
             prepare,
             long_running,
             scope_reads,
+            monitoring,
         )
 
     @property
@@ -255,6 +267,8 @@ class Operations:
                 )
             )
             raise
+        if spec.monitoring:
+            return result
         self._append(
             AuditRecord(
                 **{

@@ -82,6 +82,7 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
         scope=lambda p: f"projection:{p.get('projection') or '*'}",
         summary="list jobs with progress, rate and ETA",
         scope_reads=False,
+        monitoring=True,
     )
     for name, state in (
         ("pause", JobState.PAUSED),

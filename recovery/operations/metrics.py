@@ -201,4 +201,5 @@ def register_metrics_operations(operations: Operations, context: RecoveryContext
         handler=metrics,
         scope="projection:*",
         summary="Prometheus metrics: projections' positions and lag, active jobs' progress",
+        monitoring=True,
     )

@@ -257,6 +257,7 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
         handler=status_report,
         scope=status_scope,
         summary="head, safe head, and each projection's position, backlog and last commit",
+        monitoring=True,
     )
     operations.register(
         "parked.list",
@@ -270,6 +271,7 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
         handler=lifecycle,
         scope="projection:*",
         summary="every registered projection: version, live build, state and backlog",
+        monitoring=True,
     )
     operations.register(
         "rows",

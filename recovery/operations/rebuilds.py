@@ -436,6 +436,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             if name in _TAKES_A_JOB
             else None,
             long_running=name in ("worker", "follow"),
+            monitoring=name == "jobs.show",
         )
 
 

@@ -19,8 +19,10 @@ yields no usable credential. The plaintext is returned once, when issued.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -42,6 +44,7 @@ __all__ = [
     "Permission",
     "Principal",
     "Role",
+    "VerifiedSecrets",
     "claimed_token_id",
     "scope_covers",
 ]
@@ -138,12 +141,54 @@ def check_scope(scope: str) -> str:
     return scope
 
 
-class AccessControl:
-    """Principals, grants and tokens in the recovery database."""
+class VerifiedSecrets:
+    """Token secrets this process has already checked against their stored hash.
 
-    def __init__(self, database: Database, *, hasher: PasswordHasher | None = None) -> None:
+    Argon2id is slow on purpose (tens of milliseconds a check), which is right for
+    one command but not for a dashboard that calls the API every few seconds. A
+    long-running server shares one of these between its requests: a secret whose
+    SHA-256, with the stored hash it matched, is remembered here skips the Argon2
+    check. The token's row is still read on every call, so a revoked token or a
+    re-issued hash is refused at once; nothing here leaves the process's memory.
+    """
+
+    def __init__(self, *, capacity: int = 1024) -> None:
+        self._capacity = capacity
+        self._known: dict[tuple[str, str], str] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _digest(secret: str) -> str:
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def matches(self, token_id: str, secret: str, secret_hash: str) -> bool:
+        with self._lock:
+            return self._known.get((token_id, self._digest(secret))) == secret_hash
+
+    def remember(self, token_id: str, secret: str, secret_hash: str) -> None:
+        with self._lock:
+            if len(self._known) >= self._capacity:
+                self._known.clear()  # a bounded cache: forgetting only costs a slow check
+            self._known[(token_id, self._digest(secret))] = secret_hash
+
+
+class AccessControl:
+    """Principals, grants and tokens in the recovery database.
+
+    ``verified``: secrets already checked by this process (see
+    :class:`VerifiedSecrets`); ``None`` (the default) checks every token in full.
+    """
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        hasher: PasswordHasher | None = None,
+        verified: VerifiedSecrets | None = None,
+    ) -> None:
         self.database = database
         self._hasher = hasher or PasswordHasher()
+        self._verified = verified
 
     @staticmethod
     def schema_statements() -> list[str]:
@@ -311,12 +356,18 @@ class AccessControl:
         if not rows:
             raise AuthenticationFailed(message, failure="unknown-token", token_id=token_id)
         row = rows[0]
-        try:
-            self._hasher.verify(row["secret_hash"], secret)
-        except (VerifyMismatchError, VerificationError, InvalidHashError):
-            raise AuthenticationFailed(
-                message, failure="wrong-secret", token_id=token_id, claimed=row["principal"]
-            ) from None
+        known = self._verified is not None and self._verified.matches(
+            token_id, secret, row["secret_hash"]
+        )
+        if not known:
+            try:
+                self._hasher.verify(row["secret_hash"], secret)
+            except (VerifyMismatchError, VerificationError, InvalidHashError):
+                raise AuthenticationFailed(
+                    message, failure="wrong-secret", token_id=token_id, claimed=row["principal"]
+                ) from None
+            if self._verified is not None:
+                self._verified.remember(token_id, secret, row["secret_hash"])
         if row["revoked_at"] is not None:
             raise AuthenticationFailed(
                 message, failure="revoked-token", token_id=token_id, claimed=row["principal"]

@@ -1,0 +1,9 @@
+"""The API's endpoints, one module per concern; :data:`ROUTERS` lists them all."""
+
+from fastapi import APIRouter
+
+from safereplay.recovery.api.routes import jobs, status
+
+__all__ = ["ROUTERS"]
+
+ROUTERS: tuple[APIRouter, ...] = (status.router, jobs.router)
