@@ -196,8 +196,9 @@ def hand_over(directory: Path, story: StoryResult, console: Console) -> None:
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     console.print(
         "then try `safereplay status`, `safereplay jobs` or `safereplay rebuild run_status "
-        '--reason "try it"`. For a store of your own: `safereplay init`, then '
-        "`safereplay seed --events 1000 --reason ...`"
+        '--reason "try it"`. To watch and operate it in a browser: `safereplay serve`, '
+        "open http://127.0.0.1:8321/ and sign in with the token in that file. For a store "
+        "of your own: `safereplay init`, then `safereplay seed --events 1000 --reason ...`"
     )
 
 
