@@ -221,7 +221,9 @@ CLI_CALLS: dict[str, list[str]] = {
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a
 #: new store and its first admin (refused where anything exists, see test_cli_init).
-UNGUARDED = {"demo", "principals bootstrap", "init"}
+#: `serve` runs nothing itself: each request signs in and is checked (test_api_*), and
+#: its --workers run the `worker` operation, checked like `safereplay worker`.
+UNGUARDED = {"demo", "principals bootstrap", "init", "serve"}
 
 
 def all_commands() -> set[str]:
