@@ -6,7 +6,8 @@ over a new store (``safereplay init`` and ``seed``).
   (authenticated from its environment, no token on their command lines), which
   keep running once it is done;
 - SIGINT (Ctrl-C) and SIGTERM stop it with exit 0, and its workers with it;
-- ``--host 0.0.0.0`` without ``--allow-remote`` exits 2 naming the flag, serving nothing.
+- ``--host 0.0.0.0`` without ``--allow-remote`` exits 2 naming the flag, serving nothing;
+  ``--workers`` without a token in the environment exits 4, serving nothing.
 """
 
 from __future__ import annotations
@@ -190,4 +191,20 @@ def test_a_reachable_host_needs_allow_remote(store_env: dict[str, str]) -> None:
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--allow-remote" in result.stderr and "Traceback" not in result.stderr
     assert "serving" not in result.stdout
+    assert listening_addresses(port) == set()
+
+
+def test_workers_need_a_token_in_the_environment(store_env: dict[str, str]) -> None:
+    port = free_port()
+    without = {k: v for k, v in store_env.items() if k != "SAFEREPLAY_TOKEN_FILE"}
+    command = [sys.executable, "-m", "safereplay.recovery.cli", "serve", "--port", str(port)]
+    result = subprocess.run(
+        [*command, "--workers", "1"],
+        env=without,
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_SECONDS,
+    )
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "SAFEREPLAY_TOKEN" in result.stderr and "Traceback" not in result.stderr
     assert listening_addresses(port) == set()
