@@ -7,7 +7,8 @@ over a new store (``safereplay init`` and ``seed``).
   keep running once it is done;
 - SIGINT (Ctrl-C) and SIGTERM stop it with exit 0, and its workers with it;
 - ``--host 0.0.0.0`` without ``--allow-remote`` exits 2 naming the flag, serving nothing;
-  ``--workers`` without a token in the environment exits 4, serving nothing.
+  ``--workers`` without a token in the environment exits 4, serving nothing; a
+  worker that exits (its principal may operate on nothing) is reported, not restarted.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any, TextIO
 
 import httpx
 import pytest
-from recovery_fixtures import seeded_store_env, wait_until
+from recovery_fixtures import cli_process, seeded_store_env, wait_until
 
 #: Generous: the machine is slow and shared.
 STARTUP_SECONDS = 180.0
@@ -123,8 +124,8 @@ def serve(env: dict[str, str], tmp_path: Path, *args: str) -> Iterator[Served]:
         wait_until(ready, timeout=STARTUP_SECONDS, what="serve to answer", interval=0.2)
         assert process.stdout is not None
         announced = json.loads(process.stdout.readline())
-        token = Path(env["SAFEREPLAY_TOKEN_FILE"]).read_text().strip()
-        yield Served(process, url, token, announced, stderr)
+        token = env.get("SAFEREPLAY_TOKEN") or Path(env["SAFEREPLAY_TOKEN_FILE"]).read_text()
+        yield Served(process, url, token.strip(), announced, stderr)
     finally:
         if process.poll() is None:
             process.kill()
@@ -208,3 +209,23 @@ def test_workers_need_a_token_in_the_environment(store_env: dict[str, str]) -> N
     assert result.returncode == 4, result.stdout + result.stderr
     assert "SAFEREPLAY_TOKEN" in result.stderr and "Traceback" not in result.stderr
     assert listening_addresses(port) == set()
+
+
+def test_a_worker_that_exits_is_reported_not_restarted(
+    store_env: dict[str, str], tmp_path: Path
+) -> None:
+    cli_process(store_env, "principals", "add", "eve", "-r", "serves, operates nothing")
+    issued = cli_process(store_env, "token", "issue", "eve", "-r", "for serve", "--json")
+    env = {k: v for k, v in store_env.items() if k != "SAFEREPLAY_TOKEN_FILE"}
+    env["SAFEREPLAY_TOKEN"] = json.loads(issued.stdout)["token"]
+    with serve(env, tmp_path, "--workers", "1") as served:
+        [worker] = served.announced["workers"]
+        said = wait_until(
+            lambda: "not restarted" in served.errors() and served.errors(),
+            timeout=STARTUP_SECONDS,
+            what="serve to report its worker's exit",
+        )
+        assert f"worker 1 (pid {worker}) exited with code 3" in said, said
+        assert "'eve' may not worker" in said and env["SAFEREPLAY_TOKEN"] not in said
+        assert served.get("/api/me").status_code == 200, "the server itself serves on"
+        assert served.stop(signal.SIGINT) == 0, served.errors()
