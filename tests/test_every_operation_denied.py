@@ -221,8 +221,8 @@ CLI_CALLS: dict[str, list[str]] = {
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a
 #: new store and its first admin (refused where anything exists, see test_cli_init).
-#: `serve` needs no grant to listen: each request signs in with its own token and is
-#: checked by the dispatch layer (tests/test_api_*.py refuse every route without one).
+#: `serve` runs nothing itself: each request signs in and is checked (test_api_*), and
+#: its --workers run the `worker` operation, checked like `safereplay worker`.
 UNGUARDED = {"demo", "principals bootstrap", "init", "serve"}
 
 
