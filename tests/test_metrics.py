@@ -1,17 +1,32 @@
-"""Issue #19 point 1, the first increment: ``safereplay metrics`` exposes Prometheus
-metrics computed from the database on each scrape, and they say what the store says.
+"""Issue #19 point 1: ``safereplay metrics`` exposes Prometheus metrics computed from
+the database on each scrape, and they say what the store says; ``worker`` and
+``follow`` serve their own process's counters with ``--metrics-port``.
 
 - after a first build (catch-up, nothing parked): the projection's position is the
   log's head, its lag and backlog 0, nothing parked, re-driven or skipped;
-- after more events are recorded: its lag is the new events' positions;
-- a planned job shows its events in scope, by kind and projection (never job id);
+- after more events are recorded: its lag in positions is the new positions, its
+  backlog the new events of its types, its lag in seconds the time between the
+  newest event and the oldest one it has still to apply;
+- parked events are counted by error class: the five most frequent, then "other";
+- an active job shows its progress by kind, projection and partition (never job id),
+  with its rate, throttle, retries, conflicts, success ratio and breaker state;
 - ``--json`` lists the same samples as {name, labels, value};
-- a scrape needs a viewer grant.
+- a scrape needs a viewer grant;
+- ``safereplay worker --metrics-port`` serves the events it applied, as the job counts
+  them; a follower's counters agree with the rows it wrote and the events it parked;
+- every family is named by the conventions (prefix, ``_total`` counters, no id label).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime
@@ -22,17 +37,23 @@ from uuid import UUID, uuid4
 import pytest
 from projection_fixtures import parked_event
 from prometheus_client.parser import text_string_to_metric_families
-from recovery_fixtures import principals_world
+from recovery_fixtures import RunCounts, principals_world, wait_until
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
+from safereplay.projections import open_source, open_store
 from safereplay.projections.reference import RunStatusBoard
 from safereplay.projections.source import WHOLE
 from safereplay.projections.status import projection_status
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.jobs.follow import follow_projections
+from safereplay.recovery.jobs.model import JobState
 from safereplay.recovery.operations.metrics import render_metrics
+from safereplay.recovery.operations.metrics_process import ProcessMetrics, serving_metrics
 from safereplay.recovery.operations.metrics_projections import MAX_ERROR_TYPES, OTHER_ERRORS
+from safereplay.recovery.resilience.backoff import Backoff
+from safereplay.recovery.resilience.policies import ErrorRules, PolicySet, RetryThenPark
 from safereplay.recovery.security.audit import AuditKey
 
 #: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
@@ -63,6 +84,42 @@ def scrape(text: str) -> dict[tuple[str, Labels], float]:
 def occurred_at(context: Any, notification: Any) -> datetime:
     moment: datetime = context.source.decode(notification).occurred_at
     return moment
+
+
+CLI = (sys.executable, "-m", "safereplay.recovery.cli")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def scrape_port(port: int) -> dict[tuple[str, Labels], float] | None:
+    """The samples served at the port's /metrics (None while nothing answers)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            return scrape(answer.read().decode())
+    except OSError:
+        return None
+
+
+def check_names(text: str, *, own: bool = True) -> set[str]:
+    """The exposition's family names, checked against the conventions (``own``: only
+    the ``safereplay_`` ones, the client's process metrics aside)."""
+    names = set()
+    for family in text_string_to_metric_families(text):
+        if not own and not family.name.startswith("safereplay_"):
+            assert family.name.split("_")[0] in ("process", "python"), family.name
+            continue
+        assert family.name.startswith("safereplay_"), family.name
+        assert not any(unit in family.name for unit in ("_ms", "millis", "_minutes")), family.name
+        for sample in family.samples:
+            assert sample.name.endswith("_total") == (family.type == "counter"), sample.name
+            assert not {"job", "job_id", "aggregate", "aggregate_id", "id"} & set(sample.labels)
+        names.add(family.name)
+    return names
 
 
 def board(build: int = 1) -> Labels:
@@ -246,6 +303,124 @@ class MetricsContract:
         result = cli(world["stranger"], "metrics")
         assert result.exit_code == 3, result.output
         assert "'mallory' may not metrics" in result.output
+
+    def test_every_family_is_named_by_the_conventions(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        cli_json(world["admin"], "rebuild", "run_status", "-r", "names", "-w", "0", "-n", "2")
+        names = check_names(render_metrics(context).decode())
+        assert {"safereplay_projection_lag_seconds", "safereplay_job_breaker_state"} <= names
+
+    def test_a_worker_serves_the_events_it_applied(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        planned = cli_json(world["admin"], "rebuild", "run_status", "-r", "scraped", "-w", "0")
+        job_id = UUID(planned["job_id"])
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+        worker = subprocess.Popen(
+            [*CLI, "worker", "--job", str(job_id), "--metrics-port", str(port)],
+            env=env | world["admin"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        applied = (("kind", "rebuild"), ("projection", "run_status"))
+        try:
+            # The worker keeps running (and serving) after its job ends: poll until the
+            # job has completed and the served count has caught up with it.
+            def served() -> dict[tuple[str, Labels], float] | None:
+                if context.jobs.get_job(job_id).state != JobState.COMPLETED:
+                    return None
+                found = scrape_port(port)
+                if found is None or ("safereplay_events_applied_total", applied) not in found:
+                    return None
+                return found
+
+            found = wait_until(served, timeout=180, what="the worker's metrics", interval=0.2)
+            status = context.jobs.status(job_id)
+            assert found[("safereplay_events_applied_total", applied)] == status.events_applied
+            assert status.events_applied > 0
+            batches = found[("safereplay_batches_committed_total", applied)]
+            assert batches >= 1
+            board = (("projection", "run_status"), ("state", "closed"))
+            assert found[("safereplay_breaker_state", board)] == 1
+            beat = found[("safereplay_worker_heartbeat_timestamp_seconds", (("kind", "worker"),))]
+            assert beat > status.job.created_at - 60
+            assert any(name.startswith("process_") for name, _ in found)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+                check_names(answer.read().decode(), own=False)
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err + out
+
+    def test_a_followers_counters_agree_with_its_rows_and_parked_events(
+        self, world: dict[str, Any]
+    ) -> None:
+        context = world["context"]
+        source = context.source
+        head = source.head()
+        topics = RunCounts.topics
+        runs = [n.originator_id for n in source.read(after=0, upto=head, limit=1, topics=topics)]
+        RunCounts.reset(poison={runs[0]})
+        quick = RetryThenPark(attempts=2, backoff=Backoff(initial=0.01, jitter=0.0))
+        stop = threading.Event()
+        reports: list[Any] = []
+        port = free_port()
+
+        def follow() -> None:
+            with serving_metrics("follow", port) as observer:
+                assert isinstance(observer, ProcessMetrics)
+                metrics.append(observer)
+                reports.extend(
+                    follow_projections(
+                        [RunCounts],
+                        open_store=lambda: open_store(context.domain, context.projection_settings),
+                        open_source=lambda: open_source(
+                            context.app, settings=context.projection_settings
+                        ),
+                        options=context.runner_options(),
+                        stop=stop,
+                        policies=PolicySet(live=ErrorRules(default=quick)),
+                        observer=observer,
+                    )
+                )
+
+        metrics: list[ProcessMetrics] = []
+        thread = threading.Thread(target=follow, daemon=True)
+        thread.start()
+        store = context.projection_store
+        try:
+            wait_until(
+                lambda: (
+                    store.live_build("run_counts")
+                    and min((c.position for c in store.checkpoints("run_counts")), default=0)
+                    >= head
+                ),
+                timeout=120,
+                what="the follower at the head",
+                interval=0.1,
+            )
+            found = wait_until(lambda: scrape_port(port), timeout=60, what="/metrics")
+        finally:
+            stop.set()
+            thread.join(timeout=120)
+        assert [r.error for r in reports] == [None]
+        live = (("kind", "live"), ("projection", "run_counts"))
+        rows = sum(r["events"] for r in store.rows(RunCounts, "runs"))
+        assert found[("safereplay_events_applied_total", live)] == rows > 0
+        parked = Counter(p.error_type for p in store.parked("run_counts"))
+        assert parked["ValueError"] == 1 and parked["Blocked"] > 0
+        assert {
+            dict(labels)["error_type"]: value
+            for (name, labels), value in found.items()
+            if name == "safereplay_events_parked_total"
+        } == parked
+        # The poison failed twice (one retry, then parked); the events behind it wait.
+        errors = (("error_type", "ValueError"), ("projection", "run_counts"))
+        assert found[("safereplay_handler_errors_total", errors)] == 2
+        assert found[("safereplay_event_retries_total", live)] == 1
+        beat = (("kind", "follow"),)
+        assert found[("safereplay_worker_heartbeat_timestamp_seconds", beat)] > 0
 
 
 class TestSQLiteMetrics(MetricsContract):
