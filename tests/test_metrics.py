@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -36,6 +37,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from projection_fixtures import parked_event
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from recovery_fixtures import RunCounts, principals_world, wait_until
 from typer.testing import CliRunner
@@ -120,6 +122,56 @@ def check_names(text: str, *, own: bool = True) -> set[str]:
             assert not {"job", "job_id", "aggregate", "aggregate_id", "id"} & set(sample.labels)
         names.add(family.name)
     return names
+
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "metrics.md"
+
+
+def documented(section: str) -> dict[str, tuple[str, str]]:
+    """docs/metrics.md's table between ``<!-- metrics:SECTION -->`` and its end:
+    each metric's name -> (type, labels as written)."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(f"<!-- metrics:{section} -->")
+    table = text[start : text.index(f"<!-- /metrics:{section} -->")]
+    rows = re.findall(r"^\| `(safereplay_\w+)` \| (\w+) \|([^|]*)\|", table, re.MULTILINE)
+    return {name: (kind, labels) for name, kind, labels in rows}
+
+
+def families(text: str) -> dict[str, tuple[str, set[str]]]:
+    """An exposition's own families: name (as sampled) -> (type, label names)."""
+    found: dict[str, tuple[str, set[str]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name.startswith("safereplay_"):
+            name = family.name + ("_total" if family.type == "counter" else "")
+            labels = {label for sample in family.samples for label in sample.labels}
+            found[name] = (family.type, labels)
+    return found
+
+
+def check_documented(section: str, exposed: dict[str, tuple[str, set[str]]]) -> None:
+    listed = documented(section)
+    assert set(listed) == set(exposed), "docs/metrics.md lists every metric, and only those"
+    for name, (kind, labels) in exposed.items():
+        assert listed[name][0] == kind, name
+        assert labels <= set(re.findall(r"`(\w+)`", listed[name][1])), name
+
+
+def test_the_process_metrics_are_the_documented_ones() -> None:
+    metrics = ProcessMetrics("worker")
+    runner = metrics.runner("rebuild")
+    runner.committed("run_status", 3, [])
+    runner.failed("run_status", ValueError("x"), retrying=True)
+    metrics.breaker_changed("run_status", "open")
+    metrics.heartbeat()
+    check_documented("process", families(generate_latest(metrics.registry).decode()))
+
+
+def test_the_alert_rules_use_documented_metrics() -> None:
+    text = DOC.read_text(encoding="utf-8")
+    rules = text[text.index("## Sample alert rules") :]
+    used = set(re.findall(r"expr: .*?(safereplay_\w+)", rules))
+    assert {"safereplay_projection_lag_seconds", "safereplay_projection_backlog_events"} <= used
+    assert used <= set(documented("database")) | set(documented("process"))
 
 
 def board(build: int = 1) -> Labels:
@@ -309,6 +361,24 @@ class MetricsContract:
         cli_json(world["admin"], "rebuild", "run_status", "-r", "names", "-w", "0", "-n", "2")
         names = check_names(render_metrics(context).decode())
         assert {"safereplay_projection_lag_seconds", "safereplay_job_breaker_state"} <= names
+
+    def test_the_database_metrics_are_the_documented_ones(self, world: dict[str, Any]) -> None:
+        context = world["context"]
+        cli_json(world["admin"], "rebuild", "run_status", "-r", "doc", "-w", "0", "--max-rate", "9")
+        claim = context.jobs.claim("w1", lease_seconds=300)
+        assert claim is not None
+        context.jobs.report(claim, position=claim.partition.position, events_applied=1)
+        [checkpoint] = context.projection_store.checkpoints("run_status", build=1)
+        at = checkpoint.position
+        event = parked_event(
+            projection="run_status", position=1, partition=WHOLE, aggregate_id=uuid4()
+        )
+        context.projection_store.commit(
+            "run_status", 1, WHOLE, expected=at, position=at, parked=[event]
+        )
+        with AutomationApp(world["settings"]) as application:
+            record_workload(application, workflows=1, runs_per_workflow=1, seed=3)
+        check_documented("database", families(render_metrics(context).decode()))
 
     def test_a_worker_serves_the_events_it_applied(self, world: dict[str, Any]) -> None:
         context = world["context"]

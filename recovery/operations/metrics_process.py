@@ -34,6 +34,7 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    disable_created_metrics,
     start_http_server,
 )
 
@@ -56,6 +57,10 @@ class ProcessMetrics:
 
     def __init__(self, process: str) -> None:
         self.process = process
+        # No `_created` gauge beside each counter: the text format would expose one
+        # series more per counter for a start time Prometheus does not use. (The
+        # switch is the client's, process-wide: this process's counters are these.)
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in the client
         self.registry = registry = CollectorRegistry()
         for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             registry.register(collector)
