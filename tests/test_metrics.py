@@ -46,7 +46,7 @@ from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.projections import open_source, open_store
 from safereplay.projections.reference import RunStatusBoard
-from safereplay.projections.source import WHOLE
+from safereplay.projections.source import WHOLE, Partition
 from safereplay.projections.status import projection_status
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.jobs.follow import follow_projections
@@ -315,11 +315,16 @@ class MetricsContract:
         # A worker claims partition 0 and reports (as its commits and batches would).
         claim = context.jobs.claim("w1", lease_seconds=300, job_id=job_id)
         assert claim is not None
+        start = claim.partition.start_position
         context.jobs.report(
-            claim, position=claim.partition.start_position + 3, events_applied=3, parked=1,
-            retries=2, conflicts=1, recent_rate=12.5,
+            claim, position=start + 3, events_applied=3, parked=1, retries=2, conflicts=1,
+            recent_rate=12.5,
         )  # fmt: skip
         context.jobs.set_breaker(job_id, {"state": "half-open", "opened_count": 1})
+        # Its first batch commits to the new build: progress, measured from that commit
+        # (reports and lease renewals are no progress: a worker waiting reports too).
+        store, build = context.projection_store, claim.job.build
+        store.commit("run_status", build, Partition(0, 2), expected=start, position=start + 3)
 
         found = scrape(cli(world["viewer"], "metrics").stdout)
         status = context.jobs.status(job_id)
@@ -329,7 +334,14 @@ class MetricsContract:
         assert found[("safereplay_job_retries_total", job)] == status.retries == 2
         assert found[("safereplay_job_conflicts_total", job)] == status.conflicts == 1
         assert found[("safereplay_job_events_per_second", job)] == 12.5
-        assert found[("safereplay_job_seconds_since_progress", job)] >= 0
+        [committed] = [
+            c.committed_at
+            for c in store.checkpoints("run_status", build=build)
+            if c.partition == Partition(0, 2)
+        ]
+        assert committed is not None
+        since = found[("safereplay_job_seconds_since_progress", job)]
+        assert 0 <= since <= context.jobs.clock() - committed.timestamp()
         assert [
             state
             for state in ("closed", "half-open", "open")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from safereplay.recovery.jobs.model import JobState, JobStatus
+from safereplay.recovery.jobs.model import JobKind, JobState, JobStatus
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
@@ -52,7 +52,7 @@ class _Sums:
     breaker: int = 0
     partitions: dict[int, list[int]] = field(default_factory=dict)
 
-    def add(self, status: JobStatus, now: float) -> None:
+    def add(self, status: JobStatus, now: float, progressed_at: float | None) -> None:
         job = status.job
         self.applied += status.events_applied
         self.parked += status.parked
@@ -65,8 +65,8 @@ class _Sums:
         seconds = status.eta_seconds(now)
         # The series ends when the last job does; unknown if any job's ETA is.
         self.eta = None if seconds is None or self.eta is None else max(self.eta, seconds)
-        if job.state == JobState.RUNNING and status.partitions:
-            since = max(0.0, now - max(p.updated_at for p in status.partitions))
+        if job.state == JobState.RUNNING and progressed_at is not None:
+            since = max(0.0, now - progressed_at)
             self.since_progress = max(self.since_progress or 0.0, since)
         state = str(job.breaker.get("state", "closed"))
         if state in BREAKER_STATES:
@@ -78,6 +78,24 @@ class _Sums:
                 scope + p.scope,
                 max(position, p.position),
             ]
+
+
+def _progressed_at(context: RecoveryContext, status: JobStatus) -> float | None:
+    """When the job last moved: its build's last commit, for the jobs that commit
+    positions (rebuild, catch-up, replay into a sandbox); else its partitions' last
+    report. A commit is made only when a batch moved something, whereas a worker
+    waiting on the high-water mark reports (and renews its lease) with no progress."""
+    job = status.job
+    if job.kind in (JobKind.REBUILD, JobKind.CATCH_UP) or (
+        job.kind == JobKind.REPLAY and job.parameters.get("into") != "live"
+    ):
+        commits = [
+            c.committed_at.timestamp()
+            for c in context.projection_store.checkpoints(job.projection, build=job.build)
+            if c.partition.count == job.partition_count and c.committed_at is not None
+        ]
+        return max(commits, default=None)
+    return max((p.updated_at for p in status.partitions), default=None)
 
 
 def job_families(context: RecoveryContext) -> Iterator[Metric]:
@@ -114,7 +132,7 @@ def job_families(context: RecoveryContext) -> Iterator[Metric]:
     )
     since_progress = gauge(
         "safereplay_job_seconds_since_progress",
-        "Seconds since a running job's partitions last reported progress (the longest).",
+        "Seconds since a running job last committed a batch that moved (the longest).",
     )
     breaker = gauge(
         "safereplay_job_breaker_state",
@@ -143,7 +161,8 @@ def job_families(context: RecoveryContext) -> Iterator[Metric]:
     sums: dict[tuple[str, str], _Sums] = {}
     for job in jobs.list_jobs(active_only=True, limit=MAX_JOBS_COUNTED):
         key = (str(job.kind), job.projection)
-        sums.setdefault(key, _Sums()).add(jobs.status(job.job_id), now)
+        status = jobs.status(job.job_id)
+        sums.setdefault(key, _Sums()).add(status, now, _progressed_at(context, status))
     for key, s in sorted(sums.items()):
         values = list(key)
         applied.add_metric(values, s.applied)
