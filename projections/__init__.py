@@ -15,6 +15,7 @@
   :mod:`safereplay.projections.sqltemplate`);
 - :mod:`safereplay.projections.runner`: catch-up and live following;
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
+- :mod:`safereplay.projections.observer`: the seam for process metrics;
 - :mod:`safereplay.projections.status`: lag, status and read-your-writes;
 - :mod:`safereplay.projections.reference`: the reference projections.
 """
@@ -36,6 +37,7 @@ from safereplay.projections.errors import (
     WaitTimeout,
 )
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
+from safereplay.projections.observer import NO_OBSERVER, NoObserver, RunnerObserver
 from safereplay.projections.postgres_source import PostgresEventSource
 from safereplay.projections.postgres_store import PostgresProjectionStore
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
@@ -79,6 +81,7 @@ from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteH
 
 __all__ = [
     "FAULT_POINTS",
+    "NO_OBSERVER",
     "REFERENCE_PROJECTIONS",
     "BatchResult",
     "BatchState",
@@ -101,6 +104,7 @@ __all__ = [
     "HighWaterMark",
     "InvalidWrite",
     "MergeShape",
+    "NoObserver",
     "ParkedEvent",
     "Partition",
     "PartitionStatus",
@@ -117,6 +121,7 @@ __all__ = [
     "ProjectionStatus",
     "ProjectionStore",
     "RunStatusBoard",
+    "RunnerObserver",
     "RunnerOptions",
     "RunnerThread",
     "SQLiteEventSource",

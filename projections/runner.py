@@ -73,6 +73,7 @@ from safereplay.projections.errors import (
     error_summary,
 )
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
+from safereplay.projections.observer import NO_OBSERVER, RunnerObserver
 from safereplay.projections.projection import Projection
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import WHOLE, EventSource, Partition
@@ -203,6 +204,8 @@ class ProjectionRunner:
     :class:`~safereplay.projections.failure.FailFast`). ``fence`` is checked inside every
     commit (a recovery worker's lease: see :class:`~safereplay.projections.store.Fence`).
     ``on_parked`` is told of the events each commit parked (an audit trail).
+    ``observer`` is told of each batch, commit and handler failure (process
+    metrics; default: nobody, see :mod:`safereplay.projections.observer`).
     ``faults`` is a test hook (see the module docstring).
     """
 
@@ -219,6 +222,7 @@ class ProjectionRunner:
         fence: Fence | None = None,
         on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
+        observer: RunnerObserver = NO_OBSERVER,
     ) -> None:
         cls = type(projection)
         if not partition.is_whole and not cls.partitionable:
@@ -235,6 +239,7 @@ class ProjectionRunner:
         self.fence = fence
         self._on_parked = on_parked
         self._faults = faults
+        self.observer = observer
         self._follows_live = build is None
         self._handlers = projection.handlers()
         self._tables = cls.table_map
@@ -267,7 +272,9 @@ class ProjectionRunner:
         ends at the same position).
         """
         try:
-            return self._retrying(lambda: self._batch(stop, until), stop)
+            result = self._retrying(lambda: self._batch(stop, until), stop)
+            self.observer.polled(self.name)
+            return result
         except _Stopped:
             position = self._checkpoint.position if self._checkpoint is not None else 0
             return BatchResult(position, position, 0, 0, 0, 0, committed=False, stopped=True)
@@ -482,6 +489,7 @@ class ProjectionRunner:
         self.applied += applied
         self.parked += len(parked)
         self.commits += 1
+        self.observer.committed(self.name, applied, parked)
         for record in parked:
             self._blocked_aggregates().setdefault(record.aggregate_id, record.position)
         if parked and self._on_parked is not None:
@@ -519,6 +527,7 @@ class ProjectionRunner:
             attempts = self._attempts = _Attempts(position=failure.ref.position)
         attempts.failures += 1
         decision = self._decide(failure, attempts.failures)
+        self.observer.failed(self.name, failure.error, retrying=decision.action == "retry")
         if decision.action == "retry":
             self.retries += 1
             logger.warning(

@@ -10,7 +10,7 @@ Workers on other machines join with ``safereplay worker``. Every worker process
 authenticates with the caller's token from the environment and runs through the
 ``worker`` operation, so it too is checked and audited.
 
-Why this module is long (about 630 lines): it holds the typer signatures of ten
+Why this module is long (about 650 lines): it holds the typer signatures of ten
 commands that share the local worker processes, the interrupt handling and the
 ``--dry-run`` branch; the renderers already live in ``progress`` and
 ``job_messages``. The next command added here should move the worker processes
@@ -446,6 +446,19 @@ catch_up_command = _job_command(
 )
 
 
+#: ``worker`` and ``follow``: serve the process's own Prometheus metrics.
+MetricsPort = Annotated[
+    int | None,
+    typer.Option(
+        "--metrics-port",
+        min=1,
+        max=65535,
+        help="Serve this process's Prometheus metrics at http://127.0.0.1:PORT/metrics "
+        "(loopback only; default: off).",
+    ),
+]
+
+
 def worker_command(
     projection: Annotated[
         str | None, typer.Option("--projection", "-p", help="Only jobs of this projection.")
@@ -454,6 +467,7 @@ def worker_command(
     exit_when_idle: Annotated[
         bool, typer.Option(help="Exit when no partition is left to claim.")
     ] = False,
+    metrics_port: MetricsPort = None,
     as_json: Json = False,
 ) -> None:
     """Claim and run job partitions until stopped (SIGTERM/Ctrl-C gives them back)."""
@@ -463,6 +477,7 @@ def worker_command(
         projection=projection,
         job_id=job,
         exit_when_idle=exit_when_idle,
+        metrics_port=metrics_port,
     )
     emit(report, as_json=as_json, human=say_worker_report)
 
@@ -472,6 +487,7 @@ def follow_command(
         list[str] | None,
         typer.Option("--projection", "-p", help="Only this projection (repeatable)."),
     ] = None,
+    metrics_port: MetricsPort = None,
     as_json: Json = False,
 ) -> None:
     """Follow the projections' live builds until stopped (SIGTERM/Ctrl-C).
@@ -479,7 +495,9 @@ def follow_command(
     Retries then parks a failing event (each park is audited), moves to the new
     live build after a swap or rollback, waits while a catch-up holds a build.
     """
-    reports = operation("follow", reason="live follower", projections=projection or [])
+    reports = operation(
+        "follow", reason="live follower", projections=projection or [], metrics_port=metrics_port
+    )
     emit(reports, as_json=as_json, human=follow_table)
     if any(r.error for r in reports):
         raise typer.Exit(EXIT_NO)

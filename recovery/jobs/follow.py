@@ -23,6 +23,7 @@ from safereplay.projections import (
     RunnerOptions,
     RunnerThread,
 )
+from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
 
 __all__ = ["FollowReport", "follow_projections"]
@@ -46,12 +47,14 @@ def follow_projections(
     stop: threading.Event,
     on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
     policies: PolicySet | None = None,
+    observer: WorkObserver = NO_WORK_OBSERVER,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
     Each follower gets a store and a source of its own (``open_store``,
     ``open_source``): its own connections, so one slow or failing follower does
-    not hold the others' transactions.
+    not hold the others' transactions. ``observer`` counts their work (kind
+    ``live``): each follower's batches are its heartbeat.
     """
     policy = RulesPolicy((policies or PolicySet()).live)
     threads: list[RunnerThread] = []
@@ -68,6 +71,7 @@ def follow_projections(
                 options=options,
                 policy=policy,
                 on_parked=on_parked,
+                observer=observer.runner("live"),
             )
             threads.append(runner.in_background())
         stop.wait()

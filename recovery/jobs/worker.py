@@ -23,6 +23,10 @@ A worker killed at any instant loses nothing: its lease expires, another worker
 claims the partition and goes on from the last committed position. A worker that
 fails with a partition claimed (an error, not a kill) gives it back first, so
 that no one waits for the lease to expire.
+
+Why this module is long (about 600 lines): one class whose three partition loops
+(runner batches, replay writes, redrive) share the claim, lease renewal, release
+and settling; the lease fence and the throttle it builds are a few lines each.
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from safereplay.recovery.errors import IncompleteJob
 from safereplay.recovery.jobs.builds import seal_job
 from safereplay.recovery.jobs.completeness import check_log_accounted, check_partition
 from safereplay.recovery.jobs.model import Claim, Job, JobKind, JobState, settled_state
+from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.redrive import redrive_parked
 from safereplay.recovery.jobs.store import JobStore, LeaseLost
 from safereplay.recovery.registry import ProjectionRegistry
@@ -181,6 +186,7 @@ class Worker:
         on_job_state: Callable[[Job, Job], None] | None = None,
         on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
+        observer: WorkObserver = NO_WORK_OBSERVER,
     ) -> None:
         self.jobs = jobs
         self.store = store
@@ -195,6 +201,7 @@ class Worker:
         self._on_job_state = on_job_state
         self._on_parked = on_parked
         self._faults = faults
+        self.observer = observer
 
     @property
     def source(self) -> EventSource:
@@ -216,6 +223,7 @@ class Worker:
         stop = stop or threading.Event()
         report = WorkerReport(self.worker_id)
         while not stop.is_set():
+            self.observer.heartbeat()
             # One listing of the active jobs per poll, shared by the claim, the
             # settling of orphans and the idle check (each used to list them again).
             active = _ActiveJobs(self.jobs, job_id)
@@ -339,6 +347,7 @@ class Worker:
             self.jobs.set_breaker(
                 job.job_id, {"state": snapshot.state, "opened_count": snapshot.opened_count}
             )
+            self.observer.breaker_changed(job.projection, snapshot.state)
 
         return BreakerPolicy(RulesPolicy(rules), breaker, persist)
 
@@ -356,6 +365,7 @@ class Worker:
             else self.options.breaker
         )
         policy = self._policy(job, breaker)
+        self.observer.breaker_changed(job.projection, breaker.state)
         runner = ProjectionRunner(
             projection(),
             source=self.source,
@@ -369,6 +379,7 @@ class Worker:
             fence=lease_fence(claim, tally=True),
             on_parked=self._parked_hook(job),
             faults=self._faults,
+            observer=self.observer.runner(str(job.kind)),
         )
         throttle = _throttle(job)
         recent = RecentRate()

@@ -20,6 +20,7 @@ from safereplay.projections import (
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
 from safereplay.recovery.errors import AuditKeyError, AuthenticationFailed
 from safereplay.recovery.jobs.model import Job
+from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
@@ -125,6 +126,7 @@ class RecoveryContext:
         may_run: Callable[[Job], bool] | None = None,
         on_job_state: Callable[[Job, Job], None] | None = None,
         on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
+        observer: WorkObserver = NO_WORK_OBSERVER,
     ) -> Worker:
         """A worker sharing this context's stores (one per process)."""
         return Worker(
@@ -137,6 +139,7 @@ class RecoveryContext:
             may_run=may_run,
             on_job_state=on_job_state,
             on_parked=on_parked,
+            observer=observer,
         )
 
     @cached_property

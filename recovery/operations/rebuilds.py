@@ -37,6 +37,7 @@ from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
+from safereplay.recovery.operations.metrics_process import serving_metrics
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
 
@@ -345,17 +346,19 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             exit_when_idle=bool(p.get("exit_when_idle")),
         )
         parks = park_auditor(context, principal)
-        instance = context.worker(
-            options=options,
-            may_run=may_run,
-            on_job_state=job_state_auditor(context, principal),
-            on_parked=lambda job, parked: parks(parked, job.job_id),
-        )
         job_id = p.get("job_id")
-        with stop_on_signals() as stop:
-            return instance.run(
-                stop, job_id=resolve_job_id(context.jobs, job_id) if job_id else None
+        with serving_metrics("worker", int_parameter(p, "metrics_port")) as observer:
+            instance = context.worker(
+                options=options,
+                may_run=may_run,
+                on_job_state=job_state_auditor(context, principal),
+                on_parked=lambda job, parked: parks(parked, job.job_id),
+                observer=observer,
             )
+            with stop_on_signals() as stop:
+                return instance.run(
+                    stop, job_id=resolve_job_id(context.jobs, job_id) if job_id else None
+                )
 
     def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         job_id = resolve_job_id(context.jobs, p["job_id"])
@@ -376,7 +379,8 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                     f"{ctx.principal.name!r} may not follow {name!r}: it needs the operate "
                     f"permission on projection:{name}"
                 )
-        with stop_on_signals() as stop:
+        port = int_parameter(p, "metrics_port")
+        with serving_metrics("follow", port) as observer, stop_on_signals() as stop:
             if p.get("stop_after") is not None:  # tests and smoke runs
                 threading.Timer(float(p["stop_after"]), stop.set).start()
             parks = park_auditor(context, ctx.principal.name)
@@ -387,6 +391,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 options=context.runner_options(),
                 stop=stop,
                 on_parked=lambda parked: parks(parked, None),
+                observer=observer,
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:
