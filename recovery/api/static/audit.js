@@ -1,0 +1,7 @@
+// The audit view.
+import { el, onTick } from "./common.js";
+
+export function mountAudit(section) {
+  section.append(el("p", { class: "muted" }, "Loading…"));
+  onTick(() => {});
+}

@@ -1,0 +1,7 @@
+// The jobs view.
+import { el, onTick } from "./common.js";
+
+export function mountJobs(section) {
+  section.append(el("p", { class: "muted" }, "Loading…"));
+  onTick(() => {});
+}

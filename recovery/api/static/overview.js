@@ -1,0 +1,7 @@
+// The overview view.
+import { el, onTick } from "./common.js";
+
+export function mountOverview(section) {
+  section.append(el("p", { class: "muted" }, "Loading…"));
+  onTick(() => {});
+}
