@@ -1,6 +1,7 @@
 // The dashboard's shell: sign in and out, the sections and their navigation, the poll.
 import {
-  SIGNED_OUT, clearToken, fill, me, reportProblem, setToken, startTicking, stopTicking, token,
+  SIGNED_OUT, clearToken, fill, me, reportProblem, setToken, startTicking, stopTicking, tickNow,
+  token,
 } from "./common.js";
 import { mountConsole } from "./console.js";
 import { mountOverview } from "./overview.js";
@@ -106,7 +107,9 @@ document.addEventListener(SIGNED_OUT, () => {
 });
 
 window.addEventListener("hashchange", () => {
-  if (token()) show(wanted(), { focus: true });
+  if (!token()) return;
+  show(wanted(), { focus: true });
+  tickNow(); // a view polls only while shown: fill the one just shown at once
 });
 
 $("sign-in-form").addEventListener("submit", signIn);

@@ -286,16 +286,66 @@ export function duration(seconds) {
   return `${s}s`;
 }
 
-/** A timestamp as the browser's local date and time; "–" when absent. */
-export function when(iso) {
-  if (!iso) return "–";
-  const date = new Date(iso);
-  return Number.isNaN(date.getTime()) ? String(iso) : date.toLocaleString();
+/** A Date of an ISO 8601 string or of epoch seconds; null when absent or unreadable. */
+export function dateOf(value) {
+  if (value === null || value === undefined || value === "") return null;
+  const date = typeof value === "number" ? new Date(value * 1000) : new Date(value);
+  return Number.isNaN(date.getTime()) ? null : date;
+}
+
+/** A timestamp (ISO 8601 or epoch seconds) as local date and time; "–" when absent. */
+export function when(value) {
+  const date = dateOf(value);
+  if (date) return date.toLocaleString("en-GB", { dateStyle: "medium", timeStyle: "medium" });
+  return value === null || value === undefined ? "–" : String(value);
+}
+
+/** "12s ago", "3m 04s ago" (a time in the future shows as "now"); "–" when absent. */
+export function ago(value) {
+  const date = dateOf(value);
+  if (!date) return "–";
+  const seconds = (Date.now() - date.getTime()) / 1000;
+  return seconds < 1 ? "now" : `${duration(seconds)} ago`;
 }
 
 /** A <time> element for a timestamp (machine-readable, local to read). */
-export function timeEl(iso) {
-  return iso ? el("time", { datetime: iso }, when(iso)) : "–";
+export function timeEl(value) {
+  const date = dateOf(value);
+  return date ? el("time", { datetime: date.toISOString() }, when(value)) : "–";
+}
+
+/** A state badge: `tone` is ok, warn, bad or info (its colour; the text says it all). */
+export function badge(text, tone = "info") {
+  return el("span", { class: `badge ${tone}` }, text);
+}
+
+/** The tone of a job's or partition's state. */
+export function stateTone(state) {
+  if (["completed", "caught up", "intact"].includes(state)) return "ok";
+  if (["failed", "aborted", "aborting", "tampered"].includes(state)) return "bad";
+  if (["paused", "held", "behind", "outdated", "planned", "pending"].includes(state)) return "warn";
+  return "info";
+}
+
+/** A labelled <progress> with its percentage beside it. */
+export function progressBar(done, total, label) {
+  const max = Math.max(1, Number(total) || 0);
+  const value = Math.min(max, Math.max(0, Number(done) || 0));
+  const percent = total ? Math.floor((100 * value) / max) : 0;
+  return el("div", { class: "bar" },
+    el("progress", { max: String(max), value: String(value), "aria-label": label,
+      "data-done": String(value), "data-total": String(total || 0) }),
+    el("span", {}, `${percent}%`));
+}
+
+/** Is this view on screen? (A hidden view skips its poll.) */
+export function shown(section) {
+  return !section.hidden;
+}
+
+/** A short job id (its first 8 hex digits: the CLI accepts it as a prefix). */
+export function shortId(id) {
+  return id ? String(id).slice(0, 8) : "–";
 }
 
 /** Is this the 404 of a route this server does not have (an older server)? */
