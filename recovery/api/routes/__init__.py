@@ -2,8 +2,14 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import jobs, status
+from safereplay.recovery.api.routes import audit, builds, jobs, parked, status
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (status.router, jobs.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    status.router,
+    jobs.router,
+    builds.router,
+    parked.router,
+    audit.router,
+)
