@@ -258,6 +258,21 @@ def test_the_token_stays_out_of_urls_and_signing_out_forgets_it(
 
     token = world.tokens["operator"]
     sign_in(page, url, token)
+
+    # From the keyboard: Tab reaches the sections' links, with a visible focus ring,
+    # and Enter opens one.
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Jobs":
+            break
+    focused = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [document.activeElement.textContent, s.outlineStyle, s.outlineWidth]; })()"
+    )
+    assert focused[0] == "Jobs" and focused[1] == "solid" and focused[2] != "0px", focused
+    page.keyboard.press("Enter")
+    page.locator("section#jobs").wait_for(state="visible")
+
     for section in ("Overview", "Jobs", "Parked", "Alerts", "Audit"):
         page.get_by_role("link", name=section).click()
         page.locator(f"section#{section.lower()}").wait_for(state="visible")
