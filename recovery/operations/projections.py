@@ -264,6 +264,8 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
         permission=Permission.VIEW,
         handler=parked_list,
         summary="list parked (dead-letter) events of a projection",
+        # Where and why events are parked (never payloads): what a dashboard polls.
+        monitoring=True,
     )
     operations.register(
         "projections",
