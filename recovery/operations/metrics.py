@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector
 
 from safereplay.projections.status import projection_status
 from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.operations.alert_metrics import AlertCollector
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.security.access import Permission
 
@@ -179,6 +180,7 @@ def render_metrics(context: RecoveryContext) -> bytes:
     so nothing of a previous scrape is reused)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecoveryCollector(context))
+    registry.register(AlertCollector(context))
     return generate_latest(registry)
 
 
