@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import asdict
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from safereplay.recovery.alerts.monitor import AlertMonitor, Evaluation
@@ -22,6 +21,7 @@ from safereplay.recovery.alerts.store import Alert, AlertStore
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.operations.shapes import iso_time
 from safereplay.recovery.security.access import Permission
 from safereplay.recovery.settings import AlertSettings
 
@@ -48,7 +48,7 @@ def alert_monitor(context: RecoveryContext) -> AlertMonitor:
 
 
 def _when(seconds: float | None) -> str | None:
-    return None if seconds is None else datetime.fromtimestamp(seconds, UTC).isoformat()
+    return None if seconds is None else iso_time(seconds)
 
 
 def alert_json(alert: Alert) -> dict[str, Any]:
