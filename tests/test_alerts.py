@@ -30,7 +30,8 @@ from recovery_fixtures import wait_until
 from typer.testing import CliRunner
 
 from safereplay.projections import open_source, open_store
-from safereplay.recovery.alerts.facts import Finding
+from safereplay.recovery.alerts.facts import Finding, ProjectionFacts, Sample, Snapshot
+from safereplay.recovery.alerts.rules import LagGrowingWhileHeadIdle
 from safereplay.recovery.alerts.store import AlertStore
 from safereplay.recovery.cli.app import app as cli
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
@@ -164,6 +165,36 @@ class AlertsContract(ApiContract):
         assert sorted(raised) == [0, 0, 0, 1]
         assert len(alert_entries(world)) == 1
         assert len(AlertStore(world.context.database, world.context.audit).alerts()) == 1
+
+    def test_samples_are_recorded_when_due_pruned_when_old_and_feed_the_rules(
+        self, world: ApiWorld
+    ) -> None:
+        world.context.ensure_schema()
+        store = AlertStore(world.context.database, world.context.audit)
+
+        def sample(at: float, position: int) -> dict[str, Sample]:
+            return {"run_status": Sample(at=at, head=900, position=position, parked=0, retries=0)}
+
+        def recorded() -> list[float]:
+            with world.context.database.transaction(write=False) as tx:
+                rows = tx.rows("SELECT at FROM {alert_samples} ORDER BY at")
+            return [float(r["at"]) for r in rows]
+
+        first = store.add_samples(sample(1_000, 900), every=30, keep=600)["run_status"]
+        assert [s.at for s in first] == [1_000]
+        too_soon = store.add_samples(sample(1_010, 900), every=30, keep=600)
+        assert [s.at for s in too_soon["run_status"]] == [1_000, 1_010]
+        assert recorded() == [1_000], "a sample under `every` after the last is not kept"
+        rolled_back = store.add_samples(sample(1_200, 400), every=30, keep=600)["run_status"]
+        assert recorded() == [1_000, 1_200]
+
+        [finding] = LagGrowingWhileHeadIdle(window_seconds=120).findings(
+            Snapshot(now=1_200, projections=[ProjectionFacts("run_status", rolled_back)])
+        )
+        assert finding.value == 500
+
+        store.add_samples(sample(5_000, 900), every=30, keep=600)
+        assert recorded() == [5_000], "samples older than the rules look back are pruned"
 
     def test_a_follower_heartbeats_and_a_stalled_one_is_seen(self, world: ApiWorld) -> None:
         beats = FollowerHeartbeats(world.context.database)

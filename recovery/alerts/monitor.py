@@ -24,7 +24,7 @@ from safereplay.recovery.alerts.facts import (
     Sample,
     Snapshot,
 )
-from safereplay.recovery.alerts.rules import Rule, evaluate, history_seconds
+from safereplay.recovery.alerts.rules import Rule, evaluate, history_seconds, sample_interval
 from safereplay.recovery.alerts.store import Alert, AlertStore, Changes
 from safereplay.recovery.database import recorded_rows
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
@@ -131,10 +131,10 @@ def read_snapshot(
             parked=report.parked_now + report.redriven + report.skipped,
             retries=retries.get(name, 0),
         )
+    # A bounded table however often alerts are read: a sample per projection every
+    # tenth of the shortest window at most, none older than the rules look back.
     keep = history_seconds(rules)
-    # A sample every tenth of the shortest window at most: enough resolution for the
-    # rules, and a bounded table however often alerts are read.
-    series = alerts.add_samples(samples, every=max(1.0, keep / 70), keep=keep + 60)
+    series = alerts.add_samples(samples, every=sample_interval(rules), keep=keep + 60)
     return Snapshot(
         now=now,
         runners=tuple(runners),

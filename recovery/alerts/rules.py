@@ -27,6 +27,7 @@ __all__ = [
     "evaluate",
     "history_seconds",
     "rules_from_settings",
+    "sample_interval",
 ]
 
 
@@ -350,3 +351,12 @@ def history_seconds(rules: Sequence[Rule]) -> float:
         elif isinstance(rule, LagGrowingWhileHeadIdle):
             longest = max(longest, rule.window_seconds)
     return longest
+
+
+def sample_interval(rules: Sequence[Rule]) -> float:
+    """How often samples are worth recording for ``rules``: a tenth of the shortest
+    window they compare (at least a second), enough resolution for every window."""
+    windows = [
+        rule.window_seconds for rule in rules if isinstance(rule, _Spike | LagGrowingWhileHeadIdle)
+    ]
+    return max(1.0, min(windows, default=600.0) / 10)

@@ -79,7 +79,6 @@ _LIST_OPEN = "SELECT * FROM {alerts} WHERE cleared_at IS NULL ORDER BY raised_at
 _LIST_ALL = """
 SELECT * FROM {alerts} ORDER BY (CASE WHEN cleared_at IS NULL THEN 0 ELSE 1 END),
     raised_at DESC, alert_id LIMIT %(limit)s"""
-_LAST_SAMPLE = "SELECT MAX(at) AS at FROM {alert_samples} WHERE projection = %(projection)s"
 _ADD_SAMPLE = """
 INSERT INTO {alert_samples} (projection, at, head, position, parked, retries)
 VALUES (%(projection)s, %(at)s, %(head)s, %(position)s, %(parked)s, %(retries)s)
@@ -161,14 +160,24 @@ class AlertStore:
         """Record each projection's sample unless its last one is under ``every``
         seconds old, drop those older than ``keep`` seconds, and return the kept
         ones with ``samples`` as the latest of each projection."""
-        with self.database.transaction(write=True) as tx:
-            for projection, sample in samples.items():
-                last = tx.rows(_LAST_SAMPLE, {"projection": projection})[0]["at"]
-                if last is None or sample.at - float(last) >= every:
+        now = max((s.at for s in samples.values()), default=None)
+        if now is None:
+            return {}
+        rows = recorded_rows(self.database, _SAMPLES, {"since": now - keep})
+        last: dict[str, float] = {}
+        for row in rows:
+            last[row["projection"]] = max(last.get(row["projection"], 0.0), float(row["at"]))
+        due = {
+            name: sample
+            for name, sample in samples.items()
+            if name not in last or sample.at - last[name] >= every
+        }
+        if due:
+            # Written only when a sample is due: most evaluations write nothing here.
+            with self.database.transaction(write=True) as tx:
+                for projection, sample in due.items():
                     tx.execute(_ADD_SAMPLE, {"projection": projection, **_sample_row(sample)})
-            now = max((s.at for s in samples.values()), default=tx.now())
-            tx.execute(_PRUNE_SAMPLES, {"before": now - keep})
-            rows = tx.rows(_SAMPLES, {"since": now - keep})
+                tx.execute(_PRUNE_SAMPLES, {"before": now - keep})
         kept: dict[str, list[Sample]] = {name: [] for name in samples}
         for row in rows:
             if row["projection"] in kept:
@@ -186,6 +195,10 @@ class AlertStore:
         raised: list[Alert] = []
         cleared: list[Alert] = []
         keys = {(f.rule, f.subject) for f in findings}
+        if self._unchanged(findings):
+            # The common case (a scrape every few seconds, nothing new): no write
+            # transaction at all, so readers of alerts never queue behind each other.
+            return Changes((), ())
         with self.database.transaction(write=True) as tx:
             now = tx.now()
             for alert in (Alert.from_row(r) for r in tx.rows(_OPEN)):
@@ -204,6 +217,15 @@ class AlertStore:
                     refresh = ("rule", "subject", "value", "threshold", "message")
                     tx.execute(_REFRESH, {k: alert.__dict__[k] for k in refresh})
         return Changes(tuple(raised), tuple(cleared))
+
+    def _unchanged(self, findings: Sequence[Finding]) -> bool:
+        """Do the open alerts match ``findings`` exactly (same subjects, same figures)?"""
+        shown = {
+            (a.rule, a.subject): (a.value, a.threshold, a.message)
+            for a in (Alert.from_row(r) for r in recorded_rows(self.database, _OPEN, {}))
+        }
+        wanted = {(f.rule, f.subject): (f.value, f.threshold, f.message) for f in findings}
+        return shown == wanted
 
     def _audit(self, tx: Tx, action: str, reason: str, alert: Alert, evaluated_by: str) -> None:
         self.audit.append_in(
