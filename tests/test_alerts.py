@@ -281,6 +281,10 @@ class AlertsContract(ApiContract):
             "cleared_at",
         }
 
+        table = runner.invoke(cli, ["alerts", "--all"], env=world.envs["viewer"])
+        assert table.exit_code == 0, table.output
+        assert "stalled" in table.output and "has not advanced" in table.output
+
         status = runner.invoke(cli, ["status"], env=world.envs["viewer"])
         assert status.exit_code == 0, status.output
         assert "alert stalled" in status.output and "has not advanced" in status.output
