@@ -358,6 +358,13 @@ class ProjectionRunner:
         thread.start()
         return thread
 
+    @property
+    def position(self) -> int | None:
+        """The position this runner last read or committed, from memory (None: not read
+        yet). Another thread may read it (a heartbeat): it never touches the store."""
+        checkpoint = self._checkpoint
+        return None if checkpoint is None else checkpoint.position
+
     def checkpoint(self) -> Checkpoint:
         """The committed position of this runner's partition (read from the store)."""
         return self.store.checkpoint(self.name, self.build, self.partition)

@@ -32,7 +32,13 @@ from safereplay.domain.settings import (
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.recovery.errors import AuthenticationFailed
 
-__all__ = ["SETTINGS_CLASSES", "RecoverySettings", "check_environment", "setting_names"]
+__all__ = [
+    "SETTINGS_CLASSES",
+    "AlertSettings",
+    "RecoverySettings",
+    "check_environment",
+    "setting_names",
+]
 
 
 class RecoverySettings(BaseSettings):
@@ -158,12 +164,82 @@ class RecoverySettings(BaseSettings):
         )
 
 
+class AlertSettings(BaseSettings):
+    """Thresholds of the stall and anomaly rules: see ``docs/alerts.md`` (each rule,
+    why it matters, and its settings). ``SAFEREPLAY_ALERT_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEREPLAY_ALERT_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
+
+    stalled_after_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=604_800,
+        description=(
+            "A worker or follower that heartbeats but has not advanced for this long "
+            "while it has a backlog is stalled."
+        ),
+    )
+    parked_spike_factor: float = Field(
+        default=5.0, gt=1, description="Parked events in the window above this times the usual."
+    )
+    parked_spike_window_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="The window parked events are counted in."
+    )
+    parked_spike_minimum: int = Field(
+        default=10, ge=1, description="Fewer parked events than this in the window never alert."
+    )
+    retry_spike_factor: float = Field(
+        default=5.0, gt=1, description="Retries in the window above this times the usual."
+    )
+    retry_spike_window_seconds: float = Field(
+        default=300.0, gt=0, le=86_400, description="The window retries are counted in."
+    )
+    retry_spike_minimum: int = Field(
+        default=50, ge=1, description="Fewer retries than this in the window never alert."
+    )
+    spike_baseline_windows: int = Field(
+        default=6,
+        ge=1,
+        le=288,
+        description="The usual rate of a spike rule: the windows before the current one.",
+    )
+    repeated_rebuilds_count: int = Field(
+        default=3, ge=2, description="This many rebuilds of one projection in the window alert."
+    )
+    repeated_rebuilds_window_seconds: float = Field(
+        default=86_400.0, gt=0, le=2_592_000, description="The window rebuilds are counted in."
+    )
+    replay_volume_factor: float = Field(
+        default=2.0,
+        gt=1,
+        description="A job that applied more than this times the events it was planned for.",
+    )
+    lag_growing_window_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        le=86_400,
+        description="A projection's lag grew over this window while the log's head stood still.",
+    )
+
+    @classmethod
+    def from_env(cls) -> AlertSettings:
+        """Read the environment after :func:`check_environment`."""
+        check_environment()
+        try:
+            return cls()
+        except ValidationError as exc:
+            raise settings_error(exc, known=variable_names(cls)) from None
+
+
 #: Every settings class of safereplay: the variables they read are all the settings.
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     DomainSettings,
     EdgeLimits,
     ProjectionSettings,
     RecoverySettings,
+    AlertSettings,
 )
 
 

@@ -35,6 +35,7 @@ RECOVERY_LAYERS = (
     "api",
     "operations",
     "migrations",
+    "alerts",
     "templates",
     "drills",
     "jobs",

@@ -174,6 +174,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "status": [],
     "projections": [],
     "metrics": [],
+    "alerts": [],
     "rows": ["run_status", "runs"],
     "jobs": [],
     "pause": ["{job_id}", "-r", "x"],

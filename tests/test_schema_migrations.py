@@ -82,6 +82,12 @@ CREATE TABLE {job_partitions} (
 )"""
 
 
+#: The job partitions table as recovery schema version 3 made it (no advanced_at).
+VERSION_3_PARTITIONS = VERSION_2_PARTITIONS.replace(
+    "last_error TEXT,", "last_error TEXT, events_in_scope BIGINT, recent_rate DOUBLE PRECISION,"
+)
+
+
 def database_of(settings: DomainSettings) -> Database:
     """The recovery database where the catalog lives (the store's, here the events')."""
     if settings.backend == "sqlite":
@@ -204,7 +210,12 @@ class SchemaContract:
         [
             # Recovery version 2 added the failed sign-ins' counts: a store the first
             # catalog set up gets the table from the next start's migration.
-            ("DROP TABLE {auth_failures}", "recovery", 3, "SELECT * FROM {auth_failures}"),
+            (
+                "DROP TABLE {auth_failures}",
+                "recovery",
+                RECOVERY_SCHEMA_VERSION,
+                "SELECT * FROM {auth_failures}",
+            ),
             # Projections version 2: a parked event can be skipped (skipped_reason).
             (
                 "ALTER TABLE {projection_parked} DROP COLUMN skipped_reason",
@@ -245,6 +256,33 @@ class SchemaContract:
         )
         assert rows == [{"position": 9, "events_in_scope": None, "recent_rate": None}]
 
+    def test_a_recovery_schema_at_version_3_gets_stall_and_anomaly_detection(
+        self, audit_key: Path
+    ) -> None:
+        # Version 4: when each job partition last advanced (advanced_at), the live
+        # followers' heartbeats, the alerts and the anomaly rules' samples. A version 3
+        # database (partitions without advanced_at, none of the three tables) gets them
+        # all, its partitions' rows kept.
+        settings = self.make()
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "DROP TABLE {job_partitions}",
+            "DROP TABLE {followers}",
+            "DROP TABLE {alerts}",
+            "DROP TABLE {alert_samples}",
+            VERSION_3_PARTITIONS,
+            "INSERT INTO {job_partitions} (job_id, partition_index, status, "
+            "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
+            component="recovery",
+            version=3,
+        )
+        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 4
+        rows = rows_of(settings, "SELECT position, advanced_at FROM {job_partitions}")
+        assert rows == [{"position": 9, "advanced_at": None}]
+        for table in ("followers", "alerts", "alert_samples"):
+            assert rows_of(settings, f"SELECT * FROM {{{table}}}") == []
+
     def test_a_first_start_sets_each_component_up_once_and_records_it(
         self, audit_key: Path
     ) -> None:
@@ -255,7 +293,8 @@ class SchemaContract:
         recorded = catalog(settings)
         assert set(recorded) == self.components(settings)
         # Each at its current version: the watermark's 2 added the hole proofs, the
-        # recovery's 2 the failed sign-ins' counts, its 3 the partitions' progress;
+        # recovery's 2 the failed sign-ins' counts, its 3 the partitions' progress, its
+        # 4 stall and anomaly detection;
         # the projections' 2 the skipped parked events.
         current = {
             c: WATERMARK_SCHEMA_VERSION

@@ -22,7 +22,12 @@ from safereplay.domain import ConfigurationError, DomainSettings, EdgeLimits
 from safereplay.domain.settings import RESERVED_PREFIXES
 from safereplay.projections import ProjectionSettings
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.settings import RecoverySettings, check_environment, setting_names
+from safereplay.recovery.settings import (
+    AlertSettings,
+    RecoverySettings,
+    check_environment,
+    setting_names,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 #: A whole variable name; prefixes (``SAFEREPLAY_TEST_``, ``SAFEREPLAY_PROJECTIONS_*``) are not.
@@ -102,7 +107,13 @@ def test_the_value_of_an_unknown_variable_is_never_shown() -> None:
 def test_every_setting_of_every_layer_passes() -> None:
     every = {
         f"{settings.model_config['env_prefix']}{field}".upper(): "x"
-        for settings in (DomainSettings, EdgeLimits, ProjectionSettings, RecoverySettings)
+        for settings in (
+            DomainSettings,
+            EdgeLimits,
+            ProjectionSettings,
+            RecoverySettings,
+            AlertSettings,
+        )
         for field in settings.model_fields
     }
 

@@ -17,6 +17,7 @@ from rich.console import Console
 from typer.core import TyperGroup
 
 from safereplay.domain import DomainError
+from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import init as cli_init
@@ -169,6 +170,7 @@ def status_command(
     def human(found: Any) -> None:
         console.print(status_table(found))
         cli_jobs.print_stalled_jobs(projection or [])
+        cli_alerts.print_open_alerts(projection or [])
 
     emit(report, as_json=as_json, human=human)
 
@@ -183,6 +185,7 @@ cli_schema.register(app)
 cli_init.register(app)
 cli_projections.register(app)
 cli_serve.register(app)
+cli_alerts.register(app)
 
 
 def main() -> None:

@@ -6,10 +6,19 @@ swap or a rollback it moves to the new live build, and while a partitioned
 catch-up holds the build it waits. Failures meet the live policy (retry, then
 park), so one poison event never stops a projection; every event a follower
 parks is recorded in the audit trail (where and why, never the payload).
+
+With a :class:`~safereplay.recovery.jobs.heartbeats.FollowerHeartbeats`, the
+process writes each live follower's heartbeat (its position, and its retries since
+the last beat) once per ``heartbeat_interval``: one short write per follower per
+interval, whatever the event rate, so that stall detection can tell a follower
+that beats but does not move from one that is idle or gone.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,10 +32,16 @@ from safereplay.projections import (
     RunnerOptions,
     RunnerThread,
 )
+from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
 
-__all__ = ["FollowReport", "follow_projections"]
+__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "FollowReport", "follow_projections"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between two heartbeats of a follower (see :func:`follow_projections`).
+DEFAULT_HEARTBEAT_INTERVAL = 5.0
 
 
 @dataclass(frozen=True)
@@ -48,17 +63,21 @@ def follow_projections(
     on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
     policies: PolicySet | None = None,
     observer: WorkObserver = NO_WORK_OBSERVER,
+    heartbeats: FollowerHeartbeats | None = None,
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
     Each follower gets a store and a source of its own (``open_store``,
     ``open_source``): its own connections, so one slow or failing follower does
     not hold the others' transactions. ``observer`` counts their work (kind
-    ``live``): each follower's batches are its heartbeat.
+    ``live``). ``heartbeats`` (default: none written) records each live follower's
+    position every ``heartbeat_interval`` seconds.
     """
     policy = RulesPolicy((policies or PolicySet()).live)
     threads: list[RunnerThread] = []
     closers: list[object] = []
+    beating: _Beating | None = None
     try:
         for projection in projections:
             store = open_store()
@@ -74,8 +93,13 @@ def follow_projections(
                 observer=observer.runner("live"),
             )
             threads.append(runner.in_background())
-        stop.wait()
+        beating = _Beating(heartbeats, threads) if heartbeats is not None else None
+        while not stop.wait(heartbeat_interval if beating is not None else None):
+            if beating is not None:
+                beating.beat()
     finally:
+        if beating is not None:
+            beating.stopped()
         reports = []
         for thread in threads:
             error: str | None = None
@@ -90,3 +114,47 @@ def follow_projections(
         for closer in reversed(closers):
             getattr(closer, "close", lambda: None)()
     return reports
+
+
+class _Beating:
+    """The follow process's heartbeats: one row per live follower, beaten together."""
+
+    def __init__(self, heartbeats: FollowerHeartbeats, threads: Sequence[RunnerThread]) -> None:
+        self._heartbeats = heartbeats
+        self._threads = threads
+        self._owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._retries = [0] * len(threads)
+        self.beat()
+
+    def beat(self) -> None:
+        for index, thread in enumerate(self._threads):
+            runner = thread.runner
+            position = runner.position
+            if not thread.alive or position is None:
+                continue  # a dead follower's beat stops: its age says so
+            retries = runner.retries + runner.connection_retries
+            try:
+                self._heartbeats.beat(
+                    projection=runner.name,
+                    partition=str(runner.partition),
+                    build=runner.build,
+                    owner=self._owner,
+                    position=position,
+                    retries=retries - self._retries[index],
+                )
+            except Exception as exc:
+                # A lost heartbeat must never stop a follower: the follower's own
+                # connection retries what matters; the next beat tries again.
+                logger.warning("follower heartbeat of %r not written: %s", runner.name, exc)
+                continue
+            self._retries[index] = retries
+
+    def stopped(self) -> None:
+        for thread in self._threads:
+            runner = thread.runner
+            try:
+                self._heartbeats.stopped(
+                    projection=runner.name, partition=str(runner.partition), owner=self._owner
+                )
+            except Exception as exc:
+                logger.warning("follower %r not marked stopped: %s", runner.name, exc)

@@ -144,6 +144,9 @@ class PartitionProgress:
     #: Events/s over the worker's recent window (see resilience.throttle.RecentRate), as last
     #: reported; only meaningful while a worker holds the lease.
     recent_rate: float | None = None
+    #: When its position last moved forward (or it was claimed); ``updated_at`` is the
+    #: worker's heartbeat (every renewal and report moves it). None: never claimed.
+    advanced_at: float | None = None
 
     @property
     def events_done(self) -> int:

@@ -82,17 +82,22 @@ CREATE TABLE IF NOT EXISTS {job_partitions} (
     last_error TEXT,
     events_in_scope BIGINT,
     recent_rate DOUBLE PRECISION,
+    advanced_at DOUBLE PRECISION,
     PRIMARY KEY (job_id, partition_index)
 )"""
 
 # Version 3 of the recovery schema: a partition's events in scope (counted once,
 # when the job is planned) and its worker's recent events/s (see JobStore.report).
+# Version 4: when its position last moved forward (``advanced_at``), beside
+# ``updated_at``, which every renewal and report moves (the worker's heartbeat):
+# a worker that heartbeats but has not advanced is stalled (recovery.alerts).
 PART_COLUMNS = "PRAGMA table_info({job_partitions})"  # SQLite: row[1] is the name
 # SQLite has no ADD COLUMN IF NOT EXISTS: the step looks at PART_COLUMNS first.
 ADD_PART_COLUMNS = {
     "sqlite": {
         "events_in_scope": "ALTER TABLE {job_partitions} ADD COLUMN events_in_scope BIGINT",
         "recent_rate": "ALTER TABLE {job_partitions} ADD COLUMN recent_rate DOUBLE PRECISION",
+        "advanced_at": "ALTER TABLE {job_partitions} ADD COLUMN advanced_at DOUBLE PRECISION",
     },
     "postgres": {
         "events_in_scope": (
@@ -100,6 +105,9 @@ ADD_PART_COLUMNS = {
         ),
         "recent_rate": (
             "ALTER TABLE {job_partitions} ADD COLUMN IF NOT EXISTS recent_rate DOUBLE PRECISION"
+        ),
+        "advanced_at": (
+            "ALTER TABLE {job_partitions} ADD COLUMN IF NOT EXISTS advanced_at DOUBLE PRECISION"
         ),
     },
 }
@@ -141,15 +149,18 @@ WHERE job_id = %(job_id)s"""
 CLAIM_PART = """
 UPDATE {job_partitions} SET status = 'running', lease_owner = %(worker_id)s,
     lease_token = lease_token + 1, lease_expires_at = %(expires_at)s,
-    started_at = COALESCE(started_at, %(now)s), updated_at = %(now)s
+    started_at = COALESCE(started_at, %(now)s), updated_at = %(now)s, advanced_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(seen_token)s"""
 RENEW_LEASE = """
 UPDATE {job_partitions} SET lease_expires_at = %(expires_at)s, updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
   AND lease_token = %(token)s AND status = 'running'"""
+# A claim starts the stall clock afresh (advanced_at); a report moves it only when
+# the position moved forward. Right-hand sides read the row as it was (both backends).
 REPORT_PROGRESS = """
 UPDATE {job_partitions} SET position = %(position)s,
+    advanced_at = CASE WHEN %(position)s > position THEN %(now)s ELSE advanced_at END,
     events_applied = events_applied + %(events_applied)s, parked = parked + %(parked)s,
     retries = retries + %(retries)s, conflicts = conflicts + %(conflicts)s,
     target_position = COALESCE(%(target_position)s, target_position),

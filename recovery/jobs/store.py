@@ -239,6 +239,7 @@ def partition_from_row(row: Mapping[str, Any]) -> PartitionProgress:
         last_error=row["last_error"],
         events_in_scope=None if row["events_in_scope"] is None else int(row["events_in_scope"]),
         recent_rate=row["recent_rate"],
+        advanced_at=row.get("advanced_at"),
     )
 
 
@@ -264,8 +265,9 @@ class SQLJobStore(JobStore):
 
     @staticmethod
     def add_progress_columns(cursor: Any, dialect: str, render: Callable[[str], Any]) -> None:
-        """Recovery schema version 3 on a version 1 or 2 database: the partitions'
-        events in scope and recent rate, each added unless it is there already."""
+        """Recovery schema version 4 on a version 1 to 3 database: the partitions'
+        events in scope and recent rate (version 3) and when their position last
+        advanced (version 4), each added unless it is there already."""
         present: set[str] = set()
         if dialect == "sqlite":
             present = {row[1] for row in cursor.execute(render(sql.PART_COLUMNS)).fetchall()}

@@ -16,8 +16,10 @@ from __future__ import annotations
 from typing import Any
 
 from safereplay.domain.schema import AppliedStep, SchemaStep, ensure_schema
+from safereplay.recovery.alerts.store import AlertStore
 from safereplay.recovery.database import Database
 from safereplay.recovery.drills.drill import DrillStore
+from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.security.access import AccessControl
 from safereplay.recovery.security.audit import AuditTrail
@@ -35,12 +37,16 @@ __all__ = [
 RECOVERY_COMPONENT = "recovery"
 #: Raise it with every change to a recovery table, and make the step bring a
 #: database at the previous version up to it (its ``from_version`` says which).
-RECOVERY_SCHEMA_VERSION = 3
+RECOVERY_SCHEMA_VERSION = 4
 # Versions: 1, the tables of the first catalog; 2, the failed sign-ins' counts
 # (safereplay_auth_failures) and TRUNCATE refused on the audit head too; 3, each
 # job partition's events in scope and recent events/s (progress counts events,
-# not positions). Every CREATE is idempotent, so each version's step runs them
-# all; the columns version 3 adds to an existing table are added unless present.
+# not positions); 4, stall and anomaly detection: when each job partition last
+# advanced (advanced_at), the live followers' heartbeats (safereplay_followers),
+# the alerts (safereplay_alerts, one open per rule and subject) and the
+# projections' samples the anomaly rules compare (safereplay_alert_samples).
+# Every CREATE is idempotent, so each version's step runs them all; the columns
+# versions 3 and 4 add to an existing table are added unless present.
 
 
 def recovery_statements(dialect: str) -> list[str]:
@@ -52,6 +58,8 @@ def recovery_statements(dialect: str) -> list[str]:
         *SQLJobStore.schema_statements(),
         *TemplateStore.schema_statements(),
         *DrillStore.schema_statements(),
+        *FollowerHeartbeats.schema_statements(),
+        *AlertStore.schema_statements(),
     ]
 
 
@@ -60,8 +68,8 @@ def recovery_step(database: Database) -> SchemaStep:
     statements = [database.render(t) for t in recovery_statements(database.dialect)]
 
     def apply(cursor: Any, from_version: int) -> None:
-        if 0 < from_version < 3:
-            # The partitions table exists without the version 3 columns (a fresh
+        if 0 < from_version < 4:
+            # The partitions table exists without the version 3 or 4 columns (a fresh
             # database gets them from its CREATE TABLE below).
             SQLJobStore.add_progress_columns(cursor, database.dialect, database.render)
         for statement in statements:
@@ -71,7 +79,7 @@ def recovery_step(database: Database) -> SchemaStep:
         RECOVERY_COMPONENT,
         RECOVERY_SCHEMA_VERSION,
         apply,
-        "access control, audit trail and its guards, jobs, templates, drills",
+        "access control, audit trail and its guards, jobs, templates, drills, alerts",
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from safereplay.recovery.operations.alerts import register_alert_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.operations.drills import register_drill_operations
@@ -41,6 +42,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_seed_operations,
     register_parked_operations,
     register_metrics_operations,
+    register_alert_operations,
 )
 
 

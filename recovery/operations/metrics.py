@@ -29,6 +29,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from safereplay.recovery.operations.alert_metrics import AlertCollector
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.operations.metrics_jobs import job_families
 from safereplay.recovery.operations.metrics_projections import projection_families
@@ -74,6 +75,7 @@ def render_metrics(context: RecoveryContext) -> bytes:
     so nothing of a previous scrape is reused)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecoveryCollector(context))
+    registry.register(AlertCollector(context))
     return generate_latest(registry)
 
 

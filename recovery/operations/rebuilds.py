@@ -24,6 +24,7 @@ from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
+from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.model import Job, JobKind, JobState, JobStatus
 from safereplay.recovery.jobs.plans import (
     CatchUpPlan,
@@ -384,6 +385,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             if p.get("stop_after") is not None:  # tests and smoke runs
                 threading.Timer(float(p["stop_after"]), stop.set).start()
             parks = park_auditor(context, ctx.principal.name)
+            context.ensure_schema()  # the followers' heartbeats table
             return follow_projections(
                 [context.registry[name] for name in names],
                 open_store=lambda: open_store(context.domain, context.projection_settings),
@@ -392,6 +394,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 stop=stop,
                 on_parked=lambda parked: parks(parked, None),
                 observer=observer,
+                heartbeats=FollowerHeartbeats(context.database),
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:

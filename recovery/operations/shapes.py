@@ -42,7 +42,17 @@ __all__ = ["EPOCH_FIELDS", "error_code", "iso_time", "to_jsonable"]
 #: Fields the job store keeps as epoch seconds (its database format): shown as
 #: ISO 8601 UTC like every other time.
 EPOCH_FIELDS = frozenset(
-    {"created_at", "updated_at", "started_at", "lease_expires_at", "expires_at", "retry_at"}
+    {
+        "created_at",
+        "updated_at",
+        "started_at",
+        "lease_expires_at",
+        "expires_at",
+        "retry_at",
+        "advanced_at",
+        "raised_at",
+        "cleared_at",
+    }
 )
 
 

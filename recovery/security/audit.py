@@ -44,7 +44,7 @@ from typing import Any, Literal, Unpack
 from uuid import UUID
 
 from safereplay.domain.secret import hide_passwords, read_owner_only
-from safereplay.recovery.database import Database, missing_table
+from safereplay.recovery.database import Database, Tx, missing_table
 from safereplay.recovery.errors import AuditKeyError, RecoveryError
 from safereplay.recovery.security.audit_query import EntryFilters, select_entries
 from safereplay.recovery.security.audit_report import (
@@ -346,53 +346,59 @@ class AuditTrail:
             raise
 
     def _append(self, record: AuditRecord) -> AuditEntry:
-        parameters = redact(dict(record.parameters))
         with self.database.transaction(write=True) as tx:
-            # Locking the head row serialises appenders, so seq and prev_hash are
-            # taken from the entry that really is last.
+            return self.append_in(tx, record)
+
+    def append_in(self, tx: Tx, record: AuditRecord) -> AuditEntry:
+        """Append one entry inside the caller's write transaction ``tx``: the entry
+        commits, or rolls back, with the change it records (an alert raised or
+        cleared is never recorded without its entry, nor the other way round)."""
+        parameters = redact(dict(record.parameters))
+        # Locking the head row serialises appenders, so seq and prev_hash are
+        # taken from the entry that really is last.
+        head = tx.rows(_SELECT_HEAD, for_update=True)
+        if not head and self.database.dialect == "postgres":
+            # The first append has no head row to lock, so two first appenders
+            # (processes bootstrapping a new store together) would both take seq
+            # 1. A transaction-level advisory lock serialises them until the head
+            # row exists; the second then reads the first's head. (SQLite's write
+            # transactions are serial already.)
+            tx.rows(_LOCK_FIRST_APPEND)
             head = tx.rows(_SELECT_HEAD, for_update=True)
-            if not head and self.database.dialect == "postgres":
-                # The first append has no head row to lock, so two first appenders
-                # (processes bootstrapping a new store together) would both take seq
-                # 1. A transaction-level advisory lock serialises them until the head
-                # row exists; the second then reads the first's head. (SQLite's write
-                # transactions are serial already.)
-                tx.rows(_LOCK_FIRST_APPEND)
-                head = tx.rows(_SELECT_HEAD, for_update=True)
-            if head:
-                self._check_key(tx, head[0])
-            last = tx.rows(_SELECT_LAST_SEQ)[0]["seq"]
-            seq = max(int(head[0]["seq"]) if head else 0, int(last or 0)) + 1
-            prev_hash = str(head[0]["hash"]) if head else GENESIS
-            at = datetime.fromtimestamp(tx.now(), UTC).isoformat(timespec="microseconds")
-            unsigned = {
-                "seq": seq,
-                "entry_id": str(uuid.uuid4()),
-                "at": at,
-                "actor": record.actor,
-                "action": record.action,
-                "scope": record.scope,
-                "reason": hide_passwords(record.reason),
-                "outcome": record.outcome,
-                "parameters": parameters,
-                "job_id": str(record.job_id) if record.job_id else None,
-                "prev_hash": prev_hash,
-            }
-            digest = entry_hash(unsigned)
-            entry = AuditEntry(**unsigned, hash=digest, mac=self._key.sign(digest))
-            row = {
-                **unsigned,
-                "parameters": json.dumps(parameters, sort_keys=True),
-                "hash": entry.hash,
-                "mac": entry.mac,
-            }
-            tx.execute(_INSERT_ENTRY, row)
-            head_params = {
-                "seq": seq,
-                "hash": digest,
-                "mac": self._key.sign(_head_digest(seq, digest)),
-            }
-            tx.execute(_UPDATE_HEAD if head else _INSERT_HEAD, head_params)
+        if head:
+            self._check_key(tx, head[0])
+        last = tx.rows(_SELECT_LAST_SEQ)[0]["seq"]
+        seq = max(int(head[0]["seq"]) if head else 0, int(last or 0)) + 1
+        prev_hash = str(head[0]["hash"]) if head else GENESIS
+        at = datetime.fromtimestamp(tx.now(), UTC).isoformat(timespec="microseconds")
+        unsigned = {
+            "seq": seq,
+            "entry_id": str(uuid.uuid4()),
+            "at": at,
+            "actor": record.actor,
+            "action": record.action,
+            "scope": record.scope,
+            "reason": hide_passwords(record.reason),
+            "outcome": record.outcome,
+            "parameters": parameters,
+            "job_id": str(record.job_id) if record.job_id else None,
+            "prev_hash": prev_hash,
+        }
+        digest = entry_hash(unsigned)
+        entry = AuditEntry(**unsigned, hash=digest, mac=self._key.sign(digest))
+        row = {
+            **unsigned,
+            "parameters": json.dumps(parameters, sort_keys=True),
+            "hash": entry.hash,
+            "mac": entry.mac,
+        }
+        tx.execute(_INSERT_ENTRY, row)
+        head_params = {
+            "seq": seq,
+            "hash": digest,
+            "mac": self._key.sign(_head_digest(seq, digest)),
+        }
+        tx.execute(_UPDATE_HEAD if head else _INSERT_HEAD, head_params)
         return entry
 
     def _check_key(self, tx: Any, head: Mapping[str, Any]) -> None:

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import audit, builds, jobs, parked, status
+from safereplay.recovery.api.routes import alerts, audit, builds, jobs, parked, status
 
 __all__ = ["ROUTERS"]
 
@@ -12,4 +12,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     builds.router,
     parked.router,
     audit.router,
+    alerts.router,
 )

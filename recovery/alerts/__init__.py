@@ -1,0 +1,1 @@
+"""Stall and anomaly detection: rules as values, evaluated over facts, alerts raised and cleared."""
