@@ -58,7 +58,8 @@ def _partition(value: Any) -> Partition:
 
 
 def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
-    extra = {key: p[key] for key in ("policy", "breaker") if p.get(key) is not None}
+    # A template's rollout is kept with its job: the console reads its canary from it.
+    extra = {key: p[key] for key in ("policy", "breaker", "rollout") if p.get(key) is not None}
     rate = p.get("events_per_second")
     held = p.get("held_partitions") or ()
     return JobRequest(

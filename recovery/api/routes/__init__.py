@@ -2,8 +2,8 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import jobs, status
+from safereplay.recovery.api.routes import jobs, status, templates
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (status.router, jobs.router)
+ROUTERS: tuple[APIRouter, ...] = (status.router, jobs.router, templates.router)
