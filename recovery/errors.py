@@ -4,7 +4,8 @@
 
     RecoveryError
     ├── InvalidRequest          bad operator input (range, partition, unknown projection...)
-    │   └── InvalidTemplate     a recovery template failed validation (every problem listed)
+    │   ├── InvalidTemplate     a recovery template failed validation (every problem listed)
+    │   └── UnregisteredProjection  no projection of that name is registered (not found)
     ├── StoreUnavailable        the store cannot be opened: no such file, a bad path, a
     │                           database server that cannot be reached or refuses us
     ├── JobConflict             a job is already running on that projection
@@ -41,6 +42,7 @@ __all__ = [
     "LeaseLost",
     "RecoveryError",
     "StoreUnavailable",
+    "UnregisteredProjection",
 ]
 
 
@@ -50,6 +52,11 @@ class RecoveryError(Exception):
 
 class InvalidRequest(RecoveryError):
     """The operator's request is invalid; the message says what to change."""
+
+
+class UnregisteredProjection(InvalidRequest):
+    """No projection of that name is registered (``SAFEREPLAY_PROJECTIONS``): not
+    found, for the API (404); bad input, for the command line (exit 2) as before."""
 
 
 class StoreUnavailable(RecoveryError):

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from safereplay.projections import Projection
-from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.errors import InvalidRequest, UnregisteredProjection
 
 __all__ = ["ProjectionRegistry"]
 
@@ -66,7 +66,7 @@ class ProjectionRegistry(Mapping[str, type[Projection]]):
             return self.classes[name]
         except KeyError:
             known = ", ".join(sorted(self.classes)) or "none"
-            raise InvalidRequest(
+            raise UnregisteredProjection(
                 f"unknown projection {name!r}; known projections: {known} "
                 "(SAFEREPLAY_PROJECTIONS lists them)"
             ) from None

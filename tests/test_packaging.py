@@ -177,7 +177,8 @@ def test_the_wheel_installed_outside_the_checkout_runs_the_demo(tmp_path: Path) 
         f"safereplay/{path.relative_to(source)}"
         for package in PACKAGES
         for path in (source / package).rglob("*")
-        if path.is_file() and path.suffix in (".py", ".toml", ".typed")
+        # .html/.css/.js: the dashboard's page and files (safereplay.recovery.api/static)
+        if path.is_file() and path.suffix in (".py", ".toml", ".typed", ".html", ".css", ".js")
     }
     assert packed == tracked, (sorted(packed - tracked), sorted(tracked - packed))
 

@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from safereplay.recovery.api.callers import CallerDep
 from safereplay.recovery.api.contexts import ContextPool
+from safereplay.recovery.api.dashboard import install_dashboard
 from safereplay.recovery.api.problems import install_error_handlers
 from safereplay.recovery.api.routes import ROUTERS
 from safereplay.recovery.operations.context import RecoveryContext
@@ -88,4 +89,5 @@ def create_app(
         text = caller.operations.run(caller.principal, "metrics")
         return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
 
+    install_dashboard(app)
     return app

@@ -1,21 +1,49 @@
-"""CLI: serve, the HTTP API, ``/metrics`` and the web dashboard (uvicorn)."""
+"""CLI: serve, the HTTP API, ``/metrics`` and the web dashboard (uvicorn).
+
+With ``--workers N`` it also runs N local ``safereplay worker`` processes, which
+pick up any job the serve's principal (its environment's token) may operate on, so
+a rebuild started through the API runs without a terminal of its own. They are
+started once the server listens, never restarted (one that exits is reported),
+and stopped with SIGTERM (each gives its partition back) when the server stops.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
+import signal
+import socket
+import subprocess
 import sys
-from typing import Annotated
+import threading
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from safereplay.recovery.api.app import ServeOptions, create_app
+from safereplay.recovery.cli.rebuilds import WorkerProcess
 from safereplay.recovery.cli.security import Json
-from safereplay.recovery.cli.support import EXIT_INVALID, console, fail, recovery_context
+from safereplay.recovery.cli.support import (
+    EXIT_INVALID,
+    cli_caller,
+    console,
+    error_console,
+    fail,
+    recovery_context,
+)
 
-__all__ = ["register"]
+if TYPE_CHECKING:
+    import uvicorn
+    from fastapi import FastAPI
+
+__all__ = ["LocalWorkers", "loopback", "register"]
 
 DEFAULT_PORT = 8321
+#: How long a stopping worker may take to give its partition back before it is killed
+#: (its lease then expires and another worker takes the partition over).
+STOP_WAIT_SECONDS = 60.0
 
 
 def loopback(host: str) -> bool:
@@ -26,6 +54,91 @@ def loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+class LocalWorkers:
+    """``count`` ``safereplay worker`` processes (no ``--job``: they run until stopped).
+
+    They inherit this process's environment, so they authenticate with its token
+    (SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE), never one on a command line.
+    """
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.processes: list[WorkerProcess] = []
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._reported: set[int] = set()
+
+    def start(self) -> None:
+        command = [sys.executable, "-m", "safereplay.recovery.cli", "worker"]
+        self.processes = [
+            WorkerProcess(command, number=n, env=None) for n in range(1, self.count + 1)
+        ]
+        if self.processes:
+            self._watcher = threading.Thread(target=self._watch, name="workers", daemon=True)
+            self._watcher.start()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(1.0):
+            self._report_exited()
+
+    def _report_exited(self) -> None:
+        """Say when a worker has exited on its own: it is not restarted."""
+        for process in self.processes:
+            if process.number in self._reported or process.poll() is None:
+                continue
+            self._reported.add(process.number)
+            why = process.failure() or f"worker {process.number} (pid {process.pid}) exited"
+            error_console.print(
+                f"[red]error:[/] {why}; it is not restarted", highlight=False, soft_wrap=True
+            )
+
+    def stop(self) -> None:
+        """SIGTERM to each worker still running; wait for them (kill a stuck one)."""
+        self._stopping.set()
+        if self._watcher is not None:
+            self._watcher.join()
+        self._report_exited()
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout=STOP_WAIT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            process.error_text()  # read and close its error file
+
+
+def _server(app: FastAPI, host: str, port: int, on_listening: Callable[[], None]) -> uvicorn.Server:
+    import uvicorn  # the server is only needed here
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if not self.should_exit:
+                on_listening()
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    return Server(config)
+
+
+@contextlib.contextmanager
+def _stops_quietly() -> Iterator[None]:
+    """uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the handler
+    it found: this one lets the command finish (stop its workers, exit 0) instead of
+    dying (SIGTERM) or printing "Aborted!" (SIGINT)."""
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, lambda signum, frame: None)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def serve_command(
@@ -43,12 +156,25 @@ def serve_command(
     contexts: Annotated[
         int, typer.Option(help="Database connections shared by requests.", min=1, max=64)
     ] = 4,
+    workers: Annotated[
+        int,
+        typer.Option(
+            "--workers",
+            "-w",
+            min=0,
+            max=64,
+            help="Local `safereplay worker` processes to run jobs started through the API, "
+            "as this environment's principal (0: leave jobs to workers run elsewhere).",
+        ),
+    ] = 0,
     as_json: Json = False,
 ) -> None:
-    """Serve the HTTP API, /metrics and the dashboard until Ctrl-C.
+    """Serve the HTTP API, /metrics and the dashboard until Ctrl-C or SIGTERM (exit 0).
 
     Open http://127.0.0.1:8321/ and sign in with an API token. The API's schema is
-    at /openapi.json; every call takes `Authorization: Bearer <token>`.
+    at /openapi.json; every call takes `Authorization: Bearer <token>`. Jobs started
+    through the API are only planned: run `safereplay worker` elsewhere, or give
+    --workers N to run N workers here (they stop with the server).
     """
     if not loopback(host) and not allow_remote:
         fail(
@@ -56,20 +182,35 @@ def serve_command(
             "mean it (and put TLS in front: tokens travel in every request)",
             EXIT_INVALID,
         )
-    import uvicorn  # the server is only needed here
-
-    # Fail now, with the CLI's message, if the store or the schema is not usable.
-    with recovery_context():
-        pass
+    # Fail now, with the CLI's message, if the store or the schema is not usable, or
+    # (with workers) if there is no token for them to sign in with.
+    with recovery_context() as context:
+        principal = cli_caller(context, "serve").name if workers else None
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
-    if as_json:
-        sys.stdout.write(json.dumps({"serving": url, "openapi": url + "openapi.json"}) + "\n")
-        sys.stdout.flush()
-    else:
+    local = LocalWorkers(workers)
+
+    def listening() -> None:
+        local.start()
+        pids = [p.pid for p in local.processes]
+        if as_json:
+            said = {"serving": url, "openapi": url + "openapi.json", "workers": pids}
+            sys.stdout.write(json.dumps(said) + "\n")
+            sys.stdout.flush()
+            return
         console.print(f"serving the dashboard at {url} (API schema: {url}openapi.json)")
-    app = create_app(options=ServeOptions(contexts=contexts))
-    # uvicorn handles SIGINT/SIGTERM itself: it stops accepting, finishes requests, exits 0.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        if pids:
+            console.print(
+                f"{len(pids)} local worker(s) (pids {', '.join(map(str, pids))}) run the jobs "
+                f"{principal!r} may operate on; they stop with the server",
+                highlight=False,
+            )
+
+    server = _server(create_app(options=ServeOptions(contexts=contexts)), host, port, listening)
+    try:
+        with _stops_quietly():
+            server.run()
+    finally:
+        local.stop()
 
 
 def register(app: typer.Typer) -> None:

@@ -33,6 +33,7 @@ from safereplay.recovery.errors import (
     JobConflict,
     JobNotFound,
     StoreUnavailable,
+    UnregisteredProjection,
 )
 from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
 
@@ -54,7 +55,7 @@ def error_code(exc: BaseException) -> str:
     change)."""
     if isinstance(exc, JobNotFound) and not isinstance(exc, AmbiguousJobId):
         return "not_found"
-    if isinstance(exc, UnknownProjection | ParkedEventNotFound):
+    if isinstance(exc, UnknownProjection | UnregisteredProjection | ParkedEventNotFound):
         return "not_found"
     if isinstance(exc, StoreUnavailable | DatabaseUnavailable):
         return "unavailable"

@@ -2,8 +2,15 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import jobs, status, templates
+from safereplay.recovery.api.routes import audit, builds, jobs, parked, status, templates
 
 __all__ = ["ROUTERS"]
 
-ROUTERS: tuple[APIRouter, ...] = (status.router, jobs.router, templates.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    status.router,
+    jobs.router,
+    builds.router,
+    parked.router,
+    audit.router,
+    templates.router,
+)

@@ -1,0 +1,109 @@
+// Parked events: where each projection set events aside and why (the error's type
+// and message, the attempts, what it waits behind), never an event's payload; a
+// redrive of a projection's parked events, and a skip of one that can never apply,
+// for principals allowed to operate on that projection.
+import {
+  allowed, api, askReason, badge, el, fill, number, onTick, reportProblem, shortId, shown,
+  tickNow, timeEl, unavailable,
+} from "./common.js";
+
+async function redrive(projection, count) {
+  const reason = await askReason(
+    `Re-drive ${projection}'s parked events?`,
+    `A job applies its ${count} parked event(s) again, in order (a worker runs it). ` +
+      "Do it once the cause is fixed.",
+    { confirmLabel: "Re-drive" },
+  );
+  if (reason === null) return;
+  try {
+    await api(`/api/projections/${encodeURIComponent(projection)}/parked/redrive`, {
+      method: "POST", body: { reason },
+    });
+    reportProblem(null);
+  } catch (failure) {
+    reportProblem(failure);
+  }
+  await tickNow();
+}
+
+async function skip(event) {
+  const reason = await askReason(
+    `Skip parked event ${event.projection}:${event.position}?`,
+    "It is marked resolved and never applied: only for an event that can never apply.",
+    { confirmLabel: "Skip it" },
+  );
+  if (reason === null) return;
+  try {
+    await api(`/api/parked/${encodeURIComponent(`${event.projection}:${event.position}`)}/skip`, {
+      method: "POST", body: { reason, build: event.build },
+    });
+    reportProblem(null);
+  } catch (failure) {
+    reportProblem(failure);
+  }
+  await tickNow();
+}
+
+function eventsTable(projection, events, operate) {
+  return el("table", { "data-projection": projection },
+    el("caption", { class: "visually-hidden" }, `${projection}: parked events`),
+    el("thead", {}, el("tr", {},
+      ...["Position", "Build", "Partition", "Aggregate", "Event type", "Error", "Attempts",
+        "First seen", "Last seen", "State", ""].map((h) => el("th", { scope: "col" }, h)))),
+    el("tbody", {}, events.map((e) => el("tr", {},
+      el("th", { scope: "row", class: "num" }, number(e.position)),
+      el("td", { class: "num" }, e.build),
+      el("td", {}, e.partition ? `${e.partition.index + 1} of ${e.partition.count}` : "–"),
+      el("td", { class: "mono", title: e.aggregate_id }, shortId(e.aggregate_id)),
+      el("td", {}, e.event_type),
+      el("td", {}, el("strong", {}, e.error_type), el("div", { class: "small" }, e.error_message),
+        e.reason ? el("div", { class: "small muted" }, e.reason) : null,
+        e.blocked_by ? el("div", { class: "small muted" }, `waits behind ${e.blocked_by}`) : null),
+      el("td", { class: "num" }, number(e.attempts)),
+      el("td", {}, timeEl(e.first_seen_at)),
+      el("td", {}, timeEl(e.last_seen_at)),
+      el("td", {}, e.skipped_reason ? badge("skipped", "info")
+        : e.resolved_at ? badge("re-driven", "ok") : badge("parked", "warn")),
+      el("td", {}, operate && !e.resolved_at ? el("button", {
+        type: "button", class: "secondary", onclick: () => skip(e),
+      }, "Skip") : null)))));
+}
+
+export function mountParked(section) {
+  const resolved = el("input", { type: "checkbox", id: "parked-resolved" });
+  const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
+  section.append(
+    el("p", { class: "muted" }, "Events a projection could not apply and set aside: where and " +
+      "why, never their content."),
+    el("div", { class: "inline" }, resolved,
+      el("label", { for: "parked-resolved", class: "inline" }, "Show re-driven and skipped ones too")),
+    body);
+  resolved.addEventListener("change", () => tickNow());
+
+  onTick(async () => {
+    if (!shown(section)) return;
+    const projections = await api("/api/projections");
+    const query = resolved.checked ? "?include_resolved=true" : "";
+    const blocks = await Promise.all(projections.map(async (p) => {
+      let listed;
+      try {
+        listed = await api(`/api/projections/${encodeURIComponent(p.name)}/parked${query}`);
+      } catch (failure) {
+        return el("div", {}, el("h3", {}, p.name), el("p", { class: "muted" }, unavailable(failure)));
+      }
+      const open = listed.filter((e) => !e.resolved_at).length;
+      const operate = allowed("operate", p.name);
+      return el("div", { class: "parked-projection" },
+        el("h3", {}, `${p.name} `, badge(`${open} parked`, open ? "warn" : "ok")),
+        operate && open ? el("p", {}, el("button", {
+          type: "button", onclick: () => redrive(p.name, open),
+        }, `Re-drive ${p.name}'s parked events`)) : null,
+        listed.length ? eventsTable(p.name, listed, operate)
+          : el("p", { class: "muted" }, "Nothing parked."));
+    }));
+    // Keep the focused button's place: only refill when no control inside has focus.
+    if (!body.contains(document.activeElement) || document.activeElement === body) {
+      fill(body, blocks);
+    }
+  });
+}
