@@ -1,0 +1,163 @@
+"""Issue #19 point 5, the console's browser scenario: apply a template from the
+dashboard (form, plan, canary, continue) and check the result in the database.
+
+The demo's store is served by ``safereplay serve``, and a ``safereplay worker``
+process runs the jobs. The admin signs in, opens the Console, picks the shipped
+runbook ``bad-projection-code`` (a blue/green rebuild of ``workflow_stats``,
+canary partition 0 first), types a partition count below the runbook's bound and
+sees the server's refusal (nothing is planned: no job), fixes it, sees the plan,
+rehearses it as a drill, applies it with a reason, watches the canary verify while
+the rest stays held, releases the rest, and the test reads the database: the job
+completed, and the new build beside the live one holds the live build's rows.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser_fixtures import (
+    DashboardWorld,
+    browser_page,
+    copy_screenshot,
+    dashboard_world,
+    poll,
+    served,
+    sign_in,
+    worker,
+)
+
+from safereplay.projections import WorkflowStatistics
+from safereplay.recovery.jobs.model import JobState, PartitionStatus
+
+pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
+
+RUNBOOK = "bad-projection-code"
+#: Read when the module is collected: clean_safereplay_environment removes it before
+#: the test runs (copy_screenshot reads it then, so the test gives it back).
+UPDATE_SCREENSHOTS = os.environ.get("SAFEREPLAY_UPDATE_SCREENSHOTS", "")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[DashboardWorld]:
+    yield from dashboard_world(tmp_path)
+
+
+def confirm(page: Any, reason: str, button: str) -> None:
+    """Say why in the reason dialog and confirm (as a person would, by keyboard)."""
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_label("Reason (kept in the audit trail)").fill(reason)
+    dialog.get_by_role("button", name=button, exact=True).click()
+    dialog.wait_for(state="detached")
+
+
+def job_ids(world: DashboardWorld) -> set[str]:
+    return {str(job.job_id) for job in world.context.jobs.list_jobs(limit=1000)}
+
+
+def test_apply_a_runbook_from_the_console_canary_first(
+    world: DashboardWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = served(world)
+    worker(world)
+    live = world.context.projection_store.live_build("workflow_stats")
+    before = job_ids(world)
+    with browser_page() as page:
+        sign_in(page, url, world.tokens["admin"])
+        page.get_by_role("link", name="Console").click()
+        page.get_by_label("Recovery procedure").select_option(RUNBOOK)
+        partitions = page.get_by_label("partitions", exact=True)
+        partitions.wait_for()
+        assert partitions.get_attribute("min") == "2"
+
+        # Below the runbook's bound: the server refuses, naming the parameter and bound.
+        partitions.fill("1")
+        page.get_by_role("button", name="Plan", exact=True).click()
+        refusal = page.get_by_role("alert").filter(has_text="'partitions'")
+        refusal.wait_for()
+        assert "between 2 and 64" in refusal.inner_text()
+        assert page.locator(".console-plan").count() == 0
+        assert job_ids(world) == before, "a refused value plans nothing"
+
+        partitions.fill("3")
+        page.get_by_role("button", name="Plan", exact=True).click()
+        page.get_by_role("heading", name=f"Plan: {RUNBOOK}").wait_for()
+        stages = [
+            [cell.text_content() for cell in row.locator("th, td").all()]
+            for row in page.locator(".console-stages tbody tr").all()
+        ]
+        assert stages == [
+            ["canary", "0", "first"],
+            ["rest", "1, 2", "only if the canary verified"],
+        ]
+        plan = page.locator(".console-plan").inner_text()
+        assert "workflow_stats" in plan and "Tables touched" in plan and "Estimate" in plan
+        shot = tmp_path / "console-plan.png"
+        page.screenshot(path=str(shot), full_page=True)
+        with monkeypatch.context() as screenshots:
+            screenshots.setenv("SAFEREPLAY_UPDATE_SCREENSHOTS", UPDATE_SCREENSHOTS)
+            copy_screenshot(shot, "console-plan.png")
+        assert job_ids(world) == before, "a plan changes nothing"
+
+        page.get_by_role("button", name="Rehearse as a drill").click()
+        confirm(page, "rehearse INC-42 before applying", "Rehearse")
+        drill = page.locator(".console-drill")
+        drill.wait_for(timeout=180_000)
+        assert drill.get_attribute("data-match") == "true", drill.inner_text()
+        assert job_ids(world) == before, "a rehearsal runs in a sandbox, not as a job"
+
+        page.get_by_role("button", name="Apply…").click()
+        confirm(page, "INC-42 bad projection deployed", "Apply")
+        panel = page.locator("article.console-job")
+        panel.wait_for()
+        job_id = panel.get_attribute("data-job-id")
+        assert job_id is not None and job_id not in before
+
+        # The worker runs the canary; the rest waits for the operator.
+        page.locator("article.console-job[data-verified='true']").wait_for(timeout=180_000)
+        held = world.context.jobs.status(world.job(job_id).job_id).partitions
+        assert [p.status for p in held] == [
+            PartitionStatus.COMPLETED,
+            PartitionStatus.HELD,
+            PartitionStatus.HELD,
+        ]
+        release = panel.get_by_role("button", name="Release the rest")
+        assert release.is_enabled()
+        release.click()
+        confirm(page, "canary verified on partition 0", "Release the rest")
+        page.locator("article.console-job[data-state='completed']").wait_for(timeout=180_000)
+        assert not release.is_enabled()
+
+    job = poll(
+        lambda: (j := world.job(job_id)).state in (JobState.COMPLETED, JobState.FAILED) and j,
+        what="the job to end in the database",
+    )
+    assert job.state == JobState.COMPLETED, job.error
+    assert (job.kind, job.projection, job.partition_count) == ("rebuild", "workflow_stats", 3)
+    assert job.reason == f"INC-42 bad projection deployed (template {RUNBOOK})"
+    # What the runbook promises: a new build beside the live one, complete, not live.
+    store = world.context.projection_store
+    assert store.live_build("workflow_stats") == live
+    assert job.build != live
+    rebuilt = store.rows(WorkflowStatistics, "workflows", build=job.build)
+    assert rebuilt and rebuilt == store.rows(WorkflowStatistics, "workflows", build=live)
+    audit = [
+        (e.actor, e.action, e.outcome, e.reason)
+        for e in world.context.audit.entries(limit=10_000)
+        if e.actor == "demo-admin"
+    ]
+    assert (
+        "demo-admin",
+        "drill",
+        "succeeded",
+        f"rehearse INC-42 before applying (rehearsal of template {RUNBOOK})",
+    ) in audit
+    assert (
+        "demo-admin",
+        "rollout.continue",
+        "succeeded",
+        "canary verified on partition 0",
+    ) in audit
