@@ -265,6 +265,23 @@ class TemplatesApiContract(ApiContract):
         assert ("vic", "drill", "denied") in world.audit_actions()
         assert jobs_of(world) == []
 
+    def test_the_rollout_of_a_job_without_a_canary_and_of_no_job(self, world: ApiWorld) -> None:
+        admin = world.context.access.authenticate(world.envs["admin"]["SAFEREPLAY_TOKEN"])
+        plain = open_operations(world.context).run(
+            admin, "rebuild", reason="plain", projection="run_status", partitions=2
+        )
+        rollout = world.get("viewer", f"/api/jobs/{plain['job_id']}/rollout")
+        assert rollout.status_code == 200, rollout.text
+        assert (rollout.json()["staged"], rollout.json()["detail"]) == (
+            False,
+            "not a staged rollout",
+        )
+        assert world.get("viewer", "/api/jobs/0123456789abcdef/rollout").status_code == 404
+        stranger = world.get("stranger", f"/api/jobs/{plain['job_id']}/rollout")
+        assert stranger.status_code == 403
+        assert world.get("stranger", "/api/templates").status_code == 403
+        assert ("mallory", "rollout.status", "denied") in world.audit_actions()
+
 
 class TestSQLiteTemplatesApi(TemplatesApiContract):
     settings = staticmethod(sqlite_settings)

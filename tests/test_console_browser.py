@@ -161,3 +161,28 @@ def test_apply_a_runbook_from_the_console_canary_first(
         "succeeded",
         "canary verified on partition 0",
     ) in audit
+
+
+def test_a_viewer_plans_from_the_keyboard_but_may_not_apply(world: DashboardWorld) -> None:
+    url = served(world)
+    before = job_ids(world)
+    with browser_page() as page:
+        sign_in(page, url, world.tokens["viewer"])
+        page.get_by_role("link", name="Console").click()
+        picker = page.get_by_label("Recovery procedure")
+        picker.select_option(RUNBOOK)
+        partitions = page.get_by_label("partitions", exact=True)
+        partitions.focus()
+        page.keyboard.type("5")
+        page.keyboard.press("Enter")  # submits the form: the plan
+        heading = page.get_by_role("heading", name=f"Plan: {RUNBOOK}")
+        heading.wait_for()
+        assert heading.evaluate("h => document.activeElement === h"), "focus moves to the plan"
+        assert "with partitions=5" in page.locator(".console-plan").inner_text()
+        actions = page.locator(".console-actions")
+        assert "may plan this procedure but not apply it" in actions.inner_text()
+        assert actions.get_by_role("button").count() == 0
+        page.get_by_label("Projection", exact=True).select_option("run_status")
+        page.locator(".console-parked-list[data-projection='run_status']").wait_for()
+        assert page.get_by_role("button", name="Redrive parked events").is_hidden()
+    assert job_ids(world) == before

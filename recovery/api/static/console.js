@@ -257,17 +257,29 @@ function jobPanel(step) {
 
 // -- 5. parked events ----------------------------------------------------------------------
 
-function parkedPart() {
+/** The redrive part; `onStarted(step)` gets the redrive's job, for the live panels. */
+function parkedPart(onStarted) {
   const selectId = newId("parked-projection");
   const select = el("select", { id: selectId });
-  const list = el("div", {}, el("p", { class: "muted" }, "Pick a projection."));
-  const redrive = el("button", { type: "button", disabled: true }, "Redrive parked events");
+  const list = el("div", { class: "console-parked-list", "aria-live": "polite" },
+    el("p", { class: "muted" }, "Pick a projection."));
+  // Shown once a projection the principal may operate on is picked.
+  const redrive = el("button", { type: "button", disabled: true, hidden: true },
+    "Redrive parked events");
   let open = 0;
 
   async function load() {
-    const projection = select.value;
+    await listParked(select.value);
+    list.dataset.projection = select.value;
+  }
+
+  async function listParked(projection) {
     redrive.disabled = true;
-    if (!projection) return;
+    redrive.hidden = !projection || !allowed("operate", projection);
+    if (!projection) {
+      fill(list, el("p", { class: "muted" }, "Pick a projection."));
+      return;
+    }
     let events;
     try {
       events = await api(`/api/projections/${encodeURIComponent(projection)}/parked`);
@@ -278,7 +290,6 @@ function parkedPart() {
     }
     open = events.filter((e) => !e.resolved_at).length;
     redrive.disabled = !(open && allowed("operate", projection));
-    redrive.hidden = !allowed("operate", projection);
     if (!events.length) {
       fill(list, el("p", { class: "muted" }, `Nothing parked in ${projection}.`));
       return;
@@ -303,15 +314,19 @@ function parkedPart() {
       "Do it once the cause is fixed.", { confirmLabel: "Re-drive" });
     if (reason === null) return;
     try {
-      await api(`/api/projections/${encodeURIComponent(projection)}/parked/redrive`, {
-        method: "POST", body: { reason },
-      });
+      const started = await api(
+        `/api/projections/${encodeURIComponent(projection)}/parked/redrive`,
+        { method: "POST", body: { reason } },
+      );
       reportProblem(null);
+      onStarted({ job_id: started.job_id, operation: "parked.redrive", projection,
+        detail: started.state });
     } catch (failure) {
       reportProblem(missingRoute(failure)
         ? "re-driving parked events is not available yet on this server" : failure);
     }
     await load();
+    await tickNow();
   });
   select.addEventListener("change", load);
 
@@ -347,7 +362,7 @@ export function mountConsole(section) {
     "aria-label": "Plan actions" });
   const drillArea = el("div", { "aria-live": "polite" });
   const jobsArea = el("div", { class: "console-jobs" });
-  const parked = parkedPart();
+  const parked = parkedPart((step) => addStep(step));
   const planTitle = newId("plan-title");
 
   let templates = [];
