@@ -96,14 +96,12 @@ function signOut() {
   location.reload();
 }
 
+// The API said the token is not (or no longer) valid while signed in (revoked,
+// expired): start again from the sign-in form. (Signing in handles its own 401.)
 document.addEventListener(SIGNED_OUT, () => {
-  if (!token()) return;
+  if (!mounted || !token()) return;
   clearToken();
-  if (mounted) {
-    location.reload();
-  } else {
-    signedOutView("Your token is no longer valid: sign in again.");
-  }
+  location.reload();
 });
 
 window.addEventListener("hashchange", () => {
