@@ -13,7 +13,6 @@ completed, and the new build beside the live one holds the live build's rows.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,7 @@ from browser_fixtures import (
 from safereplay.projections import WorkflowStatistics
 from safereplay.recovery.jobs.model import JobState, PartitionStatus
 
-pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
-
 RUNBOOK = "bad-projection-code"
-#: Read when the module is collected: clean_safereplay_environment removes it before
-#: the test runs (copy_screenshot reads it then, so the test gives it back).
-UPDATE_SCREENSHOTS = os.environ.get("SAFEREPLAY_UPDATE_SCREENSHOTS", "")
 
 
 @pytest.fixture
@@ -59,7 +53,7 @@ def job_ids(world: DashboardWorld) -> set[str]:
 
 
 def test_apply_a_runbook_from_the_console_canary_first(
-    world: DashboardWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    world: DashboardWorld, tmp_path: Path
 ) -> None:
     url = served(world)
     worker(world)
@@ -97,9 +91,7 @@ def test_apply_a_runbook_from_the_console_canary_first(
         assert "workflow_stats" in plan and "Tables touched" in plan and "Estimate" in plan
         shot = tmp_path / "console-plan.png"
         page.screenshot(path=str(shot), full_page=True)
-        with monkeypatch.context() as screenshots:
-            screenshots.setenv("SAFEREPLAY_UPDATE_SCREENSHOTS", UPDATE_SCREENSHOTS)
-            copy_screenshot(shot, "console-plan.png")
+        copy_screenshot(shot, "console-plan.png")
         assert job_ids(world) == before, "a plan changes nothing"
 
         page.get_by_role("button", name="Rehearse as a drill").click()
