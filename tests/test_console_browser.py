@@ -123,6 +123,12 @@ def test_apply_a_runbook_from_the_console_canary_first(
         page.locator("article.console-job[data-state='completed']").wait_for(timeout=180_000)
         assert not release.is_enabled()
 
+        # A reload keeps watching the jobs started from this tab.
+        page.reload()
+        page.locator(
+            f"article.console-job[data-job-id='{job_id}'][data-state='completed']"
+        ).wait_for()
+
     job = poll(
         lambda: (j := world.job(job_id)).state in (JobState.COMPLETED, JobState.FAILED) and j,
         what="the job to end in the database",

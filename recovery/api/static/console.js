@@ -9,11 +9,38 @@
 // what the form shows. Buttons that change something show only to principals allowed
 // to operate on the projection, and ask for a reason (kept in the audit trail).
 import {
-  allowed, api, askReason, badge, duration, el, fill, missingRoute, number, onTick, progressBar,
-  reportProblem, shortId, shown, stateTone, tickNow,
+  allowed, api, askReason, badge, duration, el, fill, me, missingRoute, number, onTick,
+  progressBar, reportProblem, shortId, shown, stateTone, tickNow,
 } from "./common.js";
 
 const ENDED = ["completed", "failed", "aborted"];
+// The jobs started here (ids, no secret), per principal, for this tab only: a reload
+// keeps watching them.
+const STARTED_KEY = "safereplay.console.started";
+const KEEP = 10;
+
+function startedSteps(principal) {
+  try {
+    const all = JSON.parse(sessionStorage.getItem(STARTED_KEY) || "{}");
+    return Array.isArray(all[principal]) ? all[principal] : [];
+  } catch {
+    return [];
+  }
+}
+
+function rememberStep(principal, step) {
+  let all = {};
+  try {
+    all = JSON.parse(sessionStorage.getItem(STARTED_KEY) || "{}") || {};
+  } catch {
+    all = {};
+  }
+  const kept = (Array.isArray(all[principal]) ? all[principal] : [])
+    .filter((s) => s.job_id !== step.job_id);
+  kept.push({ job_id: step.job_id, operation: step.operation, projection: step.projection });
+  all[principal] = kept.slice(-KEEP);
+  sessionStorage.setItem(STARTED_KEY, JSON.stringify(all));
+}
 let uid = 0;
 
 /** An id unique in the page (labels point at their inputs with it). */
@@ -218,10 +245,19 @@ function jobPanel(step) {
     rows));
 
   async function update() {
-    const [status, stage] = await Promise.all([
-      api(`/api/jobs/${encodeURIComponent(jobId)}`),
-      api(`/api/jobs/${encodeURIComponent(jobId)}/rollout`),
-    ]);
+    let status;
+    let stage;
+    try {
+      [status, stage] = await Promise.all([
+        api(`/api/jobs/${encodeURIComponent(jobId)}`),
+        api(`/api/jobs/${encodeURIComponent(jobId)}/rollout`),
+      ]);
+    } catch (failure) {
+      // Said on this job's panel: the other panels still update.
+      fill(detail, el("span", { class: "error" }, `Cannot read job ${shortId(jobId)}: ` +
+        failure.message));
+      return;
+    }
     current = status.job;
     rollout = stage;
     root.dataset.state = current.state;
@@ -503,7 +539,7 @@ export function mountConsole(section) {
     fill(actions, rehearse, apply);
   }
 
-  function addStep(step) {
+  function addStep(step, { remember = true } = {}) {
     if (!step.job_id) {
       jobsArea.prepend(el("p", { class: "muted" }, `${step.operation} ${step.projection ?? ""}: ` +
         `nothing to run (${step.detail})`));
@@ -515,6 +551,7 @@ export function mountConsole(section) {
     const panel = jobPanel(step);
     panels.set(step.job_id, panel);
     jobsArea.prepend(panel.root);
+    if (remember) me().then((who) => rememberStep(who.principal, step), () => {});
   }
 
   picker.addEventListener("change", chooseTemplate);
@@ -541,7 +578,8 @@ export function mountConsole(section) {
     if (!loaded) {
       loaded = true;
       try {
-        await Promise.all([loadTemplates(), parked.projections()]);
+        const [who] = await Promise.all([me(), loadTemplates(), parked.projections()]);
+        for (const step of startedSteps(who.principal)) addStep(step, { remember: false });
       } catch (failure) {
         loaded = false;
         throw failure;
