@@ -206,6 +206,10 @@ class TemplatesApiContract(ApiContract):
             [1, 2],
         )
 
+        early = world.post("admin", f"/api/jobs/{job_id}/continue", {"reason": "in a hurry"})
+        assert early.status_code == 409, early.text
+        assert "still running" in early.json()["error"]["message"]
+
         with worker_running(world):
             verified = polled(
                 lambda: world.get("admin", f"/api/jobs/{job_id}/rollout").json(),
