@@ -116,6 +116,7 @@ def test_apply_a_runbook_from_the_console_canary_first(
             PartitionStatus.HELD,
             PartitionStatus.HELD,
         ]
+        page.screenshot(path=str(tmp_path / "console-canary.png"), full_page=True)
         release = panel.get_by_role("button", name="Release the rest")
         assert release.is_enabled()
         release.click()
