@@ -128,6 +128,7 @@ def test_an_admin_watches_a_rebuild_pauses_and_resumes_it_and_finds_both_in_the_
     world: DashboardWorld, url: str, rebuild: str, page: Any, requested: list[Any], tmp_path: Path
 ) -> None:
     token = world.tokens["admin"]
+    audited_before = len(world.context.audit.entries())
     sign_in(page, url, token)
     assert page.evaluate("sessionStorage.getItem('safereplay.token')") == token
 
@@ -174,6 +175,24 @@ def test_an_admin_watches_a_rebuild_pauses_and_resumes_it_and_finds_both_in_the_
     card.get_by_role("button", name="Resume").click()
     confirm_with_reason(page, "Resume", "dashboard test: canary verified")
     poll(lambda: world.job(rebuild).state == JobState.RUNNING, what="the job to run again")
+    resumed_at = overall_progress(page, rebuild)
+    poll(lambda: overall_progress(page, rebuild) > resumed_at, what="progress after the resume")
+
+    # Watching the overview and the jobs (polled every 2 s) wrote nothing to the audit
+    # trail: only the pause and the resume (each an intent and its outcome), beside
+    # the worker processes' own entries.
+    def watched() -> list[tuple[str, str]]:
+        entries = world.context.audit.entries()[audited_before:]
+        return [(e.action, e.outcome) for e in entries if e.action != "worker"]
+
+    # (The resume's outcome entry follows its change: wait for it.)
+    poll(lambda: ("resume", "succeeded") in watched(), what="the resume's outcome entry")
+    assert watched() == [
+        ("pause", "started"),
+        ("pause", "succeeded"),
+        ("resume", "started"),
+        ("resume", "succeeded"),
+    ]
 
     # The audit trail has both, by the admin, with their reasons.
     page.get_by_role("link", name="Audit").click()
@@ -239,6 +258,21 @@ def test_the_token_stays_out_of_urls_and_signing_out_forgets_it(
 
     token = world.tokens["operator"]
     sign_in(page, url, token)
+
+    # From the keyboard: Tab reaches the sections' links, with a visible focus ring,
+    # and Enter opens one.
+    for _ in range(10):
+        page.keyboard.press("Tab")
+        if page.evaluate("document.activeElement.textContent") == "Jobs":
+            break
+    focused = page.evaluate(
+        "(() => { const s = getComputedStyle(document.activeElement);"
+        " return [document.activeElement.textContent, s.outlineStyle, s.outlineWidth]; })()"
+    )
+    assert focused[0] == "Jobs" and focused[1] == "solid" and focused[2] != "0px", focused
+    page.keyboard.press("Enter")
+    page.locator("section#jobs").wait_for(state="visible")
+
     for section in ("Overview", "Jobs", "Parked", "Alerts", "Audit"):
         page.get_by_role("link", name=section).click()
         page.locator(f"section#{section.lower()}").wait_for(state="visible")

@@ -6,7 +6,10 @@ import {
 
 const PAGE = 1000; // the API's largest page
 const KEPT = 500; // entries kept in the page
-const VERIFY_EVERY = 15; // polls (30 s)
+// Reading the trail is itself audited (and verifying it even more so): the listing
+// is read when the view is shown, on Refresh and every 30 s, not at every poll;
+// the verification when the view is first shown and on "Verify again".
+const LIST_EVERY = 15; // polls (30 s)
 
 function outcomeTone(outcome) {
   if (outcome === "succeeded") return "ok";
@@ -31,19 +34,27 @@ function verification(report) {
 export function mountAudit(section) {
   const status = el("div", { id: "audit-verification", role: "status" }, "Verifying…");
   const again = el("button", { type: "button", class: "secondary" }, "Verify again");
+  const refresh = el("button", { type: "button", class: "secondary" }, "Refresh");
   const filter = el("input", { type: "search", id: "audit-filter", autocomplete: "off",
     placeholder: "actor, action, scope, reason…" });
   const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   section.append(
     el("div", { class: "verify" }, status, again),
-    el("label", { for: "audit-filter" }, "Filter"), filter, body);
+    el("label", { for: "audit-filter" }, "Filter"),
+    el("div", { class: "inline" }, filter, refresh), body);
 
   const entries = new Map(); // seq -> entry
   let lastAt = null;
   let polls = 0;
   let verifyWanted = true;
+  let listWanted = true;
+  let wasShown = false;
   again.addEventListener("click", () => {
     verifyWanted = true;
+    tickNow();
+  });
+  refresh.addEventListener("click", () => {
+    listWanted = true;
     tickNow();
   });
   filter.addEventListener("input", () => render());
@@ -83,12 +94,17 @@ export function mountAudit(section) {
   }
 
   onTick(async () => {
-    if (!shown(section)) return;
-    if (verifyWanted || polls % VERIFY_EVERY === 0) {
+    const visible = shown(section);
+    const appeared = visible && !wasShown;
+    wasShown = visible;
+    if (!visible) return;
+    if (verifyWanted) {
       verifyWanted = false;
       verify(); // not awaited: a long verification does not hold the listing back
     }
     polls += 1;
+    if (!(listWanted || appeared || polls % LIST_EVERY === 0)) return;
+    listWanted = false;
     // The trail grows at its end: read from the newest entry seen on (pages of PAGE).
     for (;;) {
       const since = lastAt ? `&since=${encodeURIComponent(lastAt)}` : "";

@@ -33,6 +33,7 @@ export function eta(job) {
   if (job.state === "completed") return "done";
   if (job.stalled) return "stalled: no worker";
   if (job.state === "paused") return "paused";
+  if (job.state === "planned" && !job.live_workers) return "waiting for a worker";
   return job.eta_seconds === null || job.eta_seconds === undefined ? "–" : duration(job.eta_seconds);
 }
 

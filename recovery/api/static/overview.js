@@ -111,13 +111,16 @@ export function mountOverview(section) {
     const [status, lifecycle, jobs] = await Promise.all([
       api("/api/status"), api("/api/projections"), api("/api/jobs?active=true"),
     ]);
+    // Alerts are optional here: a server without them, or an evaluation that fails,
+    // leaves the rest of the overview as it is and says so in the alerts card.
     let alerts = null;
+    let alertsNote = "alerts not available";
     if (alertsAvailable) {
       try {
         alerts = (await api("/api/alerts")).alerts || [];
       } catch (failure) {
         if (missingRoute(failure)) alertsAvailable = false;
-        else throw failure;
+        else alertsNote = `alerts: ${failure.message}`;
       }
     }
     const parked = lifecycle.reduce((sum, p) => sum + (p.parked_now || 0), 0);
@@ -131,7 +134,7 @@ export function mountOverview(section) {
         jobs.some((j) => j.stalled) ? "some stalled" : null),
       card("parked now", number(parked)),
       card("open alerts", alerts === null ? "–" : number(alerts.length),
-        alerts === null ? "alerts not available" : null));
+        alerts === null ? alertsNote : null));
     fill(needs, attention(jobs, lifecycle, alerts));
     fill(running, runningTable(jobs));
     fill(projections, projectionsTable(lifecycle, status));

@@ -69,41 +69,71 @@ function eventsTable(projection, events, operate) {
       }, "Skip") : null)))));
 }
 
+/** Polls between two reads of the lists when nothing changed (reading them is audited). */
+const RELOAD_EVERY = 15;
+
 export function mountParked(section) {
   const resolved = el("input", { type: "checkbox", id: "parked-resolved" });
+  const refresh = el("button", { type: "button", class: "secondary" }, "Refresh");
   const body = el("div", {}, el("p", { class: "muted" }, "Loading…"));
   section.append(
     el("p", { class: "muted" }, "Events a projection could not apply and set aside: where and " +
       "why, never their content."),
     el("div", { class: "inline" }, resolved,
-      el("label", { for: "parked-resolved", class: "inline" }, "Show re-driven and skipped ones too")),
+      el("label", { for: "parked-resolved", class: "inline" }, "Show re-driven and skipped ones too"),
+      refresh),
     body);
-  resolved.addEventListener("change", () => tickNow());
+  let wanted = true;
+  resolved.addEventListener("change", () => {
+    wanted = true;
+    tickNow();
+  });
+  refresh.addEventListener("click", () => {
+    wanted = true;
+    tickNow();
+  });
 
+  // Listing a projection's parked events is an audited read: the lists are read when
+  // the view is shown, when a projection's count of parked events changes, on Refresh,
+  // and every 30 s, not at every poll; a projection with nothing parked is not asked.
+  let wasShown = false;
+  let lastCounts = "";
+  let polls = 0;
   onTick(async () => {
-    if (!shown(section)) return;
+    const visible = shown(section);
+    const appeared = visible && !wasShown;
+    wasShown = visible;
+    if (!visible) return;
     const projections = await api("/api/projections");
+    const counts = projections.map((p) => `${p.name}:${p.parked_now}`).join(",");
+    polls += 1;
+    if (!(wanted || appeared || counts !== lastCounts || polls % RELOAD_EVERY === 0)) return;
+    wanted = false;
+    lastCounts = counts;
     const query = resolved.checked ? "?include_resolved=true" : "";
     const blocks = await Promise.all(projections.map(async (p) => {
+      const operate = allowed("operate", p.name);
+      const heading = el("h3", {}, `${p.name} `,
+        badge(`${p.parked_now} parked`, p.parked_now ? "warn" : "ok"));
+      if (!p.parked_now && !resolved.checked) {
+        return el("div", { class: "parked-projection" }, heading,
+          el("p", { class: "muted" }, "Nothing parked."));
+      }
       let listed;
       try {
         listed = await api(`/api/projections/${encodeURIComponent(p.name)}/parked${query}`);
       } catch (failure) {
-        return el("div", {}, el("h3", {}, p.name), el("p", { class: "muted" }, unavailable(failure)));
+        return el("div", {}, heading, el("p", { class: "muted" }, unavailable(failure)));
       }
       const open = listed.filter((e) => !e.resolved_at).length;
-      const operate = allowed("operate", p.name);
-      return el("div", { class: "parked-projection" },
-        el("h3", {}, `${p.name} `, badge(`${open} parked`, open ? "warn" : "ok")),
+      return el("div", { class: "parked-projection" }, heading,
         operate && open ? el("p", {}, el("button", {
           type: "button", onclick: () => redrive(p.name, open),
         }, `Re-drive ${p.name}'s parked events`)) : null,
         listed.length ? eventsTable(p.name, listed, operate)
           : el("p", { class: "muted" }, "Nothing parked."));
     }));
-    // Keep the focused button's place: only refill when no control inside has focus.
-    if (!body.contains(document.activeElement) || document.activeElement === body) {
-      fill(body, blocks);
-    }
+    // A button inside keeps its focus: refill only when no control inside has it.
+    if (!body.contains(document.activeElement)) fill(body, blocks);
   });
 }
