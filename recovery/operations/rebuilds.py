@@ -21,7 +21,7 @@ from uuid import UUID
 
 from safereplay.projections import ParkedEvent, Partition, open_source, open_store
 from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
-from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.errors import InvalidRequest, JobConflict
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
@@ -41,6 +41,7 @@ from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_
 from safereplay.recovery.operations.metrics_process import serving_metrics
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
+from safereplay.recovery.templates.apply import rollout_state
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
@@ -60,7 +61,8 @@ def _partition(value: Any) -> Partition:
 
 
 def _request(ctx: OperationContext, p: Mapping[str, Any], default_partitions: int) -> JobRequest:
-    extra = {key: p[key] for key in ("policy", "breaker") if p.get(key) is not None}
+    # A template's rollout is kept with its job: the console reads its canary from it.
+    extra = {key: p[key] for key in ("policy", "breaker", "rollout") if p.get(key) is not None}
     rate = p.get("events_per_second")
     held = p.get("held_partitions") or ()
     return JobRequest(
@@ -363,6 +365,14 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
 
     def continue_rollout(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         job_id = resolve_job_id(context.jobs, p["job_id"])
+        rollout = rollout_state(context.jobs.status(job_id))
+        if rollout.staged and not rollout.verified:
+            # The rest runs only after a verified canary, whoever asks (the console,
+            # the API, `apply`): otherwise abort the job, or wait for the canary.
+            raise JobConflict(
+                f"job {job_id} keeps its partitions {list(rollout.held_partitions)} held: "
+                f"{rollout.detail}"
+            )
         released = context.jobs.release_held(job_id)
         return {"job_id": str(job_id), "released_partitions": released}
 

@@ -5,11 +5,17 @@ values an operator set on it (``settings``, each a parameter the template
 declares, within its bounds), or, with ``dry_run``, the template a command
 (``rebuild``, ``catch-up``, ``replay``, ``parked.redrive``) amounts to: the
 commands' ``--dry-run`` is this same plan.
+
+For the dashboard's console: ``templates.parameters`` describes what an operator
+may set on a template (the same rules ``--set`` is checked with), and
+``rollout.status`` says where a job's staged rollout is: whether its canary
+verified, so that the rest may be released (``rollout.continue``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from safereplay.projections import open_source
@@ -17,10 +23,12 @@ from safereplay.recovery.errors import InvalidRequest, JobConflict, RecoveryErro
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
 from safereplay.recovery.operations.drills import live_reader
+from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.security.access import Permission, Principal
+from safereplay.recovery.templates.apply import RolloutState, rollout_state
 from safereplay.recovery.templates.commands import command_template
 from safereplay.recovery.templates.model import RecoveryTemplate, parse_template
-from safereplay.recovery.templates.parameters import parse_settings
+from safereplay.recovery.templates.parameters import ParameterDescription, parse_settings
 from safereplay.recovery.templates.plan import TemplatePlan, plan_template
 from safereplay.recovery.templates.store import (
     ListedTemplate,
@@ -36,7 +44,25 @@ from safereplay.recovery.templates.store import (
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["change_template", "planned_template", "register_template_operations"]
+__all__ = [
+    "TemplateForm",
+    "change_template",
+    "planned_template",
+    "register_template_operations",
+]
+
+
+@dataclass(frozen=True)
+class TemplateForm:
+    """What an operator may set on a template, and what it does: a console's form."""
+
+    template: str
+    kind: str
+    description: str
+    origin: str
+    projections: tuple[str, ...]
+    canary_partitions: tuple[int, ...]
+    parameters: tuple[ParameterDescription, ...]
 
 
 def change_template(
@@ -138,6 +164,25 @@ def register_template_operations(operations: Operations, context: RecoveryContex
             raise InvalidRequest("adding or changing a template needs its TOML text")
         return template_change(templates, toml)
 
+    def form(ctx: OperationContext, p: Mapping[str, Any]) -> TemplateForm:
+        template, origin = planned_template(context, {"template": p.get("template", "")})
+        return TemplateForm(
+            template=template.template.name,
+            kind=template.template.kind,
+            description=template.template.description,
+            origin=origin,
+            projections=tuple(template.scope.projections),
+            canary_partitions=tuple(sorted(template.rollout.canary_partitions)),
+            parameters=tuple(template.described_parameters(registered=list(context.registry))),
+        )
+
+    def rollout(ctx: OperationContext, p: Mapping[str, Any]) -> RolloutState:
+        return rollout_state(context.jobs.status(resolve_job_id(context.jobs, p["job_id"])))
+
+    def job_scope(parameters: Mapping[str, Any]) -> str:
+        job = context.jobs.get_job(resolve_job_id(context.jobs, parameters.get("job_id")))
+        return f"projection:{job.projection}"
+
     def listed(ctx: OperationContext, p: Mapping[str, Any]) -> list[ListedTemplate]:
         return listed_templates(templates)
 
@@ -158,6 +203,13 @@ def register_template_operations(operations: Operations, context: RecoveryContex
             "list stored templates (latest) and shipped runbooks",
         ),
         ("templates.show", view, show, "projection:*", "show a stored template"),
+        (
+            "templates.parameters",
+            view,
+            form,
+            _plan_scope(context),
+            "what an operator may set on a template, within which bounds",
+        ),
     ]
     for name, permission, handler, scope, summary in table:
         # Reading or planning changes nothing; adding and updating do (and need a reason),
@@ -170,3 +222,13 @@ def register_template_operations(operations: Operations, context: RecoveryContex
             summary=summary,
             prepare=diff_of_change if name in ("templates.add", "templates.update") else None,
         )
+    operations.register(
+        "rollout.status",
+        permission=view,
+        handler=rollout,
+        scope=job_scope,
+        prepare=job_id_preparer(context),
+        summary="a job's staged rollout: canary, held partitions, whether it verified",
+        # Polled by the console while a canary runs.
+        monitoring=True,
+    )

@@ -11,6 +11,15 @@ canary partition completed — the completeness check accounted for every
 position — and, with ``require_verified_canary``, parked nothing. Then
 ``rollout.continue`` releases the rest; otherwise the job is aborted and the
 rollout stops there, with the live build untouched.
+
+:func:`apply_template` (``safereplay apply``) runs the steps and waits on each,
+continuing after a verified canary by itself. :func:`start_template` (the
+dashboard's console) makes the same steps' jobs and returns at once: workers run
+them, and the operator releases the rest of a rollout (``rollout.continue``) once
+:func:`rollout_state` says the canary verified. Both build every step with
+:func:`_start_step`, so both create the same jobs through the same checks.
+:func:`rehearse_template` is the console's rehearsal: a ``drill`` of each
+projection of the template, rebuilt into a sandbox and compared with live.
 """
 
 from __future__ import annotations
@@ -26,15 +35,22 @@ from uuid import UUID
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.model import JobState, JobStatus, PartitionStatus
 from safereplay.recovery.security.access import Principal
-from safereplay.recovery.templates.model import RecoveryTemplate
+from safereplay.recovery.templates.model import RecoveryTemplate, RolloutSpec
 
 __all__ = [
     "AppliedStep",
     "JobDriver",
+    "RolloutState",
     "STEP_OPERATIONS",
     "OperationRunner",
+    "StartedStep",
     "ThreadDriver",
     "apply_template",
+    "canary_ended",
+    "canary_verified",
+    "rehearse_template",
+    "rollout_state",
+    "start_template",
     "wait_for_job",
 ]
 
@@ -141,17 +157,91 @@ def _held(template: RecoveryTemplate) -> list[int]:
     return [p for p in template.partitions_in_scope() if p not in canary]
 
 
-def _canary_verified(template: RecoveryTemplate, status: JobStatus) -> tuple[bool, str]:
-    canary = [
-        p for p in status.partitions if p.partition_index in template.rollout.canary_partitions
-    ]
+def canary_verified(rollout: RolloutSpec, status: JobStatus) -> tuple[bool, str]:
+    """Did the canary partitions of ``status``'s job verify, and why (not)."""
+    canary = [p for p in status.partitions if p.partition_index in rollout.canary_partitions]
     failed = [p.partition_index for p in canary if p.status != PartitionStatus.COMPLETED]
     if failed:
         return False, f"canary partitions {failed} did not complete"
     parked = sum(p.parked for p in canary)
-    if template.rollout.require_verified_canary and parked:
+    if rollout.require_verified_canary and parked:
         return False, f"the canary parked {parked} events"
-    return True, f"canary partitions {template.rollout.canary_partitions} verified"
+    return True, f"canary partitions {rollout.canary_partitions} verified"
+
+
+def canary_ended(rollout: RolloutSpec, status: JobStatus) -> bool:
+    """Has the canary stage ended: the job ended, or every canary partition did."""
+    if status.job.state in ENDED:
+        return True
+    return all(
+        p.status in (PartitionStatus.COMPLETED, PartitionStatus.FAILED)
+        for p in status.partitions
+        if p.partition_index in rollout.canary_partitions
+    )
+
+
+@dataclass(frozen=True)
+class StartedStep:
+    """A template step whose job was made (or, with no job, whose operation ran).
+
+    ``held_partitions``: the partitions that wait for the canary; ``detail``: the
+    result of a step that needed no job (a catch-up of a projection not behind).
+    """
+
+    projection: str | None
+    operation: str
+    job_id: str | None
+    canary_partitions: tuple[int, ...] = ()
+    held_partitions: tuple[int, ...] = ()
+    detail: str = ""
+
+
+def _because(template: RecoveryTemplate, reason: str) -> str:
+    # The template's name is in every step's reason (and so in every audit entry).
+    return f"{reason} (template {template.template.name})"
+
+
+def _steps(template: RecoveryTemplate) -> Sequence[str | None]:
+    return template.scope.projections or [None]
+
+
+def _start_step(
+    operations: OperationRunner,
+    principal: Principal,
+    template: RecoveryTemplate,
+    projection: str | None,
+    because: str,
+) -> StartedStep:
+    """Run one step's operation (checked and audited): a job, the rest held back."""
+    operation = _operation(template)
+    held = _held(template)
+    parameters = _parameters(template, projection)
+    if held:
+        parameters["held_partitions"] = held
+        # Kept with the job, so whoever looks at it later knows its canary.
+        parameters["rollout"] = template.rollout.model_dump()
+    result = operations.run(principal, operation, reason=because, **parameters)
+    job_id = result.get("job_id") if isinstance(result, dict) else None
+    if job_id is None:
+        return StartedStep(projection, operation, None, detail=str(result))
+    canary = tuple(sorted(template.rollout.canary_partitions)) if held else ()
+    return StartedStep(projection, operation, str(job_id), canary, tuple(held))
+
+
+def start_template(
+    operations: OperationRunner,
+    principal: Principal,
+    template: RecoveryTemplate,
+    *,
+    reason: str,
+) -> list[StartedStep]:
+    """Make every step's job (canary partitions runnable, the rest held) and return
+    without waiting: workers run them; ``rollout.continue`` releases the rest."""
+    because = _because(template, reason)
+    return [
+        _start_step(operations, principal, template, projection, because)
+        for projection in _steps(template)
+    ]
 
 
 def apply_template(
@@ -163,26 +253,20 @@ def apply_template(
     driver: JobDriver,
 ) -> list[AppliedStep]:
     """Run ``template`` step by step; stop at the first step that does not complete."""
-    name = template.template.name
-    because = f"{reason} (template {name})"
-    operation = _operation(template)
-    projections: Sequence[str | None] = template.scope.projections or [None]
+    because = _because(template, reason)
+    rollout = template.rollout
     steps: list[AppliedStep] = []
-    for projection in projections:
-        held = _held(template)
-        parameters = _parameters(template, projection)
-        if held:
-            parameters["held_partitions"] = held
-        result = operations.run(principal, operation, reason=because, **parameters)
-        job_id = result.get("job_id") if isinstance(result, dict) else None
-        if job_id is None:
-            steps.append(AppliedStep(projection, operation, None, "done", str(result)))
+    for projection in _steps(template):
+        started = _start_step(operations, principal, template, projection, because)
+        operation = started.operation
+        if started.job_id is None:
+            steps.append(AppliedStep(projection, operation, None, "done", started.detail))
             continue
-        job = UUID(str(job_id))
+        job = UUID(started.job_id)
         driver.start(job)
-        if held:
-            status = driver.wait(job, lambda s: _canary_ended(template, s))
-            verified, detail = _canary_verified(template, status)
+        if started.held_partitions:
+            status = driver.wait(job, lambda s: canary_ended(rollout, s))
+            verified, detail = canary_verified(rollout, status)
             if not verified:
                 operations.run(principal, "abort", reason=f"{because}: {detail}", job_id=str(job))
                 steps.append(AppliedStep(projection, operation, str(job), "stopped", detail))
@@ -201,14 +285,81 @@ def apply_template(
     return steps
 
 
-def _canary_ended(template: RecoveryTemplate, status: JobStatus) -> bool:
-    if status.job.state in ENDED:
-        return True
-    return all(
-        p.status in (PartitionStatus.COMPLETED, PartitionStatus.FAILED)
-        for p in status.partitions
-        if p.partition_index in template.rollout.canary_partitions
+@dataclass(frozen=True)
+class RolloutState:
+    """Where a job's staged rollout is: what the console shows, and whether the
+    rest may be released (``verified``, with ``detail`` saying why or why not)."""
+
+    job_id: str
+    state: str
+    staged: bool
+    canary_partitions: tuple[int, ...]
+    held_partitions: tuple[int, ...]
+    require_verified_canary: bool
+    canary_ended: bool
+    verified: bool
+    #: The held partitions were released (``rollout.continue``).
+    released: bool
+    detail: str
+
+
+def rollout_state(status: JobStatus) -> RolloutState:
+    """The rollout of ``status``'s job, from the rollout kept with it (a job made
+    by :func:`_start_step`); a job with no rollout is one stage, nothing held."""
+    held = tuple(p.partition_index for p in status.partitions if p.status == PartitionStatus.HELD)
+    kept = status.job.parameters.get("rollout")
+    job_id, state = str(status.job.job_id), str(status.job.state)
+    if not isinstance(kept, dict) or not kept.get("canary_partitions"):
+        return RolloutState(
+            job_id, state, False, (), held, False, True, False, False, "not a staged rollout"
+        )
+    rollout = RolloutSpec.model_validate(kept)
+    ended = canary_ended(rollout, status)
+    verified, detail = canary_verified(rollout, status) if ended else (False, "")
+    if not ended:
+        detail = f"canary partitions {rollout.canary_partitions} are still running"
+    elif status.job.state in ENDED:
+        verified = verified and status.job.state != JobState.ABORTED
+        detail = f"the job is {state}" + (f": {detail}" if detail else "")
+    return RolloutState(
+        job_id=job_id,
+        state=state,
+        staged=True,
+        canary_partitions=tuple(sorted(rollout.canary_partitions)),
+        held_partitions=held,
+        require_verified_canary=rollout.require_verified_canary,
+        canary_ended=ended,
+        verified=verified,
+        released=not held,
+        detail=detail,
     )
+
+
+def rehearse_template(
+    operations: OperationRunner,
+    principal: Principal,
+    template: RecoveryTemplate,
+    *,
+    reason: str,
+) -> list[Any]:
+    """Rehearse ``template`` as a drill: each of its projections rebuilt into a
+    sandbox, in its partitions, and compared with the live build (``drill``,
+    checked and audited); the live read model is not touched."""
+    if not template.scope.projections:
+        raise InvalidRequest(
+            f"a {template.template.kind} template has no projection to rehearse in a sandbox"
+        )
+    because = f"{reason} (rehearsal of template {template.template.name})"
+    return [
+        operations.run(
+            principal,
+            "drill",
+            reason=because,
+            projection=projection,
+            partitions=template.scope.partitions,
+        )
+        for projection in template.scope.projections
+    ]
 
 
 class ThreadDriver:

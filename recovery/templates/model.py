@@ -54,9 +54,12 @@ from safereplay.recovery.resilience.breaker import BreakerSettings
 from safereplay.recovery.resilience.policies import ErrorRules
 from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
 from safereplay.recovery.templates.parameters import (
+    ParameterDescription,
     ParameterSpec,
+    current_value,
     declaration_problems,
     default_problems,
+    describe_parameter,
     revalidation_error,
     set_values,
     typed_value,
@@ -204,6 +207,15 @@ class RecoveryTemplate(_Strict):
             return RecoveryTemplate.model_validate(document)
         except ValidationError as exc:
             raise revalidation_error(settings, exc) from None
+
+    def described_parameters(self, *, registered: Collection[str]) -> list[ParameterDescription]:
+        """The parameters an operator may set, with their bounds and this template's
+        values as defaults: the rules :meth:`with_settings` applies, for a form."""
+        document = self.model_dump(by_alias=True)
+        return [
+            describe_parameter(name, spec, current_value(document, name), registered=registered)
+            for name, spec in self.parameters.items()
+        ]
 
     def partitions_in_scope(self) -> list[int]:
         if self.scope.only_partitions is not None:

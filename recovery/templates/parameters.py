@@ -16,6 +16,11 @@ does not declare, is refused (:class:`~safereplay.recovery.errors.InvalidRequest
 naming the parameter and the bound; the template with the values set is validated
 again as a whole, so a value that breaks another rule (a canary partition outside
 fewer partitions) is refused too. Nothing is run before every value passed.
+
+:func:`describe_parameter` says the same rules as a JSON Schema (the type, the
+bounds, the allowed projections and the template's own value as the default),
+for a form that shows them: the form's hints come from these rules, and the
+values it sends are checked again by :func:`typed_value`, as ``--set`` ones are.
 """
 
 from __future__ import annotations
@@ -32,10 +37,12 @@ from safereplay.recovery.errors import InvalidRequest
 __all__ = [
     "SETTABLE",
     "IntegerParameter",
+    "ParameterDescription",
     "NumberParameter",
     "ParameterSpec",
     "ProjectionParameter",
     "Settable",
+    "describe_parameter",
     "parse_settings",
 ]
 
@@ -243,3 +250,51 @@ def revalidation_error(settings: Mapping[str, str], exc: ValidationError) -> Inv
         for e in exc.errors(include_url=False, include_input=False)
     )
     return InvalidRequest(f"with {given} the template is not valid: {problems}")
+
+
+@dataclass(frozen=True)
+class ParameterDescription:
+    """A declared parameter as a form shows it: ``bounds`` in words (as a refusal
+    says them) and ``schema``, a JSON Schema of the values it accepts."""
+
+    name: str
+    type: str
+    default: str | int | float | None
+    bounds: str
+    description: str
+    schema: Mapping[str, Any]
+
+
+def describe_parameter(
+    name: str,
+    spec: ProjectionParameter | IntegerParameter | NumberParameter,
+    current: Any,
+    *,
+    registered: Collection[str],
+) -> ParameterDescription:
+    """``spec`` described, with the template's own value ``current`` as its default."""
+    schema: dict[str, Any]
+    if isinstance(spec, ProjectionParameter):
+        allowed = set(registered) if spec.allowed == "*" else set(spec.allowed) & set(registered)
+        schema = {"type": "string", "enum": sorted(allowed)}
+        # A template names its projections as a list; the parameter sets one.
+        default = current[0] if isinstance(current, list) and len(current) == 1 else None
+    else:
+        schema = {"type": spec.type}
+        if spec.min is not None:
+            schema["minimum"] = spec.min
+        if spec.max is not None:
+            schema["maximum"] = spec.max
+        default = current
+    if default is not None:
+        schema["default"] = default
+    if spec.description:
+        schema["description"] = spec.description
+    return ParameterDescription(
+        name=name,
+        type=spec.type,
+        default=default,
+        bounds=spec.bounds(),
+        description=spec.description,
+        schema=schema,
+    )

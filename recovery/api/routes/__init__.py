@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import alerts, audit, builds, jobs, parked, status
+from safereplay.recovery.api.routes import alerts, audit, builds, jobs, parked, status, templates
 
 __all__ = ["ROUTERS"]
 
@@ -13,4 +13,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     parked.router,
     audit.router,
     alerts.router,
+    templates.router,
 )
