@@ -230,7 +230,8 @@ class AlertSettings(BaseSettings):
         try:
             return cls()
         except ValidationError as exc:
-            raise settings_error(exc, known=variable_names(cls)) from None
+            prefix = str(cls.model_config.get("env_prefix", ""))
+            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
 
 
 #: Every settings class of safereplay: the variables they read are all the settings.

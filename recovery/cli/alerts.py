@@ -12,7 +12,7 @@ from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import console, emit, operation
 from safereplay.recovery.errors import AccessDenied
 
-__all__ = ["alerts_table", "print_open_alerts", "register"]
+__all__ = ["alerts_table", "open_alerts", "print_open_alerts", "register"]
 
 
 def alerts_table(result: Any) -> Table:
@@ -61,18 +61,24 @@ def alerts_command(
     emit(result, as_json=as_json, human=human)
 
 
-def print_open_alerts(projections: list[str]) -> None:
-    """Under ``status``: the open alerts (of those projections, if any are named)."""
+def open_alerts(projections: list[str]) -> list[dict[str, Any]] | None:
+    """The open alerts (of those projections, if any are named) that ``status`` shows;
+    None when the caller may not read alerts (they need view on projection:*, the
+    status itself may need less)."""
     try:
         result = operation("alerts")
     except AccessDenied:
-        return  # alerts need view on projection:*; the status itself may need less
-    shown = [
+        return None
+    return [
         a
         for a in result["alerts"]
         if not projections or a["projection"] is None or a["projection"] in projections
     ]
-    for alert in shown:
+
+
+def print_open_alerts(alerts: list[dict[str, Any]] | None) -> None:
+    """Under ``status``'s table: one line per open alert."""
+    for alert in alerts or []:
         colour = "red" if alert["severity"] == "critical" else "yellow"
         console.print(
             f"[{colour}]alert {alert['rule']} ({alert['subject']}): {alert['message']}[/]",

@@ -37,6 +37,7 @@ from safereplay.recovery.cli.support import (
     fail,
     operation,
     refuse_token_arguments,
+    to_jsonable,
     use_json_errors,
 )
 from safereplay.recovery.errors import RecoveryError
@@ -166,13 +167,15 @@ def status_command(
     and decrypts nothing.
     """
     report = operation("status", projections=projection or [])
+    alerts = cli_alerts.open_alerts(projection or [])
 
     def human(found: Any) -> None:
-        console.print(status_table(found))
+        console.print(status_table(report))
         cli_jobs.print_stalled_jobs(projection or [])
-        cli_alerts.print_open_alerts(projection or [])
+        cli_alerts.print_open_alerts(alerts)
 
-    emit(report, as_json=as_json, human=human)
+    # The report's fields, and the open alerts (null: the caller may not read them).
+    emit({**to_jsonable(report), "open_alerts": alerts}, as_json=as_json, human=human)
 
 
 cli_jobs.register(app)
