@@ -124,12 +124,14 @@ class _Guard:
         return not stop.is_set()
 
     def record(self, outcome: DeliveryOutcome) -> None:
-        # A permanent refusal is an answer from a working receiver: not a breaker failure.
+        # A permanent refusal is an answer from a working receiver: for the breaker a
+        # success (it must hear of every call it let through, or a half-open breaker
+        # would wait for its probe's result for ever).
         with self._lock:
-            if outcome.delivered:
-                self.breaker.record_success()
-            elif outcome.kind == "retryable":
+            if outcome.kind == "retryable":
                 self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
 
 
 class ReactionRunner:
