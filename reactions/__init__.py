@@ -17,6 +17,7 @@ rebuild paths imports this package: ``tests/test_architecture.py`` checks it).
   with retries, a breaker per destination, parking in per-aggregate order;
 - :mod:`safereplay.reactions.resilience`: the shapes of the policy, breaker and
   throttle values the runner is given;
+- :mod:`safereplay.reactions.webhook`: the HTTP webhook destination (signed JSON);
 - :mod:`safereplay.reactions.memory`: a recording destination for tests and drills.
 """
 
@@ -46,6 +47,7 @@ from safereplay.reactions.reaction import Destination, Reaction
 from safereplay.reactions.resilience import Breaker, NoBreaker, RetryPolicy, Throttle
 from safereplay.reactions.runner import CycleResult, ReactionOptions, ReactionRunner
 from safereplay.reactions.sqlite import SQLiteDeliveryLedger
+from safereplay.reactions.webhook import WebhookDestination, WebhookSecret, verify_signature
 
 __all__ = [
     "DELIVERY_STATES",
@@ -71,9 +73,12 @@ __all__ = [
     "RetryPolicy",
     "SQLiteDeliveryLedger",
     "Throttle",
+    "WebhookDestination",
+    "WebhookSecret",
     "always",
     "failing_times",
     "idempotency_key",
     "open_ledger",
     "public_form",
+    "verify_signature",
 ]
