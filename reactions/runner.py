@@ -109,19 +109,24 @@ class _Guard:
         self._lock = threading.Lock()
 
     def admit(self, stop: threading.Event) -> bool:
-        """Wait until the breaker lets one call through (False: stopped meanwhile)."""
+        """Wait until the breaker lets one call through (False: stopped meanwhile).
+
+        Once let through, the call is made: a half-open breaker's probe must be
+        followed by its outcome (:meth:`record`), or the breaker would wait for it.
+        """
         while True:
+            if stop.is_set():
+                return False
             with self._lock:
                 allowed = self.breaker.allow()
                 wait = self.breaker.wait_time()
             if allowed:
                 break
-            if stop.wait(max(wait, self._poll)):
-                return False
+            stop.wait(max(wait, self._poll))
         if self.throttle is not None:
             with self._lock:
                 self.throttle.acquire(1)
-        return not stop.is_set()
+        return True
 
     def record(self, outcome: DeliveryOutcome) -> None:
         # A permanent refusal is an answer from a working receiver: for the breaker a

@@ -10,6 +10,8 @@
 - a crash after the pending rows committed and before any send, or after a send
   and before its outcome committed: a new runner delivers what was owed, with the
   same keys (at least once; the distinct keys are still the events);
+- a stopped runner starts no new call and leaves the rest owed for the next one;
+- each destination's throttle is asked for every call to it;
 - a reaction whose mapping fails stops without moving its position.
 """
 
@@ -38,6 +40,7 @@ from safereplay.reactions import (
     DeliveryMappingFailed,
     DeliveryOutcome,
     ReactionDefinitionError,
+    ReactionRunner,
     RecordingDestination,
     always,
     failing_times,
@@ -193,6 +196,25 @@ class RunnerCases(ReactionContract):
         delivered = world.runners[-1].ledger.entries("run_events", state="delivered")
         assert len(delivered) == len(events)
 
+    def test_a_stopped_runner_leaves_the_rest_owed_for_the_next(self, world: ReactionWorld) -> None:
+        events = world.events()
+        crm = RecordingDestination("crm")
+        stopping = world.runner([crm], concurrency=2)
+
+        def stop_at_the_first_call(delivery: Delivery, attempt: int) -> DeliveryOutcome:
+            stopping.stop()
+            return DeliveryOutcome.retry(503, "going down")
+
+        crm.answer = stop_at_the_first_call
+        result = stopping.run_once()
+        assert result.delivered == 0 and result.waiting > 0
+        assert len(crm.calls) <= 2, "no call starts after the stop (two were in flight)"
+        assert len(stopping.ledger.owed("run_events")) == len(events)
+
+        crm.answer = always(DeliveryOutcome.ok(200))
+        world.runner([crm]).run_until_idle()
+        assert len(crm.acknowledged_keys()) == len(crm.acknowledged) == len(events)
+
     def test_a_reaction_that_cannot_map_an_event_stops_where_it_is(
         self, world: ReactionWorld
     ) -> None:
@@ -223,6 +245,36 @@ class RunnerCases(ReactionContract):
                 [RecordingDestination("crm"), RecordingDestination("crm")],
                 reaction=RunEvents(destinations=["crm"]),
             )
+
+    def test_each_destination_has_a_throttle_of_its_own(self, world: ReactionWorld) -> None:
+        events = world.events()
+        taken: dict[str, int] = defaultdict(int)
+
+        class Counting:
+            def __init__(self, destination: str) -> None:
+                self.destination = destination
+
+            def acquire(self, events: int) -> float:
+                taken[self.destination] += events
+                return 0.0
+
+        crm = RecordingDestination("crm", answer=failing_times(1))
+        mail = RecordingDestination("mail")
+        runner = world.runner([crm, mail])
+        runner = ReactionRunner(
+            runner.reaction,
+            source=runner.source,
+            ledger=runner.ledger,
+            destinations=[crm, mail],
+            policy=runner.policy,
+            throttles=Counting,
+            options=runner.options,
+        )
+        runner.run_until_idle()
+        # One token per call: crm's retries took theirs too.
+        assert taken == {"crm": len(crm.calls), "mail": len(mail.calls)}
+        assert len(crm.calls) == 2 * len(events) and len(mail.calls) == len(events)
+        runner.close()
 
     def test_reactions_keep_positions_of_their_own(self, world: ReactionWorld) -> None:
         events = world.events()
