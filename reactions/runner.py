@@ -23,8 +23,13 @@ owed; the aggregate's chain stops for this cycle). A permanent refusal (a 4xx) i
 parked at once. While a destination's breaker is open, its chains wait for it
 (each attempt is let through by :meth:`Breaker.allow`).
 
-Re-delivery of what was parked, and the recovery surface (status, CLI, API), are
-not here yet (issue #20).
+**One runner per reaction at a time.** A second runner of the same reaction
+cannot record the same events twice (its batch fails with
+:class:`~safereplay.reactions.errors.LedgerConflict`), but it would send the same
+owed rows alongside the first one: still at least once with the same keys, but
+no longer in order per aggregate. A lease per reaction (as recovery's jobs have)
+is not here yet, nor are re-delivery of what was parked and the recovery surface
+(status, CLI, API): issue #20.
 """
 
 from __future__ import annotations
