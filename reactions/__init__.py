@@ -39,6 +39,7 @@ from safereplay.reactions.ledger import (
     DELIVERY_STATES,
     DeliveryLedger,
     DeliveryState,
+    DestinationSummary,
     LedgerEntry,
 )
 from safereplay.reactions.memory import RecordingDestination, always, failing_times
@@ -60,6 +61,7 @@ __all__ = [
     "DeliveryOutcome",
     "DeliveryState",
     "Destination",
+    "DestinationSummary",
     "LedgerConflict",
     "LedgerEntry",
     "NoBreaker",

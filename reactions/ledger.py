@@ -48,6 +48,7 @@ __all__ = [
     "OWED_STATES",
     "DeliveryLedger",
     "DeliveryState",
+    "DestinationSummary",
     "LedgerEntry",
 ]
 
@@ -81,6 +82,23 @@ class LedgerEntry:
     @property
     def owed(self) -> bool:
         return self.state in OWED_STATES
+
+
+@dataclass(frozen=True)
+class DestinationSummary:
+    """A reaction's rows to one destination, by state, and the oldest still owed
+    (``oldest_owed_at``: when it was recorded, seconds since the epoch; None: none)."""
+
+    destination: str
+    pending: int
+    failed: int
+    parked: int
+    delivered: int
+    oldest_owed_at: float | None
+
+    @property
+    def owed(self) -> int:
+        return self.pending + self.failed
 
 
 class DeliveryLedger(ABC):
@@ -143,6 +161,10 @@ class DeliveryLedger(ABC):
     @abstractmethod
     def counts(self, reaction: str) -> dict[tuple[str, DeliveryState], int]:
         """(destination, state) -> number of rows."""
+
+    @abstractmethod
+    def summary(self, reaction: str) -> list[DestinationSummary]:
+        """Per destination (by name): rows by state and the oldest owed one."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

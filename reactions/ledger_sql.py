@@ -24,7 +24,12 @@ from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.sqltemplate import Renderer
 from safereplay.reactions.delivery import Delivery, DeliveryOutcome
 from safereplay.reactions.errors import LedgerConflict
-from safereplay.reactions.ledger import DeliveryLedger, DeliveryState, LedgerEntry
+from safereplay.reactions.ledger import (
+    DeliveryLedger,
+    DeliveryState,
+    DestinationSummary,
+    LedgerEntry,
+)
 
 __all__ = [
     "REACTIONS_COMPONENT",
@@ -135,6 +140,18 @@ SELECT_ENTRIES = (
 SELECT_COUNTS = (
     "SELECT destination, state, count(*) AS n FROM {reaction_deliveries} "
     "WHERE reaction = %(reaction)s GROUP BY destination, state"
+)
+
+
+SELECT_SUMMARY = (
+    "SELECT destination, "
+    "sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, "
+    "sum(CASE WHEN state = 'failed' THEN 1 ELSE 0 END) AS failed, "
+    "sum(CASE WHEN state = 'parked' THEN 1 ELSE 0 END) AS parked, "
+    "sum(CASE WHEN state = 'delivered' THEN 1 ELSE 0 END) AS delivered, "
+    "min(CASE WHEN state IN ('pending', 'failed') THEN recorded_at END) AS oldest_owed_at "
+    "FROM {reaction_deliveries} WHERE reaction = %(reaction)s "
+    "GROUP BY destination ORDER BY destination"
 )
 
 
@@ -322,6 +339,21 @@ class SQLDeliveryLedger(DeliveryLedger):
         with self._tx(f"count reaction {reaction!r}'s deliveries", write=False) as tx:
             rows = tx.rows(SELECT_COUNTS, {"reaction": reaction})
         return {(str(r["destination"]), r["state"]): int(r["n"]) for r in rows}
+
+    def summary(self, reaction: str) -> list[DestinationSummary]:
+        with self._tx(f"summarise reaction {reaction!r}'s deliveries", write=False) as tx:
+            rows = tx.rows(SELECT_SUMMARY, {"reaction": reaction})
+        return [
+            DestinationSummary(
+                destination=str(r["destination"]),
+                pending=int(r["pending"]),
+                failed=int(r["failed"]),
+                parked=int(r["parked"]),
+                delivered=int(r["delivered"]),
+                oldest_owed_at=_optional_float(r["oldest_owed_at"]),
+            )
+            for r in rows
+        ]
 
     def _key(self, entry: LedgerEntry) -> dict[str, Any]:
         return {

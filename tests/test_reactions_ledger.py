@@ -5,7 +5,8 @@
   refused), and recording the same delivery again leaves its row alone;
 - an attempt's outcome moves an owed row to delivered / failed / parked, with its
   attempts, status, detail and times; a settled row no longer changes;
-- parked rows tell which (destination, aggregate) later events wait behind;
+- parked rows tell which (destination, aggregate) later events wait behind; a
+  summary per destination counts the rows by state and dates the oldest owed;
 - the tables are the ``reactions`` component of the schema catalog: a process
   that may not migrate refuses a database without them.
 """
@@ -128,6 +129,21 @@ class LedgerCases(LedgerContract):
             "no",
             "parked behind position 1",
         ]
+
+    def test_a_summary_per_destination_names_the_oldest_owed(self, ledger_at: Any) -> None:
+        times = iter([100.0, 200.0, 300.0])
+        ledger = ledger_at(clock=lambda: next(times))
+        assert ledger.summary("orders") == []
+        ledger.record("orders", expected=0, position=2, deliveries=[delivery(1), delivery(2, B)])
+        ledger.record(
+            "orders", expected=2, position=3, deliveries=[delivery(3), delivery(3, B, "mail")]
+        )
+        first = ledger.owed("orders")[0]
+        ledger.record_attempt(first, DeliveryOutcome.ok(200))  # at 300
+        crm, mail = ledger.summary("orders")
+        assert (crm.destination, crm.pending, crm.delivered, crm.owed) == ("crm", 2, 1, 2)
+        assert crm.oldest_owed_at == 100.0, "position 2 was recorded at 100"
+        assert (mail.pending, mail.failed, mail.parked, mail.oldest_owed_at) == (1, 0, 0, 200.0)
 
     def test_the_tables_are_a_component_of_the_schema_catalog(
         self, ledger_at: Callable[..., DeliveryLedger]
