@@ -4,7 +4,8 @@ Started by a test in a thread of its own on a free port; it records every reques
 (its idempotency key, body, and whether the signature verifies) and answers as its
 ``mode`` says: ``ok`` (200), a status to answer with (``503``, ``429``, ``400``),
 ``slow`` (waits ``delay`` seconds first), or ``fail_first`` (503 for the first
-``failures`` requests of each key, then 200). :meth:`Receiver.stop` takes it down
+``failures`` requests of each key, then 200); with ``hang_first`` its very first
+request waits ``delay`` seconds before answering. :meth:`Receiver.stop` takes it down
 (later calls are refused); :meth:`Receiver.start` brings it back on the same port.
 """
 
@@ -42,6 +43,7 @@ class Receiver:
     mode: str | int = "ok"
     delay: float = 2.0
     failures: int = 0
+    hang_first: bool = False
     port: int = 0
     received: list[Received] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
@@ -62,8 +64,14 @@ class Receiver:
             self.received.append(Received(key, body, signed, dict(request.headers)))
             self._seen[key] += 1
             seen = self._seen[key]
-        if self.mode == "slow":
-            await asyncio.sleep(self.delay)
+        first = len(self.received) == 1
+        if self.mode == "slow" or (self.hang_first and first):
+            # Held, until the delay passes or the caller goes away (then unanswered).
+            deadline = time.monotonic() + self.delay
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    return Response(status_code=499)
+                await asyncio.sleep(0.02)
         status = 200
         if isinstance(self.mode, int):
             status = self.mode
