@@ -4,10 +4,10 @@ Run from the repository root after moving or adding a module::
 
     .venv/bin/python docs/architecture_diagram.py
 
-It reads every import of the three packages with ``ast`` (the same reading as
-``tests/test_architecture.py``), groups ``recovery/`` by sub-package and
-``domain/`` as one box, keeps ``projections/`` module by module, and draws only
-the imports that are not implied by others (a transitive reduction), so the
+It reads every import of the four packages with ``ast`` (the same reading as
+``tests/test_architecture.py``), groups ``recovery/`` by sub-package,
+``domain/`` and ``reactions/`` as one box each, keeps ``projections/`` module by
+module, and draws only the imports that are not implied by others (a transitive reduction), so the
 picture shows the layering rather than every line. The DOT text is written
 always (``tests/test_docs.py`` checks it is current); the PNG needs Graphviz's
 ``dot`` (Debian: ``apt-get install graphviz``).
@@ -22,12 +22,17 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "projections", "recovery")
+PACKAGES = ("domain", "projections", "reactions", "recovery")
 DOT = ROOT / "docs" / "architecture.dot"
 PNG = ROOT / "docs" / "architecture.png"
 
 #: Colours per package (fill), chosen to print well in grey too.
-FILL = {"domain": "#fde9c9", "projections": "#d7ecd9", "recovery": "#d6e4f5"}
+FILL = {
+    "domain": "#fde9c9",
+    "projections": "#d7ecd9",
+    "reactions": "#f3dcea",
+    "recovery": "#d6e4f5",
+}
 
 
 def module_names() -> dict[str, Path]:
@@ -45,8 +50,8 @@ def group_of(module: str) -> str:
     """The box a module is drawn in."""
     parts = module.split(".")
     package = parts[1]
-    if package == "domain":
-        return "domain"
+    if package in ("domain", "reactions"):
+        return package
     if package == "projections":
         return "projections" if len(parts) == 2 else f"projections.{parts[2]}"
     if len(parts) == 2:
@@ -115,7 +120,7 @@ def dot_text() -> str:
         '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=11];',
         '  edge [color="#555555", arrowsize=0.6];',
     ]
-    for package in ("recovery", "projections", "domain"):
+    for package in ("recovery", "reactions", "projections", "domain"):
         members = [n for n in nodes if n.split(".")[0].split(" ")[0] == package]
         lines.append(f"  subgraph cluster_{package} {{")
         lines.append(f'    label="safereplay.{package}"; style="rounded"; color="#999999";')

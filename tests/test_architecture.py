@@ -1,14 +1,14 @@
 """The layout's rules, read from the source with ``ast``: one import path, no circles, layers.
 
 - every import of safereplay's own code says ``safereplay.``: nothing imports a
-  bare ``domain``, ``projections`` or ``recovery`` (tests and benchmarks included);
-- no import circle among the modules of the three packages and of ``benchmarks``:
+  bare ``domain``, ``projections``, ``reactions`` or ``recovery`` (tests and benchmarks included);
+- no import circle among the modules of the four packages and of ``benchmarks``:
   every import counts, at module level, inside a function or under ``TYPE_CHECKING``,
   and so does a module importing its own package's ``__init__``;
-- the packages import downward only (recovery → projections → domain), and inside
+- the packages import downward only (recovery → reactions → projections → domain), and inside
   ``recovery/`` the sub-packages do too, from the command line down to the shared
   foundations (:data:`RECOVERY_LAYERS`);
-- no module of the three packages is over :data:`MAX_LINES` lines unless its
+- no module of the four packages is over :data:`MAX_LINES` lines unless its
   docstring says why (a paragraph starting ``Why this module is long``).
 """
 
@@ -22,9 +22,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "projections", "recovery")
-#: Package -> the packages it may import (imports flow recovery -> projections -> domain).
-ALLOWED = {"domain": set(), "projections": {"domain"}, "recovery": {"projections", "domain"}}
+PACKAGES = ("domain", "projections", "reactions", "recovery")
+#: Package -> the packages it may import (imports flow recovery -> reactions ->
+#: projections -> domain): reactions read the log through the projections' event
+#: source; nothing below reactions may reach them, so no projection replay can
+#: call a reaction.
+ALLOWED = {
+    "domain": set(),
+    "projections": {"domain"},
+    "reactions": {"projections", "domain"},
+    "recovery": {"reactions", "projections", "domain"},
+}
 
 #: recovery's sub-packages from the outermost in: each imports only those after it.
 #: The last layer is the folder's own modules (errors, settings, database, registry):
@@ -177,6 +185,37 @@ def test_packages_import_downward_only(package: str) -> None:
         if name.startswith("safereplay.") and name.split(".")[1] in forbidden
     ]
     assert not offenders, offenders
+
+
+#: recovery's sub-packages that rebuild, replay or catch projections up: they
+#: never call a reaction, so replaying a read model never re-fires a side effect.
+REPLAY_PATHS = ("jobs", "drills", "migrations", "templates")
+
+
+def reaching_reactions(modules: list[Module]) -> list[str]:
+    """Imports of reactions from the domain, the projections or a replay path."""
+    return [
+        f"{module.name}:{line} imports {name}"
+        for module in modules
+        if module.name.split(".")[1:2] in (["domain"], ["projections"])
+        or module.name.split(".")[1:3] in (["recovery", p] for p in REPLAY_PATHS)
+        for line, name in imports_of(module)
+        if name.startswith("safereplay.reactions")
+    ]
+
+
+def test_projection_replays_never_reach_reactions() -> None:
+    offenders = reaching_reactions(list(MODULES.values()))
+    assert not offenders, "a replay path must never call a reaction:\n" + "\n".join(offenders)
+
+
+def test_the_replay_rule_sees_a_rebuild_importing_a_reaction(tmp_path: Path) -> None:
+    source = tmp_path / "worker.py"
+    source.write_text("from safereplay.reactions.runner import ReactionRunner\n")
+    worker = Module("safereplay.recovery.jobs.worker", source, False)
+    runner = Module("safereplay.projections.runner", source, False)
+    operations = Module("safereplay.recovery.operations.reactions", source, False)
+    assert len(reaching_reactions([worker, runner, operations])) == 2
 
 
 @pytest.mark.parametrize("package", PACKAGES)

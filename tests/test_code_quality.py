@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "projections", "recovery")
+PACKAGES = ("domain", "projections", "reactions", "recovery")
 
 
 @pytest.mark.parametrize("package", PACKAGES)

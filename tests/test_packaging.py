@@ -1,6 +1,6 @@
 """safereplay installs under one name and works beside an application's own packages.
 
-- every folder of the three packages is listed in ``pyproject.toml`` (a folder
+- every folder of the four packages is listed in ``pyproject.toml`` (a folder
   left out would be missing from the wheel, and an editable install hides that);
 - an application with its own ``domain``, ``projections`` and ``recovery``
   packages imports safereplay's API and runs a small rebuild;
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("domain", "projections", "recovery")
+PACKAGES = ("domain", "projections", "reactions", "recovery")
 
 
 def pyproject() -> dict[str, object]:

@@ -137,7 +137,7 @@ def test_every_safereplay_name_the_code_uses_is_a_setting_or_reserved() -> None:
     """Names written in the code (error messages, variables the code sets or reads
     directly) must be ones the check knows, or the check would refuse them."""
     used: dict[str, str] = {}
-    for folder in ("domain", "projections", "recovery", "benchmarks"):
+    for folder in ("domain", "projections", "reactions", "recovery", "benchmarks"):
         for path in (ROOT / folder).rglob("*.py"):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             docstrings = {

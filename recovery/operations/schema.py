@@ -3,7 +3,8 @@
 ``safereplay migrate --reason ...`` runs, in order, the event store's step
 (``events:<table>``: eventsourcing's tables, functions and types), the
 high-water mark's (``watermark:<table>``, PostgreSQL), the projection store's
-(``projections``) and the recovery tables' (``recovery``), each through the
+(``projections``), the reactions' delivery ledger (``reactions``, in the event
+store's database) and the recovery tables' (``recovery``), each through the
 schema catalog (:mod:`safereplay.domain.schema`): a step runs only where the
 catalog says its component is missing or older, under the database's migration
 lock, all of it or none.
@@ -23,6 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from safereplay.domain.schema import MigrationRun, ensure_event_store, explicit_migration
+from safereplay.reactions.backends import open_ledger
 from safereplay.recovery.database import recorded_rows
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
@@ -54,6 +56,11 @@ def migrate_components(context: RecoveryContext, actor: str) -> dict[str, Any]:
         ensure_event_store(app, migrate=True)
         context.source.ensure_schema()
         context.projection_store.ensure_schema()
+        ledger = open_ledger(context.domain)
+        try:
+            ledger.ensure_schema()
+        finally:
+            ledger.close()
         ensure_recovery_schema(context.database, migrate=True)
     return _report(run)
 

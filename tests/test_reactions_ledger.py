@@ -1,0 +1,170 @@
+"""Issue #20, the delivery ledger, one contract on SQLite and PostgreSQL:
+
+- a batch's ``pending`` rows and the reaction's position commit together, or
+  nothing does (a stale position is a conflict; a delivery outside the batch is
+  refused), and recording the same delivery again leaves its row alone;
+- an attempt's outcome moves an owed row to delivered / failed / parked, with its
+  attempts, status, detail and times; a settled row no longer changes;
+- parked rows tell which (destination, aggregate) later events wait behind; a
+  summary per destination counts the rows by state and dates the oldest owed;
+- the tables are the ``reactions`` component of the schema catalog: a process
+  that may not migrate refuses a database without them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from reaction_fixtures import LedgerContract, postgres_ledgers, sqlite_ledgers
+
+from safereplay.domain.errors import DatabaseSchemaOutdated
+from safereplay.reactions import (
+    Delivery,
+    DeliveryLedger,
+    DeliveryOutcome,
+    LedgerConflict,
+    idempotency_key,
+)
+from safereplay.reactions.ledger_sql import REACTIONS_COMPONENT, REACTIONS_SCHEMA_VERSION
+
+A, B = UUID(int=0xA), UUID(int=0xB)
+
+
+def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> Delivery:
+    event = uuid4()
+    return Delivery(
+        reaction="orders",
+        destination=destination,
+        event_id=event,
+        position=position,
+        aggregate_id=aggregate,
+        aggregate_version=position,
+        event_type="Order.Placed",
+        idempotency_key=idempotency_key("orders", destination, event),
+        payload={},
+    )
+
+
+class LedgerCases(LedgerContract):
+    def test_rows_and_position_commit_together(self, ledger: DeliveryLedger) -> None:
+        assert ledger.position("orders") == 0 and ledger.owed("orders") == []
+        batch = [delivery(2, A, "mail"), delivery(2, A), delivery(5, B)]
+        batch[1] = Delivery(**{**batch[0].__dict__, "destination": "crm"})
+        assert ledger.record("orders", expected=0, position=9, deliveries=batch) == 3
+        assert ledger.position("orders") == 9
+
+        owed = ledger.owed("orders")
+        assert [(e.position, e.destination) for e in owed] == [(2, "crm"), (2, "mail"), (5, "crm")]
+        first = owed[0]
+        assert (first.state, first.attempts, first.last_status) == ("pending", 0, None)
+        assert first.idempotency_key == batch[1].idempotency_key
+        assert first.aggregate_id == A and first.event_type == "Order.Placed"
+        assert first.first_attempt_at is None and first.delivered_at is None
+
+        # A stale position: a conflict, and nothing of that batch is kept.
+        with pytest.raises(LedgerConflict, match="expected position 0 but it is now 9"):
+            ledger.record("orders", expected=0, position=12, deliveries=[delivery(11)])
+        assert ledger.position("orders") == 9 and len(ledger.owed("orders")) == 3
+        # A delivery outside (expected, position]: refused, nothing moves.
+        with pytest.raises(ValueError, match="outside"):
+            ledger.record("orders", expected=9, position=12, deliveries=[delivery(13)])
+        assert ledger.position("orders") == 9
+        with pytest.raises(ValueError, match="forward"):
+            ledger.record("orders", expected=9, position=8, deliveries=[])
+        # Another reaction has a position of its own.
+        assert ledger.position("invoices") == 0
+
+    def test_recording_a_row_again_leaves_it_alone(self, ledger: DeliveryLedger) -> None:
+        owed = delivery(3)
+        ledger.record("orders", expected=0, position=3, deliveries=[owed])
+        (entry,) = ledger.owed("orders")
+        ledger.record_attempt(entry, DeliveryOutcome.ok(200))
+        again = Delivery(**{**owed.__dict__, "position": 4})
+        assert ledger.record("orders", expected=3, position=4, deliveries=[again]) == 0
+        (kept,) = ledger.entries("orders")
+        assert (kept.state, kept.position) == ("delivered", 3)
+
+    def test_attempts_settle_an_owed_row(self, ledger: DeliveryLedger) -> None:
+        ledger.record("orders", expected=0, position=4, deliveries=[delivery(1), delivery(4, B)])
+        first, second = ledger.owed("orders")
+
+        failed = ledger.record_attempt(first, DeliveryOutcome.retry(503, "unavailable"))
+        assert failed is not None
+        assert (failed.state, failed.attempts, failed.last_status) == ("failed", 1, 503)
+        assert failed.last_detail == "unavailable" and failed.owed
+        assert failed.first_attempt_at == failed.last_attempt_at is not None
+
+        done = ledger.record_attempt(failed, DeliveryOutcome.ok(201, "created"))
+        assert done is not None and done.state == "delivered" and done.attempts == 2
+        assert done.delivered_at is not None and done.first_attempt_at == failed.first_attempt_at
+        # Settled: a late attempt (another runner's) changes nothing, and says so.
+        assert ledger.record_attempt(first, DeliveryOutcome.retry(500)) is None
+        assert ledger.entries("orders", state="delivered")[0].attempts == 2
+
+        parked = ledger.record_attempt(
+            second, DeliveryOutcome.retry(502, "bad gateway"), park="still failing"
+        )
+        assert parked is not None and parked.state == "parked" and parked.attempts == 1
+        assert parked.last_detail == "bad gateway; still failing"
+        assert ledger.owed("orders") == []
+        assert not ledger.park(second, "again"), "a parked row is not owed"
+
+    def test_parked_rows_hold_their_aggregate_back(self, ledger: DeliveryLedger) -> None:
+        rows = [delivery(1, A), delivery(2, A, "mail"), delivery(3, A), delivery(4, B)]
+        ledger.record("orders", expected=0, position=4, deliveries=rows)
+        by_position = {e.position: e for e in ledger.owed("orders")}
+        assert ledger.record_attempt(by_position[1], DeliveryOutcome.permanent(400), park="no")
+        assert ledger.park(by_position[3], "parked behind position 1")
+        assert ledger.parked_aggregates("orders") == {("crm", A): 1}
+        assert [e.position for e in ledger.owed("orders")] == [2, 4]
+        assert ledger.counts("orders") == {("crm", "parked"): 2, ("mail", "pending"): 1} | {
+            ("crm", "pending"): 1
+        }
+        assert [e.position for e in ledger.entries("orders", destination="mail")] == [2]
+        assert [e.last_detail for e in ledger.entries("orders", state="parked")] == [
+            "no",
+            "parked behind position 1",
+        ]
+
+    def test_a_summary_per_destination_names_the_oldest_owed(self, ledger_at: Any) -> None:
+        times = iter([100.0, 200.0, 300.0])
+        ledger = ledger_at(clock=lambda: next(times))
+        assert ledger.summary("orders") == []
+        ledger.record("orders", expected=0, position=2, deliveries=[delivery(1), delivery(2, B)])
+        ledger.record(
+            "orders", expected=2, position=3, deliveries=[delivery(3), delivery(3, B, "mail")]
+        )
+        first = ledger.owed("orders")[0]
+        ledger.record_attempt(first, DeliveryOutcome.ok(200))  # at 300
+        crm, mail = ledger.summary("orders")
+        assert (crm.destination, crm.pending, crm.delivered, crm.owed) == ("crm", 2, 1, 2)
+        assert crm.oldest_owed_at == 100.0, "position 2 was recorded at 100"
+        assert (mail.pending, mail.failed, mail.parked, mail.oldest_owed_at) == (1, 0, 0, 200.0)
+
+    def test_the_tables_are_a_component_of_the_schema_catalog(
+        self, ledger_at: Callable[..., DeliveryLedger]
+    ) -> None:
+        refusing = ledger_at(migrate_on_start=False)
+        with pytest.raises(DatabaseSchemaOutdated, match="'reactions' is not set up"):
+            refusing.position("orders")
+        migrating = ledger_at()
+        assert migrating.position("orders") == 0
+        assert ledger_at(migrate_on_start=False).position("orders") == 0
+        assert REACTIONS_COMPONENT == "reactions" and REACTIONS_SCHEMA_VERSION == 1
+
+
+class TestSQLiteLedger(LedgerCases):
+    @pytest.fixture
+    def ledger_at(self, tmp_path: Path) -> Iterator[Callable[..., DeliveryLedger]]:
+        yield from sqlite_ledgers(tmp_path)
+
+
+@pytest.mark.postgres
+class TestPostgresLedger(LedgerCases):
+    @pytest.fixture
+    def ledger_at(self, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
+        yield from postgres_ledgers(request)

@@ -1,0 +1,154 @@
+"""Issue #20 point 6, a delivering process killed between the call and the ledger
+commit (SQLite and PostgreSQL): a child process runs a reaction to a real webhook
+receiver, which holds the first call; the test SIGKILLs the child while the call
+is in flight. The ledger still owes every event (nothing recorded as delivered that
+was not acknowledged); a new runner delivers them all, the interrupted one again
+with the same key: the receiver's distinct keys are the events, and the ledger
+agrees with the receiver.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from reaction_fixtures import (
+    QUICK,
+    ReactionWorld,
+    RunEvents,
+    postgres_ledgers,
+    reaction_world,
+    sqlite_ledgers,
+)
+from recovery_fixtures import backend_env
+from webhook_receiver import Receiver
+
+from safereplay.projections import open_source
+from safereplay.reactions import ReactionRunner, WebhookDestination, WebhookSecret, open_ledger
+from safereplay.recovery.resilience.policies import RetryThenPark
+
+CHILD = """
+import sys
+from pathlib import Path
+
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.automation import Run
+from safereplay.projections import open_source
+from safereplay.reactions import (
+    Reaction, ReactionOptions, ReactionRunner, WebhookDestination, WebhookSecret, open_ledger,
+)
+from safereplay.recovery.resilience.policies import RetryThenPark
+
+
+class RunEvents(Reaction):
+    name = "run_events"
+    reacts_to = (Run.Started, Run.StepSucceeded, Run.StepFailed, Run.StepRetried, Run.Completed)
+
+
+settings = DomainSettings.from_env()
+secret = WebhookSecret.from_file(Path(sys.argv[2]))
+with AutomationApp(settings) as app:
+    hooks = WebhookDestination("hooks", sys.argv[1], secret=secret, timeout=300)
+    runner = ReactionRunner(
+        RunEvents(destinations=["hooks"]),
+        source=open_source(app),
+        ledger=open_ledger(settings),
+        destinations=[hooks],
+        policy=RetryThenPark(attempts=3),
+        options=ReactionOptions(concurrency=1),
+    )
+    runner.run_until_idle()
+"""
+
+
+def wait_until(condition: object, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():  # type: ignore[operator]
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+class SigkillCases:
+    @pytest.fixture
+    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
+        raise NotImplementedError
+
+    def test_a_kill_between_the_call_and_the_commit_loses_nothing(
+        self, world: ReactionWorld, tmp_path: Path
+    ) -> None:
+        events = world.events()
+        secret_file = tmp_path / "webhook.secret"
+        secret_file.write_text("w" * 48 + "\n")
+        secret_file.chmod(0o600)
+        secret = WebhookSecret.from_file(secret_file)
+        script = tmp_path / "deliver.py"
+        script.write_text(textwrap.dedent(CHILD))
+
+        with Receiver(secret, hang_first=True, delay=600).start() as receiver:
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+            child = subprocess.Popen(
+                [sys.executable, str(script), receiver.url, str(secret_file)],
+                env=env | backend_env(world.settings),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+            )
+            try:
+                wait_until(lambda: receiver.received or child.poll() is not None, "the call")
+                assert child.poll() is None, child.communicate()[0].decode()
+                interrupted = receiver.received[0].key
+                os.kill(child.pid, signal.SIGKILL)  # the call is in flight, unanswered
+            finally:
+                if child.poll() is None:
+                    child.kill()
+                child.wait(timeout=60)
+
+            ledger = open_ledger(world.settings)  # the child's: the event store's database
+            owed = ledger.owed("run_events")
+            assert len(owed) == len(events), "recorded before the call, all still owed"
+            assert {(e.state, e.attempts) for e in owed} == {("pending", 0)}
+            assert interrupted in {e.idempotency_key for e in owed}
+
+            destination = WebhookDestination("hooks", receiver.url, secret=secret, timeout=30)
+            runner = ReactionRunner(
+                RunEvents(destinations=["hooks"]),
+                source=open_source(world.app),
+                ledger=ledger,
+                destinations=[destination],
+                policy=RetryThenPark(attempts=3, backoff=QUICK),
+            )
+            world.runners.append(runner)
+            runner.run_until_idle()
+            destination.close()
+
+            keys = receiver.keys()
+            assert keys.count(interrupted) == 2, "sent again, with the same key"
+            assert len(set(keys)) == len(events) == len(keys) - 1
+            assert all(r.signed for r in receiver.received)
+            delivered = ledger.entries("run_events", state="delivered")
+            assert {e.idempotency_key for e in delivered} == set(keys)
+            assert len(delivered) == len(events)
+            ledger.close()
+
+
+class TestSQLiteSigkill(SigkillCases):
+    @pytest.fixture
+    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
+        settings = request.getfixturevalue("sqlite_settings")()
+        open_ledger = next(sqlite_ledgers(tmp_path))
+        yield from reaction_world(settings, lambda: open_ledger())
+
+
+@pytest.mark.postgres
+class TestPostgresSigkill(SigkillCases):
+    @pytest.fixture
+    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
+        settings = request.getfixturevalue("postgres_settings")()
+        open_ledger = next(postgres_ledgers(request))
+        yield from reaction_world(settings, lambda: open_ledger())
