@@ -92,6 +92,21 @@ def _at_or_before(samples: Sequence[Sample], moment: float) -> Sample | None:
     return found
 
 
+def _window(
+    samples: Sequence[Sample], window_seconds: float
+) -> tuple[list[Sample], Sample, Sample] | None:
+    """``samples`` oldest first, with the window's ends: the latest sample and the
+    latest one at least ``window_seconds`` older (None: no sample is that old yet)."""
+    ordered = sorted(samples, key=lambda s: s.at)
+    if not ordered:
+        return None
+    last = ordered[-1]
+    start = _at_or_before(ordered, last.at - window_seconds)
+    if start is None:
+        return None
+    return ordered, start, last
+
+
 @dataclass(frozen=True)
 class _Spike:
     """A count in the last window far above the projection's own usual rate.
@@ -115,13 +130,10 @@ class _Spike:
     def findings(self, snapshot: Snapshot) -> list[Finding]:
         found = []
         for facts in snapshot.projections:
-            samples = sorted(facts.samples, key=lambda s: s.at)
-            if not samples:
+            window = _window(facts.samples, self.window_seconds)
+            if window is None:
                 continue
-            last = samples[-1]
-            start = _at_or_before(samples, last.at - self.window_seconds)
-            if start is None:
-                continue
+            samples, start, last = window
             # Counts only grow; a drop (a swap to a new build) starts again from 0.
             count = max(0, self._count(last) - self._count(start))
             horizon = start.at - self.window_seconds * self.baseline_windows
@@ -280,15 +292,11 @@ class LagGrowingWhileHeadIdle:
     def findings(self, snapshot: Snapshot) -> list[Finding]:
         found = []
         for facts in snapshot.projections:
-            samples = sorted(facts.samples, key=lambda s: s.at)
-            if not samples:
+            window = _window(facts.samples, self.window_seconds)
+            if window is None:
                 continue
-            last = samples[-1]
-            start = _at_or_before(samples, last.at - self.window_seconds)
-            if start is None:
-                continue
-            window = [s for s in samples if s.at >= start.at]
-            idle = all(s.head == last.head for s in window)
+            samples, start, last = window
+            idle = all(s.head == last.head for s in samples if s.at >= start.at)
             if idle and last.lag > start.lag:
                 found.append(
                     Finding(
