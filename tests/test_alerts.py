@@ -73,6 +73,13 @@ def as_if_idle_for(world: ApiWorld, table: str, seconds: float) -> None:
     assert changed > 0
 
 
+def stalled_rebuild(world: ApiWorld) -> Claim:
+    """:func:`claimed_rebuild`, its partition idle for an hour while its lease is renewed."""
+    claim = claimed_rebuild(world)
+    as_if_idle_for(world, "job_partitions", HOUR)
+    return world.context.jobs.renew(claim, lease_seconds=HOUR)
+
+
 def alert_entries(world: ApiWorld) -> list[tuple[str, str, str]]:
     return [
         (e.actor, e.action, str(e.parameters["subject"]))
@@ -258,9 +265,7 @@ class AlertsContract(ApiContract):
         assert after.stopped_at is not None
 
     def test_the_cli_lists_alerts_and_status_shows_them(self, world: ApiWorld) -> None:
-        claim = claimed_rebuild(world)
-        as_if_idle_for(world, "job_partitions", HOUR)
-        world.context.jobs.renew(claim, lease_seconds=HOUR)
+        stalled_rebuild(world)
         runner = CliRunner()
 
         listed = runner.invoke(cli, ["alerts", "--json"], env=world.envs["viewer"])
@@ -293,9 +298,7 @@ class AlertsContract(ApiContract):
         assert denied.exit_code != 0
 
     def test_the_api_serves_alerts_to_a_viewer_only(self, world: ApiWorld) -> None:
-        claim = claimed_rebuild(world)
-        as_if_idle_for(world, "job_partitions", HOUR)
-        world.context.jobs.renew(claim, lease_seconds=HOUR)
+        stalled_rebuild(world)
 
         response = world.get("viewer", "/api/alerts")
         assert response.status_code == 200, response.text
@@ -308,9 +311,7 @@ class AlertsContract(ApiContract):
         assert world.get("viewer", "/api/alerts", params={"limit": 0}).status_code == 422
 
     def test_metrics_show_the_open_alert_and_the_runners_figures(self, world: ApiWorld) -> None:
-        claim = claimed_rebuild(world)
-        as_if_idle_for(world, "job_partitions", HOUR)
-        world.context.jobs.renew(claim, lease_seconds=HOUR)
+        claim = stalled_rebuild(world)
 
         response = world.get("viewer", "/metrics")
         assert response.status_code == 200, response.text

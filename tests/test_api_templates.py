@@ -84,6 +84,14 @@ def polled(read: Callable[[], Any], done: Callable[[Any], bool], *, timeout: flo
         time.sleep(0.1)
 
 
+def on_runbook(world: ApiWorld, who: str, action: str, body: dict[str, Any]) -> Any:
+    """POST ``body`` to the runbook's ``action`` (plan, apply, drill) as ``who``: the
+    answer, which must be a success."""
+    response = world.post(who, f"/api/templates/{RUNBOOK}/{action}", body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
 def jobs_of(world: ApiWorld) -> list[Any]:
     world.context.ensure_schema()
     return world.context.jobs.list_jobs()
@@ -139,11 +147,7 @@ class TemplatesApiContract(ApiContract):
         assert [p["name"] for p in stored.json()["parameters"]] == ["partitions"]
 
     def test_a_viewer_plans_a_template_with_settings(self, world: ApiWorld) -> None:
-        planned = world.post(
-            "viewer", f"/api/templates/{RUNBOOK}/plan", {"settings": {"partitions": 3}}
-        )
-        assert planned.status_code == 200, planned.text
-        plan = planned.json()
+        plan = on_runbook(world, "viewer", "plan", {"settings": {"partitions": 3}})
         assert plan["settings"] == {"partitions": "3"}
         assert plan["partition_count"] == 3
         assert [p["projection"] for p in plan["projections"]] == ["workflow_stats"]
@@ -185,13 +189,10 @@ class TemplatesApiContract(ApiContract):
         assert not [a for a in world.audit_actions() if a[1] == "rebuild"]
 
     def test_apply_returns_at_once_and_continue_releases_the_rest(self, world: ApiWorld) -> None:
-        applied = world.post(
-            "admin",
-            f"/api/templates/{RUNBOOK}/apply",
-            {"reason": "INC-42 bad deploy", "settings": {"partitions": 3}},
+        applied = on_runbook(
+            world, "admin", "apply", {"reason": "INC-42 bad deploy", "settings": {"partitions": 3}}
         )
-        assert applied.status_code == 200, applied.text
-        [step] = applied.json()["steps"]
+        [step] = applied["steps"]
         assert (step["operation"], step["projection"]) == ("rebuild", "workflow_stats")
         assert (step["canary_partitions"], step["held_partitions"]) == ([0], [1, 2])
         job_id = step["job_id"]
@@ -241,13 +242,10 @@ class TemplatesApiContract(ApiContract):
 
     def test_a_rehearsal_is_a_drill_compared_with_live(self, world: ApiWorld) -> None:
         built(world, "workflow_stats")
-        rehearsed = world.post(
-            "admin",
-            f"/api/templates/{RUNBOOK}/drill",
-            {"reason": "rehearse INC-42", "settings": {"partitions": 2}},
+        rehearsed = on_runbook(
+            world, "admin", "drill", {"reason": "rehearse INC-42", "settings": {"partitions": 2}}
         )
-        assert rehearsed.status_code == 200, rehearsed.text
-        [drill] = rehearsed.json()["drills"]
+        [drill] = rehearsed["drills"]
         assert (drill["projection"], drill["partition_count"], drill["match"]) == (
             "workflow_stats",
             2,

@@ -88,6 +88,13 @@ VERSION_3_PARTITIONS = VERSION_2_PARTITIONS.replace(
 )
 
 
+#: One completed job partition, kept through each upgrade of the partitions table.
+A_COMPLETED_PARTITION = (
+    "INSERT INTO {job_partitions} (job_id, partition_index, status, "
+    "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)"
+)
+
+
 def database_of(settings: DomainSettings) -> Database:
     """The recovery database where the catalog lives (the store's, here the events')."""
     if settings.backend == "sqlite":
@@ -245,8 +252,7 @@ class SchemaContract:
             audit_key,
             "DROP TABLE {job_partitions}",
             VERSION_2_PARTITIONS,
-            "INSERT INTO {job_partitions} (job_id, partition_index, status, "
-            "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
+            A_COMPLETED_PARTITION,
             component="recovery",
             version=2,
         )
@@ -272,8 +278,7 @@ class SchemaContract:
             "DROP TABLE {alerts}",
             "DROP TABLE {alert_samples}",
             VERSION_3_PARTITIONS,
-            "INSERT INTO {job_partitions} (job_id, partition_index, status, "
-            "start_position, position, updated_at) VALUES ('j', 0, 'completed', 0, 9, 1)",
+            A_COMPLETED_PARTITION,
             component="recovery",
             version=3,
         )

@@ -179,16 +179,17 @@ def test_serve_stops_on_sigterm_with_exit_0(store_env: dict[str, str], tmp_path:
         assert not alive(worker)
 
 
+def refused(env: dict[str, str], port: int, *args: str) -> subprocess.CompletedProcess[str]:
+    """``safereplay serve --port PORT ARGS`` run to its end: it should refuse at once."""
+    command = [sys.executable, "-m", "safereplay.recovery.cli", "serve", "--port", str(port)]
+    return subprocess.run(
+        [*command, *args], env=env, capture_output=True, text=True, timeout=STARTUP_SECONDS
+    )
+
+
 def test_a_reachable_host_needs_allow_remote(store_env: dict[str, str]) -> None:
     port = free_port()
-    command = [sys.executable, "-m", "safereplay.recovery.cli", "serve", "--port", str(port)]
-    result = subprocess.run(
-        [*command, "--host", "0.0.0.0"],
-        env=store_env,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_SECONDS,
-    )
+    result = refused(store_env, port, "--host", "0.0.0.0")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--allow-remote" in result.stderr and "Traceback" not in result.stderr
     assert "serving" not in result.stdout
@@ -198,14 +199,7 @@ def test_a_reachable_host_needs_allow_remote(store_env: dict[str, str]) -> None:
 def test_workers_need_a_token_in_the_environment(store_env: dict[str, str]) -> None:
     port = free_port()
     without = {k: v for k, v in store_env.items() if k != "SAFEREPLAY_TOKEN_FILE"}
-    command = [sys.executable, "-m", "safereplay.recovery.cli", "serve", "--port", str(port)]
-    result = subprocess.run(
-        [*command, "--workers", "1"],
-        env=without,
-        capture_output=True,
-        text=True,
-        timeout=STARTUP_SECONDS,
-    )
+    result = refused(without, port, "--workers", "1")
     assert result.returncode == 4, result.stdout + result.stderr
     assert "SAFEREPLAY_TOKEN" in result.stderr and "Traceback" not in result.stderr
     assert listening_addresses(port) == set()

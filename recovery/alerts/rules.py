@@ -9,11 +9,11 @@ rule matters is in its docstring, and in ``docs/alerts.md``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Protocol
 
-from safereplay.recovery.alerts.facts import Finding, Sample, Snapshot
+from safereplay.recovery.alerts.facts import Finding, ProjectionFacts, Sample, Snapshot
 from safereplay.recovery.settings import AlertSettings
 
 __all__ = [
@@ -92,6 +92,22 @@ def _at_or_before(samples: Sequence[Sample], moment: float) -> Sample | None:
     return found
 
 
+def _windows(
+    snapshot: Snapshot, window_seconds: float
+) -> Iterator[tuple[ProjectionFacts, list[Sample], Sample, Sample]]:
+    """Each projection's samples oldest first, with the window's ends: the latest
+    sample and the latest one at least ``window_seconds`` older. A projection with
+    no sample that old yet is passed over: there is no window to compare."""
+    for facts in snapshot.projections:
+        samples = sorted(facts.samples, key=lambda s: s.at)
+        if not samples:
+            continue
+        last = samples[-1]
+        start = _at_or_before(samples, last.at - window_seconds)
+        if start is not None:
+            yield facts, samples, start, last
+
+
 @dataclass(frozen=True)
 class _Spike:
     """A count in the last window far above the projection's own usual rate.
@@ -114,14 +130,7 @@ class _Spike:
 
     def findings(self, snapshot: Snapshot) -> list[Finding]:
         found = []
-        for facts in snapshot.projections:
-            samples = sorted(facts.samples, key=lambda s: s.at)
-            if not samples:
-                continue
-            last = samples[-1]
-            start = _at_or_before(samples, last.at - self.window_seconds)
-            if start is None:
-                continue
+        for facts, samples, start, last in _windows(snapshot, self.window_seconds):
             # Counts only grow; a drop (a swap to a new build) starts again from 0.
             count = max(0, self._count(last) - self._count(start))
             horizon = start.at - self.window_seconds * self.baseline_windows
@@ -279,16 +288,8 @@ class LagGrowingWhileHeadIdle:
 
     def findings(self, snapshot: Snapshot) -> list[Finding]:
         found = []
-        for facts in snapshot.projections:
-            samples = sorted(facts.samples, key=lambda s: s.at)
-            if not samples:
-                continue
-            last = samples[-1]
-            start = _at_or_before(samples, last.at - self.window_seconds)
-            if start is None:
-                continue
-            window = [s for s in samples if s.at >= start.at]
-            idle = all(s.head == last.head for s in window)
+        for facts, samples, start, last in _windows(snapshot, self.window_seconds):
+            idle = all(s.head == last.head for s in samples if s.at >= start.at)
             if idle and last.lag > start.lag:
                 found.append(
                     Finding(

@@ -75,6 +75,7 @@ __all__ = [
     "WorkerProcess",
     "register",
     "start_workers",
+    "stop_workers",
     "watch_job",
     "worker_failures",
 ]
@@ -286,13 +287,18 @@ def watch_job(
     return final
 
 
-def _stop_workers(processes: Sequence[WorkerProcess]) -> None:
-    """SIGTERM to each local worker still running (it gives its partition back); wait."""
+def stop_workers(processes: Sequence[WorkerProcess], *, kill_after: float | None = None) -> None:
+    """SIGTERM to each local worker still running (it gives its partition back); wait
+    for them, killing one still running after ``kill_after`` seconds (None: wait on)."""
     for process in processes:
         if process.poll() is None:
             process.terminate()
     for process in processes:
-        process.wait()
+        try:
+            process.wait(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
         process.error_text()  # read and close its error file
 
 
@@ -346,7 +352,7 @@ def _run_job(
                 processes += start_workers(str(job_id), workers)
                 status = watch_job(context.jobs, job_id, workers=processes, lines=not as_json)
         except Interrupted as stop:
-            _stop_workers(processes)
+            stop_workers(processes)
             _say_how_to_resume(context.jobs.status(job_id), operation_name, stop)
             raise typer.Exit(stop.exit_code) from None
         failures = worker_failures(processes)

@@ -24,7 +24,7 @@ from safereplay.recovery.cli.support import (
 )
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.initialise import reserved_secret_file
-from safereplay.recovery.operations.security import bootstrap_admin
+from safereplay.recovery.operations.security import audit_list_parameters, bootstrap_admin
 from safereplay.recovery.security.anchors import AnchorError
 from safereplay.recovery.security.audit import AuditTrailUnavailable, VerificationReport
 
@@ -208,16 +208,16 @@ def audit_list(
     as_json: Json = False,
 ) -> None:
     """List audit entries, oldest first."""
-    entries = operation(
-        "audit.list",
+    filters = audit_list_parameters(
         actor=actor,
+        projection=projection,
+        job=UUID(job) if job else None,
         action=action,
-        limit=limit,
         since=since,
         until=until,
-        filter_scope=f"projection:{projection}" if projection else None,
-        job_id=UUID(job) if job else None,
+        limit=limit,
     )
+    entries = operation("audit.list", **filters)
 
     def table(result: Any) -> None:
         t = Table("seq", "at", "actor", "action", "scope", "outcome", "reason")

@@ -14,7 +14,6 @@ import ipaddress
 import json
 import signal
 import socket
-import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from safereplay.recovery.api.app import ServeOptions, create_app
-from safereplay.recovery.cli.rebuilds import WorkerProcess
+from safereplay.recovery.cli.rebuilds import WorkerProcess, stop_workers
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
@@ -100,16 +99,7 @@ class LocalWorkers:
         if self._watcher is not None:
             self._watcher.join()
         self._report_exited()
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout=STOP_WAIT_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            process.error_text()  # read and close its error file
+        stop_workers(self.processes, kill_after=STOP_WAIT_SECONDS)
 
 
 def _server(app: FastAPI, host: str, port: int, on_listening: Callable[[], None]) -> uvicorn.Server:

@@ -18,9 +18,12 @@ from typing import TYPE_CHECKING, Any
 from safereplay.recovery.alerts.monitor import AlertMonitor, Evaluation
 from safereplay.recovery.alerts.rules import rules_from_settings
 from safereplay.recovery.alerts.store import Alert, AlertStore
-from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
-from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.operations.dispatch import (
+    OperationContext,
+    Operations,
+    limit_parameter,
+)
 from safereplay.recovery.operations.shapes import iso_time
 from safereplay.recovery.security.access import Permission
 from safereplay.recovery.settings import AlertSettings
@@ -69,10 +72,7 @@ def alerts_json(evaluation: Evaluation) -> dict[str, Any]:
 
 def register_alert_operations(operations: Operations, context: RecoveryContext) -> None:
     def alerts(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-        limit = int_parameter(p, "limit", 100)
-        assert limit is not None
-        if not 1 <= limit <= MAX_ALERTS:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_ALERTS}, not {limit}")
+        limit = limit_parameter(p, most=MAX_ALERTS)
         evaluation = alert_monitor(context).evaluate(
             evaluated_by=ctx.principal.name,
             include_cleared=bool(p.get("include_cleared")),

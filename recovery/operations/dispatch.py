@@ -45,7 +45,7 @@ _log = logging.getLogger(__name__)
 #: The scope recorded when a denial comes before the scope is derived.
 _NOT_DERIVED = "(not derived: no grant with the permission)"
 
-__all__ = ["OperationContext", "OperationSpec", "Operations", "int_parameter"]
+__all__ = ["OperationContext", "OperationSpec", "Operations", "int_parameter", "limit_parameter"]
 
 
 class AnchorsWhenDue(Protocol):
@@ -108,6 +108,15 @@ def int_parameter(
         return int(value)
     except ValueError:
         raise InvalidRequest(f"{name} must be a whole number, not {value!r}") from None
+
+
+def limit_parameter(parameters: Mapping[str, Any], *, most: int, default: int = 100) -> int:
+    """The ``limit`` parameter (``default`` if not given), refused unless 1 to ``most``."""
+    limit = int_parameter(parameters, "limit", default)
+    assert limit is not None  # the default is a number
+    if not 1 <= limit <= most:
+        raise InvalidRequest(f"limit must be between 1 and {most}, not {limit}")
+    return limit
 
 
 def projection_scope(parameters: Mapping[str, Any]) -> str:

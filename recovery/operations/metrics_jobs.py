@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from safereplay.recovery.jobs.model import JobKind, JobState, JobStatus
+from safereplay.recovery.resilience.breaker import STATES
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
@@ -29,8 +30,8 @@ __all__ = ["BREAKER_STATES", "MAX_JOBS_COUNTED", "job_families"]
 #: The most jobs one scrape counts by state (the jobs table's newest ones).
 MAX_JOBS_COUNTED = 10_000
 
-#: A breaker's states, from the best to the worst.
-BREAKER_STATES = ("closed", "half-open", "open")
+#: A breaker's states, from the best to the worst (the breaker's own list).
+BREAKER_STATES: tuple[str, ...] = STATES
 
 JOB_LABELS = ["kind", "projection"]
 PARTITION_LABELS = [*JOB_LABELS, "partition"]

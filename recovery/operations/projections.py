@@ -19,7 +19,12 @@ from safereplay.projections import Projection, StatusReport, Table, open_source,
 from safereplay.projections.status import projection_status
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.jobs.plans import never_built
-from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
+from safereplay.recovery.operations.dispatch import (
+    OperationContext,
+    Operations,
+    int_parameter,
+    limit_parameter,
+)
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
@@ -226,10 +231,7 @@ def register_projection_operations(operations: Operations, context: RecoveryCont
     def rows(ctx: OperationContext, p: Mapping[str, Any]) -> RowsResult:
         cls = context.registry[p["projection"]]
         table, match = parse_where(cls, str(p.get("table") or ""), p.get("where"))
-        limit = int_parameter(p, "limit", 100)
-        assert limit is not None
-        if not 1 <= limit <= MAX_ROWS:
-            raise InvalidRequest(f"limit must be between 1 and {MAX_ROWS}, not {limit}")
+        limit = limit_parameter(p, most=MAX_ROWS)
         store = context.projection_store
         build = int_parameter(p, "build")
         if build is None:

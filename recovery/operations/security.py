@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
@@ -22,7 +24,7 @@ from safereplay.recovery.security.keys import (
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["bootstrap_admin", "register_security_operations"]
+__all__ = ["audit_list_parameters", "bootstrap_admin", "register_security_operations"]
 
 # (name, permission, handler, scope, summary) of one operation.
 _Registration = tuple[str, Permission, Handler, str | Callable[[Mapping[str, Any]], str], str]
@@ -54,6 +56,29 @@ def bootstrap_admin(context: RecoveryContext, name: str) -> str:
         )
     )
     return token
+
+
+def audit_list_parameters(
+    *,
+    actor: str | None,
+    projection: str | None,
+    job: UUID | None,
+    action: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int | None,
+) -> dict[str, Any]:
+    """``audit.list``'s parameters for the filters the CLI and the API both take: a
+    projection narrows to the scope ``projection:NAME``, a job to its id."""
+    return {
+        "actor": actor,
+        "action": action,
+        "limit": limit,
+        "since": since,
+        "until": until,
+        "filter_scope": f"projection:{projection}" if projection else None,
+        "job_id": job,
+    }
 
 
 def _key_file(context: RecoveryContext) -> Path:

@@ -19,11 +19,13 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
-__all__ = ["BreakerSettings", "BreakerSnapshot", "CircuitBreaker"]
+__all__ = ["STATES", "BreakerSettings", "BreakerSnapshot", "CircuitBreaker"]
 
-State = Literal["closed", "open", "half-open"]
+State = Literal["closed", "half-open", "open"]
+#: The states from the best to the worst (the metrics show the worst among jobs).
+STATES: tuple[State, ...] = get_args(State)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from uuid import UUID
 from fastapi import APIRouter, Query
 
 from safereplay.recovery.api.callers import CallerDep
+from safereplay.recovery.operations.security import audit_list_parameters
 
 __all__ = ["MAX_ENTRIES", "router"]
 
@@ -33,16 +34,16 @@ def audit_list(
         int, Query(ge=1, le=MAX_ENTRIES, description="At most this many entries.")
     ] = 100,
 ) -> Any:
-    return caller.run(
-        "audit.list",
+    filters = audit_list_parameters(
         actor=actor,
+        projection=projection,
+        job=job,
         action=action,
-        limit=limit,
         since=since,
         until=until,
-        filter_scope=f"projection:{projection}" if projection else None,
-        job_id=job,
+        limit=limit,
     )
+    return caller.run("audit.list", **filters)
 
 
 @router.get(

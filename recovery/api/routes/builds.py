@@ -11,11 +11,12 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Query
 from pydantic import Field
 
 from safereplay.recovery.api.callers import CallerDep
 from safereplay.recovery.api.routes.bodies import Reasoned
+from safereplay.recovery.api.routes.paths import ProjectionName
 
 __all__ = ["router"]
 
@@ -24,9 +25,6 @@ router = APIRouter(prefix="/api/projections/{name}", tags=["builds"])
 #: The most partitions a job, a drill or a replay splits into (as the CLI's --partitions).
 MAX_PARTITIONS = 256
 
-ProjectionName = Annotated[
-    str, Path(min_length=1, max_length=200, description="The projection's name.")
-]
 Partitions = Annotated[
     int | None,
     Field(ge=1, le=MAX_PARTITIONS, description="Split into this many partitions (--partitions)."),

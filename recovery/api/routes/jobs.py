@@ -9,18 +9,11 @@ from fastapi import APIRouter, Path, Query
 
 from safereplay.recovery.api.callers import CallerDep
 from safereplay.recovery.api.routes.bodies import Reasoned
+from safereplay.recovery.api.routes.paths import JobId
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api/jobs", tags=["jobs"])
-
-JobId = Annotated[
-    str,
-    Path(
-        description="A job id, or an unambiguous prefix of one (at least 8 hex digits).",
-        max_length=36,
-    ),
-]
 
 
 @router.get("", summary="jobs with progress, rate and ETA, newest first")

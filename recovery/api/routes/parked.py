@@ -11,15 +11,12 @@ from pydantic import Field
 
 from safereplay.recovery.api.callers import CallerDep
 from safereplay.recovery.api.routes.bodies import Reasoned
+from safereplay.recovery.api.routes.paths import ProjectionName
 from safereplay.recovery.operations.parked import parse_parked_id
 
 __all__ = ["router"]
 
 router = APIRouter(prefix="/api", tags=["parked"])
-
-ProjectionName = Annotated[
-    str, Path(min_length=1, max_length=200, description="The projection's name.")
-]
 
 
 class RedriveBody(Reasoned):

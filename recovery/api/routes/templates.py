@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 
 from safereplay.recovery.api.callers import Caller, CallerDep
 from safereplay.recovery.api.routes.bodies import Reasoned
-from safereplay.recovery.api.routes.jobs import JobId
+from safereplay.recovery.api.routes.paths import JobId
 from safereplay.recovery.operations.shapes import to_jsonable
 from safereplay.recovery.operations.templates import planned_template
 from safereplay.recovery.templates.apply import (

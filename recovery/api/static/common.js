@@ -173,6 +173,24 @@ export function askReason(title, message, { confirmLabel = "Confirm" } = {}) {
   });
 }
 
+/**
+ * A change confirmed with a reason: ask (askReason), POST the reason and `body` to
+ * `path`, show the API's refusal if there is one, then poll at once so every view
+ * shows the change. Resolves to false if cancelled, true once sent.
+ */
+export async function postWithReason(title, message, confirmLabel, path, body = {}) {
+  const reason = await askReason(title, message, { confirmLabel });
+  if (reason === null) return false;
+  try {
+    await api(path, { method: "POST", body: { reason, ...body } });
+    reportProblem(null);
+  } catch (failure) {
+    reportProblem(failure);
+  }
+  await tickNow();
+  return true;
+}
+
 // -- polling -------------------------------------------------------------------------
 
 const tickers = new Set();

@@ -10,7 +10,7 @@
 // to operate on the projection, and ask for a reason (kept in the audit trail).
 import {
   allowed, api, askReason, badge, duration, el, fill, me, missingRoute, number, onTick,
-  progressBar, reportProblem, shortId, shown, stateTone, tickNow,
+  postWithReason, progressBar, reportProblem, shortId, shown, stateTone, tickNow,
 } from "./common.js";
 
 const ENDED = ["completed", "failed", "aborted"];
@@ -205,31 +205,19 @@ function jobPanel(step) {
   let current = null;
   let rollout = null;
 
-  release.addEventListener("click", async () => {
-    const reason = await askReason(`Release the rest of job ${shortId(jobId)}?`,
-      `The canary partitions verified (${rollout ? rollout.detail : ""}): the held partitions ` +
-      "go to the workers now.", { confirmLabel: "Release the rest" });
-    if (reason === null) return;
-    try {
-      await api(`/api/jobs/${encodeURIComponent(jobId)}/continue`, { method: "POST", body: { reason } });
-      reportProblem(null);
-    } catch (failure) {
-      reportProblem(failure);
-    }
-    await tickNow();
-  });
-  abort.addEventListener("click", async () => {
-    const reason = await askReason(`Abort job ${shortId(jobId)}?`,
-      "Workers stop at their next batch; the live build is not touched.", { confirmLabel: "Abort" });
-    if (reason === null) return;
-    try {
-      await api(`/api/jobs/${encodeURIComponent(jobId)}/abort`, { method: "POST", body: { reason } });
-      reportProblem(null);
-    } catch (failure) {
-      reportProblem(failure);
-    }
-    await tickNow();
-  });
+  release.addEventListener("click", () => postWithReason(
+    `Release the rest of job ${shortId(jobId)}?`,
+    `The canary partitions verified (${rollout ? rollout.detail : ""}): the held partitions ` +
+      "go to the workers now.",
+    "Release the rest",
+    `/api/jobs/${encodeURIComponent(jobId)}/continue`,
+  ));
+  abort.addEventListener("click", () => postWithReason(
+    `Abort job ${shortId(jobId)}?`,
+    "Workers stop at their next batch; the live build is not touched.",
+    "Abort",
+    `/api/jobs/${encodeURIComponent(jobId)}/abort`,
+  ));
 
   const root = el("article", { class: "job console-job", "data-job-id": jobId,
     "aria-label": `job ${shortId(jobId)}` },

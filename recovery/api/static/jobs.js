@@ -5,8 +5,8 @@
 // A job's card is made once and updated in place at each poll, so a keyboard user's
 // focus on one of its buttons survives the 2-second refresh.
 import {
-  allowed, api, askReason, badge, duration, el, fill, number, onTick, progressBar,
-  reportProblem, shortId, shown, stateTone, tickNow, timeEl,
+  allowed, api, badge, duration, el, fill, number, onTick, postWithReason, progressBar,
+  shortId, shown, stateTone, timeEl,
 } from "./common.js";
 
 const ENDED_SHOWN = 25;
@@ -66,43 +66,23 @@ const EXPLAIN = {
   continue: "The canary partitions verified: release the held partitions to the workers.",
 };
 
-async function control(job, operation, path, label) {
-  const reason = await askReason(
+function control(job, operation, path, label) {
+  return postWithReason(
     `${label} job ${shortId(job.job_id)}?`,
     `${jobTitle(job)}. ${EXPLAIN[operation]}`,
-    { confirmLabel: label },
+    label,
+    `/api/jobs/${encodeURIComponent(job.job_id)}/${path}`,
   );
-  if (reason === null) return false;
-  try {
-    await api(`/api/jobs/${encodeURIComponent(job.job_id)}/${path}`, {
-      method: "POST", body: { reason },
-    });
-    reportProblem(null);
-  } catch (failure) {
-    reportProblem(failure);
-  }
-  await tickNow();
-  return true;
 }
 
 async function retry(job, partition) {
-  const reason = await askReason(
+  await postWithReason(
     `Retry partition ${partition.partition_index} of job ${shortId(job.job_id)}?`,
     `It failed: ${partition.last_error || "no error recorded"}. A worker runs it again from ` +
       "where it stopped.",
-    { confirmLabel: "Retry" },
+    "Retry",
+    `/api/jobs/${encodeURIComponent(job.job_id)}/partitions/${partition.partition_index}/retry`,
   );
-  if (reason === null) return;
-  try {
-    await api(
-      `/api/jobs/${encodeURIComponent(job.job_id)}/partitions/${partition.partition_index}/retry`,
-      { method: "POST", body: { reason } },
-    );
-    reportProblem(null);
-  } catch (failure) {
-    reportProblem(failure);
-  }
-  await tickNow();
 }
 
 /** A job's card: made once, `update(job)` at each poll. */

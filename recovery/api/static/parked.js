@@ -3,45 +3,28 @@
 // redrive of a projection's parked events, and a skip of one that can never apply,
 // for principals allowed to operate on that projection.
 import {
-  allowed, api, askReason, badge, el, fill, number, onTick, reportProblem, shortId, shown,
-  tickNow, timeEl, unavailable,
+  allowed, api, badge, el, fill, number, onTick, postWithReason, shortId, shown, tickNow,
+  timeEl, unavailable,
 } from "./common.js";
 
 async function redrive(projection, count) {
-  const reason = await askReason(
+  await postWithReason(
     `Re-drive ${projection}'s parked events?`,
     `A job applies its ${count} parked event(s) again, in order (a worker runs it). ` +
       "Do it once the cause is fixed.",
-    { confirmLabel: "Re-drive" },
+    "Re-drive",
+    `/api/projections/${encodeURIComponent(projection)}/parked/redrive`,
   );
-  if (reason === null) return;
-  try {
-    await api(`/api/projections/${encodeURIComponent(projection)}/parked/redrive`, {
-      method: "POST", body: { reason },
-    });
-    reportProblem(null);
-  } catch (failure) {
-    reportProblem(failure);
-  }
-  await tickNow();
 }
 
 async function skip(event) {
-  const reason = await askReason(
+  await postWithReason(
     `Skip parked event ${event.projection}:${event.position}?`,
     "It is marked resolved and never applied: only for an event that can never apply.",
-    { confirmLabel: "Skip it" },
+    "Skip it",
+    `/api/parked/${encodeURIComponent(`${event.projection}:${event.position}`)}/skip`,
+    { build: event.build },
   );
-  if (reason === null) return;
-  try {
-    await api(`/api/parked/${encodeURIComponent(`${event.projection}:${event.position}`)}/skip`, {
-      method: "POST", body: { reason, build: event.build },
-    });
-    reportProblem(null);
-  } catch (failure) {
-    reportProblem(failure);
-  }
-  await tickNow();
 }
 
 function eventsTable(projection, events, operate) {
