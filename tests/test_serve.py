@@ -196,6 +196,18 @@ def test_a_reachable_host_needs_allow_remote(store_env: dict[str, str]) -> None:
     assert listening_addresses(port) == set()
 
 
+def test_a_port_in_use_is_refused_with_a_message(store_env: dict[str, str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = refused(store_env, port)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr, result.stderr
+    assert "--port" in result.stderr and "Traceback" not in result.stderr
+    assert "serving" not in result.stdout
+
+
 def test_workers_need_a_token_in_the_environment(store_env: dict[str, str]) -> None:
     port = free_port()
     without = {k: v for k, v in store_env.items() if k != "SAFEREPLAY_TOKEN_FILE"}

@@ -115,6 +115,25 @@ def _server(app: FastAPI, host: str, port: int, on_listening: Callable[[], None]
     return Server(config)
 
 
+def _bound_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before anything is said or started: a port already
+    taken is refused with a message (exit 2), not a log line from deep in uvicorn."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # As uvicorn does: a restarted server may bind while old connections linger.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        fail(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc} (is another server "
+            "using that port? choose another with --port)",
+            EXIT_INVALID,
+        )
+    return sock
+
+
 @contextlib.contextmanager
 def _stops_quietly() -> Iterator[None]:
     """uvicorn stops on SIGINT/SIGTERM, then raises the signal again for the handler
@@ -177,6 +196,7 @@ def serve_command(
     with recovery_context() as context:
         principal = cli_caller(context, "serve").name if workers else None
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    sock = _bound_socket(host, port)
     local = LocalWorkers(workers)
 
     def listening() -> None:
@@ -198,9 +218,10 @@ def serve_command(
     server = _server(create_app(options=ServeOptions(contexts=contexts)), host, port, listening)
     try:
         with _stops_quietly():
-            server.run()
+            server.run(sockets=[sock])
     finally:
         local.stop()
+        sock.close()
 
 
 def register(app: typer.Typer) -> None:
