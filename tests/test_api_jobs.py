@@ -11,11 +11,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from uuid import UUID
 
 import pytest
 from api_fixtures import ApiContract, ApiWorld, postgres_settings, sqlite_settings
 
+from safereplay.recovery.api.limits import DEFAULT_MAX_BODY_BYTES
 from safereplay.recovery.jobs.model import JobState
 
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
@@ -120,6 +122,24 @@ class JobsApiContract(ApiContract):
         assert not_json.status_code == 422
         assert "Traceback" not in not_json.text
         assert world.context.jobs.get_job(UUID(job_id)).state == JobState.PLANNED
+
+    def test_a_body_over_the_cap_is_refused_unread(self, world: ApiWorld) -> None:
+        job_id = planned_rebuild(world)
+        huge = b'{"reason": "' + b"x" * (DEFAULT_MAX_BODY_BYTES + 1) + b'"}'
+        headers = {**world.headers("admin"), "Content-Type": "application/json"}
+
+        def streamed() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+            yield huge[: len(huge) // 2]
+            yield huge[len(huge) // 2 :]
+
+        for content in (huge, streamed()):
+            response = world.client.post(
+                f"/api/jobs/{job_id}/pause", headers=headers, content=content
+            )
+            assert response.status_code == 413, response.text
+            assert response.json()["error"]["code"] == "invalid"
+        assert world.context.jobs.get_job(UUID(job_id)).state == JobState.PLANNED
+        assert ("ada", "pause", "started") not in world.audit_actions()
 
     def test_unknown_job_is_404_and_an_ended_one_409(self, world: ApiWorld) -> None:
         missing = world.get("viewer", "/api/jobs/0123456789abcdef")

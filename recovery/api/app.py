@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from safereplay.recovery.api.callers import CallerDep
 from safereplay.recovery.api.contexts import ContextPool
 from safereplay.recovery.api.dashboard import install_dashboard
+from safereplay.recovery.api.limits import BodyLimit
 from safereplay.recovery.api.problems import install_error_handlers
 from safereplay.recovery.api.routes import ROUTERS
 from safereplay.recovery.operations.context import RecoveryContext
@@ -90,4 +91,5 @@ def create_app(
         return PlainTextResponse(text, media_type=CONTENT_TYPE_LATEST)
 
     install_dashboard(app)
+    app.add_middleware(BodyLimit)
     return app
