@@ -6,17 +6,22 @@ a busy timeout instead of an immediate "database is locked"), and both translate
 ``sqlite3`` errors the same way: a busy or locked database or an I/O error is
 transient (:class:`~safereplay.projections.errors.DatabaseUnavailable`, retried by
 the runner), anything else a :class:`~safereplay.projections.errors.StoreError`.
+
+:class:`SharedConnection` is the one connection a writing store keeps (the
+projection store's, the delivery ledger's): opened on first use in WAL mode, so
+readers in other processes are not blocked by its writes.
 """
 
 from __future__ import annotations
 
 import sqlite3
+import threading
 from contextlib import suppress
 from pathlib import Path
 
 from safereplay.projections.errors import DatabaseUnavailable, StoreError
 
-__all__ = ["close_quietly", "connect", "translate"]
+__all__ = ["SharedConnection", "close_quietly", "connect", "translate"]
 
 _TRANSIENT = ("locked", "busy", "disk i/o error")
 
@@ -43,3 +48,35 @@ def translate(exc: sqlite3.Error, what: str) -> StoreError:
     if isinstance(exc, sqlite3.OperationalError) and any(t in text.lower() for t in _TRANSIENT):
         return DatabaseUnavailable(f"{what}: SQLite is busy or unavailable: {text}")
     return StoreError(f"{what}: {type(exc).__name__}: {text}")
+
+
+class SharedConnection:
+    """The lazily opened WAL connection to ``path``, shared by the owner's threads.
+
+    Callers hold :attr:`lock` around every use of :meth:`get` and
+    :meth:`rollback` (an ``RLock``: a transaction may read through the same lock).
+    """
+
+    def __init__(self, path: Path, *, busy_timeout: float) -> None:
+        self.path = path
+        self.lock = threading.RLock()
+        self._busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+
+    def get(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = connect(self.path, busy_timeout=self._busy_timeout)
+            conn.execute("PRAGMA journal_mode=WAL")
+            self._conn = conn
+        return self._conn
+
+    def rollback(self) -> None:
+        """Undo an open transaction, if any; an error doing so leaves nothing to undo."""
+        if self._conn is not None and self._conn.in_transaction:
+            with suppress(sqlite3.Error):
+                self._conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        with self.lock:
+            conn, self._conn = self._conn, None
+            close_quietly(conn)

@@ -14,9 +14,8 @@ the two statements SQLite spells otherwise (no ``RETURNING``, no arrays).
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from operator import itemgetter
 from pathlib import Path
@@ -32,7 +31,7 @@ from safereplay.projections.sql_store import (
     TableCodec,
     Writer,
 )
-from safereplay.projections.sqlite_connection import close_quietly, connect, translate
+from safereplay.projections.sqlite_connection import SharedConnection, translate
 from safereplay.projections.sqltemplate import SQLiteRenderer
 from safereplay.projections.store import BUILDS_TABLE
 from safereplay.projections.tables import Column, Table
@@ -126,9 +125,8 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
     ) -> None:
         super().__init__(SQLiteRenderer(), migrate_on_start=migrate_on_start)
         self.path = Path(path)
-        self._busy_timeout = busy_timeout
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._shared = SharedConnection(self.path, busy_timeout=busy_timeout)
+        self._lock = self._shared.lock
 
     @property
     def description(self) -> str:
@@ -137,11 +135,7 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
     # -- connection and transactions ------------------------------------------------------
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self.path, busy_timeout=self._busy_timeout)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._conn = conn
-        return self._conn
+        return self._shared.get()
 
     @contextmanager
     def _write(self, what: str, *, ddl: bool = False) -> Iterator[sqlite3.Connection]:
@@ -191,9 +185,7 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
         return nullcontext(conn)
 
     def _rollback(self) -> None:
-        if self._conn is not None and self._conn.in_transaction:
-            with suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+        self._shared.rollback()
 
     def _new_codec(self, table: Table, physical: str) -> _Codec:
         return _Codec(table, physical, self._render)
@@ -230,6 +222,4 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
         return changed
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            close_quietly(conn)
+        self._shared.close()

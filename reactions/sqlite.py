@@ -10,15 +10,14 @@ are translated as the projection store's are
 from __future__ import annotations
 
 import sqlite3
-import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from safereplay.domain.schema import SchemaDatabase, SQLiteSchema
-from safereplay.projections.sqlite_connection import close_quietly, connect, translate
+from safereplay.projections.sqlite_connection import SharedConnection, translate
 from safereplay.projections.sqltemplate import SQLiteRenderer, sqlite_statement
 from safereplay.reactions.ledger_sql import SQLDeliveryLedger, Tx, render_ddl
 
@@ -51,20 +50,15 @@ class SQLiteDeliveryLedger(SQLDeliveryLedger):
     ) -> None:
         super().__init__(migrate_on_start=migrate_on_start, clock=clock)
         self.path = Path(path)
-        self._busy_timeout = busy_timeout
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
+        self._shared = SharedConnection(self.path, busy_timeout=busy_timeout)
+        self._lock = self._shared.lock
 
     @property
     def description(self) -> str:
         return f"SQLite delivery ledger {str(self.path)!r}"
 
     def _connection(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = connect(self.path, busy_timeout=self._busy_timeout)
-            conn.execute("PRAGMA journal_mode=WAL")
-            self._conn = conn
-        return self._conn
+        return self._shared.get()
 
     @contextmanager
     def _transaction(self, what: str, *, write: bool) -> Iterator[Tx]:
@@ -89,9 +83,7 @@ class SQLiteDeliveryLedger(SQLDeliveryLedger):
                 raise
 
     def _rollback(self) -> None:
-        if self._conn is not None and self._conn.in_transaction:
-            with suppress(sqlite3.Error):
-                self._conn.execute("ROLLBACK")
+        self._shared.rollback()
 
     def _schema_database(self) -> SchemaDatabase:
         @contextmanager
@@ -112,6 +104,4 @@ class SQLiteDeliveryLedger(SQLDeliveryLedger):
         return str(value)
 
     def close(self) -> None:
-        with self._lock:
-            conn, self._conn = self._conn, None
-            close_quietly(conn)
+        self._shared.close()
