@@ -156,3 +156,23 @@ class ReactionContract:
     @pytest.fixture
     def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
         raise NotImplementedError
+
+
+class SQLiteReactionWorld(ReactionContract):
+    """Put first in a SQLite test class's bases: its ``world`` is on SQLite, ledger in a file."""
+
+    @pytest.fixture
+    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
+        settings = request.getfixturevalue("sqlite_settings")()
+        open_ledger = next(sqlite_ledgers(tmp_path))
+        yield from reaction_world(settings, lambda: open_ledger())
+
+
+class PostgresReactionWorld(ReactionContract):
+    """Put first in a PostgreSQL test class's bases (marked ``postgres``)."""
+
+    @pytest.fixture
+    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
+        settings = request.getfixturevalue("postgres_settings")()
+        open_ledger = next(postgres_ledgers(request))
+        yield from reaction_world(settings, lambda: open_ledger())

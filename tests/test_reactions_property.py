@@ -8,8 +8,6 @@ of an aggregate is delivered behind a parked one.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
-from pathlib import Path
 from uuid import UUID
 
 import pytest
@@ -17,11 +15,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reaction_fixtures import (
     QUICK,
+    PostgresReactionWorld,
     ReactionWorld,
-    postgres_ledgers,
+    SQLiteReactionWorld,
     reaction_named,
-    reaction_world,
-    sqlite_ledgers,
 )
 
 from safereplay.reactions import Delivery, DeliveryOutcome, RecordingDestination
@@ -105,18 +102,10 @@ class PropertyCases:
         runner.close()
 
 
-class TestSQLiteProperty(PropertyCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("sqlite_settings")()
-        open_ledger = next(sqlite_ledgers(tmp_path))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestSQLiteProperty(SQLiteReactionWorld, PropertyCases):
+    """The cases on SQLite."""
 
 
 @pytest.mark.postgres
-class TestPostgresProperty(PropertyCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("postgres_settings")()
-        open_ledger = next(postgres_ledgers(request))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestPostgresProperty(PostgresReactionWorld, PropertyCases):
+    """The cases on PostgreSQL."""

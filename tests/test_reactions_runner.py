@@ -18,20 +18,17 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterator
-from pathlib import Path
 from uuid import UUID
 
 import pytest
 from reaction_fixtures import (
     QUICK,
+    PostgresReactionWorld,
     ReactionContract,
     ReactionWorld,
     RunEvents,
-    postgres_ledgers,
+    SQLiteReactionWorld,
     reaction_named,
-    reaction_world,
-    sqlite_ledgers,
 )
 
 from safereplay.domain.envelope import Envelope
@@ -288,20 +285,10 @@ class RunnerCases(ReactionContract):
         assert per_reaction == {"run_events": len(events), "run_events_copy": len(events)}
 
 
-class TestSQLiteRunner(RunnerCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("sqlite_settings")()
-        ledgers = sqlite_ledgers(tmp_path)
-        open_ledger = next(ledgers)
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestSQLiteRunner(SQLiteReactionWorld, RunnerCases):
+    """The cases on SQLite."""
 
 
 @pytest.mark.postgres
-class TestPostgresRunner(RunnerCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("postgres_settings")()
-        ledgers = postgres_ledgers(request)
-        open_ledger = next(ledgers)
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestPostgresRunner(PostgresReactionWorld, RunnerCases):
+    """The cases on PostgreSQL."""

@@ -21,11 +21,10 @@ from pathlib import Path
 import pytest
 from reaction_fixtures import (
     QUICK,
+    PostgresReactionWorld,
     ReactionWorld,
     RunEvents,
-    postgres_ledgers,
-    reaction_world,
-    sqlite_ledgers,
+    SQLiteReactionWorld,
 )
 from recovery_fixtures import backend_env
 from webhook_receiver import Receiver
@@ -137,18 +136,10 @@ class SigkillCases:
             ledger.close()
 
 
-class TestSQLiteSigkill(SigkillCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("sqlite_settings")()
-        open_ledger = next(sqlite_ledgers(tmp_path))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestSQLiteSigkill(SQLiteReactionWorld, SigkillCases):
+    """The cases on SQLite."""
 
 
 @pytest.mark.postgres
-class TestPostgresSigkill(SigkillCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("postgres_settings")()
-        open_ledger = next(postgres_ledgers(request))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestPostgresSigkill(PostgresReactionWorld, SigkillCases):
+    """The cases on PostgreSQL."""

@@ -24,12 +24,11 @@ from uuid import UUID
 import pytest
 from reaction_fixtures import (
     QUICK,
+    PostgresReactionWorld,
     ReactionContract,
     ReactionWorld,
     RunEvents,
-    postgres_ledgers,
-    reaction_world,
-    sqlite_ledgers,
+    SQLiteReactionWorld,
 )
 from webhook_receiver import Receiver
 
@@ -181,18 +180,10 @@ class WebhookCases(ReactionContract):
         assert breaker.snapshot().opened_count >= 1
 
 
-class TestSQLiteWebhook(WebhookCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("sqlite_settings")()
-        open_ledger = next(sqlite_ledgers(tmp_path))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestSQLiteWebhook(SQLiteReactionWorld, WebhookCases):
+    """The cases on SQLite."""
 
 
 @pytest.mark.postgres
-class TestPostgresWebhook(WebhookCases):
-    @pytest.fixture
-    def world(self, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ReactionWorld]:
-        settings = request.getfixturevalue("postgres_settings")()
-        open_ledger = next(postgres_ledgers(request))
-        yield from reaction_world(settings, lambda: open_ledger())
+class TestPostgresWebhook(PostgresReactionWorld, WebhookCases):
+    """The cases on PostgreSQL."""
