@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from safereplay.projections.errors import DatabaseUnavailable, StoreError
@@ -75,6 +76,17 @@ class SharedConnection:
         if self._conn is not None and self._conn.in_transaction:
             with suppress(sqlite3.Error):
                 self._conn.execute("ROLLBACK")
+
+    @contextmanager
+    def lend(self, what: str) -> Iterator[sqlite3.Connection]:
+        """The connection under the lock, for the schema migrator; an error is
+        rolled back and translated, ``what`` naming the failed work."""
+        with self.lock:
+            try:
+                yield self.get()
+            except sqlite3.Error as exc:
+                self.rollback()
+                raise translate(exc, what) from exc
 
     def close(self) -> None:
         with self.lock:

@@ -161,14 +161,8 @@ class SQLiteProjectionStore(SQLProjectionStore[str, sqlite3.Connection]):
                 raise
 
     def _schema_database(self) -> SchemaDatabase:
-        @contextmanager
-        def lend() -> Iterator[sqlite3.Connection]:
-            with self._lock:
-                try:
-                    yield self._connection()
-                except sqlite3.Error as exc:
-                    self._rollback()
-                    raise translate(exc, f"{self.description}: schema") from exc
+        def lend() -> AbstractContextManager[sqlite3.Connection]:
+            return self._shared.lend(f"{self.description}: schema")
 
         return SQLiteSchema(lend, self.description)
 

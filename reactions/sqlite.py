@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -86,14 +86,8 @@ class SQLiteDeliveryLedger(SQLDeliveryLedger):
         self._shared.rollback()
 
     def _schema_database(self) -> SchemaDatabase:
-        @contextmanager
-        def lend() -> Iterator[sqlite3.Connection]:
-            with self._lock:
-                try:
-                    yield self._connection()
-                except sqlite3.Error as exc:
-                    self._rollback()
-                    raise translate(exc, f"{self.description}: schema") from exc
+        def lend() -> AbstractContextManager[sqlite3.Connection]:
+            return self._shared.lend(f"{self.description}: schema")
 
         return SQLiteSchema(lend, f"SQLite file {str(self.path)!r}")
 
