@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from safereplay.recovery.cli.security import Json
-from safereplay.recovery.cli.support import console, emit, operation
+from safereplay.recovery.cli.support import RunAsCaller, console, emit, operation
 from safereplay.recovery.errors import AccessDenied
 
 __all__ = ["alerts_table", "open_alerts", "print_open_alerts", "register"]
@@ -61,12 +61,12 @@ def alerts_command(
     emit(result, as_json=as_json, human=human)
 
 
-def open_alerts(projections: list[str]) -> list[dict[str, Any]] | None:
+def open_alerts(projections: list[str], run: RunAsCaller) -> list[dict[str, Any]] | None:
     """The open alerts (of those projections, if any are named) that ``status`` shows;
     None when the caller may not read alerts (they need view on projection:*, the
-    status itself may need less)."""
+    status itself may need less). ``run``: the status command's signed-in caller."""
     try:
-        result = operation("alerts")
+        result = run("alerts")
     except AccessDenied:
         return None
     return [

@@ -35,8 +35,8 @@ from safereplay.recovery.cli.support import (
     emit,
     exit_code_for,
     fail,
-    operation,
     refuse_token_arguments,
+    signed_in,
     to_jsonable,
     use_json_errors,
 )
@@ -166,16 +166,17 @@ def status_command(
     Needs a viewer grant (the token in SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE)
     and decrypts nothing.
     """
-    report = operation("status", projections=projection or [])
-    alerts = cli_alerts.open_alerts(projection or [])
+    with signed_in("status") as run:
+        report = run("status", projections=projection or [])
+        alerts = cli_alerts.open_alerts(projection or [], run)
 
-    def human(found: Any) -> None:
-        console.print(status_table(report))
-        cli_jobs.print_stalled_jobs(projection or [])
-        cli_alerts.print_open_alerts(alerts)
+        def human(found: Any) -> None:
+            console.print(status_table(report))
+            cli_jobs.print_stalled_jobs(projection or [], run)
+            cli_alerts.print_open_alerts(alerts)
 
-    # The report's fields, and the open alerts (null: the caller may not read them).
-    emit({**to_jsonable(report), "open_alerts": alerts}, as_json=as_json, human=human)
+        # The report's fields, and the open alerts (null: the caller may not read them).
+        emit({**to_jsonable(report), "open_alerts": alerts}, as_json=as_json, human=human)
 
 
 cli_jobs.register(app)

@@ -9,7 +9,14 @@ from rich.table import Column, Table
 
 from safereplay.recovery.cli.progress import jobs_renderable
 from safereplay.recovery.cli.security import Json, Reason
-from safereplay.recovery.cli.support import EXIT_INVALID, console, emit, fail, operation
+from safereplay.recovery.cli.support import (
+    EXIT_INVALID,
+    RunAsCaller,
+    console,
+    emit,
+    fail,
+    operation,
+)
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.operations.parked import parse_parked_id
 
@@ -33,13 +40,12 @@ def jobs_command(
     emit(rows, as_json=as_json, human=table)
 
 
-def print_stalled_jobs(projections: list[str]) -> None:
-    """Under ``status``: each active job of those projections that no worker runs."""
+def print_stalled_jobs(projections: list[str], run: RunAsCaller) -> None:
+    """Under ``status``: each active job of those projections that no worker runs
+    (read with ``run``, the status command's signed-in caller)."""
     if len(projections) > 1:
         return  # a list of all jobs could need a wider grant than the status itself
-    rows = operation(
-        "jobs.list", projection=projections[0] if projections else None, active_only=True
-    )
+    rows = run("jobs.list", projection=projections[0] if projections else None, active_only=True)
     for row in rows:
         if row.get("stalled"):
             job_id = row["job_id"]

@@ -80,8 +80,10 @@ __all__ = [
     "fail",
     "iso_time",
     "operation",
+    "RunAsCaller",
     "recovery_context",
     "refuse_token_arguments",
+    "signed_in",
     "to_jsonable",
     "use_json_errors",
 ]
@@ -193,11 +195,28 @@ def cli_caller(context: RecoveryContext, operation: str = "") -> Principal:
     return context.caller(origin=cli_origin(operation))
 
 
+#: Runs an operation as a command's caller: ``run(name, reason=..., **parameters)``.
+RunAsCaller = Callable[..., Any]
+
+
+@contextmanager
+def signed_in(command: str) -> Iterator[RunAsCaller]:
+    """Run a command's operations as the principal whose token is in the environment,
+    signed in once (one token check, one context) however many it runs."""
+    with recovery_context() as context:
+        caller = cli_caller(context, command)
+        operations = open_operations(context)
+
+        def run(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
+            return operations.run(caller, name, reason=reason, **parameters)
+
+        yield run
+
+
 def operation(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
     """Run operation ``name`` as the principal whose token is in the environment."""
-    with recovery_context() as context:
-        caller = cli_caller(context, name)
-        return open_operations(context).run(caller, name, reason=reason, **parameters)
+    with signed_in(name) as run:
+        return run(name, reason=reason, **parameters)
 
 
 #: An argument holding an API token (``sr_`` and a 16-hex-digit id), anywhere in it.
