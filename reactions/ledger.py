@@ -5,8 +5,10 @@ One row per (reaction, event, destination), and one position per reaction::
     reaction_deliveries (reaction, event_id, destination,            -- the key
                          position, aggregate_id, aggregate_version, event_type,
                          idempotency_key, state, attempts, last_status, last_detail,
-                         recorded_at, first_attempt_at, last_attempt_at, delivered_at)
-    reaction_positions  (reaction, position, updated_at)
+                         recorded_at, first_attempt_at, last_attempt_at, delivered_at,
+                         acknowledgements, redeliveries, forced_redeliveries)
+    reaction_positions  (reaction, position, updated_at, lease_holder, lease_expires_at)
+    reaction_destinations (reaction, destination, breaker_state, breaker_changed_at, updated_at)
 
 States: ``pending`` (owed, no attempt recorded yet), ``failed`` (owed; the last
 recorded attempt failed and the policy will retry), ``delivered`` (the destination
@@ -78,6 +80,14 @@ class LedgerEntry:
     first_attempt_at: float | None
     last_attempt_at: float | None
     delivered_at: float | None
+    #: How many attempts the destination acknowledged (more than 1 only after a
+    #: forced re-delivery, or a repeat sent after a crash before its outcome was
+    #: committed: the receiver dropped it by its key).
+    acknowledgements: int = 0
+    #: How many times an operator re-opened the row (``redeliver``), and how many of
+    #: those re-opened an acknowledged row (forced, with a reason).
+    redeliveries: int = 0
+    forced_redeliveries: int = 0
 
     @property
     def owed(self) -> bool:

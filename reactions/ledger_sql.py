@@ -42,7 +42,7 @@ __all__ = [
 #: The ledger's component in the schema catalog and its version: raise it with any
 #: change to the tables below, and make :func:`ledger_schema_step` upgrade to it.
 REACTIONS_COMPONENT = "reactions"
-REACTIONS_SCHEMA_VERSION = 1
+REACTIONS_SCHEMA_VERSION = 2
 
 #: Type names per backend (SQLite keeps ids as text and times as REAL seconds).
 TYPES: Mapping[str, Mapping[str, str]] = {
@@ -54,7 +54,9 @@ CREATE_POSITIONS = """
 CREATE TABLE IF NOT EXISTS {reaction_positions} (
     reaction {text} PRIMARY KEY,
     position {bigint} NOT NULL,
-    updated_at double precision NOT NULL
+    updated_at double precision NOT NULL,
+    lease_holder {text},
+    lease_expires_at double precision
 )"""
 
 CREATE_DELIVERIES = """
@@ -75,7 +77,22 @@ CREATE TABLE IF NOT EXISTS {reaction_deliveries} (
     first_attempt_at double precision,
     last_attempt_at double precision,
     delivered_at double precision,
+    acknowledgements {int} NOT NULL DEFAULT 0,
+    redeliveries {int} NOT NULL DEFAULT 0,
+    forced_redeliveries {int} NOT NULL DEFAULT 0,
     PRIMARY KEY (reaction, event_id, destination)
+)"""
+
+# A destination's breaker, as the runner holding the reaction's lease last saw it:
+# what status shows for a destination (a breaker lives in a runner's memory).
+CREATE_DESTINATIONS = """
+CREATE TABLE IF NOT EXISTS {reaction_destinations} (
+    reaction {text} NOT NULL,
+    destination {text} NOT NULL,
+    breaker_state {text} NOT NULL,
+    breaker_changed_at double precision NOT NULL,
+    updated_at double precision NOT NULL,
+    PRIMARY KEY (reaction, destination)
 )"""
 
 # What a runner looks for at every cycle: a reaction's owed rows, in position order.
@@ -83,12 +100,25 @@ CREATE_OWED_INDEX = """
 CREATE INDEX IF NOT EXISTS {idx_reaction_deliveries_state}
 ON {reaction_deliveries} (reaction, state, position)"""
 
-DDL = (CREATE_POSITIONS, CREATE_DELIVERIES, CREATE_OWED_INDEX)
+DDL = (CREATE_POSITIONS, CREATE_DELIVERIES, CREATE_OWED_INDEX, CREATE_DESTINATIONS)
+
+# From version 1 (before leases, acknowledgement counts, re-delivery counts and
+# breaker states): the columns the tables above have since.
+UPGRADE_FROM_1 = (
+    "ALTER TABLE {reaction_positions} ADD COLUMN lease_holder {text}",
+    "ALTER TABLE {reaction_positions} ADD COLUMN lease_expires_at double precision",
+    "ALTER TABLE {reaction_deliveries} ADD COLUMN acknowledgements {int} NOT NULL DEFAULT 0",
+    "ALTER TABLE {reaction_deliveries} ADD COLUMN redeliveries {int} NOT NULL DEFAULT 0",
+    "ALTER TABLE {reaction_deliveries} ADD COLUMN forced_redeliveries {int} NOT NULL DEFAULT 0",
+    # Rows delivered under version 1 were acknowledged once.
+    "UPDATE {reaction_deliveries} SET acknowledgements = 1 WHERE state = 'delivered'",
+)
 
 _COLUMNS = (
     "reaction, event_id, destination, position, aggregate_id, aggregate_version, event_type, "
     "idempotency_key, state, attempts, last_status, last_detail, recorded_at, "
-    "first_attempt_at, last_attempt_at, delivered_at"
+    "first_attempt_at, last_attempt_at, delivered_at, acknowledgements, redeliveries, "
+    "forced_redeliveries"
 )
 
 SELECT_POSITION = "SELECT position FROM {reaction_positions} WHERE reaction = %(reaction)s"
@@ -124,7 +154,8 @@ RECORD_ATTEMPT = (
     "UPDATE {reaction_deliveries} SET state = %(state)s, attempts = attempts + 1, "
     "last_status = %(status)s, last_detail = %(detail)s, "
     "first_attempt_at = COALESCE(first_attempt_at, %(now)s), last_attempt_at = %(now)s, "
-    f"delivered_at = %(delivered_at)s WHERE {_KEY} AND state IN ('pending', 'failed')"
+    "delivered_at = %(delivered_at)s, acknowledgements = acknowledgements + %(acknowledged)s "
+    f"WHERE {_KEY} AND state IN ('pending', 'failed')"
 )
 PARK = (
     "UPDATE {reaction_deliveries} SET state = 'parked', last_detail = %(detail)s "
@@ -155,11 +186,16 @@ SELECT_SUMMARY = (
 )
 
 
-def ledger_schema_step(statements: Sequence[Any]) -> SchemaStep:
-    """The ``reactions`` step: a backend's rendered :data:`DDL` statements."""
+def ledger_schema_step(statements: Sequence[Any], upgrades: Sequence[Any] = ()) -> SchemaStep:
+    """The ``reactions`` step: a backend's rendered :data:`DDL` statements, and
+    :data:`UPGRADE_FROM_1` (rendered) for a database at version 1."""
     rendered = list(statements)
+    from_1 = list(upgrades)
 
     def apply(cursor: Any, from_version: int) -> None:
+        if from_version == 1:
+            for statement in from_1:
+                cursor.execute(statement)
         for statement in rendered:
             cursor.execute(statement)
 
@@ -167,14 +203,23 @@ def ledger_schema_step(statements: Sequence[Any]) -> SchemaStep:
         REACTIONS_COMPONENT,
         REACTIONS_SCHEMA_VERSION,
         apply,
-        "the reactions' delivery ledger: deliveries and positions",
+        "the reactions' delivery ledger: deliveries, positions and leases, breaker states",
     )
 
 
 def render_ddl(renderer: Renderer[Any]) -> list[Any]:
     """:data:`DDL` for ``renderer``'s backend, type slots filled from :data:`TYPES`."""
+    return _render(renderer, DDL)
+
+
+def render_upgrades(renderer: Renderer[Any]) -> list[Any]:
+    """:data:`UPGRADE_FROM_1` for ``renderer``'s backend."""
+    return _render(renderer, UPGRADE_FROM_1)
+
+
+def _render(renderer: Renderer[Any], templates: Sequence[str]) -> list[Any]:
     types = {k: renderer.text(v) for k, v in TYPES[renderer.dialect].items()}
-    return [renderer.render(template, **types) for template in DDL]
+    return [renderer.render(template, **types) for template in templates]
 
 
 class Tx(Protocol):
@@ -213,13 +258,16 @@ class SQLDeliveryLedger(DeliveryLedger):
     def _ddl(self) -> list[Any]: ...
 
     @abstractmethod
+    def _upgrades(self) -> list[Any]: ...
+
+    @abstractmethod
     def _dump_id(self, value: UUID) -> Any: ...
 
     # -- the interface ----------------------------------------------------------------
 
     def ensure_schema(self) -> None:
         if not self._ready:
-            step = ledger_schema_step(self._ddl())
+            step = ledger_schema_step(self._ddl(), self._upgrades())
             ensure_schema(self._schema_database(), [step], migrate=self.migrate_on_start)
             self._ready = True
 
@@ -313,6 +361,7 @@ class SQLDeliveryLedger(DeliveryLedger):
                     "detail": detail.strip("; ") or None,
                     "now": now,
                     "delivered_at": now if outcome.delivered else None,
+                    "acknowledged": 1 if outcome.delivered else 0,
                 },
             )
             rows = tx.rows(SELECT_ENTRY, key) if changed else []
@@ -396,4 +445,7 @@ def _entry(row: Mapping[str, Any]) -> LedgerEntry:
         first_attempt_at=_optional_float(row["first_attempt_at"]),
         last_attempt_at=_optional_float(row["last_attempt_at"]),
         delivered_at=_optional_float(row["delivered_at"]),
+        acknowledgements=int(row["acknowledgements"]),
+        redeliveries=int(row["redeliveries"]),
+        forced_redeliveries=int(row["forced_redeliveries"]),
     )

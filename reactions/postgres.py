@@ -21,7 +21,7 @@ from psycopg.rows import dict_row
 from safereplay.domain.schema import PostgresSchema, SchemaDatabase
 from safereplay.projections.postgres_connection import Connection
 from safereplay.projections.sqltemplate import PostgresRenderer, postgres_statement
-from safereplay.reactions.ledger_sql import SQLDeliveryLedger, Tx, render_ddl
+from safereplay.reactions.ledger_sql import SQLDeliveryLedger, Tx, render_ddl, render_upgrades
 
 __all__ = ["PostgresDeliveryLedger"]
 
@@ -81,6 +81,9 @@ class PostgresDeliveryLedger(SQLDeliveryLedger):
 
     def _ddl(self) -> list[Any]:
         return render_ddl(PostgresRenderer(self.schema))
+
+    def _upgrades(self) -> list[Any]:
+        return render_upgrades(PostgresRenderer(self.schema))
 
     def _dump_id(self, value: UUID) -> Any:
         return value

@@ -19,7 +19,7 @@ from uuid import UUID
 from safereplay.domain.schema import SchemaDatabase, SQLiteSchema
 from safereplay.projections.sqlite_connection import SharedConnection, translate
 from safereplay.projections.sqltemplate import SQLiteRenderer, sqlite_statement
-from safereplay.reactions.ledger_sql import SQLDeliveryLedger, Tx, render_ddl
+from safereplay.reactions.ledger_sql import SQLDeliveryLedger, Tx, render_ddl, render_upgrades
 
 __all__ = ["SQLiteDeliveryLedger"]
 
@@ -93,6 +93,9 @@ class SQLiteDeliveryLedger(SQLDeliveryLedger):
 
     def _ddl(self) -> list[Any]:
         return render_ddl(SQLiteRenderer())
+
+    def _upgrades(self) -> list[Any]:
+        return render_upgrades(SQLiteRenderer())
 
     def _dump_id(self, value: UUID) -> Any:
         return str(value)

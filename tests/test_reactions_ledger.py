@@ -154,7 +154,7 @@ class LedgerCases(LedgerContract):
         migrating = ledger_at()
         assert migrating.position("orders") == 0
         assert ledger_at(migrate_on_start=False).position("orders") == 0
-        assert REACTIONS_COMPONENT == "reactions" and REACTIONS_SCHEMA_VERSION == 1
+        assert REACTIONS_COMPONENT == "reactions" and REACTIONS_SCHEMA_VERSION == 2
 
 
 class TestSQLiteLedger(LedgerCases):
