@@ -32,6 +32,7 @@ from safereplay.reactions.delivery import (
 from safereplay.reactions.errors import (
     DeliveryMappingFailed,
     LedgerConflict,
+    ReactionBusy,
     ReactionDefinitionError,
     ReactionError,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "NoBreaker",
     "PostgresDeliveryLedger",
     "Reaction",
+    "ReactionBusy",
     "ReactionDefinitionError",
     "ReactionError",
     "ReactionOptions",

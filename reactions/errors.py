@@ -11,6 +11,7 @@ needs nothing new::
     │                             version, topics, a destination it names is missing)
     ├── LedgerConflict            the reaction's position is not the one this runner
     │                             read: another runner recorded meanwhile (rolled back)
+    ├── ReactionBusy              another runner holds the reaction's lease
     └── DeliveryMappingFailed     a reaction's ``deliveries(envelope)`` raised, or the
                                   event could not be decoded: the position does not move
 
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "DeliveryMappingFailed",
     "LedgerConflict",
+    "ReactionBusy",
     "ReactionDefinitionError",
     "ReactionError",
 ]
@@ -54,6 +56,22 @@ class LedgerConflict(ReactionError):
         super().__init__(
             f"reaction {reaction!r}: expected position {expected} but it {now}; another "
             "runner recorded deliveries meanwhile, this batch was rolled back"
+        )
+
+
+class ReactionBusy(ReactionError):
+    """Another runner holds the reaction's lease (one runner per reaction at a time:
+    two would send an aggregate's events out of order). Names the holder (a host
+    and process, never a secret) and when its lease runs out unless renewed."""
+
+    def __init__(self, reaction: str, *, holder: str, expires_at: float) -> None:
+        self.reaction = reaction
+        self.holder = holder
+        self.expires_at = expires_at
+        super().__init__(
+            f"reaction {reaction!r} is being run by {holder} (its lease runs until "
+            f"{expires_at:.0f}, seconds since the epoch, unless renewed); stop that runner "
+            "or wait for its lease to run out"
         )
 
 
