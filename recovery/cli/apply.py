@@ -13,7 +13,8 @@ from uuid import UUID
 import typer
 from rich.table import Table
 
-from safereplay.recovery.cli.rebuilds import WorkerProcess, Workers, start_workers, worker_failures
+from safereplay.recovery.cli.local_workers import WorkerProcess, start_workers, worker_failures
+from safereplay.recovery.cli.rebuilds import Workers
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_NO,

@@ -29,7 +29,7 @@ from safereplay.projections import (
     RunStatusBoard,
     WorkflowStatistics,
 )
-from safereplay.recovery.cli.rebuilds import start_workers, watch_job, worker_failures
+from safereplay.recovery.cli.local_workers import start_workers, watch_job, worker_failures
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.worker import WorkerOptions
 from safereplay.recovery.operations.catalog import open_operations

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from safereplay.recovery.api.app import ServeOptions, create_app
-from safereplay.recovery.cli.rebuilds import WorkerProcess, stop_workers
+from safereplay.recovery.cli.local_workers import WorkerProcess, stop_workers
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
