@@ -15,6 +15,8 @@
   :mod:`safereplay.projections.sqltemplate`);
 - :mod:`safereplay.projections.runner`: catch-up and live following;
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
+- :mod:`safereplay.projections.replay_context`: why a handler runs (live, catch-up,
+  rebuild, replay, re-delivery), for handlers to read;
 - :mod:`safereplay.projections.observer`: the seam for process metrics;
 - :mod:`safereplay.projections.status`: lag, status and read-your-writes;
 - :mod:`safereplay.projections.reference`: the reference projections.
@@ -55,6 +57,12 @@ from safereplay.projections.runner import (
     ProjectionRunner,
     RunnerOptions,
     RunnerThread,
+)
+from safereplay.projections.replay_context import (
+    ReplayContext,
+    ReplayReason,
+    current_replay_context,
+    replaying,
 )
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import EventSource, Partition, partition_of
@@ -120,6 +128,8 @@ __all__ = [
     "ProjectionSettings",
     "ProjectionStatus",
     "ProjectionStore",
+    "ReplayContext",
+    "ReplayReason",
     "RunStatusBoard",
     "RunnerObserver",
     "RunnerOptions",
@@ -137,10 +147,12 @@ __all__ = [
     "VersionMismatch",
     "WaitTimeout",
     "WorkflowStatistics",
+    "current_replay_context",
     "handles",
     "open_source",
     "open_store",
     "partition_of",
+    "replaying",
     "projection_status",
     "status",
     "wait_for_position",

@@ -202,8 +202,7 @@ RELEASE_LEASE = (
     "WHERE reaction = %(reaction)s AND lease_holder = %(holder)s"
 )
 SELECT_LEASE = (
-    "SELECT lease_holder, lease_expires_at FROM {reaction_positions} "
-    "WHERE reaction = %(reaction)s"
+    "SELECT lease_holder, lease_expires_at FROM {reaction_positions} WHERE reaction = %(reaction)s"
 )
 # changed_at moves only with the state: the CASE reads the row as it was (``old``;
 # the SET expressions all see the old row, on both backends).

@@ -63,6 +63,7 @@ def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> De
         payload={},
     )
 
+
 # The ledger as version 1 made it: no leases, no acknowledgement or re-delivery counts,
 # no breaker states.
 V1_DDL = (
@@ -82,8 +83,7 @@ V1_DDL = (
         ON {reaction_deliveries} (reaction, state, position)""",
 )
 V1_ROWS = (
-    "INSERT INTO {reaction_positions} (reaction, position, updated_at) "
-    "VALUES ('orders', 2, 1.0)",
+    "INSERT INTO {reaction_positions} (reaction, position, updated_at) VALUES ('orders', 2, 1.0)",
     "INSERT INTO {reaction_deliveries} (reaction, event_id, destination, position, "
     "aggregate_id, aggregate_version, event_type, idempotency_key, state, attempts, "
     "recorded_at, first_attempt_at, last_attempt_at, delivered_at) VALUES ('orders', "
@@ -302,7 +302,9 @@ class LedgerCases(LedgerContract):
         now[0] = 110.0
         ledger.record_breaker("orders", "crm", "closed")
         ledger.record_breaker("orders", "mail", "closed")
-        assert ledger.breaker_states("orders")["crm"] == BreakerRecord("crm", "closed", 100.0, 110.0)
+        assert ledger.breaker_states("orders")["crm"] == BreakerRecord(
+            "crm", "closed", 100.0, 110.0
+        )
         now[0] = 120.0
         ledger.record_breaker("orders", "crm", "open")
         now[0] = 130.0
