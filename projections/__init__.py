@@ -50,6 +50,12 @@ from safereplay.projections.reference import (
     RunStatusBoard,
     WorkflowStatistics,
 )
+from safereplay.projections.replay_context import (
+    ReplayContext,
+    ReplayReason,
+    current_replay_context,
+    replaying,
+)
 from safereplay.projections.runner import (
     FAULT_POINTS,
     BatchResult,
@@ -57,12 +63,6 @@ from safereplay.projections.runner import (
     ProjectionRunner,
     RunnerOptions,
     RunnerThread,
-)
-from safereplay.projections.replay_context import (
-    ReplayContext,
-    ReplayReason,
-    current_replay_context,
-    replaying,
 )
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import EventSource, Partition, partition_of

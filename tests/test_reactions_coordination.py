@@ -134,8 +134,10 @@ class CoordinationCases(ReactionContract):
             assert taken is not None
             # Held past the lease's first term: renewed (by the cycle's own thread).
             wait_until(
-                lambda: (lease := runner.ledger.lease(NAME)) is not None
-                and lease.expires_at >= taken.expires_at + 1.0,
+                lambda: (
+                    (lease := runner.ledger.lease(NAME)) is not None
+                    and lease.expires_at >= taken.expires_at + 1.0
+                ),
                 "a renewal",
             )
             other = world.runner([RecordingDestination("crm")], holder="host-b:202:other0")
@@ -149,9 +151,7 @@ class CoordinationCases(ReactionContract):
     def test_a_runner_that_lost_its_lease_stops_and_says_so(self, world: ReactionWorld) -> None:
         gate = Gate()
         crm = RecordingDestination("crm", answer=gate)
-        runner = world.runner(
-            [crm], holder="host-a:101:lost00", lease_seconds=0.6, concurrency=1
-        )
+        runner = world.runner([crm], holder="host-a:101:lost00", lease_seconds=0.6, concurrency=1)
         cycle = InThread(runner.run_once)
         try:
             assert gate.entered.wait(120), "no call was made"
