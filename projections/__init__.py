@@ -152,8 +152,8 @@ __all__ = [
     "open_source",
     "open_store",
     "partition_of",
-    "replaying",
     "projection_status",
+    "replaying",
     "status",
     "wait_for_position",
 ]

@@ -27,6 +27,8 @@ import pytest
 from reaction_fixtures import LedgerContract, postgres_ledgers, sqlite_ledgers
 
 from safereplay.domain.errors import DatabaseSchemaOutdated
+from safereplay.domain.schema import SchemaStep, ensure_schema
+from safereplay.projections.sqltemplate import PostgresRenderer, Renderer, SQLiteRenderer
 from safereplay.reactions import (
     Delivery,
     DeliveryLedger,
@@ -37,8 +39,6 @@ from safereplay.reactions import (
     idempotency_key,
 )
 from safereplay.reactions.ledger import BreakerRecord, Lease
-from safereplay.domain.schema import SchemaStep, ensure_schema
-from safereplay.projections.sqltemplate import PostgresRenderer, Renderer, SQLiteRenderer
 from safereplay.reactions.ledger_sql import (
     REACTIONS_COMPONENT,
     REACTIONS_SCHEMA_VERSION,
