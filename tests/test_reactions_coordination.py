@@ -204,8 +204,11 @@ class CoordinationCases(ReactionContract):
         events = world.events()
         first_events = {aggregate for _, _, aggregate in events}
         crm = RecordingDestination("crm", answer=always(DeliveryOutcome.retry(503, "down")))
-        # The clock stands still: the window never slides, the cap is exact.
-        budget = RetryBudget(ratio=0.5, window=10.0, min_retries_per_second=0.2, clock=lambda: 0)
+        # The clock stands still (until the test moves it): the cap is exact.
+        now = [0.0]
+        budget = RetryBudget(
+            ratio=0.5, window=10.0, min_retries_per_second=0.2, clock=lambda: now[0]
+        )
         runner = world.runner(
             [crm],
             policy=RetryThenPark(attempts=50, backoff=QUICK),
@@ -223,6 +226,13 @@ class CoordinationCases(ReactionContract):
         assert len(owed) == len(events), "nothing lost: all still owed"
         assert {e.state for e in owed if e.attempts} == {"failed"}
         assert sum(e.attempts for e in owed) == len(crm.calls)
+
+        # The receiver recovers: later cycles send what was deferred, in order.
+        crm.answer = always(DeliveryOutcome.ok(200))
+        now[0] += 60.0
+        runner.run_until_idle()
+        assert runner.ledger.owed(NAME) == []
+        assert len(crm.acknowledged_keys()) == len(events)
 
     def test_deliveries_run_in_a_replay_context(self, world: ReactionWorld) -> None:
         events = world.events()
