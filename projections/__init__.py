@@ -15,6 +15,8 @@
   :mod:`safereplay.projections.sqltemplate`);
 - :mod:`safereplay.projections.runner`: catch-up and live following;
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
+- :mod:`safereplay.projections.replay_context`: why a handler runs (live, catch-up,
+  rebuild, replay, re-delivery), for handlers to read;
 - :mod:`safereplay.projections.observer`: the seam for process metrics;
 - :mod:`safereplay.projections.status`: lag, status and read-your-writes;
 - :mod:`safereplay.projections.reference`: the reference projections.
@@ -47,6 +49,12 @@ from safereplay.projections.reference import (
     FailedSteps,
     RunStatusBoard,
     WorkflowStatistics,
+)
+from safereplay.projections.replay_context import (
+    ReplayContext,
+    ReplayReason,
+    current_replay_context,
+    replaying,
 )
 from safereplay.projections.runner import (
     FAULT_POINTS,
@@ -120,6 +128,8 @@ __all__ = [
     "ProjectionSettings",
     "ProjectionStatus",
     "ProjectionStore",
+    "ReplayContext",
+    "ReplayReason",
     "RunStatusBoard",
     "RunnerObserver",
     "RunnerOptions",
@@ -137,11 +147,13 @@ __all__ = [
     "VersionMismatch",
     "WaitTimeout",
     "WorkflowStatistics",
+    "current_replay_context",
     "handles",
     "open_source",
     "open_store",
     "partition_of",
     "projection_status",
+    "replaying",
     "status",
     "wait_for_position",
 ]

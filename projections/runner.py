@@ -38,7 +38,7 @@ it idle. A follower that meets a position moved by someone else (a recovery job 
 took the build over and gave it back, or another follower) re-reads it and goes
 on: the position check guarantees nothing was applied twice.
 
-Why this module is long (about 700 lines): it is one class,
+Why this module is long (about 750 lines): it is one class,
 whose batch loop, connection retries and failure-policy path share the same
 state (the cached position, the blocked aggregates, the attempts of the failing
 event) and the one crash-safety argument above. Split by concern, each part
@@ -75,6 +75,7 @@ from safereplay.projections.errors import (
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
 from safereplay.projections.observer import NO_OBSERVER, RunnerObserver
 from safereplay.projections.projection import Projection
+from safereplay.projections.replay_context import ReplayContext, ReplayReason, replaying
 from safereplay.projections.settings import ProjectionSettings
 from safereplay.projections.source import WHOLE, EventSource, Partition
 from safereplay.projections.store import Checkpoint, Fence, ParkedEvent, ProjectionStore
@@ -206,7 +207,9 @@ class ProjectionRunner:
     ``on_parked`` is told of the events each commit parked (an audit trail).
     ``observer`` is told of each batch, commit and handler failure (process
     metrics; default: nobody, see :mod:`safereplay.projections.observer`).
-    ``faults`` is a test hook (see the module docstring).
+    ``faults`` is a test hook (see the module docstring). ``replay``: the replay
+    context handlers run in (:mod:`safereplay.projections.replay_context`); default:
+    ``catch-up`` inside :meth:`catch_up`, ``live`` otherwise (a follower).
     """
 
     def __init__(
@@ -223,6 +226,7 @@ class ProjectionRunner:
         on_parked: Callable[[Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
         observer: RunnerObserver = NO_OBSERVER,
+        replay: ReplayContext | None = None,
     ) -> None:
         cls = type(projection)
         if not partition.is_whole and not cls.partitionable:
@@ -240,6 +244,8 @@ class ProjectionRunner:
         self._on_parked = on_parked
         self._faults = faults
         self.observer = observer
+        self.replay = replay
+        self._reason: ReplayReason = "live"
         self._follows_live = build is None
         self._handlers = projection.handlers()
         self._tables = cls.table_map
@@ -284,6 +290,13 @@ class ProjectionRunner:
     ) -> CatchUpResult:
         """Apply batches until the position reaches the high-water mark, or ``until``
         if given (the mark may still be below it: then stop at the mark)."""
+        self._reason = "catch-up"  # what handlers see, unless given ``replay``
+        try:
+            return self._catch_up(stop, until)
+        finally:
+            self._reason = "live"
+
+    def _catch_up(self, stop: threading.Event | None, until: int | None) -> CatchUpResult:
         batches = applied = parked = 0
         position = hwm = 0
         while stop is None or not stop.is_set():
@@ -424,6 +437,11 @@ class ProjectionRunner:
         )
 
     def _apply(self, notifications: Sequence[Notification]) -> _Applied | _Failure:
+        context = self.replay or ReplayContext(self._reason, self.name)
+        with replaying(context):
+            return self._apply_events(notifications)
+
+    def _apply_events(self, notifications: Sequence[Notification]) -> _Applied | _Failure:
         state = BatchState(self._tables, self.store.row_reader(self.name, self.build))
         blocked = self._blocked_aggregates()
         applied = 0

@@ -15,8 +15,9 @@ rebuild paths imports this package: ``tests/test_architecture.py`` checks it).
   once in :mod:`safereplay.reactions.ledger_sql`;
 - :mod:`safereplay.reactions.runner`: :class:`ReactionRunner`, record then deliver,
   with retries, a breaker per destination, parking in per-aggregate order;
-- :mod:`safereplay.reactions.resilience`: the shapes of the policy, breaker and
-  throttle values the runner is given;
+- :mod:`safereplay.reactions.resilience`: the shapes of the policy, breaker,
+  throttle and retry-budget values the runner is given, which
+  :mod:`safereplay.reactions.guard` holds per destination;
 - :mod:`safereplay.reactions.webhook`: the HTTP webhook destination (signed JSON);
 - :mod:`safereplay.reactions.memory`: a recording destination for tests and drills.
 """
@@ -38,15 +39,17 @@ from safereplay.reactions.errors import (
 )
 from safereplay.reactions.ledger import (
     DELIVERY_STATES,
+    BreakerRecord,
     DeliveryLedger,
     DeliveryState,
     DestinationSummary,
+    Lease,
     LedgerEntry,
 )
 from safereplay.reactions.memory import RecordingDestination, always, failing_times
 from safereplay.reactions.postgres import PostgresDeliveryLedger
 from safereplay.reactions.reaction import Destination, Reaction
-from safereplay.reactions.resilience import Breaker, NoBreaker, RetryPolicy, Throttle
+from safereplay.reactions.resilience import Breaker, NoBreaker, RetryBudget, RetryPolicy, Throttle
 from safereplay.reactions.runner import CycleResult, ReactionOptions, ReactionRunner
 from safereplay.reactions.sqlite import SQLiteDeliveryLedger
 from safereplay.reactions.webhook import WebhookDestination, WebhookSecret, verify_signature
@@ -55,6 +58,7 @@ __all__ = [
     "DELIVERY_STATES",
     "IDEMPOTENCY_NAMESPACE",
     "Breaker",
+    "BreakerRecord",
     "CycleResult",
     "Delivery",
     "DeliveryLedger",
@@ -63,6 +67,7 @@ __all__ = [
     "DeliveryState",
     "Destination",
     "DestinationSummary",
+    "Lease",
     "LedgerConflict",
     "LedgerEntry",
     "NoBreaker",
@@ -74,6 +79,7 @@ __all__ = [
     "ReactionOptions",
     "ReactionRunner",
     "RecordingDestination",
+    "RetryBudget",
     "RetryPolicy",
     "SQLiteDeliveryLedger",
     "Throttle",

@@ -48,9 +48,11 @@ from safereplay.reactions.delivery import Delivery, DeliveryOutcome
 __all__ = [
     "DELIVERY_STATES",
     "OWED_STATES",
+    "BreakerRecord",
     "DeliveryLedger",
     "DeliveryState",
     "DestinationSummary",
+    "Lease",
     "LedgerEntry",
 ]
 
@@ -109,6 +111,29 @@ class DestinationSummary:
     @property
     def owed(self) -> int:
         return self.pending + self.failed
+
+
+@dataclass(frozen=True)
+class Lease:
+    """Who runs a reaction (``holder``: a host and process, no secret) and until when
+    (``expires_at``, seconds since the epoch) unless it renews its lease."""
+
+    reaction: str
+    holder: str
+    expires_at: float
+
+
+@dataclass(frozen=True)
+class BreakerRecord:
+    """A destination's breaker as the runner holding the lease last wrote it: its
+    ``state``, since when (``changed_at``) and when it was last written
+    (``updated_at``; seconds since the epoch). A breaker lives in a runner's
+    memory: an old ``updated_at`` means no runner has looked lately."""
+
+    destination: str
+    state: str
+    changed_at: float
+    updated_at: float
 
 
 class DeliveryLedger(ABC):
@@ -175,6 +200,31 @@ class DeliveryLedger(ABC):
     @abstractmethod
     def summary(self, reaction: str) -> list[DestinationSummary]:
         """Per destination (by name): rows by state and the oldest owed one."""
+
+    # -- leases and breakers: one runner per reaction, and what it saw -----------------
+
+    @abstractmethod
+    def acquire_lease(self, reaction: str, holder: str, *, seconds: float) -> Lease:
+        """Take (or, when ``holder`` has it, renew) the reaction's lease for ``seconds``
+        from now; atomic. It is free when nobody holds it or it ran out. Held by
+        another: :class:`~safereplay.reactions.errors.ReactionBusy`, naming them."""
+
+    @abstractmethod
+    def release_lease(self, reaction: str, holder: str) -> None:
+        """Free the reaction's lease, if ``holder`` holds it (else change nothing)."""
+
+    @abstractmethod
+    def lease(self, reaction: str) -> Lease | None:
+        """The reaction's lease; None when nobody holds it or it ran out."""
+
+    @abstractmethod
+    def record_breaker(self, reaction: str, destination: str, state: str) -> None:
+        """Write ``destination``'s breaker state (``changed_at`` moves only when the
+        state differs from the one written before; ``updated_at`` always)."""
+
+    @abstractmethod
+    def breaker_states(self, reaction: str) -> dict[str, BreakerRecord]:
+        """Destination -> its breaker as last written (none written: empty)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""

@@ -23,11 +23,13 @@ from uuid import UUID
 from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.sqltemplate import Renderer
 from safereplay.reactions.delivery import Delivery, DeliveryOutcome
-from safereplay.reactions.errors import LedgerConflict
+from safereplay.reactions.errors import LedgerConflict, ReactionBusy
 from safereplay.reactions.ledger import (
+    BreakerRecord,
     DeliveryLedger,
     DeliveryState,
     DestinationSummary,
+    Lease,
     LedgerEntry,
 )
 
@@ -183,6 +185,38 @@ SELECT_SUMMARY = (
     "min(CASE WHEN state IN ('pending', 'failed') THEN recorded_at END) AS oldest_owed_at "
     "FROM {reaction_deliveries} WHERE reaction = %(reaction)s "
     "GROUP BY destination ORDER BY destination"
+)
+
+# -- leases and breakers ---------------------------------------------------------------
+
+# One statement decides: a lease that is free, ran out, or is the holder's own is
+# taken (renewed); another holder's live lease leaves the row as it is (0 rows).
+ACQUIRE_LEASE = (
+    "UPDATE {reaction_positions} SET lease_holder = %(holder)s, "
+    "lease_expires_at = %(expires_at)s WHERE reaction = %(reaction)s AND "
+    "(lease_holder IS NULL OR lease_expires_at IS NULL OR lease_expires_at <= %(now)s "
+    "OR lease_holder = %(holder)s)"
+)
+RELEASE_LEASE = (
+    "UPDATE {reaction_positions} SET lease_holder = NULL, lease_expires_at = NULL "
+    "WHERE reaction = %(reaction)s AND lease_holder = %(holder)s"
+)
+SELECT_LEASE = (
+    "SELECT lease_holder, lease_expires_at FROM {reaction_positions} WHERE reaction = %(reaction)s"
+)
+# changed_at moves only with the state: the CASE reads the row as it was (``old``;
+# the SET expressions all see the old row, on both backends).
+RECORD_BREAKER = (
+    "INSERT INTO {reaction_destinations} AS old (reaction, destination, breaker_state, "
+    "breaker_changed_at, updated_at) VALUES (%(reaction)s, %(destination)s, %(state)s, "
+    "%(now)s, %(now)s) ON CONFLICT (reaction, destination) DO UPDATE SET "
+    "breaker_changed_at = CASE WHEN old.breaker_state = excluded.breaker_state "
+    "THEN old.breaker_changed_at ELSE excluded.breaker_changed_at END, "
+    "breaker_state = excluded.breaker_state, updated_at = excluded.updated_at"
+)
+SELECT_BREAKERS = (
+    "SELECT destination, breaker_state, breaker_changed_at, updated_at "
+    "FROM {reaction_destinations} WHERE reaction = %(reaction)s ORDER BY destination"
 )
 
 
@@ -403,6 +437,61 @@ class SQLDeliveryLedger(DeliveryLedger):
             )
             for r in rows
         ]
+
+    # -- leases and breakers ---------------------------------------------------------
+
+    def acquire_lease(self, reaction: str, holder: str, *, seconds: float) -> Lease:
+        if seconds <= 0:
+            raise ValueError("a lease lasts a positive number of seconds")
+        now = self._clock()
+        params = {"reaction": reaction, "holder": holder, "now": now, "expires_at": now + seconds}
+        with self._tx(f"take reaction {reaction!r}'s lease", write=True) as tx:
+            tx.execute(INSERT_POSITION, params)
+            if tx.execute(ACQUIRE_LEASE, params) == 1:
+                return Lease(reaction, holder, now + seconds)
+            (row,) = tx.rows(SELECT_LEASE, params)
+        raise ReactionBusy(
+            reaction, holder=str(row["lease_holder"]), expires_at=float(row["lease_expires_at"])
+        )
+
+    def release_lease(self, reaction: str, holder: str) -> None:
+        with self._tx(f"release reaction {reaction!r}'s lease", write=True) as tx:
+            tx.execute(RELEASE_LEASE, {"reaction": reaction, "holder": holder})
+
+    def lease(self, reaction: str) -> Lease | None:
+        with self._tx(f"read reaction {reaction!r}'s lease", write=False) as tx:
+            rows = tx.rows(SELECT_LEASE, {"reaction": reaction})
+        if not rows or rows[0]["lease_holder"] is None or rows[0]["lease_expires_at"] is None:
+            return None
+        expires_at = float(rows[0]["lease_expires_at"])
+        if expires_at <= self._clock():
+            return None
+        return Lease(reaction, str(rows[0]["lease_holder"]), expires_at)
+
+    def record_breaker(self, reaction: str, destination: str, state: str) -> None:
+        params = {
+            "reaction": reaction,
+            "destination": destination,
+            "state": state,
+            "now": self._clock(),
+        }
+        with self._tx(
+            f"record reaction {reaction!r}'s breaker for {destination!r}", write=True
+        ) as tx:
+            tx.execute(RECORD_BREAKER, params)
+
+    def breaker_states(self, reaction: str) -> dict[str, BreakerRecord]:
+        with self._tx(f"read reaction {reaction!r}'s breakers", write=False) as tx:
+            rows = tx.rows(SELECT_BREAKERS, {"reaction": reaction})
+        return {
+            str(r["destination"]): BreakerRecord(
+                destination=str(r["destination"]),
+                state=str(r["breaker_state"]),
+                changed_at=float(r["breaker_changed_at"]),
+                updated_at=float(r["updated_at"]),
+            )
+            for r in rows
+        }
 
     def _key(self, entry: LedgerEntry) -> dict[str, Any]:
         return {

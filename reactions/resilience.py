@@ -1,8 +1,10 @@
-"""What the runner asks about failures: the shapes of a retry policy, a breaker, a throttle.
+"""What the runner asks about failures: the shapes of a retry policy, a breaker, a
+throttle and a retry budget.
 
 The values themselves (:class:`~safereplay.recovery.resilience.policies.RetryThenPark`,
 :class:`~safereplay.recovery.resilience.breaker.CircuitBreaker`,
-:class:`~safereplay.recovery.resilience.throttle.Throttle`, exponential back-off with
+:class:`~safereplay.recovery.resilience.throttle.Throttle`,
+:class:`~safereplay.recovery.resilience.budget.RetryBudget`, exponential back-off with
 jitter) live in ``recovery/resilience``, a layer *above* this one, so reactions
 cannot import them. Rather than a second copy, the runner takes them as
 parameters described by these protocols, which those values already satisfy;
@@ -10,7 +12,7 @@ whoever wires a runner (the recovery layer, a test) passes them in. (If more
 layers come to need them, they belong one layer down, beside the projections'
 :class:`~safereplay.projections.failure.Decision` they already return.)
 
-A breaker and a throttle are kept *per destination*: a down CRM opens the CRM's
+A breaker, a throttle and a retry budget are kept *per destination*: a down CRM opens the CRM's
 breaker and leaves the mail relay's closed. The runner calls each one under a lock
 of its own (those values are not thread-safe, and a destination's deliveries run
 on several threads).
@@ -23,7 +25,15 @@ from typing import Protocol
 
 from safereplay.projections.failure import Decision
 
-__all__ = ["NO_BREAKER", "Breaker", "BreakerFactory", "NoBreaker", "RetryPolicy", "Throttle"]
+__all__ = [
+    "NO_BREAKER",
+    "Breaker",
+    "BreakerFactory",
+    "NoBreaker",
+    "RetryBudget",
+    "RetryPolicy",
+    "Throttle",
+]
 
 
 class RetryPolicy(Protocol):
@@ -57,6 +67,22 @@ class Throttle(Protocol):
     """A rate cap: ``acquire(n)`` returns once ``n`` calls may go out (seconds slept)."""
 
     def acquire(self, events: int) -> float: ...
+
+
+class RetryBudget(Protocol):
+    """Caps a destination's retries to a share of its recent requests (so a receiver
+    that recovers is not flooded by everything that failed while it was down).
+
+    The runner calls :meth:`record_request` for a row's first attempt in a cycle,
+    and :meth:`try_retry` when the policy says retry: False leaves the row owed
+    (``failed``) for a later cycle, and its aggregate's chain stops for this one.
+    """
+
+    def record_request(self) -> None: ...
+
+    def try_retry(self) -> bool:
+        """May one retry go out now (and if so, it is counted)?"""
+        ...
 
 
 #: Destination name -> its breaker (called once per destination per runner).

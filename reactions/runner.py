@@ -23,40 +23,79 @@ owed; the aggregate's chain stops for this cycle). A permanent refusal (a 4xx) i
 parked at once. While a destination's breaker is open, its chains wait for it
 (each attempt is let through by :meth:`Breaker.allow`).
 
-**One runner per reaction at a time.** A second runner of the same reaction
-cannot record the same events twice (its batch fails with
-:class:`~safereplay.reactions.errors.LedgerConflict`), but it would send the same
-owed rows alongside the first one: still at least once with the same keys, but
-no longer in order per aggregate. A lease per reaction (as recovery's jobs have)
-is not here yet, nor are re-delivery of what was parked and the recovery surface
-(status, CLI, API): issue #20.
+A failed attempt the policy would retry is also asked of the destination's
+:class:`~safereplay.reactions.resilience.RetryBudget`, when it has one: retries are
+capped to a share of recent first attempts, so a receiver that comes back is not
+flooded by all that failed while it was down. A refused retry leaves the row owed
+(``failed``) and stops its aggregate's chain for this cycle (counted ``deferred``).
+
+**One runner per reaction at a time**, coordinated through the ledger only: a
+runner takes the reaction's lease (:meth:`DeliveryLedger.acquire_lease`, for
+``lease_seconds``) before it records or delivers, and renews it from a small thread
+every third of that while a cycle runs (a cycle of 40,000 deliveries takes
+minutes). A second runner is refused with
+:class:`~safereplay.reactions.errors.ReactionBusy` naming the holder, until the
+holder's :meth:`~ReactionRunner.close` releases the lease or it runs out (a runner
+that died). A runner whose renewal finds the lease taken stops (no new attempt
+starts) and raises :class:`ReactionBusy` at the end of its cycle: two runners would
+send an aggregate's events out of order. (Even so, the position check makes a
+second runner's recording fail with
+:class:`~safereplay.reactions.errors.LedgerConflict`, and a row is settled once.)
+
+Each destination's breaker state is written to the ledger
+(:meth:`DeliveryLedger.record_breaker`) when the runner first delivers and whenever
+an attempt changes it: what status shows. Every delivery runs in a
+:class:`~safereplay.projections.replay_context.ReplayContext` (``live`` in a cycle;
+:meth:`~ReactionRunner.deliver_owed` takes another reason, e.g. ``redelivery``), which a
+destination reads (the webhook sends it as a header).
 """
 
 from __future__ import annotations
 
+import contextvars
+import logging
+import os
+import socket
 import threading
+import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
 
+from safereplay.projections.replay_context import ReplayContext, ReplayReason, replaying
 from safereplay.projections.source import EventSource
 from safereplay.reactions.delivery import Delivery, DeliveryOutcome
-from safereplay.reactions.errors import DeliveryMappingFailed, ReactionDefinitionError
+from safereplay.reactions.errors import (
+    DeliveryMappingFailed,
+    ReactionBusy,
+    ReactionDefinitionError,
+)
+from safereplay.reactions.guard import DestinationGuard
 from safereplay.reactions.ledger import DeliveryLedger, LedgerEntry
 from safereplay.reactions.reaction import Destination, Reaction
 from safereplay.reactions.resilience import (
     NO_BREAKER,
     Breaker,
     BreakerFactory,
+    RetryBudget,
     RetryPolicy,
     Throttle,
 )
 
-__all__ = ["CycleResult", "ReactionOptions", "ReactionRunner"]
+__all__ = ["CycleResult", "ReactionOptions", "ReactionRunner", "default_holder"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_holder() -> str:
+    """``{hostname}:{pid}:{6 random hex digits}``: names the process holding a lease
+    (the random part tells two runners of one process apart); no secret in it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 
 
 @dataclass(frozen=True)
@@ -66,28 +105,32 @@ class ReactionOptions:
     ``batch_size`` events read per :meth:`~ReactionRunner.record_new` [500];
     ``owed_limit`` owed rows taken per :meth:`~ReactionRunner.deliver_owed` [5000];
     ``concurrency`` calls in flight per destination [4]; ``breaker_poll`` seconds
-    between looks at a breaker that lets nothing through yet [0.05].
+    between looks at a breaker that lets nothing through yet [0.05];
+    ``lease_seconds`` the reaction's lease lasts unless renewed (renewed every third
+    of it while a cycle runs) [30.0].
     """
 
     batch_size: int = 500
     owed_limit: int = 5000
     concurrency: int = 4
     breaker_poll: float = 0.05
+    lease_seconds: float = 30.0
 
     def __post_init__(self) -> None:
         if min(self.batch_size, self.owed_limit, self.concurrency) < 1:
             raise ValueError("batch_size, owed_limit and concurrency must be >= 1")
-        if self.breaker_poll <= 0:
-            raise ValueError("breaker_poll must be positive")
+        if self.breaker_poll <= 0 or self.lease_seconds <= 0:
+            raise ValueError("breaker_poll and lease_seconds must be positive")
 
 
 @dataclass(frozen=True)
 class CycleResult:
     """What one cycle did: events read, rows recorded, and how the owed rows ended.
 
-    ``failed``: attempts the policy said to stop after (still owed); ``waiting``:
-    rows left owed because the runner was stopped or an earlier event of the same
-    aggregate is still owed.
+    ``failed``: attempts the policy said to stop after (still owed); ``deferred``:
+    rows the policy would retry but the destination's retry budget refused (still
+    owed, for a later cycle); ``waiting``: rows left owed because the runner was
+    stopped or an earlier event of the same aggregate is still owed.
     """
 
     position: int
@@ -98,58 +141,22 @@ class CycleResult:
     parked: int = 0
     failed: int = 0
     waiting: int = 0
+    deferred: int = 0
 
     @property
     def settled(self) -> int:
         return self.delivered + self.parked
 
 
-class _Guard:
-    """A destination's breaker and throttle, called under one lock."""
-
-    def __init__(self, breaker: Breaker, throttle: Throttle | None, poll: float) -> None:
-        self.breaker = breaker
-        self.throttle = throttle
-        self._poll = poll
-        self._lock = threading.Lock()
-
-    def admit(self, stop: threading.Event) -> bool:
-        """Wait until the breaker lets one call through (False: stopped meanwhile).
-
-        Once let through, the call is made: a half-open breaker's probe must be
-        followed by its outcome (:meth:`record`), or the breaker would wait for it.
-        """
-        while True:
-            if stop.is_set():
-                return False
-            with self._lock:
-                allowed = self.breaker.allow()
-                wait = self.breaker.wait_time()
-            if allowed:
-                break
-            stop.wait(max(wait, self._poll))
-        if self.throttle is not None:
-            with self._lock:
-                self.throttle.acquire(1)
-        return True
-
-    def record(self, outcome: DeliveryOutcome) -> None:
-        # A permanent refusal is an answer from a working receiver: for the breaker a
-        # success (it must hear of every call it let through, or a half-open breaker
-        # would wait for its probe's result for ever).
-        with self._lock:
-            if outcome.kind == "retryable":
-                self.breaker.record_failure()
-            else:
-                self.breaker.record_success()
-
-
 class ReactionRunner:
     """Runs one reaction over one event source into one ledger (see the module docstring).
 
     ``destinations``: one per name the reaction delivers to (more are refused, as
-    are missing ones). ``policy``: what to do after a failed attempt. ``breakers``
-    and ``throttles``: destination name -> its breaker / throttle (default: none).
+    are missing ones). ``policy``: what to do after a failed attempt. ``breakers``,
+    ``throttles`` and ``budgets``: destination name -> its breaker / throttle / retry
+    budget (default: none). ``holder``: who holds the reaction's lease, as
+    :class:`~safereplay.reactions.errors.ReactionBusy` names it to others (default
+    :func:`default_holder`).
     """
 
     def __init__(
@@ -162,7 +169,9 @@ class ReactionRunner:
         policy: RetryPolicy,
         breakers: BreakerFactory | None = None,
         throttles: Callable[[str], Throttle | None] | None = None,
+        budgets: Callable[[str], RetryBudget | None] | None = None,
         options: ReactionOptions | None = None,
+        holder: str | None = None,
     ) -> None:
         by_name = {d.name: d for d in destinations}
         if len(by_name) != len(destinations):
@@ -178,14 +187,21 @@ class ReactionRunner:
         self.policy = policy
         self.options = options or ReactionOptions()
         self._destinations = by_name
+        self.holder = holder or default_holder()
         self._guards = {
-            name: _Guard(
+            name: DestinationGuard(
                 breakers(name) if breakers else NO_BREAKER,
                 throttles(name) if throttles else None,
+                budgets(name) if budgets else None,
                 self.options.breaker_poll,
+                self._breaker_writer(name),
             )
             for name in by_name
         }
+        self._breakers_written = False
+        # Lease scopes open in this (the calling) thread: run_once's steps share one.
+        self._lease_depth = 0
+        self._leased = False
         self._pools: dict[str, ThreadPoolExecutor] = {}
         # Deliveries recorded by this runner, by (event id, destination): sent without
         # reading the event again. A resumed runner re-reads (the ledger has no payloads).
@@ -204,10 +220,69 @@ class ReactionRunner:
         """Ask the running cycle to stop: waits end, no new attempt starts."""
         self._stop.set()
 
+    # -- the lease -----------------------------------------------------------------------
+
+    @contextmanager
+    def _lease(self) -> Iterator[None]:
+        """Hold the reaction's lease for the block, renewed from a thread meanwhile.
+
+        Raises :class:`ReactionBusy` before the block when another runner holds it,
+        and after it when a renewal found it taken (the runner was stopped then).
+        """
+        if self._lease_depth:
+            yield
+            return
+        seconds = self.options.lease_seconds
+        self.ledger.acquire_lease(self.name, self.holder, seconds=seconds)
+        self._leased = True
+        lost: list[ReactionBusy] = []
+        done = threading.Event()
+
+        def renew() -> None:
+            while not done.wait(seconds / 3):
+                try:
+                    self.ledger.acquire_lease(self.name, self.holder, seconds=seconds)
+                except ReactionBusy as exc:
+                    lost.append(exc)
+                    self._stop.set()  # no new attempt: another runner sends now
+                    return
+                except Exception as exc:
+                    # A database blip: the lease still runs; the next renewal may pass.
+                    logger.warning("reaction %r: lease not renewed: %s", self.name, exc)
+
+        renewer = threading.Thread(target=renew, name=f"reaction-{self.name}-lease", daemon=True)
+        self._lease_depth += 1
+        renewer.start()
+        try:
+            yield
+        finally:
+            self._lease_depth -= 1
+            done.set()
+            renewer.join()
+        if lost:
+            self._leased = False
+            raise lost[0]
+
+    def _breaker_writer(self, destination: str) -> Callable[[str], None]:
+        def write(state: str) -> None:
+            try:
+                self.ledger.record_breaker(self.name, destination, state)
+            except Exception as exc:
+                # What status shows, not what is delivered: never stops a delivery.
+                logger.warning(
+                    "reaction %r: breaker state of %r not written: %s", self.name, destination, exc
+                )
+
+        return write
+
     # -- step 1: record ------------------------------------------------------------------
 
     def record_new(self) -> CycleResult:
         """Record the deliveries owed by the next batch of events (one transaction)."""
+        with self._lease():
+            return self._record_new()
+
+    def _record_new(self) -> CycleResult:
         expected = self.ledger.position(self.name)
         mark = self.source.high_water_mark()
         if expected >= mark:
@@ -220,8 +295,9 @@ class ReactionRunner:
         # mark, past the events of other topics in between.
         position = notifications[-1].id if len(notifications) == size else mark
         deliveries: list[Delivery] = []
-        for notification in notifications:
-            deliveries.extend(self._map(notification))
+        with replaying(ReplayContext("live", self.name)):
+            for notification in notifications:
+                deliveries.extend(self._map(notification))
         recorded = self.ledger.record(
             self.name, expected=expected, position=position, deliveries=deliveries
         )
@@ -255,8 +331,20 @@ class ReactionRunner:
 
     # -- step 2: deliver -----------------------------------------------------------------
 
-    def deliver_owed(self) -> CycleResult:
-        """Send every owed row (at most ``owed_limit``), chains per aggregate, and wait."""
+    def deliver_owed(self, *, reason: ReplayReason = "live", forced: bool = False) -> CycleResult:
+        """Send every owed row (at most ``owed_limit``), chains per aggregate, and wait.
+
+        ``reason`` and ``forced``: the replay context every delivery runs in (what a
+        destination reads: ``redelivery`` after an operator re-opened rows).
+        """
+        with self._lease():
+            return self._deliver_owed(ReplayContext(reason, self.name, forced=forced))
+
+    def _deliver_owed(self, context: ReplayContext) -> CycleResult:
+        if not self._breakers_written:
+            for guard in self._guards.values():
+                guard.write_state()
+            self._breakers_written = True
         owed = self.ledger.owed(self.name, limit=self.options.owed_limit)
         position = self.ledger.position(self.name)
         if not owed:
@@ -265,12 +353,18 @@ class ReactionRunner:
         chains: dict[tuple[str, UUID], list[LedgerEntry]] = {}
         for entry in owed:  # in position order: each chain is too
             chains.setdefault((entry.destination, entry.aggregate_id), []).append(entry)
-        futures: list[Future[Counter[str]]] = [
-            self._pool(destination).submit(
-                self._run_chain, chain, blocked.get((destination, aggregate))
-            )
-            for (destination, aggregate), chain in chains.items()
-        ]
+        # A ContextVar does not follow work into a pool's threads: each chain runs in
+        # a copy of this context, the replay context set in it.
+        with replaying(context):
+            futures: list[Future[Counter[str]]] = [
+                self._pool(destination).submit(
+                    contextvars.copy_context().run,
+                    self._run_chain,
+                    chain,
+                    blocked.get((destination, aggregate)),
+                )
+                for (destination, aggregate), chain in chains.items()
+            ]
         tally: Counter[str] = Counter()
         errors: list[BaseException] = []
         for future in futures:
@@ -289,6 +383,7 @@ class ReactionRunner:
             parked=tally["parked"],
             failed=tally["failed"],
             waiting=tally["waiting"],
+            deferred=tally["deferred"],
         )
 
     def _pool(self, destination: str) -> ThreadPoolExecutor:
@@ -317,7 +412,7 @@ class ReactionRunner:
             tally[ending] += 1
             if ending == "parked":
                 parked_at = entry.position
-            elif ending in ("failed", "waiting"):
+            elif ending in ("failed", "waiting", "deferred"):
                 tally["waiting"] += len(chain) - index - 1
                 break
         return tally
@@ -334,9 +429,13 @@ class ReactionRunner:
         destination = self._destinations[entry.destination]
         guard = self._guards[entry.destination]
         attempt = entry.attempts
+        first = True
         while True:
             if not guard.admit(self._stop):
                 return "waiting"
+            if first:
+                guard.requested()
+                first = False
             outcome = self._send(destination, delivery)
             attempt += 1
             guard.record(outcome)
@@ -359,6 +458,8 @@ class ReactionRunner:
                 return settled.state
             if retry_after is None:
                 return "failed"
+            if not guard.may_retry():
+                return "deferred"  # owed (failed): a later cycle sends it
             if self._stop.wait(retry_after):
                 return "waiting"
 
@@ -386,9 +487,10 @@ class ReactionRunner:
     # -- cycles ----------------------------------------------------------------------------
 
     def run_once(self) -> CycleResult:
-        """Record the next batch, then deliver what is owed."""
-        recorded = self.record_new()
-        sent = self.deliver_owed()
+        """Record the next batch, then deliver what is owed (``live``), under one lease."""
+        with self._lease():
+            recorded = self._record_new()
+            sent = self._deliver_owed(ReplayContext("live", self.name))
         return CycleResult(
             position=recorded.position,
             events=recorded.events,
@@ -398,6 +500,7 @@ class ReactionRunner:
             parked=sent.parked,
             failed=sent.failed,
             waiting=sent.waiting,
+            deferred=sent.deferred,
         )
 
     def run_until_idle(self, *, max_cycles: int = 10_000) -> list[CycleResult]:
@@ -412,11 +515,19 @@ class ReactionRunner:
         return results
 
     def close(self) -> None:
-        """Stop, and let the destinations' threads go (the ledger and source stay open)."""
+        """Stop, let the destinations' threads go and release the reaction's lease (the
+        ledger and source stay open)."""
         self.stop()
         for pool in self._pools.values():
             pool.shutdown(wait=True)
         self._pools.clear()
+        if self._leased:
+            self._leased = False
+            try:
+                self.ledger.release_lease(self.name, self.holder)
+            except Exception as exc:
+                # Not released: it runs out after lease_seconds, then another takes it.
+                logger.warning("reaction %r: lease not released: %s", self.name, exc)
 
     def __enter__(self) -> ReactionRunner:
         return self

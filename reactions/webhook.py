@@ -5,7 +5,12 @@ Each delivery is one ``POST`` of the payload as JSON (keys sorted, UTF-8) with::
     Content-Type: application/json
     Idempotency-Key: <the delivery's key: the same on every attempt>
     Safereplay-Event-Id, Safereplay-Event-Type, Safereplay-Reaction
+    Safereplay-Delivery-Reason: live | redelivery | ...  (why it is sent now)
     Safereplay-Signature: t=<unix seconds>,v1=<hex HMAC-SHA-256 of "<t>." + body>
+
+``Safereplay-Delivery-Reason`` is the runner's replay context
+(:mod:`safereplay.projections.replay_context`): ``live`` for a runner's cycle,
+``redelivery`` when an operator sent it again; ``live`` when no context is set.
 
 The signature lets the receiver check that the body came from a holder of the
 shared secret and was not altered (:func:`verify_signature` is the receiver's side;
@@ -35,11 +40,13 @@ import orjson
 
 from safereplay.domain.errors import ConfigurationError
 from safereplay.domain.secret import HIDDEN, read_owner_only
+from safereplay.projections.replay_context import current_replay_context
 from safereplay.reactions.delivery import Delivery, DeliveryOutcome
 from safereplay.reactions.reaction import check_destination_name
 
 __all__ = [
     "RETRYABLE_STATUSES",
+    "REASON_HEADER",
     "SIGNATURE_HEADER",
     "WebhookDestination",
     "WebhookSecret",
@@ -48,6 +55,8 @@ __all__ = [
 ]
 
 SIGNATURE_HEADER = "Safereplay-Signature"
+#: Why the delivery is sent now (the replay context's reason).
+REASON_HEADER = "Safereplay-Delivery-Reason"
 #: Statuses that may pass on a later attempt (besides every 5xx).
 RETRYABLE_STATUSES = frozenset({408, 425, 429})
 #: Shortest secret accepted, in bytes (HMAC-SHA-256's own block of strength).
@@ -151,12 +160,14 @@ class WebhookDestination:
 
     def send(self, delivery: Delivery) -> DeliveryOutcome:
         body = self.body(delivery)
+        context = current_replay_context()
         headers = {
             "Content-Type": "application/json",
             "Idempotency-Key": delivery.idempotency_key,
             "Safereplay-Event-Id": str(delivery.event_id),
             "Safereplay-Event-Type": delivery.event_type,
             "Safereplay-Reaction": delivery.reaction,
+            REASON_HEADER: context.reason if context is not None else "live",
             SIGNATURE_HEADER: sign(self._secret, body, int(time.time())),
         }
         try:

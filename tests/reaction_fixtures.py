@@ -31,7 +31,7 @@ from safereplay.reactions import (
     RetryPolicy,
     SQLiteDeliveryLedger,
 )
-from safereplay.reactions.resilience import BreakerFactory
+from safereplay.reactions.resilience import BreakerFactory, RetryBudget
 from safereplay.recovery.resilience.backoff import Backoff
 from safereplay.recovery.resilience.policies import RetryThenPark
 
@@ -110,6 +110,9 @@ class ReactionWorld:
         breakers: BreakerFactory | None = None,
         concurrency: int = 4,
         batch_size: int = 500,
+        holder: str | None = None,
+        budgets: Callable[[str], RetryBudget | None] | None = None,
+        lease_seconds: float = 30.0,
     ) -> ReactionRunner:
         """A runner with a ledger (and a source) of its own, as a new process has."""
         runner = ReactionRunner(
@@ -119,9 +122,14 @@ class ReactionWorld:
             destinations=destinations,
             policy=policy or RetryThenPark(attempts=3, backoff=QUICK),
             breakers=breakers,
+            budgets=budgets,
             options=ReactionOptions(
-                concurrency=concurrency, batch_size=batch_size, breaker_poll=0.005
+                concurrency=concurrency,
+                batch_size=batch_size,
+                breaker_poll=0.005,
+                lease_seconds=lease_seconds,
             ),
+            holder=holder,
         )
         self.runners.append(runner)
         return runner

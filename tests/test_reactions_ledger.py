@@ -8,7 +8,12 @@
 - parked rows tell which (destination, aggregate) later events wait behind; a
   summary per destination counts the rows by state and dates the oldest owed;
 - the tables are the ``reactions`` component of the schema catalog: a process
-  that may not migrate refuses a database without them.
+  that may not migrate refuses a database without them; a version-1 ledger is
+  upgraded in place to version 2, its rows kept (a delivered one acknowledged once);
+- a reaction's lease is held by one holder at a time: another is refused with
+  ReactionBusy naming the holder until it is released or runs out; the holder renews;
+- a destination's breaker state is written per reaction; its ``changed_at`` moves
+  only when the state does.
 """
 
 from __future__ import annotations
@@ -22,14 +27,24 @@ import pytest
 from reaction_fixtures import LedgerContract, postgres_ledgers, sqlite_ledgers
 
 from safereplay.domain.errors import DatabaseSchemaOutdated
+from safereplay.domain.schema import SchemaStep, ensure_schema
+from safereplay.projections.sqltemplate import PostgresRenderer, Renderer, SQLiteRenderer
 from safereplay.reactions import (
     Delivery,
     DeliveryLedger,
     DeliveryOutcome,
     LedgerConflict,
+    PostgresDeliveryLedger,
+    ReactionBusy,
     idempotency_key,
 )
-from safereplay.reactions.ledger_sql import REACTIONS_COMPONENT, REACTIONS_SCHEMA_VERSION
+from safereplay.reactions.ledger import BreakerRecord, Lease
+from safereplay.reactions.ledger_sql import (
+    REACTIONS_COMPONENT,
+    REACTIONS_SCHEMA_VERSION,
+    TYPES,
+    SQLDeliveryLedger,
+)
 
 A, B = UUID(int=0xA), UUID(int=0xB)
 
@@ -49,7 +64,86 @@ def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> De
     )
 
 
+# The ledger as version 1 made it: no leases, no acknowledgement or re-delivery counts,
+# no breaker states.
+V1_DDL = (
+    """CREATE TABLE {reaction_positions} (
+        reaction {text} PRIMARY KEY, position {bigint} NOT NULL,
+        updated_at double precision NOT NULL)""",
+    """CREATE TABLE {reaction_deliveries} (
+        reaction {text} NOT NULL, event_id {uuid} NOT NULL, destination {text} NOT NULL,
+        position {bigint} NOT NULL, aggregate_id {uuid} NOT NULL,
+        aggregate_version {bigint} NOT NULL, event_type {text} NOT NULL,
+        idempotency_key {text} NOT NULL, state {text} NOT NULL,
+        attempts {int} NOT NULL DEFAULT 0, last_status {int}, last_detail {text},
+        recorded_at double precision NOT NULL, first_attempt_at double precision,
+        last_attempt_at double precision, delivered_at double precision,
+        PRIMARY KEY (reaction, event_id, destination))""",
+    """CREATE INDEX {idx_reaction_deliveries_state}
+        ON {reaction_deliveries} (reaction, state, position)""",
+)
+V1_ROWS = (
+    "INSERT INTO {reaction_positions} (reaction, position, updated_at) VALUES ('orders', 2, 1.0)",
+    "INSERT INTO {reaction_deliveries} (reaction, event_id, destination, position, "
+    "aggregate_id, aggregate_version, event_type, idempotency_key, state, attempts, "
+    "recorded_at, first_attempt_at, last_attempt_at, delivered_at) VALUES ('orders', "
+    "%(first)s, 'crm', 1, %(aggregate)s, 1, 'Order.Placed', 'key-1', 'delivered', 1, "
+    "1.0, 2.0, 2.0, 2.0)",
+    "INSERT INTO {reaction_deliveries} (reaction, event_id, destination, position, "
+    "aggregate_id, aggregate_version, event_type, idempotency_key, state, attempts, "
+    "recorded_at) VALUES ('orders', %(second)s, 'crm', 2, %(aggregate)s, 2, "
+    "'Order.Shipped', 'key-2', 'pending', 0, 1.0)",
+)
+
+
+def set_up_version_1(ledger: DeliveryLedger, renderer: Renderer[Any], ids: dict[str, Any]) -> None:
+    """Make ``ledger``'s database a version-1 ledger (recorded so in the catalog), with
+    one delivered and one pending row."""
+    assert isinstance(ledger, SQLDeliveryLedger)
+    types = {k: renderer.text(v) for k, v in TYPES[renderer.dialect].items()}
+
+    def apply(cursor: Any, from_version: int) -> None:
+        for template in V1_DDL:
+            cursor.execute(renderer.render(template, **types))
+
+    step = SchemaStep(REACTIONS_COMPONENT, 1, apply, "the reactions' ledger, version 1")
+    ensure_schema(ledger._schema_database(), [step], migrate=True)
+    with ledger._transaction("write version-1 rows", write=True) as tx:
+        for template in V1_ROWS:
+            tx.execute(template, ids)
+
+
 class LedgerCases(LedgerContract):
+    def renderer(self, ledger: DeliveryLedger) -> Renderer[Any]:
+        """The backend's renderer (for the version-1 tables)."""
+        raise NotImplementedError
+
+    def test_a_version_1_ledger_is_upgraded_in_place(self, ledger_at: Any) -> None:
+        old = ledger_at()
+        first, second = uuid4(), uuid4()
+        dump = old._dump_id
+        ids = {"first": dump(first), "second": dump(second), "aggregate": dump(A)}
+        set_up_version_1(old, self.renderer(old), ids)
+        assert old._schema_database().recorded()[REACTIONS_COMPONENT] == 1
+
+        ledger = ledger_at()  # a process of this version opens it: upgraded to 2
+        (delivered,) = ledger.entries("orders", state="delivered")
+        (pending,) = ledger.owed("orders")
+        assert ledger._schema_database().recorded()[REACTIONS_COMPONENT] == 2
+        assert (delivered.event_id, delivered.acknowledgements, delivered.attempts) == (
+            first,
+            1,
+            1,
+        )
+        assert (pending.event_id, pending.acknowledgements, pending.state) == (second, 0, "pending")
+        assert delivered.redeliveries == delivered.forced_redeliveries == 0
+        assert ledger.position("orders") == 2 and ledger.lease("orders") is None
+        assert ledger.breaker_states("orders") == {}
+        # And it works as a version-2 ledger.
+        assert ledger.acquire_lease("orders", "host:1:aa", seconds=30).holder == "host:1:aa"
+        done = ledger.record_attempt(pending, DeliveryOutcome.ok(200))
+        assert done is not None and done.acknowledgements == 1
+
     def test_rows_and_position_commit_together(self, ledger: DeliveryLedger) -> None:
         assert ledger.position("orders") == 0 and ledger.owed("orders") == []
         batch = [delivery(2, A, "mail"), delivery(2, A), delivery(5, B)]
@@ -156,8 +250,77 @@ class LedgerCases(LedgerContract):
         assert ledger_at(migrate_on_start=False).position("orders") == 0
         assert REACTIONS_COMPONENT == "reactions" and REACTIONS_SCHEMA_VERSION == 2
 
+    def test_a_delivered_attempt_counts_an_acknowledgement(self, ledger: DeliveryLedger) -> None:
+        ledger.record("orders", expected=0, position=1, deliveries=[delivery(1)])
+        (entry,) = ledger.owed("orders")
+        failed = ledger.record_attempt(entry, DeliveryOutcome.retry(503))
+        assert failed is not None and failed.acknowledgements == 0
+        done = ledger.record_attempt(failed, DeliveryOutcome.ok(200))
+        assert done is not None and (done.acknowledgements, done.attempts) == (1, 2)
+
+    def test_one_holder_at_a_time_until_released_or_run_out(self, ledger_at: Any) -> None:
+        now = [1000.0]
+        ledger = ledger_at(clock=lambda: now[0])
+        assert ledger.lease("orders") is None
+        first = ledger.acquire_lease("orders", "host-a:1:aa", seconds=30)
+        assert first == Lease("orders", "host-a:1:aa", 1030.0)
+        assert ledger.lease("orders") == first
+        assert ledger.position("orders") == 0, "the position row is made, at 0"
+
+        with pytest.raises(ReactionBusy, match="being run by host-a:1:aa") as busy:
+            ledger.acquire_lease("orders", "host-c:3:cc", seconds=30)
+        assert (busy.value.holder, busy.value.expires_at) == ("host-a:1:aa", 1030.0)
+        assert ledger.acquire_lease("invoices", "host-c:3:cc", seconds=30), "its own lease"
+
+        # The holder renews; another holder's release changes nothing.
+        now[0] = 1020.0
+        assert ledger.acquire_lease("orders", "host-a:1:aa", seconds=30).expires_at == 1050.0
+        ledger.release_lease("orders", "host-c:3:cc")
+        assert ledger.lease("orders") == Lease("orders", "host-a:1:aa", 1050.0)
+
+        # Run out (not renewed): another holder takes it over.
+        now[0] = 1050.0
+        assert ledger.lease("orders") is None
+        taken = ledger.acquire_lease("orders", "host-c:3:cc", seconds=10)
+        assert taken == Lease("orders", "host-c:3:cc", 1060.0)
+        with pytest.raises(ReactionBusy):
+            ledger.acquire_lease("orders", "host-a:1:aa", seconds=30)
+
+        # Released: free at once, and the position was never touched.
+        ledger.release_lease("orders", "host-c:3:cc")
+        assert ledger.lease("orders") is None
+        assert ledger.acquire_lease("orders", "host-a:1:aa", seconds=30).holder == "host-a:1:aa"
+        ledger.record("orders", expected=0, position=2, deliveries=[delivery(2)])
+        assert ledger.position("orders") == 2
+        assert ledger.lease("orders") == Lease("orders", "host-a:1:aa", 1080.0)
+
+    def test_breaker_states_change_time_moves_with_the_state(self, ledger_at: Any) -> None:
+        now = [100.0]
+        ledger = ledger_at(clock=lambda: now[0])
+        assert ledger.breaker_states("orders") == {}
+        ledger.record_breaker("orders", "crm", "closed")
+        now[0] = 110.0
+        ledger.record_breaker("orders", "crm", "closed")
+        ledger.record_breaker("orders", "mail", "closed")
+        assert ledger.breaker_states("orders")["crm"] == BreakerRecord(
+            "crm", "closed", 100.0, 110.0
+        )
+        now[0] = 120.0
+        ledger.record_breaker("orders", "crm", "open")
+        now[0] = 130.0
+        ledger.record_breaker("orders", "crm", "open")
+        states = ledger.breaker_states("orders")
+        assert states == {
+            "crm": BreakerRecord("crm", "open", 120.0, 130.0),
+            "mail": BreakerRecord("mail", "closed", 110.0, 110.0),
+        }
+        assert ledger.breaker_states("invoices") == {}
+
 
 class TestSQLiteLedger(LedgerCases):
+    def renderer(self, ledger: DeliveryLedger) -> Renderer[Any]:
+        return SQLiteRenderer()
+
     @pytest.fixture
     def ledger_at(self, tmp_path: Path) -> Iterator[Callable[..., DeliveryLedger]]:
         yield from sqlite_ledgers(tmp_path)
@@ -165,6 +328,10 @@ class TestSQLiteLedger(LedgerCases):
 
 @pytest.mark.postgres
 class TestPostgresLedger(LedgerCases):
+    def renderer(self, ledger: DeliveryLedger) -> Renderer[Any]:
+        assert isinstance(ledger, PostgresDeliveryLedger)
+        return PostgresRenderer(ledger.schema)
+
     @pytest.fixture
     def ledger_at(self, request: pytest.FixtureRequest) -> Iterator[Callable[..., Any]]:
         yield from postgres_ledgers(request)

@@ -207,6 +207,7 @@ class RunnerCases(ReactionContract):
         assert result.delivered == 0 and result.waiting > 0
         assert len(crm.calls) <= 2, "no call starts after the stop (two were in flight)"
         assert len(stopping.ledger.owed("run_events")) == len(events)
+        stopping.close()  # releases the reaction's lease for the next runner
 
         crm.answer = always(DeliveryOutcome.ok(200))
         world.runner([crm]).run_until_idle()

@@ -2,7 +2,8 @@
 commit (SQLite and PostgreSQL): a child process runs a reaction to a real webhook
 receiver, which holds the first call; the test SIGKILLs the child while the call
 is in flight. The ledger still owes every event (nothing recorded as delivered that
-was not acknowledged); a new runner delivers them all, the interrupted one again
+was not acknowledged); once the killed runner's lease runs out, a new runner
+delivers them all, the interrupted one again
 with the same key: the receiver's distinct keys are the events, and the ledger
 agrees with the receiver.
 """
@@ -61,7 +62,7 @@ with AutomationApp(settings) as app:
         ledger=open_ledger(settings),
         destinations=[hooks],
         policy=RetryThenPark(attempts=3),
-        options=ReactionOptions(concurrency=1),
+        options=ReactionOptions(concurrency=1, lease_seconds=2.0),
     )
     runner.run_until_idle()
 """
@@ -113,6 +114,9 @@ class SigkillCases:
             assert len(owed) == len(events), "recorded before the call, all still owed"
             assert {(e.state, e.attempts) for e in owed} == {("pending", 0)}
             assert interrupted in {e.idempotency_key for e in owed}
+            # The killed runner's lease is not released: the next runner waits for it
+            # to run out (one runner per reaction), then takes over.
+            wait_until(lambda: ledger.lease("run_events") is None, "the lease to run out")
 
             destination = WebhookDestination("hooks", receiver.url, secret=secret, timeout=30)
             runner = ReactionRunner(

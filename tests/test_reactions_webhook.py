@@ -1,7 +1,8 @@
 """Issue #20 point 4, the webhook destination against a real HTTP receiver on 127.0.0.1:
 
 - a delivery is POSTed as JSON with its Idempotency-Key and a signature the
-  receiver verifies with the shared secret (a changed body does not verify);
+  receiver verifies with the shared secret (a changed body does not verify), and
+  the replay context's reason in Safereplay-Delivery-Reason (``live`` without one);
 - 5xx and 429 are retryable, other 4xx permanent; a receiver that times out or is
   down is retryable; no outcome, repr or message carries the URL's token or the secret;
 - a secret file others can read is refused;
@@ -34,7 +35,7 @@ from webhook_receiver import Receiver
 
 from safereplay.domain.envelope import Envelope, event_id_for
 from safereplay.domain.errors import ConfigurationError
-from safereplay.projections import open_source
+from safereplay.projections import ReplayContext, open_source, replaying
 from safereplay.reactions import (
     Delivery,
     ReactionOptions,
@@ -90,11 +91,23 @@ def test_a_delivery_is_posted_signed_with_its_key(receiver: Receiver) -> None:
     assert json.loads(got.body) == dict(delivery.payload)
     assert got.headers["content-type"] == "application/json"
     assert got.headers["safereplay-event-id"] == str(delivery.event_id)
+    assert got.headers["safereplay-delivery-reason"] == "live", "no context: live"
     assert not verify_signature(SECRET, got.headers["safereplay-signature"], got.body + b" ")
     other = WebhookSecret(b"x" * 32)
     assert not verify_signature(other, got.headers["safereplay-signature"], got.body)
     old = sign(SECRET, got.body, int(time.time()) - 3600)
     assert not verify_signature(SECRET, old, got.body), "an old signature is refused"
+
+
+def test_the_delivery_reason_header_is_the_replay_context(receiver: Receiver) -> None:
+    delivery = a_delivery()
+    with hooks(receiver) as destination:
+        with replaying(ReplayContext("redelivery", "orders", forced=True)):
+            assert destination.send(delivery).delivered
+        with replaying(ReplayContext("live", "orders")):
+            assert destination.send(delivery).delivered
+    reasons = [r.headers["safereplay-delivery-reason"] for r in receiver.received]
+    assert reasons == ["redelivery", "live"]
 
 
 @pytest.mark.parametrize(

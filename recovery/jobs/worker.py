@@ -24,7 +24,7 @@ claims the partition and goes on from the last committed position. A worker that
 fails with a partition claimed (an error, not a kill) gives it back first, so
 that no one waits for the lease to expire.
 
-Why this module is long (about 600 lines): one class whose three partition loops
+Why this module is long (about 630 lines): one class whose three partition loops
 (runner batches, replay writes, redrive) share the claim, lease renewal, release
 and settling; the lease fence and the throttle it builds are a few lines each.
 """
@@ -52,8 +52,11 @@ from safereplay.projections import (
     PositionConflict,
     ProjectionRunner,
     ProjectionStore,
+    ReplayContext,
+    ReplayReason,
     RunnerOptions,
     Tally,
+    replaying,
 )
 from safereplay.projections.errors import error_summary
 from safereplay.projections.failure import Decision, EventFailure, FailurePolicy
@@ -71,7 +74,15 @@ from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
 from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
 from safereplay.recovery.resilience.throttle import RecentRate, Throttle
 
-__all__ = ["BreakerPolicy", "PartitionOutcome", "Worker", "WorkerOptions", "WorkerReport"]
+__all__ = [
+    "JOB_REASONS",
+    "BreakerPolicy",
+    "PartitionOutcome",
+    "Worker",
+    "WorkerOptions",
+    "WorkerReport",
+    "job_replay_context",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -380,6 +391,7 @@ class Worker:
             on_parked=self._parked_hook(job),
             faults=self._faults,
             observer=self.observer.runner(str(job.kind)),
+            replay=job_replay_context(job),
         )
         throttle = _throttle(job)
         recent = RecentRate()
@@ -507,18 +519,19 @@ class Worker:
             upto = batch[-1].id if len(batch) >= limit else target
             state = BatchState(cls.table_map, self.store.row_reader(cls.name, job.build))
             applied = 0
-            for notification in batch:
-                if wanted and notification.originator_id not in wanted:
-                    continue
-                try:
-                    handlers[notification.topic](self.source.decode(notification), state)
-                except Exception as exc:
-                    error = f"position {notification.id}: {error_summary(exc)}"
-                    self.jobs.report(claim, position=position, last_error=error)
-                    self.jobs.finish_partition(claim, succeeded=False, error=error)
-                    self._settle(job)
-                    return PartitionOutcome.FAILED
-                applied += 1
+            with replaying(job_replay_context(job)):
+                for notification in batch:
+                    if wanted and notification.originator_id not in wanted:
+                        continue
+                    try:
+                        handlers[notification.topic](self.source.decode(notification), state)
+                    except Exception as exc:
+                        error = f"position {notification.id}: {error_summary(exc)}"
+                        self.jobs.report(claim, position=position, last_error=error)
+                        self.jobs.finish_partition(claim, succeeded=False, error=error)
+                        self._settle(job)
+                        return PartitionOutcome.FAILED
+                    applied += 1
             try:
                 self.store.write(cls.name, job.build, state.writes(), fence=fence)
             except FencedOff:
@@ -554,13 +567,14 @@ class Worker:
         job = claim.job
         projection = self.registry[job.projection]
         aggregates = job.parameters.get("aggregates") or None
-        result = redrive_parked(
-            projection(),
-            build=job.build,
-            store=self.store,
-            source=self.source,
-            aggregates=[str(a) for a in aggregates] if aggregates else None,
-        )
+        with replaying(job_replay_context(job)):
+            result = redrive_parked(
+                projection(),
+                build=job.build,
+                store=self.store,
+                source=self.source,
+                aggregates=[str(a) for a in aggregates] if aggregates else None,
+            )
         self.jobs.report(
             claim,
             position=job.target_position or 0,
@@ -573,6 +587,21 @@ class Worker:
         )
         self._settle(job)
         return PartitionOutcome.COMPLETED if result.still_parked == 0 else PartitionOutcome.FAILED
+
+
+#: Why a job's handlers run, by job kind (what they read from the replay context;
+#: a redrive applies parked events again, as a replay does).
+JOB_REASONS: Mapping[JobKind, ReplayReason] = {
+    JobKind.REBUILD: "rebuild",
+    JobKind.CATCH_UP: "catch-up",
+    JobKind.REPLAY: "replay",
+    JobKind.REDRIVE: "replay",
+}
+
+
+def job_replay_context(job: Job) -> ReplayContext:
+    """The replay context a job's handlers run in: its kind's reason, its id."""
+    return ReplayContext(JOB_REASONS[job.kind], job.projection, job_id=str(job.job_id))
 
 
 #: The columns of a lease row that a tallying fence moves with each commit.
