@@ -66,7 +66,7 @@ class RedeliveryLedgerCases(LedgerContract):
     def test_reopen_moves_owed_and_parked_rows_back(self, ledger: DeliveryLedger) -> None:
         rows = [delivery(1), delivery(2, B), delivery(3), delivery(4, B)]
         ledger.record("orders", expected=0, position=4, deliveries=rows)
-        one, two, three, four = ledger.owed("orders")
+        one, two, three, _four = ledger.owed("orders")
         ledger.record_attempt(one, DeliveryOutcome.ok(200))
         ledger.record_attempt(two, DeliveryOutcome.retry(503))
         ledger.record_attempt(three, DeliveryOutcome.retry(503), park="gave up")
