@@ -513,6 +513,7 @@ class SQLDeliveryLedger(DeliveryLedger):
                 updated_at=float(r["updated_at"]),
             )
             for r in rows
+        }
 
     def select(
         self,
