@@ -39,11 +39,11 @@ from safereplay.reactions import (
     idempotency_key,
 )
 from safereplay.reactions.ledger import BreakerRecord, Lease
-from safereplay.reactions.ledger_sql import (
+from safereplay.reactions.ledger_sql import SQLDeliveryLedger
+from safereplay.reactions.ledger_statements import (
     REACTIONS_COMPONENT,
     REACTIONS_SCHEMA_VERSION,
     TYPES,
-    SQLDeliveryLedger,
 )
 
 A, B = UUID(int=0xA), UUID(int=0xB)
