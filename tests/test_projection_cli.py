@@ -149,9 +149,18 @@ def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:
     story = result.story
     assert story.parked >= 2 and story.redriven == story.parked, "poison parked, then re-driven"
     assert story.rebuild.job.state == "completed" and story.live_build == 2
+    # A downstream outage: what it missed re-delivered, each completion processed once.
+    missed = story.reactions
+    assert missed is not None and missed.parked > 0
+    assert missed.redelivered == missed.processed == missed.parked
+    assert missed.processed_twice == 0
     text = output.getvalue()
-    for step in ("denied (and audited)", "parked events", "crash:", "stalled", "taken over"):
+    steps = ("denied (and audited)", "parked events", "crash:", "stalled", "taken over")
+    for step in steps:
         assert step in text, step
+    flat = " ".join(text.split())  # the lines as the console wrapped them, joined
+    for step in ("the CRM went down (503)", "plan (dry run)", "re-delivered by demo-operator"):
+        assert step in flat, step
     assert "row for row equal" in text and "chain and signatures intact" in text
     with SQLiteProjectionStore(tmp_path / "demo" / "events.db") as store:
         assert store.live_build("workflow_stats") == 2

@@ -150,6 +150,9 @@ def _demo_summary(result: DemoResult) -> dict[str, Any]:
         "redriven": None if story is None else story.redriven,
         "live_build": None if story is None else story.live_build,
         "audit_entries": None if story is None else story.audit_entries,
+        "redelivered": None
+        if story is None or story.reactions is None
+        else story.reactions.redelivered,
         "token_file": str((result.directory / "demo-operator.token").absolute()),
     }
 

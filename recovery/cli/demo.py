@@ -258,11 +258,16 @@ def run_demo(
                 ProjectionRunner(projection(), source=source, store=store).catch_up()
             report = status(store, source)
         console.print(status_table(report))
+        redelivered = (
+            ""
+            if story.reactions is None
+            else f"{story.reactions.redelivered} missed webhook deliveries re-delivered once each, "
+        )
         console.print(
             f"[bold green]done:[/] {story.parked} events parked and {story.redriven} re-driven, "
             f"a crashed worker's partition taken over, build {story.live_build} of "
-            f"workflow_stats live after a verified swap, {story.audit_entries} audit entries "
-            "that verify"
+            f"workflow_stats live after a verified swap, {redelivered}{story.audit_entries} "
+            "audit entries that verify"
         )
         hand_over(directory, story, console)
         return DemoResult(

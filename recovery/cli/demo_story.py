@@ -1,4 +1,5 @@
-"""The recovery half of ``safereplay demo``: poison, crash, parallel blue/green rebuild.
+"""The recovery half of ``safereplay demo``: poison, crash, parallel blue/green rebuild,
+a downstream outage and its re-delivery.
 
 Every step goes through the dispatch layer as a named principal, so the story
 ends with an audit trail that verifies. Worker processes are real OS processes
@@ -29,6 +30,11 @@ from safereplay.projections import (
     RunStatusBoard,
     WorkflowStatistics,
 )
+from safereplay.recovery.cli.demo_reactions import (
+    DEMO_REACTION_SETTINGS,
+    ReactionStory,
+    tell_reaction_story,
+)
 from safereplay.recovery.cli.local_workers import start_workers, watch_job, worker_failures
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.worker import WorkerOptions
@@ -54,6 +60,7 @@ class StoryResult:
     rebuild: JobStatus
     live_build: int
     audit_entries: int
+    reactions: ReactionStory | None = None
     #: The demo operator's token, for the demo to hand over in a 0600 file.
     operator_token: str = ""
 
@@ -74,12 +81,13 @@ def _cast(context: RecoveryContext, console: Console) -> _Cast:
     tokens = {}
     for name, role in (("demo-operator", "operator"), ("demo-viewer", "viewer")):
         run(admin, "principals.add", reason="demo cast", name=name, kind="person")
-        run(admin, "grant", reason="demo cast", name=name, role=role, grant_scope="projection:*")
+        for scope in ("projection:*", "reaction:*"):
+            run(admin, "grant", reason="demo cast", name=name, role=role, grant_scope=scope)
         tokens[name] = run(admin, "token.issue", reason="demo cast", name=name)
     console.print(
         "principals: [bold]demo-admin[/] (admin, key custodian), [bold]demo-operator[/] "
-        "(operator on projection:*), [bold]demo-viewer[/] (viewer); tokens are shown once "
-        "and stored only as Argon2id hashes"
+        "(operator on projection:* and reaction:*), [bold]demo-viewer[/] (viewer); tokens "
+        "are shown once and stored only as Argon2id hashes"
     )
     return _Cast(
         admin=admin,
@@ -182,7 +190,10 @@ def tell_recovery_story(
     context = RecoveryContext(
         domain=settings,
         recovery=RecoverySettings(
-            audit_key_file=audit_key, lease_seconds=DEMO_LEASE_SECONDS, partitions=3
+            audit_key_file=audit_key,
+            lease_seconds=DEMO_LEASE_SECONDS,
+            partitions=3,
+            **DEMO_REACTION_SETTINGS,
         ),
     )
     try:
@@ -308,6 +319,11 @@ def _story(
         f"previous build ({len(new)} workflows)"
     )
 
+    console.rule("[bold]a downstream service was down")
+    reactions = tell_reaction_story(
+        directory, app, run, operator=cast.operator, viewer=cast.viewer, console=console
+    )
+
     console.rule("[bold]keys and audit")
     ring = run(cast.admin, "keys.add", reason="demo rotation", key_id="demo-2", activate=True)
     record_workload(app, workflows=1, runs_per_workflow=2, source="demo", seed=78)
@@ -322,6 +338,7 @@ def _story(
         rebuild=status,
         live_build=int(swapped["live"]),
         audit_entries=len(entries),
+        reactions=reactions,
         operator_token=cast.operator_token,
     )
 
