@@ -162,8 +162,16 @@ class DeliveryLedger(ABC):
         Returns the number of rows inserted."""
 
     @abstractmethod
-    def owed(self, reaction: str, *, limit: int = 1000) -> list[LedgerEntry]:
-        """Rows still to send (``pending``, ``failed``), in position order, at most ``limit``."""
+    def owed(
+        self,
+        reaction: str,
+        *,
+        limit: int = 1000,
+        destination: str | None = None,
+        upto: int | None = None,
+    ) -> list[LedgerEntry]:
+        """Rows still to send (``pending``, ``failed``), in position order, at most
+        ``limit``; only ``destination``'s and at or below ``upto``, when given."""
 
     @abstractmethod
     def parked_aggregates(self, reaction: str) -> dict[tuple[str, UUID], int]:

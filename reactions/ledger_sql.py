@@ -170,9 +170,17 @@ class SQLDeliveryLedger(DeliveryLedger):
                 )
         return inserted
 
-    def owed(self, reaction: str, *, limit: int = 1000) -> list[LedgerEntry]:
+    def owed(
+        self,
+        reaction: str,
+        *,
+        limit: int = 1000,
+        destination: str | None = None,
+        upto: int | None = None,
+    ) -> list[LedgerEntry]:
+        params = {"reaction": reaction, "limit": limit, "destination": destination, "upto": upto}
         with self._tx(f"read reaction {reaction!r}'s owed deliveries", write=False) as tx:
-            rows = tx.rows(SELECT_OWED, {"reaction": reaction, "limit": limit})
+            rows = tx.rows(SELECT_OWED, params)
         return [_entry(row) for row in rows]
 
     def parked_aggregates(self, reaction: str) -> dict[tuple[str, UUID], int]:

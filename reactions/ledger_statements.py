@@ -125,9 +125,14 @@ INSERT_DELIVERY = (
 )
 _KEY = "reaction = %(reaction)s AND event_id = %(event_id)s AND destination = %(destination)s"
 SELECT_ENTRY = f"SELECT {_COLUMNS} FROM {{reaction_deliveries}} WHERE {_KEY}"
+# Optionally one destination's, up to a position (a re-delivery's selection); CAST:
+# PostgreSQL cannot tell a bare NULL parameter's type.
 SELECT_OWED = (
     f"SELECT {_COLUMNS} FROM {{reaction_deliveries}} WHERE reaction = %(reaction)s "
-    "AND state IN ('pending', 'failed') ORDER BY position, destination LIMIT %(limit)s"
+    "AND state IN ('pending', 'failed') "
+    "AND (CAST(%(destination)s AS text) IS NULL OR destination = %(destination)s) "
+    "AND (CAST(%(upto)s AS bigint) IS NULL OR position <= %(upto)s) "
+    "ORDER BY position, destination LIMIT %(limit)s"
 )
 SELECT_PARKED_AGGREGATES = (
     "SELECT destination, aggregate_id, min(position) AS first_position "

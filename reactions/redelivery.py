@@ -372,13 +372,19 @@ def redeliver(
     }
     positions = [e.position for e in survey.reopen] + [d.position for d in survey.record]
     delivered_by: str | None = None
+    # The selection's destination, up to its last row: another destination still down
+    # is not tried on the way. (An owed earlier event of a selected aggregate goes too:
+    # order per aggregate comes first.)
+    destination, upto = selection.destination, max(positions, default=0)
     try:
-        # Every owed row goes (not only the selection's: they are owed as well), round
-        # after round while rounds settle some; a round ends when each chain is done
-        # or has stopped at a failure.
+        # Round after round while rounds settle some; a round ends when each chain is
+        # done or has stopped at a failure.
         while True:
-            cycle = runner.deliver_owed(reason="redelivery", forced=selection.force)
-            if cycle.settled == 0 or not ledger.owed(reaction.name, limit=1):
+            cycle = runner.deliver_owed(
+                reason="redelivery", forced=selection.force, destination=destination, upto=upto
+            )
+            owed = ledger.owed(reaction.name, limit=1, destination=destination, upto=upto)
+            if cycle.settled == 0 or not owed:
                 break
     except ReactionBusy as busy:
         delivered_by = busy.holder

@@ -331,21 +331,37 @@ class ReactionRunner:
 
     # -- step 2: deliver -----------------------------------------------------------------
 
-    def deliver_owed(self, *, reason: ReplayReason = "live", forced: bool = False) -> CycleResult:
+    def deliver_owed(
+        self,
+        *,
+        reason: ReplayReason = "live",
+        forced: bool = False,
+        destination: str | None = None,
+        upto: int | None = None,
+    ) -> CycleResult:
         """Send every owed row (at most ``owed_limit``), chains per aggregate, and wait.
 
         ``reason`` and ``forced``: the replay context every delivery runs in (what a
         destination reads: ``redelivery`` after an operator re-opened rows).
+        ``destination`` and ``upto``: only that destination's rows, only those at or
+        below that position (a re-delivery's scope: an earlier owed event of the same
+        aggregate is inside it, since order per aggregate comes first).
         """
         with self._lease():
-            return self._deliver_owed(ReplayContext(reason, self.name, forced=forced))
+            return self._deliver_owed(
+                ReplayContext(reason, self.name, forced=forced), destination=destination, upto=upto
+            )
 
-    def _deliver_owed(self, context: ReplayContext) -> CycleResult:
+    def _deliver_owed(
+        self, context: ReplayContext, *, destination: str | None = None, upto: int | None = None
+    ) -> CycleResult:
         if not self._breakers_written:
             for guard in self._guards.values():
                 guard.write_state()
             self._breakers_written = True
-        owed = self.ledger.owed(self.name, limit=self.options.owed_limit)
+        owed = self.ledger.owed(
+            self.name, limit=self.options.owed_limit, destination=destination, upto=upto
+        )
         position = self.ledger.position(self.name)
         if not owed:
             return CycleResult(position=position, events=0, recorded=0, caught_up=True)

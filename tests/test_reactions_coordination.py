@@ -255,6 +255,30 @@ class CoordinationCases(ReactionContract):
         assert set(seen) == {ReplayContext("redelivery", NAME, forced=True)}
         assert current_replay_context() is None, "the caller's context is left alone"
 
+    def test_a_scoped_delivery_sends_one_destination_up_to_a_position(
+        self, world: ReactionWorld
+    ) -> None:
+        events = world.events()
+        crm = RecordingDestination("crm")
+        mail = RecordingDestination("mail", answer=always(DeliveryOutcome.retry(503, "down")))
+        runner = world.runner([crm, mail], policy=RetryThenPark(attempts=1, backoff=QUICK))
+        runner.record_new()
+        middle = events[len(events) // 2][0]
+
+        # A re-delivery to the CRM up to the middle: the mail relay, still down, is
+        # not tried on the way, and nothing after the middle goes out.
+        result = runner.deliver_owed(reason="redelivery", destination="crm", upto=middle)
+
+        assert mail.calls == []
+        sent = {position for position, _, _ in events if position <= middle}
+        assert result.delivered == len(crm.acknowledged_keys()) == len(sent)
+        owed = runner.ledger.owed(NAME)
+        assert {(e.destination, e.position <= middle) for e in owed} == {
+            ("crm", False),
+            ("mail", True),
+            ("mail", False),
+        }
+
 
 class TestSQLiteCoordination(SQLiteReactionWorld, CoordinationCases):
     """The cases on SQLite."""
