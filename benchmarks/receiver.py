@@ -8,8 +8,9 @@ run in a process of its own so that it does not share the sender's GIL. It print
   or 503 while it is *down*; it counts, per ``Safereplay-Reaction`` header, every
   request and every ``Idempotency-Key`` it acknowledged (answered 200 to);
 - ``POST /down``, ``POST /up``: start and end an outage (503 to every hook call);
-- ``GET /stats?reaction=NAME``: ``{"requests", "refused", "acknowledged", "distinct"}``
-  as JSON (``distinct``: distinct keys acknowledged).
+- ``GET /stats?reaction=NAME``: ``{"requests", "refused", "acknowledged", "distinct",
+  "connections"}`` as JSON (``distinct``: distinct keys acknowledged; ``connections``:
+  connections accepted since the receiver started, all reactions).
 
 It does not verify signatures: the benchmark measures the sender.
 """
@@ -38,6 +39,7 @@ class Tally:
         self.requests: Counter[str] = Counter()
         self.refused: Counter[str] = Counter()
         self.acknowledged: defaultdict[str, Counter[str]] = defaultdict(Counter)
+        self.connections = 0
 
     def stats(self, reaction: str) -> dict[str, int]:
         with self.lock:
@@ -47,12 +49,18 @@ class Tally:
                 "refused": self.refused[reaction],
                 "acknowledged": sum(keys.values()),
                 "distinct": len(keys),
+                "connections": self.connections,
             }
 
 
 def handler_for(tally: Tally) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"  # keep-alive, as a real receiver would offer
+
+        def setup(self) -> None:
+            super().setup()
+            with tally.lock:
+                tally.connections += 1
 
         def log_message(self, format: str, *args: object) -> None:
             return None

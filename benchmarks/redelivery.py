@@ -39,9 +39,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,6 +76,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 OUTAGE_DELIVERIES = 40_000
+#: En dash for the tables (escaped: ruff flags it in literals).
+DASH = "\u2013"
 SECRET = WebhookSecret(b"redelivery-benchmark-shared-secret!")
 
 
@@ -109,6 +112,35 @@ class OutagePolicy:
         if attempt < 5:
             return Decision.retry(self._backoff.delay(attempt))
         return Decision.park("still failing after 5 attempts")
+
+
+class BusyClock:
+    """Wall time during which at least one call of a wrapped method is in progress.
+
+    The ledger serialises its writes (one connection, one lock): when it is busy all
+    the time, it, not the receiver or the threads, bounds the rate."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        self._since = 0.0
+        self.busy = 0.0
+
+    def wrap(self, method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                self._in_flight += 1
+                if self._in_flight == 1:
+                    self._since = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+                    if self._in_flight == 0:
+                        self.busy += time.perf_counter() - self._since
+
+        return timed
 
 
 # -- the receiver process ------------------------------------------------------------------
@@ -244,8 +276,13 @@ def measure(
             receiver_process.control("up")
             policy.outage = False
             load_before = os.getloadavg()[0]
+            connections_before = receiver_process.stats(name)["connections"]
+            # Every attempt's outcome is one ledger transaction (record_attempt).
+            clock = BusyClock()
+            ledger.record_attempt = clock.wrap(ledger.record_attempt)  # type: ignore[method-assign]
 
             started = time.perf_counter()
+            cpu_started = time.process_time()
             cycles = 0
             while ledger.owed(name, limit=1):
                 cycles += 1
@@ -253,6 +290,7 @@ def measure(
                     raise SystemExit(f"{name}: deliveries still owed after 20 cycles")
                 runner.deliver_owed()
             seconds = time.perf_counter() - started
+            cpu_seconds = time.process_time() - cpu_started
             load_after = os.getloadavg()[0]
             counts = ledger.counts(name)
         finally:
@@ -270,6 +308,9 @@ def measure(
         "seconds": seconds,
         "deliveries_per_s": expected / seconds,
         "cycles": cycles,
+        "sender_cpu_ms_per_delivery": 1000 * cpu_seconds / expected,
+        "connections_opened": stats["connections"] - connections_before,
+        "ledger_busy_share": clock.busy / seconds,
         "distinct_keys": stats["distinct"],
         "acknowledged_calls": stats["acknowledged"],
         "duplicates": stats["acknowledged"] - stats["distinct"],
@@ -358,6 +399,11 @@ def run_benchmark(
                 "seconds": statistics.median(r["seconds"] for r in mine),
                 "distinct_keys": sorted({r["distinct_keys"] for r in mine}),
                 "duplicates": sum(r["duplicates"] for r in mine),
+                "sender_cpu_ms_per_delivery": statistics.median(
+                    r["sender_cpu_ms_per_delivery"] for r in mine
+                ),
+                "connections_opened": max(r["connections_opened"] for r in mine),
+                "ledger_busy_share": statistics.median(r["ledger_busy_share"] for r in mine),
                 "outage_minutes_for_40000": OUTAGE_DELIVERIES / rate / 60,
             }
         )
@@ -404,17 +450,22 @@ def markdown(report: dict[str, Any]) -> str:
         f"load average {min(loads):.1f} to {max(loads):.1f} during the measurements. "
         f"Command: `{m['command'].strip()}`.",
         "",
-        "| case | concurrency | deliveries | deliveries/s (median) | wall time | distinct keys "
-        "| duplicates | 40,000 deliveries would take |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| case | concurrency | deliveries | deliveries/s (median) | min {DASH} max | wall time "
+        "| distinct keys "
+        "| duplicates | 40,000 deliveries would take | sender CPU per delivery "
+        "| ledger busy | connections opened |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for s in report["summary"]:
         case = "many aggregates" if s["case"] == "many" else "one aggregate"
         keys = ", ".join(f"{k:,}" for k in s["distinct_keys"])
         lines.append(
             f"| {case} | {s['concurrency']} | {s['deliveries']:,} | {s['deliveries_per_s']:,.1f} "
-            f"| {s['seconds']:.1f} s | {keys} | {s['duplicates']} "
-            f"| {s['outage_minutes_for_40000']:.1f} min |"
+            f"| {min(s['rates']):,.1f} {DASH} {max(s['rates']):,.1f} | {s['seconds']:.1f} s "
+            f"| {keys} | {s['duplicates']} "
+            f"| {s['outage_minutes_for_40000']:.1f} min "
+            f"| {s['sender_cpu_ms_per_delivery']:.2f} ms | {100 * s['ledger_busy_share']:.0f} % "
+            f"| {s['connections_opened']:,} |"
         )
     return "\n".join(lines)
 

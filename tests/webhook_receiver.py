@@ -16,8 +16,8 @@ of its body, then drops the connection. Like a receiver that keeps idempotency k
 it does the work of a key once: :attr:`Receiver.processed` lists each key the first
 time its work is done, :attr:`Receiver.duplicates` every later request of a processed
 key that it answered 200 without doing the work again. :attr:`Receiver.acknowledged`
-lists every 200 answered to a caller still there (``late_first`` checks; a dropped
-answer is not one).
+lists every 200 answered to a caller still connected when the answer went out (a
+dropped answer is not one).
 """
 
 from __future__ import annotations
@@ -112,6 +112,9 @@ class Receiver:
             status = 503
         if status == 200:
             self._process(key)
+            # A caller that gave up meanwhile (its timeout) gets no acknowledgement.
+            if await request.is_disconnected():
+                return Response(status_code=499)
             with self._lock:
                 self.acknowledged.append(key)
         return Response(status_code=status)
