@@ -5,8 +5,19 @@ Started by a test in a thread of its own on a free port; it records every reques
 ``mode`` says: ``ok`` (200), a status to answer with (``503``, ``429``, ``400``),
 ``slow`` (waits ``delay`` seconds first), or ``fail_first`` (503 for the first
 ``failures`` requests of each key, then 200); with ``hang_first`` its very first
-request waits ``delay`` seconds before answering. :meth:`Receiver.stop` takes it down
-(later calls are refused); :meth:`Receiver.start` brings it back on the same port.
+request waits ``delay`` seconds before answering; ``pause`` seconds are waited before
+every answer. :meth:`Receiver.stop` takes it down (later calls are refused);
+:meth:`Receiver.start` brings it back on the same port.
+
+Two modes do the work and then fail to answer, on each key's first request only:
+``late_first`` answers after ``delay`` seconds (past the caller's timeout: the caller
+has gone, the answer reaches nobody), ``drop_first`` sends the 200's headers and part
+of its body, then drops the connection. Like a receiver that keeps idempotency keys,
+it does the work of a key once: :attr:`Receiver.processed` lists each key the first
+time its work is done, :attr:`Receiver.duplicates` every later request of a processed
+key that it answered 200 without doing the work again. :attr:`Receiver.acknowledged`
+lists every 200 answered to a caller still connected when the answer went out (a
+dropped answer is not one).
 """
 
 from __future__ import annotations
@@ -16,13 +27,14 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from safereplay.reactions import WebhookSecret, verify_signature
@@ -44,19 +56,32 @@ class Receiver:
     delay: float = 2.0
     failures: int = 0
     hang_first: bool = False
+    pause: float = 0.0
     port: int = 0
     received: list[Received] = field(default_factory=list)
     acknowledged: list[str] = field(default_factory=list)
+    processed: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+    #: Requests whose handling ended (answered, or given up on).
+    finished: int = 0
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _seen: Counter[str] = field(default_factory=Counter)
+    _done: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/hooks/runs?token=secret-in-the-url"
 
     async def hook(self, request: Request) -> Response:
+        try:
+            return await self._answer(request)
+        finally:
+            with self._lock:
+                self.finished += 1
+
+    async def _answer(self, request: Request) -> Response:
         body = await request.body()
         key = request.headers.get("idempotency-key", "")
         signed = verify_signature(self.secret, request.headers.get(SIGNATURE_HEADER, ""), body)
@@ -65,22 +90,58 @@ class Receiver:
             self._seen[key] += 1
             seen = self._seen[key]
         first = len(self.received) == 1
-        if self.mode == "slow" or (self.hang_first and first):
-            # Held, until the delay passes or the caller goes away (then unanswered).
-            deadline = time.monotonic() + self.delay
-            while time.monotonic() < deadline:
-                if await request.is_disconnected():
-                    return Response(status_code=499)
-                await asyncio.sleep(0.02)
+        if self.pause:
+            await asyncio.sleep(self.pause)
+        if self.mode in ("late_first", "drop_first") and seen == 1:
+            self._process(key)  # the work is done; the answer never reaches the caller
+            if self.mode == "drop_first":
+                return StreamingResponse(self._dropped(), media_type="application/json")
+            if await self._held(request):
+                return Response(status_code=499)
+            with self._lock:
+                self.acknowledged.append(key)
+            return Response(status_code=200)
+        held = self.mode == "slow" or (self.hang_first and first)
+        # Held, until the delay passes or the caller goes away (then unanswered).
+        if held and await self._held(request):
+            return Response(status_code=499)
         status = 200
         if isinstance(self.mode, int):
             status = self.mode
         elif self.mode == "fail_first" and seen <= self.failures:
             status = 503
         if status == 200:
+            self._process(key)
+            # A caller that gave up meanwhile (its timeout) gets no acknowledgement.
+            if await request.is_disconnected():
+                return Response(status_code=499)
             with self._lock:
                 self.acknowledged.append(key)
         return Response(status_code=status)
+
+    async def _held(self, request: Request) -> bool:
+        """Wait ``delay`` seconds; True if the caller went away meanwhile."""
+        deadline = time.monotonic() + self.delay
+        while time.monotonic() < deadline:
+            if await request.is_disconnected():
+                return True
+            await asyncio.sleep(0.02)
+        return await request.is_disconnected()
+
+    def _process(self, key: str) -> None:
+        with self._lock:
+            if key in self._done:
+                self.duplicates.append(key)
+            else:
+                self._done.add(key)
+                self.processed.append(key)
+
+    @staticmethod
+    async def _dropped() -> AsyncIterator[bytes]:
+        yield b'{"status": "rec'
+        # Raised after the headers and part of the body went out: uvicorn closes the
+        # connection, and the caller reads an incomplete response.
+        raise ConnectionAbortedError("the receiver dropped the connection mid-response")
 
     def start(self) -> Receiver:
         if not self.port:
