@@ -130,4 +130,7 @@ def webhook_destination(
         secret=settings.load_secret(),
         timeout=settings.timeout,
         verify=settings.verify_tls,
+        # Never fewer connections than calls in flight (a call waiting for a free
+        # connection would time out as a failed attempt).
+        connections=max(32, settings.concurrency),
     )

@@ -118,8 +118,11 @@ class WebhookDestination:
     """``POST`` each delivery to ``url`` (see the module's docstring).
 
     ``timeout``: seconds for connecting, and for each read and write [10];
-    ``verify``: TLS verification (True, or a CA bundle path) [True]; ``client``:
-    an ``httpx.Client`` to use instead of the destination's own (tests).
+    ``verify``: TLS verification (True, or a CA bundle path) [True];
+    ``connections``: connections kept open to the receiver [32] (set it to the
+    runner's concurrency or more: httpx keeps 20 by default, and a sender with more
+    calls in flight would open a new connection for each call beyond them);
+    ``client``: an ``httpx.Client`` to use instead of the destination's own (tests).
     """
 
     def __init__(
@@ -130,6 +133,7 @@ class WebhookDestination:
         secret: WebhookSecret,
         timeout: float = 10.0,
         verify: bool | str = True,
+        connections: int = 32,
         client: httpx.Client | None = None,
     ) -> None:
         self._name = check_destination_name(name)
@@ -138,12 +142,17 @@ class WebhookDestination:
             raise ConfigurationError(f"webhook {name!r}: the URL must be http(s)://host/...")
         if timeout <= 0:
             raise ConfigurationError(f"webhook {name!r}: the timeout must be positive")
+        if connections < 1:
+            raise ConfigurationError(f"webhook {name!r}: connections must be at least 1")
         self._url = url
         self._secret = secret
         #: Where it posts, without credentials, path or query (for messages).
         self.where = f"{parts.scheme}://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         self._client = client or httpx.Client(
-            timeout=httpx.Timeout(timeout), verify=verify, follow_redirects=False
+            timeout=httpx.Timeout(timeout),
+            verify=verify,
+            follow_redirects=False,
+            limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
         )
         self._owns_client = client is None
 
