@@ -172,9 +172,10 @@ def test_the_alert_rules_use_documented_metrics() -> None:
     rules = text[text.index("## Sample alert rules") :]
     used = set(re.findall(r"expr: .*?(safereplay_\w+)", rules))
     assert {"safereplay_projection_lag_seconds", "safereplay_projection_backlog_events"} <= used
+    assert "safereplay_reaction_oldest_owed_age_seconds" in used
     assert used <= set(documented("database")) | set(documented("process")) | set(
         documented("alerts")
-    )
+    ) | set(documented("reactions"))
 
 
 def board(build: int = 1) -> Labels:
