@@ -33,6 +33,7 @@ from safereplay.recovery.operations.alert_metrics import AlertCollector
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.operations.metrics_jobs import job_families
 from safereplay.recovery.operations.metrics_projections import projection_families
+from safereplay.recovery.operations.metrics_reactions import reaction_families
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
@@ -59,8 +60,8 @@ class MetricSample:
 class RecoveryCollector(Collector):
     """Reads the store on each ``collect()``: the log's head and safe head, the
     projections' positions, lag (positions, matching events, seconds) and parked
-    events, and the active jobs' progress (:mod:`.metrics_projections`,
-    :mod:`.metrics_jobs`)."""
+    events, the active jobs' progress, and the reactions' deliveries per destination
+    (:mod:`.metrics_projections`, :mod:`.metrics_jobs`, :mod:`.metrics_reactions`)."""
 
     def __init__(self, context: RecoveryContext) -> None:
         self._context = context
@@ -68,6 +69,7 @@ class RecoveryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from projection_families(self._context)
         yield from job_families(self._context)
+        yield from reaction_families(self._context)
 
 
 def render_metrics(context: RecoveryContext) -> bytes:
@@ -97,6 +99,7 @@ def register_metrics_operations(operations: Operations, context: RecoveryContext
         permission=Permission.VIEW,
         handler=metrics,
         scope="projection:*",
-        summary="Prometheus metrics: projections' positions and lag, active jobs' progress",
+        summary="Prometheus metrics: projections' positions and lag, active jobs' progress, "
+        "reactions' deliveries",
         monitoring=True,
     )

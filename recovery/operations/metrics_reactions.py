@@ -16,21 +16,38 @@ the current one 1; a destination whose breaker never changed is ``closed``.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from safereplay.reactions.ledger import DELIVERY_STATES
 from safereplay.recovery.operations.metrics_jobs import BREAKER_STATES
+from safereplay.recovery.operations.reactions import reaction_status
 
-__all__ = ["reaction_families"]
+if TYPE_CHECKING:
+    from safereplay.recovery.operations.context import RecoveryContext
+
+__all__ = ["reaction_families", "status_families"]
 
 REACTION_LABELS = ["reaction"]
 DESTINATION_LABELS = ["reaction", "destination"]
 
 
-def reaction_families(statuses: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
+def reaction_families(context: RecoveryContext) -> Iterator[Metric]:
+    """Every registered reaction's families, from the ledger now."""
+    # As reactions.status reads them: the log's head only, nothing decrypted.
+    head = max(context.log.head(), context.log.high_water_mark())
+    now = time.time()
+    statuses = [
+        reaction_status(context, context.reactions[name], head=head, now=now)
+        for name in context.reactions
+    ]
+    yield from status_families(statuses)
+
+
+def status_families(statuses: Iterable[Mapping[str, Any]]) -> Iterator[Metric]:
     """The families of ``statuses``: the ``reactions`` list of ``reactions.status``."""
     position = GaugeMetricFamily(
         "safereplay_reaction_position",
@@ -39,7 +56,8 @@ def reaction_families(statuses: Iterable[Mapping[str, Any]]) -> Iterator[Metric]
     )
     behind = GaugeMetricFamily(
         "safereplay_reaction_behind_events",
-        "Positions between the log's head and the reaction's position (not yet recorded).",
+        "Events of the reaction's types between its position and the log's head (not "
+        "yet recorded).",
         labels=REACTION_LABELS,
     )
     deliveries = GaugeMetricFamily(
