@@ -176,6 +176,36 @@ class DeliveryLedger(ABC):
     def summary(self, reaction: str) -> list[DestinationSummary]:
         """Per destination (by name): rows by state and the oldest owed one."""
 
+    # -- re-delivery: an operator's selection of rows, sent again ------------------------
+
+    @abstractmethod
+    def select(
+        self,
+        reaction: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        since: float | None = None,
+        destination: str | None = None,
+        limit: int = 100_000,
+    ) -> list[LedgerEntry]:
+        """The reaction's rows in position order (then by destination), whatever their
+        state: positions ``first`` to ``last`` (inclusive), recorded at or after
+        ``since`` (seconds since the epoch), to ``destination``; at most ``limit``."""
+
+    @abstractmethod
+    def reopen(self, entries: Sequence[LedgerEntry], *, forced: bool) -> int:
+        """One transaction: each row back to ``pending`` if it is failed, parked or
+        pending, or delivered when ``forced`` (an operator's decision, with a reason);
+        counts one more re-delivery on it (and a forced one, for a delivered row).
+        A delivered row without ``forced`` is left as it is. Returns the rows reopened."""
+
+    @abstractmethod
+    def record_missing(self, reaction: str, deliveries: Sequence[Delivery]) -> int:
+        """Insert a ``pending`` row for each delivery at or below the reaction's position
+        that has none (a destination added after its events were recorded); rows that
+        exist are left alone and the position does not move. Returns the rows inserted."""
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
 

@@ -174,6 +174,28 @@ SELECT_COUNTS = (
 )
 
 
+# An operator's selection (re-delivery): every filter is optional. CAST: PostgreSQL
+# cannot tell a bare NULL parameter's type.
+SELECT_RANGE = (
+    f"SELECT {_COLUMNS} FROM {{reaction_deliveries}} WHERE reaction = %(reaction)s "
+    "AND (CAST(%(first)s AS bigint) IS NULL OR position >= %(first)s) "
+    "AND (CAST(%(last)s AS bigint) IS NULL OR position <= %(last)s) "
+    "AND (CAST(%(since)s AS double precision) IS NULL OR recorded_at >= %(since)s) "
+    "AND (CAST(%(destination)s AS text) IS NULL OR destination = %(destination)s) "
+    "ORDER BY position, destination LIMIT %(limit)s"
+)
+# Back to pending for another round of attempts; a delivered row only when forced.
+# The attempts count stays: it is the row's history (and what the retry policy reads).
+REOPEN = (
+    "UPDATE {reaction_deliveries} SET state = 'pending', "
+    "redeliveries = redeliveries + 1, "
+    "forced_redeliveries = forced_redeliveries "
+    "+ CASE WHEN state = 'delivered' THEN 1 ELSE 0 END "
+    f"WHERE {_KEY} AND (state IN ('pending', 'failed', 'parked') "
+    "OR (state = 'delivered' AND %(forced)s = 1))"
+)
+
+
 SELECT_SUMMARY = (
     "SELECT destination, "
     "sum(CASE WHEN state = 'pending' THEN 1 ELSE 0 END) AS pending, "
@@ -403,6 +425,73 @@ class SQLDeliveryLedger(DeliveryLedger):
             )
             for r in rows
         ]
+
+    def select(
+        self,
+        reaction: str,
+        *,
+        first: int | None = None,
+        last: int | None = None,
+        since: float | None = None,
+        destination: str | None = None,
+        limit: int = 100_000,
+    ) -> list[LedgerEntry]:
+        params = {
+            "reaction": reaction,
+            "first": first,
+            "last": last,
+            "since": since,
+            "destination": destination,
+            "limit": limit,
+        }
+        with self._tx(f"select reaction {reaction!r}'s deliveries", write=False) as tx:
+            rows = tx.rows(SELECT_RANGE, params)
+        return [_entry(row) for row in rows]
+
+    def reopen(self, entries: Sequence[LedgerEntry], *, forced: bool) -> int:
+        if not entries:
+            return 0
+        reopened = 0
+        reactions = sorted({e.reaction for e in entries})
+        with self._tx(f"reopen deliveries of {', '.join(reactions)}", write=True) as tx:
+            for entry in entries:
+                reopened += tx.execute(REOPEN, {**self._key(entry), "forced": 1 if forced else 0})
+        return reopened
+
+    def record_missing(self, reaction: str, deliveries: Sequence[Delivery]) -> int:
+        if not deliveries:
+            return 0
+        now = self._clock()
+        inserted = 0
+        with self._tx(f"record reaction {reaction!r}'s missing deliveries", write=True) as tx:
+            found = tx.rows(SELECT_POSITION, {"reaction": reaction})
+            position = int(found[0]["position"]) if found else 0
+            for delivery in deliveries:
+                if delivery.reaction != reaction:
+                    raise ValueError(
+                        f"a delivery of reaction {delivery.reaction!r} recorded for {reaction!r}"
+                    )
+                if delivery.position > position:
+                    # Above the position: the runner records it (with the position).
+                    raise ValueError(
+                        f"delivery at position {delivery.position} is above reaction "
+                        f"{reaction!r}'s position {position}"
+                    )
+                inserted += tx.execute(INSERT_DELIVERY, self._insert_params(delivery, now))
+        return inserted
+
+    def _insert_params(self, delivery: Delivery, now: float) -> dict[str, Any]:
+        return {
+            "reaction": delivery.reaction,
+            "event_id": self._dump_id(delivery.event_id),
+            "destination": delivery.destination,
+            "position": delivery.position,
+            "aggregate_id": self._dump_id(delivery.aggregate_id),
+            "aggregate_version": delivery.aggregate_version,
+            "event_type": delivery.event_type,
+            "idempotency_key": delivery.idempotency_key,
+            "now": now,
+        }
 
     def _key(self, entry: LedgerEntry) -> dict[str, Any]:
         return {

@@ -5,7 +5,8 @@
     RecoveryError
     ├── InvalidRequest          bad operator input (range, partition, unknown projection...)
     │   ├── InvalidTemplate     a recovery template failed validation (every problem listed)
-    │   └── UnregisteredProjection  no projection of that name is registered (not found)
+    │   ├── UnregisteredProjection  no projection of that name is registered (not found)
+    │   └── UnregisteredReaction    no reaction of that name is registered (not found)
     ├── StoreUnavailable        the store cannot be opened: no such file, a bad path, a
     │                           database server that cannot be reached or refuses us
     ├── JobConflict             a job is already running on that projection
@@ -43,6 +44,7 @@ __all__ = [
     "RecoveryError",
     "StoreUnavailable",
     "UnregisteredProjection",
+    "UnregisteredReaction",
 ]
 
 
@@ -57,6 +59,11 @@ class InvalidRequest(RecoveryError):
 class UnregisteredProjection(InvalidRequest):
     """No projection of that name is registered (``SAFEREPLAY_PROJECTIONS``): not
     found, for the API (404); bad input, for the command line (exit 2) as before."""
+
+
+class UnregisteredReaction(InvalidRequest):
+    """No reaction of that name is registered (``SAFEREPLAY_REACTIONS``): not found,
+    for the API (404); bad input, for the command line (exit 2)."""
 
 
 class StoreUnavailable(RecoveryError):

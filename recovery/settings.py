@@ -15,6 +15,7 @@ names of the layers above them.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from safereplay.domain.settings import (
     variable_names,
 )
 from safereplay.projections.settings import ProjectionSettings
+from safereplay.reactions.settings import is_webhook_variable
 from safereplay.recovery.errors import AuthenticationFailed
 
 __all__ = [
@@ -96,6 +98,49 @@ class RecoverySettings(BaseSettings):
             "The projections recovery knows, as comma-separated `module:attribute` entries "
             "(a Projection class or a sequence of them)."
         ),
+    )
+    reactions: str = Field(
+        default="safereplay.reactions.reference:REFERENCE_REACTIONS",
+        min_length=1,
+        description=(
+            "The reactions recovery knows, as comma-separated `module:attribute` entries "
+            "(a Reaction instance or a sequence of them)."
+        ),
+    )
+    reaction_attempts: int = Field(
+        default=5,
+        ge=1,
+        le=100,
+        description=(
+            "Attempts of one delivery before `safereplay react` parks it (retry, then park)."
+        ),
+    )
+    reaction_backoff_initial: float = Field(
+        default=0.5, ge=0, description="Seconds before a delivery's first retry (doubling)."
+    )
+    reaction_backoff_max: float = Field(
+        default=30.0, ge=0, description="Longest wait between two attempts of a delivery."
+    )
+    reaction_breaker_failures: int = Field(
+        default=5,
+        ge=1,
+        description="Failures in a row that open a destination's circuit breaker.",
+    )
+    reaction_breaker_cool_down: float = Field(
+        default=10.0,
+        ge=0,
+        description="Seconds an open breaker waits before it lets one probe call through.",
+    )
+    reaction_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="Calls per second to each destination at most (unset: no cap).",
+    )
+    reaction_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=3600,
+        description="How often `safereplay react` looks for new events when idle.",
     )
 
     auth_failures_audited: int = Field(
@@ -259,4 +304,9 @@ def check_environment(environ: Mapping[str, str] | None = None) -> None:
     ``SAFEREPLAY_TEST_*`` and ``SAFEREPLAY_BENCH_*`` are reserved for the test
     suite and the benchmarks and are not checked.
     """
-    check_variables(setting_names(), environ)
+    environ = os.environ if environ is None else environ
+    # A webhook destination's variables are named after it (SAFEREPLAY_WEBHOOK_<DEST>_URL
+    # and the like): known by their shape, a misspelt suffix is still refused.
+    check_variables(
+        setting_names(), {k: v for k, v in environ.items() if not is_webhook_variable(k)}
+    )

@@ -44,7 +44,12 @@ Json = Annotated[
 Name = Annotated[str, typer.Argument(help="The principal's name.")]
 KeyId = Annotated[str, typer.Argument(help="The key's id in the ring (e.g. key-2).")]
 Role = Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")]
-Scope = Annotated[str, typer.Argument(help="projection:NAME, projection:*, keys, audit or *")]
+Scope = Annotated[
+    str,
+    typer.Argument(
+        help="projection:NAME, projection:*, reaction:NAME, reaction:*, keys, audit or *"
+    ),
+]
 
 
 def say(text: str) -> None:

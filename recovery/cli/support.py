@@ -51,6 +51,7 @@ from rich.console import Console
 
 from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
+from safereplay.reactions import ReactionError
 from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
@@ -166,7 +167,7 @@ def recovery_context(
         context = RecoveryContext.from_env(check_schema=check_schema)
         check_store(context.domain, context.projection_settings, create=create)
         yield context
-    except (DomainError, ProjectionError, RecoveryError, AuditKeyError) as exc:
+    except (DomainError, ProjectionError, ReactionError, RecoveryError, AuditKeyError) as exc:
         fail(str(exc), exit_code_for(exc))
     finally:
         if context is not None:

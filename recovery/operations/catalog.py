@@ -19,6 +19,7 @@ from safereplay.recovery.operations.jobs import register_job_operations
 from safereplay.recovery.operations.metrics import register_metrics_operations
 from safereplay.recovery.operations.parked import register_parked_operations
 from safereplay.recovery.operations.projections import register_projection_operations
+from safereplay.recovery.operations.reactions import register_reaction_operations
 from safereplay.recovery.operations.rebuilds import register_recovery_operations
 from safereplay.recovery.operations.schema import register_schema_operations
 from safereplay.recovery.operations.security import register_security_operations
@@ -43,6 +44,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_parked_operations,
     register_metrics_operations,
     register_alert_operations,
+    register_reaction_operations,
 )
 
 

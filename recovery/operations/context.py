@@ -17,6 +17,7 @@ from safereplay.projections import (
     open_source,
     open_store,
 )
+from safereplay.reactions import DeliveryLedger, open_ledger
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
 from safereplay.recovery.errors import AuditKeyError, AuthenticationFailed
 from safereplay.recovery.jobs.model import Job
@@ -24,7 +25,7 @@ from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
 from safereplay.recovery.jobs.worker import Worker, WorkerOptions
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
-from safereplay.recovery.registry import ProjectionRegistry
+from safereplay.recovery.registry import ProjectionRegistry, ReactionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal, VerifiedSecrets
 from safereplay.recovery.security.anchors import sink_from_settings
 from safereplay.recovery.security.audit import AuditKey, AuditTrail
@@ -99,6 +100,18 @@ class RecoveryContext:
     def registry(self) -> ProjectionRegistry:
         """The projections recovery knows (``SAFEREPLAY_PROJECTIONS``)."""
         return ProjectionRegistry.load(self.recovery.projections)
+
+    @cached_property
+    def reactions(self) -> ReactionRegistry:
+        """The reactions recovery knows (``SAFEREPLAY_REACTIONS``)."""
+        return ReactionRegistry.load(self.recovery.reactions)
+
+    @cached_property
+    def ledger(self) -> DeliveryLedger:
+        """The reactions' delivery ledger, beside the event store."""
+        ledger = open_ledger(self.domain)
+        self._closers.append(ledger)
+        return ledger
 
     @cached_property
     def source(self) -> EventSource:

@@ -27,6 +27,7 @@ from safereplay.projections.errors import (
     ParkedEventNotFound,
     UnknownProjection,
 )
+from safereplay.reactions import LedgerConflict, ReactionBusy
 from safereplay.recovery.errors import (
     AmbiguousJobId,
     InvalidJobTransition,
@@ -34,6 +35,7 @@ from safereplay.recovery.errors import (
     JobNotFound,
     StoreUnavailable,
     UnregisteredProjection,
+    UnregisteredReaction,
 )
 from safereplay.recovery.security.access import AccessDenied, AuthenticationFailed
 
@@ -65,7 +67,9 @@ def error_code(exc: BaseException) -> str:
     change)."""
     if isinstance(exc, JobNotFound) and not isinstance(exc, AmbiguousJobId):
         return "not_found"
-    if isinstance(exc, UnknownProjection | UnregisteredProjection | ParkedEventNotFound):
+    if isinstance(
+        exc, UnknownProjection | UnregisteredProjection | UnregisteredReaction | ParkedEventNotFound
+    ):
         return "not_found"
     if isinstance(exc, StoreUnavailable | DatabaseUnavailable):
         return "unavailable"
@@ -73,7 +77,9 @@ def error_code(exc: BaseException) -> str:
         return "denied"
     if isinstance(exc, AuthenticationFailed):
         return "unauthenticated"
-    if isinstance(exc, JobConflict | PositionConflict | InvalidJobTransition):
+    if isinstance(
+        exc, JobConflict | PositionConflict | InvalidJobTransition | ReactionBusy | LedgerConflict
+    ):
         return "conflict"
     if isinstance(exc, SchemaError):
         return "schema"

@@ -9,8 +9,9 @@ Roles and what they allow::
                                audit verification
     key-custodian  view + manage-keys   key ring operations only
 
-A grant gives a role over a scope: ``projection:NAME``, ``projection:*``, ``keys``
-or ``*``. Nothing is allowed until granted (least privilege by default).
+A grant gives a role over a scope: ``projection:NAME``, ``projection:*``,
+``reaction:NAME``, ``reaction:*``, ``keys`` or ``*``. Nothing is allowed until
+granted (least privilege by default).
 
 Tokens look like ``sr_<id>.<secret>``; only an Argon2id hash of the secret is
 stored (argon2-cffi, the reference implementation's binding), so a database dump
@@ -72,7 +73,9 @@ ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")
-_SCOPE = re.compile(r"^(\*|keys|audit|projection:(\*|[a-z0-9_]{1,63}))$")
+_SCOPE = re.compile(
+    r"^(\*|keys|audit|projection:(\*|[a-z0-9_]{1,63})|reaction:(\*|[a-z][a-z0-9_]{0,29}))$"
+)
 _TOKEN = re.compile(r"^sr_([0-9a-f]{16})\.([A-Za-z0-9_-]{20,100})$")
 #: How every token starts, whatever follows: ``sr_``, its 16-hex-digit id, a dot.
 TOKEN_SHAPE = re.compile(r"sr_([0-9a-f]{16})\.")
@@ -82,7 +85,9 @@ def scope_covers(granted: str, wanted: str) -> bool:
     """Does a grant on ``granted`` cover an operation on ``wanted``?"""
     if granted in ("*", wanted):
         return True
-    return granted == "projection:*" and wanted.startswith("projection:")
+    if granted == "projection:*":
+        return wanted.startswith("projection:")
+    return granted == "reaction:*" and wanted.startswith("reaction:")
 
 
 @dataclass(frozen=True)
@@ -136,7 +141,8 @@ def check_name(name: str) -> str:
 def check_scope(scope: str) -> str:
     if not _SCOPE.match(scope):
         raise InvalidRequest(
-            f"scope {scope!r} is not valid: use projection:NAME, projection:*, keys, audit or *"
+            f"scope {scope!r} is not valid: use projection:NAME, projection:*, reaction:NAME, "
+            "reaction:*, keys, audit or *"
         )
     return scope
 
