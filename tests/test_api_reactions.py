@@ -35,7 +35,7 @@ pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 REACTION = "run_completions"
 DESTINATION = "completions"
 ROOT = f"/api/reactions/{REACTION}"
-SECRET = b"api-test-webhook-secret"
+SECRET = b"api-test-webhook-secret-of-32-bytes-or-more"
 
 #: (method, path, body, operation) of every reactions endpoint, with a valid body.
 ENDPOINTS: tuple[tuple[str, str, dict[str, Any] | None, str], ...] = (
@@ -243,7 +243,10 @@ class ReactionsApiContract(ApiContract):
                 assert (actor, operation, "denied") in world.audit_actions()
         # A viewer of the reaction reads and plans, but may not re-deliver.
         grant(world, "viewer", f"reaction:{REACTION}")
-        assert reaction_of(world.get("viewer", "/api/reactions"))["name"] == REACTION
+        shown = world.get("viewer", ROOT)
+        assert shown.status_code == 200 and shown.json()["name"] == REACTION, shown.text
+        # The list is every reaction's: it needs reaction:* (or *).
+        assert world.get("viewer", "/api/reactions").status_code == 403
         plan = world.post("viewer", f"{ROOT}/redelivery-plan", {})
         assert plan.status_code == 200 and plan.json()["would_send"] == len(failed), plan.text
         refused = world.post("viewer", f"{ROOT}/redeliveries", {"reason": "let me"})

@@ -415,9 +415,13 @@ class MetricsContract:
         assert found[("safereplay_reaction_behind_events", reaction)] == owed > 0
 
         # The receiver is down: every completion is recorded, sent once, and failed.
-        with Receiver(WebhookSecret(b"metrics-secret"), mode=503).start() as receiver:
+        with Receiver(
+            WebhookSecret(b"metrics-test-webhook-secret-of-32-bytes"), mode=503
+        ).start() as receiver:
             destination = WebhookDestination(
-                "completions", receiver.url, secret=WebhookSecret(b"metrics-secret")
+                "completions",
+                receiver.url,
+                secret=WebhookSecret(b"metrics-test-webhook-secret-of-32-bytes"),
             )
             with ReactionRunner(
                 RunCompletions(destinations=("completions",)),

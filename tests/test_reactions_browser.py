@@ -40,7 +40,7 @@ from safereplay.recovery.resilience.policies import Fail
 
 REACTION = "run_completions"
 DESTINATION = "completions"
-SECRET = b"browser-test-webhook-secret"
+SECRET = b"browser-test-webhook-secret-of-32-bytes-or-more"
 
 
 @pytest.fixture(scope="module")
