@@ -4,11 +4,11 @@ against ``safereplay serve`` over the demo's store, and a real webhook receiver 
 
 - while the receiver is down, the reference reaction's completions fail; the view
   shows them per destination (failed, oldest undelivered age, breaker);
-- an admin plans the re-delivery of one of them from the page: the plan shows it
-  (would send 1, its idempotency key) and nothing is sent;
-- confirmed with a reason, the re-delivery sends it: the receiver acknowledges its
-  key, the ledger says delivered, the view's failed count goes down, and the audit
-  trail has the plan and the re-delivery with its reason.
+- an admin plans their re-delivery from the page: the plan shows how many would be
+  sent and the first one's idempotency key, and nothing is sent;
+- confirmed with a reason, the re-delivery sends them: the receiver acknowledges each
+  key once, the ledger says delivered, the view's failed count goes down to 0, and
+  the audit trail has the plan and the re-delivery with its reason.
 
 A screenshot of the view with its plan goes to the test's temporary directory, and
 to docs/operations/reactions.png with SAFEREPLAY_UPDATE_SCREENSHOTS=1.
@@ -113,7 +113,6 @@ def test_an_admin_plans_and_redelivers_a_failed_delivery_from_the_reactions_view
 ) -> None:
     failed = fail_deliveries(world, receiver)
     sent_before = len(receiver.keys())
-    one = failed[0]
     sign_in(page, url, world.tokens["admin"])
     page.get_by_role("link", name="Reactions").click()
 
@@ -125,34 +124,35 @@ def test_an_admin_plans_and_redelivers_a_failed_delivery_from_the_reactions_view
     assert cell(page, "oldest").inner_text().strip() not in ("", "\u2013")
     assert cell(page, "breaker").inner_text().strip() in ("closed", "half-open", "open")
 
-    # Plan the re-delivery of one of them: the plan shows it, nothing is sent.
+    # Plan the re-delivery of what the destination missed: the plan shows them, with
+    # the first one's idempotency key; nothing is sent.
     form = page.locator(f'details.redeliver[data-reaction="{REACTION}"]')
     form.locator("summary").click()
-    form.get_by_label("From position").fill(str(one.position))
-    form.get_by_label("To position").fill(str(one.position))
+    form.get_by_label("From position").fill(str(failed[0].position))
     form.get_by_label("Destination").select_option(DESTINATION)
     form.get_by_role("button", name="Plan re-delivery").click()
-    plan = form.locator(".plan[data-would-send='1']")
+    plan = form.locator(f".plan[data-would-send='{len(failed)}']")
     plan.wait_for()
-    assert plan.locator("table.plan-sample", has_text=one.idempotency_key).count() == 1
+    assert plan.locator("table.plan-sample", has_text=failed[0].idempotency_key).count() == 1
     assert len(receiver.keys()) == sent_before, "a plan sends nothing"
     shot = tmp_path / "reactions.png"
     page.screenshot(path=str(shot), full_page=True)
     copy_screenshot(shot, "reactions.png")
 
-    # Re-deliver it, with a reason: the receiver acknowledges its key, the ledger agrees.
-    form.get_by_role("button", name="Re-deliver 1").click()
+    # Re-deliver, with a reason: the receiver acknowledges each key once, the ledger agrees.
+    form.get_by_role("button", name=f"Re-deliver {len(failed)}").click()
     dialog = page.get_by_role("dialog")
     dialog.get_by_label("Reason (kept in the audit trail)").fill("INC-7: receiver is back")
     dialog.get_by_role("button", name="Re-deliver").click()
     dialog.wait_for(state="detached")
-    form.locator(".redelivered", has_text="1 delivered").wait_for()
-    assert receiver.acknowledged == [one.idempotency_key]
-    settled = {e.idempotency_key: e for e in ledger_entries(world)}[one.idempotency_key]
-    assert (settled.state, settled.acknowledgements) == ("delivered", 1)
+    form.locator(".redelivered", has_text=f"{len(failed):,} delivered").wait_for()
+    keys = sorted(e.idempotency_key for e in failed)
+    assert sorted(receiver.acknowledged) == keys
+    settled = {e.idempotency_key: e for e in ledger_entries(world)}
+    assert {(settled[k].state, settled[k].acknowledgements) for k in keys} == {("delivered", 1)}
     poll(
-        lambda: cell(page, "failed").inner_text().strip() == f"{len(failed) - 1:,}",
-        what="the view's failed count to go down",
+        lambda: cell(page, "failed").inner_text().strip() == "0",
+        what="the view's failed count to go down to 0",
     )
     audited = [
         (e.actor, e.action, e.outcome, e.reason)

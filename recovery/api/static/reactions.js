@@ -124,7 +124,8 @@ function redeliveryForm(reaction) {
     const body = planned;
     const reason = await askReason(`Re-deliver ${reaction.name}?`,
       `${body.would_send} deliver${body.would_send === 1 ? "y is" : "ies are"} sent now, in ` +
-        "order per aggregate, with their idempotency keys." +
+        "order per aggregate, with their idempotency keys; any other delivery still owed " +
+        "goes out too (it is owed anyway)." +
         (body.selection && body.selection.force ? " Acknowledged ones are sent again (forced)." : ""),
       { confirmLabel: "Re-deliver" });
     if (reason === null) return;
