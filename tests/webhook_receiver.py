@@ -116,3 +116,26 @@ class Receiver:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def serve(argv: list[str] | None = None) -> None:
+    """``python tests/webhook_receiver.py PORT SECRET_FILE [LIFETIME]``: a receiver in a
+    process of its own (the runbook's test starts one), answering 200 until killed
+    or ``LIFETIME`` seconds [600] have passed; each acknowledged key is printed."""
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    port, secret_file = int(args[0]), Path(args[1])
+    lifetime = float(args[2]) if len(args) > 2 else 600.0
+    receiver = Receiver(WebhookSecret.from_file(secret_file), port=port).start()
+    try:
+        time.sleep(lifetime)
+    finally:
+        receiver.stop()
+        for key in receiver.acknowledged:
+            print(key, flush=True)
+
+
+if __name__ == "__main__":
+    serve()

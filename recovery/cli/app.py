@@ -23,6 +23,7 @@ from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
 from safereplay.recovery.cli import projections as cli_projections
+from safereplay.recovery.cli import reactions as cli_reactions
 from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
@@ -161,7 +162,8 @@ def status_command(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Head, high-water mark and each projection's position, backlog and last commit.
+    """Head, high-water mark and each projection's position, backlog and last commit;
+    each reaction's deliveries by state (with a grant on reaction:*).
 
     Needs a viewer grant (the token in SAFEREPLAY_TOKEN or SAFEREPLAY_TOKEN_FILE)
     and decrypts nothing.
@@ -169,14 +171,22 @@ def status_command(
     with signed_in("status") as run:
         report = run("status", projections=projection or [])
         alerts = cli_alerts.open_alerts(projection or [], run)
+        reactions = cli_reactions.reactions_for_status(run)
 
         def human(found: Any) -> None:
             console.print(status_table(report))
             cli_jobs.print_stalled_jobs(projection or [], run)
             cli_alerts.print_open_alerts(alerts)
+            if reactions:
+                cli_reactions.print_reactions(reactions)
 
-        # The report's fields, and the open alerts (null: the caller may not read them).
-        emit({**to_jsonable(report), "open_alerts": alerts}, as_json=as_json, human=human)
+        # The report's fields, the open alerts and the reactions (null: the caller may
+        # not read them).
+        emit(
+            {**to_jsonable(report), "open_alerts": alerts, "reactions": reactions},
+            as_json=as_json,
+            human=human,
+        )
 
 
 cli_jobs.register(app)
@@ -190,6 +200,7 @@ cli_init.register(app)
 cli_projections.register(app)
 cli_serve.register(app)
 cli_alerts.register(app)
+cli_reactions.register(app)
 
 
 def main() -> None:

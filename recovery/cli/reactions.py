@@ -1,0 +1,281 @@
+"""CLI: ``reactions`` (what each reaction delivered and owes), ``redeliver`` (plan, then
+send again what a downstream outage missed) and ``react`` (run a reaction live).
+
+All go through the dispatch layer, scoped ``reaction:NAME``: ``reactions`` and
+``redeliver --dry-run`` need a viewer grant, ``redeliver`` and ``react`` an operator
+one. See docs/reactions.md and the runbook's "A downstream service was down".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+from rich import box
+from rich.table import Table
+
+from safereplay.recovery.cli.security import Json
+from safereplay.recovery.cli.support import (
+    EXIT_NO,
+    RunAsCaller,
+    console,
+    emit,
+    error_console,
+    operation,
+)
+from safereplay.recovery.security.access import AccessDenied
+
+__all__ = ["print_reactions", "reactions_for_status", "register"]
+
+ReactionName = Annotated[str, typer.Argument(help="The reaction's name (SAFEREPLAY_REACTIONS).")]
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    whole = int(seconds)
+    if whole < 120:
+        return f"{whole}s"
+    if whole < 7200:
+        return f"{whole // 60}m {whole % 60}s"
+    if whole < 172_800:
+        return f"{whole // 3600}h {whole % 3600 // 60}m"
+    return f"{whole // 86_400}d {whole % 86_400 // 3600}h"
+
+
+def print_reactions(reactions: list[dict[str, Any]]) -> None:
+    """The reactions' table: one row per reaction and destination."""
+    table = Table(box=box.SIMPLE_HEAD, title="reactions (SAFEREPLAY_REACTIONS)")
+    table.add_column("reaction")
+    table.add_column("destination")
+    for column in ("position", "behind", "pending", "failed", "parked", "delivered"):
+        table.add_column(column, justify="right")
+    table.add_column("oldest undelivered", justify="right")
+    table.add_column("breaker")
+    for reaction in reactions:
+        for dest in reaction["destinations"]:
+            name = dest["destination"] + ("" if dest["configured"] else " (not configured)")
+            table.add_row(
+                reaction["name"],
+                name,
+                str(reaction["position"]),
+                str(reaction["behind"]),
+                str(dest["pending"]),
+                str(dest["failed"]),
+                str(dest["parked"]),
+                str(dest["delivered"]),
+                _age(dest["oldest_owed_age_seconds"]),
+                dest["breaker_state"] or "-",
+            )
+    console.print(table)
+    for reaction in reactions:
+        lease = reaction["lease"]
+        if lease is not None:
+            console.print(f"{reaction['name']} is being run by {lease['holder']}")
+        missed = sum(d["failed"] + d["parked"] for d in reaction["destinations"])
+        if missed:
+            console.print(
+                f"{reaction['name']}: {missed} delivery(ies) failed or parked; plan their "
+                f"re-delivery with `safereplay redeliver {reaction['name']} --dry-run "
+                "--reason ...`"
+            )
+
+
+def reactions_for_status(run: RunAsCaller) -> list[dict[str, Any]] | None:
+    """``status``'s reactions (as ``reactions.status`` gives them); None when the
+    caller may not read them (a grant on reaction:* is needed)."""
+    try:
+        found: list[dict[str, Any]] = run("reactions.status")["reactions"]
+    except AccessDenied:
+        return None
+    return found
+
+
+def reactions_command(
+    reaction: Annotated[
+        str | None, typer.Argument(help="Only this reaction (default: every one).")
+    ] = None,
+    as_json: Json = False,
+) -> None:
+    """Each reaction's position and, per destination, its deliveries by state:
+    pending, failed, parked, delivered, the oldest undelivered one's age and the
+    destination's breaker. Needs a viewer grant on reaction:NAME (reaction:* for all)."""
+    result = operation("reactions.status", reaction=reaction)
+    emit(result, as_json=as_json, human=lambda r: print_reactions(r["reactions"]))
+
+
+def _print_plan(plan: dict[str, Any]) -> None:
+    table = Table(box=box.SIMPLE_HEAD, title=f"re-delivery plan of {plan['reaction']}")
+    table.add_column("destination")
+    columns = (
+        "delivered",
+        "failed",
+        "parked",
+        "pending",
+        "never_attempted",
+        "not_recorded",
+        "would_send",
+    )
+    for column in columns:
+        table.add_column(column.replace("_", " "), justify="right")
+    for dest in plan["destinations"]:
+        table.add_row(dest["destination"], *(str(dest[c]) for c in columns))
+    console.print(table)
+    for item in plan["sample"]:
+        console.print(
+            f"  would send position {item['position']} ({item['event_type']}) to "
+            f"{item['destination']}: {item['state']}, {item['attempts']} attempt(s), "
+            f"{item['payload_bytes']} bytes, key {item['idempotency_key']}",
+            highlight=False,
+        )
+        if "payload" in item:
+            console.print_json(data=item["payload"])
+    more = plan["would_send"] - len(plan["sample"])
+    if more > 0:
+        console.print(f"  ... and {more} more")
+    forced = " (acknowledged ones included: --force)" if plan["selection"]["force"] else ""
+    console.print(
+        f"dry run: nothing was sent. {plan['would_send']} delivery(ies) would be sent{forced}; "
+        "run the same command without --dry-run to send them"
+    )
+
+
+def _print_result(result: dict[str, Any]) -> None:
+    console.print(
+        f"{result['reaction']}: {result['reopened']} reopened ({result['forced']} forced), "
+        f"{result['recorded']} recorded; {result['delivered']} delivered, "
+        f"{result['parked']} parked, {result['still_owed']} still owed"
+    )
+    if result["delivered_by"] != "this command":
+        console.print(
+            f"another runner ({result['delivered_by']}) holds the reaction: it delivers "
+            "the reopened rows; follow them with `safereplay reactions "
+            f"{result['reaction']}`"
+        )
+
+
+def redeliver_command(
+    reaction: ReactionName,
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            "-r",
+            help="Why (recorded in the audit trail; required, even with --dry-run).",
+        ),
+    ],
+    first: Annotated[
+        int | None, typer.Option("--from", min=1, help="From this position (inclusive).")
+    ] = None,
+    last: Annotated[
+        int | None, typer.Option("--to", min=1, help="Up to this position (inclusive).")
+    ] = None,
+    since: Annotated[
+        str | None,
+        typer.Option(
+            "--since",
+            help="Only deliveries recorded since WHEN: a duration back from now (40m, 2h, "
+            "1d) or an ISO 8601 time (2026-01-31T12:00:00Z).",
+        ),
+    ] = None,
+    destination: Annotated[
+        str | None, typer.Option("--destination", "-d", help="Only this destination.")
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Only plan: count what is delivered, failed, parked, never attempted or "
+            "not recorded in the selection, and list what would be sent. Sends nothing.",
+        ),
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Send acknowledged deliveries again too (same idempotency keys; audited "
+            "as forced, with the reason).",
+        ),
+    ] = False,
+    payloads: Annotated[
+        bool,
+        typer.Option(
+            "--payloads", help="With --dry-run: show what would be sent, not only its size."
+        ),
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Send REACTION's missed deliveries again: plan with --dry-run first.
+
+    Selects the reaction's deliveries (--from/--to positions, --since, --destination);
+    records the ones missing below its position, reopens the failed, parked and
+    pending ones (acknowledged ones only with --force) and delivers them, each with
+    its unchanged idempotency key. If a live runner (`safereplay react`) holds the
+    reaction, it delivers them instead. Exit 1 when some are still owed afterwards.
+    Needs an operator grant on reaction:NAME (a viewer one for --dry-run).
+
+    Example, after a 40-minute outage of the completions receiver:
+    `safereplay redeliver run_completions --since 1h --dry-run --reason "receiver down"`,
+    then the same without --dry-run.
+    """
+    selection = {
+        "reaction": reaction,
+        "first": first,
+        "last": last,
+        "since": since,
+        "destination": destination,
+        "force": force,
+    }
+    if dry_run:
+        plan = operation("reactions.plan", reason=reason, payloads=payloads, **selection)
+        emit(plan, as_json=as_json, human=_print_plan)
+        return
+    result = operation("reactions.redeliver", reason=reason, **selection)
+    emit(result, as_json=as_json, human=_print_result)
+    if result["still_owed"] and result["delivered_by"] == "this command":
+        error_console.print(
+            f"{result['still_owed']} delivery(ies) still owed (the destination failed again, "
+            "or the command was stopped): a live runner (`safereplay react "
+            f"{reaction}`) or this command, run again, sends them",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_NO)
+
+
+def react_command(
+    reaction: ReactionName,
+    once: Annotated[
+        bool, typer.Option("--once", help="Record and deliver what is owed now, then exit.")
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Run REACTION live until stopped (SIGTERM/Ctrl-C): record new events' deliveries,
+    send them with retries (then park), a circuit breaker per destination and an
+    optional throttle (SAFEREPLAY_REACTION_* settings). Exit 1 when deliveries were
+    parked or are still owed when it stops. Needs an operator grant on reaction:NAME.
+    """
+    result = operation("reactions.run", reason="reaction runner", reaction=reaction, once=once)
+
+    def human(r: dict[str, Any]) -> None:
+        console.print(
+            f"{r['reaction']}: {r['events']} event(s) read, {r['recorded']} delivery(ies) "
+            f"recorded, {r['delivered']} delivered, {r['parked']} parked, {r['owed']} "
+            f"still owed (position {r['position']})"
+        )
+
+    emit(result, as_json=as_json, human=human)
+    if result["parked"] or result["owed"]:
+        error_console.print(
+            f"see what was missed with `safereplay reactions {reaction}` and plan its "
+            f"re-delivery with `safereplay redeliver {reaction} --dry-run --reason ...`",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_NO)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("reactions")(reactions_command)
+    app.command("redeliver")(redeliver_command)
+    app.command("react")(react_command)
