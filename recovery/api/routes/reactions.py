@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path
+from fastapi import APIRouter, Path
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from safereplay.recovery.api.callers import CallerDep
@@ -94,10 +94,8 @@ def reactions(caller: CallerDep) -> Any:
 
 @router.get("/{name}", summary="one reaction's position and destinations (as in the list)")
 def reaction(caller: CallerDep, name: ReactionName) -> Any:
-    listed = caller.run("reactions.status", reaction=name)["reactions"]
-    if not listed:
-        raise HTTPException(404, f"no reaction named {name!r} is registered")
-    return listed[0]
+    # An unknown name is refused by the operation (404); a known one is listed alone.
+    return caller.run("reactions.status", reaction=name)["reactions"][0]
 
 
 @router.post(
