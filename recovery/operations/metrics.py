@@ -15,7 +15,8 @@ process too (``--metrics-port``): see :mod:`.metrics_process`.
 
 The ``metrics`` operation is a read (view permission on ``projection:*``), run
 through the dispatch layer like every other read, so a scrape is checked and
-audited.
+audited. The reactions' series (:mod:`.metrics_reactions`) are in it only for a
+principal that may also view ``reaction:*``.
 """
 
 from __future__ import annotations
@@ -63,20 +64,23 @@ class RecoveryCollector(Collector):
     events, the active jobs' progress, and the reactions' deliveries per destination
     (:mod:`.metrics_projections`, :mod:`.metrics_jobs`, :mod:`.metrics_reactions`)."""
 
-    def __init__(self, context: RecoveryContext) -> None:
+    def __init__(self, context: RecoveryContext, *, reactions: bool = True) -> None:
         self._context = context
+        self._reactions = reactions
 
     def collect(self) -> Iterator[Metric]:
         yield from projection_families(self._context)
         yield from job_families(self._context)
-        yield from reaction_families(self._context)
+        if self._reactions:
+            yield from reaction_families(self._context)
 
 
-def render_metrics(context: RecoveryContext) -> bytes:
+def render_metrics(context: RecoveryContext, *, reactions: bool = True) -> bytes:
     """The Prometheus text exposition of the store now (a fresh registry per call,
-    so nothing of a previous scrape is reused)."""
+    so nothing of a previous scrape is reused); ``reactions`` (default true): with
+    the reactions' series."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RecoveryCollector(context))
+    registry.register(RecoveryCollector(context, reactions=reactions))
     registry.register(AlertCollector(context))
     return generate_latest(registry)
 
@@ -92,7 +96,10 @@ def samples_of(text: str) -> list[MetricSample]:
 
 def register_metrics_operations(operations: Operations, context: RecoveryContext) -> None:
     def metrics(ctx: OperationContext, p: Mapping[str, Any]) -> str:
-        return render_metrics(context).decode()
+        # The reactions' series are for principals who may view every reaction, as
+        # `safereplay status` shows them: a scrape token on projection:* gets none.
+        reactions = context.access.allows(ctx.principal.name, Permission.VIEW, "reaction:*")
+        return render_metrics(context, reactions=reactions).decode()
 
     operations.register(
         "metrics",
