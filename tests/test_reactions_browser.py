@@ -8,7 +8,9 @@ against ``safereplay serve`` over the demo's store, and a real webhook receiver 
   sent and the first one's idempotency key, and nothing is sent;
 - confirmed with a reason, the re-delivery sends them: the receiver acknowledges each
   key once, the ledger says delivered, the view's failed count goes down to 0, and
-  the audit trail has the plan and the re-delivery with its reason.
+  the audit trail has the plan and the re-delivery with its reason;
+- a viewer of the reactions sees the table without the re-delivery form, and the API
+  refuses (403) a re-delivery sent from the page with the viewer's own token.
 
 A screenshot of the view with its plan goes to the test's temporary directory, and
 to docs/operations/reactions.png with SAFEREPLAY_UPDATE_SCREENSHOTS=1.
@@ -161,3 +163,32 @@ def test_an_admin_plans_and_redelivers_a_failed_delivery_from_the_reactions_view
     ]
     assert ("demo-admin", "reactions.plan", "succeeded", "") in audited
     assert ("demo-admin", "reactions.redeliver", "succeeded", "INC-7: receiver is back") in audited
+
+
+def test_a_viewer_of_the_reactions_sees_them_but_may_not_redeliver(
+    world: DashboardWorld, url: str, receiver: Receiver, page: Any
+) -> None:
+    world.run("admin", "grant", name="demo-viewer", role="viewer", grant_scope="reaction:*")
+    sent_before = len(receiver.keys())
+    sign_in(page, url, world.tokens["viewer"])
+    page.get_by_role("link", name="Reactions").click()
+    cell(page, "delivered").wait_for()
+    assert page.locator("details.redeliver").count() == 0, "no form without operate"
+
+    # The page's own token, sent by the page: the API refuses it, whatever is shown.
+    status = page.evaluate(
+        """async (path) => {
+            const answer = await fetch(path, {
+                method: "POST",
+                headers: {
+                    "Content-Type": "application/json",
+                    Authorization: `Bearer ${sessionStorage.getItem("safereplay.token")}`,
+                },
+                body: JSON.stringify({reason: "a viewer tries", force: true}),
+            });
+            return answer.status;
+        }""",
+        f"/api/reactions/{REACTION}/redeliveries",
+    )
+    assert status == 403
+    assert len(receiver.keys()) == sent_before
