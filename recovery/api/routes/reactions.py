@@ -5,7 +5,9 @@ The same operations as the command line's ``safereplay status`` and
 ``safereplay redeliver`` (``reactions.status``, ``reactions.plan``,
 ``reactions.redeliver``), through the same dispatch layer: checked on the scope
 ``reaction:NAME`` and audited. Planning is a read, audited (it says what would be
-sent); re-delivering changes the ledger, so it needs operate and a reason.
+sent); re-delivering changes the ledger, so it needs operate and a reason. A
+re-delivery sends every delivery the reaction owes, not only the selection's
+(they are owed anyway), as ``safereplay redeliver`` does.
 Neither answer holds a payload: a plan's sample lists positions, event types,
 idempotency keys and sizes.
 """
@@ -109,8 +111,8 @@ def plan(caller: CallerDep, name: ReactionName, body: PlanBody) -> Any:
 
 @router.post(
     "/{name}/redeliveries",
-    summary="re-deliver what the selection owes, failed or parked (acknowledged ones "
-    "only with force): sent now, in order per aggregate",
+    summary="re-deliver: reopen the selection's failed and parked deliveries (acknowledged "
+    "ones only with force) and send them now, with whatever else the reaction owes",
 )
 def redeliver(caller: CallerDep, name: ReactionName, body: RedeliveryBody) -> Any:
     return caller.run("reactions.redeliver", reason=body.reason, reaction=name, **body.parameters())
