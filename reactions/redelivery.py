@@ -212,6 +212,15 @@ def _survey(
         destination=selection.destination,
         limit=_MAX_ROWS,
     )
+    if (
+        selection.destination is not None
+        and selection.destination not in reaction.destinations
+        and not rows
+    ):
+        raise ReactionDefinitionError(
+            f"reaction {name!r} has no destination {selection.destination!r} (it delivers "
+            f"to {', '.join(reaction.destinations)})"
+        )
     existing = {(r.event_id, r.destination) for r in rows}
     since = selection.since
     counted = [r for r in rows if since is None or r.recorded_at >= since]
