@@ -386,6 +386,7 @@ def redeliver(
         # after round while rounds settle some; a round ends when each chain is done
         # or has stopped at a failure.
         while True:
+            # after rcore: runner.deliver_owed(reason="redelivery") (the replay context).
             cycle = runner.deliver_owed()
             if cycle.settled == 0 or not ledger.owed(reaction.name, limit=1):
                 break
