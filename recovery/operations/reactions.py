@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from safereplay.domain.errors import ConfigurationError
-from safereplay.reactions import DeliveryLedger, Reaction, ReactionError, ReactionRunner
+from safereplay.reactions import (
+    DeliveryLedger,
+    Reaction,
+    ReactionDefinitionError,
+    ReactionRunner,
+)
 from safereplay.reactions.redelivery import (
     RedeliveryPlan,
     RedeliverySelection,
@@ -56,9 +62,18 @@ def status_scope(parameters: Mapping[str, Any]) -> str:
     return f"reaction:{name}" if isinstance(name, str) and name else "reaction:*"
 
 
+@contextmanager
+def _as_invalid_request() -> Iterator[None]:
+    """A reaction's definition error (a bad selection) as the operator's bad input."""
+    try:
+        yield
+    except ReactionDefinitionError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 def selection_of(parameters: Mapping[str, Any]) -> RedeliverySelection:
     """The parameters of ``reactions.plan`` / ``reactions.redeliver`` as a selection."""
-    try:
+    with _as_invalid_request():
         return RedeliverySelection(
             reaction=str(parameters["reaction"]),
             first=int_parameter(parameters, "first"),
@@ -67,8 +82,6 @@ def selection_of(parameters: Mapping[str, Any]) -> RedeliverySelection:
             destination=parameters.get("destination") or None,
             force=bool(parameters.get("force")),
         )
-    except ReactionError as exc:
-        raise InvalidRequest(str(exc)) from None
 
 
 def _lease(ledger: DeliveryLedger, reaction: str) -> dict[str, Any] | None:
@@ -207,13 +220,15 @@ def register_reaction_operations(operations: Operations, context: RecoveryContex
     def plan(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         reaction = context.reactions[str(p["reaction"])]
         payloads = bool(p.get("payloads"))
-        found = plan_redelivery(
-            reaction,
-            source=context.source,
-            ledger=context.ledger,
-            selection=selection_of(p),
-            payloads=payloads,
-        )
+        selection = selection_of(p)
+        with _as_invalid_request():
+            found = plan_redelivery(
+                reaction,
+                source=context.source,
+                ledger=context.ledger,
+                selection=selection,
+                payloads=payloads,
+            )
         return plan_json(found, payloads=payloads)
 
     def redeliver_selection(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
@@ -223,13 +238,14 @@ def register_reaction_operations(operations: Operations, context: RecoveryContex
             # Ctrl-C / SIGTERM: no new attempt starts; what is reopened stays owed.
             _stop_with(runner, stop)
             try:
-                result = redeliver(
-                    reaction,
-                    source=context.source,
-                    ledger=context.ledger,
-                    selection=selection,
-                    runner=runner,
-                )
+                with _as_invalid_request():
+                    result = redeliver(
+                        reaction,
+                        source=context.source,
+                        ledger=context.ledger,
+                        selection=selection,
+                        runner=runner,
+                    )
             finally:
                 stop.set()
         return {
