@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 from uuid import UUID
@@ -56,6 +56,7 @@ __all__ = [
 SAMPLE_LIMIT = 20
 #: Events read from the log per query while planning.
 _READ_BATCH = 1000
+_NO_PAYLOAD: Mapping[str, Any] = MappingProxyType({})
 #: The most ledger rows one selection reads.
 _MAX_ROWS = 100_000
 
@@ -212,6 +213,15 @@ def _survey(
         destination=selection.destination,
         limit=_MAX_ROWS,
     )
+    if (
+        selection.destination is not None
+        and selection.destination not in reaction.destinations
+        and not rows
+    ):
+        raise ReactionDefinitionError(
+            f"reaction {name!r} has no destination {selection.destination!r} (it delivers "
+            f"to {', '.join(reaction.destinations)})"
+        )
     existing = {(r.event_id, r.destination) for r in rows}
     since = selection.since
     counted = [r for r in rows if since is None or r.recorded_at >= since]
@@ -224,19 +234,31 @@ def _survey(
     mark = source.high_water_mark()
     high = mark if selection.last is None else min(selection.last, mark)
 
+    resend = ("failed", "parked", "pending") + (("delivered",) if selection.force else ())
+    resent = {(r.event_id, r.destination) for r in counted if r.state in resend}
+    # The deliveries the sample shows (the first ones sent, by position), kept with
+    # their payloads; every other payload is dropped as soon as it is mapped.
     mapped: dict[tuple[UUID, str], Delivery] = {}
-    missing: list[Delivery] = []
-    for _, deliveries in _events(source, reaction, after=low - 1, upto=high):
+    last_sampled = 0
+    record: list[Delivery] = []  # missing rows a re-delivery records (at or below the position)
+    not_recorded: Counter[str] = Counter()
+    for at, deliveries in _events(source, reaction, after=low - 1, upto=high):
         for delivery in deliveries:
             if selection.destination not in (None, delivery.destination):
                 continue
             key = (delivery.event_id, delivery.destination)
-            mapped[key] = delivery
-            if key not in existing:
-                missing.append(delivery)
+            absent = key not in existing
+            if absent:
+                not_recorded[delivery.destination] += 1
+                if at <= position:
+                    # The ledger keeps no payload: the runner maps the event again.
+                    record.append(replace(delivery, payload=_NO_PAYLOAD))
+            sent = key in resent or (absent and at <= position)
+            if sent and (len(mapped) < sample_limit or at == last_sampled):
+                mapped[key] = delivery
+                last_sampled = at
 
     tally: dict[str, Counter[str]] = {}
-    resend = ("failed", "parked", "pending") + (("delivered",) if selection.force else ())
     reopen: list[LedgerEntry] = []
     for row in counted:
         kind = "never_attempted" if row.state == "pending" and row.attempts == 0 else row.state
@@ -245,12 +267,10 @@ def _survey(
         if row.state in resend:
             reopen.append(row)
             counts["would_send"] += 1
-    record = [d for d in missing if d.position <= position]
-    for delivery in missing:
-        counts = tally.setdefault(delivery.destination, Counter())
-        counts["not_recorded"] += 1
-        if delivery.position <= position:
-            counts["would_send"] += 1
+    for destination, count in not_recorded.items():
+        tally.setdefault(destination, Counter())["not_recorded"] += count
+    for delivery in record:
+        tally[delivery.destination]["would_send"] += 1
 
     planned = sorted(
         [
@@ -266,7 +286,15 @@ def _survey(
             for row in reopen
         ]
         + [
-            (d.position, d.destination, d.idempotency_key, d.event_type, "not_recorded", 0, d)
+            (
+                d.position,
+                d.destination,
+                d.idempotency_key,
+                d.event_type,
+                "not_recorded",
+                0,
+                mapped.get((d.event_id, d.destination)),
+            )
             for d in record
         ],
         key=lambda item: (item[0], item[1]),

@@ -107,7 +107,8 @@ class ReactionRegistry(Mapping[str, Reaction]):
         """Import every ``module:attribute`` entry of the comma-separated ``spec``."""
         found: list[Reaction] = []
         for entry, value in _entries(spec, "SAFEREPLAY_REACTIONS"):
-            values = [value] if isinstance(value, Reaction) else list(value)
+            # A sequence of them, or one (anything else is refused below, by name).
+            values = list(value) if isinstance(value, list | tuple) else [value]
             for item in values:
                 if not isinstance(item, Reaction):
                     raise InvalidRequest(

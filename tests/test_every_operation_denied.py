@@ -88,6 +88,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "projections": ["run_status"],
         "table": "runs",
         "position": 1,
+        "reaction": "run_completions",
     }
 
 
@@ -218,6 +219,9 @@ CLI_CALLS: dict[str, list[str]] = {
     "migrate": ["-r", "x"],
     "audit anchor": [],
     "seed": ["--events", "5", "-r", "x"],
+    "reactions": [],
+    "redeliver": ["run_completions", "-r", "x"],
+    "react": ["run_completions", "--once"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a

@@ -14,7 +14,11 @@ the database on each scrape, and they say what the store says; ``worker`` and
 - a scrape needs a viewer grant;
 - ``safereplay worker --metrics-port`` serves the events it applied, as the job counts
   them; a follower's counters agree with the rows it wrote and the events it parked;
-- every family is named by the conventions (prefix, ``_total`` counters, no id label).
+- every family is named by the conventions (prefix, ``_total`` counters, no id label);
+- issue #20 point 5: a reaction's position, events behind, deliveries per destination
+  and state, oldest undelivered age and breaker are the ledger's (after a receiver on
+  127.0.0.1 refused every completion); a scraper without a grant on ``reaction:*``
+  gets none of them.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from recovery_fixtures import RunCounts, principals_world, wait_until
 from typer.testing import CliRunner
+from webhook_receiver import Receiver
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
@@ -48,6 +53,8 @@ from safereplay.projections import open_source, open_store
 from safereplay.projections.reference import RunStatusBoard
 from safereplay.projections.source import WHOLE, Partition
 from safereplay.projections.status import projection_status
+from safereplay.reactions import ReactionRunner, WebhookDestination, WebhookSecret
+from safereplay.reactions.reference import RunCompletions
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.jobs.follow import follow_projections
 from safereplay.recovery.jobs.model import JobState
@@ -55,7 +62,7 @@ from safereplay.recovery.operations.metrics import render_metrics
 from safereplay.recovery.operations.metrics_process import ProcessMetrics, serving_metrics
 from safereplay.recovery.operations.metrics_projections import MAX_ERROR_TYPES, OTHER_ERRORS
 from safereplay.recovery.resilience.backoff import Backoff
-from safereplay.recovery.resilience.policies import ErrorRules, PolicySet, RetryThenPark
+from safereplay.recovery.resilience.policies import ErrorRules, Fail, PolicySet, RetryThenPark
 from safereplay.recovery.security.audit import AuditKey
 
 #: No SAFEREPLAY_* variable of the shell reaches these commands (conftest).
@@ -172,9 +179,10 @@ def test_the_alert_rules_use_documented_metrics() -> None:
     rules = text[text.index("## Sample alert rules") :]
     used = set(re.findall(r"expr: .*?(safereplay_\w+)", rules))
     assert {"safereplay_projection_lag_seconds", "safereplay_projection_backlog_events"} <= used
+    assert "safereplay_reaction_oldest_owed_age_seconds" in used
     assert used <= set(documented("database")) | set(documented("process")) | set(
         documented("alerts")
-    )
+    ) | set(documented("reactions"))
 
 
 def board(build: int = 1) -> Labels:
@@ -393,7 +401,56 @@ class MetricsContract:
         )
         with AutomationApp(world["settings"]) as application:
             record_workload(application, workflows=1, runs_per_workflow=1, seed=3)
-        check_documented("database alerts", families(render_metrics(context).decode()))
+        check_documented("database alerts reactions", families(render_metrics(context).decode()))
+
+    def test_a_reactions_deliveries_are_counted_per_destination_and_state(
+        self, world: dict[str, Any]
+    ) -> None:
+        context = world["context"]
+        reaction = (("reaction", "run_completions"),)
+        to = (("destination", "completions"), ("reaction", "run_completions"))
+        # A viewer of the projections only (vic) gets no reaction series; ada (*) does.
+        by_viewer = scrape(cli(world["viewer"], "metrics").stdout)
+        assert by_viewer and not [n for n, _ in by_viewer if n.startswith("safereplay_reaction")]
+        found = scrape(cli(world["admin"], "metrics").stdout)
+        log = context.log
+        owed = log.count(after=0, upto=log.head(), topics=RunCompletions.topics)
+        assert found[("safereplay_reaction_position", reaction)] == 0
+        assert found[("safereplay_reaction_behind_events", reaction)] == owed > 0
+
+        # The receiver is down: every completion is recorded, sent once, and failed.
+        with Receiver(
+            WebhookSecret(b"metrics-test-webhook-secret-of-32-bytes"), mode=503
+        ).start() as receiver:
+            destination = WebhookDestination(
+                "completions",
+                receiver.url,
+                secret=WebhookSecret(b"metrics-test-webhook-secret-of-32-bytes"),
+            )
+            with ReactionRunner(
+                RunCompletions(destinations=("completions",)),
+                source=context.source,
+                ledger=context.ledger,
+                destinations=[destination],
+                policy=Fail(),
+            ) as runner:
+                runner.run_once()
+        found = scrape(render_metrics(context).decode())
+        [summary] = context.ledger.summary("run_completions")
+        assert found[("safereplay_reaction_position", reaction)] == log.high_water_mark()
+        assert found[("safereplay_reaction_behind_events", reaction)] == 0
+        for state in ("pending", "failed", "parked", "delivered"):
+            labels = (*to, ("state", state))
+            assert found[("safereplay_reaction_deliveries", labels)] == getattr(summary, state)
+        assert summary.failed == owed
+        assert summary.oldest_owed_at is not None
+        assert found[("safereplay_reaction_oldest_owed_age_seconds", to)] > 0
+        breaker = {
+            dict(labels)["state"]: value
+            for (name, labels), value in found.items()
+            if name == "safereplay_reaction_breaker_state"
+        }
+        assert sum(breaker.values()) == 1 and set(breaker) == {"closed", "half-open", "open"}
 
     def test_a_worker_serves_the_events_it_applied(self, world: dict[str, Any]) -> None:
         context = world["context"]

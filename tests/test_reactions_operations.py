@@ -159,6 +159,8 @@ class OperationCases:
             "reactions.plan", reaction=REACTION, first=positions[2], last=positions[3]
         )
         assert ranged["would_send"] == 2
+        with pytest.raises(InvalidRequest, match="no destination 'crm' .*delivers to completions"):
+            world.run("reactions.plan", reaction=REACTION, destination="crm")
         with pytest.raises(InvalidRequest, match="first .* must not be above last"):
             world.run("reactions.plan", reaction=REACTION, first=9, last=3)
         with pytest.raises(

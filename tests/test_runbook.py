@@ -13,8 +13,10 @@ as an incident would have: the runbook's text is never rewritten.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
 import textwrap
@@ -36,6 +38,24 @@ SITUATIONS = {
     "Pause, resume or abort a job": [
         # A job still active, not running (no worker: pausing it cannot race a worker).
         'safereplay rebuild run_status --workers 0 --reason "a job to pause"',
+    ],
+    "A downstream service was down": [
+        # The completions webhook points at a port nobody listens on: the receiver is down.
+        'PORT=$(python -c \'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); '
+        "print(s.getsockname()[1])')",
+        "head -c 48 /dev/urandom | base64 > completions.secret && chmod 600 completions.secret",
+        'export SAFEREPLAY_WEBHOOK_COMPLETIONS_URL="http://127.0.0.1:$PORT/hooks/runs"',
+        'export SAFEREPLAY_WEBHOOK_COMPLETIONS_SECRET_FILE="$PWD/completions.secret"',
+        # Quick retries, so that the live run gives up in seconds.
+        "export SAFEREPLAY_REACTION_ATTEMPTS=2 SAFEREPLAY_REACTION_BACKOFF_INITIAL=0.01",
+        "export SAFEREPLAY_REACTION_BREAKER_COOL_DOWN=0",
+        # The live runner delivers while it is down: retried, then parked (exit 1).
+        "safereplay react run_completions --once || test $? -eq 1",
+        # The receiver comes back (a process of its own; the test stops it afterwards).
+        f"python {ROOT / 'tests' / 'webhook_receiver.py'} $PORT completions.secret 600 "
+        "> receiver.log 2>&1 & echo $! > receiver.pid",
+        'for _ in $(seq 300); do python -c "import socket; '
+        "socket.create_connection(('127.0.0.1', $PORT), 1)\" 2>/dev/null && break; sleep 0.1; done",
     ],
 }
 
@@ -67,6 +87,13 @@ def runbook_script(text: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def stop_receiver(pid_file: Path) -> None:
+    """Stop the webhook receiver a situation started (if it did)."""
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError, ValueError):
+            os.kill(int(pid_file.read_text().strip()), signal.SIGTERM)
+
+
 def test_every_situation_names_a_section_with_commands() -> None:
     found = dict(sections(RUNBOOK.read_text(encoding="utf-8")))
     for heading in SITUATIONS:
@@ -81,15 +108,18 @@ def test_the_runbook_runs_as_written(tmp_path: Path) -> None:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
     env["COLUMNS"] = "120"
-    result = subprocess.run(
-        ["bash", "-c", script],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            ["bash", "-c", script],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+        )
+    finally:
+        stop_receiver(tmp_path / "receiver.pid")
     last = [line for line in result.stderr.splitlines() if line.startswith(">>> ")][-1:]
     assert result.returncode == 0, (
         f"docs/runbook.md stopped in {last} with exit code {result.returncode}:\n"

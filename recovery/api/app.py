@@ -30,10 +30,11 @@ __all__ = ["ServeOptions", "create_app"]
 
 API_DESCRIPTION = """\
 The operations surface of safereplay: status, projections, jobs, parked events,
-audit and alerts, and the recovery console's templates. Every call signs in with a
-principal's API token (`Authorization: Bearer <token>`) and goes through the same
-dispatch layer as the command line: the same permission check, the same audit
-entry, the same JSON shapes. Errors are `{"error": {"code", "status", "message"}}`.
+audit, alerts, reactions (status and re-delivery), and the recovery console's
+templates. Every call signs in with a principal's API token (`Authorization:
+Bearer <token>`) and goes through the same dispatch layer as the command line: the
+same permission check, the same audit entry, the same JSON shapes. Errors are
+`{"error": {"code", "status", "message"}}`.
 """
 
 

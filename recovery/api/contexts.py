@@ -16,6 +16,7 @@ from contextlib import contextmanager
 
 from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
+from safereplay.reactions.errors import ReactionError
 from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.shapes import error_code
@@ -87,6 +88,6 @@ class ContextPool:
 def _healthy_after(exc: BaseException) -> bool:
     """Did the request fail for a reason of its own (bad input, a denial), leaving
     the context's connections as they were?"""
-    if not isinstance(exc, DomainError | ProjectionError | RecoveryError):
+    if not isinstance(exc, DomainError | ProjectionError | ReactionError | RecoveryError):
         return False
     return error_code(exc) != "unavailable"

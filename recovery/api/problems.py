@@ -10,8 +10,9 @@ code               status  when
 invalid            422     bad input: a malformed body, a value out of bounds
 unauthenticated    401     no bearer token, or one that is not valid (audited)
 denied             403     the principal lacks the permission (audited)
-not_found          404     no such job, projection or parked event
-conflict           409     a job holds the projection, or its state forbids it
+not_found          404     no such job, projection, reaction or parked event
+conflict           409     a job holds the projection, or its state forbids it;
+                           another runner holds the reaction's lease
 schema             503     the database's schema does not fit this code
 unavailable        503     the database cannot be reached, or the server is busy
 internal           500     a defect: logged on the server, never shown
@@ -32,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
+from safereplay.reactions.errors import ReactionError
 from safereplay.recovery.api.contexts import PoolExhausted
 from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.operations.shapes import error_code
@@ -78,6 +80,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return problem("unavailable", str(exc))
 
     @app.exception_handler(RecoveryError)
+    @app.exception_handler(ReactionError)
     @app.exception_handler(ProjectionError)
     @app.exception_handler(DomainError)
     async def known(request: Request, exc: Exception) -> JSONResponse:

@@ -15,7 +15,8 @@ process too (``--metrics-port``): see :mod:`.metrics_process`.
 
 The ``metrics`` operation is a read (view permission on ``projection:*``), run
 through the dispatch layer like every other read, so a scrape is checked and
-audited.
+audited. The reactions' series (:mod:`.metrics_reactions`) are in it only for a
+principal that may also view ``reaction:*``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from safereplay.recovery.operations.alert_metrics import AlertCollector
 from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.operations.metrics_jobs import job_families
 from safereplay.recovery.operations.metrics_projections import projection_families
+from safereplay.recovery.operations.metrics_reactions import reaction_families
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
@@ -59,22 +61,26 @@ class MetricSample:
 class RecoveryCollector(Collector):
     """Reads the store on each ``collect()``: the log's head and safe head, the
     projections' positions, lag (positions, matching events, seconds) and parked
-    events, and the active jobs' progress (:mod:`.metrics_projections`,
-    :mod:`.metrics_jobs`)."""
+    events, the active jobs' progress, and the reactions' deliveries per destination
+    (:mod:`.metrics_projections`, :mod:`.metrics_jobs`, :mod:`.metrics_reactions`)."""
 
-    def __init__(self, context: RecoveryContext) -> None:
+    def __init__(self, context: RecoveryContext, *, reactions: bool = True) -> None:
         self._context = context
+        self._reactions = reactions
 
     def collect(self) -> Iterator[Metric]:
         yield from projection_families(self._context)
         yield from job_families(self._context)
+        if self._reactions:
+            yield from reaction_families(self._context)
 
 
-def render_metrics(context: RecoveryContext) -> bytes:
+def render_metrics(context: RecoveryContext, *, reactions: bool = True) -> bytes:
     """The Prometheus text exposition of the store now (a fresh registry per call,
-    so nothing of a previous scrape is reused)."""
+    so nothing of a previous scrape is reused); ``reactions`` (default true): with
+    the reactions' series."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(RecoveryCollector(context))
+    registry.register(RecoveryCollector(context, reactions=reactions))
     registry.register(AlertCollector(context))
     return generate_latest(registry)
 
@@ -90,13 +96,17 @@ def samples_of(text: str) -> list[MetricSample]:
 
 def register_metrics_operations(operations: Operations, context: RecoveryContext) -> None:
     def metrics(ctx: OperationContext, p: Mapping[str, Any]) -> str:
-        return render_metrics(context).decode()
+        # The reactions' series are for principals who may view every reaction, as
+        # `safereplay status` shows them: a scrape token on projection:* gets none.
+        reactions = context.access.allows(ctx.principal.name, Permission.VIEW, "reaction:*")
+        return render_metrics(context, reactions=reactions).decode()
 
     operations.register(
         "metrics",
         permission=Permission.VIEW,
         handler=metrics,
         scope="projection:*",
-        summary="Prometheus metrics: projections' positions and lag, active jobs' progress",
+        summary="Prometheus metrics: projections' positions and lag, active jobs' progress, "
+        "reactions' deliveries",
         monitoring=True,
     )

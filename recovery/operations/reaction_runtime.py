@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from safereplay.reactions import Reaction, ReactionOptions, ReactionRunner
 from safereplay.reactions.settings import webhook_destination, webhook_settings
+from safereplay.reactions.webhook import WebhookDestination
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.resilience.backoff import Backoff
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
@@ -36,7 +39,7 @@ from safereplay.recovery.resilience.throttle import Throttle
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["open_runner", "parse_since"]
+__all__ = ["open_runner", "parse_since", "running"]
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd])\s*$")
 _UNIT = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86_400.0}
@@ -66,10 +69,30 @@ def parse_since(value: Any, *, now: float | None = None) -> float | None:
     return moment.timestamp()
 
 
-def open_runner(context: RecoveryContext, reaction: Reaction) -> ReactionRunner:
-    """A runner of ``reaction`` over the context's source (decoding) and ledger."""
-    settings = context.recovery
+@contextmanager
+def running(context: RecoveryContext, reaction: Reaction) -> Iterator[ReactionRunner]:
+    """:func:`open_runner`, closed afterwards with its destinations' connections."""
     destinations = [webhook_destination(name) for name in reaction.destinations]
+    try:
+        runner = open_runner(context, reaction, destinations=destinations)
+        with runner:
+            yield runner
+    finally:
+        for destination in destinations:
+            destination.close()
+
+
+def open_runner(
+    context: RecoveryContext,
+    reaction: Reaction,
+    *,
+    destinations: list[WebhookDestination] | None = None,
+) -> ReactionRunner:
+    """A runner of ``reaction`` over the context's source (decoding) and ledger
+    (``destinations``: its webhooks, already built; default: built here)."""
+    settings = context.recovery
+    if destinations is None:
+        destinations = [webhook_destination(name) for name in reaction.destinations]
     concurrency = max(webhook_settings(name).concurrency for name in reaction.destinations)
     backoff = Backoff(
         initial=settings.reaction_backoff_initial,

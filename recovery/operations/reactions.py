@@ -17,11 +17,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from safereplay.domain.errors import ConfigurationError
-from safereplay.reactions import DeliveryLedger, Reaction, ReactionError, ReactionRunner
+from safereplay.reactions import (
+    DeliveryLedger,
+    Reaction,
+    ReactionDefinitionError,
+    ReactionRunner,
+)
 from safereplay.reactions.redelivery import (
     RedeliveryPlan,
     RedeliverySelection,
@@ -31,7 +37,7 @@ from safereplay.reactions.redelivery import (
 from safereplay.reactions.settings import webhook_settings
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
-from safereplay.recovery.operations.reaction_runtime import open_runner, parse_since
+from safereplay.recovery.operations.reaction_runtime import parse_since, running
 from safereplay.recovery.operations.rebuilds import stop_on_signals
 from safereplay.recovery.security.access import Permission
 
@@ -56,9 +62,18 @@ def status_scope(parameters: Mapping[str, Any]) -> str:
     return f"reaction:{name}" if isinstance(name, str) and name else "reaction:*"
 
 
+@contextmanager
+def _as_invalid_request() -> Iterator[None]:
+    """A reaction's definition error (a bad selection) as the operator's bad input."""
+    try:
+        yield
+    except ReactionDefinitionError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 def selection_of(parameters: Mapping[str, Any]) -> RedeliverySelection:
     """The parameters of ``reactions.plan`` / ``reactions.redeliver`` as a selection."""
-    try:
+    with _as_invalid_request():
         return RedeliverySelection(
             reaction=str(parameters["reaction"]),
             first=int_parameter(parameters, "first"),
@@ -67,8 +82,6 @@ def selection_of(parameters: Mapping[str, Any]) -> RedeliverySelection:
             destination=parameters.get("destination") or None,
             force=bool(parameters.get("force")),
         )
-    except ReactionError as exc:
-        raise InvalidRequest(str(exc)) from None
 
 
 def _lease(ledger: DeliveryLedger, reaction: str) -> dict[str, Any] | None:
@@ -200,29 +213,34 @@ def register_reaction_operations(operations: Operations, context: RecoveryContex
     def plan(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         reaction = context.reactions[str(p["reaction"])]
         payloads = bool(p.get("payloads"))
-        found = plan_redelivery(
-            reaction,
-            source=context.source,
-            ledger=context.ledger,
-            selection=selection_of(p),
-            payloads=payloads,
-        )
+        selection = selection_of(p)
+        with _as_invalid_request():
+            found = plan_redelivery(
+                reaction,
+                source=context.source,
+                ledger=context.ledger,
+                selection=selection,
+                payloads=payloads,
+            )
         return plan_json(found, payloads=payloads)
 
     def redeliver_selection(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         reaction = context.reactions[str(p["reaction"])]
         selection = selection_of(p)
-        with open_runner(context, reaction) as runner, stop_on_signals() as stop:
+        with running(context, reaction) as runner, stop_on_signals() as stop:
             # Ctrl-C / SIGTERM: no new attempt starts; what is reopened stays owed.
             _stop_with(runner, stop)
-            result = redeliver(
-                reaction,
-                source=context.source,
-                ledger=context.ledger,
-                selection=selection,
-                runner=runner,
-            )
-            stop.set()
+            try:
+                with _as_invalid_request():
+                    result = redeliver(
+                        reaction,
+                        source=context.source,
+                        ledger=context.ledger,
+                        selection=selection,
+                        runner=runner,
+                    )
+            finally:
+                stop.set()
         return {
             "reaction": reaction.name,
             "selection": selection.as_dict(),
@@ -241,24 +259,25 @@ def register_reaction_operations(operations: Operations, context: RecoveryContex
         once = bool(p.get("once"))
         poll = context.recovery.reaction_poll_seconds
         totals = {"cycles": 0, "events": 0, "recorded": 0, "delivered": 0, "parked": 0}
-        with open_runner(context, reaction) as runner, stop_on_signals() as stop:
+        with running(context, reaction) as runner, stop_on_signals() as stop:
             if p.get("stop_after") is not None:  # tests and smoke runs
                 threading.Timer(float(p["stop_after"]), stop.set).start()
             _stop_with(runner, stop)
             failed = 0
-            while not stop.is_set():
-                cycles = runner.run_until_idle()
-                for cycle in cycles:
-                    totals["cycles"] += 1
-                    totals["events"] += cycle.events
-                    totals["recorded"] += cycle.recorded
-                    totals["delivered"] += cycle.delivered
-                    totals["parked"] += cycle.parked
-                    failed += cycle.failed
-                if once:
-                    break
-                context.source.wait(poll, stop)
-            stop.set()
+            try:
+                while not stop.is_set():
+                    for cycle in runner.run_until_idle():
+                        totals["cycles"] += 1
+                        totals["events"] += cycle.events
+                        totals["recorded"] += cycle.recorded
+                        totals["delivered"] += cycle.delivered
+                        totals["parked"] += cycle.parked
+                        failed += cycle.failed
+                    if once:
+                        break
+                    context.source.wait(poll, stop)
+            finally:
+                stop.set()
             owed = sum(s.owed for s in context.ledger.summary(reaction.name))
         return {
             "reaction": reaction.name,

@@ -2,7 +2,16 @@
 
 from fastapi import APIRouter
 
-from safereplay.recovery.api.routes import alerts, audit, builds, jobs, parked, status, templates
+from safereplay.recovery.api.routes import (
+    alerts,
+    audit,
+    builds,
+    jobs,
+    parked,
+    reactions,
+    status,
+    templates,
+)
 
 __all__ = ["ROUTERS"]
 
@@ -14,4 +23,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     audit.router,
     alerts.router,
     templates.router,
+    reactions.router,
 )

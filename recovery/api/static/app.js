@@ -7,6 +7,7 @@ import { mountConsole } from "./console.js";
 import { mountOverview } from "./overview.js";
 import { mountJobs } from "./jobs.js";
 import { mountParked } from "./parked.js";
+import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
 import { mountAudit } from "./audit.js";
 
@@ -14,6 +15,7 @@ const SECTIONS = {
   overview: mountOverview,
   jobs: mountJobs,
   parked: mountParked,
+  reactions: mountReactions,
   alerts: mountAlerts,
   audit: mountAudit,
   console: mountConsole,

@@ -108,7 +108,8 @@ export function me() {
 
 function covers(granted, wanted) {
   if (granted === "*" || granted === wanted) return true;
-  return granted === "projection:*" && wanted !== null && wanted.startsWith("projection:");
+  // "projection:*" covers every projection, "reaction:*" every reaction.
+  return granted.endsWith(":*") && wanted !== null && wanted.startsWith(granted.slice(0, -1));
 }
 
 /**
