@@ -216,6 +216,10 @@ class ReactionRunner:
         """``destination``'s breaker (its ``state`` is what status shows)."""
         return self._guards[destination].breaker
 
+    def budget(self, destination: str) -> RetryBudget | None:
+        """``destination``'s retry budget (None: its retries are not capped)."""
+        return self._guards[destination].budget
+
     def stop(self) -> None:
         """Ask the running cycle to stop: waits end, no new attempt starts."""
         self._stop.set()

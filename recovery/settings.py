@@ -131,6 +131,20 @@ class RecoverySettings(BaseSettings):
         ge=0,
         description="Seconds an open breaker waits before it lets one probe call through.",
     )
+    reaction_retry_budget_ratio: float = Field(
+        default=0.2,
+        ge=0,
+        le=10,
+        description=(
+            "Retries to one destination at most this share of the calls made to it in the "
+            "last 10 s (plus a floor): a recovering receiver is not flooded with retries."
+        ),
+    )
+    reaction_retry_budget_floor: float = Field(
+        default=1.0,
+        ge=0,
+        description="Retries per second always allowed to one destination, whatever the ratio.",
+    )
     reaction_rate: float | None = Field(
         default=None,
         gt=0,

@@ -14,6 +14,7 @@ reactions recovery knows, ``since`` of a re-delivery, and the ``reaction:`` scop
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -26,10 +27,11 @@ from safereplay.reactions.settings import (
     webhook_settings,
 )
 from safereplay.recovery.errors import InvalidRequest, UnregisteredReaction
-from safereplay.recovery.operations.reaction_runtime import parse_since
+from safereplay.recovery.operations.reaction_runtime import parse_since, running
 from safereplay.recovery.registry import ReactionRegistry
+from safereplay.recovery.resilience.budget import RetryBudget
 from safereplay.recovery.security.access import check_scope, scope_covers
-from safereplay.recovery.settings import check_environment
+from safereplay.recovery.settings import RecoverySettings, check_environment
 
 SECRET = "s" * 32
 
@@ -118,3 +120,23 @@ def test_reaction_scopes() -> None:
     assert scope_covers("*", "reaction:run_completions")
     assert not scope_covers("projection:*", "reaction:run_completions")
     assert not scope_covers("reaction:*", "projection:run_status")
+
+
+def test_the_runner_of_the_commands_has_a_retry_budget_per_destination(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_file = tmp_path / "completions.secret"
+    secret_file.write_text(SECRET)
+    secret_file.chmod(0o600)
+    monkeypatch.setenv("SAFEREPLAY_WEBHOOK_COMPLETIONS_URL", "http://127.0.0.1:9/hook")
+    monkeypatch.setenv("SAFEREPLAY_WEBHOOK_COMPLETIONS_SECRET_FILE", str(secret_file))
+    settings = RecoverySettings(reaction_retry_budget_ratio=0.5, reaction_retry_budget_floor=0.25)
+    # The runner only keeps its source and ledger until it runs: stand-ins suffice.
+    context = SimpleNamespace(recovery=settings, source=object(), ledger=object())
+
+    reaction = RunCompletions(destinations=("completions",))
+    with running(context, reaction) as runner:  # type: ignore[arg-type]
+        budget = runner.budget("completions")
+
+    assert isinstance(budget, RetryBudget)
+    assert (budget.ratio, budget.min_retries_per_second) == (0.5, 0.25)

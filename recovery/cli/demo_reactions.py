@@ -22,6 +22,7 @@ from rich.console import Console
 
 from safereplay.domain import AutomationApp
 from safereplay.domain.workload import record_workload
+from safereplay.reactions.settings import webhook_prefix
 from safereplay.reactions.webhook import WebhookSecret
 from safereplay.recovery.cli.demo_receiver import DemoReceiver
 from safereplay.recovery.operations.initialise import write_secret_file
@@ -30,9 +31,11 @@ from safereplay.recovery.security.access import Principal
 __all__ = ["DEMO_REACTION_SETTINGS", "ReactionStory", "tell_reaction_story"]
 
 REACTION = "run_completions"
+DESTINATION = "completions"
+#: The destination's variables: its URL and the path of its secret's file.
 DESTINATION_VARIABLES = (
-    "SAFEREPLAY_WEBHOOK_COMPLETIONS_URL",
-    "SAFEREPLAY_WEBHOOK_COMPLETIONS_SECRET_FILE",
+    webhook_prefix(DESTINATION) + "URL",
+    webhook_prefix(DESTINATION) + "SECRET_FILE",
 )
 
 #: Quick retries and a quick breaker, so that the outage is told in seconds (the

@@ -12,6 +12,9 @@ settings (``SAFEREPLAY_REACTION_*``, see docs/configuration.md):
 - a circuit breaker per destination, opened by ``reaction_breaker_failures``
   failures in a row [5], probing again after ``reaction_breaker_cool_down`` [10 s];
 - a throttle per destination at ``reaction_rate`` calls per second [none];
+- a retry budget per destination: retries at most ``reaction_retry_budget_ratio``
+  [0.2] of the calls made in the last 10 s, plus ``reaction_retry_budget_floor``
+  [1.0] per second (a refused retry waits for the next cycle, still owed);
 - calls in flight: the largest ``_CONCURRENCY`` of its destinations [4].
 
 :func:`parse_since` reads the ``since`` of a re-delivery: seconds since the epoch,
@@ -33,6 +36,7 @@ from safereplay.reactions.webhook import WebhookDestination
 from safereplay.recovery.errors import InvalidRequest
 from safereplay.recovery.resilience.backoff import Backoff
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
+from safereplay.recovery.resilience.budget import RetryBudget
 from safereplay.recovery.resilience.policies import RetryThenPark
 from safereplay.recovery.resilience.throttle import Throttle
 
@@ -111,5 +115,9 @@ def open_runner(
         policy=RetryThenPark(attempts=settings.reaction_attempts, backoff=backoff),
         breakers=lambda name: CircuitBreaker(breaker),
         throttles=(lambda name: Throttle(rate)) if rate is not None else None,
+        budgets=lambda name: RetryBudget(
+            ratio=settings.reaction_retry_budget_ratio,
+            min_retries_per_second=settings.reaction_retry_budget_floor,
+        ),
         options=ReactionOptions(concurrency=concurrency),
     )
