@@ -8,6 +8,8 @@ one. See docs/reactions.md and the runbook's "A downstream service was down".
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -210,7 +212,8 @@ def redeliver_command(
     Selects the reaction's deliveries (--from/--to positions, --since, --destination);
     records the ones missing below its position, reopens the failed, parked and
     pending ones (acknowledged ones only with --force) and delivers them, each with
-    its unchanged idempotency key. If a live runner (`safereplay react`) holds the
+    its unchanged idempotency key (only to --destination when given; nothing after
+    the selection's last position). If a live runner (`safereplay react`) holds the
     reaction, it delivers them instead. Exit 1 when some are still owed afterwards.
     Needs an operator grant on reaction:NAME (a viewer one for --dry-run).
 
@@ -275,7 +278,17 @@ def react_command(
         raise typer.Exit(EXIT_NO)
 
 
+def help_text(command: Callable[..., None]) -> str:
+    """``command``'s docstring with each paragraph on one line: typer's rich help keeps
+    a docstring's line breaks, which it then wraps again (ragged lines)."""
+    paragraphs = inspect.cleandoc(command.__doc__ or "").split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paragraphs)
+
+
 def register(app: typer.Typer) -> None:
-    app.command("reactions")(reactions_command)
-    app.command("redeliver")(redeliver_command)
-    app.command("react")(react_command)
+    for name, command in (
+        ("reactions", reactions_command),
+        ("redeliver", redeliver_command),
+        ("react", react_command),
+    ):
+        app.command(name, help=help_text(command))(command)
