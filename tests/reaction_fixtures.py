@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
 
@@ -22,6 +22,7 @@ from safereplay.domain.workload import record_workload
 from safereplay.projections import open_source
 from safereplay.projections.source import EventSource
 from safereplay.reactions import (
+    Delivery,
     DeliveryLedger,
     PostgresDeliveryLedger,
     Reaction,
@@ -30,6 +31,7 @@ from safereplay.reactions import (
     RecordingDestination,
     RetryPolicy,
     SQLiteDeliveryLedger,
+    idempotency_key,
 )
 from safereplay.reactions.resilience import BreakerFactory, RetryBudget
 from safereplay.recovery.resilience.backoff import Backoff
@@ -37,6 +39,25 @@ from safereplay.recovery.resilience.policies import RetryThenPark
 
 #: Retries quick enough for tests (jittered, below 20 ms).
 QUICK = Backoff(initial=0.002, multiplier=2.0, maximum=0.02)
+
+
+A, B = UUID(int=0xA), UUID(int=0xB)
+
+
+def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> Delivery:
+    """A delivery of reaction ``orders`` (a fresh event id) for ledger-level tests."""
+    event = uuid4()
+    return Delivery(
+        reaction="orders",
+        destination=destination,
+        event_id=event,
+        position=position,
+        aggregate_id=aggregate,
+        aggregate_version=position,
+        event_type="Order.Placed",
+        idempotency_key=idempotency_key("orders", destination, event),
+        payload={},
+    )
 
 
 class RunEvents(Reaction):

@@ -21,10 +21,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
+from uuid import uuid4
 
 import pytest
-from reaction_fixtures import LedgerContract, postgres_ledgers, sqlite_ledgers
+from reaction_fixtures import A, B, LedgerContract, delivery, postgres_ledgers, sqlite_ledgers
 
 from safereplay.domain.errors import DatabaseSchemaOutdated
 from safereplay.domain.schema import SchemaStep, ensure_schema
@@ -36,7 +36,6 @@ from safereplay.reactions import (
     LedgerConflict,
     PostgresDeliveryLedger,
     ReactionBusy,
-    idempotency_key,
 )
 from safereplay.reactions.ledger import BreakerRecord, Lease
 from safereplay.reactions.ledger_sql import SQLDeliveryLedger
@@ -45,24 +44,6 @@ from safereplay.reactions.ledger_statements import (
     REACTIONS_SCHEMA_VERSION,
     TYPES,
 )
-
-A, B = UUID(int=0xA), UUID(int=0xB)
-
-
-def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> Delivery:
-    event = uuid4()
-    return Delivery(
-        reaction="orders",
-        destination=destination,
-        event_id=event,
-        position=position,
-        aggregate_id=aggregate,
-        aggregate_version=position,
-        event_type="Order.Placed",
-        idempotency_key=idempotency_key("orders", destination, event),
-        payload={},
-    )
-
 
 # The ledger as version 1 made it: no leases, no acknowledgement or re-delivery counts,
 # no breaker states.

@@ -14,29 +14,11 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from uuid import UUID, uuid4
 
 import pytest
-from reaction_fixtures import LedgerContract, postgres_ledgers, sqlite_ledgers
+from reaction_fixtures import A, B, LedgerContract, delivery, postgres_ledgers, sqlite_ledgers
 
-from safereplay.reactions import Delivery, DeliveryLedger, DeliveryOutcome, idempotency_key
-
-A, B = UUID(int=0xA), UUID(int=0xB)
-
-
-def delivery(position: int, aggregate: UUID = A, destination: str = "crm") -> Delivery:
-    event = uuid4()
-    return Delivery(
-        reaction="orders",
-        destination=destination,
-        event_id=event,
-        position=position,
-        aggregate_id=aggregate,
-        aggregate_version=position,
-        event_type="Order.Placed",
-        idempotency_key=idempotency_key("orders", destination, event),
-        payload={},
-    )
+from safereplay.reactions import Delivery, DeliveryLedger, DeliveryOutcome
 
 
 class RedeliveryLedgerCases(LedgerContract):
