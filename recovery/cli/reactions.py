@@ -16,6 +16,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from safereplay.reactions.settings import webhook_prefix
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_NO,
@@ -46,22 +47,26 @@ def _age(seconds: float | None) -> str:
 
 
 def print_reactions(reactions: list[dict[str, Any]]) -> None:
-    """The reactions' table: one row per reaction and destination."""
-    table = Table(box=box.SIMPLE_HEAD, title="reactions (SAFEREPLAY_REACTIONS)")
-    table.add_column("reaction")
-    table.add_column("destination")
-    for column in ("position", "behind", "pending", "failed", "parked", "delivered"):
-        table.add_column(column, justify="right")
-    table.add_column("oldest undelivered", justify="right")
-    table.add_column("breaker")
+    """One table per reaction (where it is, in its title), one row per destination:
+    seven narrow columns, so that it reads in 80 columns."""
     for reaction in reactions:
+        lease = reaction["lease"]
+        runner = "no runner" if lease is None else f"run by {lease['holder']}"
+        table = Table(
+            box=box.SIMPLE_HEAD,
+            title=(
+                f"reaction {reaction['name']}: position {reaction['position']}, "
+                f"{reaction['behind']} events behind, {runner}"
+            ),
+        )
+        table.add_column("destination")
+        for column in ("pending", "failed", "parked", "delivered"):
+            table.add_column(column, justify="right")
+        table.add_column("oldest owed", justify="right")
+        table.add_column("breaker")
         for dest in reaction["destinations"]:
-            name = dest["destination"] + ("" if dest["configured"] else " (not configured)")
             table.add_row(
-                reaction["name"],
-                name,
-                str(reaction["position"]),
-                str(reaction["behind"]),
+                dest["destination"],
                 str(dest["pending"]),
                 str(dest["failed"]),
                 str(dest["parked"]),
@@ -69,17 +74,22 @@ def print_reactions(reactions: list[dict[str, Any]]) -> None:
                 _age(dest["oldest_owed_age_seconds"]),
                 dest["breaker_state"] or "-",
             )
-    console.print(table)
-    for reaction in reactions:
-        lease = reaction["lease"]
-        if lease is not None:
-            console.print(f"{reaction['name']} is being run by {lease['holder']}")
+        console.print(table)
+        for dest in reaction["destinations"]:
+            if not dest["configured"]:
+                prefix = webhook_prefix(dest["destination"])
+                console.print(
+                    f"{dest['destination']} is not configured here: set {prefix}URL and "
+                    f"{prefix}SECRET_FILE to run or re-deliver {reaction['name']}",
+                    highlight=False,
+                )
         missed = sum(d["failed"] + d["parked"] for d in reaction["destinations"])
         if missed:
             console.print(
                 f"{reaction['name']}: {missed} delivery(ies) failed or parked; plan their "
                 f"re-delivery with `safereplay redeliver {reaction['name']} --dry-run "
-                "--reason ...`"
+                "--reason ...`",
+                highlight=False,
             )
 
 
@@ -107,21 +117,23 @@ def reactions_command(
 
 
 def _print_plan(plan: dict[str, Any]) -> None:
+    # States down the side, one column per destination: it fits 80 columns.
+    destinations = plan["destinations"]
     table = Table(box=box.SIMPLE_HEAD, title=f"re-delivery plan of {plan['reaction']}")
-    table.add_column("destination")
-    columns = (
-        "delivered",
-        "failed",
-        "parked",
-        "pending",
-        "never_attempted",
-        "not_recorded",
-        "would_send",
+    table.add_column("deliveries in the selection")
+    for dest in destinations:
+        table.add_column(dest["destination"], justify="right")
+    rows = (
+        ("delivered", "delivered (skipped unless --force)"),
+        ("failed", "failed"),
+        ("parked", "parked"),
+        ("pending", "pending (attempted before)"),
+        ("never_attempted", "never attempted"),
+        ("not_recorded", "not recorded yet"),
+        ("would_send", "would be sent"),
     )
-    for column in columns:
-        table.add_column(column.replace("_", " "), justify="right")
-    for dest in plan["destinations"]:
-        table.add_row(dest["destination"], *(str(dest[c]) for c in columns))
+    for key, label in rows:
+        table.add_row(label, *(str(dest[key]) for dest in destinations))
     console.print(table)
     for item in plan["sample"]:
         console.print(
