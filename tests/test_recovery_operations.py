@@ -11,7 +11,12 @@ from argon2 import PasswordHasher
 
 from safereplay.recovery.database import SQLiteDatabase
 from safereplay.recovery.errors import InvalidRequest
-from safereplay.recovery.operations.dispatch import OperationContext, Operations
+from safereplay.recovery.operations.dispatch import (
+    Diverted,
+    GateCall,
+    OperationContext,
+    Operations,
+)
 from safereplay.recovery.security.access import (
     AccessControl,
     AccessDenied,
@@ -95,3 +100,48 @@ def test_changes_need_a_reason_reads_do_not(operations: Operations) -> None:
 def test_unknown_operations_are_refused(operations: Operations) -> None:
     with pytest.raises(InvalidRequest, match="unknown operation 'nuke'"):
         operations.run(ALICE, "nuke", reason="x")
+
+
+def test_gates_refuse_or_divert_a_call_after_its_checks_and_before_it_runs(
+    operations: Operations,
+) -> None:
+    operations.access.add_principal("alice", kind="person", created_by="setup")
+    operations.access.grant("alice", Role.OPERATOR, "projection:*", granted_by="setup")
+    seen: list[GateCall] = []
+
+    def frozen(call: GateCall) -> None:
+        seen.append(call)
+        if call.parameters.get("projection") == "frozen":
+            raise InvalidRequest("operations are switched off")
+
+    def four_eyes(call: GateCall) -> None:
+        if call.operation == "rebuild" and call.approval is None:
+            raise Diverted({"change_request": "r-1"}, {"change_request": "r-1"})
+
+    operations.add_gate(frozen)
+    operations.add_gate(four_eyes)
+
+    # Refused by the first gate: never run, never diverted; audited as denied, with why.
+    with pytest.raises(InvalidRequest, match="switched off"):
+        operations.run(ALICE, "rebuild", reason="fix", projection="frozen")
+    # Diverted by the second: the caller gets the request, the handler never runs.
+    assert operations.run(ALICE, "rebuild", reason="fix", projection="runs") == {
+        "change_request": "r-1"
+    }
+    assert operations.calls == []  # type: ignore[attr-defined]
+    # Approved: it runs, and every entry of that run names the approval.
+    approval = {"change_request": "r-1", "approved_by": "bob"}
+    operations.run(ALICE, "rebuild", reason="fix", approval=approval, projection="runs")
+    assert len(operations.calls) == 1  # type: ignore[attr-defined]
+    assert "approval" not in operations.calls[0]  # type: ignore[attr-defined]
+
+    entries = operations.audit.entries()
+    assert [e.outcome for e in entries] == ["denied", "deferred", "started", "succeeded"]
+    assert "switched off" in entries[0].parameters["error"]
+    assert entries[1].parameters["change_request"] == "r-1"
+    assert entries[2].parameters["approval"] == entries[3].parameters["approval"] == approval
+    # Gates see the checked call: its scope and reason.
+    assert {(c.scope, c.reason) for c in seen} == {
+        ("projection:frozen", "fix"),
+        ("projection:runs", "fix"),
+    }

@@ -45,7 +45,16 @@ _log = logging.getLogger(__name__)
 #: The scope recorded when a denial comes before the scope is derived.
 _NOT_DERIVED = "(not derived: no grant with the permission)"
 
-__all__ = ["OperationContext", "OperationSpec", "Operations", "int_parameter", "limit_parameter"]
+__all__ = [
+    "Diverted",
+    "Gate",
+    "GateCall",
+    "OperationContext",
+    "OperationSpec",
+    "Operations",
+    "int_parameter",
+    "limit_parameter",
+]
 
 
 class AnchorsWhenDue(Protocol):
@@ -119,6 +128,40 @@ def limit_parameter(parameters: Mapping[str, Any], *, most: int, default: int = 
     return limit
 
 
+@dataclass(frozen=True)
+class GateCall:
+    """What a gate sees of one call: who asks, which operation, where, why, with what.
+
+    ``approval``: set when the call runs an approved change request (who approved
+    it, which request): a gate that asks for approvals lets it through.
+    """
+
+    principal: Principal
+    operation: str
+    spec: OperationSpec
+    scope: str
+    reason: str
+    parameters: Mapping[str, Any]
+    approval: Mapping[str, Any] | None = None
+
+
+#: Consulted for every call after its permission and reason checks, before its
+#: intent entry: returns to let it run, raises to refuse it (a RecoveryError: the
+#: attempt is audited as denied, naming the error), or raises :class:`Diverted`
+#: when it takes the call another way (a change request waiting for approval).
+Gate = Callable[[GateCall], None]
+
+
+class Diverted(Exception):
+    """A gate took the call another way: ``result`` is what the caller gets, ``note``
+    joins the audit entry's parameters (outcome ``deferred``)."""
+
+    def __init__(self, result: Any, note: Mapping[str, Any]) -> None:
+        super().__init__("diverted")
+        self.result = result
+        self.note = dict(note)
+
+
 def projection_scope(parameters: Mapping[str, Any]) -> str:
     projection = parameters.get("projection")
     if not isinstance(projection, str) or not projection:
@@ -140,6 +183,12 @@ class Operations:
         self.audit = audit
         self.anchoring = anchoring
         self._specs: dict[str, OperationSpec] = {}
+        self._gates: list[Gate] = []
+
+    def add_gate(self, gate: Gate) -> None:
+        """Consult ``gate`` for every call from now on, after those added before it
+        (see :data:`Gate`)."""
+        self._gates.append(gate)
 
     def register(
         self,
@@ -198,8 +247,14 @@ class Operations:
         /,
         *,
         reason: str = "",
+        approval: Mapping[str, Any] | None = None,
         **parameters: Any,
     ) -> Any:
+        """Run ``operation`` for ``principal`` (see the module's docstring).
+
+        ``approval``: this call runs an approved change request (who approved it and
+        which request); it is recorded in the audit entries' parameters.
+        """
         spec = self._specs.get(operation)
         if spec is None:
             raise InvalidRequest(
@@ -255,8 +310,22 @@ class Operations:
             failed = {**parameters, "error": f"{type(unprepared).__name__}: {unprepared}"}
             self._append(AuditRecord(**{**record, "parameters": failed}, outcome="failed"))
             raise unprepared
+        if approval is not None:
+            record["parameters"] = {**parameters, "approval": dict(approval)}
+        call = GateCall(principal, operation, spec, scope, reason, parameters, approval)
+        for gate in self._gates:
+            try:
+                gate(call)
+            except Diverted as diverted:
+                noted = {**record["parameters"], **diverted.note}
+                self._append(AuditRecord(**{**record, "parameters": noted}, outcome="deferred"))
+                return diverted.result
+            except RecoveryError as exc:
+                refused = {**record["parameters"], "error": f"{type(exc).__name__}: {exc}"}
+                self._append(AuditRecord(**{**record, "parameters": refused}, outcome="denied"))
+                raise
         context = OperationContext(principal=principal, reason=reason, operation=operation)
-        outcome_parameters = dict(parameters)
+        outcome_parameters = dict(record["parameters"])
         if spec.long_running or spec.changes_state:
             intent = self.audit.append(AuditRecord(**record, outcome="started"))
             outcome_parameters["intent_seq"] = intent.seq

@@ -67,7 +67,8 @@ __all__ = [
     "redact",
 ]
 
-Outcome = Literal["succeeded", "failed", "denied", "started"]
+#: ``deferred``: a gate took the call another way (a change request to approve).
+Outcome = Literal["succeeded", "failed", "denied", "started", "deferred"]
 GENESIS = "0" * 64
 _SECRET_NAME = re.compile(
     r"(secret|password|passwd|token|credential|dsn|private|api_?key|^key$)", re.I
