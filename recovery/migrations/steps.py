@@ -37,14 +37,17 @@ __all__ = [
 RECOVERY_COMPONENT = "recovery"
 #: Raise it with every change to a recovery table, and make the step bring a
 #: database at the previous version up to it (its ``from_version`` says which).
-RECOVERY_SCHEMA_VERSION = 4
+RECOVERY_SCHEMA_VERSION = 5
 # Versions: 1, the tables of the first catalog; 2, the failed sign-ins' counts
 # (safereplay_auth_failures) and TRUNCATE refused on the audit head too; 3, each
 # job partition's events in scope and recent events/s (progress counts events,
 # not positions); 4, stall and anomaly detection: when each job partition last
 # advanced (advanced_at), the live followers' heartbeats (safereplay_followers),
 # the alerts (safereplay_alerts, one open per rule and subject) and the
-# projections' samples the anomaly rules compare (safereplay_alert_samples).
+# projections' samples the anomaly rules compare (safereplay_alert_samples); 5,
+# governance: change requests (four-eyes approval), recovery flags and their
+# history, replay SLOs and their breaches, integrity conflicts (each its store's
+# tables, listed below).
 # Every CREATE is idempotent, so each version's step runs them all; the columns
 # versions 3 and 4 add to an existing table are added unless present.
 
