@@ -154,20 +154,7 @@ class SQLDeliveryLedger(DeliveryLedger):
                         f"delivery at position {delivery.position} is outside the recorded "
                         f"range ({expected}, {position}]"
                     )
-                inserted += tx.execute(
-                    INSERT_DELIVERY,
-                    {
-                        "reaction": reaction,
-                        "event_id": self._dump_id(delivery.event_id),
-                        "destination": delivery.destination,
-                        "position": delivery.position,
-                        "aggregate_id": self._dump_id(delivery.aggregate_id),
-                        "aggregate_version": delivery.aggregate_version,
-                        "event_type": delivery.event_type,
-                        "idempotency_key": delivery.idempotency_key,
-                        "now": now,
-                    },
-                )
+                inserted += tx.execute(INSERT_DELIVERY, self._insert_params(delivery, now))
         return inserted
 
     def owed(
