@@ -282,7 +282,7 @@ class SchemaContract:
             component="recovery",
             version=3,
         )
-        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 5
+        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 6
         rows = rows_of(settings, "SELECT position, advanced_at FROM {job_partitions}")
         assert rows == [{"position": 9, "advanced_at": None}]
         for table in ("followers", "alerts", "alert_samples"):

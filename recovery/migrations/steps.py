@@ -37,7 +37,7 @@ __all__ = [
 RECOVERY_COMPONENT = "recovery"
 #: Raise it with every change to a recovery table, and make the step bring a
 #: database at the previous version up to it (its ``from_version`` says which).
-RECOVERY_SCHEMA_VERSION = 5
+RECOVERY_SCHEMA_VERSION = 6
 # Versions: 1, the tables of the first catalog; 2, the failed sign-ins' counts
 # (safereplay_auth_failures) and TRUNCATE refused on the audit head too; 3, each
 # job partition's events in scope and recent events/s (progress counts events,
@@ -45,9 +45,10 @@ RECOVERY_SCHEMA_VERSION = 5
 # advanced (advanced_at), the live followers' heartbeats (safereplay_followers),
 # the alerts (safereplay_alerts, one open per rule and subject) and the
 # projections' samples the anomaly rules compare (safereplay_alert_samples); 5,
-# governance: change requests (four-eyes approval), recovery flags and their
-# history, replay SLOs and their breaches, integrity conflicts (each its store's
-# tables, listed below).
+# declared for the governance tables before any of them existed (a database at 5
+# has the tables of 4, nothing more); 6, governance: change requests (four-eyes
+# approval), recovery flags and their history, replay SLOs and their breaches,
+# integrity conflicts (each its store's tables, listed below).
 # Every CREATE is idempotent, so each version's step runs them all; the columns
 # versions 3 and 4 add to an existing table are added unless present.
 
