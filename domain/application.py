@@ -38,6 +38,7 @@ from safereplay.domain.eventsourcing_settings import (
 )
 from safereplay.domain.keyring import KeyRing
 from safereplay.domain.mapper import EnvelopeMapper
+from safereplay.domain.postgres_tls import check_tls_connection
 from safereplay.domain.schema import ensure_event_store
 from safereplay.domain.secret import hide_passwords
 from safereplay.domain.settings import DomainSettings
@@ -178,6 +179,16 @@ class EventStoreApplication(Application[UUID]):
         password = self.settings.postgres_password()
         if password is not None and isinstance(factory, BasePostgresFactory):
             factory.datastore.pool.get_password_func = lambda: password
+        if isinstance(factory, BasePostgresFactory):
+            # A server that cannot offer the TLS required fails here, at once and
+            # clearly, not as the pool's "couldn't get a connection after N sec".
+            check_tls_connection(self.settings.postgres_conninfo(), what="the event store")
+            # eventsourcing's datastore connects with host, port, user and dbname only;
+            # the TLS parameters join its pool's connection arguments here, before the
+            # pool opens (safereplay.domain.postgres_tls).
+            kwargs = factory.datastore.pool.kwargs
+            assert isinstance(kwargs, dict)  # eventsourcing builds it as a dict
+            kwargs.update(self.settings.postgres_tls().parameters())
         # The factory builds the cipher it gives the mapper (eventsourcing's
         # mapper_class(transcoder=, compressor=, cipher=)) from CIPHER_TOPIC and
         # CIPHER_KEY in env. Key material stays out of env: the factory is handed

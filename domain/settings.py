@@ -20,7 +20,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.errors import ConfigurationError, DomainError
 from safereplay.domain.keyring import KeyRing
-from safereplay.domain.secret import Password, read_password_file
+from safereplay.domain.postgres_tls import TLS_PARAMETERS, PostgresTLS, SSLMode
+from safereplay.domain.secret import Conninfo, Password, read_password_file
 
 __all__ = [
     "DEFAULT_POSTGRES_DSN",
@@ -132,6 +133,23 @@ class DomainSettings(BaseSettings):
     postgres_schema: str = Field(
         default="public", description="PostgreSQL schema holding the event tables."
     )
+    postgres_sslmode: SSLMode = Field(
+        default="prefer",
+        description=(
+            "TLS to PostgreSQL (libpq's sslmode): disable, allow, prefer, require, verify-ca "
+            "or verify-full; passed to every connection safereplay opens."
+        ),
+    )
+    postgres_sslrootcert: Path | None = Field(
+        default=None,
+        description="CA certificate file the PostgreSQL server is verified with (verify-*).",
+    )
+    postgres_sslcert: Path | None = Field(
+        default=None, description="Client certificate file for PostgreSQL (with SSLKEY)."
+    )
+    postgres_sslkey: Path | None = Field(
+        default=None, description="Client certificate's key file for PostgreSQL (mode 0600)."
+    )
     application_name: str = Field(
         default="safereplay",
         description="Application name; on PostgreSQL the events table is NAME_events.",
@@ -172,15 +190,23 @@ class DomainSettings(BaseSettings):
                 raise ValueError(
                     "SAFEREPLAY_POSTGRES_DSN is not a valid connection string"
                 ) from None
-            # eventsourcing connects with these parameters only; anything else (sslmode,
-            # options...) would be dropped silently, so it is refused (names, not values).
-            unsupported = sorted(set(params) - _DSN_PARAMETERS)
+            # eventsourcing connects with these parameters only; anything else (options...)
+            # would be dropped silently, so it is refused (names, not values). TLS
+            # parameters have settings of their own, which reach every connection
+            # (postgres_conninfo() and EventStoreApplication.construct_factory).
+            for name in sorted(TLS_PARAMETERS & set(params)):
+                raise ValueError(
+                    f"SAFEREPLAY_POSTGRES_DSN sets {name}: set "
+                    f"SAFEREPLAY_POSTGRES_{name.upper()} instead (it reaches every "
+                    "connection, the event store's included)"
+                )
+            unsupported = sorted(set(params) - _DSN_PARAMETERS - TLS_PARAMETERS)
             if unsupported:
                 raise ValueError(
                     f"SAFEREPLAY_POSTGRES_DSN has parameters the event store cannot pass on: "
                     f"{', '.join(unsupported)}; it uses only "
                     f"{', '.join(sorted(_DSN_PARAMETERS))} (set others with libpq's "
-                    "environment variables, e.g. PGSSLMODE)"
+                    "environment variables; TLS: SAFEREPLAY_POSTGRES_SSLMODE)"
                 )
             timeout = str(params.get("connect_timeout", "1"))
             if not timeout.isdigit() or int(timeout) < 1:
@@ -202,6 +228,9 @@ class DomainSettings(BaseSettings):
                 # with it. The model is frozen; this is its construction.
                 dsn = make_conninfo(self.postgres_dsn.get_secret_value(), password=password)
                 object.__setattr__(self, "postgres_dsn", SecretStr(dsn))
+        problems = self.postgres_tls().problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         if not _SCHEMA.match(self.postgres_schema):
             raise ValueError("SAFEREPLAY_POSTGRES_SCHEMA must be a lower-case SQL identifier")
         if not re.match(r"^[a-z][a-z0-9_]{0,40}$", self.application_name):
@@ -253,6 +282,23 @@ class DomainSettings(BaseSettings):
             return None
         password = conninfo_to_dict(self.postgres_dsn.get_secret_value()).get("password")
         return Password(password) if password else None
+
+    def postgres_tls(self) -> PostgresTLS:
+        """The TLS parameters of every PostgreSQL connection (see ``postgres_tls``)."""
+        return PostgresTLS(
+            sslmode=self.postgres_sslmode,
+            sslrootcert=self.postgres_sslrootcert,
+            sslcert=self.postgres_sslcert,
+            sslkey=self.postgres_sslkey,
+        )
+
+    def postgres_conninfo(self) -> Conninfo:
+        """The connection string every direct connection and pool opens with: the DSN
+        (with the password file's password) and the TLS parameters of
+        :meth:`postgres_tls`. Its ``repr`` hides the password."""
+        if self.postgres_dsn is None:
+            raise ConfigurationError("the event store is not PostgreSQL")
+        return Conninfo(self.postgres_tls().apply(self.postgres_dsn.get_secret_value()))
 
     def eventsourcing_env(self) -> dict[str, str]:
         """The eventsourcing environment these settings map to.

@@ -59,7 +59,7 @@ def open_source(
     # The high-water mark's tables: set up on first use only if processes may migrate.
     options.setdefault("create_tables", domain.migrate_on_start)
     return PostgresEventSource(
-        domain.postgres_dsn.get_secret_value(),
+        domain.postgres_conninfo(),
         schema=domain.postgres_schema,
         table=f"{domain.application_name}_events",
         mapper=mapper,

@@ -174,7 +174,8 @@ class ProjectionSettings(BaseSettings):
     def postgres_store(self, domain: DomainSettings) -> tuple[str, str]:
         """``(conninfo, schema)`` of the projection store.
 
-        The conninfo holds the password, if any (from the DSN or a password file);
+        The conninfo holds the password, if any (from the DSN or a password file),
+        and the TLS parameters of ``domain`` (``SAFEREPLAY_POSTGRES_SSL*``);
         it is a :class:`~safereplay.domain.secret.Conninfo`, whose ``repr`` hides it.
         """
         if domain.backend != "postgres":
@@ -188,4 +189,5 @@ class ProjectionSettings(BaseSettings):
         dsn = self.postgres_dsn if self.postgres_dsn is not None else domain.postgres_dsn
         assert dsn is not None  # DomainSettings requires it for backend postgres
         schema = self.postgres_schema or domain.postgres_schema
-        return Conninfo(dsn.get_secret_value()), schema
+        # The TLS settings (SAFEREPLAY_POSTGRES_SSL*) reach a store of its own too.
+        return Conninfo(domain.postgres_tls().apply(dsn.get_secret_value())), schema

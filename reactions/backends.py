@@ -21,7 +21,7 @@ def open_ledger(domain: DomainSettings) -> DeliveryLedger:
         return SQLiteDeliveryLedger(domain.sqlite_path, migrate_on_start=migrate)
     assert domain.postgres_dsn is not None
     return PostgresDeliveryLedger(
-        domain.postgres_dsn.get_secret_value(),
+        domain.postgres_conninfo(),
         schema=domain.postgres_schema,
         application_name=domain.application_name,
         migrate_on_start=migrate,

@@ -27,6 +27,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 from psycopg_pool import ConnectionPool
 
+from safereplay.domain.postgres_tls import check_tls_connection
 from safereplay.domain.schema import PostgresSchema, SchemaDatabase, SQLiteSchema
 from safereplay.domain.secret import Password
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
@@ -199,6 +200,8 @@ class PostgresDatabase(Database):
         # The pool keeps its conninfo and its connection arguments as attributes: the
         # password goes in the arguments, as a Password that prints hidden, and the
         # conninfo the pool keeps has none. (Without one, libpq reads PGPASSFILE.)
+        # A required TLS the server cannot offer fails now, not as a pool time-out.
+        check_tls_connection(conninfo, what="the recovery database")
         params = conninfo_to_dict(conninfo)
         password = params.pop("password", None)
         kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": False}

@@ -166,11 +166,25 @@ MISCONFIGURATIONS = [
     pytest.param(
         {
             "SAFEREPLAY_BACKEND": "postgres",
+            "SAFEREPLAY_POSTGRES_DSN": (
+                f"postgresql://app:{PASSWORD}@db:5432/events?target_session_attrs=any"
+            ),
+            "SAFEREPLAY_ENCRYPTION": "false",
+        },
+        [
+            "SAFEREPLAY_POSTGRES_DSN has parameters the event store cannot pass on: "
+            "target_session_attrs"
+        ],
+        id="DSN parameter that would be dropped",
+    ),
+    pytest.param(
+        {
+            "SAFEREPLAY_BACKEND": "postgres",
             "SAFEREPLAY_POSTGRES_DSN": f"postgresql://app:{PASSWORD}@db:5432/events?sslmode=require",
             "SAFEREPLAY_ENCRYPTION": "false",
         },
-        ["SAFEREPLAY_POSTGRES_DSN has parameters the event store cannot pass on: sslmode"],
-        id="DSN parameter that would be dropped",
+        ["SAFEREPLAY_POSTGRES_DSN sets sslmode: set SAFEREPLAY_POSTGRES_SSLMODE instead"],
+        id="TLS in the DSN instead of its setting",
     ),
     pytest.param(
         {

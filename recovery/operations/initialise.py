@@ -157,7 +157,7 @@ def initialise(directory: Path, *, admin: str = "admin") -> InitReport:
             )
     else:
         assert settings.postgres_dsn is not None
-        check_postgres(settings.postgres_dsn.get_secret_value())
+        check_postgres(settings.postgres_conninfo())
     context = RecoveryContext(
         domain=settings,
         recovery=RecoverySettings.from_env(audit_key_file=audit_key_file, audit_key=None),

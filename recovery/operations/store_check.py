@@ -48,7 +48,7 @@ def check_store(
             check_sqlite_path(path, create=create, variable=variable)
         return
     assert domain.postgres_dsn is not None  # DomainSettings requires it for postgres
-    conninfos = {domain.postgres_dsn.get_secret_value()}
+    conninfos = {str(domain.postgres_conninfo())}
     conninfos.add(str(projections.postgres_store(domain)[0]))
     for conninfo in sorted(conninfos):
         check_postgres(conninfo)
@@ -111,7 +111,12 @@ def check_postgres(conninfo: str) -> None:
         cause = " ".join(str(exc).split())
         if password:
             cause = cause.replace(password, "***")
+        mode = params.get("sslmode", "prefer")
+        check = (
+            f"sslmode={mode} (SAFEREPLAY_POSTGRES_SSLMODE) needs a server that offers TLS"
+            if mode in {"require", "verify-ca", "verify-full"} and "ssl" in cause.lower()
+            else "check SAFEREPLAY_POSTGRES_DSN, and that the server is running and reachable"
+        )
         raise StoreUnavailable(
-            f"cannot connect to {_describe(params)}: {cause} "
-            "(check SAFEREPLAY_POSTGRES_DSN, and that the server is running and reachable)"
+            f"cannot connect to {_describe(params)}: {cause} ({check})"
         ) from None
