@@ -27,7 +27,6 @@ less clear than ours).
 
 from __future__ import annotations
 
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,7 +35,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from safereplay.domain.errors import ConfigurationError
-from safereplay.domain.secret import hide_passwords
+from safereplay.domain.secret import file_problem, hide_passwords
 
 __all__ = [
     "SSLMODES",
@@ -94,7 +93,7 @@ class PostgresTLS:
         for name in ("sslrootcert", "sslcert", "sslkey"):
             path = getattr(self, name)
             if path is not None:
-                problem = _unreadable(path, owner_only=name == "sslkey")
+                problem = file_problem(path, owner_only=name == "sslkey")
                 if problem:
                     problems.append(f"SAFEREPLAY_POSTGRES_{name.upper()} {problem}")
         if (self.sslcert is None) != (self.sslkey is None):
@@ -103,26 +102,6 @@ class PostgresTLS:
                 "set both (a client certificate and its key) or neither"
             )
         return problems
-
-
-def _unreadable(path: Path, *, owner_only: bool) -> str | None:
-    shown = repr(str(path))
-    try:
-        st = path.stat()
-        if not stat.S_ISREG(st.st_mode):
-            return f"{shown} is not a file"
-        with path.open("rb"):
-            pass
-    except FileNotFoundError:
-        return f"{shown} does not exist"
-    except OSError as exc:
-        return f"{shown} cannot be read: {exc.strerror or type(exc).__name__}"
-    if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        return (
-            f"{shown} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
-            f"run: chmod 600 {path}"
-        )
-    return None
 
 
 #: Modes under which a server without TLS (or with a certificate not trusted) is refused.

@@ -28,6 +28,7 @@ __all__ = [
     "HIDDEN",
     "Conninfo",
     "Password",
+    "file_problem",
     "hide_passwords",
     "read_owner_only",
     "read_password_file",
@@ -129,3 +130,29 @@ def read_password_file(path: Path, *, variable: str) -> str:
             "password file, host:port:database:user:password lines, goes in PGPASSFILE)"
         )
     return password
+
+
+def file_problem(path: Path, *, owner_only: bool) -> str | None:
+    """What stops ``path`` from being used as a certificate or key file, or None.
+
+    Said after the setting's name ("'x.key' does not exist"); the file is opened,
+    never read into a message. ``owner_only``: a key that group or others may read
+    is refused, as the secret files read by :func:`read_owner_only` are.
+    """
+    shown = repr(str(path))
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return f"{shown} is not a file"
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        return f"{shown} does not exist"
+    except OSError as exc:
+        return f"{shown} cannot be read: {exc.strerror or type(exc).__name__}"
+    if owner_only and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        return (
+            f"{shown} is readable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    return None

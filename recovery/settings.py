@@ -16,6 +16,7 @@ names of the layers above them.
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from safereplay.domain.limits import EdgeLimits
-from safereplay.domain.secret import read_owner_only
+from safereplay.domain.secret import file_problem, read_owner_only
 from safereplay.domain.settings import (
     DomainSettings,
     check_variables,
@@ -38,6 +39,7 @@ __all__ = [
     "SETTINGS_CLASSES",
     "AlertSettings",
     "RecoverySettings",
+    "ServeSettings",
     "check_environment",
     "setting_names",
 ]
@@ -223,6 +225,82 @@ class RecoverySettings(BaseSettings):
         )
 
 
+class ServeSettings(BaseSettings):
+    """``safereplay serve``'s transport: TLS, and plaintext beyond this machine.
+
+    Read by ``safereplay serve`` only (see ``docs/configuration.md``, section
+    "Serve"); a problem names the variable, never a file's content.
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEREPLAY_SERVE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
+
+    tls_cert_file: Path | None = Field(
+        default=None,
+        description="Certificate (PEM, the chain after it) that `safereplay serve` offers.",
+    )
+    tls_key_file: Path | None = Field(
+        default=None, description="The certificate's private key (PEM, mode 0600)."
+    )
+    allow_plaintext_remote: bool = Field(
+        default=False,
+        description=(
+            "Let `serve --allow-remote` listen beyond loopback without TLS (as "
+            "--allow-plaintext-remote does); logged as a warning."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _tls_files(self) -> ServeSettings:
+        cert, key = self.tls_cert_file, self.tls_key_file
+        if (cert is None) != (key is None):
+            raise ValueError(
+                "SAFEREPLAY_SERVE_TLS_CERT_FILE and SAFEREPLAY_SERVE_TLS_KEY_FILE go "
+                "together: set both (a certificate and its key) or neither"
+            )
+        if cert is None or key is None:
+            return self
+        problems = [
+            f"{name} {problem}"
+            for name, path, owner_only in (
+                ("SAFEREPLAY_SERVE_TLS_CERT_FILE", cert, False),
+                ("SAFEREPLAY_SERVE_TLS_KEY_FILE", key, True),
+            )
+            if (problem := file_problem(path, owner_only=owner_only)) is not None
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
+        try:
+            # password: an encrypted key fails here rather than prompting on a terminal.
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                cert, key, password=lambda: b""
+            )
+        except (ssl.SSLError, OSError) as exc:
+            # The reason (e.g. KEY_VALUES_MISMATCH) is OpenSSL's, never the key's bytes.
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            raise ValueError(
+                "SAFEREPLAY_SERVE_TLS_CERT_FILE and SAFEREPLAY_SERVE_TLS_KEY_FILE cannot be "
+                f"used together ({reason}): a PEM certificate and the private key it was "
+                "made for are needed (a key with a passphrase is not supported)"
+            ) from None
+        return self
+
+    @property
+    def tls(self) -> bool:
+        """Does ``serve`` speak HTTPS?"""
+        return self.tls_cert_file is not None
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ServeSettings:
+        """Read the environment (plus ``overrides``); errors become ConfigurationError."""
+        try:
+            return cls(**overrides)  # type: ignore[arg-type]
+        except ValidationError as exc:
+            prefix = str(cls.model_config.get("env_prefix", ""))
+            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
+
+
 class AlertSettings(BaseSettings):
     """Thresholds of the stall and anomaly rules: see ``docs/alerts.md`` (each rule,
     why it matters, and its settings). ``SAFEREPLAY_ALERT_*`` variables."""
@@ -300,6 +378,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     ProjectionSettings,
     RecoverySettings,
     AlertSettings,
+    ServeSettings,
 )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import json
+import logging
 import signal
 import socket
 import sys
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from safereplay.domain import ConfigurationError
 from safereplay.recovery.api.app import ServeOptions, create_app
 from safereplay.recovery.cli.local_workers import WorkerProcess, stop_workers
 from safereplay.recovery.cli.security import Json
@@ -32,12 +34,15 @@ from safereplay.recovery.cli.support import (
     fail,
     recovery_context,
 )
+from safereplay.recovery.settings import ServeSettings
 
 if TYPE_CHECKING:
     import uvicorn
     from fastapi import FastAPI
 
-__all__ = ["LocalWorkers", "loopback", "register"]
+__all__ = ["LocalWorkers", "loopback", "refuse_plaintext_remote", "register", "server"]
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8321
 #: How long a stopping worker may take to give its partition back before it is killed
@@ -102,7 +107,45 @@ class LocalWorkers:
         stop_workers(self.processes, kill_after=STOP_WAIT_SECONDS)
 
 
-def _server(app: FastAPI, host: str, port: int, on_listening: Callable[[], None]) -> uvicorn.Server:
+def refuse_plaintext_remote(
+    host: str, settings: ServeSettings, *, allow_remote: bool, allow_plaintext: bool
+) -> str | None:
+    """Why ``serve`` must not listen on ``host`` (None: it may).
+
+    Loopback (127.0.0.0/8, ::1, localhost) is always allowed. Any other address
+    needs ``--allow-remote`` (it is meant), and TLS (``SAFEREPLAY_SERVE_TLS_*``)
+    unless plaintext is allowed explicitly (``--allow-plaintext-remote``, which
+    also means ``--allow-remote``, or ``SAFEREPLAY_SERVE_ALLOW_PLAINTEXT_REMOTE``):
+    every request carries a token.
+    """
+    if loopback(host):
+        return None
+    allow_plaintext = allow_plaintext or settings.allow_plaintext_remote
+    if not allow_remote and not allow_plaintext:
+        return (
+            f"--host {host} can be reached from other machines: add --allow-remote to "
+            "mean it (with TLS: SAFEREPLAY_SERVE_TLS_CERT_FILE and "
+            "SAFEREPLAY_SERVE_TLS_KEY_FILE; tokens travel in every request)"
+        )
+    if not settings.tls and not allow_plaintext:
+        return (
+            f"--host {host} can be reached from other machines and no TLS is configured: "
+            "set SAFEREPLAY_SERVE_TLS_CERT_FILE and SAFEREPLAY_SERVE_TLS_KEY_FILE (tokens "
+            "travel in every request), or add --allow-plaintext-remote (or set "
+            "SAFEREPLAY_SERVE_ALLOW_PLAINTEXT_REMOTE=true) when TLS ends in front of it"
+        )
+    return None
+
+
+def server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    on_listening: Callable[[], None],
+    *,
+    tls: ServeSettings | None = None,
+) -> uvicorn.Server:
+    """The uvicorn server of ``serve`` (HTTPS with ``tls``'s certificate and key)."""
     import uvicorn  # the server is only needed here
 
     class Server(uvicorn.Server):
@@ -111,7 +154,18 @@ def _server(app: FastAPI, host: str, port: int, on_listening: Callable[[], None]
             if not self.should_exit:
                 on_listening()
 
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    cert = key = None
+    if tls is not None and tls.tls_cert_file is not None and tls.tls_key_file is not None:
+        cert, key = str(tls.tls_cert_file), str(tls.tls_key_file)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+    )
     return Server(config)
 
 
@@ -159,7 +213,16 @@ def serve_command(
         bool,
         typer.Option(
             "--allow-remote",
-            help="Allow listening on an address other machines can reach (put TLS in front).",
+            help="Allow listening on an address other machines can reach (with TLS: "
+            "SAFEREPLAY_SERVE_TLS_CERT_FILE and SAFEREPLAY_SERVE_TLS_KEY_FILE).",
+        ),
+    ] = False,
+    allow_plaintext_remote: Annotated[
+        bool,
+        typer.Option(
+            "--allow-plaintext-remote",
+            help="Allow listening beyond loopback without TLS (only behind a proxy that "
+            "ends TLS); logged as a warning.",
         ),
     ] = False,
     contexts: Annotated[
@@ -185,17 +248,28 @@ def serve_command(
     through the API are only planned: run `safereplay worker` elsewhere, or give
     --workers N to run N workers here (they stop with the server).
     """
-    if not loopback(host) and not allow_remote:
-        fail(
-            f"--host {host} can be reached from other machines: add --allow-remote to "
-            "mean it (and put TLS in front: tokens travel in every request)",
-            EXIT_INVALID,
+    try:
+        settings = ServeSettings.from_env()
+    except ConfigurationError as exc:
+        fail(str(exc), EXIT_INVALID)
+    refused = refuse_plaintext_remote(
+        host, settings, allow_remote=allow_remote, allow_plaintext=allow_plaintext_remote
+    )
+    if refused is not None:
+        fail(refused, EXIT_INVALID)
+    if not loopback(host) and not settings.tls:
+        warning = (
+            f"serving plain HTTP on {host}, reachable from other machines: tokens travel "
+            "unencrypted unless TLS ends in front of this server"
         )
+        logger.warning(warning)
+        error_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     # Fail now, with the CLI's message, if the store or the schema is not usable, or
     # (with workers) if there is no token for them to sign in with.
     with recovery_context() as context:
         principal = cli_caller(context, "serve").name if workers else None
-    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
+    scheme = "https" if settings.tls else "http"
+    url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/"
     sock = _bound_socket(host, port)
     local = LocalWorkers(workers)
 
@@ -215,10 +289,12 @@ def serve_command(
                 highlight=False,
             )
 
-    server = _server(create_app(options=ServeOptions(contexts=contexts)), host, port, listening)
+    running = server(
+        create_app(options=ServeOptions(contexts=contexts)), host, port, listening, tls=settings
+    )
     try:
         with _stops_quietly():
-            server.run(sockets=[sock])
+            running.run(sockets=[sock])
     finally:
         local.stop()
         sock.close()
