@@ -39,16 +39,18 @@ from safereplay.recovery.operations.store_check import check_store
 from safereplay.recovery.security.audit import AuditKey
 
 PACKAGE = Path(__file__).resolve().parent.parent
-#: Every file of the package that opens PostgreSQL connections, and how it gets the
-#: TLS parameters. A new opener fails test_every_opener_is_known until it is added.
+#: Every file of the package that opens PostgreSQL connections itself, and where its
+#: connection string (with the TLS parameters) comes from. A new opener fails
+#: test_every_opener_is_known until it is listed here (after a look at its source).
+#: eventsourcing's pool is opened inside eventsourcing: EventStoreApplication adds the
+#: parameters to its connection arguments (test_every_connection_... proves it).
 OPENERS = {
-    "domain/application.py": "eventsourcing's pool: kwargs from DomainSettings.postgres_tls()",
-    "domain/postgres_tls.py": "the TLS check itself (the DSN's parameters)",
-    "recovery/database.py": "pool on ProjectionSettings.postgres_store (TLS applied)",
-    "projections/postgres_connection.py": "ProjectionSettings.postgres_store (TLS applied)",
-    "projections/postgres_source.py": "DomainSettings.postgres_dsn (TLS applied)",
-    "projections/postgres_watermark.py": "DomainSettings.postgres_dsn (TLS applied)",
-    "recovery/operations/store_check.py": "both DSNs (TLS applied)",
+    "domain/postgres_tls.py": "check_tls_connection: the conninfo it is given",
+    "recovery/database.py": "ProjectionSettings.postgres_store (TLS applied)",
+    "projections/postgres_connection.py": "ProjectionSettings.postgres_store or postgres_conninfo",
+    "projections/postgres_source.py": "DomainSettings.postgres_conninfo()",
+    "projections/postgres_watermark.py": "the event source's conninfo",
+    "recovery/operations/store_check.py": "postgres_conninfo() and postgres_store",
     "recovery/drills/sandbox.py": "ProjectionSettings.postgres_store (TLS applied)",
     "recovery/drills/views.py": "ProjectionSettings.postgres_store (TLS applied)",
 }
@@ -61,9 +63,8 @@ def test_every_opener_is_known() -> None:
         for path in (PACKAGE / folder).rglob("*.py"):
             if _OPENS.search(path.read_text(encoding="utf-8")):
                 found.add(str(path.relative_to(PACKAGE)))
-    assert found <= set(OPENERS), f"new PostgreSQL openers, give them TLS: {found - set(OPENERS)}"
-    assert "domain/application.py" not in found  # eventsourcing's pool is built inside it
-    assert "recovery/database.py" in found and "projections/postgres_connection.py" in found
+    assert found - set(OPENERS) == set(), "new PostgreSQL openers: give them the TLS options"
+    assert set(OPENERS) - found == set(), "listed openers that open nothing any more"
 
 
 # -- settings -------------------------------------------------------------------------
