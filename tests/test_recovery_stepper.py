@@ -136,6 +136,31 @@ class StepperContract(LiveStore):
         assert [s.envelope.position for s in result.steps] == positions[3:7]
         assert result.to == positions[6]
 
+    def test_one_aggregate_is_stepped_with_the_others_folded_between(
+        self, world: World, reference_dir: Path
+    ) -> None:
+        run = world.a_run(4)
+        head = world.source.high_water_mark()
+        mine = [
+            int(n.id)
+            for n in world.source.read(
+                after=0, upto=head, limit=100_000, topics=list(RunStatusBoard.topics)
+            )
+            if str(n.originator_id) == run
+        ]
+        result = self.step(world, **{"from": 1, "to": head}, aggregate=run)
+        assert [s.envelope.position for s in result.steps] == mine
+        assert result.aggregate == run
+        assert all(s.envelope.aggregate_id == run for s in result.steps)
+        assert result.folded == len(positions_of(world, RunStatusBoard)) - len(mine)
+        changes = [c for s in result.steps for c in s.changes]
+        assert {c.key for c in changes} == {(run,)}
+        assert changes[0].kind == "insert"
+        end_rows = reference_rows(world, reference_dir, RunStatusBoard(), mine[-1])
+        assert changes[-1].after == end_rows[("runs", (run,))]
+        with pytest.raises(InvalidRequest, match="aggregate must be a UUID, not 'x'"):
+            self.step(world, **{"from": 1}, aggregate="x")
+
     # -- payloads ------------------------------------------------------------------------
 
     def test_payloads_only_for_an_operator_who_asks_and_audited(self, world: World) -> None:

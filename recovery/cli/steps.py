@@ -1,4 +1,5 @@
-"""CLI: ``safereplay step PROJECTION --from N [--to M | --count K] [--payloads]``."""
+"""CLI: ``safereplay step PROJECTION --from N [--to M | --count K] [--aggregate ID]
+[--payloads]``."""
 
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def _steps(result: StepResult) -> None:
     console.print(
         f"stepping {result.projection!r} (version {result.version}) from position "
         f"{result.start} to {result.to} in {result.sandbox}: {result.folded} events folded "
-        f"before, {len(result.steps)} stepped (head {result.head})",
+        f"before and between, {len(result.steps)} stepped"
+        f"{f' of aggregate {result.aggregate}' if result.aggregate else ''} (head {result.head})",
         highlight=False,
     )
     if not result.payloads_shown:
@@ -91,6 +93,13 @@ def step_command(
             "SAFEREPLAY_STEP_MAX_EVENTS).",
         ),
     ] = None,
+    aggregate: Annotated[
+        str | None,
+        typer.Option(
+            "--aggregate",
+            help="Step only this aggregate's events (the others are folded, not shown).",
+        ),
+    ] = None,
     payloads: Annotated[
         bool,
         typer.Option("--payloads", help="Show each event's payload (operate permission needed)."),
@@ -109,6 +118,8 @@ def step_command(
         parameters["to"] = to
     if count is not None:
         parameters["count"] = count
+    if aggregate is not None:
+        parameters["aggregate"] = aggregate
     if payloads:
         parameters["payloads"] = True
     result: StepResult = operation("step", **parameters)

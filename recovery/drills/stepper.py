@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from uuid import UUID
 
@@ -101,12 +101,12 @@ class RowChange:
     key: tuple[Any, ...]
     before: dict[str, Any] | None
     after: dict[str, Any] | None
+    #: ``insert``, ``update`` or ``delete`` (from ``before`` and ``after``).
+    kind: Literal["insert", "update", "delete"] = field(init=False)
 
-    @property
-    def kind(self) -> Literal["insert", "update", "delete"]:
-        if self.before is None:
-            return "insert"
-        return "delete" if self.after is None else "update"
+    def __post_init__(self) -> None:
+        kind = "insert" if self.before is None else "delete" if self.after is None else "update"
+        object.__setattr__(self, "kind", kind)
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,10 @@ class StepResult:
     to: int
     #: The high-water mark of the event log when the steps were read.
     head: int
-    #: Events folded in batches before ``start`` (and those parked among them).
+    #: Only this aggregate's events were stepped (None: every event of the projection).
+    aggregate: str | None
+    #: Events folded in batches, before ``start`` and between the steps of one
+    #: aggregate (and those parked among them).
     folded: int
     folded_parked: int
     steps: tuple[Step, ...]
@@ -169,8 +172,7 @@ def _key_id(notification: Notification) -> str | None:
 
 
 def _envelope(notification: Notification, envelope: Envelope | None) -> StepEnvelope:
-    aggregate = notification.originator_id
-    aggregate_id = aggregate if isinstance(aggregate, UUID) else UUID(str(aggregate))
+    aggregate_id = _uuid(notification.originator_id)
     version = int(notification.originator_version)
     shown = StepEnvelope(
         position=int(notification.id),
@@ -243,6 +245,38 @@ def _check_range(
             raise InvalidRequest(f"--to {end} is past the head of the event log (position {head})")
 
 
+def _events(
+    source: EventSource,
+    projection: type[Projection],
+    *,
+    start: int,
+    upto: int,
+    limit: int,
+    aggregate: UUID | None,
+) -> list[Notification]:
+    """The first ``limit`` events of ``projection`` (of ``aggregate`` only, if given)
+    at positions ``start`` to ``upto``; an aggregate's are found page by page."""
+    topics = list(projection.topics)
+    if aggregate is None:
+        return source.read(after=start - 1, upto=upto, limit=limit, topics=topics)
+    found: list[Notification] = []
+    after = start - 1
+    while after < upto and len(found) < limit:
+        page = source.read(after=after, upto=upto, limit=_PAGE, topics=topics)
+        found += [n for n in page if _uuid(n.originator_id) == aggregate]
+        if len(page) < _PAGE:
+            break
+        after = int(page[-1].id)
+    return found[:limit]
+
+
+_PAGE = 5000
+
+
+def _uuid(value: object) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
 def step_projection(
     projection: Projection,
     *,
@@ -251,6 +285,7 @@ def step_projection(
     start: int,
     end: int | None = None,
     count: int | None = None,
+    aggregate: UUID | None = None,
     max_events: int = 200,
     payloads: bool = False,
     payloads_note: str = "",
@@ -261,6 +296,8 @@ def step_projection(
     event at a time from ``start`` to ``end`` (or ``count`` events of the projection;
     default :data:`DEFAULT_STEP_COUNT`), at most ``max_events`` steps.
 
+    ``aggregate``: step only that aggregate's events; the others in between are
+    folded in batches (not shown), so every row is what a rebuild would hold.
     ``live_store``: the live store's description; a sandbox that is it is refused.
     ``payloads``: show each event's payload (the caller decided the principal may).
     """
@@ -270,52 +307,64 @@ def step_projection(
     wanted = count if count is not None else None if end is not None else DEFAULT_STEP_COUNT
     wanted = None if wanted is None else min(wanted, max_events)
     upto = end if end is not None else head
-    events = source.read(
-        after=start - 1, upto=upto, limit=(wanted or max_events) + 1, topics=list(cls.topics)
-    )
+    limit = (wanted or max_events) + 1
+    events = _events(source, cls, start=start, upto=upto, limit=limit, aggregate=aggregate)
     if wanted is None and len(events) > max_events:
+        which = f"{cls.name!r}" if aggregate is None else f"aggregate {aggregate}"
         raise InvalidRequest(
-            f"positions {start} to {end} hold more than {max_events} events of {cls.name!r} "
+            f"positions {start} to {end} hold more than {max_events} events of {which} "
             "(SAFEREPLAY_STEP_MAX_EVENTS): narrow the range or use --count"
         )
     events = events[: wanted or max_events]
     to = end if end is not None else (int(events[-1].id) if events else start - 1)
+    park = RulesPolicy(ErrorRules(default=Park()))
     with sandbox.opened() as (store, _reader):
         if live_store is not None and store.description == live_store:
             raise InvalidRequest(f"the stepper never writes the live store ({live_store})")
-        folder = ProjectionRunner(
-            projection,
-            source=source,
-            store=store,
-            options=options,
-            policy=RulesPolicy(ErrorRules(default=Park())),
-        )
-        folder.catch_up(until=start - 1)
-        if folder.checkpoint().position != start - 1:
-            raise InvalidRequest(
-                f"the event log offers events of {cls.name!r} only up to position "
-                f"{folder.checkpoint().position}, not {start - 1}: step from there"
+        folded = folded_parked = 0
+
+        def fold(until: int) -> int:
+            """Fold every event up to ``until`` in batches; the build's number."""
+            nonlocal folded, folded_parked
+            runner = ProjectionRunner(
+                projection, source=source, store=store, options=options, policy=park
             )
-        stepper = ProjectionRunner(
-            projection,
-            source=source,
-            store=store,
-            build=folder.build,
-            options=RunnerOptions(batch_size=1),
-            policy=RulesPolicy(ErrorRules(default=Park())),
-            replay=ReplayContext("replay", cls.name),
-        )
-        steps = [_step(stepper, store, n, payloads=payloads) for n in events]
+            runner.catch_up(until=until)
+            if runner.checkpoint().position != until:
+                raise InvalidRequest(
+                    f"the event log offers events of {cls.name!r} only up to position "
+                    f"{runner.checkpoint().position}, not {until}: step from there"
+                )
+            folded, folded_parked = folded + runner.applied, folded_parked + runner.parked
+            return runner.build
+
+        build = fold(start - 1)
+        steps: list[Step] = []
+        for notification in events:
+            if aggregate is not None:
+                fold(int(notification.id) - 1)
+            # A runner of its own for each step: the position moved since the last one.
+            stepper = ProjectionRunner(
+                projection,
+                source=source,
+                store=store,
+                build=build,
+                options=RunnerOptions(batch_size=1),
+                policy=park,
+                replay=ReplayContext("replay", cls.name),
+            )
+            steps.append(_step(stepper, store, notification, payloads=payloads))
         if end is not None:
-            stepper.catch_up(until=end)  # events of other topics up to ``end``
+            fold(end)  # events of other aggregates and topics up to ``end``
         return StepResult(
             projection=cls.name,
             version=cls.version,
             start=start,
             to=to,
             head=head,
-            folded=folder.applied,
-            folded_parked=folder.parked,
+            aggregate=None if aggregate is None else str(aggregate),
+            folded=folded,
+            folded_parked=folded_parked,
             steps=tuple(steps),
             payloads_shown=payloads,
             payloads_note="" if payloads else payloads_note,

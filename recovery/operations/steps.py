@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 from safereplay.recovery.drills.stepper import StepResult, step_projection
 from safereplay.recovery.errors import InvalidRequest
@@ -43,6 +44,11 @@ def register_step_operations(operations: Operations, context: RecoveryContext) -
         start = int_parameter(p, "from")
         if start is None:
             raise InvalidRequest("step needs --from: the first position to apply one at a time")
+        aggregate = p.get("aggregate")
+        try:
+            aggregate_id = None if aggregate in (None, "") else UUID(str(aggregate))
+        except ValueError:
+            raise InvalidRequest(f"aggregate must be a UUID, not {aggregate!r}") from None
         asked = bool(p.get("payloads"))
         scope = f"projection:{projection.name}"
         allowed = context.access.allows(ctx.principal.name, PAYLOAD_PERMISSION, scope)
@@ -62,6 +68,7 @@ def register_step_operations(operations: Operations, context: RecoveryContext) -
             start=start,
             end=int_parameter(p, "to"),
             count=int_parameter(p, "count"),
+            aggregate=aggregate_id,
             max_events=context.recovery.step_max_events,
             payloads=asked and allowed,
             payloads_note=note,

@@ -5,6 +5,7 @@ to a principal with the operate permission on the projection who asks for them."
 from __future__ import annotations
 
 from typing import Any
+from uuid import UUID
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -32,6 +33,10 @@ class StepBody(BaseModel):
         description="Step this many events of the projection (--count; default 20, at most "
         "SAFEREPLAY_STEP_MAX_EVENTS).",
     )
+    aggregate: UUID | None = Field(
+        default=None,
+        description="Step only this aggregate's events; the others are folded (--aggregate).",
+    )
     payloads: bool = Field(
         default=False,
         description="Show each event's payload (--payloads): the operate permission is needed.",
@@ -46,7 +51,9 @@ class StepBody(BaseModel):
         return self
 
     def parameters(self) -> dict[str, Any]:
-        given = {"from": self.start, "to": self.to, "count": self.count}
+        given: dict[str, Any] = {"from": self.start, "to": self.to, "count": self.count}
+        if self.aggregate is not None:
+            given["aggregate"] = str(self.aggregate)
         found = {key: value for key, value in given.items() if value is not None}
         return {**found, "payloads": True} if self.payloads else found
 
