@@ -59,9 +59,10 @@ def _step(step: Step) -> None:
 def _steps(result: StepResult) -> None:
     console.print(
         f"stepping {result.projection!r} (version {result.version}) from position "
-        f"{result.start} to {result.to} in {result.sandbox}: {result.folded} events folded "
+        f"{result.start} to {result.to} (head {result.head}): {result.folded} events folded "
         f"before and between, {len(result.steps)} stepped"
-        f"{f' of aggregate {result.aggregate}' if result.aggregate else ''} (head {result.head})",
+        f"{f' of aggregate {result.aggregate}' if result.aggregate else ''}; sandbox "
+        f"{result.sandbox}",
         highlight=False,
     )
     if not result.payloads_shown:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -190,7 +191,7 @@ def _envelope(notification: Notification, envelope: Envelope | None) -> StepEnve
             "event_id": str(envelope.event_id),
             "event_type": envelope.event_type,
             "schema_version": envelope.schema_version,
-            "occurred_at": envelope.occurred_at.isoformat(),
+            "occurred_at": _utc(envelope.occurred_at),
             "correlation_id": str(envelope.correlation_id),
             "causation_id": None if envelope.causation_id is None else str(envelope.causation_id),
             "source": envelope.source,
@@ -271,6 +272,13 @@ def _events(
 
 
 _PAGE = 5000
+
+
+def _utc(moment: datetime) -> str:
+    """A time as ISO 8601 in UTC (a naive one is UTC already), as the CLI shows times."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def _uuid(value: object) -> UUID:
