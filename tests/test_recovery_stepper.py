@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+from uuid import UUID
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_recovery_drill import OLGA, VIC, LiveStore, PostgresLiveStore, SQLiteLiveStore, World
 
+from safereplay.domain.envelope import Envelope
 from safereplay.projections import (
+    BatchState,
     ProjectionRunner,
     RunStatusBoard,
     SQLiteProjectionStore,
     WorkflowStatistics,
 )
-from safereplay.recovery.drills.stepper import RowChange, StepResult
+from safereplay.recovery.drills.stepper import RowChange, StepResult, step_projection
 from safereplay.recovery.drills.views import SQLiteStoreReader
 from safereplay.recovery.errors import InvalidRequest, UnregisteredProjection
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.drills import new_sandbox
 from safereplay.recovery.security.access import Principal
 from safereplay.recovery.settings import RecoverySettings
 
@@ -71,6 +75,17 @@ def positions_of(world: World, projection: Any) -> list[int]:
     head = world.source.high_water_mark()
     events = world.source.read(after=0, upto=head, limit=100_000, topics=list(projection.topics))
     return [int(n.id) for n in events]
+
+
+class Picky(RunStatusBoard):
+    """run_status whose handler refuses the steps of one run (``bad``)."""
+
+    bad: ClassVar[str] = ""
+
+    def step_succeeded(self, envelope: Envelope, state: BatchState) -> None:
+        if str(envelope.aggregate_id) == self.bad:
+            raise ValueError(f"refused step of {envelope.aggregate_id}")
+        super().step_succeeded(envelope, state)
 
 
 class StepperContract(LiveStore):
@@ -160,6 +175,39 @@ class StepperContract(LiveStore):
         assert changes[-1].after == end_rows[("runs", (run,))]
         with pytest.raises(InvalidRequest, match="aggregate must be a UUID, not 'x'"):
             self.step(world, **{"from": 1}, aggregate="x")
+
+    def test_a_failing_event_is_parked_and_its_aggregate_blocked_as_in_a_rebuild(
+        self, world: World
+    ) -> None:
+        run = world.a_run(2)
+        Picky.bad = run
+        head = world.source.high_water_mark()
+        events = world.source.read(
+            after=0, upto=head, limit=100_000, topics=list(RunStatusBoard.topics)
+        )
+        mine = [int(n.id) for n in events if str(n.originator_id) == run]
+
+        def step(payloads: bool) -> StepResult:
+            return step_projection(
+                Picky(),
+                source=world.source,
+                sandbox=new_sandbox(world.context),
+                start=mine[0],
+                end=mine[-1],
+                aggregate=UUID(run),
+                payloads=payloads,
+            )
+
+        hidden = step(payloads=False)
+        outcomes = [s.outcome for s in hidden.steps]
+        assert outcomes == ["applied", "parked"] + ["blocked"] * (len(mine) - 2)
+        parked = hidden.steps[1]
+        assert parked.error == "ValueError", "the message may quote the payload: type only"
+        assert parked.changes == () and parked.summary().startswith("parked")
+        assert {s.blocked_by for s in hidden.steps[2:]} == {mine[1]}
+        shown = step(payloads=True)
+        assert shown.steps[1].error == f"ValueError: refused step of {run}"
+        assert self.leftover_sandboxes(world) == []
 
     # -- payloads ------------------------------------------------------------------------
 
