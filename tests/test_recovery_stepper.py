@@ -23,16 +23,20 @@ from safereplay.domain.envelope import Envelope
 from safereplay.projections import (
     BatchState,
     ProjectionRunner,
+    ProjectionStore,
     RunStatusBoard,
     SQLiteProjectionStore,
     WorkflowStatistics,
+    open_store,
 )
+from safereplay.recovery.drills.sandbox import Sandbox
 from safereplay.recovery.drills.stepper import RowChange, StepResult, step_projection
-from safereplay.recovery.drills.views import SQLiteStoreReader
+from safereplay.recovery.drills.views import SQLiteStoreReader, StoreReader
 from safereplay.recovery.errors import InvalidRequest, UnregisteredProjection
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
-from safereplay.recovery.operations.drills import new_sandbox
+from safereplay.recovery.operations.drills import live_reader, new_sandbox
+from safereplay.recovery.operations.steps import live_store_description
 from safereplay.recovery.security.access import Principal
 from safereplay.recovery.settings import RecoverySettings
 
@@ -208,6 +212,33 @@ class StepperContract(LiveStore):
         shown = step(payloads=True)
         assert shown.steps[1].error == f"ValueError: refused step of {run}"
         assert self.leftover_sandboxes(world) == []
+
+    def test_a_sandbox_that_is_the_live_store_is_refused(self, world: World) -> None:
+        described = live_store_description(world.context)
+        assert described == world.store.description
+
+        class LiveAsSandbox(Sandbox):
+            description = "the live store itself"
+
+            def _open(self) -> tuple[ProjectionStore, StoreReader]:
+                return open_store(world.settings), live_reader(world.context)
+
+            def remove(self) -> None:
+                pass
+
+            def exists(self) -> bool:
+                return True
+
+        before = self.dump(world)
+        with pytest.raises(InvalidRequest, match="never writes the live store"):
+            step_projection(
+                RunStatusBoard(),
+                source=world.source,
+                sandbox=LiveAsSandbox(),
+                start=1,
+                live_store=described,
+            )
+        assert self.dump(world) == before
 
     # -- payloads ------------------------------------------------------------------------
 

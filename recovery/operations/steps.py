@@ -24,13 +24,15 @@ from safereplay.recovery.security.audit import AuditRecord
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["PAYLOAD_PERMISSION", "register_step_operations"]
+__all__ = ["PAYLOAD_PERMISSION", "live_store_description", "register_step_operations"]
 
 #: What a principal needs on ``projection:NAME`` to see the payloads of its events.
 PAYLOAD_PERMISSION = Permission.OPERATE
 
 
-def _live_description(context: RecoveryContext) -> str:
+def live_store_description(context: RecoveryContext) -> str:
+    """The live projection store's description (as its store object gives it), read
+    from the settings alone: the stepper refuses a sandbox that is this store."""
     if context.domain.backend == "sqlite":
         path = context.projection_settings.sqlite_store_path(context.domain)
         return f"SQLite projection store {str(path)!r}"
@@ -72,7 +74,7 @@ def register_step_operations(operations: Operations, context: RecoveryContext) -
             max_events=context.recovery.step_max_events,
             payloads=asked and allowed,
             payloads_note=note,
-            live_store=_live_description(context),
+            live_store=live_store_description(context),
             options=context.runner_options(),
         )
         if result.payloads_shown and result.steps:
