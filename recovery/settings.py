@@ -184,6 +184,15 @@ class RecoverySettings(BaseSettings):
         ),
     )
 
+    step_max_events: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description=(
+            "The most events `safereplay step` applies one at a time (and shows) in one call."
+        ),
+    )
+
     def drill_required(self, projection: str) -> bool:
         """Must a swap of ``projection`` be preceded by a matching drill?"""
         names = {n.strip() for n in self.recovery_require_drill.split(",") if n.strip()}

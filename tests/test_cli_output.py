@@ -196,6 +196,7 @@ CASES: dict[str, Callable[[Cli], list[str]]] = {
     "templates list": lambda cli: ["templates", "list"],
     "plan": lambda cli: ["plan", "bad-projection-code"],
     "drills": lambda cli: ["drills", "workflow_stats"],
+    "step": lambda cli: ["step", "workflow_stats", "--from", "1", "--count", "3"],
     "migrate": lambda cli: ["migrate", "-r", "upgrade"],
     "seed": lambda cli: ["seed", "--events", "5", "-r", "more"],
 }

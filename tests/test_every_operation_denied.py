@@ -196,6 +196,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "revoke": ["ada", "admin", "*", "-r", "x"],
     "drill": ["run_status", "-r", "x"],
     "drills": ["run_status"],
+    "step": ["run_status", "--from", "1"],
     "plan": ["{template}"],
     "parked list": ["run_status"],
     "parked redrive": ["run_status", "-r", "x"],

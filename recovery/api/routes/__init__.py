@@ -10,6 +10,7 @@ from safereplay.recovery.api.routes import (
     parked,
     reactions,
     status,
+    steps,
     templates,
 )
 
@@ -24,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     alerts.router,
     templates.router,
     reactions.router,
+    steps.router,
 )
