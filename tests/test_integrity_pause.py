@@ -12,7 +12,6 @@ naming the position. The conflict store itself is one contract per backend.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
@@ -164,10 +163,10 @@ class ConflictStoreContract(RecoveryContract):
 
 class PauseContract(RecoveryContract):
     @pytest.fixture
-    def conflicts(self, recovery: Recovery) -> Iterator[ConflictStore]:
+    def conflicts(self, recovery: Recovery) -> ConflictStore:
         store = ConflictStore(database_of(recovery))
         store.create_tables()
-        yield store
+        return store
 
     def _tampered_rebuild(self, recovery: Recovery) -> tuple[Job, int, bytes]:
         """A rebuild of run_status with one tampered row in the middle of the log."""

@@ -6,6 +6,7 @@ from safereplay.recovery.api.routes import (
     alerts,
     audit,
     builds,
+    conflicts,
     jobs,
     parked,
     reactions,
@@ -22,6 +23,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     parked.router,
     audit.router,
     alerts.router,
+    conflicts.router,
     templates.router,
     reactions.router,
 )
