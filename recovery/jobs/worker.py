@@ -384,7 +384,7 @@ class Worker:
         """Stop the partition at ``position`` with a conflict (see conflicts)."""
         assert self.conflicts is not None
         job = claim.job
-        reason = f"{kind}: {type(error).__name__}: {error_summary(error)}"
+        reason = f"{type(error).__name__}: {error_summary(error)}"
         conflict = self.conflicts.pause_partition(
             claim,
             NewConflict(
