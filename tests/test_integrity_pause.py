@@ -12,19 +12,23 @@ naming the position. The conflict store itself is one contract per backend.
 from __future__ import annotations
 
 import sqlite3
+import threading
+import time
+from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
 import pytest
 from projection_fixtures import Log, OnPostgres, OnSQLite, PostgresBackend
 from psycopg import sql
-from recovery_fixtures import Recovery, RecoveryContract
+from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import RunStatusBoard
 from safereplay.recovery.database import Database
 from safereplay.recovery.errors import ConflictNotFound, InvalidJobTransition
 from safereplay.recovery.jobs.conflicts import Conflict, ConflictStore, NewConflict
+from safereplay.recovery.jobs.follow import FollowReport, follow_projections
 from safereplay.recovery.jobs.model import Job, JobState, PartitionStatus
 from safereplay.recovery.jobs.plans import JobRequest
 from safereplay.recovery.jobs.store import SQLJobStore
@@ -88,6 +92,14 @@ def partition_row(recovery: Recovery, job: Job) -> dict[str, Any]:
             {"job_id": str(job.job_id)},
         )
     return row
+
+
+def eventually(check: Callable[[], bool], what: str, *, within: float = 60.0) -> None:
+    """Poll ``check`` until it holds (a generous deadline: the machine may be slow)."""
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"not within {within}s: {what}"
+        time.sleep(0.02)
 
 
 class ConflictStoreContract(RecoveryContract):
@@ -256,6 +268,62 @@ class PauseContract(RecoveryContract):
         [part] = recovery.partitions(job)
         assert part.last_error is not None and f"position {victim}" in part.last_error
         assert part.position == victim - 1
+
+    def test_a_live_follower_pauses_until_the_conflict_is_parked(
+        self, recovery: Recovery, conflicts: ConflictStore
+    ) -> None:
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=43)
+        positions = [
+            e.position for e in recovery.log.envelopes() if e.topic in RunStatusBoard.topics
+        ]
+        victim = positions[len(positions) // 2]
+        assert victim is not None
+        tamper(recovery.log, victim)
+        stop = threading.Event()
+        reports: list[FollowReport] = []
+
+        def follow() -> None:
+            reports.extend(
+                follow_projections(
+                    [RunStatusBoard],
+                    open_store=recovery.log.store,
+                    open_source=recovery.log.source,
+                    options=QUICK_RUNNER,
+                    stop=stop,
+                    conflicts=conflicts,
+                )
+            )
+
+        thread = threading.Thread(target=follow)
+        thread.start()
+        try:
+            eventually(lambda: bool(conflicts.list()), "the follower records a conflict")
+            [conflict] = conflicts.list()
+            assert (conflict.subject, conflict.position, conflict.job_id) == (
+                "follower:run_status:0/1",
+                victim,
+                None,
+            )
+            # Paused: the live build's position is just before it, later events wait.
+            assert recovery.positions(RunStatusBoard, 1) == [victim - 1]
+            rows = recovery.actual(RunStatusBoard, 1)
+            record_workload(recovery.log.app, workflows=1, runs_per_workflow=2, seed=44)
+            assert recovery.positions(RunStatusBoard, 1) == [victim - 1]
+            assert recovery.actual(RunStatusBoard, 1) == rows
+
+            conflicts.resolve(
+                conflict.conflict_id, resolution="park", reason="INC-3", principal="bob"
+            )
+            head = recovery.source.high_water_mark()
+            eventually(
+                lambda: recovery.positions(RunStatusBoard, 1) == [head],
+                "the follower goes on past the parked event",
+            )
+        finally:
+            stop.set()
+            thread.join(60)
+        assert [r.error for r in reports] == [None]
+        assert recovery.store.parked("run_status")[0].position == victim
 
 
 class TestSQLiteConflictStore(OnSQLite, ConflictStoreContract):
