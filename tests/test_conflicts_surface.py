@@ -8,15 +8,22 @@ CLI's ``conflicts list`` / ``conflicts resolve`` and ``status`` show the same.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sqlite3
 from typing import Any
 
+import psycopg
 import pytest
 from api_fixtures import ApiContract, ApiWorld, postgres_settings, sqlite_settings
 from typer.testing import CliRunner
 
+from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.database import PostgresDatabase, SQLiteDatabase
+from safereplay.recovery.errors import JobConflict
 from safereplay.recovery.jobs.conflicts import Conflict, NewConflict
+from safereplay.recovery.operations.catalog import open_operations
 
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
@@ -37,7 +44,53 @@ def cli(world: ApiWorld, who: str, *args: str) -> Any:
     return CliRunner().invoke(app, list(args), env=world.envs[who])
 
 
+def rewrite_audit(world: ApiWorld, statement: str) -> None:
+    """Run SQL on the audit tables with the append-only guards bypassed, as a database
+    owner could."""
+    database = world.context.database
+    if isinstance(database, SQLiteDatabase):
+        with contextlib.closing(sqlite3.connect(database.path)) as conn, conn:
+            triggers = conn.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger'"
+            ).fetchall()
+            for name, _ in triggers:
+                conn.execute(f'DROP TRIGGER "{name}"')
+            conn.execute(sqlite_statement(statement))
+            for _, ddl in triggers:
+                conn.execute(ddl)
+        return
+    assert isinstance(database, PostgresDatabase)
+    assert world.settings.postgres_dsn is not None
+    with psycopg.connect(world.settings.postgres_dsn.get_secret_value()) as conn:
+        conn.execute("SET session_replication_role = replica")
+        conn.execute(postgres_statement(statement, database.schema))
+
+
 class ConflictsSurfaceContract(ApiContract):
+    def test_an_audit_chain_that_fails_to_verify_pauses_recovery_work(
+        self, world: ApiWorld
+    ) -> None:
+        admin = world.context.access.authenticate(world.envs["admin"]["SAFEREPLAY_TOKEN"])
+        operations = open_operations(world.context)
+        rewrite_audit(world, "UPDATE {audit_entries} SET reason = 'rewritten' WHERE seq = 1")
+        assert not operations.run(admin, "audit.verify").ok
+        [conflict] = world.context.conflicts.list()
+        assert (conflict.kind, conflict.subject) == ("audit", "audit")
+        assert "does not verify" in conflict.reason
+
+        with pytest.raises(JobConflict, match=f"paused by conflict {conflict.conflict_id}"):
+            operations.run(admin, "rebuild", reason="after the incident", projection="run_status")
+        assert world.context.jobs.list_jobs() == [], "no job was started"
+        operations.run(
+            admin,
+            "conflicts.resolve",
+            reason="trail restored from backup and anchored",
+            conflict_id=conflict.conflict_id,
+            action="retry",
+        )
+        started = operations.run(admin, "rebuild", reason="now", projection="run_status")
+        assert started["job_id"]
+
     def test_api_lists_and_an_operator_resolves_with_a_reason(self, world: ApiWorld) -> None:
         conflict = drill_conflict(world)
         listed = world.get("viewer", "/api/conflicts")

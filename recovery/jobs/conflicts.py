@@ -31,6 +31,7 @@ from safereplay.recovery.errors import ConflictNotFound, InvalidJobTransition, L
 from safereplay.recovery.jobs.model import Claim
 
 __all__ = [
+    "EVENT_KINDS",
     "RESOLUTIONS",
     "Conflict",
     "ConflictStore",
@@ -41,6 +42,9 @@ __all__ = [
 
 Resolution = Literal["retry", "park"]
 RESOLUTIONS: tuple[Resolution, ...] = ("retry", "park")
+#: The kinds of conflict that name one stored event (the others, ``hole``, ``drill``
+#: and ``audit``, name a check): only those can be resolved by parking the event.
+EVENT_KINDS = frozenset({"authentication", "unknown-key", "envelope"})
 
 _CREATE = """
 CREATE TABLE IF NOT EXISTS {conflicts} (
@@ -274,7 +278,9 @@ class ConflictStore:
                     f"conflict {conflict_id} was resolved already ({conflict.resolution} by "
                     f"{conflict.resolved_by})"
                 )
-            if resolution == "park" and conflict.position is None:
+            if resolution == "park" and (
+                conflict.position is None or conflict.kind not in EVENT_KINDS
+            ):
                 raise InvalidJobTransition(
                     f"conflict {conflict_id} ({conflict.kind}) names no event to park: retry it"
                 )
