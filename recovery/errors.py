@@ -12,7 +12,8 @@
     ├── JobConflict             a job is already running on that projection
     │   └── DrillConflict       the live build moved in a way a drill cannot follow
     ├── JobNotFound             no job with that id (or id prefix)
-    │   └── AmbiguousJobId      a short job id that more than one job starts with
+    │   ├── AmbiguousJobId      a short job id that more than one job starts with
+    │   └── ConflictNotFound    no integrity conflict with that id
     ├── InvalidJobTransition    e.g. resume a completed job
     ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
@@ -33,6 +34,7 @@ __all__ = [
     "AuditKeyError",
     "AuthenticationFailed",
     "CircuitOpen",
+    "ConflictNotFound",
     "DrillConflict",
     "IncompleteJob",
     "InvalidJobTransition",
@@ -80,6 +82,10 @@ class JobNotFound(RecoveryError):
 
 class AmbiguousJobId(JobNotFound):
     """A short job id (a prefix) that more than one job's id starts with."""
+
+
+class ConflictNotFound(JobNotFound):
+    """No integrity conflict with that id (``safereplay conflicts list`` shows them)."""
 
 
 class InvalidJobTransition(RecoveryError):

@@ -19,6 +19,7 @@ import os
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -173,6 +174,15 @@ class RecoverySettings(BaseSettings):
         gt=0,
         le=86_400,
         description="The window (seconds) that SAFEREPLAY_AUTH_FAILURES_AUDITED counts in.",
+    )
+
+    on_integrity_failure: Literal["pause", "park", "fail"] = Field(
+        default="pause",
+        description=(
+            "What a job does with a stored event that fails authentication or decryption, "
+            "names a key not in the ring or cannot be decoded: `pause` (stop there and record "
+            "a conflict), `park` (park it, go on) or `fail` (fail the partition)."
+        ),
     )
 
     recovery_require_drill: str = Field(

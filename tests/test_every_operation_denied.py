@@ -89,6 +89,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "table": "runs",
         "position": 1,
         "reaction": "run_completions",
+        "conflict_id": "c1",
     }
 
 
@@ -223,6 +224,8 @@ CLI_CALLS: dict[str, list[str]] = {
     "reactions": [],
     "redeliver": ["run_completions", "-r", "x"],
     "react": ["run_completions", "--once"],
+    "conflicts list": [],
+    "conflicts resolve": ["c1", "--action", "park", "-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a

@@ -149,13 +149,24 @@ def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:
     story = result.story
     assert story.parked >= 2 and story.redriven == story.parked, "poison parked, then re-driven"
     assert story.rebuild.job.state == "completed" and story.live_build == 2
+    # A tampered row paused a rebuild; parked by the operator, the rebuild completed.
+    assert story.integrity is not None
+    assert (story.integrity.kind, story.integrity.resolution) == ("authentication", "park")
+    assert story.integrity.job_state == "completed"
     # A downstream outage: what it missed re-delivered, each completion processed once.
     missed = story.reactions
     assert missed is not None and missed.parked > 0
     assert missed.redelivered == missed.processed == missed.parked
     assert missed.processed_twice == 0
     text = output.getvalue()
-    steps = ("denied (and audited)", "parked events", "crash:", "stalled", "taken over")
+    steps = (
+        "denied (and audited)",
+        "parked events",
+        "crash:",
+        "stalled",
+        "taken over",
+        "paused by conflict",
+    )
     for step in steps:
         assert step in text, step
     flat = " ".join(text.split())  # the lines as the console wrapped them, joined

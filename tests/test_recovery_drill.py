@@ -245,6 +245,40 @@ class DrillContract(LiveStore):
         assert code == 0, out
         assert [d["match"] for d in json.loads(out)] == [False, True]
 
+    def test_a_divergent_drill_pauses_swaps_until_an_operator_resolves_it(
+        self, world: World
+    ) -> None:
+        olga = world.context.access.issue_token("olga")
+        victim = world.a_run(3)
+        self.execute(world, "UPDATE {t} SET status = 'tampered' WHERE run_id = %s", (victim,))
+        code, out = self.cli(world, olga, "drill", "run_status", "-r", "after the incident")
+        assert code == 1, out
+        [conflict] = world.context.conflicts.list()
+        assert (conflict.kind, conflict.projection) == ("drill", "run_status")
+        assert "DIVERGENCE" in conflict.reason and "tampered" not in conflict.reason
+
+        code, out = self.cli(world, olga, "swap", "run_status", "-r", "swap anyway")
+        assert code == 5, out
+        assert f"paused by conflict {conflict.conflict_id}" in " ".join(out.split())
+        code, out = self.cli(
+            world, olga, "conflicts", "resolve", conflict.conflict_id, "--action", "park", "-r", "x"
+        )
+        assert code == 5, "a drill's conflict names no event to park"
+        code, out = self.cli(
+            world,
+            olga,
+            "conflicts",
+            "resolve",
+            conflict.conflict_id,
+            "--action",
+            "retry",
+            "-r",
+            "row repaired, drill re-run",
+        )
+        assert code == 0, out
+        code, out = self.cli(world, olga, "swap", "run_status", "-r", "swap anyway")
+        assert "paused by conflict" not in out  # refused for its own reasons, if any
+
     # -- refusals and limits -------------------------------------------------------------
 
     def test_a_viewer_is_denied_and_the_denial_is_audited(self, world: World) -> None:

@@ -57,6 +57,19 @@ SITUATIONS = {
         'for _ in $(seq 300); do python -c "import socket; '
         "socket.create_connection(('127.0.0.1', $PORT), 1)\" 2>/dev/null && break; sleep 0.1; done",
     ],
+    "An integrity check failed (a conflict)": [
+        # One bit of a stored Run event's AES-GCM tag flipped on disk, then a rebuild
+        # meets it: paused by a conflict (the command exits 1, the job waits).
+        'python -c "import os, sqlite3; '
+        "c = sqlite3.connect(os.environ['SAFEREPLAY_SQLITE_PATH']); "
+        "q = 'SELECT max(rowid) FROM stored_events WHERE topic LIKE ?'; "
+        "p = c.execute(q, ('%:Run.%',)).fetchone()[0]; "
+        "r = 'SELECT state FROM stored_events WHERE rowid = ?'; "
+        "s = bytearray(c.execute(r, (p,)).fetchone()[0]); s[-1] ^= 1; "
+        "c.execute('UPDATE stored_events SET state = ? WHERE rowid = ?', (bytes(s), p)); "
+        'c.commit()"',
+        'safereplay rebuild run_status --workers 1 --reason "a rebuild meets it" || test $? -eq 1',
+    ],
 }
 
 

@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
+from safereplay.recovery.cli import conflicts as cli_conflicts
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
@@ -175,19 +176,26 @@ def status_command(
     with signed_in("status") as run:
         report = run("status", projections=projection or [])
         alerts = cli_alerts.open_alerts(projection or [], run)
+        conflicts = cli_conflicts.open_conflicts(run)
         reactions = cli_reactions.reactions_for_status(run)
 
         def human(found: Any) -> None:
             console.print(status_table(report))
             cli_jobs.print_stalled_jobs(projection or [], run)
             cli_alerts.print_open_alerts(alerts)
+            cli_conflicts.print_open_conflicts(conflicts)
             if reactions:
                 cli_reactions.print_reactions(reactions)
 
-        # The report's fields, the open alerts and the reactions (null: the caller may
-        # not read them).
+        # The report's fields, the open alerts and conflicts, and the reactions (null:
+        # the caller may not read them).
         emit(
-            {**to_jsonable(report), "open_alerts": alerts, "reactions": reactions},
+            {
+                **to_jsonable(report),
+                "open_alerts": alerts,
+                "open_conflicts": conflicts,
+                "reactions": reactions,
+            },
             as_json=as_json,
             human=human,
         )
@@ -204,6 +212,7 @@ cli_init.register(app)
 cli_projections.register(app)
 cli_serve.register(app)
 cli_alerts.register(app)
+cli_conflicts.register(app)
 cli_reactions.register(app)
 cli_steps.register(app)
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,12 @@ from safereplay.projections import (
     RunStatusBoard,
     WorkflowStatistics,
 )
+from safereplay.recovery.cli.demo_integrity import (
+    IntegrityStory,
+    corrupt_one_event,
+    restore_event,
+    tell_integrity_story,
+)
 from safereplay.recovery.cli.demo_reactions import (
     DEMO_REACTION_SETTINGS,
     ReactionStory,
@@ -42,7 +47,12 @@ from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
 from safereplay.recovery.resilience.backoff import Backoff
-from safereplay.recovery.resilience.policies import ErrorRules, RetryThenPark, RulesPolicy
+from safereplay.recovery.resilience.policies import (
+    ErrorRules,
+    IntegrityPolicy,
+    RetryThenPark,
+    RulesPolicy,
+)
 from safereplay.recovery.security.access import AccessDenied, Principal
 from safereplay.recovery.security.audit import AuditKey
 from safereplay.recovery.settings import RecoverySettings
@@ -63,6 +73,7 @@ class StoryResult:
     reactions: ReactionStory | None = None
     #: The demo operator's token, for the demo to hand over in a 0600 file.
     operator_token: str = ""
+    integrity: IntegrityStory | None = None
 
 
 @dataclass
@@ -96,35 +107,6 @@ def _cast(context: RecoveryContext, console: Console) -> _Cast:
         operator_token=tokens["demo-operator"],
         viewer=context.access.authenticate(tokens["demo-viewer"]),
     )
-
-
-def _corrupt_one_event(
-    settings: DomainSettings, app: AutomationApp, after: int
-) -> tuple[int, bytes]:
-    """Flip one byte of a stored event of a run with later events; returns the backup."""
-    envelopes = app.read(after=after, limit=10**6)
-    per_run: dict[UUID, list[int]] = {}
-    for envelope in envelopes:
-        if envelope.topic in RunStatusBoard.topics and envelope.position is not None:
-            per_run.setdefault(envelope.aggregate_id, []).append(envelope.position)
-    victim = next(positions for positions in per_run.values() if len(positions) >= 3)
-    position = victim[1]
-    table = app.recorder.events_table_name  # type: ignore[attr-defined]
-    with sqlite3.connect(settings.sqlite_path) as conn:
-        (state,) = conn.execute(
-            f"SELECT state FROM {table} WHERE rowid = ?",
-            (position,),
-        ).fetchone()
-        damaged = bytearray(state)
-        damaged[-1] ^= 0x01  # one bit in the GCM tag: decryption must refuse it
-        conn.execute(f"UPDATE {table} SET state = ? WHERE rowid = ?", (bytes(damaged), position))
-    return position, bytes(state)
-
-
-def _restore(settings: DomainSettings, app: AutomationApp, position: int, state: bytes) -> None:
-    table = app.recorder.events_table_name  # type: ignore[attr-defined]
-    with sqlite3.connect(settings.sqlite_path) as conn:
-        conn.execute(f"UPDATE {table} SET state = ? WHERE rowid = ?", (state, position))
 
 
 def _parked_table(rows: list[dict[str, Any]]) -> Table:
@@ -221,13 +203,18 @@ def _story(
     console.rule("[bold]a poison event")
     head = app.head_position()
     record_workload(app, workflows=2, runs_per_workflow=10, source="demo", seed=77)
-    position, backup = _corrupt_one_event(settings, app, head)
+    position, backup = corrupt_one_event(settings, app, head)
     console.print(
         f"position {position} is damaged on disk (one bit of its AES-GCM tag flipped): "
         "it can no longer be decrypted"
     )
-    live_policy = RulesPolicy(
-        ErrorRules(default=RetryThenPark(attempts=3, backoff=Backoff(initial=0.01, jitter=0)))
+    # A live follower that must not stop: integrity failures are parked here, on
+    # purpose (on_integrity_failure = park); the rebuild below pauses instead.
+    live_policy = IntegrityPolicy(
+        RulesPolicy(
+            ErrorRules(default=RetryThenPark(attempts=3, backoff=Backoff(initial=0.01, jitter=0)))
+        ),
+        action="park",
     )
     live = ProjectionRunner(
         RunStatusBoard(),
@@ -245,12 +232,12 @@ def _story(
         runner_log.setLevel(level)
     parked = run(cast.viewer, "parked.list", projection="run_status")
     console.print(
-        f"the live follower of run_status retried it 3 times, then parked it and that run's "
-        f"later events; {result.applied} events of other runs were applied meanwhile"
+        f"the live follower of run_status (on_integrity_failure = park) parked it and that "
+        f"run's later events; {result.applied} events of other runs were applied meanwhile"
     )
     console.print(_parked_table(parked))
 
-    _restore(settings, app, position, backup)
+    restore_event(settings, app, position, backup)
     console.print(f"position {position} restored from backup; re-driving the parked events")
     started = run(cast.operator, "parked.redrive", reason="row restored", projection="run_status")
     context.worker(
@@ -319,6 +306,18 @@ def _story(
         f"previous build ({len(new)} workflows)"
     )
 
+    console.rule("[bold]an integrity pause")
+    integrity = tell_integrity_story(
+        settings,
+        app,
+        context,
+        run,
+        operator=cast.operator,
+        viewer=cast.viewer,
+        lease_seconds=DEMO_LEASE_SECONDS,
+        console=console,
+    )
+
     console.rule("[bold]a downstream service was down")
     reactions = tell_reaction_story(
         directory, app, run, operator=cast.operator, viewer=cast.viewer, console=console
@@ -340,6 +339,7 @@ def _story(
         audit_entries=len(entries),
         reactions=reactions,
         operator_token=cast.operator_token,
+        integrity=integrity,
     )
 
 

@@ -60,12 +60,27 @@ def say_not_completed(status: JobStatus, *, out: Console) -> None:
                 f"{job.job_id} --exit-when-idle`",
                 out=out,
             )
+        elif part.status == PartitionStatus.CONFLICT:
+            say(
+                f"partition {part.partition_index} is paused by an integrity conflict after "
+                f"position {part.position}: {part.last_error or 'no error kept'}. "
+                f"`safereplay conflicts list`, then `safereplay conflicts resolve ID --action "
+                f"retry|park --reason ...` and `safereplay worker --job {job.job_id} "
+                f"--exit-when-idle`",
+                out=out,
+            )
 
 
 def say_worker_report(report: WorkerReport) -> None:
     counts = ", ".join(f"{report.count(o)} {o}" for o in PartitionOutcome if report.count(o))
     say(f"worker {report.worker_id} stopped: partitions {counts or 'none run'}")
     for job_id, index, outcome in report.outcomes:
+        if outcome == PartitionOutcome.PAUSED:
+            say(
+                f"partition {index} of job {job_id} is paused by an integrity conflict: "
+                f"`safereplay conflicts list`, then `safereplay conflicts resolve ID --action "
+                f"retry|park --reason ...`"
+            )
         if outcome == PartitionOutcome.FAILED:
             say(
                 f"partition {index} of job {job_id} failed (see `safereplay jobs --json`); "

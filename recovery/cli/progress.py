@@ -49,6 +49,8 @@ def format_eta(eta: float | None, *, stalled: bool = False) -> str:
 
 
 def _state(status: JobStatus, now: float) -> str:
+    if status.paused_by_conflict:
+        return "paused by conflict"
     return "stalled" if status.stalled(now) else str(status.job.state)
 
 
@@ -122,6 +124,8 @@ def _eta_text(row: Mapping[str, Any]) -> str:
 
 
 def _state_text(row: Mapping[str, Any]) -> str:
+    if row.get("paused_by_conflict"):
+        return "[red]paused by conflict[/]"
     return "[yellow]stalled[/]" if row.get("stalled") else str(row["state"])
 
 

@@ -7,6 +7,14 @@ catch-up holds the build it waits. Failures meet the live policy (retry, then
 park), so one poison event never stops a projection; every event a follower
 parks is recorded in the audit trail (where and why, never the payload).
 
+An **integrity** failure (a stored event that fails authentication or decryption,
+names a key not in the ring, or cannot be decoded) follows ``on_integrity_failure``
+instead: with ``pause`` (the default) the follower stops just before it, records a
+conflict (subject ``follower:PROJECTION:PARTITION``) and waits, applying nothing,
+until an operator resolves it (``safereplay conflicts resolve``): ``retry`` reads
+the event again, ``park`` parks it and goes on. ``park`` parks at once; ``fail``
+stops the follower with the error.
+
 With a :class:`~safereplay.recovery.jobs.heartbeats.FollowerHeartbeats`, the
 process writes each live follower's heartbeat (its position, and its retries since
 the last beat) once per ``heartbeat_interval``: one short write per follower per
@@ -25,6 +33,7 @@ from dataclasses import dataclass
 
 from safereplay.projections import (
     EventSource,
+    HandlerFailed,
     ParkedEvent,
     Projection,
     ProjectionRunner,
@@ -32,11 +41,25 @@ from safereplay.projections import (
     RunnerOptions,
     RunnerThread,
 )
+from safereplay.projections.errors import error_summary
+from safereplay.recovery.jobs.conflicts import ConflictStore, NewConflict
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
-from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
+from safereplay.recovery.resilience.policies import (
+    IntegrityAction,
+    IntegrityPolicy,
+    PolicySet,
+    RulesPolicy,
+    integrity_kind,
+)
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "FollowReport", "follow_projections"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "FollowReport",
+    "PausingFollower",
+    "follow_projections",
+    "follower_subject",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +88,8 @@ def follow_projections(
     observer: WorkObserver = NO_WORK_OBSERVER,
     heartbeats: FollowerHeartbeats | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    on_integrity_failure: IntegrityAction = "pause",
+    conflicts: ConflictStore | None = None,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
@@ -72,9 +97,12 @@ def follow_projections(
     ``open_source``): its own connections, so one slow or failing follower does
     not hold the others' transactions. ``observer`` counts their work (kind
     ``live``). ``heartbeats`` (default: none written) records each live follower's
-    position every ``heartbeat_interval`` seconds.
+    position every ``heartbeat_interval`` seconds. ``on_integrity_failure`` and
+    ``conflicts``: see the module docstring (without ``conflicts``, ``pause`` fails).
     """
-    policy = RulesPolicy((policies or PolicySet()).live)
+    live = RulesPolicy((policies or PolicySet()).live)
+    if on_integrity_failure == "pause" and conflicts is None:
+        on_integrity_failure = "fail"  # nowhere to record a conflict: stop loudly instead
     threads: list[RunnerThread] = []
     closers: list[object] = []
     beating: _Beating | None = None
@@ -88,11 +116,13 @@ def follow_projections(
                 source=source,
                 store=store,
                 options=options,
-                policy=policy,
+                policy=IntegrityPolicy(live, on_integrity_failure),
                 on_parked=on_parked,
                 observer=observer.runner("live"),
             )
-            threads.append(runner.in_background())
+            follower = PausingFollower(runner, conflicts)
+            follower.start()
+            threads.append(follower)
         beating = _Beating(heartbeats, threads) if heartbeats is not None else None
         while not stop.wait(heartbeat_interval if beating is not None else None):
             if beating is not None:
@@ -158,3 +188,93 @@ class _Beating:
                 )
             except Exception as exc:
                 logger.warning("follower %r not marked stopped: %s", runner.name, exc)
+
+
+def follower_subject(projection: str, partition: str) -> str:
+    """The subject of a live follower's conflict."""
+    return f"follower:{projection}:{partition}"
+
+
+class PausingFollower(RunnerThread):
+    """A follower thread that pauses on an integrity failure until it is resolved.
+
+    The runner stopped before the failing event (its position is the one before
+    it): a conflict is recorded and the thread waits, polling the conflict every
+    ``resolution_poll`` seconds, applying nothing. Resolved by ``retry``, it
+    follows again from there; by ``park``, the runner's policy parks that position
+    first. Any other failure ends the thread as a :class:`RunnerThread`'s does.
+    """
+
+    def __init__(
+        self,
+        runner: ProjectionRunner,
+        conflicts: ConflictStore | None,
+        *,
+        resolution_poll: float = 0.5,
+    ) -> None:
+        super().__init__(runner)
+        self.conflicts = conflicts
+        self.resolution_poll = resolution_poll
+
+    def _run(self) -> None:
+        runner = self.runner
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    runner.follow(self.stop_event)
+                    return
+                except HandlerFailed as exc:
+                    cause = exc.__cause__
+                    kind = integrity_kind(cause)
+                    policy = runner.policy
+                    if (
+                        cause is None
+                        or kind is None
+                        or self.conflicts is None
+                        or not isinstance(policy, IntegrityPolicy)
+                        or policy.action != "pause"
+                    ):
+                        raise
+                    resolution = self._pause(exc.position, cause, kind)
+                    if resolution == "park":
+                        runner.policy = IntegrityPolicy(
+                            policy.inner,
+                            policy.action,
+                            policy.park_positions | {exc.position},
+                        )
+        except BaseException as exc:
+            self.error = exc
+            logger.error("projection runner %r stopped: %s", runner, exc)
+
+    def _pause(self, position: int, error: BaseException, kind: str) -> str | None:
+        """Record the conflict; wait for its resolution (None: stopped meanwhile)."""
+        assert self.conflicts is not None
+        runner = self.runner
+        conflict = self.conflicts.raise_conflict(
+            NewConflict(
+                subject=follower_subject(runner.name, str(runner.partition)),
+                kind=kind,
+                reason=f"{type(error).__name__}: {error_summary(error)}",
+                projection=runner.name,
+                build=runner.build,
+                position=position,
+            )
+        )
+        logger.error(
+            "live follower of %r paused by conflict %s: %s",
+            runner.name,
+            conflict.conflict_id,
+            conflict.describe(),
+        )
+        while not self.stop_event.wait(self.resolution_poll):
+            current = self.conflicts.get(conflict.conflict_id)
+            if not current.open:
+                logger.warning(
+                    "live follower of %r resumes: conflict %s resolved (%s by %s)",
+                    runner.name,
+                    current.conflict_id,
+                    current.resolution,
+                    current.resolved_by,
+                )
+                return current.resolution
+        return None

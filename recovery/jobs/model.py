@@ -62,6 +62,9 @@ class PartitionStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+    #: Paused by an integrity conflict (:mod:`safereplay.recovery.jobs.conflicts`): no
+    #: worker claims it until an operator resolves the conflict.
+    CONFLICT = "conflict"
 
 
 ACTIVE_STATES = frozenset({JobState.PLANNED, JobState.RUNNING, JobState.PAUSED, JobState.ABORTING})
@@ -226,6 +229,11 @@ class JobStatus:
     def conflicts(self) -> int:
         return sum(p.conflicts for p in self.partitions)
 
+    @property
+    def paused_by_conflict(self) -> list[int]:
+        """Partitions an open integrity conflict holds (``safereplay conflicts list``)."""
+        return [p.partition_index for p in self.partitions if p.status == PartitionStatus.CONFLICT]
+
     def started_at(self) -> float | None:
         started = [p.started_at for p in self.partitions if p.started_at is not None]
         return min(started) if started else None
@@ -294,7 +302,13 @@ def settled_state(job: Job, partitions: Sequence[PartitionProgress]) -> JobState
     if all(p.status == PartitionStatus.COMPLETED for p in partitions):
         return JobState.COMPLETED
     unfinished = any(
-        p.status in (PartitionStatus.HELD, PartitionStatus.PENDING, PartitionStatus.RUNNING)
+        p.status
+        in (
+            PartitionStatus.HELD,
+            PartitionStatus.PENDING,
+            PartitionStatus.RUNNING,
+            PartitionStatus.CONFLICT,  # waits for an operator, not failed
+        )
         for p in partitions
     )
     if not unfinished and any(p.status == PartitionStatus.FAILED for p in partitions):

@@ -18,6 +18,11 @@ renews its lease every third of the lease time. A partition is finished when its
 reaches the job's target and the completeness check (:mod:`safereplay.recovery.jobs.completeness`)
 accounts for every position up to it; a handler failure the policy does not park
 fails the partition (the others go on; ``retry_partition`` re-runs it alone).
+An integrity failure (a stored event that fails authentication or decryption,
+names a key not in the ring, or cannot be decoded) follows ``on_integrity_failure``
+instead: ``pause`` (the default) gives the partition back as ``conflict`` at the
+failing position with a conflict recorded (:mod:`safereplay.recovery.jobs.conflicts`);
+no worker claims it until an operator resolves it.
 
 A worker killed at any instant loses nothing: its lease expires, another worker
 claims the partition and goes on from the last committed position. A worker that
@@ -59,18 +64,25 @@ from safereplay.projections import (
     replaying,
 )
 from safereplay.projections.errors import error_summary
-from safereplay.projections.failure import Decision, EventFailure, FailurePolicy
+from safereplay.projections.failure import Decision, EventFailure, FailFast, FailurePolicy
 from safereplay.projections.runner import FaultHook
 from safereplay.recovery.errors import IncompleteJob
 from safereplay.recovery.jobs.builds import seal_job
 from safereplay.recovery.jobs.completeness import check_log_accounted, check_partition
+from safereplay.recovery.jobs.conflicts import ConflictStore, NewConflict, job_subject
 from safereplay.recovery.jobs.model import Claim, Job, JobKind, JobState, settled_state
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.redrive import redrive_parked
-from safereplay.recovery.jobs.store import JobStore, LeaseLost
+from safereplay.recovery.jobs.store import JobStore, LeaseLost, SQLJobStore
 from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.resilience.breaker import BreakerSettings, CircuitBreaker
-from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
+from safereplay.recovery.resilience.policies import (
+    IntegrityAction,
+    IntegrityPolicy,
+    PolicySet,
+    RulesPolicy,
+    integrity_kind,
+)
 from safereplay.recovery.resilience.specs import BreakerSpec, PolicySpec
 from safereplay.recovery.resilience.throttle import RecentRate, Throttle
 
@@ -108,6 +120,7 @@ class PartitionOutcome(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     RELEASED = "released"  # paused, aborting, or the worker was stopped
+    PAUSED = "paused"  # an integrity conflict holds it (see conflicts)
     LOST = "lost"  # the lease was taken over
 
 
@@ -198,8 +211,14 @@ class Worker:
         on_parked: Callable[[Job, Sequence[ParkedEvent]], None] | None = None,
         faults: FaultHook | None = None,
         observer: WorkObserver = NO_WORK_OBSERVER,
+        on_integrity_failure: IntegrityAction = "pause",
+        conflicts: ConflictStore | None = None,
     ) -> None:
         self.jobs = jobs
+        self.on_integrity_failure: IntegrityAction = on_integrity_failure
+        if conflicts is None and isinstance(jobs, SQLJobStore):
+            conflicts = ConflictStore(jobs.database)
+        self.conflicts = conflicts
         self.store = store
         self.registry = registry
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
@@ -347,6 +366,48 @@ class Worker:
                 )
             raise
 
+    def _integrity_policy(self, claim: Claim, policy: FailurePolicy) -> IntegrityPolicy:
+        """``policy`` behind the integrity rule; positions an operator parked are parked."""
+        parked: frozenset[int] = frozenset()
+        if self.conflicts is not None:
+            parked = self.conflicts.parked_positions(
+                str(claim.job.job_id), claim.partition.partition_index
+            )
+        action = self.on_integrity_failure
+        if action == "pause" and self.conflicts is None:
+            action = "fail"  # nowhere to record a conflict: stop loudly instead
+        return IntegrityPolicy(policy, action, parked)
+
+    def _pause(
+        self, claim: Claim, position: int, error: BaseException, kind: str
+    ) -> PartitionOutcome:
+        """Stop the partition at ``position`` with a conflict (see conflicts)."""
+        assert self.conflicts is not None
+        job = claim.job
+        reason = f"{type(error).__name__}: {error_summary(error)}"
+        conflict = self.conflicts.pause_partition(
+            claim,
+            NewConflict(
+                subject=job_subject(str(job.job_id), claim.partition.partition_index),
+                kind=kind,
+                reason=reason,
+                projection=job.projection,
+                build=job.build,
+                job_id=str(job.job_id),
+                partition_index=claim.partition.partition_index,
+                position=position,
+            ),
+        )
+        logger.error(
+            "worker %s: job %s partition %d paused by conflict %s: %s",
+            self.worker_id,
+            job.job_id,
+            claim.partition.partition_index,
+            conflict.conflict_id,
+            conflict.describe(),
+        )
+        return PartitionOutcome.PAUSED
+
     def _policy(self, job: Job, breaker: CircuitBreaker) -> BreakerPolicy:
         rules = self.policies.live if job.kind == JobKind.CATCH_UP else self.policies.rebuild
         configured = job.parameters.get("policy")
@@ -376,6 +437,7 @@ class Worker:
             else self.options.breaker
         )
         policy = self._policy(job, breaker)
+        integrity = self._integrity_policy(claim, policy)
         self.observer.breaker_changed(job.projection, breaker.state)
         runner = ProjectionRunner(
             projection(),
@@ -384,7 +446,7 @@ class Worker:
             partition=Partition(index, job.partition_count),
             build=job.build,
             options=self.runner_options,
-            policy=policy,
+            policy=integrity,
             # The partition's position and its applied/parked counters move in each
             # batch's own commit: after a crash they agree with the rows they count.
             fence=lease_fence(claim, tally=True),
@@ -413,6 +475,12 @@ class Worker:
                 self.jobs.report(claim, position=runner.checkpoint().position, conflicts=1)
                 continue
             except HandlerFailed as exc:
+                cause = exc.__cause__
+                kind = integrity_kind(cause)
+                if cause is not None and kind is not None and integrity.action == "pause":
+                    # Stopped before the failing position: the runner committed the
+                    # events before it, nothing at or past it.
+                    return self._pause(claim, exc.position, cause, kind)
                 self.jobs.report(
                     claim,
                     position=runner.checkpoint().position,
@@ -504,6 +572,7 @@ class Worker:
         recent = RecentRate()
         position = claim.partition.position
         renewed_at = time.monotonic()
+        integrity = self._integrity_policy(claim, FailFast())
         while position < target:
             released = self._yield_if_asked(claim, stop)
             if released is not None:
@@ -524,7 +593,25 @@ class Worker:
                     if wanted and notification.originator_id not in wanted:
                         continue
                     try:
-                        handlers[notification.topic](self.source.decode(notification), state)
+                        envelope = self.source.decode(notification)
+                    except Exception as exc:
+                        kind = integrity_kind(exc)
+                        if kind is not None and (
+                            notification.id in integrity.park_positions
+                            or integrity.action == "park"
+                        ):
+                            continue  # parked: by an operator's resolution, or the policy
+                        if kind is not None and integrity.action == "pause":
+                            # Nothing of this batch is written: the partition stays at
+                            # ``position``, before the failing event.
+                            return self._pause(claim, notification.id, exc, kind)
+                        error = f"position {notification.id}: {error_summary(exc)}"
+                        self.jobs.report(claim, position=position, last_error=error)
+                        self.jobs.finish_partition(claim, succeeded=False, error=error)
+                        self._settle(job)
+                        return PartitionOutcome.FAILED
+                    try:
+                        handlers[notification.topic](envelope, state)
                     except Exception as exc:
                         error = f"position {notification.id}: {error_summary(exc)}"
                         self.jobs.report(claim, position=position, last_error=error)

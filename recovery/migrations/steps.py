@@ -19,6 +19,7 @@ from safereplay.domain.schema import AppliedStep, SchemaStep, ensure_schema
 from safereplay.recovery.alerts.store import AlertStore
 from safereplay.recovery.database import Database
 from safereplay.recovery.drills.drill import DrillStore
+from safereplay.recovery.jobs.conflicts import ConflictStore
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.security.access import AccessControl
@@ -64,6 +65,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *DrillStore.schema_statements(),
         *FollowerHeartbeats.schema_statements(),
         *AlertStore.schema_statements(),
+        *ConflictStore.schema_statements(),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from safereplay.recovery.operations.alerts import register_alert_operations
+from safereplay.recovery.operations.conflicts import register_conflict_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.operations.drills import register_drill_operations
@@ -47,6 +48,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_alert_operations,
     register_reaction_operations,
     register_step_operations,
+    register_conflict_operations,
 )
 
 

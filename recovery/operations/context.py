@@ -20,6 +20,7 @@ from safereplay.projections import (
 from safereplay.reactions import DeliveryLedger, open_ledger
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
 from safereplay.recovery.errors import AuditKeyError, AuthenticationFailed
+from safereplay.recovery.jobs.conflicts import ConflictStore
 from safereplay.recovery.jobs.model import Job
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
@@ -153,6 +154,8 @@ class RecoveryContext:
             on_job_state=on_job_state,
             on_parked=on_parked,
             observer=observer,
+            on_integrity_failure=self.recovery.on_integrity_failure,
+            conflicts=self.conflicts,
         )
 
     @cached_property
@@ -191,6 +194,13 @@ class RecoveryContext:
         jobs = SQLJobStore(self.database)
         self.ensure_schema()
         return jobs
+
+    @cached_property
+    def conflicts(self) -> ConflictStore:
+        """Integrity conflicts (:mod:`safereplay.recovery.jobs.conflicts`)."""
+        conflicts = ConflictStore(self.database)
+        self.ensure_schema()
+        return conflicts
 
     @cached_property
     def sign_ins(self) -> SignInAudit:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from safereplay.recovery.drills.drill import DrillResult, DrillStore, run_drill
 from safereplay.recovery.drills.sandbox import PostgresSandbox, Sandbox, SQLiteSandbox
 from safereplay.recovery.drills.views import PostgresStoreReader, SQLiteStoreReader, StoreReader
+from safereplay.recovery.jobs.conflicts import NewConflict
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.security.access import Permission
 
@@ -51,6 +52,19 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
         drills = DrillStore(context.database)
         context.ensure_schema()
         drills.record(result)
+        if not result.match and context.recovery.on_integrity_failure == "pause":
+            # A checksum that does not match pauses the projection's swaps (see
+            # operations.conflicts) until an operator resolves the conflict.
+            context.conflicts.raise_conflict(
+                NewConflict(
+                    subject=f"drill:{result.projection}:{result.build}",
+                    kind="drill",
+                    reason=f"{result.summary()} (drill {result.drill_id})",
+                    projection=result.projection,
+                    build=result.build,
+                    position=result.position,
+                )
+            )
         return result
 
     def drills_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[DrillResult]:

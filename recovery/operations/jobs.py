@@ -43,6 +43,8 @@ def register_job_operations(operations: Operations, context: RecoveryContext) ->
                 {
                     **asdict(job),
                     "stalled": stalled,
+                    # Partitions an integrity conflict holds (`conflicts list`).
+                    "paused_by_conflict": status.paused_by_conflict,
                     "live_workers": status.live_leases(now),
                     "events_applied": status.events_applied,
                     # Progress in events: done (applied or parked) of those in scope.

@@ -405,6 +405,8 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 on_parked=lambda parked: parks(parked, None),
                 observer=observer,
                 heartbeats=FollowerHeartbeats(context.database),
+                on_integrity_failure=context.recovery.on_integrity_failure,
+                conflicts=context.conflicts,
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.jobs.conflicts import NewConflict
 from safereplay.recovery.operations.dispatch import Handler, OperationContext, Operations
 from safereplay.recovery.security.access import Permission, Role
 from safereplay.recovery.security.audit_verify import verify_audit
@@ -137,7 +138,21 @@ def register_security_operations(operations: Operations, context: RecoveryContex
         return [asdict(e) for e in entries]
 
     def audit_verify(ctx: OperationContext, p: Mapping[str, Any]) -> Any:
-        return verify_audit(audit, context.anchoring)
+        report = verify_audit(audit, context.anchoring)
+        if not report.ok and context.recovery.on_integrity_failure == "pause":
+            # A chain that no longer verifies pauses recovery: no new job starts
+            # until an operator resolves the conflict (see operations.conflicts).
+            context.conflicts.raise_conflict(
+                NewConflict(
+                    subject="audit",
+                    kind="audit",
+                    reason=(
+                        f"the audit trail does not verify ({report.status}, first bad entry "
+                        f"{report.first_bad_seq}): {report.problem}"
+                    ),
+                )
+            )
+        return report
 
     def audit_anchor(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         if context.anchoring is None:

@@ -13,17 +13,33 @@ first failure). :class:`ErrorRules` picks a policy by exception type, and
 :class:`PolicySet` holds the defaults for live following and for rebuilds: a
 rebuild stops on what live following would park, because a rebuild that parks
 silently produces a read model that is quietly incomplete.
+
+**Integrity failures** are decided apart, before those rules: a stored event that
+fails AES-GCM authentication or decryption, names a key not in the ring, or cannot
+be decoded into an envelope is not a handler's bug that a retry may cure but a
+sign of tampering or of a missing key. :class:`IntegrityPolicy` applies the
+``on_integrity_failure`` value (``SAFEREPLAY_ON_INTEGRITY_FAILURE``): ``pause``
+(the default) stops at the failing position and the recovery worker records a
+conflict for an operator to resolve; ``park`` parks the event (the old
+behaviour); ``fail`` fails the partition loudly.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from safereplay.domain.errors import EventDecryptionError, UndecodableEvent, UnknownKeyId
 from safereplay.projections.failure import Decision, EventFailure
+from safereplay.projections.failure import FailurePolicy as RunnerPolicy
 from safereplay.recovery.resilience.backoff import Backoff
 
 __all__ = [
+    "INTEGRITY_ACTIONS",
     "Decision",
+    "IntegrityAction",
+    "IntegrityPolicy",
+    "integrity_kind",
     "ErrorRules",
     "Fail",
     "FailurePolicy",
@@ -128,3 +144,52 @@ class RulesPolicy:
 
     def decide(self, failure: EventFailure) -> Decision:
         return self.rules.decide(failure.error, failure.attempt)
+
+
+IntegrityAction = Literal["pause", "park", "fail"]
+#: The values of ``on_integrity_failure``; the first is the default.
+INTEGRITY_ACTIONS: tuple[IntegrityAction, ...] = ("pause", "park", "fail")
+
+
+def integrity_kind(error: BaseException | None) -> str | None:
+    """The kind of integrity failure ``error`` is, or None if it is none.
+
+    ``unknown-key``: the ciphertext names a key the ring does not hold;
+    ``authentication``: AES-GCM authentication or decryption failed (altered or
+    moved blob, wrong key); ``envelope``: the stored state cannot be decoded into
+    an envelope. A handler's own error is never one.
+    """
+    if isinstance(error, UnknownKeyId):
+        return "unknown-key"
+    if isinstance(error, EventDecryptionError):
+        return "authentication"
+    if isinstance(error, UndecodableEvent):
+        return "envelope"
+    return None
+
+
+@dataclass(frozen=True)
+class IntegrityPolicy:
+    """Decides integrity failures by ``action``; hands every other failure to ``inner``.
+
+    ``pause`` and ``fail`` both stop the runner at the failing position (nothing
+    past it is applied); the worker tells them apart by ``action`` (a pause records
+    a conflict and gives the partition back paused). ``park_positions``: positions
+    an operator resolved a conflict of by parking (``conflicts resolve --action
+    park``): they are parked with ``park_reason`` whatever ``action`` says.
+    """
+
+    inner: RunnerPolicy
+    action: IntegrityAction = "pause"
+    park_positions: frozenset[int] = frozenset()
+    park_reason: str = "parked by an operator after an integrity conflict"
+
+    def decide(self, failure: EventFailure) -> Decision:
+        kind = integrity_kind(failure.error) if failure.stage == "decode" else None
+        if kind is None:
+            return self.inner.decide(failure)
+        if failure.event.position in self.park_positions:
+            return Decision.park(self.park_reason)
+        if self.action == "park":
+            return Decision.park(f"integrity failure ({kind}); on_integrity_failure is park")
+        return Decision.fail(f"integrity failure ({kind}); on_integrity_failure is {self.action}")
