@@ -32,6 +32,9 @@ from safereplay.recovery.cli.support import (
     fail,
     recovery_context,
 )
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.slos import SLOSampler
+from safereplay.recovery.settings import SLOSettings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -40,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["LocalWorkers", "loopback", "register"]
 
 DEFAULT_PORT = 8321
+#: ``sampled_by`` of the SLO samples the server takes (their breaches' actor is ``system``).
+SAMPLED_BY = "safereplay serve"
 #: How long a stopping worker may take to give its partition back before it is killed
 #: (its lease then expires and another worker takes the partition over).
 STOP_WAIT_SECONDS = 60.0
@@ -195,12 +200,25 @@ def serve_command(
     # (with workers) if there is no token for them to sign in with.
     with recovery_context() as context:
         principal = cli_caller(context, "serve").name if workers else None
+        slo_settings = SLOSettings.from_env()
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
     sock = _bound_socket(host, port)
     local = LocalWorkers(workers)
 
+    def sample_failed(exc: Exception) -> None:
+        error_console.print(f"[red]error:[/] SLO sample failed: {exc}", highlight=False)
+
+    # The replay SLOs are measured continuously while the server runs (docs/slo.md).
+    sampler = SLOSampler(
+        RecoveryContext.from_env,
+        sampled_by=SAMPLED_BY,
+        on_error=sample_failed,
+        settings=slo_settings,
+    )
+
     def listening() -> None:
         local.start()
+        sampler.start()
         pids = [p.pid for p in local.processes]
         if as_json:
             said = {"serving": url, "openapi": url + "openapi.json", "workers": pids}
@@ -220,6 +238,7 @@ def serve_command(
         with _stops_quietly():
             server.run(sockets=[sock])
     finally:
+        sampler.stop()
         local.stop()
         sock.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from safereplay.domain.schema import AppliedStep, SchemaStep, ensure_schema
+from safereplay.recovery.alerts.slo_store import SLOStore
 from safereplay.recovery.alerts.store import AlertStore
 from safereplay.recovery.database import Database
 from safereplay.recovery.drills.drill import DrillStore
@@ -64,6 +65,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *DrillStore.schema_statements(),
         *FollowerHeartbeats.schema_statements(),
         *AlertStore.schema_statements(),
+        *SLOStore.schema_statements(),
     ]
 
 

@@ -24,6 +24,7 @@ from safereplay.recovery.operations.rebuilds import register_recovery_operations
 from safereplay.recovery.operations.schema import register_schema_operations
 from safereplay.recovery.operations.security import register_security_operations
 from safereplay.recovery.operations.seed import register_seed_operations
+from safereplay.recovery.operations.slos import register_slo_operations
 from safereplay.recovery.operations.templates import register_template_operations
 
 __all__ = ["REGISTRARS", "Registrar", "open_operations"]
@@ -45,6 +46,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_metrics_operations,
     register_alert_operations,
     register_reaction_operations,
+    register_slo_operations,
 )
 
 

@@ -9,6 +9,7 @@ from safereplay.recovery.api.routes import (
     jobs,
     parked,
     reactions,
+    slos,
     status,
     templates,
 )
@@ -24,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     alerts.router,
     templates.router,
     reactions.router,
+    slos.router,
 )
