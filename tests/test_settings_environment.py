@@ -25,6 +25,7 @@ from safereplay.recovery.cli.app import app
 from safereplay.recovery.settings import (
     AlertSettings,
     RecoverySettings,
+    SLOSettings,
     check_environment,
     setting_names,
 )
@@ -113,6 +114,7 @@ def test_every_setting_of_every_layer_passes() -> None:
             ProjectionSettings,
             RecoverySettings,
             AlertSettings,
+            SLOSettings,
         )
         for field in settings.model_fields
     }
