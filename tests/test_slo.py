@@ -20,7 +20,9 @@ creation) an hour back in the database, as a slow clock would have left them.
 from __future__ import annotations
 
 import json
+import re
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -44,6 +46,7 @@ from safereplay.recovery.settings import RecoverySettings, SLOSettings
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
 
 HOUR = 3_600.0
+ROOT = Path(__file__).resolve().parent.parent
 LAG_EVENTS = '{"projections": {"run_status": {"lag_events": 0}}}'
 
 
@@ -85,6 +88,16 @@ def second_database(world: ApiWorld) -> Database:
     return PostgresDatabase(
         settings.postgres_dsn.get_secret_value(), schema=settings.postgres_schema
     )
+
+
+def rule_metric_names() -> set[str]:
+    """The metric names the sample alert rules of docs/slo.md use (``expr:`` lines of
+    its yaml block; promtool is not needed to see they exist)."""
+    text = (ROOT / "docs" / "slo.md").read_text(encoding="utf-8")
+    [rules] = re.findall(r"^```yaml\n(.*?)^```", text, flags=re.MULTILINE | re.DOTALL)
+    exprs = [line.split("expr:", 1)[1] for line in rules.splitlines() if "expr:" in line]
+    assert len(exprs) == 6, "a rule per figure and two on the budget"
+    return {name for expr in exprs for name in re.findall(r"safereplay_[a-z0-9_]+", expr)}
 
 
 class SLOContract(ApiContract):
@@ -243,6 +256,10 @@ class SLOContract(ApiContract):
         assert f"safereplay_slo_in_breach{{{labels}}} 1.0" in text
         assert f"safereplay_slo_target{{{labels}}} 0.0" in text
         assert f"safereplay_slo_breaches_total{{{labels}}} 1.0" in text
+        exported = {line.split("{")[0].split()[0] for line in text.splitlines() if line[:1] != "#"}
+        used = rule_metric_names()
+        assert {"safereplay_slo_value", "safereplay_slo_error_budget_remaining"} <= used
+        assert used <= exported, used - exported
 
 
 class TestSLOOnSQLite(SLOContract):
