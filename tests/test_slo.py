@@ -172,6 +172,28 @@ class SLOContract(ApiContract):
         assert long["value"] >= HOUR and long["in_breach"]
         assert slo_entries(world) == [("system", "slo.breached", slo)]
 
+    def test_a_reaction_is_measured_from_its_ledger_for_reaction_viewers_only(
+        self, world: ApiWorld, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        targets = {
+            "reactions": {"*": {"lag_events": 0, "undelivered_age_seconds": 600}},
+            "projections": {},
+        }
+        monkeypatch.setenv("SAFEREPLAY_SLO_TARGETS", json.dumps(targets))
+        reaction = "run_completions"  # a reference reaction: registered, nothing recorded
+
+        status = run_as(world, "admin", "slo.status", subject=f"reaction:{reaction}")
+        behind = only(status, f"reaction:{reaction}/lag_events")
+        owed = only(status, f"reaction:{reaction}/undelivered_age_seconds")
+        assert behind["value"] > 0 and behind["in_breach"], "the workload is not recorded yet"
+        assert (owed["value"], owed["in_breach"]) == (0.0, False), "nothing owed yet"
+        [entry] = [e for e in world.context.audit.entries() if e.action == "slo.breached"]
+        assert entry.scope == f"reaction:{reaction}" and entry.actor == "system"
+
+        assert run_as(world, "viewer", "slo.status")["slos"] == [], "vic: projection:* only"
+        assert run_as(world, "viewer", "slo.history")["breaches"] == []
+        assert len(run_as(world, "admin", "slo.history")["breaches"]) == 1
+
     def test_two_samplers_at_once_open_one_breach(self, world: ApiWorld) -> None:
         target = Target("projection", "run_status", "lag_events", 0.0, 0.99)
         bad = Measurement(target, 7.0, head=10, position=3)

@@ -83,7 +83,7 @@ def render_metrics(context: RecoveryContext, *, reactions: bool = True) -> bytes
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecoveryCollector(context, reactions=reactions))
     registry.register(AlertCollector(context))
-    registry.register(SLOCollector(context))
+    registry.register(SLOCollector(context, reactions=reactions))
     return generate_latest(registry)
 
 

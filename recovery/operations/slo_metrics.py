@@ -7,7 +7,8 @@ samples and the error budget left over the window, the burn rates (over the
 window and the last hour) and the breaches opened so far. Labels: ``kind``
 (projection or reaction), ``subject`` (its name) and ``measure`` (lag_seconds,
 lag_events, undelivered_age_seconds, rebuild_seconds): a handful of series per
-projection, never a breach id.
+projection, never a breach id. The reactions' targets only for a scrape allowed to view every
+reaction, as for the reactions' own series.
 """
 
 from __future__ import annotations
@@ -46,15 +47,16 @@ SLO_METRIC_NAMES = (
 class SLOCollector(Collector):
     """Samples the SLOs if due on each ``collect()``; each target's figures."""
 
-    def __init__(self, context: RecoveryContext) -> None:
+    def __init__(self, context: RecoveryContext, *, reactions: bool = True) -> None:
         self._context = context
+        self._reactions = reactions
 
     def collect(self) -> Iterator[Metric]:
         settings = SLOSettings.from_env()
         if not settings.targets.projections and not settings.targets.reactions:
             return
         sample_slos(self._context, sampled_by=SAMPLED_BY, settings=settings)
-        status = slo_status(self._context, settings=settings)
+        status = slo_status(self._context, settings=settings, reactions=self._reactions)
         opened = slo_store(self._context).breach_counts()
 
         def gauge(name: str, text: str) -> GaugeMetricFamily:

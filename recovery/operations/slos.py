@@ -157,12 +157,19 @@ def _budget_json(budget: Budget) -> dict[str, Any]:
 
 
 def slo_status(
-    context: RecoveryContext, *, settings: SLOSettings, subject: str | None = None
+    context: RecoveryContext,
+    *,
+    settings: SLOSettings,
+    subject: str | None = None,
+    reactions: bool = True,
 ) -> dict[str, Any]:
-    """Every target (of ``subject``, ``kind:name``, if given): its last sample, whether
-    it is in breach, and its error budget over the window."""
+    """Every target (of ``subject``, ``kind:name``, if given; the reactions' only with
+    ``reactions``): its last sample, whether it is in breach, and its error budget
+    over the window."""
     store = slo_store(context)
     targets = configured_targets(context, settings)
+    if not reactions:
+        targets = [t for t in targets if t.kind != "reaction"]
     if subject is not None:
         targets = [t for t in targets if f"{t.kind}:{t.subject}" == subject]
     now = store.now()
@@ -197,11 +204,18 @@ def slo_status(
 
 
 def register_slo_operations(operations: Operations, context: RecoveryContext) -> None:
+    def sees_reactions(ctx: OperationContext) -> bool:
+        # The reactions' figures are for principals who may view every reaction, as
+        # `safereplay status` and /metrics show them.
+        return context.access.allows(ctx.principal.name, Permission.VIEW, "reaction:*")
+
     def status(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         settings = SLOSettings.from_env()
         sample_slos(context, sampled_by=ctx.principal.name, settings=settings)
-        subject = p.get("subject")
-        return slo_status(context, settings=settings, subject=subject or None)
+        subject = p.get("subject") or None
+        return slo_status(
+            context, settings=settings, subject=subject, reactions=sees_reactions(ctx)
+        )
 
     def history(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         settings = SLOSettings.from_env()
@@ -212,6 +226,8 @@ def register_slo_operations(operations: Operations, context: RecoveryContext) ->
         subject = p.get("subject")
         if subject:
             breaches = [b for b in breaches if f"{b.kind}:{b.subject}" == subject]
+        if not sees_reactions(ctx):
+            breaches = [b for b in breaches if b.kind != "reaction"]
         return {
             "evaluated_at": _when(now),
             "window_seconds": settings.window,
