@@ -15,14 +15,24 @@ names of the layers above them.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from safereplay.domain.limits import EdgeLimits
 from safereplay.domain.secret import file_problem, read_owner_only
@@ -41,6 +51,9 @@ __all__ = [
     "AlertSettings",
     "RecoverySettings",
     "ServeSettings",
+    "SLOSettings",
+    "SLOTargetSet",
+    "SLOTargets",
     "check_environment",
     "setting_names",
 ]
@@ -390,6 +403,124 @@ class AlertSettings(BaseSettings):
             raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
 
 
+class SLOTargetSet(BaseModel):
+    """One projection's (or reaction's) replay SLO targets; every field optional.
+
+    ``lag_seconds``: how long the oldest event it has not applied (or recorded) may
+    wait; ``lag_events``: how many positions it may be behind the log's head;
+    ``undelivered_age_seconds`` (reactions): the age of the oldest delivery still
+    owed; ``rebuild_seconds`` (projections): how long a rebuild may run;
+    ``objective``: the share of samples that must meet each target (default:
+    ``SAFEREPLAY_SLO_OBJECTIVE``).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    lag_seconds: float | None = Field(default=None, gt=0)
+    lag_events: int | None = Field(default=None, ge=0)
+    undelivered_age_seconds: float | None = Field(default=None, gt=0)
+    rebuild_seconds: float | None = Field(default=None, gt=0)
+    objective: float | None = Field(default=None, gt=0, lt=1)
+
+
+class SLOTargets(BaseModel):
+    """``SAFEREPLAY_SLO_TARGETS``: targets by projection and by reaction name (``*``:
+    every one without targets of its own)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    projections: dict[str, SLOTargetSet] = Field(default_factory=dict)
+    reactions: dict[str, SLOTargetSet] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _fitting_targets(self) -> SLOTargets:
+        for name, spec in self.projections.items():
+            if spec.undelivered_age_seconds is not None:
+                raise ValueError(
+                    f"projections.{name}.undelivered_age_seconds: only reactions have "
+                    "undelivered deliveries"
+                )
+        for name, spec in self.reactions.items():
+            if spec.rebuild_seconds is not None:
+                raise ValueError(f"reactions.{name}.rebuild_seconds: only projections are rebuilt")
+        return self
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$")
+_UNIT_SECONDS = {"": 1.0, "s": 1.0, "m": 60.0, "h": 3_600.0, "d": 86_400.0, "w": 604_800.0}
+
+
+def _targets_of(raw: Any) -> SLOTargets:
+    if isinstance(raw, SLOTargets):
+        return raw
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw) if raw.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"not JSON ({exc.msg} at character {exc.pos})") from None
+    try:
+        return SLOTargets.model_validate(raw)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or 'targets'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        ]
+        raise ValueError("; ".join(problems)) from None
+
+
+class SLOSettings(BaseSettings):
+    """Replay SLOs: targets, the error budget's window and objective, how often they
+    are sampled; see ``docs/slo.md``. ``SAFEREPLAY_SLO_*`` variables."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SAFEREPLAY_SLO_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
+
+    targets: Annotated[SLOTargets, NoDecode] = Field(
+        default_factory=SLOTargets,
+        description='JSON: {"projections": {NAME or "*": {...}}, "reactions": {...}}.',
+    )
+    window: Annotated[float, NoDecode] = Field(
+        default=7 * 86_400.0,
+        description="The error budget's window: seconds, or a number with s, m, h, d or w.",
+    )
+    objective: float = Field(
+        default=0.99, gt=0, lt=1, description="The share of samples that must meet a target."
+    )
+    sample_seconds: float = Field(
+        default=60.0, ge=1, le=3_600, description="How often each target is sampled."
+    )
+
+    @field_validator("targets", mode="before")
+    @classmethod
+    def _parse_targets(cls, raw: Any) -> SLOTargets:
+        return _targets_of(raw)
+
+    @field_validator("window", mode="before")
+    @classmethod
+    def _parse_window(cls, raw: Any) -> float:
+        if isinstance(raw, (int, float)):
+            seconds = float(raw)
+        else:
+            match = _DURATION.match(str(raw))
+            if match is None:
+                raise ValueError("a duration such as 7d, 12h, 90m or 3600 (seconds)")
+            seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        if not 3_600 <= seconds <= 366 * 86_400:
+            raise ValueError("between 1h and 366d")
+        return seconds
+
+    @classmethod
+    def from_env(cls) -> SLOSettings:
+        """Read the environment after :func:`check_environment`."""
+        check_environment()
+        try:
+            return cls()
+        except ValidationError as exc:
+            prefix = str(cls.model_config.get("env_prefix", ""))
+            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
+
+
 #: Every settings class of safereplay: the variables they read are all the settings.
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     DomainSettings,
@@ -398,6 +529,7 @@ SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     RecoverySettings,
     AlertSettings,
     ServeSettings,
+    SLOSettings,
 )
 
 

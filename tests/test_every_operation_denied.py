@@ -177,6 +177,8 @@ CLI_CALLS: dict[str, list[str]] = {
     "projections": [],
     "metrics": [],
     "alerts": [],
+    "slo history": [],
+    "slo watch": ["--turns", "1"],
     "rows": ["run_status", "runs"],
     "jobs": [],
     "pause": ["{job_id}", "-r", "x"],

@@ -39,6 +39,11 @@ SITUATIONS = {
         # A job still active, not running (no worker: pausing it cannot race a worker).
         'safereplay rebuild run_status --workers 0 --reason "a job to pause"',
     ],
+    "An SLO is breached": [
+        # A lag target the projection is over: events it has not applied yet.
+        'export SAFEREPLAY_SLO_TARGETS=\'{"projections": {"run_status": {"lag_events": 0}}}\'',
+        'safereplay seed --events 200 --reason "a burst the projection has not applied"',
+    ],
     "A downstream service was down": [
         # The completions webhook points at a port nobody listens on: the receiver is down.
         'PORT=$(python -c \'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); '

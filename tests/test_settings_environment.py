@@ -26,6 +26,7 @@ from safereplay.recovery.settings import (
     AlertSettings,
     RecoverySettings,
     ServeSettings,
+    SLOSettings,
     check_environment,
     setting_names,
 )
@@ -115,6 +116,7 @@ def test_every_setting_of_every_layer_passes() -> None:
             RecoverySettings,
             AlertSettings,
             ServeSettings,
+            SLOSettings,
         )
         for field in settings.model_fields
     }

@@ -29,6 +29,7 @@ from safereplay.recovery.cli import rebuilds as cli_recovery
 from safereplay.recovery.cli import schema as cli_schema
 from safereplay.recovery.cli import security as cli_security
 from safereplay.recovery.cli import serve as cli_serve
+from safereplay.recovery.cli import slo as cli_slo
 from safereplay.recovery.cli import steps as cli_steps
 from safereplay.recovery.cli import templates as cli_templates
 from safereplay.recovery.cli.demo import DemoResult, run_demo, status_table
@@ -213,6 +214,7 @@ cli_projections.register(app)
 cli_serve.register(app)
 cli_alerts.register(app)
 cli_conflicts.register(app)
+cli_slo.register(app)
 cli_reactions.register(app)
 cli_steps.register(app)
 

@@ -34,7 +34,9 @@ from safereplay.recovery.cli.support import (
     fail,
     recovery_context,
 )
-from safereplay.recovery.settings import ServeSettings
+from safereplay.recovery.operations.context import RecoveryContext
+from safereplay.recovery.operations.slos import SLOSampler
+from safereplay.recovery.settings import ServeSettings, SLOSettings
 
 if TYPE_CHECKING:
     import uvicorn
@@ -45,6 +47,8 @@ __all__ = ["LocalWorkers", "loopback", "refuse_plaintext_remote", "register", "s
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 8321
+#: ``sampled_by`` of the SLO samples the server takes (their breaches' actor is ``system``).
+SAMPLED_BY = "safereplay serve"
 #: How long a stopping worker may take to give its partition back before it is killed
 #: (its lease then expires and another worker takes the partition over).
 STOP_WAIT_SECONDS = 60.0
@@ -268,13 +272,26 @@ def serve_command(
     # (with workers) if there is no token for them to sign in with.
     with recovery_context() as context:
         principal = cli_caller(context, "serve").name if workers else None
+        slo_settings = SLOSettings.from_env()
     scheme = "https" if settings.tls else "http"
     url = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{port}/"
     sock = _bound_socket(host, port)
     local = LocalWorkers(workers)
 
+    def sample_failed(exc: Exception) -> None:
+        error_console.print(f"[red]error:[/] SLO sample failed: {exc}", highlight=False)
+
+    # The replay SLOs are measured continuously while the server runs (docs/slo.md).
+    sampler = SLOSampler(
+        RecoveryContext.from_env,
+        sampled_by=SAMPLED_BY,
+        on_error=sample_failed,
+        settings=slo_settings,
+    )
+
     def listening() -> None:
         local.start()
+        sampler.start()
         pids = [p.pid for p in local.processes]
         if as_json:
             said = {"serving": url, "openapi": url + "openapi.json", "workers": pids}
@@ -296,6 +313,7 @@ def serve_command(
         with _stops_quietly():
             running.run(sockets=[sock])
     finally:
+        sampler.stop()
         local.stop()
         sock.close()
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from safereplay.domain.schema import AppliedStep, SchemaStep, ensure_schema
+from safereplay.recovery.alerts.slo_store import SLOStore
 from safereplay.recovery.alerts.store import AlertStore
 from safereplay.recovery.database import Database
 from safereplay.recovery.drills.drill import DrillStore
@@ -66,6 +67,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *FollowerHeartbeats.schema_statements(),
         *AlertStore.schema_statements(),
         *ConflictStore.schema_statements(),
+        *SLOStore.schema_statements(),
     ]
 
 

@@ -25,6 +25,7 @@ from safereplay.recovery.operations.rebuilds import register_recovery_operations
 from safereplay.recovery.operations.schema import register_schema_operations
 from safereplay.recovery.operations.security import register_security_operations
 from safereplay.recovery.operations.seed import register_seed_operations
+from safereplay.recovery.operations.slos import register_slo_operations
 from safereplay.recovery.operations.steps import register_step_operations
 from safereplay.recovery.operations.templates import register_template_operations
 
@@ -49,6 +50,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_reaction_operations,
     register_step_operations,
     register_conflict_operations,
+    register_slo_operations,
 )
 
 

@@ -35,6 +35,7 @@ from safereplay.recovery.operations.dispatch import OperationContext, Operations
 from safereplay.recovery.operations.metrics_jobs import job_families
 from safereplay.recovery.operations.metrics_projections import projection_families
 from safereplay.recovery.operations.metrics_reactions import reaction_families
+from safereplay.recovery.operations.slo_metrics import SLOCollector
 from safereplay.recovery.security.access import Permission
 
 if TYPE_CHECKING:
@@ -82,6 +83,7 @@ def render_metrics(context: RecoveryContext, *, reactions: bool = True) -> bytes
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RecoveryCollector(context, reactions=reactions))
     registry.register(AlertCollector(context))
+    registry.register(SLOCollector(context, reactions=reactions))
     return generate_latest(registry)
 
 

@@ -10,6 +10,7 @@ from safereplay.recovery.api.routes import (
     jobs,
     parked,
     reactions,
+    slos,
     status,
     steps,
     templates,
@@ -28,4 +29,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     templates.router,
     reactions.router,
     steps.router,
+    slos.router,
 )

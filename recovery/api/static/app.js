@@ -9,6 +9,7 @@ import { mountJobs } from "./jobs.js";
 import { mountParked } from "./parked.js";
 import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
+import { mountSlos } from "./slos.js";
 import { mountAudit } from "./audit.js";
 import { mountSteps } from "./steps.js";
 
@@ -19,6 +20,7 @@ const SECTIONS = {
   reactions: mountReactions,
   alerts: mountAlerts,
   step: mountSteps,
+  slos: mountSlos,
   audit: mountAudit,
   console: mountConsole,
 };
