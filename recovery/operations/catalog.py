@@ -15,6 +15,7 @@ from safereplay.recovery.operations.alerts import register_alert_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.operations.drills import register_drill_operations
+from safereplay.recovery.operations.flags import register_flag_operations
 from safereplay.recovery.operations.jobs import register_job_operations
 from safereplay.recovery.operations.metrics import register_metrics_operations
 from safereplay.recovery.operations.parked import register_parked_operations
@@ -45,6 +46,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_metrics_operations,
     register_alert_operations,
     register_reaction_operations,
+    register_flag_operations,
 )
 
 

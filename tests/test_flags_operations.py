@@ -1,0 +1,189 @@
+"""Flags and the operations switch through the dispatch layer and the CLI, on both backends."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from recovery_fixtures import principals_world
+from typer.testing import CliRunner
+
+from safereplay.domain import AutomationApp, DomainSettings
+from safereplay.domain.workload import record_workload
+from safereplay.recovery.cli.app import app
+from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
+from safereplay.recovery.operations.catalog import open_operations
+from safereplay.recovery.operations.flags import run_automatic
+from safereplay.recovery.security.audit import AuditKey
+from safereplay.recovery.security.flags import Flag, FlagName
+
+TARGET = "projection:run_status"
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def world(
+    request: pytest.FixtureRequest, tmp_path: Path, key_file: Path
+) -> Iterator[dict[str, Any]]:
+    """ada (admin), vic (viewer), olga and oscar (operators on *), otto (operator of
+    run_status only), each with a CLI environment."""
+    AuditKey.generate().save(tmp_path / "audit.key")
+    if request.param == "sqlite":
+        settings = DomainSettings.from_env(
+            backend="sqlite", sqlite_path=tmp_path / "events.db", key_file=key_file
+        )
+    else:
+        settings = request.getfixturevalue("postgres_settings")()
+    with AutomationApp(settings) as application:
+        record_workload(application, workflows=1, runs_per_workflow=3, seed=2)
+    context, envs = principals_world(settings, tmp_path / "audit.key")
+    operations = open_operations(context)
+    ada = context.access.authenticate(envs["admin"]["SAFEREPLAY_TOKEN"])
+    people: dict[str, Any] = {"ada": ada}
+    for name, scope in (("olga", "*"), ("oscar", "*"), ("otto", TARGET)):
+        operations.run(ada, "principals.add", reason="t", name=name, kind="person")
+        operations.run(ada, "grant", reason="t", name=name, role="operator", grant_scope=scope)
+        token = operations.run(ada, "token.issue", reason="t", name=name)
+        people[name] = context.access.authenticate(token)
+        envs[name] = envs["admin"] | {"SAFEREPLAY_TOKEN": token}
+    people["vic"] = context.access.authenticate(envs["viewer"]["SAFEREPLAY_TOKEN"])
+    yield {"context": context, "run": operations.run, "envs": envs, **people}
+    context.close()
+
+
+def cli(env: dict[str, str], *args: str) -> Any:
+    return CliRunner().invoke(app, list(args), env=env)
+
+
+def test_flags_set_list_history_unset_from_the_cli(world: dict[str, Any]) -> None:
+    otto = world["envs"]["otto"]
+    result = cli(
+        otto, "flags", "set", "auto_catch_up", TARGET, "--on", "--share", "25",
+        "--backlog-threshold", "500", "-r", "let it catch up alone",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "auto_catch_up on projection:run_status: on, 25% of partitions" in result.output
+    # Only the threshold changes: the rest is kept.
+    result = cli(
+        otto, "flags", "set", "auto_catch_up", TARGET, "--backlog-threshold", "900",
+        "-r", "fewer catch-ups", "--json",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    change = json.loads(result.output)
+    assert change["old_value"]["backlog_threshold"] == 500
+    assert change["new_value"] == {
+        **change["old_value"],
+        "backlog_threshold": 900,
+    }
+    listed = json.loads(cli(world["envs"]["viewer"], "flags", "list", "--json").output)
+    assert [(f["name"], f["enabled"]) for f in listed["flags"]] == [("auto_catch_up", True)]
+    assert listed["switch"]["frozen"] is False
+    result = cli(otto, "flags", "unset", "auto_catch_up", TARGET, "-r", "done")
+    assert result.exit_code == 0, result.output
+    history = json.loads(cli(world["envs"]["viewer"], "flags", "history", "--json").output)[
+        "history"
+    ]
+    assert [(h["actor"], h["reason"]) for h in history] == [
+        ("otto", "done"),
+        ("otto", "fewer catch-ups"),
+        ("otto", "let it catch up alone"),
+    ]
+    # The audit entries carry the old and the new value too.
+    entries = [
+        e
+        for e in world["context"].audit.entries(limit=10_000)
+        if e.action == "flags.set" and e.outcome == "succeeded"
+    ]
+    assert entries[-1].parameters["old_value"]["backlog_threshold"] == 500
+    assert entries[-1].parameters["new_value"]["backlog_threshold"] == 900
+
+
+def test_flags_are_refused_outside_the_grant_and_with_bad_values(world: dict[str, Any]) -> None:
+    otto = world["envs"]["otto"]
+    result = cli(otto, "flags", "set", "auto_redrive", "projection:other", "--on", "-r", "x")
+    assert result.exit_code == 3, result.output
+    result = cli(otto, "flags", "set", "auto_everything", TARGET, "--on", "-r", "x")
+    assert result.exit_code == 2 and "unknown flag 'auto_everything'" in result.output
+    result = cli(
+        otto, "flags", "set", "auto_redrive", TARGET, "--backlog-threshold", "5", "-r", "x"
+    )
+    assert result.exit_code == 2 and "auto_catch_up only" in result.output
+    result = cli(otto, "flags", "set", "auto_redrive", TARGET, "--on")
+    assert result.exit_code == 2 and "--reason" in result.output
+    assert (
+        json.loads(cli(world["envs"]["viewer"], "flags", "history", "--json").output)["history"]
+        == []
+    )
+
+
+def test_a_frozen_switch_refuses_every_change_but_the_holders(world: dict[str, Any]) -> None:
+    run, olga, oscar, ada = world["run"], world["olga"], world["oscar"], world["ada"]
+    frozen = run(olga, "switch.freeze", reason="incident 42")
+    assert frozen["frozen"] and frozen["held_by"] == "olga"
+    # An admin's change is refused, audited as denied, naming the holder and reason.
+    with pytest.raises(OperationsFrozen, match="frozen by 'olga' \\(incident 42\\)"):
+        run(ada, "rebuild", reason="fix", projection="run_status")
+    last = world["context"].audit.entries(limit=10_000)[-1]
+    assert (last.actor, last.action, last.outcome) == ("ada", "rebuild", "denied")
+    assert "OperationsFrozen" in last.parameters["error"]
+    # From the CLI: a clear message and exit code 7.
+    result = cli(world["envs"]["admin"], "rebuild", "run_status", "-r", "fix", "--json")
+    assert result.exit_code == 7, result.output
+    error = json.loads(result.output)["error"]
+    assert error["code"] == "frozen" and "olga" in error["message"]
+    # Reads run; the holder's changes run.
+    assert run(ada, "switch.status")["held_by"] == "olga"
+    assert run(ada, "flags.list")["switch"]["reason"] == "incident 42"
+    run(olga, "flags.set", reason="during the freeze", flag="auto_redrive", target=TARGET)
+    # Another operator may not unfreeze, nor freeze over it; an admin may unfreeze.
+    with pytest.raises(InvalidRequest, match="only they or an admin"):
+        run(oscar, "switch.unfreeze", reason="mine now")
+    with pytest.raises(OperationsFrozen):
+        run(oscar, "switch.freeze", reason="me too")
+    run(ada, "switch.unfreeze", reason="olga is off shift")
+    assert not run(ada, "switch.status")["frozen"]
+    run(ada, "flags.unset", reason="after the freeze", flag="auto_redrive", target=TARGET)
+    history = run(ada, "flags.history", switch_only=True)["history"]
+    assert [(h["actor"], h["new_value"]["frozen"]) for h in history] == [
+        ("ada", False),
+        ("olga", True),
+    ]
+
+
+def test_the_switch_from_the_cli(world: dict[str, Any]) -> None:
+    olga = world["envs"]["olga"]
+    result = cli(olga, "switch", "freeze", "-r", "release freeze")
+    assert result.exit_code == 0 and "operations frozen by olga" in result.output
+    result = cli(world["envs"]["viewer"], "switch", "status")
+    assert result.exit_code == 0 and "FROZEN by olga" in result.output
+    result = cli(world["envs"]["otto"], "flags", "set", "auto_redrive", TARGET, "--on", "-r", "x")
+    assert result.exit_code == 7
+    assert "operations are frozen by 'olga' (release freeze)" in result.output
+    result = cli(olga, "switch", "unfreeze", "-r", "release done")
+    assert result.exit_code == 0 and "operations unfrozen" in result.output
+
+
+def test_automatic_actions_are_the_systems_and_stop_while_frozen(world: dict[str, Any]) -> None:
+    context, run = world["context"], world["run"]
+    flag = Flag(FlagName.AUTO_REDRIVE, TARGET, enabled=True)
+    done = run_automatic(
+        context, flag=flag, action="auto.redrive", parameters={"n": 1}, work=lambda: "ran"
+    )
+    assert done == "ran"
+    entries = context.audit.entries(limit=10_000)
+    assert [(e.actor, e.outcome) for e in entries[-2:]] == [
+        ("system", "started"),
+        ("system", "succeeded"),
+    ]
+    assert entries[-1].parameters["flag"]["name"] == "auto_redrive"
+    run(world["olga"], "switch.freeze", reason="incident")
+    ran: list[int] = []
+    refused = run_automatic(
+        context, flag=flag, action="auto.redrive", parameters={}, work=lambda: ran.append(1)
+    )
+    assert refused is None and ran == []
+    last = context.audit.entries(limit=10_000)[-1]
+    assert (last.actor, last.outcome) == ("system", "denied")
+    assert "frozen by 'olga'" in last.parameters["error"]
