@@ -15,6 +15,7 @@ from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
+from safereplay.recovery.operations.automation import auto_catch_up, backlog_of
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.flags import run_automatic
 from safereplay.recovery.security.audit import AuditKey
@@ -187,3 +188,37 @@ def test_automatic_actions_are_the_systems_and_stop_while_frozen(world: dict[str
     last = context.audit.entries(limit=10_000)[-1]
     assert (last.actor, last.outcome) == ("system", "denied")
     assert "frozen by 'olga'" in last.parameters["error"]
+
+
+def test_auto_catch_up_starts_a_job_for_the_rollout_when_follow_starts(
+    world: dict[str, Any],
+) -> None:
+    context, run, ada = world["context"], world["run"], world["ada"]
+    # Off (the default), or on but under its threshold: nothing starts.
+    assert auto_catch_up(context, ["run_status"]) == []
+    run(
+        ada, "flags.set", reason="t", flag="auto_catch_up", target=TARGET, enabled=True,
+        backlog_threshold=1_000_000,
+    )  # fmt: skip
+    assert auto_catch_up(context, ["run_status"]) == []
+    assert backlog_of(context, "run_status") > 3
+    # Over it, rolled out to partitions 0 and 2: `follow` starts a catch-up job whose
+    # other partitions are held, as the system, audited with the flag.
+    run(
+        ada, "flags.set", reason="t", flag="auto_catch_up", target=TARGET,
+        backlog_threshold=3, partitions="0,2",
+    )  # fmt: skip
+    run(ada, "follow", reason="live", projections=["run_status"], stop_after=0.5)
+    (job,) = context.jobs.list_jobs(projection="run_status")
+    assert (job.kind, job.principal) == ("catch-up", "system")
+    held = [p.partition_index for p in context.jobs.partitions(job.job_id) if p.status == "held"]
+    assert held == [1, 3]
+    (entry,) = [
+        e
+        for e in context.audit.entries(limit=10_000)
+        if e.action == "auto.catch_up" and e.outcome == "succeeded"
+    ]
+    assert entry.actor == "system" and entry.parameters["flag"]["name"] == "auto_catch_up"
+    assert entry.parameters["held_partitions"] == [1, 3]
+    # A projection with an active job is left alone.
+    assert auto_catch_up(context, ["run_status"]) == []
