@@ -15,7 +15,13 @@ from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
-from safereplay.recovery.operations.automation import auto_catch_up, backlog_of
+from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
+from safereplay.recovery.operations.automation import (
+    RESTART_ACTION,
+    StallRestarts,
+    auto_catch_up,
+    backlog_of,
+)
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.flags import run_automatic
 from safereplay.recovery.security.audit import AuditKey
@@ -222,3 +228,43 @@ def test_auto_catch_up_starts_a_job_for_the_rollout_when_follow_starts(
     assert entry.parameters["held_partitions"] == [1, 3]
     # A projection with an active job is left alone.
     assert auto_catch_up(context, ["run_status"]) == []
+
+
+def test_auto_restart_stalled_restarts_up_to_its_cap_then_leaves_it(
+    world: dict[str, Any],
+) -> None:
+    context, run, ada = world["context"], world["run"], world["ada"]
+    # A follower that beats but has not moved for 1000 s with events to go: stalled.
+    FollowerHeartbeats(context.database).beat(
+        projection="run_status", partition="0/1", build=1, owner="host:1", position=1, retries=0
+    )
+    with context.database.transaction(write=True) as tx:
+        tx.execute("UPDATE {followers} SET advanced_at = advanced_at - 1000")
+    restarts: list[str] = []
+
+    def check() -> list[str]:
+        # A new follow process each time: the cap is counted in the audit trail.
+        return StallRestarts(context, ["run_status"], after_seconds=60)(restarts.append)
+
+    assert check() == [] and restarts == [], "the flag is off by default"
+    run(
+        ada, "flags.set", reason="t", flag="auto_restart_stalled", target=TARGET, enabled=True,
+        max_restarts=2, window_seconds=3600,
+    )  # fmt: skip
+    decider = StallRestarts(context, ["run_status"], after_seconds=60)
+    assert decider(restarts.append) == ["run_status"]
+    assert decider(restarts.append) == [], "a restarted follower gets time to move"
+    assert check() == ["run_status"]
+    assert check() == [] and check() == []
+    assert restarts == ["run_status", "run_status"]
+    entries = [e for e in context.audit.entries(limit=10_000) if e.action == RESTART_ACTION]
+    assert [(e.actor, e.outcome) for e in entries] == [
+        ("system", "started"),
+        ("system", "succeeded"),
+        ("system", "started"),
+        ("system", "succeeded"),
+        ("system", "denied"),
+        ("system", "denied"),
+    ]
+    assert "left for a human" in entries[-1].parameters["error"]
+    assert entries[1].parameters["flag"]["max_restarts"] == 2

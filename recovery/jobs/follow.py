@@ -36,12 +36,19 @@ from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.resilience.policies import PolicySet, RulesPolicy
 
-__all__ = ["DEFAULT_HEARTBEAT_INTERVAL", "FollowReport", "follow_projections"]
+__all__ = [
+    "DEFAULT_HEARTBEAT_INTERVAL",
+    "RESTART_STOP_TIMEOUT",
+    "FollowReport",
+    "follow_projections",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of a follower (see :func:`follow_projections`).
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+#: Seconds a restart waits for a stalled follower to stop before abandoning it.
+RESTART_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +72,7 @@ def follow_projections(
     observer: WorkObserver = NO_WORK_OBSERVER,
     heartbeats: FollowerHeartbeats | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
+    restart_stalled: Callable[[Callable[[str], None]], object] | None = None,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
@@ -72,31 +80,55 @@ def follow_projections(
     ``open_source``): its own connections, so one slow or failing follower does
     not hold the others' transactions. ``observer`` counts their work (kind
     ``live``). ``heartbeats`` (default: none written) records each live follower's
-    position every ``heartbeat_interval`` seconds.
+    position every ``heartbeat_interval`` seconds. ``restart_stalled`` (with
+    ``heartbeats``): called after each beat with ``restart(projection)``, which stops
+    that projection's follower (a stuck one is abandoned after
+    :data:`RESTART_STOP_TIMEOUT` seconds: its thread is a daemon) and starts a new one.
     """
     policy = RulesPolicy((policies or PolicySet()).live)
     threads: list[RunnerThread] = []
     closers: list[object] = []
     beating: _Beating | None = None
+
+    def start(projection: type[Projection]) -> RunnerThread:
+        store = open_store()
+        source = open_source()
+        closers.extend([store, source])
+        runner = ProjectionRunner(
+            projection(),
+            source=source,
+            store=store,
+            options=options,
+            policy=policy,
+            on_parked=on_parked,
+            observer=observer.runner("live"),
+        )
+        return runner.in_background()
+
+    def restart(name: str) -> None:
+        for index, projection in enumerate(projections):
+            if projection.name != name:
+                continue
+            try:
+                threads[index].stop(timeout=RESTART_STOP_TIMEOUT)
+            except Exception as exc:  # stuck or failed: replaced all the same
+                logger.warning("follower %r restarted after: %s", name, exc)
+            threads[index] = start(projection)
+            if beating is not None:
+                beating.restarted(index)
+
     try:
         for projection in projections:
-            store = open_store()
-            source = open_source()
-            closers += [store, source]
-            runner = ProjectionRunner(
-                projection(),
-                source=source,
-                store=store,
-                options=options,
-                policy=policy,
-                on_parked=on_parked,
-                observer=observer.runner("live"),
-            )
-            threads.append(runner.in_background())
+            threads.append(start(projection))
         beating = _Beating(heartbeats, threads) if heartbeats is not None else None
         while not stop.wait(heartbeat_interval if beating is not None else None):
             if beating is not None:
                 beating.beat()
+                if restart_stalled is not None:
+                    try:
+                        restart_stalled(restart)
+                    except Exception as exc:  # never stops the followers
+                        logger.warning("auto_restart_stalled check failed: %s", exc)
     finally:
         if beating is not None:
             beating.stopped()
@@ -148,6 +180,10 @@ class _Beating:
                 logger.warning("follower heartbeat of %r not written: %s", runner.name, exc)
                 continue
             self._retries[index] = retries
+
+    def restarted(self, index: int) -> None:
+        """The follower at ``index`` is a new runner: its retries count from 0."""
+        self._retries[index] = 0
 
     def stopped(self) -> None:
         for thread in self._threads:

@@ -12,30 +12,46 @@ the operations switch is frozen.
   rollout are *held*: they wait for ``safereplay jobs continue JOB -r REASON``
   (the staged rollout of a job), so a rollout to some partitions catches up those
   first.
+- :class:`StallRestarts` (flag ``auto_restart_stalled``): a follower that the
+  ``stalled`` rule finds stalled is restarted by its follow process, at most the
+  flag's ``max_restarts`` per ``window_seconds``; then it is left for a human.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from safereplay.projections.status import projection_status
+from safereplay.recovery.alerts.facts import RunnerFacts, Snapshot
+from safereplay.recovery.alerts.rules import Stalled
 from safereplay.recovery.errors import RecoveryError
+from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.plans import CatchUpPlan, JobRequest, start_catch_up
 from safereplay.recovery.operations.flags import SYSTEM_ACTOR, flag_store, run_automatic
-from safereplay.recovery.security.flags import FlagName
+from safereplay.recovery.security.audit import AuditRecord
+from safereplay.recovery.security.flags import Flag, FlagName
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["AUTO_CATCH_UP_PARTITIONS", "auto_catch_up", "backlog_of"]
+__all__ = [
+    "AUTO_CATCH_UP_PARTITIONS",
+    "RESTART_ACTION",
+    "StallRestarts",
+    "auto_catch_up",
+    "backlog_of",
+]
 
 _log = logging.getLogger(__name__)
 
 #: The partitions of an automatic catch-up (of a partitionable projection).
 AUTO_CATCH_UP_PARTITIONS = 4
+#: The audit action of an automatic restart of a stalled follower.
+RESTART_ACTION = "auto.restart_stalled"
 
 
 def backlog_of(context: RecoveryContext, projection: str) -> int:
@@ -107,3 +123,120 @@ def auto_catch_up(context: RecoveryContext, projections: Sequence[str]) -> list[
         if plan is not None and plan.job is not None:
             started.append({**parameters, "job_id": str(plan.job.job_id)})
     return started
+
+
+class StallRestarts:
+    """``auto_restart_stalled`` for one follow process: called once per heartbeat with
+    the process's ``restart(projection)``, it restarts each followed projection whose
+    follower the ``stalled`` rule (:class:`~safereplay.recovery.alerts.rules.Stalled`,
+    the operator surface's definition) finds stalled, if its flag is on for that
+    partition, at most ``max_restarts`` times per ``window_seconds`` (counted in the
+    audit trail, so across processes too). A restarted follower gets
+    ``after_seconds`` to move before it can be restarted again. At the cap it is left
+    for a human: a ``denied`` audit entry (once per window and process) says so; the ``stalled``
+    alert stays open (``safereplay alerts``).
+    """
+
+    def __init__(
+        self,
+        context: RecoveryContext,
+        projections: Sequence[str],
+        *,
+        after_seconds: float,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.context = context
+        self.projections = frozenset(projections)
+        self.after_seconds = after_seconds
+        self._clock = clock or context.jobs.clock
+        self._restarted_at: dict[str, float] = {}
+        self._capped: dict[str, float] = {}
+
+    def __call__(self, restart: Callable[[str], None]) -> list[str]:
+        flags = flag_store(self.context)
+        on = {
+            name: flag
+            for name in sorted(self.projections)
+            if (
+                flag := flags.effective(FlagName.AUTO_RESTART_STALLED, f"projection:{name}")
+            ).enabled
+        }
+        if not on:
+            return []
+        now = self._clock()
+        mark = self.context.log.high_water_mark()
+        runners = [
+            RunnerFacts(
+                kind="follower",
+                projection=beat.projection,
+                partition=beat.partition,
+                position=beat.position,
+                heartbeat_at=beat.heartbeat_at,
+                advanced_at=max(beat.advanced_at, self._restarted_at.get(beat.projection, 0.0)),
+                backlog=max(0, mark - beat.position),
+            )
+            for beat in FollowerHeartbeats(self.context.database).beats()
+            if beat.projection in on and beat.stopped_at is None
+        ]
+        restarted: list[str] = []
+        for finding in Stalled(self.after_seconds).findings(Snapshot(now=now, runners=runners)):
+            name = finding.projection or ""
+            flag = on[name]
+            partition = finding.subject.rpartition("/")[2]
+            if name in restarted or not flag.applies_to(partition):
+                continue
+            window = float(flag.window_seconds or 0)
+            done = self._restarts(flag.target, since=now - window)
+            parameters = {
+                "projection": name,
+                "partition": partition,
+                "stalled_for": finding.value,
+                "restarts_in_window": done,
+            }
+            if done >= (flag.max_restarts or 0):
+                if now - self._capped.get(name, -window - 1) > window:
+                    self._capped[name] = now
+                    self._left_for_a_human(flag, parameters)
+                continue
+            result = run_automatic(
+                self.context,
+                flag=flag,
+                action=RESTART_ACTION,
+                parameters=parameters,
+                work=partial(_restarted, restart, name),
+            )
+            if result is not None:
+                self._restarted_at[name] = now
+                restarted.append(name)
+        return restarted
+
+    def _restarts(self, target: str, *, since: float) -> int:
+        entries = self.context.audit.entries(
+            actor=SYSTEM_ACTOR,
+            action=RESTART_ACTION,
+            scope=target,
+            since=datetime.fromtimestamp(since, UTC),
+        )
+        return sum(1 for e in entries if e.outcome == "succeeded")
+
+    def _left_for_a_human(self, flag: Flag, parameters: Mapping[str, Any]) -> None:
+        message = (
+            f"{flag.max_restarts} restarts in {flag.window_seconds}s already: left for a "
+            "human (the stalled alert stays open)"
+        )
+        _log.warning("auto_restart_stalled of %s: %s", flag.target, message)
+        self.context.audit.append(
+            AuditRecord(
+                actor=SYSTEM_ACTOR,
+                action=RESTART_ACTION,
+                scope=flag.target,
+                reason=f"automatic: recovery flag {flag.name} is on for {flag.target}",
+                parameters={**parameters, "flag": flag.to_json(), "error": message},
+                outcome="denied",
+            )
+        )
+
+
+def _restarted(restart: Callable[[str], None], name: str) -> bool:
+    restart(name)
+    return True

@@ -36,12 +36,13 @@ from safereplay.recovery.jobs.plans import (
 )
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
-from safereplay.recovery.operations.automation import auto_catch_up
+from safereplay.recovery.operations.automation import StallRestarts, auto_catch_up
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.operations.metrics_process import serving_metrics
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
+from safereplay.recovery.settings import AlertSettings
 from safereplay.recovery.templates.apply import rollout_state
 
 if TYPE_CHECKING:
@@ -408,6 +409,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 on_parked=lambda parked: parks(parked, None),
                 observer=observer,
                 heartbeats=FollowerHeartbeats(context.database),
+                # Recovery flag auto_restart_stalled (off by default: restarts nothing).
+                restart_stalled=StallRestarts(
+                    context,
+                    names,
+                    after_seconds=AlertSettings.from_env().stalled_after_seconds,
+                ),
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:
