@@ -9,9 +9,8 @@ the operations switch is frozen.
   a catch-up job of :data:`AUTO_CATCH_UP_PARTITIONS` partitions (one if the
   projection is not partitionable) is started for workers to run, instead of the
   follower applying the backlog event by event. Partitions outside the flag's
-  rollout are *held*: they wait for ``safereplay jobs continue JOB -r REASON``
-  (the staged rollout of a job), so a rollout to some partitions catches up those
-  first.
+  rollout are *held* until ``rollout.continue`` releases them (the staged rollout
+  of a job), so a rollout to some partitions catches up those first.
 - :class:`StallRestarts` (flag ``auto_restart_stalled``): a follower that the
   ``stalled`` rule finds stalled is restarted by its follow process, at most the
   flag's ``max_restarts`` per ``window_seconds``; then it is left for a human.
