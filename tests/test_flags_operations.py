@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
-from recovery_fixtures import principals_world
+from recovery_fixtures import RunCounts, principals_world, wait_until
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
+from safereplay.projections import REFERENCE_PROJECTIONS
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
@@ -20,12 +23,14 @@ from safereplay.recovery.operations.automation import (
     RESTART_ACTION,
     StallRestarts,
     auto_catch_up,
+    auto_redrive,
     backlog_of,
 )
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.flags import run_automatic
+from safereplay.recovery.registry import ProjectionRegistry
 from safereplay.recovery.security.audit import AuditKey
-from safereplay.recovery.security.flags import Flag, FlagName
+from safereplay.recovery.security.flags import Flag, FlagName, FlagStore
 
 TARGET = "projection:run_status"
 
@@ -268,3 +273,46 @@ def test_auto_restart_stalled_restarts_up_to_its_cap_then_leaves_it(
     ]
     assert "left for a human" in entries[-1].parameters["error"]
     assert entries[1].parameters["flag"]["max_restarts"] == 2
+
+
+def test_auto_redrive_redrives_parked_events_after_a_code_version_change(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, run, ada = world["context"], world["run"], world["ada"]
+    context.registry = ProjectionRegistry.of([*REFERENCE_PROJECTIONS, RunCounts])
+    target = "projection:run_counts"
+    run(ada, "flags.set", reason="t", flag="auto_redrive", target=target, enabled=True)
+    (first_run,) = context.log.read(
+        after=0, upto=context.log.head(), limit=1, topics=list(RunCounts.topics)
+    )
+    poison = first_run.originator_id
+    RunCounts.reset(poison={poison})
+    store = context.projection_store
+    followed: list[Any] = []
+    follower = threading.Thread(
+        target=lambda: followed.append(
+            run(ada, "follow", reason="live", projections=["run_counts"], stop_after=3)
+        ),
+        daemon=True,
+    )
+    follower.start()
+    wait_until(
+        lambda: store.live_build("run_counts") is not None and bool(store.parked("run_counts")),
+        timeout=60,
+        what="the poison parked",
+    )
+    follower.join(timeout=120)
+    assert followed, "follow ended"
+    # Parked events seen under version 1 (recorded): nothing to re-drive yet.
+    assert auto_redrive(context, ["run_counts"]) == []
+    assert FlagStore(context.database).mark("auto_redrive", target) == "1"
+    # The fix is deployed as version 2: the next start re-drives them, as the system.
+    RunCounts.reset()
+    monkeypatch.setattr(RunCounts, "version", 2)
+    (started,) = auto_redrive(context, ["run_counts"])
+    job = context.jobs.get_job(UUID(started["job_id"]))
+    assert (job.kind, job.principal) == ("redrive", "system")
+    entry = context.audit.entries(limit=10_000)[-1]
+    assert (entry.actor, entry.action, entry.outcome) == ("system", "auto.redrive", "succeeded")
+    assert entry.parameters["parked_under_version"] == "1" and entry.parameters["version"] == "2"
+    assert FlagStore(context.database).mark("auto_redrive", target) == "2"

@@ -110,6 +110,15 @@ class FlagStoreContract:
         ]
         assert history[0].old_value is not None and history[0].old_value["held_by"] == "alice"
 
+    def test_marks_are_kept_per_flag_and_target(self, store: FlagStore) -> None:
+        assert store.mark("auto_redrive", TARGET) is None
+        store.set_mark("auto_redrive", TARGET, "1")
+        store.set_mark("auto_redrive", TARGET, "2")
+        store.set_mark("auto_redrive", "projection:other", "7")
+        assert store.mark("auto_redrive", TARGET) == "2"
+        assert store.mark("auto_catch_up", TARGET) is None
+        assert store.history() == [], "bookkeeping, not a change of a flag"
+
     def test_concurrent_writers_never_share_a_history_seq(self, store: FlagStore) -> None:
         errors: list[BaseException] = []
 

@@ -11,6 +11,12 @@ the operations switch is frozen.
   follower applying the backlog event by event. Partitions outside the flag's
   rollout are *held* until ``rollout.continue`` releases them (the staged rollout
   of a job), so a rollout to some partitions catches up those first.
+- :func:`auto_redrive` (flag ``auto_redrive``): when ``safereplay follow`` starts (a
+  deploy restarts it), the parked events of a projection's live build are
+  re-driven (a redrive job, for workers) if the projection's code version differs
+  from the one they were last seen under: the cause may be fixed. The first
+  check only records the version. With a rollout, only the parked events of the
+  partitions in it are re-driven. (Reactions: not automated yet.)
 - :class:`StallRestarts` (flag ``auto_restart_stalled``): a follower that the
   ``stalled`` rule finds stalled is restarted by its follow process, at most the
   flag's ``max_restarts`` per ``window_seconds``; then it is left for a human.
@@ -29,10 +35,15 @@ from safereplay.recovery.alerts.facts import RunnerFacts, Snapshot
 from safereplay.recovery.alerts.rules import Stalled
 from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
-from safereplay.recovery.jobs.plans import CatchUpPlan, JobRequest, start_catch_up
+from safereplay.recovery.jobs.plans import (
+    CatchUpPlan,
+    JobRequest,
+    start_catch_up,
+    start_redrive,
+)
 from safereplay.recovery.operations.flags import SYSTEM_ACTOR, flag_store, run_automatic
 from safereplay.recovery.security.audit import AuditRecord
-from safereplay.recovery.security.flags import Flag, FlagName
+from safereplay.recovery.security.flags import Flag, FlagName, Rollout
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
@@ -42,6 +53,7 @@ __all__ = [
     "RESTART_ACTION",
     "StallRestarts",
     "auto_catch_up",
+    "auto_redrive",
     "backlog_of",
 ]
 
@@ -121,6 +133,60 @@ def auto_catch_up(context: RecoveryContext, projections: Sequence[str]) -> list[
             continue
         if plan is not None and plan.job is not None:
             started.append({**parameters, "job_id": str(plan.job.job_id)})
+    return started
+
+
+def auto_redrive(context: RecoveryContext, projections: Sequence[str]) -> list[dict[str, Any]]:
+    """Start a redrive job for each of ``projections`` whose ``auto_redrive`` flag is on
+    and whose live build has parked events last seen under another code version;
+    returns what each started. A projection with an active job is left alone."""
+    flags = flag_store(context)
+    started: list[dict[str, Any]] = []
+    for name in projections:
+        target = f"projection:{name}"
+        flag = flags.effective(FlagName.AUTO_REDRIVE, target)
+        if not flag.enabled or context.jobs.list_jobs(projection=name, active_only=True):
+            continue
+        store = context.projection_store
+        if store.live_build(name) is None:
+            continue
+        version = str(context.registry[name].version)
+        parked = [p for p in store.parked(name) if flag.applies_to(str(p.partition))]
+        seen = flags.mark(FlagName.AUTO_REDRIVE, target)
+        if not parked or seen is None or seen == version:
+            if seen != version:
+                flags.set_mark(FlagName.AUTO_REDRIVE, target, version)
+            continue
+        aggregates = sorted({str(p.aggregate_id) for p in parked})
+        parameters = {
+            "projection": name,
+            "parked": len(parked),
+            "parked_under_version": seen,
+            "version": version,
+        }
+        request = JobRequest(
+            principal=SYSTEM_ACTOR,
+            reason=f"auto_redrive: code version {seen} -> {version}",
+        )
+        work = partial(
+            start_redrive,
+            request,
+            projection=name,
+            store=store,
+            jobs=context.jobs,
+            registry=context.registry,
+            aggregates=aggregates if flag.rollout != Rollout() else None,
+        )
+        try:
+            job = run_automatic(
+                context, flag=flag, action="auto.redrive", parameters=parameters, work=work
+            )
+        except RecoveryError as exc:  # audited as failed; the follower starts anyway
+            _log.warning("auto_redrive of %s did not start: %s", name, exc)
+            continue
+        if job is not None:
+            flags.set_mark(FlagName.AUTO_REDRIVE, target, version)
+            started.append({**parameters, "job_id": str(job.job_id)})
     return started
 
 

@@ -36,7 +36,11 @@ from safereplay.recovery.jobs.plans import (
 )
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
-from safereplay.recovery.operations.automation import StallRestarts, auto_catch_up
+from safereplay.recovery.operations.automation import (
+    StallRestarts,
+    auto_catch_up,
+    auto_redrive,
+)
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.operations.metrics_process import serving_metrics
@@ -394,6 +398,8 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 )
         # Recovery flag auto_catch_up: a long backlog goes to a partitioned job instead.
         auto_catch_up(context, names)
+        # Recovery flag auto_redrive: parked events re-driven after a code version change.
+        auto_redrive(context, names)
         port = int_parameter(p, "metrics_port")
         with serving_metrics("follow", port) as observer, stop_on_signals() as stop:
             if p.get("stop_after") is not None:  # tests and smoke runs

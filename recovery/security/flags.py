@@ -292,6 +292,21 @@ CREATE TABLE IF NOT EXISTS {operations_switch} (
     since DOUBLE PRECISION,
     reason TEXT
 )"""
+# What an automatic action last acted on, per flag and target (auto_redrive: the
+# projection's code version its parked events were last seen or re-driven under).
+_CREATE_MARKS = """
+CREATE TABLE IF NOT EXISTS {flag_marks} (
+    name TEXT NOT NULL,
+    target TEXT NOT NULL,
+    mark TEXT NOT NULL,
+    updated_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (name, target)
+)"""
+_MARK = "SELECT mark FROM {flag_marks} WHERE name = %(name)s AND target = %(target)s"
+_SET_MARK = """
+INSERT INTO {flag_marks} (name, target, mark, updated_at)
+VALUES (%(name)s, %(target)s, %(mark)s, %(at)s)
+ON CONFLICT (name, target) DO UPDATE SET mark = excluded.mark, updated_at = excluded.updated_at"""
 
 _ENSURE_SWITCH_ROW = """
 INSERT INTO {operations_switch} (id, held_by, since, reason) VALUES (1, NULL, NULL, NULL)
@@ -338,7 +353,7 @@ class FlagStore:
     @staticmethod
     def schema_statements() -> list[str]:
         """The tables' DDL (templates), run by the ``recovery`` schema step."""
-        return [_CREATE_FLAGS, _CREATE_HISTORY, _CREATE_SWITCH]
+        return [_CREATE_FLAGS, _CREATE_HISTORY, _CREATE_SWITCH, _CREATE_MARKS]
 
     def create_tables(self) -> None:
         """Run the DDL directly (tools and tests)."""
@@ -433,6 +448,29 @@ class FlagStore:
             )
             for r in rows
         ]
+
+    # -- marks of automatic actions -------------------------------------------------------
+
+    def mark(self, name: FlagName | str, target: str) -> str | None:
+        """What the flag's automatic action last acted on for ``target`` (None: never)."""
+        rows = recorded_rows(
+            self.database, _MARK, {"name": _flag_name(str(name)).value, "target": target}
+        )
+        return str(rows[0]["mark"]) if rows else None
+
+    def set_mark(self, name: FlagName | str, target: str, mark: str) -> None:
+        """Record what the flag's automatic action acted on (bookkeeping: not a change
+        of the flag, so not in its history; the action itself is audited)."""
+        with self.database.transaction(write=True) as tx:
+            tx.execute(
+                _SET_MARK,
+                {
+                    "name": _flag_name(str(name)).value,
+                    "target": target,
+                    "mark": mark,
+                    "at": tx.now(),
+                },
+            )
 
     # -- the operations switch -----------------------------------------------------------
 
