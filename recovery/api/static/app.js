@@ -10,6 +10,7 @@ import { mountParked } from "./parked.js";
 import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
 import { mountAudit } from "./audit.js";
+import { mountFlags } from "./flags.js";
 
 const SECTIONS = {
   overview: mountOverview,
@@ -17,6 +18,7 @@ const SECTIONS = {
   parked: mountParked,
   reactions: mountReactions,
   alerts: mountAlerts,
+  flags: mountFlags,
   audit: mountAudit,
   console: mountConsole,
 };
