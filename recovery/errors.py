@@ -19,6 +19,8 @@
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
     ├── IncompleteJob           a job could not account for every position up to its target
     ├── AccessDenied            the principal lacks the permission for that scope (audited)
+    ├── OperationsFrozen        the operations switch is frozen: every change is refused
+    │                           for everyone but its holder (names the holder and reason)
     ├── AuthenticationFailed    no token, or a token that is unknown, revoked, malformed or
     │                           wrong (each failure audited, the message never says which)
     └── AuditKeyError           the audit MAC key is missing, unreadable or malformed
@@ -43,6 +45,7 @@ __all__ = [
     "JobConflict",
     "JobNotFound",
     "LeaseLost",
+    "OperationsFrozen",
     "RecoveryError",
     "StoreUnavailable",
     "UnregisteredProjection",
@@ -119,6 +122,21 @@ class LeaseLost(RecoveryError):
 
 class AccessDenied(RecoveryError):
     """The principal lacks the permission for that scope."""
+
+
+class OperationsFrozen(RecoveryError):
+    """The operations switch is frozen (read-only mode): a change is refused for
+    everyone but the switch's holder. ``held_by``, ``since`` (epoch seconds) and
+    ``reason`` say who froze it, when and why."""
+
+    def __init__(self, *, held_by: str, since: float, reason: str, operation: str) -> None:
+        super().__init__(
+            f"operations are frozen by {held_by!r} ({reason}): {operation} changes state and "
+            f"is refused until {held_by!r} (or an admin) runs `safereplay switch unfreeze`"
+        )
+        self.held_by = held_by
+        self.since = since
+        self.reason = reason
 
 
 class AuthenticationFailed(RecoveryError):

@@ -228,6 +228,13 @@ CLI_CALLS: dict[str, list[str]] = {
     "react": ["run_completions", "--once"],
     "conflicts list": [],
     "conflicts resolve": ["c1", "--action", "park", "-r", "x"],
+    "flags list": [],
+    "flags set": ["auto_redrive", "projection:run_status", "--on", "-r", "x"],
+    "flags unset": ["auto_redrive", "projection:run_status", "-r", "x"],
+    "flags history": [],
+    "switch status": [],
+    "switch freeze": ["-r", "x"],
+    "switch unfreeze": ["-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a

@@ -13,6 +13,9 @@ denied             403     the principal lacks the permission (audited)
 not_found          404     no such job, projection, reaction or parked event
 conflict           409     a job holds the projection, or its state forbids it;
                            another runner holds the reaction's lease
+frozen             423     the operations switch is frozen (the body names its
+                           holder, since when and why: ``held_by``, ``since``,
+                           ``reason``)
 schema             503     the database's schema does not fit this code
 unavailable        503     the database cannot be reached, or the server is busy
 internal           500     a defect: logged on the server, never shown
@@ -35,8 +38,8 @@ from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
 from safereplay.reactions.errors import ReactionError
 from safereplay.recovery.api.contexts import PoolExhausted
-from safereplay.recovery.errors import RecoveryError
-from safereplay.recovery.operations.shapes import error_code
+from safereplay.recovery.errors import OperationsFrozen, RecoveryError
+from safereplay.recovery.operations.shapes import error_code, iso_time
 
 __all__ = ["STATUS_OF", "install_error_handlers", "problem"]
 
@@ -49,6 +52,7 @@ STATUS_OF = {
     "denied": 403,
     "not_found": 404,
     "conflict": 409,
+    "frozen": 423,
     "schema": 503,
     "unavailable": 503,
     "internal": 500,
@@ -78,6 +82,21 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolExhausted)
     async def busy(request: Request, exc: PoolExhausted) -> JSONResponse:
         return problem("unavailable", str(exc))
+
+    @app.exception_handler(OperationsFrozen)
+    async def frozen(request: Request, exc: OperationsFrozen) -> JSONResponse:
+        response = problem("frozen", str(exc))
+        body = {
+            "error": {
+                "code": "frozen",
+                "status": STATUS_OF["frozen"],
+                "message": str(exc),
+                "held_by": exc.held_by,
+                "since": iso_time(exc.since),
+                "reason": exc.reason,
+            }
+        }
+        return JSONResponse(body, status_code=response.status_code)
 
     @app.exception_handler(RecoveryError)
     @app.exception_handler(ReactionError)

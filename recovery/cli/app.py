@@ -21,6 +21,7 @@ from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
 from safereplay.recovery.cli import conflicts as cli_conflicts
 from safereplay.recovery.cli import drills as cli_drill
+from safereplay.recovery.cli import flags as cli_flags
 from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
 from safereplay.recovery.cli import projections as cli_projections
@@ -217,6 +218,7 @@ cli_conflicts.register(app)
 cli_slo.register(app)
 cli_reactions.register(app)
 cli_steps.register(app)
+cli_flags.register(app)
 
 
 def main() -> None:

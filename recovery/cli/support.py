@@ -30,7 +30,8 @@ is the same::
 
 ``code`` names the exit code: ``no`` 1, ``invalid`` 2 (bad input, including
 command-line usage errors), ``denied`` 3, ``unauthenticated`` 4, ``conflict``
-5, ``schema`` 6. A token is never part of a message, in either form.
+5, ``schema`` 6, ``frozen`` 7 (the operations switch is frozen). A token is
+never part of a message, in either form.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ __all__ = [
     "EXIT_DENIED",
     "EXIT_INVALID",
     "EXIT_NO",
+    "EXIT_FROZEN",
     "EXIT_SCHEMA",
     "EXIT_UNAUTHENTICATED",
     "cli_caller",
@@ -97,6 +99,7 @@ EXIT_DENIED = 3
 EXIT_UNAUTHENTICATED = 4
 EXIT_CONFLICT = 5
 EXIT_SCHEMA = 6
+EXIT_FROZEN = 7
 
 console = Console()
 error_console = Console(stderr=True)
@@ -110,6 +113,7 @@ ERROR_CODES = {
     EXIT_UNAUTHENTICATED: "unauthenticated",
     EXIT_CONFLICT: "conflict",
     EXIT_SCHEMA: "schema",
+    EXIT_FROZEN: "frozen",
 }
 #: Failures the command line reports as invalid input (exit 2), as it always has:
 #: a missing job or projection, or a store it cannot reach, is something to change

@@ -55,6 +55,7 @@ from safereplay.recovery.resilience.policies import (
 
 __all__ = [
     "DEFAULT_HEARTBEAT_INTERVAL",
+    "RESTART_STOP_TIMEOUT",
     "FollowReport",
     "PausingFollower",
     "follow_projections",
@@ -65,6 +66,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between two heartbeats of a follower (see :func:`follow_projections`).
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
+#: Seconds a restart waits for a stalled follower to stop before abandoning it.
+RESTART_STOP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ def follow_projections(
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     on_integrity_failure: IntegrityAction = "pause",
     conflicts: ConflictStore | None = None,
+    restart_stalled: Callable[[Callable[[str], None]], object] | None = None,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
@@ -99,6 +103,10 @@ def follow_projections(
     ``live``). ``heartbeats`` (default: none written) records each live follower's
     position every ``heartbeat_interval`` seconds. ``on_integrity_failure`` and
     ``conflicts``: see the module docstring (without ``conflicts``, ``pause`` fails).
+    ``restart_stalled`` (with
+    ``heartbeats``): called after each beat with ``restart(projection)``, which stops
+    that projection's follower (a stuck one is abandoned after
+    :data:`RESTART_STOP_TIMEOUT` seconds: its thread is a daemon) and starts a new one.
     """
     live = RulesPolicy((policies or PolicySet()).live)
     if on_integrity_failure == "pause" and conflicts is None:
@@ -106,27 +114,48 @@ def follow_projections(
     threads: list[RunnerThread] = []
     closers: list[object] = []
     beating: _Beating | None = None
+
+    def start(projection: type[Projection]) -> RunnerThread:
+        store = open_store()
+        source = open_source()
+        closers.extend([store, source])
+        runner = ProjectionRunner(
+            projection(),
+            source=source,
+            store=store,
+            options=options,
+            policy=IntegrityPolicy(live, on_integrity_failure),
+            on_parked=on_parked,
+            observer=observer.runner("live"),
+        )
+        follower = PausingFollower(runner, conflicts)
+        follower.start()
+        return follower
+
+    def restart(name: str) -> None:
+        for index, projection in enumerate(projections):
+            if projection.name != name:
+                continue
+            try:
+                threads[index].stop(timeout=RESTART_STOP_TIMEOUT)
+            except Exception as exc:  # stuck or failed: replaced all the same
+                logger.warning("follower %r restarted after: %s", name, exc)
+            threads[index] = start(projection)
+            if beating is not None:
+                beating.restarted(index)
+
     try:
         for projection in projections:
-            store = open_store()
-            source = open_source()
-            closers += [store, source]
-            runner = ProjectionRunner(
-                projection(),
-                source=source,
-                store=store,
-                options=options,
-                policy=IntegrityPolicy(live, on_integrity_failure),
-                on_parked=on_parked,
-                observer=observer.runner("live"),
-            )
-            follower = PausingFollower(runner, conflicts)
-            follower.start()
-            threads.append(follower)
+            threads.append(start(projection))
         beating = _Beating(heartbeats, threads) if heartbeats is not None else None
         while not stop.wait(heartbeat_interval if beating is not None else None):
             if beating is not None:
                 beating.beat()
+                if restart_stalled is not None:
+                    try:
+                        restart_stalled(restart)
+                    except Exception as exc:  # never stops the followers
+                        logger.warning("auto_restart_stalled check failed: %s", exc)
     finally:
         if beating is not None:
             beating.stopped()
@@ -178,6 +207,10 @@ class _Beating:
                 logger.warning("follower heartbeat of %r not written: %s", runner.name, exc)
                 continue
             self._retries[index] = retries
+
+    def restarted(self, index: int) -> None:
+        """The follower at ``index`` is a new runner: its retries count from 0."""
+        self._retries[index] = 0
 
     def stopped(self) -> None:
         for thread in self._threads:

@@ -25,6 +25,7 @@ from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.security.access import AccessControl
 from safereplay.recovery.security.audit import AuditTrail
+from safereplay.recovery.security.flags import FlagStore
 from safereplay.recovery.security.signin import SignInAudit
 from safereplay.recovery.templates.store import TemplateStore
 
@@ -68,6 +69,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *AlertStore.schema_statements(),
         *ConflictStore.schema_statements(),
         *SLOStore.schema_statements(),
+        *FlagStore.schema_statements(),
     ]
 
 

@@ -16,6 +16,7 @@ from safereplay.recovery.operations.conflicts import register_conflict_operation
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
 from safereplay.recovery.operations.drills import register_drill_operations
+from safereplay.recovery.operations.flags import register_flag_operations
 from safereplay.recovery.operations.jobs import register_job_operations
 from safereplay.recovery.operations.metrics import register_metrics_operations
 from safereplay.recovery.operations.parked import register_parked_operations
@@ -51,6 +52,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_step_operations,
     register_conflict_operations,
     register_slo_operations,
+    register_flag_operations,
 )
 
 

@@ -36,11 +36,17 @@ from safereplay.recovery.jobs.plans import (
 )
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
+from safereplay.recovery.operations.automation import (
+    StallRestarts,
+    auto_catch_up,
+    auto_redrive,
+)
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.job_ids import job_id_preparer, resolve_job_id
 from safereplay.recovery.operations.metrics_process import serving_metrics
 from safereplay.recovery.security.access import AccessDenied, Permission
 from safereplay.recovery.security.audit import AuditRecord
+from safereplay.recovery.settings import AlertSettings
 from safereplay.recovery.templates.apply import rollout_state
 
 if TYPE_CHECKING:
@@ -390,6 +396,10 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                     f"{ctx.principal.name!r} may not follow {name!r}: it needs the operate "
                     f"permission on projection:{name}"
                 )
+        # Recovery flag auto_catch_up: a long backlog goes to a partitioned job instead.
+        auto_catch_up(context, names)
+        # Recovery flag auto_redrive: parked events re-driven after a code version change.
+        auto_redrive(context, names)
         port = int_parameter(p, "metrics_port")
         with serving_metrics("follow", port) as observer, stop_on_signals() as stop:
             if p.get("stop_after") is not None:  # tests and smoke runs
@@ -407,6 +417,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 heartbeats=FollowerHeartbeats(context.database),
                 on_integrity_failure=context.recovery.on_integrity_failure,
                 conflicts=context.conflicts,
+                # Recovery flag auto_restart_stalled (off by default: restarts nothing).
+                restart_stalled=StallRestarts(
+                    context,
+                    names,
+                    after_seconds=AlertSettings.from_env().stalled_after_seconds,
+                ),
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:

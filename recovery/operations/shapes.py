@@ -33,6 +33,7 @@ from safereplay.recovery.errors import (
     InvalidJobTransition,
     JobConflict,
     JobNotFound,
+    OperationsFrozen,
     StoreUnavailable,
     UnregisteredProjection,
     UnregisteredReaction,
@@ -61,6 +62,7 @@ EPOCH_FIELDS = frozenset(
 def error_code(exc: BaseException) -> str:
     """What kind of failure ``exc`` is: ``denied``, ``unauthenticated``, ``conflict``
     (a job holds the projection, a lease was lost, the job's state does not allow it),
+    ``frozen`` (the operations switch is frozen by someone else),
     ``schema`` (the database's schema does not fit this code), ``not_found`` (no
     such job, projection or parked event), ``unavailable`` (the database cannot be
     reached) or ``invalid`` (bad input or configuration: the message says what to
@@ -77,6 +79,8 @@ def error_code(exc: BaseException) -> str:
         return "denied"
     if isinstance(exc, AuthenticationFailed):
         return "unauthenticated"
+    if isinstance(exc, OperationsFrozen):
+        return "frozen"
     if isinstance(
         exc, JobConflict | PositionConflict | InvalidJobTransition | ReactionBusy | LedgerConflict
     ):

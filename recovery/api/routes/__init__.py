@@ -7,6 +7,7 @@ from safereplay.recovery.api.routes import (
     audit,
     builds,
     conflicts,
+    flags,
     jobs,
     parked,
     reactions,
@@ -30,4 +31,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     reactions.router,
     steps.router,
     slos.router,
+    flags.router,
 )

@@ -12,6 +12,7 @@ import { mountAlerts } from "./alerts.js";
 import { mountSlos } from "./slos.js";
 import { mountAudit } from "./audit.js";
 import { mountSteps } from "./steps.js";
+import { mountFlags } from "./flags.js";
 
 const SECTIONS = {
   overview: mountOverview,
@@ -21,6 +22,7 @@ const SECTIONS = {
   alerts: mountAlerts,
   step: mountSteps,
   slos: mountSlos,
+  flags: mountFlags,
   audit: mountAudit,
   console: mountConsole,
 };
