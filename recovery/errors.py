@@ -17,6 +17,9 @@
     ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
     ├── IncompleteJob           a job could not account for every position up to its target
+    ├── ChangeRequestNotFound   no change request with that id (or id prefix)
+    ├── ChangeRequestConflict   a change request already decided, expired, or whose
+    │                           subject changed since it was asked for (stale)
     ├── AccessDenied            the principal lacks the permission for that scope (audited)
     ├── AuthenticationFailed    no token, or a token that is unknown, revoked, malformed or
     │                           wrong (each failure audited, the message never says which)
@@ -32,6 +35,8 @@ __all__ = [
     "AmbiguousJobId",
     "AuditKeyError",
     "AuthenticationFailed",
+    "ChangeRequestConflict",
+    "ChangeRequestNotFound",
     "CircuitOpen",
     "DrillConflict",
     "IncompleteJob",
@@ -109,6 +114,14 @@ class DrillConflict(JobConflict):
 
 class LeaseLost(RecoveryError):
     """This worker's lease on the partition expired and was taken over, or was released."""
+
+
+class ChangeRequestNotFound(RecoveryError):
+    """No change request has that id (or more than one starts with that prefix)."""
+
+
+class ChangeRequestConflict(RecoveryError):
+    """The change request cannot be decided: already decided, expired, or stale."""
 
 
 class AccessDenied(RecoveryError):

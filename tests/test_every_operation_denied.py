@@ -89,6 +89,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "table": "runs",
         "position": 1,
         "reaction": "run_completions",
+        "request_id": "0123456789abcdef",
     }
 
 
@@ -222,6 +223,10 @@ CLI_CALLS: dict[str, list[str]] = {
     "reactions": [],
     "redeliver": ["run_completions", "-r", "x"],
     "react": ["run_completions", "--once"],
+    "requests list": [],
+    "requests show": ["0123456789abcdef"],
+    "requests approve": ["0123456789abcdef", "-r", "x"],
+    "requests reject": ["0123456789abcdef", "-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a

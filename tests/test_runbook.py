@@ -104,7 +104,9 @@ def test_the_runbook_runs_as_written(tmp_path: Path) -> None:
     text = RUNBOOK.read_text(encoding="utf-8")
     script = runbook_script(text)
     assert "safereplay init" in script.split(">>> ")[1], "the store is made first"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
     env["COLUMNS"] = "120"

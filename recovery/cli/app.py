@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
+from safereplay.recovery.cli import change_requests as cli_requests
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import init as cli_init
 from safereplay.recovery.cli import jobs as cli_jobs
@@ -204,6 +205,7 @@ cli_projections.register(app)
 cli_serve.register(app)
 cli_alerts.register(app)
 cli_reactions.register(app)
+cli_requests.register(app)
 
 
 def main() -> None:

@@ -22,6 +22,7 @@ from safereplay.recovery.drills.drill import DrillStore
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.security.access import AccessControl
+from safereplay.recovery.security.approvals import ChangeRequestStore
 from safereplay.recovery.security.audit import AuditTrail
 from safereplay.recovery.security.signin import SignInAudit
 from safereplay.recovery.templates.store import TemplateStore
@@ -64,6 +65,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *DrillStore.schema_statements(),
         *FollowerHeartbeats.schema_statements(),
         *AlertStore.schema_statements(),
+        *ChangeRequestStore.schema_statements(),
     ]
 
 
