@@ -9,6 +9,7 @@ request, a decided one, a stale one (another build went live since it was asked)
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +18,14 @@ from uuid import UUID
 
 import pytest
 from api_fixtures import postgres_settings, sqlite_settings
+from fastapi.testclient import TestClient
 from recovery_fixtures import principals_world
+from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
+from safereplay.recovery.api.app import create_app
+from safereplay.recovery.cli.app import app
 from safereplay.recovery.database import Database, PostgresDatabase, SQLiteDatabase
 from safereplay.recovery.errors import (
     AccessDenied,
@@ -33,7 +38,7 @@ from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
-from safereplay.recovery.security.access import Principal
+from safereplay.recovery.security.access import Principal, VerifiedSecrets
 from safereplay.recovery.security.approvals import (
     ChangeRequestStore,
     NewChangeRequest,
@@ -246,7 +251,9 @@ class World:
         self.context.close()
 
 
-class ApprovalContract:
+class WorldContract:
+    """Subclassed per backend: ``settings`` gives the store's settings."""
+
     def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
         raise NotImplementedError
 
@@ -256,6 +263,8 @@ class ApprovalContract:
         yield world
         world.close()
 
+
+class ApprovalContract(WorldContract):
     def test_a_swap_waits_for_a_second_person_and_runs_as_its_requester(self, world: World) -> None:
         store = world.context.projection_store
         world.rebuilt("workflow_stats")  # the first build goes live by itself
@@ -270,8 +279,8 @@ class ApprovalContract:
             world.run(world.olga, "requests.approve", reason="mine", request_id=request_id)
         with pytest.raises(InvalidRequest, match="give a reason"):
             world.run(world.abe, "requests.approve", request_id=request_id)
-        with pytest.raises(AccessDenied, match=r"requests.list on '\*'"):
-            world.run(world.pia, "requests.list")  # the default scope is every scope
+        with pytest.raises(AccessDenied, match=r"requests.list on 'projection:\*'"):
+            world.run(world.pia, "requests.list")  # checked on projection:* by default
         shown = world.run(world.pia, "requests.list", filter_scope="projection:run_status")
         assert shown == [], "pia sees no request outside her scope"
         (listed,) = world.run(world.abe, "requests.list", filter_scope="projection:*")
@@ -379,3 +388,83 @@ def test_the_rules_setting_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SAFEREPLAY_APPROVAL_TTL", "a day")
     with pytest.raises(ConfigurationError, match="SAFEREPLAY_APPROVAL_TTL"):
         RecoverySettings.from_env()
+
+
+# -- the command line and the API ------------------------------------------------------------
+
+
+def _token_env(world: World, name: str) -> dict[str, str]:
+    return world.envs["admin"] | {
+        "SAFEREPLAY_TOKEN": world.context.access.issue_token(name),
+        "SAFEREPLAY_APPROVAL_REQUIRED": DEFAULT_APPROVAL_REQUIRED,
+    }
+
+
+class SurfaceContract(WorldContract):
+    def test_the_command_line_asks_lists_and_approves(self, world: World) -> None:
+        world.rebuilt("workflow_stats")
+        build = world.rebuilt("workflow_stats")
+        olga, abe = _token_env(world, "olga"), _token_env(world, "abe")
+        runner = CliRunner()
+
+        asked = runner.invoke(app, ["swap", "workflow_stats", "-r", "verified"], env=olga)
+        assert asked.exit_code == 0, asked.output
+        assert "waiting for approval: swap needs a second person's approval" in asked.output
+        listed = runner.invoke(app, ["requests", "list", "--json"], env=abe)
+        assert listed.exit_code == 0, listed.output
+        (request,) = json.loads(listed.output)
+        assert (request["operation"], request["requester"]) == ("swap", "olga")
+        own = runner.invoke(
+            app, ["requests", "approve", request["request_id"], "-r", "x"], env=olga
+        )
+        assert own.exit_code == 3, own.output
+        approved = runner.invoke(
+            app, ["requests", "approve", request["request_id"][:10], "-r", "drill ok"], env=abe
+        )
+        assert approved.exit_code == 0, approved.output
+        assert "approved" in approved.output and "decided by: abe" in approved.output
+        assert world.context.projection_store.live_build("workflow_stats") == build
+
+    def test_the_api_answers_202_and_approves(self, world: World) -> None:
+        world.rebuilt("workflow_stats")
+        build = world.rebuilt("workflow_stats")
+        tokens = {n: world.context.access.issue_token(n) for n in ("olga", "abe")}
+
+        def new_context(verified: VerifiedSecrets) -> RecoveryContext:
+            return RecoveryContext(
+                domain=world.context.domain,
+                recovery=world.context.recovery,
+                verified_secrets=verified,
+            )
+
+        with TestClient(create_app(new_context=new_context)) as client:
+
+            def post(who: str, path: str, body: dict[str, Any]) -> Any:
+                headers = {"Authorization": f"Bearer {tokens[who]}"}
+                return client.post(path, headers=headers, json=body)
+
+            asked = post("olga", "/api/projections/workflow_stats/swap", {"reason": "verified"})
+            assert asked.status_code == 202, asked.text
+            request_id = asked.json()["awaiting_approval"]["request_id"]
+            assert "second person" in asked.json()["message"]
+            headers = {"Authorization": f"Bearer {tokens['abe']}"}
+            (listed,) = client.get("/api/requests?state=pending", headers=headers).json()
+            assert listed["request_id"] == request_id
+            own = post("olga", f"/api/requests/{request_id}/approve", {"reason": "mine"})
+            assert own.status_code == 403, own.text
+            done = post("abe", f"/api/requests/{request_id}/approve", {"reason": "drill ok"})
+            assert done.status_code == 200, done.text
+            assert done.json()["state"] == "approved"
+            again = post("abe", f"/api/requests/{request_id}/reject", {"reason": "late"})
+            assert again.status_code == 409, again.text
+        assert world.context.projection_store.live_build("workflow_stats") == build
+
+
+class TestSQLiteSurfaces(SurfaceContract):
+    def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
+        return sqlite_settings(request, tmp_path)
+
+
+class TestPostgresSurfaces(SurfaceContract):
+    def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
+        return postgres_settings(request, tmp_path)

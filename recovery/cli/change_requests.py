@@ -57,12 +57,15 @@ def requests_list(
     ] = None,
     scope: Annotated[
         str | None,
-        typer.Option("--scope", help="Only requests within this scope (default: all you see)."),
+        typer.Option(
+            "--scope", help="Only requests within this scope (default: all you may view)."
+        ),
     ] = None,
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="The most listed.")] = 100,
     as_json: Json = False,
 ) -> None:
-    """Change requests, newest first. Needs the view permission on --scope (default *)."""
+    """Change requests you may view, newest first. Needs the view permission on --scope
+    (default: projection:*; with a grant on keys only, give --scope keys)."""
 
     def table(found: list[ChangeRequest]) -> None:
         if not found:

@@ -192,7 +192,7 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
             raise InvalidRequest(f"state {state!r} is not valid: {', '.join(STATES)}")
         store.expire_due()
         limit = limit_parameter(p, most=10_000)
-        within = str(p.get("filter_scope") or "*")
+        within = str(p.get("filter_scope") or "*")  # checked on projection:* (see below)
         return [
             r
             for r in store.list(state=state, limit=limit)
@@ -260,7 +260,7 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
             "requests.list",
             view,
             listed,
-            lambda p: str(p.get("filter_scope") or "*"),
+            _list_scope,
             "change requests waiting for (or given) a second person's approval",
         ),
         ("requests.show", view, show, request_scope, "one change request"),
@@ -282,6 +282,13 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
             summary=summary,
             scope_reads=name != "requests.list",
         )
+
+
+def _list_scope(parameters: Mapping[str, Any]) -> str:
+    """The scope ``requests.list`` is checked on: the one it lists within, or by default
+    ``projection:*`` (where most requests are; those it lists are still only the ones
+    the caller may view: a grant on ``keys`` alone lists with ``filter_scope=keys``)."""
+    return str(parameters.get("filter_scope") or "projection:*")
 
 
 def _request_id(p: Mapping[str, Any]) -> str:

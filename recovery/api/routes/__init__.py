@@ -6,6 +6,7 @@ from safereplay.recovery.api.routes import (
     alerts,
     audit,
     builds,
+    change_requests,
     jobs,
     parked,
     reactions,
@@ -24,4 +25,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     alerts.router,
     templates.router,
     reactions.router,
+    change_requests.router,
 )
