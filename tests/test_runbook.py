@@ -27,6 +27,15 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 
 #: Commands run before a section's blocks (by its heading): the situation it repairs.
 SITUATIONS = {
+    "A change waits for approval by a second person": [
+        # A completed rebuild to swap, a second person (ann, an approver), and the
+        # default approval rules (the suite switches them off).
+        'safereplay rebuild run_status --reason "a build to swap"',
+        'safereplay principals add ann --reason "a second person"',
+        "safereplay grant ann approver 'projection:*' --reason \"approves swaps\"",
+        "(umask 077 && safereplay token issue ann --reason \"the token of ann\" > ann.token)",
+        "unset SAFEREPLAY_APPROVAL_REQUIRED",
+    ],
     "A projection is behind after an outage": [
         'safereplay seed --events 300 --reason "events while the follower was down"',
     ],

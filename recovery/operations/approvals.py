@@ -281,6 +281,8 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
             scope=scope,
             summary=summary,
             scope_reads=name != "requests.list",
+            # Polled by the dashboard's Requests tab: its successes are not audited.
+            monitoring=name == "requests.list",
         )
 
 
