@@ -38,6 +38,7 @@ from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
+from safereplay.recovery.operations.metrics import render_metrics
 from safereplay.recovery.security.access import Principal, VerifiedSecrets
 from safereplay.recovery.security.approvals import (
     ChangeRequestStore,
@@ -272,6 +273,8 @@ class ApprovalContract(WorldContract):
         live = store.live_build("workflow_stats")
         request_id = world.swap_request()
         assert store.live_build("workflow_stats") == live, "nothing ran yet"
+        pending = "safereplay_change_requests_pending 1.0"
+        assert pending in render_metrics(world.context).decode()
 
         # An approver too: still not of her own request.
         world.context.access.grant("olga", "approver", "projection:*", granted_by="ada")
@@ -307,6 +310,7 @@ class ApprovalContract(WorldContract):
         }
         with pytest.raises(ChangeRequestConflict, match="already decided"):
             world.run(world.ann, "requests.approve", reason="me too", request_id=request_id)
+        assert "safereplay_change_requests_pending 0.0" in render_metrics(world.context).decode()
         assert world.context.audit.verify().ok
 
     def test_a_request_whose_subject_changed_is_stale(self, world: World) -> None:

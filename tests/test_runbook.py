@@ -33,7 +33,7 @@ SITUATIONS = {
         'safereplay rebuild run_status --reason "a build to swap"',
         'safereplay principals add ann --reason "a second person"',
         "safereplay grant ann approver 'projection:*' --reason \"approves swaps\"",
-        "(umask 077 && safereplay token issue ann --reason \"the token of ann\" > ann.token)",
+        '(umask 077 && safereplay token issue ann --reason "the token of ann" > ann.token)',
         "unset SAFEREPLAY_APPROVAL_REQUIRED",
     ],
     "A projection is behind after an outage": [

@@ -83,7 +83,8 @@ _LIST = "SELECT * FROM {change_requests} ORDER BY created_at DESC, request_id LI
 _LIST_STATE = """
 SELECT * FROM {change_requests} WHERE state = %(state)s
 ORDER BY created_at DESC, request_id LIMIT %(limit)s"""
-_PENDING = "SELECT COUNT(*) AS n FROM {change_requests} WHERE state = 'pending'"
+_PENDING = """
+SELECT COUNT(*) AS n FROM {change_requests} WHERE state = 'pending' AND expires_at > %(now)s"""
 
 
 def canonical_json(value: Any) -> str:
@@ -229,9 +230,9 @@ class ChangeRequestStore:
         return [ChangeRequest.from_row(r) for r in rows]
 
     def pending(self) -> int:
-        """How many requests are pending (expired ones not yet marked included)."""
+        """How many requests wait for a decision (pending and not expired)."""
         with self.database.transaction(write=False) as tx:
-            return int(tx.rows(_PENDING)[0]["n"])
+            return int(tx.rows(_PENDING, {"now": tx.now()})[0]["n"])
 
     def decide(self, request_id: str, *, state: str, by: str, reason: str) -> ChangeRequest:
         """Approve or reject a pending, unexpired request; refused (naming why) otherwise.
