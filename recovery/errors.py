@@ -18,6 +18,9 @@
     ├── LeaseLost               a worker's lease on a partition expired or was taken over
     ├── CircuitOpen             the job's circuit breaker is open; work is refused for now
     ├── IncompleteJob           a job could not account for every position up to its target
+    ├── ChangeRequestNotFound   no change request with that id (or id prefix)
+    ├── ChangeRequestConflict   a change request already decided, expired, or whose
+    │                           subject changed since it was asked for (stale)
     ├── AccessDenied            the principal lacks the permission for that scope (audited)
     ├── OperationsFrozen        the operations switch is frozen: every change is refused
     │                           for everyone but its holder (names the holder and reason)
@@ -35,6 +38,8 @@ __all__ = [
     "AmbiguousJobId",
     "AuditKeyError",
     "AuthenticationFailed",
+    "ChangeRequestConflict",
+    "ChangeRequestNotFound",
     "CircuitOpen",
     "ConflictNotFound",
     "DrillConflict",
@@ -118,6 +123,14 @@ class DrillConflict(JobConflict):
 
 class LeaseLost(RecoveryError):
     """This worker's lease on the partition expired and was taken over, or was released."""
+
+
+class ChangeRequestNotFound(RecoveryError):
+    """No change request has that id (or more than one starts with that prefix)."""
+
+
+class ChangeRequestConflict(RecoveryError):
+    """The change request cannot be decided: already decided, expired, or stale."""
 
 
 class AccessDenied(RecoveryError):

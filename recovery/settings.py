@@ -47,6 +47,7 @@ from safereplay.reactions.settings import is_webhook_variable
 from safereplay.recovery.errors import AuthenticationFailed
 
 __all__ = [
+    "DEFAULT_APPROVAL_REQUIRED",
     "SETTINGS_CLASSES",
     "AlertSettings",
     "RecoverySettings",
@@ -57,6 +58,19 @@ __all__ = [
     "check_environment",
     "setting_names",
 ]
+
+
+#: The operations that need a second person unless ``SAFEREPLAY_APPROVAL_REQUIRED``
+#: says otherwise: those that change a live build, what reactions send, templates,
+#: the key ring, and who is an admin.
+DEFAULT_APPROVAL_REQUIRED = (
+    "swap,rollback,replay:into=live,reactions.redeliver:force,templates.add,"
+    "templates.update,keys.retire,grant:role=admin"
+)
+_RULE = r"[a-z][a-z0-9._-]*(:[a-z_][a-z0-9_]*(=[A-Za-z0-9_.:*-]+)?)?"
+_APPROVAL_RULES = rf"^\s*({_RULE}(\s*,\s*{_RULE})*)?\s*$"
+_DURATION = r"^\s*([0-9]+(\.[0-9]+)?)\s*[smhd]?\s*$"
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class RecoverySettings(BaseSettings):
@@ -215,6 +229,47 @@ class RecoverySettings(BaseSettings):
             "The most events `safereplay step` applies one at a time (and shows) in one call."
         ),
     )
+
+    approval_required: str = Field(
+        default=DEFAULT_APPROVAL_REQUIRED,
+        pattern=_APPROVAL_RULES,
+        description=(
+            "Operations that need a second person's approval (four-eyes), as comma-separated "
+            "rules `operation` or `operation:parameter` (the parameter is set) or "
+            "`operation:parameter=value`; empty: none."
+        ),
+    )
+    approval_ttl: str = Field(
+        default="24h",
+        pattern=_DURATION,
+        description=(
+            "How long a change request waits for its approval before it expires: seconds, "
+            "or a number followed by s, m, h or d."
+        ),
+    )
+
+    def approval_rules(self) -> tuple[tuple[str, str | None, str | None], ...]:
+        """``SAFEREPLAY_APPROVAL_REQUIRED`` as (operation, parameter, value) rules: no
+        parameter, every call; a parameter without a value, a call where it is set."""
+        rules: list[tuple[str, str | None, str | None]] = []
+        for text in self.approval_required.split(","):
+            rule = text.strip()
+            if not rule:
+                continue
+            operation, _, condition = rule.partition(":")
+            if not condition:
+                rules.append((operation, None, None))
+                continue
+            name, equals, value = condition.partition("=")
+            rules.append((operation, name, value if equals else None))
+        return tuple(rules)
+
+    def approval_ttl_seconds(self) -> float:
+        """``SAFEREPLAY_APPROVAL_TTL`` in seconds."""
+        text = self.approval_ttl.strip().lower()
+        unit = text[-1] if text and text[-1] in _UNITS else "s"
+        number = text[:-1] if text and text[-1] in _UNITS else text
+        return float(number) * _UNITS[unit]
 
     def drill_required(self, projection: str) -> bool:
         """Must a swap of ``projection`` be preceded by a matching drill?"""

@@ -79,7 +79,9 @@ class DashboardWorld:
 
 def clean_env() -> dict[str, str]:
     """This process's environment without any safereplay setting."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    return {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
 
 
 def dashboard_world(directory: Path) -> Iterator[DashboardWorld]:

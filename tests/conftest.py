@@ -21,6 +21,12 @@ from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 from safereplay.domain.secret import hide_passwords
 from safereplay.recovery.security.audit import AuditKey
 
+#: Four-eyes approval is off for the whole suite (and the processes it starts, which
+#: inherit this environment): its safe default would divert every swap, rollback...
+#: of the existing tests into a change request. Its own tests set it explicitly.
+APPROVAL_OFF = {"SAFEREPLAY_APPROVAL_REQUIRED": ""}
+os.environ.update(APPROVAL_OFF)
+
 POSTGRES_DSN = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
@@ -68,6 +74,8 @@ def clean_safereplay_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path
         upper = name.upper()
         if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
             monkeypatch.delenv(name)
+    for name, value in APPROVAL_OFF.items():
+        monkeypatch.setenv(name, value)
     monkeypatch.chdir(tmp_path)
 
 
@@ -93,6 +101,7 @@ def sqlite_cli_env(tmp_path: Path, key_file: Path) -> dict[str, str]:
         "SAFEREPLAY_SQLITE_PATH": str(tmp_path / "events.db"),
         "SAFEREPLAY_KEY_FILE": str(key_file),
         "SAFEREPLAY_AUDIT_KEY_FILE": str(audit_key),
+        **APPROVAL_OFF,
     }
 
 

@@ -240,7 +240,9 @@ def cli_process(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[
 def seeded_store_env(directory: Path) -> dict[str, str]:
     """The environment of a new ``safereplay init`` store in ``directory`` holding 600
     seeded events, read in batches of 20 (so a job has many batches to be stopped in)."""
-    base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
     base["SAFEREPLAY_PROJECTIONS_BATCH_SIZE"] = "20"
     made = cli_process(base, "init", "--dir", str(directory))
     for line in made.stdout.splitlines():

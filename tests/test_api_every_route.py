@@ -29,6 +29,7 @@ PATH_VALUES = {
     "job_id": "0123456789abcdef",
     "partition": "0",
     "parked_id": "run_status:1",
+    "request_id": "0123456789abcdef",
 }
 
 

@@ -182,7 +182,9 @@ class SigkillContract:
             grant_scope="projection:p0",
         )
         operations.run(admin, "templates.add", reason="setup", toml=TEMPLATE.format(name="org"))
-        base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+            "SAFEREPLAY_APPROVAL_REQUIRED": ""
+        }
         env = base | self.backend_env(settings)
         env |= {
             "SAFEREPLAY_AUDIT_KEY_FILE": str(tmp_path / "audit.key"),

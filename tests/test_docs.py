@@ -50,6 +50,7 @@ def scratch_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     for name in list(os.environ):
         if name.startswith("SAFEREPLAY_") and name != "SAFEREPLAY_TEST_POSTGRES_DSN":
             monkeypatch.delenv(name)
+    monkeypatch.setenv("SAFEREPLAY_APPROVAL_REQUIRED", "")  # four-eyes approval off
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -132,7 +133,9 @@ def test_step_by_step_documents_run(name: str, scratch_directory: Path) -> None:
     text = read(name)
     kinds = {kind.split()[0] for kind, _ in steps(text)}
     assert {"sh", "file"} <= kinds, f"docs/{name} has no commands or files to run"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
     env["COLUMNS"] = "120"

@@ -90,6 +90,7 @@ def parameters(world: dict[str, Any]) -> dict[str, Any]:
         "position": 1,
         "reaction": "run_completions",
         "conflict_id": "c1",
+        "request_id": "0123456789abcdef",
     }
 
 
@@ -235,6 +236,10 @@ CLI_CALLS: dict[str, list[str]] = {
     "switch status": [],
     "switch freeze": ["-r", "x"],
     "switch unfreeze": ["-r", "x"],
+    "requests list": [],
+    "requests show": ["0123456789abcdef"],
+    "requests approve": ["0123456789abcdef", "-r", "x"],
+    "requests reject": ["0123456789abcdef", "-r", "x"],
 }
 #: Commands that need no grant: the demo (its own store), and the first admin's bootstrap
 #: (refused once any principal exists, see test_cli_security), and `init`, which makes a

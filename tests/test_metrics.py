@@ -457,7 +457,9 @@ class MetricsContract:
         planned = cli_json(world["admin"], "rebuild", "run_status", "-r", "scraped", "-w", "0")
         job_id = UUID(planned["job_id"])
         port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+            "SAFEREPLAY_APPROVAL_REQUIRED": ""
+        }
         worker = subprocess.Popen(
             [*CLI, "worker", "--job", str(job_id), "--metrics-port", str(port)],
             env=env | world["admin"],

@@ -173,6 +173,7 @@ def test_the_demo_tells_the_whole_recovery_story(tmp_path: Path) -> None:
     for step in ("the CRM went down (503)", "plan (dry run)", "re-delivered by demo-operator"):
         assert step in flat, step
     assert "row for row equal" in text and "chain and signatures intact" in text
+    assert "waits for a second person" in flat and "demo-approver approves it" in flat
     with SQLiteProjectionStore(tmp_path / "demo" / "events.db") as store:
         assert store.live_build("workflow_stats") == 2
         assert store.parked("run_status") == []

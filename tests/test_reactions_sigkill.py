@@ -92,7 +92,9 @@ class SigkillCases:
         script.write_text(textwrap.dedent(CHILD))
 
         with Receiver(secret, hang_first=True, delay=600).start() as receiver:
-            env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+            env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+                "SAFEREPLAY_APPROVAL_REQUIRED": ""
+            }
             child = subprocess.Popen(
                 [sys.executable, str(script), receiver.url, str(secret_file)],
                 env=env | backend_env(world.settings),

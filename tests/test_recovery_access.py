@@ -40,8 +40,12 @@ class AccessControlContract:
         [
             (Role.VIEWER, {Permission.VIEW}),
             (Role.OPERATOR, {Permission.VIEW, Permission.OPERATE}),
-            (Role.ADMIN, {Permission.VIEW, Permission.OPERATE, Permission.ADMINISTER}),
+            (
+                Role.ADMIN,
+                {Permission.VIEW, Permission.OPERATE, Permission.ADMINISTER, Permission.APPROVE},
+            ),
             (Role.KEY_CUSTODIAN, {Permission.VIEW, Permission.MANAGE_KEYS}),
+            (Role.APPROVER, {Permission.VIEW, Permission.APPROVE}),
         ],
     )
     def test_each_role_allows_exactly_its_permissions(

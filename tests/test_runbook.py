@@ -27,6 +27,15 @@ RUNBOOK = ROOT / "docs" / "runbook.md"
 
 #: Commands run before a section's blocks (by its heading): the situation it repairs.
 SITUATIONS = {
+    "A change waits for approval by a second person": [
+        # A completed rebuild to swap, a second person (ann, an approver), and the
+        # default approval rules (the suite switches them off).
+        'safereplay rebuild run_status --reason "a build to swap"',
+        'safereplay principals add ann --reason "a second person"',
+        "safereplay grant ann approver 'projection:*' --reason \"approves swaps\"",
+        '(umask 077 && safereplay token issue ann --reason "the token of ann" > ann.token)',
+        "unset SAFEREPLAY_APPROVAL_REQUIRED",
+    ],
     "A projection is behind after an outage": [
         'safereplay seed --events 300 --reason "events while the follower was down"',
     ],
@@ -122,7 +131,9 @@ def test_the_runbook_runs_as_written(tmp_path: Path) -> None:
     text = RUNBOOK.read_text(encoding="utf-8")
     script = runbook_script(text)
     assert "safereplay init" in script.split(">>> ")[1], "the store is made first"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     env.pop("PYTHONPATH", None)
     env["COLUMNS"] = "120"

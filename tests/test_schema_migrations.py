@@ -705,7 +705,9 @@ def test_processes_started_together_all_start(
     died of ``tuple concurrently updated`` or deadlocks."""
     settings = postgres_settings()
     schema = settings.postgres_schema
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
+        "SAFEREPLAY_APPROVAL_REQUIRED": ""
+    }
     env |= cli_env(settings, audit_key)
     token: str | None = None
     for round_number, fresh in enumerate([True, False, True, False, False]):

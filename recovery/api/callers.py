@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from safereplay.recovery.api.contexts import ContextPool
 from safereplay.recovery.errors import AuthenticationFailed
+from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
@@ -41,8 +43,19 @@ class Caller:
     operations: Operations
 
     def run(self, operation: str, /, *, reason: str = "", **parameters: Any) -> Any:
-        """Run ``operation`` as the caller (checked and audited); its result as JSON types."""
+        """Run ``operation`` as the caller (checked and audited); its result as JSON types.
+
+        A call that now waits for a second person's approval is answered 202 with the
+        change request it made (nothing ran)."""
         result = self.operations.run(self.principal, operation, reason=reason, **parameters)
+        if isinstance(result, AwaitingApproval):
+            return JSONResponse(
+                status_code=202,
+                content={
+                    "awaiting_approval": to_jsonable(result.change_request),
+                    "message": result.message,
+                },
+            )
         return to_jsonable(result)
 
 

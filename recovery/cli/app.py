@@ -19,6 +19,7 @@ from typer.core import TyperGroup
 from safereplay.domain import DomainError
 from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
+from safereplay.recovery.cli import change_requests as cli_requests
 from safereplay.recovery.cli import conflicts as cli_conflicts
 from safereplay.recovery.cli import drills as cli_drill
 from safereplay.recovery.cli import flags as cli_flags
@@ -219,6 +220,7 @@ cli_slo.register(app)
 cli_reactions.register(app)
 cli_steps.register(app)
 cli_flags.register(app)
+cli_requests.register(app)
 
 
 def main() -> None:

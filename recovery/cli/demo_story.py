@@ -41,8 +41,10 @@ from safereplay.recovery.cli.demo_reactions import (
     tell_reaction_story,
 )
 from safereplay.recovery.cli.local_workers import start_workers, watch_job, worker_failures
+from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.jobs.model import JobStatus
 from safereplay.recovery.jobs.worker import WorkerOptions
+from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.security import bootstrap_admin
@@ -55,7 +57,7 @@ from safereplay.recovery.resilience.policies import (
 )
 from safereplay.recovery.security.access import AccessDenied, Principal
 from safereplay.recovery.security.audit import AuditKey
-from safereplay.recovery.settings import RecoverySettings
+from safereplay.recovery.settings import DEFAULT_APPROVAL_REQUIRED, RecoverySettings
 
 __all__ = ["StoryResult", "tell_recovery_story"]
 
@@ -83,6 +85,7 @@ class _Cast:
     operator: Principal
     operator_token: str
     viewer: Principal
+    approver: Principal
 
 
 def _cast(context: RecoveryContext, console: Console) -> _Cast:
@@ -90,14 +93,19 @@ def _cast(context: RecoveryContext, console: Console) -> _Cast:
     admin = context.access.authenticate(admin_token)
     run = open_operations(context).run
     tokens = {}
-    for name, role in (("demo-operator", "operator"), ("demo-viewer", "viewer")):
+    for name, role in (
+        ("demo-operator", "operator"),
+        ("demo-viewer", "viewer"),
+        ("demo-approver", "approver"),
+    ):
         run(admin, "principals.add", reason="demo cast", name=name, kind="person")
         for scope in ("projection:*", "reaction:*"):
             run(admin, "grant", reason="demo cast", name=name, role=role, grant_scope=scope)
         tokens[name] = run(admin, "token.issue", reason="demo cast", name=name)
     console.print(
         "principals: [bold]demo-admin[/] (admin, key custodian), [bold]demo-operator[/] "
-        "(operator on projection:* and reaction:*), [bold]demo-viewer[/] (viewer); tokens "
+        "(operator on projection:* and reaction:*), [bold]demo-viewer[/] (viewer), "
+        "[bold]demo-approver[/] (approver: the second person a swap needs); tokens "
         "are shown once and stored only as Argon2id hashes"
     )
     return _Cast(
@@ -106,6 +114,7 @@ def _cast(context: RecoveryContext, console: Console) -> _Cast:
         operator=context.access.authenticate(tokens["demo-operator"]),
         operator_token=tokens["demo-operator"],
         viewer=context.access.authenticate(tokens["demo-viewer"]),
+        approver=context.access.authenticate(tokens["demo-approver"]),
     )
 
 
@@ -175,6 +184,9 @@ def tell_recovery_story(
             audit_key_file=audit_key,
             lease_seconds=DEMO_LEASE_SECONDS,
             partitions=3,
+            # The default four-eyes rules, whatever the environment says: the swap
+            # below waits for demo-approver.
+            approval_required=DEFAULT_APPROVAL_REQUIRED,
             **DEMO_REACTION_SETTINGS,
         ),
     )
@@ -287,8 +299,8 @@ def _story(
         console.print(f"[red]error:[/] {failure}", highlight=False)
     console.print(_jobs_table(status, time.time()))
 
-    console.rule("[bold]verify and swap")
-    swapped = run(cast.operator, "swap", reason="rebuild verified", projection="workflow_stats")
+    console.rule("[bold]verify and swap, approved by a second person")
+    swapped = _approved_swap(run, cast, console)
     # The old build as its live follower would have left it: caught up to the same head.
     ProjectionRunner(
         WorkflowStatistics(),
@@ -341,6 +353,26 @@ def _story(
         operator_token=cast.operator_token,
         integrity=integrity,
     )
+
+
+def _approved_swap(run: Any, cast: _Cast, console: Console) -> dict[str, Any]:
+    """The swap, asked for by the operator and approved by the approver (four-eyes)."""
+    waiting = run(cast.operator, "swap", reason="rebuild verified", projection="workflow_stats")
+    assert isinstance(waiting, AwaitingApproval), "the demo's rules make a swap wait"
+    request = waiting.change_request
+    console.print(
+        f"demo-operator asks to swap: change request {request.request_id[:8]} waits for a "
+        "second person (a swap changes the live build)"
+    )
+    approved = run(
+        cast.approver, "requests.approve", reason="job verified", request_id=request.request_id
+    )
+    if approved.error is not None:
+        raise RecoveryError(f"the approved swap failed: {approved.error}")
+    console.print(
+        "demo-approver approves it; the swap runs as demo-operator, and its audit entry names both"
+    )
+    return dict(approved.outcome)
 
 
 def _wait_for_progress(context: RecoveryContext, job_id: UUID) -> Any:

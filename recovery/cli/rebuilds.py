@@ -48,6 +48,7 @@ from safereplay.recovery.cli.progress import (
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_NO,
+    awaiting_approval,
     cli_caller,
     console,
     emit,
@@ -57,6 +58,7 @@ from safereplay.recovery.cli.support import (
 )
 from safereplay.recovery.cli.templates import dry_run as plan_dry_run
 from safereplay.recovery.jobs.model import JobState, JobStatus
+from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 
 __all__ = ["Workers", "register"]
@@ -122,6 +124,8 @@ def _run_job(
     with recovery_context() as context:
         caller = cli_caller(context, operation_name)
         started = open_operations(context).run(caller, operation_name, reason=reason, **parameters)
+        if isinstance(started, AwaitingApproval):
+            awaiting_approval(started)  # a replay into live, say: nothing runs yet
         _say_if_first_build(started, as_json=as_json)
         if started["job_id"] is None or workers == 0:
             emit(started, as_json=as_json, human=say_started)

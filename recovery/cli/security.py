@@ -43,7 +43,7 @@ Json = Annotated[
 ]
 Name = Annotated[str, typer.Argument(help="The principal's name.")]
 KeyId = Annotated[str, typer.Argument(help="The key's id in the ring (e.g. key-2).")]
-Role = Annotated[str, typer.Argument(help="viewer, operator, admin or key-custodian")]
+Role = Annotated[str, typer.Argument(help="viewer, operator, admin, key-custodian or approver")]
 Scope = Annotated[
     str,
     typer.Argument(

@@ -54,6 +54,7 @@ from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
 from safereplay.reactions import ReactionError
 from safereplay.recovery.errors import RecoveryError
+from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.shapes import EPOCH_FIELDS, error_code, iso_time, to_jsonable
@@ -66,6 +67,7 @@ from safereplay.recovery.security.access import (
 from safereplay.recovery.security.audit import AuditKeyError
 
 __all__ = [
+    "awaiting_approval",
     "EPOCH_FIELDS",
     "ERROR_CODES",
     "EXIT_CONFLICT",
@@ -213,9 +215,29 @@ def signed_in(command: str) -> Iterator[RunAsCaller]:
         operations = open_operations(context)
 
         def run(name: str, /, *, reason: str = "", **parameters: Any) -> Any:
-            return operations.run(caller, name, reason=reason, **parameters)
+            result = operations.run(caller, name, reason=reason, **parameters)
+            if isinstance(result, AwaitingApproval):
+                awaiting_approval(result)
+            return result
 
         yield run
+
+
+def awaiting_approval(result: AwaitingApproval) -> NoReturn:
+    """A call that now waits for a second person's approval: say so (the change
+    request, as JSON under ``--json``) and stop with exit 0 — nothing was done yet."""
+    if _error_mode.as_json:
+        document = {
+            "awaiting_approval": to_jsonable(result.change_request),
+            "message": result.message,
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
+    else:
+        console.print(
+            f"[yellow]waiting for approval:[/] {result.message}", highlight=False, soft_wrap=True
+        )
+    raise SystemExit(0)
 
 
 def operation(name: str, /, *, reason: str = "", **parameters: Any) -> Any:

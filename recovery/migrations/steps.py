@@ -24,6 +24,7 @@ from safereplay.recovery.jobs.conflicts import ConflictStore
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.security.access import AccessControl
+from safereplay.recovery.security.approvals import ChangeRequestStore
 from safereplay.recovery.security.audit import AuditTrail
 from safereplay.recovery.security.flags import FlagStore
 from safereplay.recovery.security.signin import SignInAudit
@@ -70,6 +71,7 @@ def recovery_statements(dialect: str) -> list[str]:
         *ConflictStore.schema_statements(),
         *SLOStore.schema_statements(),
         *FlagStore.schema_statements(),
+        *ChangeRequestStore.schema_statements(),
     ]
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from safereplay.recovery.operations.alerts import register_alert_operations
+from safereplay.recovery.operations.approvals import register_approval_operations
 from safereplay.recovery.operations.conflicts import register_conflict_operations
 from safereplay.recovery.operations.context import RecoveryContext
 from safereplay.recovery.operations.dispatch import Operations
@@ -36,6 +37,8 @@ __all__ = ["REGISTRARS", "Registrar", "open_operations"]
 Registrar = Callable[[Operations, RecoveryContext], None]
 
 #: Every concern's registrar; an operation's name is registered once across them all.
+#: Four-eyes approval's comes last: its gate checks that the operations
+#: ``SAFEREPLAY_APPROVAL_REQUIRED`` names are all registered.
 REGISTRARS: tuple[Registrar, ...] = (
     register_security_operations,
     register_projection_operations,
@@ -53,6 +56,7 @@ REGISTRARS: tuple[Registrar, ...] = (
     register_conflict_operations,
     register_slo_operations,
     register_flag_operations,
+    register_approval_operations,
 )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
@@ -37,6 +37,7 @@ from safereplay.recovery.operations.metrics_projections import projection_famili
 from safereplay.recovery.operations.metrics_reactions import reaction_families
 from safereplay.recovery.operations.slo_metrics import SLOCollector
 from safereplay.recovery.security.access import Permission
+from safereplay.recovery.security.approvals import ChangeRequestStore
 
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
@@ -72,6 +73,12 @@ class RecoveryCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         yield from projection_families(self._context)
         yield from job_families(self._context)
+        pending = GaugeMetricFamily(
+            "safereplay_change_requests_pending",
+            "Change requests waiting for a second person's approval (four-eyes).",
+        )
+        pending.add_metric([], ChangeRequestStore(self._context.database).pending())
+        yield pending
         if self._reactions:
             yield from reaction_families(self._context)
 

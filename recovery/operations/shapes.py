@@ -30,6 +30,8 @@ from safereplay.projections.errors import (
 from safereplay.reactions import LedgerConflict, ReactionBusy
 from safereplay.recovery.errors import (
     AmbiguousJobId,
+    ChangeRequestConflict,
+    ChangeRequestNotFound,
     InvalidJobTransition,
     JobConflict,
     JobNotFound,
@@ -55,6 +57,7 @@ EPOCH_FIELDS = frozenset(
         "advanced_at",
         "raised_at",
         "cleared_at",
+        "decided_at",
     }
 )
 
@@ -70,7 +73,12 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, JobNotFound) and not isinstance(exc, AmbiguousJobId):
         return "not_found"
     if isinstance(
-        exc, UnknownProjection | UnregisteredProjection | UnregisteredReaction | ParkedEventNotFound
+        exc,
+        UnknownProjection
+        | UnregisteredProjection
+        | UnregisteredReaction
+        | ParkedEventNotFound
+        | ChangeRequestNotFound,
     ):
         return "not_found"
     if isinstance(exc, StoreUnavailable | DatabaseUnavailable):
@@ -82,7 +90,13 @@ def error_code(exc: BaseException) -> str:
     if isinstance(exc, OperationsFrozen):
         return "frozen"
     if isinstance(
-        exc, JobConflict | PositionConflict | InvalidJobTransition | ReactionBusy | LedgerConflict
+        exc,
+        JobConflict
+        | PositionConflict
+        | InvalidJobTransition
+        | ReactionBusy
+        | LedgerConflict
+        | ChangeRequestConflict,
     ):
         return "conflict"
     if isinstance(exc, SchemaError):

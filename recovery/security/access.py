@@ -8,6 +8,8 @@ Roles and what they allow::
     admin          + administer  policies, templates, grants, principals, drop versions,
                                audit verification
     key-custodian  view + manage-keys   key ring operations only
+    approver       view + approve   approve or reject change requests (four-eyes
+                               approval, docs/security.md); admin holds approve too
 
 A grant gives a role over a scope: ``projection:NAME``, ``projection:*``,
 ``reaction:NAME``, ``reaction:*``, ``keys`` or ``*``. Nothing is allowed until
@@ -56,6 +58,7 @@ class Role(StrEnum):
     OPERATOR = "operator"
     ADMIN = "admin"
     KEY_CUSTODIAN = "key-custodian"
+    APPROVER = "approver"
 
 
 class Permission(StrEnum):
@@ -63,13 +66,17 @@ class Permission(StrEnum):
     OPERATE = "operate"
     ADMINISTER = "administer"
     MANAGE_KEYS = "manage-keys"
+    APPROVE = "approve"
 
 
 ROLE_PERMISSIONS: Mapping[Role, frozenset[Permission]] = {
     Role.VIEWER: frozenset({Permission.VIEW}),
     Role.OPERATOR: frozenset({Permission.VIEW, Permission.OPERATE}),
-    Role.ADMIN: frozenset({Permission.VIEW, Permission.OPERATE, Permission.ADMINISTER}),
+    Role.ADMIN: frozenset(
+        {Permission.VIEW, Permission.OPERATE, Permission.ADMINISTER, Permission.APPROVE}
+    ),
     Role.KEY_CUSTODIAN: frozenset({Permission.VIEW, Permission.MANAGE_KEYS}),
+    Role.APPROVER: frozenset({Permission.VIEW, Permission.APPROVE}),
 }
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._@-]{0,99}$")

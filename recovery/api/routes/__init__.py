@@ -6,6 +6,7 @@ from safereplay.recovery.api.routes import (
     alerts,
     audit,
     builds,
+    change_requests,
     conflicts,
     flags,
     jobs,
@@ -32,4 +33,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     steps.router,
     slos.router,
     flags.router,
+    change_requests.router,
 )

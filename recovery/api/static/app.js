@@ -10,6 +10,7 @@ import { mountParked } from "./parked.js";
 import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
 import { mountSlos } from "./slos.js";
+import { mountRequests } from "./requests.js";
 import { mountAudit } from "./audit.js";
 import { mountSteps } from "./steps.js";
 import { mountFlags } from "./flags.js";
@@ -23,6 +24,7 @@ const SECTIONS = {
   step: mountSteps,
   slos: mountSlos,
   flags: mountFlags,
+  requests: mountRequests,
   audit: mountAudit,
   console: mountConsole,
 };
