@@ -11,6 +11,12 @@ refuses a ``SAFEREPLAY_*`` variable that none of them reads (a misspelling would
 otherwise leave its setting at the default without a word). The domain and
 projection layers cannot make that check themselves, as they do not know the
 names of the layers above them.
+
+Why this module is long: each recovery settings class (recovery, serve, alerts,
+replay SLOs) is a short declaration, but :func:`check_environment` and
+:data:`SETTINGS_CLASSES` must see every one of them, and their ``from_env``
+calls ``check_environment`` first; kept in one module, the classes and the check
+that knows them all cannot import each other in a circle.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ DEFAULT_APPROVAL_REQUIRED = (
 )
 _RULE = r"[a-z][a-z0-9._-]*(:[a-z_][a-z0-9_]*(=[A-Za-z0-9_.:*-]+)?)?"
 _APPROVAL_RULES = rf"^\s*({_RULE}(\s*,\s*{_RULE})*)?\s*$"
-_DURATION = r"^\s*([0-9]+(\.[0-9]+)?)\s*[smhd]?\s*$"
+_TTL_DURATION = r"^\s*([0-9]+(\.[0-9]+)?)\s*[smhd]?\s*$"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
@@ -241,7 +247,7 @@ class RecoverySettings(BaseSettings):
     )
     approval_ttl: str = Field(
         default="24h",
-        pattern=_DURATION,
+        pattern=_TTL_DURATION,
         description=(
             "How long a change request waits for its approval before it expires: seconds, "
             "or a number followed by s, m, h or d."
