@@ -44,9 +44,9 @@ def view(page: Any) -> Any:
 
 def step(page: Any, *, projection: str, start: int, count: int, payloads: bool) -> None:
     section = view(page)
-    section.get_by_label("Projection").select_option(projection)
-    section.get_by_label("From position").fill(str(start))
-    section.get_by_label("Count").fill(str(count))
+    section.get_by_label("Projection to step").select_option(projection)
+    section.get_by_label("First position").fill(str(start))
+    section.get_by_label("Events to show").fill(str(count))
     if payloads:
         section.get_by_label("Show payloads (operators)").check()
     section.get_by_role("button", name="Step", exact=True).click()
@@ -92,9 +92,9 @@ def test_a_backwards_range_is_refused_on_the_page(
 ) -> None:
     sign_in(page, url, world.tokens["operator"])
     section = view(page)
-    section.get_by_label("Projection").select_option("run_status")
-    section.get_by_label("From position").fill("9")
-    section.get_by_label("To position (or)").fill("3")
+    section.get_by_label("Projection to step").select_option("run_status")
+    section.get_by_label("First position").fill("9")
+    section.get_by_label("Last position (or)").fill("3")
     section.get_by_role("button", name="Step", exact=True).click()
     alert = page.locator("#step [role=alert]")
     alert.wait_for(timeout=60_000)

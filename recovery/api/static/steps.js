@@ -63,8 +63,8 @@ export function mountSteps(section) {
   const field = (label, input) => el("div", { class: "field" },
     el("label", { for: input.id }, label), input);
   const form = el("form", { id: "step-form", class: "inline" },
-    field("Projection", projection), field("From position", start),
-    field("To position (or)", to), field("Count", count),
+    field("Projection to step", projection), field("First position", start),
+    field("Last position (or)", to), field("Events to show", count),
     field("Only aggregate (optional)", aggregate),
     el("div", { class: "field" }, payloads,
       el("label", { for: "step-payloads", class: "inline" }, "Show payloads (operators)")),
