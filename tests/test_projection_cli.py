@@ -211,11 +211,18 @@ def test_the_projection_store_defaults_to_the_event_store(tmp_path: Path) -> Non
         postgres_schema="events",
         encryption=False,
     )
-    assert ProjectionSettings().postgres_store(postgres) == ("postgresql://u:p@h:1/d", "events")
+    # With the TLS settings' parameters (SAFEREPLAY_POSTGRES_SSLMODE: prefer by default).
+    assert ProjectionSettings().postgres_store(postgres) == (
+        "user=u password=p dbname=d host=h port=1 sslmode=prefer",
+        "events",
+    )
     views = ProjectionSettings.from_env(
         postgres_dsn="postgresql://v@w:2/views", postgres_schema="read"
     )
-    assert views.postgres_store(postgres) == ("postgresql://v@w:2/views", "read")
+    assert views.postgres_store(postgres) == (
+        "user=v dbname=views host=w port=2 sslmode=prefer",
+        "read",
+    )
     pg_store = open_store(postgres, ProjectionSettings(postgres_schema="read"))
     assert isinstance(pg_store, PostgresProjectionStore) and pg_store.schema == "read"
     with pytest.raises(ConfigurationError, match="same kind"):
