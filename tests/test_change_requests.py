@@ -362,6 +362,15 @@ class ApprovalContract(WorldContract):
         assert done.state == "approved"
         assert "admin@*" in {f"{g.role}@{g.scope}" for g in world.context.access.grants("olga")}
 
+    def test_a_rule_naming_no_operation_is_refused(self, world: World) -> None:
+        recovery = world.context.recovery.model_copy(update={"approval_required": "swpa"})
+        context = RecoveryContext(domain=world.context.domain, recovery=recovery)
+        try:
+            with pytest.raises(InvalidRequest, match="APPROVAL_REQUIRED names unknown .* swpa"):
+                open_operations(context)
+        finally:
+            context.close()
+
 
 class TestSQLiteApproval(ApprovalContract):
     def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
