@@ -362,6 +362,15 @@ class ApprovalContract(WorldContract):
         assert done.state == "approved"
         assert "admin@*" in {f"{g.role}@{g.scope}" for g in world.context.access.grants("olga")}
 
+    def test_a_rule_naming_no_operation_is_refused(self, world: World) -> None:
+        recovery = world.context.recovery.model_copy(update={"approval_required": "swpa"})
+        context = RecoveryContext(domain=world.context.domain, recovery=recovery)
+        try:
+            with pytest.raises(InvalidRequest, match="APPROVAL_REQUIRED names unknown .* swpa"):
+                open_operations(context)
+        finally:
+            context.close()
+
 
 class TestSQLiteApproval(ApprovalContract):
     def settings(self, request: pytest.FixtureRequest, tmp_path: Path) -> DomainSettings:
@@ -428,6 +437,29 @@ class SurfaceContract(WorldContract):
         assert approved.exit_code == 0, approved.output
         assert "approved" in approved.output and "decided by: abe" in approved.output
         assert world.context.projection_store.live_build("workflow_stats") == build
+
+    def test_a_template_change_waits_too(self, world: World, tmp_path: Path) -> None:
+        template = tmp_path / "ours.toml"
+        template.write_text(
+            '[template]\nname = "ours"\nkind = "rebuild"\n[scope]\nprojections = ["run_status"]\n'
+        )
+        ada = world.envs["admin"] | {"SAFEREPLAY_APPROVAL_REQUIRED": DEFAULT_APPROVAL_REQUIRED}
+        runner = CliRunner()
+        asked = runner.invoke(
+            app, ["templates", "add", str(template), "-r", "ours", "--json"], env=ada
+        )
+        assert asked.exit_code == 0, asked.output
+        waiting = json.loads(asked.output)
+        assert waiting["awaiting_approval"]["operation"] == "templates.add"
+        assert waiting["awaiting_approval"]["fingerprint"] == "template ours: version 0"
+        request_id = waiting["awaiting_approval"]["request_id"]
+        world.context.access.grant("ann", "approver", "*", granted_by="ada")
+        ann = _token_env(world, "ann")
+        approved = runner.invoke(app, ["requests", "approve", request_id, "-r", "ok"], env=ann)
+        assert approved.exit_code == 0, approved.output
+        listed = runner.invoke(app, ["templates", "list", "--json"], env=ada)
+        (stored,) = [t for t in json.loads(listed.output) if t["name"] == "ours"]
+        assert stored["version"] == 1 and stored["author"] == "ada"
 
     def test_the_api_answers_202_and_approves(self, world: World) -> None:
         world.rebuilt("workflow_stats")

@@ -288,6 +288,22 @@ class SchemaContract:
         for table in ("followers", "alerts", "alert_samples"):
             assert rows_of(settings, f"SELECT * FROM {{{table}}}") == []
 
+    def test_a_recovery_schema_at_version_5_gets_the_change_requests_table(
+        self, audit_key: Path
+    ) -> None:
+        # Version 6 (governance): four-eyes approval's change requests. A version 5
+        # database (the tables of 4) gets the table, empty.
+        settings = self.make()
+        restarted_after_downgrade(
+            settings,
+            audit_key,
+            "DROP TABLE {change_requests}",
+            component="recovery",
+            version=5,
+        )
+        assert catalog(settings)["recovery"][0] == RECOVERY_SCHEMA_VERSION == 6
+        assert rows_of(settings, "SELECT * FROM {change_requests}") == []
+
     def test_a_first_start_sets_each_component_up_once_and_records_it(
         self, audit_key: Path
     ) -> None:

@@ -12,6 +12,7 @@ from rich.table import Table
 from safereplay.recovery.cli.security import Json, Reason
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
+    awaiting_approval,
     cli_caller,
     console,
     emit,
@@ -19,6 +20,7 @@ from safereplay.recovery.cli.support import (
     operation,
     recovery_context,
 )
+from safereplay.recovery.operations.approvals import AwaitingApproval
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.templates import change_template
 from safereplay.recovery.templates.plan import TemplatePlan
@@ -129,6 +131,8 @@ def _change(path: Path, reason: str, *, update: bool, as_json: bool) -> None:
             reason=reason,
             update=update,
         )
+    if isinstance(change, AwaitingApproval):
+        awaiting_approval(change)
     emit(change, as_json=as_json, human=_say_changed)
 
 

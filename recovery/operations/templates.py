@@ -42,6 +42,7 @@ from safereplay.recovery.templates.store import (
 )
 
 if TYPE_CHECKING:
+    from safereplay.recovery.operations.approvals import AwaitingApproval
     from safereplay.recovery.operations.context import RecoveryContext
 
 __all__ = [
@@ -67,10 +68,13 @@ class TemplateForm:
 
 def change_template(
     operations: Operations, principal: Principal, *, text: str, reason: str, update: bool
-) -> TemplateChange:
-    """Add (or update) a template as ``principal``: admin only, audited with the diff."""
+) -> TemplateChange | AwaitingApproval:
+    """Add (or update) a template as ``principal``: admin only, audited with the diff
+    (or, where four-eyes approval applies, the change request waiting for it)."""
     operation = "templates.update" if update else "templates.add"
-    result: TemplateChange = operations.run(principal, operation, reason=reason, toml=text)
+    result: TemplateChange | AwaitingApproval = operations.run(
+        principal, operation, reason=reason, toml=text
+    )
     return result
 
 

@@ -223,7 +223,9 @@ def _start_step(
     result = operations.run(principal, operation, reason=because, **parameters)
     job_id = result.get("job_id") if isinstance(result, dict) else None
     if job_id is None:
-        return StartedStep(projection, operation, None, detail=str(result))
+        # (A step waiting for a second person's approval says so: its message.)
+        detail = getattr(result, "message", None) or str(result)
+        return StartedStep(projection, operation, None, detail=detail)
     canary = tuple(sorted(template.rollout.canary_partitions)) if held else ()
     return StartedStep(projection, operation, str(job_id), canary, tuple(held))
 
