@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from api_build_fixtures import as_admin, built, run_workers
 from api_fixtures import ApiContract, ApiWorld, postgres_settings, sqlite_settings
+from test_metrics import check_documented, families
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp
@@ -282,6 +283,8 @@ class SLOContract(ApiContract):
         used = rule_metric_names()
         assert {"safereplay_slo_value", "safereplay_slo_error_budget_remaining"} <= used
         assert used <= exported, used - exported
+        exposed = {k: v for k, v in families(text).items() if k.startswith("safereplay_slo_")}
+        check_documented("slo", exposed)
 
 
 class TestSLOOnSQLite(SLOContract):
