@@ -261,6 +261,15 @@ class SLOContract(ApiContract):
         assert table.exit_code == 0 and "BREACH" in table.output, table.output
         history = runner.invoke(cli, ["slo", "history"], env=env)
         assert history.exit_code == 0 and "open" in history.output, history.output
+        status = runner.invoke(cli, ["status"], env=env)
+        assert status.exit_code == 0 and "SLO projection:run_status/lag_events breached" in (
+            status.output
+        ), status.output
+        watched = runner.invoke(cli, ["slo", "watch", "--turns", "1"], env=env)
+        assert watched.exit_code == 0 and "sampling the replay SLOs" in watched.output
+        as_json = runner.invoke(cli, ["slo", "watch", "--turns", "1", "--json"], env=env)
+        assert as_json.exit_code == 0, as_json.output
+        assert json.loads(as_json.output) == {"sampled": [], "opened": [], "closed": []}
         denied = runner.invoke(cli, ["slo", "--json"], env=world.envs["stranger"])
         assert denied.exit_code != 0
 

@@ -175,19 +175,26 @@ def status_command(
     with signed_in("status") as run:
         report = run("status", projections=projection or [])
         alerts = cli_alerts.open_alerts(projection or [], run)
+        slos = cli_slo.breached_slos(projection or [], run)
         reactions = cli_reactions.reactions_for_status(run)
 
         def human(found: Any) -> None:
             console.print(status_table(report))
             cli_jobs.print_stalled_jobs(projection or [], run)
             cli_alerts.print_open_alerts(alerts)
+            cli_slo.print_breached_slos(slos)
             if reactions:
                 cli_reactions.print_reactions(reactions)
 
-        # The report's fields, the open alerts and the reactions (null: the caller may
-        # not read them).
+        # The report's fields, the open alerts, the SLOs in breach and the reactions
+        # (null: the caller may not read them).
         emit(
-            {**to_jsonable(report), "open_alerts": alerts, "reactions": reactions},
+            {
+                **to_jsonable(report),
+                "open_alerts": alerts,
+                "slo_breaches": slos,
+                "reactions": reactions,
+            },
             as_json=as_json,
             human=human,
         )
