@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 from api_build_fixtures import as_admin, built, run_workers
 from api_fixtures import ApiContract, ApiWorld, postgres_settings, sqlite_settings
+from test_metrics import check_documented, families
 from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp
@@ -260,6 +261,15 @@ class SLOContract(ApiContract):
         assert table.exit_code == 0 and "BREACH" in table.output, table.output
         history = runner.invoke(cli, ["slo", "history"], env=env)
         assert history.exit_code == 0 and "open" in history.output, history.output
+        status = runner.invoke(cli, ["status"], env=env)
+        assert status.exit_code == 0 and "SLO projection:run_status/lag_events breached" in (
+            status.output
+        ), status.output
+        watched = runner.invoke(cli, ["slo", "watch", "--turns", "1"], env=env)
+        assert watched.exit_code == 0 and "sampling the replay SLOs" in watched.output
+        as_json = runner.invoke(cli, ["slo", "watch", "--turns", "1", "--json"], env=env)
+        assert as_json.exit_code == 0, as_json.output
+        assert json.loads(as_json.output) == {"sampled": [], "opened": [], "closed": []}
         denied = runner.invoke(cli, ["slo", "--json"], env=world.envs["stranger"])
         assert denied.exit_code != 0
 
@@ -282,6 +292,8 @@ class SLOContract(ApiContract):
         used = rule_metric_names()
         assert {"safereplay_slo_value", "safereplay_slo_error_budget_remaining"} <= used
         assert used <= exported, used - exported
+        exposed = {k: v for k, v in families(text).items() if k.startswith("safereplay_slo_")}
+        check_documented("slo", exposed)
 
 
 class TestSLOOnSQLite(SLOContract):

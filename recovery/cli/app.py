@@ -180,6 +180,7 @@ def status_command(
         report = run("status", projections=projection or [])
         alerts = cli_alerts.open_alerts(projection or [], run)
         conflicts = cli_conflicts.open_conflicts(run)
+        slos = cli_slo.breached_slos(projection or [], run)
         reactions = cli_reactions.reactions_for_status(run)
 
         def human(found: Any) -> None:
@@ -187,16 +188,18 @@ def status_command(
             cli_jobs.print_stalled_jobs(projection or [], run)
             cli_alerts.print_open_alerts(alerts)
             cli_conflicts.print_open_conflicts(conflicts)
+            cli_slo.print_breached_slos(slos)
             if reactions:
                 cli_reactions.print_reactions(reactions)
 
-        # The report's fields, the open alerts and conflicts, and the reactions (null:
-        # the caller may not read them).
+        # The report's fields, the open alerts and conflicts, the SLOs in breach and the
+        # reactions (null: the caller may not read them).
         emit(
             {
                 **to_jsonable(report),
                 "open_alerts": alerts,
                 "open_conflicts": conflicts,
+                "slo_breaches": slos,
                 "reactions": reactions,
             },
             as_json=as_json,

@@ -5,6 +5,8 @@ breaches) and ``slo watch`` (sample them every interval in the foreground, as
 from __future__ import annotations
 
 import contextlib
+import json
+import sys
 from typing import Annotated, Any
 
 import typer
@@ -12,6 +14,7 @@ from rich.table import Table
 
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
+    RunAsCaller,
     cli_caller,
     console,
     emit,
@@ -19,12 +22,13 @@ from safereplay.recovery.cli.support import (
     operation,
     recovery_context,
 )
+from safereplay.recovery.errors import AccessDenied
 from safereplay.recovery.operations.catalog import open_operations
 from safereplay.recovery.operations.context import RecoveryContext
-from safereplay.recovery.operations.slos import SLOSampler
+from safereplay.recovery.operations.slos import Recorded, SLOSampler, breach_json
 from safereplay.recovery.settings import SLOSettings
 
-__all__ = ["register", "slo_app", "slo_table"]
+__all__ = ["breached_slos", "print_breached_slos", "register", "slo_app", "slo_table"]
 
 slo_app = typer.Typer(help="Replay SLOs: targets, breaches, error budgets (docs/slo.md).")
 
@@ -120,9 +124,12 @@ def watch_command(
     turns: Annotated[
         int | None, typer.Option(min=1, help="Stop after this many samples (default: never).")
     ] = None,
+    as_json: Json = False,
 ) -> None:
     """Sample the SLOs every SAFEREPLAY_SLO_SAMPLE_SECONDS until Ctrl-C, as `safereplay
-    serve` does in the background (run it where no server runs).
+    serve` does in the background (run it where no server runs). Says each breach
+    opened or closed; with --json, one line per sample: the SLOs sampled, the
+    breaches opened and closed.
 
     Needs a viewer grant on projection:* (checked once, at the start).
     """
@@ -131,19 +138,66 @@ def watch_command(
         open_operations(context).run(principal, "slo.status")  # the permission check
     caller = principal.name
     settings = SLOSettings.from_env()
-    console.print(
-        f"sampling the replay SLOs every {settings.sample_seconds:g}s as {caller!r} (Ctrl-C stops)",
-        highlight=False,
-    )
+    if not as_json:
+        console.print(
+            f"sampling the replay SLOs every {settings.sample_seconds:g}s as {caller!r} "
+            "(Ctrl-C stops)",
+            highlight=False,
+        )
+
+    def said(recorded: Recorded) -> None:
+        if as_json:
+            line = {
+                "sampled": list(recorded.sampled),
+                "opened": [breach_json(b) for b in recorded.opened],
+                "closed": [breach_json(b) for b in recorded.closed],
+            }
+            sys.stdout.write(json.dumps(line) + "\n")
+            sys.stdout.flush()
+            return
+        for b in recorded.opened:
+            console.print(f"[red]breached: {b.slo} ({b.value:g} > {b.target:g})[/]")
+        for b in recorded.closed:
+            console.print(f"met again: {b.slo} ({b.value:g} <= {b.target:g})")
 
     def report(exc: Exception) -> None:
         error_console.print(f"[red]error:[/] SLO sample failed: {exc}", highlight=False)
 
     sampler = SLOSampler(
-        RecoveryContext.from_env, sampled_by=caller, on_error=report, settings=settings
+        RecoveryContext.from_env,
+        sampled_by=caller,
+        on_error=report,
+        settings=settings,
+        on_sample=said,
     )
     with contextlib.suppress(KeyboardInterrupt):
         sampler.run(turns=turns)
+
+
+def breached_slos(projections: list[str], run: RunAsCaller) -> list[dict[str, Any]] | None:
+    """The SLO targets in breach now (of those projections, if any are named) that
+    ``status`` shows; None when the caller may not read SLOs."""
+    try:
+        result = run("slo.status")
+    except AccessDenied:
+        return None
+    return [
+        s
+        for s in result["slos"]
+        if s["in_breach"]
+        and (not projections or s["kind"] != "projection" or s["subject"] in projections)
+    ]
+
+
+def print_breached_slos(slos: list[dict[str, Any]] | None) -> None:
+    """Under ``status``'s table: one line per SLO in breach."""
+    for slo in slos or []:
+        console.print(
+            f"[red]SLO {slo['slo']} breached since {slo['breach_since']}: "
+            f"{slo['value']:g} against a target of {slo['target']:g}[/]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def register(app: typer.Typer) -> None:

@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MAX_BREACHES",
+    "Recorded",
     "SLOSampler",
+    "breach_json",
     "register_slo_operations",
     "sample_slos",
     "slo_status",
@@ -255,7 +257,8 @@ def register_slo_operations(operations: Operations, context: RecoveryContext) ->
 class SLOSampler:
     """Samples the SLOs every ``SAFEREPLAY_SLO_SAMPLE_SECONDS`` in a background thread
     until :meth:`stop`; each turn opens a context with ``open_context`` (its own
-    connections) and reports a failure to ``on_error`` instead of dying."""
+    connections), tells ``on_sample`` (if given) what it recorded, and reports a
+    failure to ``on_error`` instead of dying."""
 
     def __init__(
         self,
@@ -264,8 +267,10 @@ class SLOSampler:
         sampled_by: str,
         on_error: Callable[[Exception], None],
         settings: SLOSettings | None = None,
+        on_sample: Callable[[Recorded], None] | None = None,
     ) -> None:
         self._open_context = open_context
+        self._on_sample = on_sample
         self._sampled_by = sampled_by
         self._on_error = on_error
         self._settings = settings or SLOSettings.from_env()
@@ -280,7 +285,10 @@ class SLOSampler:
         context: RecoveryContext | None = None
         try:
             context = self._open_context()
-            return sample_slos(context, sampled_by=self._sampled_by, settings=self._settings)
+            recorded = sample_slos(context, sampled_by=self._sampled_by, settings=self._settings)
+            if self._on_sample is not None:
+                self._on_sample(recorded)
+            return recorded
         except Exception as exc:  # a failed turn must not stop the loop
             self._on_error(exc)
             return None
