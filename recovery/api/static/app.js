@@ -9,6 +9,7 @@ import { mountJobs } from "./jobs.js";
 import { mountParked } from "./parked.js";
 import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
+import { mountConflicts } from "./conflicts.js";
 import { mountAudit } from "./audit.js";
 
 const SECTIONS = {
@@ -17,6 +18,7 @@ const SECTIONS = {
   parked: mountParked,
   reactions: mountReactions,
   alerts: mountAlerts,
+  conflicts: mountConflicts,
   audit: mountAudit,
   console: mountConsole,
 };
