@@ -182,7 +182,22 @@ def test_status_and_catch_up_never_call_a_held_back_backlog_zero(world: World) -
             head,
         )
         assert "not behind" not in everything and "not caught up" in everything
+        # Not decided within SAFEREPLAY_CATCH_UP_WAIT: an integrity conflict (pause,
+        # the default), naming the first position in doubt; nothing above it applied.
+        code, out, everything = run(world.env, "conflicts", "list", "--json")
+        assert code == 0, everything
+        [hole] = json.loads(out)
+        assert (hole["kind"], hole["projection"], hole["position"]) == (
+            "hole",
+            "run_status",
+            doubt,
+        )
+        assert hole["conflict_id"] == summary["conflict_id"]
         slow.commit()
+    code, _, everything = run(
+        world.env, "conflicts", "resolve", hole["conflict_id"], "--action", "retry", "-r", "ok"
+    )
+    assert code == 0, everything
 
     # Behind the safe head, and events held back above it: the job goes to the safe
     # head, and the command says the projection will not be caught up (exit 1).

@@ -29,9 +29,10 @@ claims the partition and goes on from the last committed position. A worker that
 fails with a partition claimed (an error, not a kill) gives it back first, so
 that no one waits for the lease to expire.
 
-Why this module is long (about 630 lines): one class whose three partition loops
+Why this module is long (about 720 lines): one class whose three partition loops
 (runner batches, replay writes, redrive) share the claim, lease renewal, release
-and settling; the lease fence and the throttle it builds are a few lines each.
+and settling, and the integrity pause that the first two take the same way; the
+lease fence and the throttle it builds are a few lines each.
 """
 
 from __future__ import annotations

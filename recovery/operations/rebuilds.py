@@ -23,6 +23,7 @@ from safereplay.projections import ParkedEvent, Partition, open_source, open_sto
 from safereplay.recovery.drills.drill import DrillStore, require_matching_drill
 from safereplay.recovery.errors import InvalidRequest, JobConflict
 from safereplay.recovery.jobs.builds import drop_version, rollback, swap
+from safereplay.recovery.jobs.conflicts import NewConflict
 from safereplay.recovery.jobs.follow import FollowReport, follow_projections
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.jobs.model import Job, JobKind, JobState, JobStatus
@@ -244,7 +245,21 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             registry=context.registry,
             wait=context.recovery.catch_up_wait,
         )
-        return _catch_up_summary(plan)
+        summary = _catch_up_summary(plan)
+        if plan.safe_head.held_back and context.recovery.on_integrity_failure == "pause":
+            # A hole still in doubt after SAFEREPLAY_CATCH_UP_WAIT: nothing above it is
+            # applied (the mark holds there); an operator looks at the writer holding it.
+            conflict = context.conflicts.raise_conflict(
+                NewConflict(
+                    subject=f"hole:{p['projection']}",
+                    kind="hole",
+                    reason=summary["held_back_detail"],
+                    projection=p["projection"],
+                    position=plan.safe_head.mark + 1,
+                )
+            )
+            summary["conflict_id"] = conflict.conflict_id
+        return summary
 
     def redrive(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]

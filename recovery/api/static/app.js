@@ -11,6 +11,7 @@ import { mountReactions } from "./reactions.js";
 import { mountAlerts } from "./alerts.js";
 import { mountSlos } from "./slos.js";
 import { mountRequests } from "./requests.js";
+import { mountConflicts } from "./conflicts.js";
 import { mountAudit } from "./audit.js";
 import { mountSteps } from "./steps.js";
 import { mountFlags } from "./flags.js";
@@ -25,6 +26,7 @@ const SECTIONS = {
   slos: mountSlos,
   flags: mountFlags,
   requests: mountRequests,
+  conflicts: mountConflicts,
   audit: mountAudit,
   console: mountConsole,
 };

@@ -115,7 +115,9 @@ function jobCard(job) {
   function update(next) {
     current = next;
     fill(state, badge(next.state, stateTone(next.state)),
-      next.stalled ? [" ", badge("stalled", "bad")] : null);
+      next.stalled ? [" ", badge("stalled", "bad")] : null,
+      (next.paused_by_conflict || []).length
+        ? [" ", el("a", { href: "#conflicts" }, badge("paused by conflict", "bad"))] : null);
     const actions = allowed("operate", next.projection) ? actionsFor(next) : [];
     const key = actions.map((a) => a[0]).join(",");
     if (key !== controlsKey) {
