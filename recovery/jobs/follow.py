@@ -72,7 +72,7 @@ def follow_projections(
     observer: WorkObserver = NO_WORK_OBSERVER,
     heartbeats: FollowerHeartbeats | None = None,
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
-    restart_stalled: Callable[[Callable[[str], None]], object] | None = None,
+    after_beat: Callable[[Callable[[str], None]], object] | None = None,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
@@ -80,7 +80,7 @@ def follow_projections(
     ``open_source``): its own connections, so one slow or failing follower does
     not hold the others' transactions. ``observer`` counts their work (kind
     ``live``). ``heartbeats`` (default: none written) records each live follower's
-    position every ``heartbeat_interval`` seconds. ``restart_stalled`` (with
+    position every ``heartbeat_interval`` seconds. ``after_beat`` (with
     ``heartbeats``): called after each beat with ``restart(projection)``, which stops
     that projection's follower (a stuck one is abandoned after
     :data:`RESTART_STOP_TIMEOUT` seconds: its thread is a daemon) and starts a new one.
@@ -124,11 +124,11 @@ def follow_projections(
         while not stop.wait(heartbeat_interval if beating is not None else None):
             if beating is not None:
                 beating.beat()
-                if restart_stalled is not None:
+                if after_beat is not None:
                     try:
-                        restart_stalled(restart)
+                        after_beat(restart)
                     except Exception as exc:  # never stops the followers
-                        logger.warning("auto_restart_stalled check failed: %s", exc)
+                        logger.warning("a check after the heartbeat failed: %s", exc)
     finally:
         if beating is not None:
             beating.stopped()
