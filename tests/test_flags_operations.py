@@ -19,6 +19,7 @@ from safereplay.projections import REFERENCE_PROJECTIONS
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
+from safereplay.recovery.operations.auto_rebuild import auto_rebuild
 from safereplay.recovery.operations.automation import (
     RESTART_ACTION,
     StallRestarts,
@@ -316,3 +317,38 @@ def test_auto_redrive_redrives_parked_events_after_a_code_version_change(
     assert (entry.actor, entry.action, entry.outcome) == ("system", "auto.redrive", "succeeded")
     assert entry.parameters["parked_under_version"] == "1" and entry.parameters["version"] == "2"
     assert FlagStore(context.database).mark("auto_redrive", target) == "2"
+
+
+def test_auto_rebuild_rebuilds_a_new_version_and_swaps_after_a_matching_drill(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, run, ada = world["context"], world["run"], world["ada"]
+    first = run(ada, "rebuild", reason="first build", projection="run_status")
+    run(ada, "worker", reason="t", job_id=first["job_id"], exit_when_idle=True)
+    store = context.projection_store
+    live = store.live_build("run_status")
+    # A new code version is deployed; with the flag off (the default) nothing happens.
+    monkeypatch.setattr(context.registry["run_status"], "version", 2)
+    assert auto_rebuild(context, ["run_status"]) == []
+    run(ada, "flags.set", reason="CHG-90", flag="auto_rebuild", target=TARGET, enabled=True)
+    (started,) = auto_rebuild(context, ["run_status"])
+    assert started["action"] == "auto.rebuild"
+    job = context.jobs.get_job(UUID(started["result"]["job_id"]))
+    assert (job.kind, job.principal) == ("rebuild", "system")
+    assert store.live_build("run_status") == live, "nothing is swapped before its drill"
+    run(ada, "worker", reason="t", job_id=str(job.job_id), exit_when_idle=True)
+    (swapped,) = auto_rebuild(context, ["run_status"])
+    assert swapped["action"] == "auto.rebuild.swap" and swapped["result"]["swapped"] is True
+    assert store.live_build("run_status") == job.build
+    assert auto_rebuild(context, ["run_status"]) == [], "the live build is the new version"
+    actions = [
+        (e.actor, e.action, e.outcome)
+        for e in context.audit.entries(limit=10_000)
+        if e.action.startswith("auto.rebuild")
+    ]
+    assert actions == [
+        ("system", "auto.rebuild", "started"),
+        ("system", "auto.rebuild", "succeeded"),
+        ("system", "auto.rebuild.swap", "started"),
+        ("system", "auto.rebuild.swap", "succeeded"),
+    ]

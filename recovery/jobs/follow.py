@@ -93,7 +93,7 @@ def follow_projections(
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     on_integrity_failure: IntegrityAction = "pause",
     conflicts: ConflictStore | None = None,
-    restart_stalled: Callable[[Callable[[str], None]], object] | None = None,
+    after_beat: Callable[[Callable[[str], None]], object] | None = None,
 ) -> list[FollowReport]:
     """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
 
@@ -103,7 +103,7 @@ def follow_projections(
     ``live``). ``heartbeats`` (default: none written) records each live follower's
     position every ``heartbeat_interval`` seconds. ``on_integrity_failure`` and
     ``conflicts``: see the module docstring (without ``conflicts``, ``pause`` fails).
-    ``restart_stalled`` (with
+    ``after_beat`` (with
     ``heartbeats``): called after each beat with ``restart(projection)``, which stops
     that projection's follower (a stuck one is abandoned after
     :data:`RESTART_STOP_TIMEOUT` seconds: its thread is a daemon) and starts a new one.
@@ -151,11 +151,11 @@ def follow_projections(
         while not stop.wait(heartbeat_interval if beating is not None else None):
             if beating is not None:
                 beating.beat()
-                if restart_stalled is not None:
+                if after_beat is not None:
                     try:
-                        restart_stalled(restart)
+                        after_beat(restart)
                     except Exception as exc:  # never stops the followers
-                        logger.warning("auto_restart_stalled check failed: %s", exc)
+                        logger.warning("a check after the heartbeat failed: %s", exc)
     finally:
         if beating is not None:
             beating.stopped()

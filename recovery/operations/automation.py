@@ -16,7 +16,9 @@ the operations switch is frozen.
   re-driven (a redrive job, for workers) if the projection's code version differs
   from the one they were last seen under: the cause may be fixed. The first
   check only records the version. With a rollout, only the parked events of the
-  partitions in it are re-driven. (Reactions: not automated yet.)
+  partitions in it are re-driven. For a reaction (:func:`auto_redrive_reaction`,
+  after each cycle of ``safereplay react``): its parked deliveries to a
+  destination whose breaker was seen open and is closed again are re-delivered.
 - :class:`StallRestarts` (flag ``auto_restart_stalled``): a follower that the
   ``stalled`` rule finds stalled is restarted by its follow process, at most the
   flag's ``max_restarts`` per ``window_seconds``; then it is left for a human.
@@ -24,6 +26,7 @@ the operations switch is frozen.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -31,6 +34,8 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from safereplay.projections.status import projection_status
+from safereplay.reactions import Reaction, ReactionRunner
+from safereplay.reactions.redelivery import RedeliverySelection, redeliver
 from safereplay.recovery.alerts.facts import RunnerFacts, Snapshot
 from safereplay.recovery.alerts.rules import Stalled
 from safereplay.recovery.errors import RecoveryError
@@ -54,6 +59,7 @@ __all__ = [
     "StallRestarts",
     "auto_catch_up",
     "auto_redrive",
+    "auto_redrive_reaction",
     "backlog_of",
 ]
 
@@ -305,3 +311,55 @@ class StallRestarts:
 def _restarted(restart: Callable[[str], None], name: str) -> bool:
     restart(name)
     return True
+
+
+def auto_redrive_reaction(
+    context: RecoveryContext, reaction: Reaction, runner: ReactionRunner
+) -> list[dict[str, Any]]:
+    """``auto_redrive`` for a reaction, after a cycle of its live runner: the parked
+    deliveries to a destination whose breaker was seen open and is now closed (the
+    destination is back) are re-delivered with ``runner``. For reactions the
+    rollout's partitions are destination names."""
+    flags = flag_store(context)
+    target = f"reaction:{reaction.name}"
+    flag = flags.effective(FlagName.AUTO_REDRIVE, target)
+    if not flag.enabled:
+        return []
+    ledger = context.ledger
+    seen: dict[str, str] = json.loads(flags.mark(FlagName.AUTO_REDRIVE, target) or "{}")
+    before = dict(seen)
+    parked = {s.destination: s.parked for s in ledger.summary(reaction.name)}
+    done: list[dict[str, Any]] = []
+    for destination, breaker in sorted(ledger.breaker_states(reaction.name).items()):
+        if not flag.applies_to(destination):
+            continue
+        closed = breaker.state == "closed"
+        was_open = seen.get(destination) == "open"
+        seen[destination] = "closed" if closed else "open"
+        if not (closed and was_open and parked.get(destination)):
+            continue
+        parameters = {
+            "reaction": reaction.name,
+            "destination": destination,
+            "parked": parked[destination],
+            "breaker_closed_at": breaker.changed_at,
+        }
+        selection = RedeliverySelection(reaction=reaction.name, destination=destination)
+        work = partial(
+            redeliver,
+            reaction,
+            source=context.source,
+            ledger=ledger,
+            selection=selection,
+            runner=runner,
+        )
+        result = run_automatic(
+            context, flag=flag, action="auto.redrive", parameters=parameters, work=work
+        )
+        if result is None:
+            seen[destination] = "open"  # frozen: try again after the freeze
+            continue
+        done.append({**parameters, "delivered": result.delivered, "parked_again": result.parked})
+    if seen != before:
+        flags.set_mark(FlagName.AUTO_REDRIVE, target, json.dumps(seen, sort_keys=True))
+    return done

@@ -36,6 +36,7 @@ from safereplay.reactions.redelivery import (
 )
 from safereplay.reactions.settings import webhook_settings
 from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.operations.automation import auto_redrive_reaction
 from safereplay.recovery.operations.dispatch import OperationContext, Operations, int_parameter
 from safereplay.recovery.operations.reaction_runtime import parse_since, running
 from safereplay.recovery.operations.rebuilds import stop_on_signals
@@ -273,6 +274,8 @@ def register_reaction_operations(operations: Operations, context: RecoveryContex
                         totals["delivered"] += cycle.delivered
                         totals["parked"] += cycle.parked
                         failed += cycle.failed
+                    # Recovery flag auto_redrive (off by default): a destination back.
+                    auto_redrive_reaction(context, reaction, runner)
                     if once:
                         break
                     context.source.wait(poll, stop)

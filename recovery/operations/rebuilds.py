@@ -37,6 +37,7 @@ from safereplay.recovery.jobs.plans import (
 )
 from safereplay.recovery.jobs.store import JobStore
 from safereplay.recovery.jobs.worker import WorkerOptions, WorkerReport
+from safereplay.recovery.operations.auto_rebuild import auto_rebuild
 from safereplay.recovery.operations.automation import (
     StallRestarts,
     auto_catch_up,
@@ -415,6 +416,17 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         auto_catch_up(context, names)
         # Recovery flag auto_redrive: parked events re-driven after a code version change.
         auto_redrive(context, names)
+        # Recovery flag auto_rebuild: a new code version rebuilt, drilled, then swapped.
+        auto_rebuild(context, names)
+        # After each heartbeat (each flag off by default: nothing is done).
+        restarts = StallRestarts(
+            context, names, after_seconds=AlertSettings.from_env().stalled_after_seconds
+        )
+
+        def after_beat(restart: Callable[[str], None]) -> None:
+            restarts(restart)
+            auto_rebuild(context, names)
+
         port = int_parameter(p, "metrics_port")
         with serving_metrics("follow", port) as observer, stop_on_signals() as stop:
             if p.get("stop_after") is not None:  # tests and smoke runs
@@ -432,12 +444,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
                 heartbeats=FollowerHeartbeats(context.database),
                 on_integrity_failure=context.recovery.on_integrity_failure,
                 conflicts=context.conflicts,
-                # Recovery flag auto_restart_stalled (off by default: restarts nothing).
-                restart_stalled=StallRestarts(
-                    context,
-                    names,
-                    after_seconds=AlertSettings.from_env().stalled_after_seconds,
-                ),
+                after_beat=after_beat,
             )
 
     def follow_scope(parameters: Mapping[str, Any]) -> str:
