@@ -15,9 +15,10 @@ from typer.testing import CliRunner
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.domain.workload import record_workload
-from safereplay.projections import REFERENCE_PROJECTIONS
+from safereplay.projections import REFERENCE_PROJECTIONS, open_source, open_store
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
+from safereplay.recovery.jobs.follow import follow_projections
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
 from safereplay.recovery.operations.auto_rebuild import auto_rebuild
 from safereplay.recovery.operations.automation import (
@@ -352,3 +353,33 @@ def test_auto_rebuild_rebuilds_a_new_version_and_swaps_after_a_matching_drill(
         ("system", "auto.rebuild.swap", "started"),
         ("system", "auto.rebuild.swap", "succeeded"),
     ]
+
+
+def test_the_follow_loop_restarts_a_follower_it_is_asked_to(
+    world: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    context = world["context"]
+    stop = threading.Event()
+    runners: list[Any] = []
+    calls: list[int] = []
+
+    def after_beat(restart: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            restart("run_status")  # as StallRestarts does for a stalled follower
+        else:
+            stop.set()
+
+    reports = follow_projections(
+        [context.registry["run_status"]],
+        open_store=lambda: open_store(context.domain, context.projection_settings),
+        open_source=lambda: runners.append(1) or open_source(context.app),
+        options=context.runner_options(),
+        stop=stop,
+        heartbeats=FollowerHeartbeats(context.database),
+        heartbeat_interval=0.05,
+        after_beat=after_beat,
+    )
+    assert len(runners) == 2, "a second runner, with its own source, replaced the first"
+    assert [r.error for r in reports] == [None]
+    assert "after the heartbeat failed" not in caplog.text
