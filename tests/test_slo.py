@@ -237,6 +237,10 @@ class SLOContract(ApiContract):
         failures: list[Exception] = []
         sampler = SLOSampler(open_context, sampled_by="serve", on_error=failures.append)
         sampler.run(turns=1)
+        idle = SLOSettings(targets="{}")
+        nothing = SLOSampler(open_context, sampled_by="t", on_error=failures.append, settings=idle)
+        nothing.run(turns=1)  # no targets: the turn does nothing, and the loop still ends
+        assert nothing.turns == 1
 
         assert failures == []
         latest = SLOStore(world.context.database, world.context.audit).latest()

@@ -116,7 +116,9 @@ def _measure(
         head, position, values = figure
         if target.metric == "lag_seconds":
             first = store.behind_since(target.slo, position=position, since=since)
-            value = max(0.0, now - first) if head > position and first is not None else 0.0
+            # Not behind (no event it still has to apply or record): no lag in time.
+            behind = values["lag_events"] > 0
+            value = max(0.0, now - first) if behind and first is not None else 0.0
         else:
             value = values[target.metric]
         found.append(Measurement(target, value, head, position))
@@ -281,6 +283,7 @@ class SLOSampler:
     def turn(self) -> Recorded | None:
         """Sample once (if anything is configured)."""
         if not self._settings.targets.projections and not self._settings.targets.reactions:
+            self.turns += 1
             return None
         context: RecoveryContext | None = None
         try:
