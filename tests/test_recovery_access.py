@@ -111,6 +111,14 @@ class AccessControlContract:
         with pytest.raises(InvalidRequest, match="no principal"):
             access.grant("ghost", Role.VIEWER, "*", granted_by="setup")
 
+    def test_the_system_actors_names_are_reserved(self, access: AccessControl) -> None:
+        # An audit entry by `system` (an SLO breach, an automatic recovery under a flag)
+        # or `safereplay` (an alert) must never be a person's.
+        for name in ("system", "safereplay"):
+            with pytest.raises(InvalidRequest, match=f"{name!r} is reserved"):
+                access.add_principal(name, kind="person", created_by="setup")
+            assert access.principal(name) is None
+
 
 class TestSQLiteAccessControl(AccessControlContract):
     @pytest.fixture

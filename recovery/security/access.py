@@ -38,6 +38,7 @@ from safereplay.recovery.database import Database
 from safereplay.recovery.errors import AccessDenied, AuthenticationFailed, InvalidRequest
 
 __all__ = [
+    "RESERVED_ACTORS",
     "ROLE_PERMISSIONS",
     "TOKEN_SHAPE",
     "AccessControl",
@@ -136,11 +137,22 @@ _CREATE = [
 ]
 
 
+#: The audit trail's actors for what the system does by itself: alert rules
+#: (``safereplay``), SLO breaches and automatic recovery under a flag (``system``).
+#: No principal may take these names, so an entry by them is never a person's.
+RESERVED_ACTORS = frozenset({"safereplay", "system"})
+
+
 def check_name(name: str) -> str:
     if not _NAME.match(name):
         raise InvalidRequest(
             f"principal name {name!r} is not valid: lower-case letters, digits, '.', '_', '@' "
             "and '-', up to 100 characters"
+        )
+    if name in RESERVED_ACTORS:
+        raise InvalidRequest(
+            f"principal name {name!r} is reserved: the audit trail names the system's own "
+            "actions with it"
         )
     return name
 
