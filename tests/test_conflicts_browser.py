@@ -5,7 +5,9 @@ against ``safereplay serve`` over the demo's store.
   by demo-operator with its reason;
 - an open conflict (a drill that did not match) shows as *paused*; an admin resolves
   it from the page (Retry, with a reason in the dialog) and the database agrees;
-- a viewer sees the conflicts without a button to resolve them.
+- a viewer sees the conflicts without a button to resolve them;
+- a rebuild paused by a tampered row shows as *paused by conflict* in the Jobs view;
+  an operator parks the event from the Conflicts view and the rebuild completes.
 """
 
 from __future__ import annotations
@@ -24,7 +26,10 @@ from browser_fixtures import (
     sign_in,
 )
 
+from safereplay.recovery.cli.demo_integrity import corrupt_one_event, restore_event
 from safereplay.recovery.jobs.conflicts import Conflict, NewConflict
+from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.jobs.worker import PartitionOutcome, WorkerOptions
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +102,41 @@ def test_a_viewer_sees_conflicts_but_no_button_to_resolve_them(
     opened.get_by_text("paused").wait_for()
     assert opened.get_by_role("button").count() == 0
     assert world.context.conflicts.get(conflict.conflict_id).open
+
+
+def test_a_paused_rebuild_shows_in_jobs_and_an_operator_parks_its_event(
+    world: DashboardWorld, url: str, page: Any
+) -> None:
+    context = world.context
+    position, backup = corrupt_one_event(context.domain, context.app, 0)
+    try:
+        started = world.run("admin", "rebuild", projection="run_status", partitions=1)
+        options = WorkerOptions(lease_seconds=5, idle_interval=0.05, exit_when_idle=True)
+        worker = context.worker(options=options)
+        job_id = started["job_id"]
+        report = worker.run(job_id=world.job(job_id).job_id)
+        assert report.count(PartitionOutcome.PAUSED) == 1
+        [conflict] = [c for c in context.conflicts.list() if c.job_id == job_id]
+        assert conflict.position == position and conflict.job_id == job_id
+
+        sign_in(page, url, world.tokens["operator"])
+        page.get_by_role("link", name="Jobs").click()
+        card = page.get_by_role("article", name=f"job {job_id[:8]}")
+        card.get_by_text("paused by conflict").wait_for()
+        page.get_by_role("link", name="Conflicts").click()
+        opened = row(page, conflict.conflict_id)
+        opened.get_by_role("button", name="Park and go on").click()
+        dialog = page.get_by_role("dialog")
+        dialog.get_by_label("Reason (kept in the audit trail)").fill("INC-9: restore pending")
+        dialog.get_by_role("button", name="Park").click()
+        dialog.wait_for(state="detached")
+        opened.get_by_text("park by demo-operator").wait_for()
+
+        assert worker.run(job_id=world.job(job_id).job_id).count(PartitionOutcome.COMPLETED) == 1
+        assert world.job(job_id).state == JobState.COMPLETED
+        parked = context.projection_store.parked("run_status", build=world.job(job_id).build)
+        # That event, and its run's later events behind it (per-aggregate order holds).
+        assert parked[0].position == position
+        assert all(p.blocked_by == position for p in parked[1:])
+    finally:
+        restore_event(context.domain, context.app, position, backup)

@@ -87,7 +87,7 @@ class LiveStore:
         raise NotImplementedError
 
     def dump(self, world: World) -> dict[str, list[str]]:
-        """Every row of every table but the audit trail and the drill record."""
+        """Every row of every table but the audit trail, the drill record and its conflict."""
         raise NotImplementedError
 
     def leftover_sandboxes(self, world: World) -> list[str]:
@@ -411,7 +411,9 @@ class SQLiteLiveStore(LiveStore):
             names = [
                 r[0]
                 for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-                if not r[0].startswith(("safereplay_audit", "safereplay_drills"))
+                if not r[0].startswith(
+                    ("safereplay_audit", "safereplay_drills", "safereplay_conflicts")
+                )
             ]
             return {
                 name: sorted(repr(row) for row in conn.execute(f'SELECT * FROM "{name}"'))
@@ -456,7 +458,9 @@ class PostgresLiveStore(LiveStore):
                 for r in conn.execute(
                     "SELECT tablename FROM pg_tables WHERE schemaname = %s", (schema,)
                 )
-                if not r[0].startswith(("safereplay_audit", "safereplay_drills"))
+                if not r[0].startswith(
+                    ("safereplay_audit", "safereplay_drills", "safereplay_conflicts")
+                )
             ]
             return {
                 name: sorted(

@@ -127,8 +127,8 @@ def tell_integrity_story(
     job = context.jobs.get_job(job_id)
     console.print(
         f"demo-operator resolved it (park, audited with its reason): the paused partition "
-        f"resumed and the rebuild is {job.state}, with position {position} parked "
-        f"(`safereplay conflicts list --all` shows the record)"
+        f"resumed and the rebuild is {job.state}, with position {position} parked (and its "
+        f"run's later events behind it; `safereplay conflicts list --all` shows the record)"
     )
     restore_event(settings, app, position, backup)
     return IntegrityStory(position, conflict["kind"], resolved["resolution"], str(job.state))
