@@ -66,6 +66,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         report.longrepr = f"skipped under CI=true, which must run every test: {report.longrepr}"
 
 
+@pytest.fixture(autouse=True)
+def errors_as_paragraphs() -> Iterator[None]:
+    """Each test starts with the command line's errors as paragraphs on stderr: a
+    command invoked in-process with ``--json`` (CliRunner) leaves the module-wide
+    mode on JSON, and a later test calling ``fail`` directly would find its
+    message on stdout."""
+    from safereplay.recovery.cli.support import use_json_errors
+
+    use_json_errors(False)
+    yield
+    use_json_errors(False)
+
+
 @pytest.fixture
 def clean_safereplay_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No SAFEREPLAY_* variable of the shell (but the tests' own SAFEREPLAY_TEST_*), and
