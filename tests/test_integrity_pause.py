@@ -33,6 +33,7 @@ from safereplay.recovery.jobs.model import Job, JobState, PartitionStatus
 from safereplay.recovery.jobs.plans import JobRequest
 from safereplay.recovery.jobs.store import SQLJobStore
 from safereplay.recovery.jobs.worker import PartitionOutcome
+from safereplay.recovery.security.audit import AuditKey, AuditTrail
 
 ONE = JobRequest(principal="alice", reason="projection fixed")
 
@@ -133,6 +134,34 @@ class ConflictStoreContract(RecoveryContract):
         }
         # The subject may raise a new one once its last is resolved.
         assert conflicts.raise_conflict(new).conflict_id != first.conflict_id
+
+    def test_raising_is_audited_once_as_done_by_the_system(self, recovery: Recovery) -> None:
+        database = database_of(recovery)
+        trail = AuditTrail(database, AuditKey.generate())
+        trail.create_tables()
+        conflicts = ConflictStore(database, audit=trail)
+        conflicts.create_tables()
+        new = NewConflict(
+            subject="job:j1:0",
+            kind="authentication",
+            reason="EventDecryptionError: ciphertext failed authentication with key id 'k1'",
+            projection="run_status",
+            job_id="j1",
+            partition_index=0,
+            position=7,
+        )
+        raised = conflicts.raise_conflict(new)
+        conflicts.raise_conflict(new)  # still open: the same conflict, not audited again
+        [entry] = trail.entries(action="conflict.raised")
+        assert (entry.actor, entry.scope, entry.outcome) == (
+            "system",
+            "projection:run_status",
+            "succeeded",
+        )
+        assert entry.parameters["conflict_id"] == raised.conflict_id
+        assert entry.parameters["position"] == 7
+        assert "position 7" in entry.reason
+        assert trail.verify().ok
 
     def test_resolving_twice_unknown_or_parking_nothing_is_refused(
         self, conflicts: ConflictStore

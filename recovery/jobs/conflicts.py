@@ -29,6 +29,7 @@ from uuid import uuid4
 from safereplay.recovery.database import Database, recorded_rows
 from safereplay.recovery.errors import ConflictNotFound, InvalidJobTransition, LeaseLost
 from safereplay.recovery.jobs.model import Claim
+from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 
 __all__ = [
     "EVENT_KINDS",
@@ -98,6 +99,10 @@ WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
 _RESUME_PART = """
 UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s AND status = 'conflict'"""
+
+
+#: The audit trail's actor for a conflict raised by the work itself.
+SYSTEM_ACTOR = "system"
 
 
 def job_subject(job_id: str, partition_index: int) -> str:
@@ -182,8 +187,12 @@ class Conflict:
 class ConflictStore:
     """Conflicts in the recovery database (see the module docstring)."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, *, audit: AuditTrail | None = None) -> None:
+        """``audit`` (default: none): where a conflict's raising is recorded, as done by
+        the system (actor ``system``), in the transaction that records the conflict —
+        the pause is an automatic action, the resolution an operator's audited one."""
         self.database = database
+        self.audit = audit
 
     @staticmethod
     def schema_statements() -> list[str]:
@@ -223,7 +232,7 @@ class ConflictStore:
             return self._raise(tx, new)
 
     def _raise(self, tx: Any, new: NewConflict) -> Conflict:
-        tx.execute(
+        inserted = tx.execute(
             _INSERT,
             {
                 "conflict_id": str(uuid4()),
@@ -239,7 +248,28 @@ class ConflictStore:
             },
         )
         rows = tx.rows(_OPEN_OF_SUBJECT, {"subject": new.subject})
-        return Conflict.from_row(rows[0])
+        conflict = Conflict.from_row(rows[0])
+        if inserted == 1 and self.audit is not None:
+            self.audit.append_in(
+                tx,
+                AuditRecord(
+                    actor=SYSTEM_ACTOR,
+                    action="conflict.raised",
+                    scope=f"projection:{new.projection}" if new.projection else new.subject,
+                    reason=conflict.describe(),
+                    outcome="succeeded",
+                    parameters={
+                        "conflict_id": conflict.conflict_id,
+                        "kind": conflict.kind,
+                        "subject": conflict.subject,
+                        "position": conflict.position,
+                        "build": conflict.build,
+                        "job_id": conflict.job_id,
+                        "partition_index": conflict.partition_index,
+                    },
+                ),
+            )
+        return conflict
 
     def get(self, conflict_id: str) -> Conflict:
         rows = recorded_rows(self.database, _GET, {"conflict_id": conflict_id})

@@ -198,7 +198,7 @@ class RecoveryContext:
     @cached_property
     def conflicts(self) -> ConflictStore:
         """Integrity conflicts (:mod:`safereplay.recovery.jobs.conflicts`)."""
-        conflicts = ConflictStore(self.database)
+        conflicts = ConflictStore(self.database, audit=self.audit)
         self.ensure_schema()
         return conflicts
 
