@@ -17,12 +17,16 @@ import pytest
 from api_fixtures import ApiContract, ApiWorld, sqlite_settings
 from test_api_builds import BuildsApiContract
 from test_api_every_route import EveryRouteContract
+from test_api_flags import FlagsApiContract
 from test_api_jobs import JobsApiContract
 from test_api_metrics import MetricsApiContract
 from test_api_parked_audit import ParkedAuditApiContract
 from test_api_reactions import ReactionsApiContract
 from test_api_reactions import receiver as receiver  # the contract's fixture
+from test_api_steps import StepApiContract
 from test_api_templates import TemplatesApiContract
+from test_conflicts_surface import ConflictsSurfaceContract
+from test_slo import SLOContract
 
 
 class TestChannelOverTLS(ApiContract):
@@ -77,5 +81,25 @@ class TestReactionsApiOverTLS(ReactionsApiContract):
 
 
 class TestTemplatesApiOverTLS(TemplatesApiContract):
+    settings = staticmethod(sqlite_settings)
+    over_tls = True
+
+
+class TestFlagsApiOverTLS(FlagsApiContract):
+    settings = staticmethod(sqlite_settings)
+    over_tls = True
+
+
+class TestStepApiOverTLS(StepApiContract):
+    settings = staticmethod(sqlite_settings)
+    over_tls = True
+
+
+class TestConflictsSurfaceOverTLS(ConflictsSurfaceContract):
+    settings = staticmethod(sqlite_settings)
+    over_tls = True
+
+
+class TestSLOOverTLS(SLOContract):
     settings = staticmethod(sqlite_settings)
     over_tls = True
