@@ -198,7 +198,14 @@ class RecoveryContext:
     @cached_property
     def conflicts(self) -> ConflictStore:
         """Integrity conflicts (:mod:`safereplay.recovery.jobs.conflicts`)."""
-        conflicts = ConflictStore(self.database, audit=self.audit)
+        try:
+            audit: AuditTrail | None = self.audit
+        except AuditKeyError:
+            # A library use without an audit key (an application running a worker in
+            # its own process): the conflict is recorded and pauses the work all the
+            # same; only its raising goes unaudited, as everything there does.
+            audit = None
+        conflicts = ConflictStore(self.database, audit=audit)
         self.ensure_schema()
         return conflicts
 
