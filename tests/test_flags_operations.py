@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -20,6 +21,7 @@ from safereplay.recovery.cli.app import app
 from safereplay.recovery.errors import InvalidRequest, OperationsFrozen
 from safereplay.recovery.jobs.follow import follow_projections
 from safereplay.recovery.jobs.heartbeats import FollowerHeartbeats
+from safereplay.recovery.operations import auto_rebuild as auto_rebuild_module
 from safereplay.recovery.operations.auto_rebuild import auto_rebuild
 from safereplay.recovery.operations.automation import (
     RESTART_ACTION,
@@ -353,6 +355,47 @@ def test_auto_rebuild_rebuilds_a_new_version_and_swaps_after_a_matching_drill(
         ("system", "auto.rebuild.swap", "started"),
         ("system", "auto.rebuild.swap", "succeeded"),
     ]
+
+
+def test_auto_rebuild_never_swaps_a_build_whose_drill_does_not_match(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    context, run, ada = world["context"], world["run"], world["ada"]
+    first = run(ada, "rebuild", reason="first build", projection="run_status")
+    run(ada, "worker", reason="t", job_id=first["job_id"], exit_when_idle=True)
+    store = context.projection_store
+    live = store.live_build("run_status")
+    monkeypatch.setattr(context.registry["run_status"], "version", 2)
+    run(ada, "flags.set", reason="CHG-91", flag="auto_rebuild", target=TARGET, enabled=True)
+    (started,) = auto_rebuild(context, ["run_status"])
+    job = context.jobs.get_job(UUID(started["result"]["job_id"]))
+    run(ada, "worker", reason="t", job_id=str(job.job_id), exit_when_idle=True)
+    # The drill of the new build diverges (as if its rows differed from a clean fold).
+    real_drill = auto_rebuild_module.run_drill
+    monkeypatch.setattr(
+        auto_rebuild_module,
+        "run_drill",
+        lambda *args, **kwargs: replace(real_drill(*args, **kwargs), match=False),
+    )
+    (drilled,) = auto_rebuild(context, ["run_status"])
+    assert drilled["action"] == "auto.rebuild.swap"
+    assert drilled["result"]["swapped"] is False
+    assert store.live_build("run_status") == live, "a build whose drill diverged stays out"
+    # ... and shown as a conflict (on_integrity_failure = pause, the default).
+    [conflict] = context.conflicts.list()
+    assert (conflict.kind, conflict.projection, conflict.build) == (
+        "drill",
+        "run_status",
+        job.build,
+    )
+    # Left for a human: not drilled again, never swapped by a later step.
+    assert auto_rebuild(context, ["run_status"]) == []
+    assert store.live_build("run_status") == live
+    assert [
+        (e.actor, e.action, e.outcome)
+        for e in context.audit.entries(limit=10_000)
+        if e.action == "auto.rebuild.swap"
+    ] == [("system", "auto.rebuild.swap", "started"), ("system", "auto.rebuild.swap", "succeeded")]
 
 
 def test_the_follow_loop_restarts_a_follower_it_is_asked_to(

@@ -28,7 +28,7 @@ from safereplay.recovery.errors import RecoveryError
 from safereplay.recovery.jobs.builds import swap
 from safereplay.recovery.jobs.model import JobKind, JobState
 from safereplay.recovery.jobs.plans import JobRequest, start_rebuild
-from safereplay.recovery.operations.drills import live_reader, new_sandbox
+from safereplay.recovery.operations.drills import live_reader, new_sandbox, raise_drill_conflict
 from safereplay.recovery.operations.flags import SYSTEM_ACTOR, flag_store, run_automatic
 from safereplay.recovery.security.flags import FlagName
 
@@ -57,6 +57,7 @@ def _drill_then_swap(context: RecoveryContext, name: str, build: int) -> dict[st
     drills = DrillStore(context.database)
     drills.record(result)
     if not result.match:
+        raise_drill_conflict(context, result)  # left for a human, shown as a conflict
         return {"swapped": False, "build": build, "drill": result.summary()}
 
     def gate(candidate: int) -> None:

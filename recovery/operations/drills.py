@@ -15,7 +15,7 @@ from safereplay.recovery.security.access import Permission
 if TYPE_CHECKING:
     from safereplay.recovery.operations.context import RecoveryContext
 
-__all__ = ["live_reader", "new_sandbox", "register_drill_operations"]
+__all__ = ["live_reader", "new_sandbox", "raise_drill_conflict", "register_drill_operations"]
 
 
 def live_reader(context: RecoveryContext) -> StoreReader:
@@ -52,19 +52,7 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
         drills = DrillStore(context.database)
         context.ensure_schema()
         drills.record(result)
-        if not result.match and context.recovery.on_integrity_failure == "pause":
-            # A checksum that does not match pauses the projection's swaps (see
-            # operations.conflicts) until an operator resolves the conflict.
-            context.conflicts.raise_conflict(
-                NewConflict(
-                    subject=f"drill:{result.projection}:{result.build}",
-                    kind="drill",
-                    reason=f"{result.summary()} (drill {result.drill_id})",
-                    projection=result.projection,
-                    build=result.build,
-                    position=result.position,
-                )
-            )
+        raise_drill_conflict(context, result)
         return result
 
     def drills_list(ctx: OperationContext, p: Mapping[str, Any]) -> list[DrillResult]:
@@ -83,4 +71,22 @@ def register_drill_operations(operations: Operations, context: RecoveryContext) 
         permission=Permission.VIEW,
         handler=drills_list,
         summary="list a projection's drills, newest first",
+    )
+
+
+def raise_drill_conflict(context: RecoveryContext, result: DrillResult) -> None:
+    """A drill whose checksums do not match pauses the projection's swaps (see
+    operations.conflicts) until an operator resolves the conflict — under the
+    ``pause`` policy; ``park`` and ``fail`` leave the drill's record as the signal."""
+    if result.match or context.recovery.on_integrity_failure != "pause":
+        return
+    context.conflicts.raise_conflict(
+        NewConflict(
+            subject=f"drill:{result.projection}:{result.build}",
+            kind="drill",
+            reason=f"{result.summary()} (drill {result.drill_id})",
+            projection=result.projection,
+            build=result.build,
+            position=result.position,
+        )
     )
