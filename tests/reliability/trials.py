@@ -41,7 +41,9 @@ def long_mode_trials() -> int | None:
     try:
         count = int(raw)
     except ValueError:
-        raise ValueError(f"{TRIALS_VARIABLE} must be a whole number of trials, not {raw!r}") from None
+        raise ValueError(
+            f"{TRIALS_VARIABLE} must be a whole number of trials, not {raw!r}"
+        ) from None
     if count < 1:
         raise ValueError(f"{TRIALS_VARIABLE} must be at least 1, not {count}")
     return count
@@ -54,7 +56,9 @@ def replay_seed() -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise ValueError(f"{SEED_VARIABLE} must be a trial's printed seed (an integer), not {raw!r}") from None
+        raise ValueError(
+            f"{SEED_VARIABLE} must be a trial's printed seed (an integer), not {raw!r}"
+        ) from None
 
 
 @dataclass
@@ -144,7 +148,9 @@ class Ledger:
     def write(self, path: Path) -> None:
         payload = {
             "trials_per_scenario": long_mode_trials(),
-            "scenarios": [asdict(f) for f in sorted(self.scenarios.values(), key=lambda f: f.scenario)],
+            "scenarios": [
+                asdict(f) for f in sorted(self.scenarios.values(), key=lambda f: f.scenario)
+            ],
             "total": asdict(self.total()),
         }
         path.write_text(json.dumps(payload, indent=2) + "\n")
