@@ -214,7 +214,7 @@ class ConcurrencyContract(RecoveryContract):
                     thread.start()
                 for thread in threads:
                     thread.join(300)
-                assert recovery.job(job).state == JobState.COMPLETED
+                assert recovery.job(job).state == JobState.COMPLETED, recovery.partitions(job)
                 assert recovery.store.live_build(STATS.name) == 1, "no swap without asking"
                 # Whole samples of build 1 before the swap: waited for, not hoped for.
                 wait_until(lambda: len(reader.samples) >= 3, timeout=30, what="samples")

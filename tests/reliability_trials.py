@@ -1,4 +1,5 @@
-"""Trials of the reliability suite: how many, with which seed, and what each found.
+"""Trials of the reliability suite (``tests/reliability/``): how many, with which seed,
+and what each found.
 
 A scenario runs a number of randomised *trials*. The default mode runs the few each
 scenario names (the whole suite within a few minutes, the README's test command);
