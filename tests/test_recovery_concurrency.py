@@ -201,6 +201,10 @@ class ConcurrencyContract(RecoveryContract):
         record_workload(recovery.log.app, workflows=4, runs_per_workflow=12, seed=1)
         follower = recovery.log.runner(STATS(), store=recovery.log.store())
         with follower.in_background() as live, LiveReader(recovery) as reader:
+            # Build 1 is the follower's once it has committed: a rebuild requested
+            # before that would rebuild the never-written build in place.
+            first = recovery.source.high_water_mark()
+            wait_for_position(recovery.store, STATS, first, timeout=60, build=1)
             with Writers(recovery, count=2) as writers:
                 wait_until(lambda: writers.rounds >= 2, timeout=20, what="writers to start")
                 job = recovery.rebuild(STATS.name, REBUILD)
