@@ -134,6 +134,8 @@ class Accounting:
 
 
 def checkpoints(log: Log, projection: str, build: int) -> list[Row]:
+    if not table_exists(log, "safereplay_projection_positions"):
+        return []  # nothing was ever projected
     return query(
         log,
         "SELECT partition_index, partition_count, position, events_applied, events_parked "
@@ -144,6 +146,8 @@ def checkpoints(log: Log, projection: str, build: int) -> list[Row]:
 
 
 def parked_rows(log: Log, projection: str, build: int) -> list[Row]:
+    if not table_exists(log, "safereplay_projection_parked"):
+        return []
     return query(
         log,
         "SELECT position, partition_index, partition_count, resolved_at, reason "

@@ -3,12 +3,18 @@ point of a job's progress, and the end-of-trial checks in the database."""
 
 from __future__ import annotations
 
+import os
 import random
 import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 from procfaults_checks import (
@@ -20,11 +26,12 @@ from procfaults_checks import (
     wait_for,
 )
 from projection_fixtures import Log
-from recovery_fixtures import Recovery, kill, spawn_worker, worker_pid
+from recovery_fixtures import Recovery, kill, principals_world, spawn_worker, worker_pid
 from trials import Trial
 
 from safereplay.projections import Projection
 from safereplay.recovery.jobs.model import Job, JobState
+from safereplay.recovery.security.audit import AuditKey
 
 TrialsFactory = Callable[..., Iterator[Trial]]
 
@@ -112,3 +119,73 @@ def check_build(
 
 def spawn(recovery: Recovery, processes: list[BaseProcess], count: int = 1, **spec: Any) -> None:
     processes += [spawn_worker(recovery, **{**SLOW, **spec}) for _ in range(count)]
+
+
+# -- the command line in processes of its own --------------------------------------------------
+
+
+def cli_env(log: Log, directory: Path, **extra: str) -> dict[str, str]:
+    """The environment of an admin's ``safereplay`` commands on the log's store (its
+    principals and audit key made here), plus ``extra`` settings."""
+    audit_key = directory / f"audit-{uuid.uuid4().hex[:8]}.key"
+    AuditKey.generate().save(audit_key)
+    context, envs = principals_world(log.settings, audit_key)
+    context.close()
+    base = {k: v for k, v in os.environ.items() if not k.upper().startswith("SAFEREPLAY_")}
+    return base | {"SAFEREPLAY_APPROVAL_REQUIRED": ""} | envs["admin"] | extra
+
+
+@dataclass
+class Command:
+    """A ``safereplay`` command running in its own session (its workers with it)."""
+
+    process: subprocess.Popen[bytes]
+    output: Path
+
+    def killed(self) -> None:
+        """SIGKILL the command and every process of its session (its local workers)."""
+        with suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(60)
+
+    def wait(self, timeout: float = 300) -> int:
+        return self.process.wait(timeout)
+
+    @property
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+def start_cli(env: dict[str, str], directory: Path, *args: str) -> Command:
+    output = directory / f"cli-{uuid.uuid4().hex[:8]}.log"
+    with output.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "safereplay.recovery.cli", *args],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return Command(process, output)
+
+
+def run_cli(env: dict[str, str], directory: Path, *args: str) -> str:
+    """Run a command to its end; it must succeed. Returns its output."""
+    command = start_cli(env, directory, *args)
+    code = command.wait()
+    assert code == 0, f"safereplay {' '.join(args)} exited {code}: {command.text[-3000:]}"
+    return command.text
+
+
+def kill_at_random(command: Command, rng: random.Random, *, within: float) -> bool:
+    """SIGKILL ``command`` (and its session) after a random delay of up to ``within``
+    seconds; False if it had already ended by then (nothing was killed)."""
+    deadline = time.monotonic() + rng.uniform(0, within)
+    while time.monotonic() < deadline:
+        if command.process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    if command.process.poll() is not None:
+        return False
+    command.killed()
+    return True
