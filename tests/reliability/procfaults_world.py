@@ -189,3 +189,15 @@ def kill_at_random(command: Command, rng: random.Random, *, within: float) -> bo
         return False
     command.killed()
     return True
+
+
+def run_here(env: dict[str, str], *args: str) -> str:
+    """Run a command to its end in this process (the same code as ``safereplay``, without
+    a new interpreter's start-up: for the runs that are not the ones killed)."""
+    from typer.testing import CliRunner
+
+    from safereplay.recovery.cli.app import app
+
+    result = CliRunner().invoke(app, list(args), env=env)
+    assert result.exit_code == 0, f"safereplay {' '.join(args)}: {result.output[-3000:]}"
+    return result.output

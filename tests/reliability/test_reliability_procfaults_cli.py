@@ -22,7 +22,7 @@ from procfaults_world import (
     check_build,
     cli_env,
     kill_at_random,
-    run_cli,
+    run_here,
     start_cli,
 )
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, handled_count
@@ -73,7 +73,11 @@ class CommandLineContract:
             if command.process.poll() is None:
                 command.killed()
                 trial.fault()
-            run_cli(env, tmp_path, *rebuild)  # resumes the job (or finds it done)
+            # The same command again resumes the job (or finds it done); run here,
+            # without local workers, and a worker here finishes the job, claiming the
+            # dead workers' partitions once their leases expire.
+            run_here(env, *rebuild[:-4], "-w", "0", *rebuild[-2:])
+            recovery.worker(lease_seconds=1.0).run()
             [job] = query(log, "SELECT build, state FROM {s}safereplay_jobs")
             assert (job["build"], job["state"]) == (2, "completed"), job
             check_build(trial, log, recovery, BOARD, 2)
@@ -87,7 +91,7 @@ class CommandLineContract:
                 live = live_build(log, BOARD.name)  # exactly one (it asserts so)
                 assert live in (before, after), live
                 if live == before:
-                    run_cli(env, tmp_path, name, BOARD.name, "-r", f"{name} again")
+                    run_here(env, name, BOARD.name, "-r", f"{name} again")
                 assert live_build(log, BOARD.name) == after
             for build in (1, 2):
                 check_build(trial, log, recovery, BOARD, build)
