@@ -60,6 +60,20 @@ def is_postgres(log: Log) -> bool:
     return isinstance(log.backend, PostgresBackend)
 
 
+_connections = threading.local()
+
+
+def _postgres(dsn: str) -> psycopg.Connection[Row]:
+    """This thread's connection to ``dsn`` (one, kept: the checks poll often, and the
+    shared server's connection slots are few)."""
+    cache: dict[str, psycopg.Connection[Row]] = _connections.__dict__.setdefault("by_dsn", {})
+    conn = cache.get(dsn)
+    if conn is None or conn.closed or conn.broken:
+        conn = psycopg.connect(dsn, autocommit=True, row_factory=dict_row)
+        cache[dsn] = conn
+    return conn
+
+
 def query(log: Log, statement: str, params: Sequence[Any] = ()) -> list[Row]:
     """Rows of ``statement`` on the log's database. ``{s}`` in the statement is the
     PostgreSQL schema qualifier (``"schema".``), nothing on SQLite; ``?`` are the
@@ -68,8 +82,10 @@ def query(log: Log, statement: str, params: Sequence[Any] = ()) -> list[Row]:
         assert isinstance(log.backend, PostgresBackend)
         schema = sql.Identifier(log.settings.postgres_schema).as_string(None)
         text = statement.replace("{s}", schema + ".").replace("?", "%s")
-        with psycopg.connect(log.backend.dsn, autocommit=True, row_factory=dict_row) as conn:
-            return list(conn.execute(text.encode(), tuple(params)).fetchall())
+        try:
+            return list(_postgres(log.backend.dsn).execute(text.encode(), tuple(params)))
+        except psycopg.OperationalError:  # a connection lost meanwhile: once more
+            return list(_postgres(log.backend.dsn).execute(text.encode(), tuple(params)))
     with closing(sqlite3.connect(log.settings.sqlite_path, timeout=60)) as conn:
         conn.row_factory = sqlite3.Row
         return [dict(r) for r in conn.execute(statement.replace("{s}", ""), tuple(params))]
@@ -394,7 +410,7 @@ class LeasePoller:
     """A thread sampling every lease row of the log's job store, as fast as it can
     (each sample stamped with this machine's clock once its read returned)."""
 
-    def __init__(self, log: Log, *, interval: float = 0.01) -> None:
+    def __init__(self, log: Log, *, interval: float = 0.02) -> None:
         self.log = log
         self.interval = interval
         self.samples: list[LeaseSample] = []

@@ -125,10 +125,14 @@ def check_live(
 
 
 class FollowerContract:
+    #: Default-mode trials on this backend; the long mode runs its N on both. (Each
+    #: scenario runs by default on one backend at least, within the time budget.)
+    default_trials = 1
+
     def test_follower_killed_during_catch_up_then_redrive_killed(
         self, backend: Backend, tmp_path: Path, trials: TrialsFactory
     ) -> None:
-        for trial in trials(default=1):
+        for trial in trials(default=self.default_trials):
             self.catch_up_then_redrive(backend, tmp_path, trial)
 
     def catch_up_then_redrive(self, backend: Backend, tmp_path: Path, trial: Trial) -> None:
@@ -220,16 +224,20 @@ class FollowerContract:
         # In this process (only the killed run needs one of its own): with no local
         # worker, the redrive job (resumed if the killed one left it) is run by a
         # worker here, which claims a dead worker's partition once its lease expires.
-        run_here(env, "parked", "redrive", projection.name, "-r", "row restored", "-w", "0")
+        run_here(env, "parked", "redrive", projection.name, "-r", "row restored", "--workers", "0")
         recovery.worker(lease_seconds=1.0).run()
         assert not left(), parked_rows(log, projection.name, 1)
 
 
 class PauseContract:
+    #: Default-mode trials on this backend; the long mode runs its N on both. (Each
+    #: scenario runs by default on one backend at least, within the time budget.)
+    default_trials = 1
+
     def test_follower_killed_while_paused_resumes_paused(
         self, backend: Backend, tmp_path: Path, trials: TrialsFactory
     ) -> None:
-        for trial in trials(default=1):
+        for trial in trials(default=self.default_trials):
             self.paused_across_a_kill(backend, tmp_path, trial)
 
     def paused_across_a_kill(self, backend: Backend, tmp_path: Path, trial: Trial) -> None:
@@ -283,7 +291,7 @@ class PauseContract:
 
 
 class TestSQLiteFollowers(OnSQLite, FollowerContract):
-    pass
+    default_trials = 0
 
 
 @pytest.mark.postgres
@@ -297,4 +305,4 @@ class TestSQLitePause(OnSQLite, PauseContract):
 
 @pytest.mark.postgres
 class TestPostgresPause(OnPostgres, PauseContract):
-    pass
+    default_trials = 0

@@ -39,10 +39,14 @@ STATS = WorkflowStatistics
 
 
 class WorkerKillContract:
+    #: Default-mode trials on this backend; the long mode runs its N on both. (Each
+    #: scenario runs by default on one backend at least, within the time budget.)
+    default_trials = 1
+
     def test_merges_across_partitions_survive_killed_workers(
         self, backend: Backend, trials: TrialsFactory
     ) -> None:
-        for trial in trials(default=1):
+        for trial in trials(default=self.default_trials):
             rng = trial.random
             with fresh_recovery(backend) as recovery, worker_processes() as processes:
                 log = recovery.log
@@ -77,11 +81,15 @@ class WorkerKillContract:
 
 
 class LeaseExpiryContract:
+    #: Default-mode trials on this backend; the long mode runs its N on both. (Each
+    #: scenario runs by default on one backend at least, within the time budget.)
+    default_trials = 1
+
     def test_leases_polled_while_a_killed_worker_s_lease_expires(
         self, backend: Backend, trials: TrialsFactory
     ) -> None:
         lease = 1.0
-        for trial in trials(default=1):
+        for trial in trials(default=self.default_trials):
             rng = trial.random
             with fresh_recovery(backend) as recovery, worker_processes() as processes:
                 log = recovery.log
@@ -123,11 +131,11 @@ class TestSQLiteWorkerKills(OnSQLite, WorkerKillContract):
 
 @pytest.mark.postgres
 class TestPostgresWorkerKills(OnPostgres, WorkerKillContract):
-    pass
+    default_trials = 0
 
 
 class TestSQLiteLeaseExpiry(OnSQLite, LeaseExpiryContract):
-    pass
+    default_trials = 0
 
 
 @pytest.mark.postgres
