@@ -198,6 +198,12 @@ def run_here(env: dict[str, str], *args: str) -> str:
 
     from safereplay.recovery.cli.app import app
 
-    result = CliRunner().invoke(app, list(args), env=env)
+    # Exactly the command's environment: this process's other SAFEREPLAY_* variables
+    # (the suite's own SAFEREPLAY_RELIABILITY_*) are unset for the run, as the
+    # command line refuses settings it does not know.
+    unset: dict[str, str | None] = {
+        k: None for k in os.environ if k.upper().startswith("SAFEREPLAY_") and k not in env
+    }
+    result = CliRunner().invoke(app, list(args), env={**unset, **env})
     assert result.exit_code == 0, f"safereplay {' '.join(args)}: {result.output[-3000:]}"
     return result.output

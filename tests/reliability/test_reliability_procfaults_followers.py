@@ -178,19 +178,24 @@ class FollowerContract:
             write_state(log, victim, original)
             redrive = ("parked", "redrive", RunStatusBoard.name, "-r", "row restored")
             command = start_cli(env, tmp_path, *redrive)
-            self.kill_once_redriving(command, recovery, rng.random())
-            trial.fault()
+            if self.kill_once_redriving(command, recovery, rng.random()):
+                trial.fault()
             for projection in FOLLOWED:
                 if any(p["resolved_at"] is None for p in parked_rows(log, projection.name, 1)):
                     self.redrive_until_done(env, tmp_path, recovery, projection)
+            # The restart after the kill: a worker (as `safereplay worker
+            # --exit-when-idle`) settles a redrive job the killed command left running
+            # (it may have resolved everything first), once its dead worker's lease expires.
+            recovery.worker(lease_seconds=1.0).run()
             assert not check_live(trial, recovery, FOLLOWED, log.envelopes())
             assert not unsettled_jobs(log), unsettled_jobs(log)
             assert not dead_leases(log), dead_leases(log)
 
     @staticmethod
-    def kill_once_redriving(command: Command, recovery: Recovery, fraction: float) -> None:
+    def kill_once_redriving(command: Command, recovery: Recovery, fraction: float) -> bool:
         """SIGKILL the redrive command (and its worker): at its start, or once its job
-        is running, or once it has resolved something, as ``fraction`` picks."""
+        is running, or once it has resolved something, as ``fraction`` picks; whether
+        it was still running (it may have ended first)."""
         log = recovery.log
 
         def reached() -> bool:
@@ -206,7 +211,9 @@ class FollowerContract:
             )
 
         wait_for(reached, what="the redrive's moment to be killed")
+        alive = command.process.poll() is None
         command.killed()
+        return alive
 
     @staticmethod
     def redrive_until_done(
