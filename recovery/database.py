@@ -212,6 +212,11 @@ class PostgresDatabase(Database):
             min_size=1,
             max_size=pool_size,
             kwargs=kwargs,
+            # A pooled connection the server ended while it sat idle (a restart,
+            # pg_terminate_backend, an idle timeout) is replaced when lent, not handed
+            # out to fail: the audit outcome of an operation whose work lost its
+            # connection would be lost with it, and the command would end in a trace.
+            check=ConnectionPool.check_connection,
             open=True,
         )
 

@@ -12,11 +12,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
 import typer
+from eventsourcing.persistence import OperationalError as StoreOperationalError
 from rich.console import Console
 from typer.core import TyperGroup
 
 from safereplay.domain import DomainError
+from safereplay.domain.secret import hide_passwords
 from safereplay.recovery.cli import alerts as cli_alerts
 from safereplay.recovery.cli import apply as cli_apply
 from safereplay.recovery.cli import change_requests as cli_requests
@@ -38,6 +41,7 @@ from safereplay.recovery.cli.demo import DemoResult, run_demo, status_table
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
+    EXIT_NO,
     emit,
     exit_code_for,
     fail,
@@ -231,6 +235,16 @@ def main() -> None:
         app()
     except DomainError as exc:
         fail(str(exc), EXIT_INVALID)
+    except (psycopg.OperationalError, StoreOperationalError) as exc:
+        # The database went away mid-command (a restart, a terminated connection):
+        # one clear message and a non-zero exit, not a trace. What the command
+        # committed stands; its audit entry records the intent if not the outcome.
+        fail(
+            f"the database connection failed during the command: "
+            f"{hide_passwords(str(exc).strip())}; run the command again once the "
+            "database is back (`safereplay status` shows what was done)",
+            EXIT_NO,
+        )
 
 
 if __name__ == "__main__":  # worker processes: python -m recovery.cli worker ...

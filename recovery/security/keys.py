@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.persistence import AggregateRecorder
+from eventsourcing.persistence import AggregateRecorder, OperationalError
 from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from psycopg import sql
@@ -29,7 +29,7 @@ from psycopg import sql
 from safereplay.domain import EventStoreApplication, KeyRing
 from safereplay.domain.keyring import is_sealed, sealed_key_id
 from safereplay.domain.mapper import associated_data
-from safereplay.recovery.errors import InvalidRequest
+from safereplay.recovery.errors import InvalidRequest, StoreUnavailable
 from safereplay.recovery.resilience.throttle import Throttle
 
 __all__ = [
@@ -256,31 +256,41 @@ def reencrypt(
         after = start_after[index] if index < len(start_after) else 0
         scanned = resealed = 0
         cursor = after
-        for batch in _scan(table, batch_size=batch_size, after=after):
-            throttle.acquire(len(batch))
-            changes: list[tuple[StoredRow, bytes]] = []
-            for row in batch:
-                scanned += 1
-                if not is_sealed(row.state) or sealed_key_id(row.state) == ring.active_key_id:
-                    continue
-                aad = associated_data(row.originator_id, row.originator_version, row.topic)
-                where = f"{table.name} row {row.cursor}"
-                plaintext = ring.open(row.state, aad, where=where)
-                sealed = ring.seal(plaintext, aad)
-                # Verify before writing: the new blob must open to the same content.
-                if ring.open(sealed, aad, where=where) != plaintext:
-                    raise InvalidRequest(f"re-sealed {where} does not verify; nothing written")
-                changes.append((row, sealed))
-            # The whole batch in one short transaction (the cryptography is done
-            # before it opens), each row compared-and-swapped.
-            resealed += table.swap(changes)
-            cursor = batch[-1].cursor
-            progress = ReencryptProgress(table.name, cursor, scanned, resealed)
-            if on_progress is not None:
-                on_progress(progress)
-            if stop is not None and stop.is_set():
-                results.append(progress)
-                return results
+        try:
+            for batch in _scan(table, batch_size=batch_size, after=after):
+                throttle.acquire(len(batch))
+                changes: list[tuple[StoredRow, bytes]] = []
+                for row in batch:
+                    scanned += 1
+                    if not is_sealed(row.state) or sealed_key_id(row.state) == ring.active_key_id:
+                        continue
+                    aad = associated_data(row.originator_id, row.originator_version, row.topic)
+                    where = f"{table.name} row {row.cursor}"
+                    plaintext = ring.open(row.state, aad, where=where)
+                    sealed = ring.seal(plaintext, aad)
+                    # Verify before writing: the new blob must open to the same content.
+                    if ring.open(sealed, aad, where=where) != plaintext:
+                        raise InvalidRequest(f"re-sealed {where} does not verify; nothing written")
+                    changes.append((row, sealed))
+                # The whole batch in one short transaction (the cryptography is done
+                # before it opens), each row compared-and-swapped.
+                resealed += table.swap(changes)
+                cursor = batch[-1].cursor
+                progress = ReencryptProgress(table.name, cursor, scanned, resealed)
+                if on_progress is not None:
+                    on_progress(progress)
+                if stop is not None and stop.is_set():
+                    results.append(progress)
+                    return results
+        except OperationalError as exc:
+            # A lost connection (a server restart, a terminated backend) ends the run
+            # with a clear error, not a trace: every batch committed so far stays
+            # re-sealed, and a batch in flight was rolled back whole.
+            raise StoreUnavailable(
+                f"re-encryption stopped after {table.name} row {cursor}: the event store "
+                f"failed ({exc}); the rows re-sealed so far are kept, and running the "
+                "same command again re-seals the rest"
+            ) from exc
         results.append(ReencryptProgress(table.name, cursor, scanned, resealed))
     return results
 
