@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import psycopg
 from pgfaults_world import PATIENCE, PROJECTIONS, Process, World, Writer, settle, wait_for
@@ -127,75 +128,105 @@ def full_disk_for_a_while(world: World, rng: random.Random) -> str:
     return f"{table}: disk full for {full:.1f}s"
 
 
-REFUSALS: dict[str, Fault] = {"lock": hold_a_lock, "disk_full": full_disk_for_a_while}
+def refuse_for_a_while(world: World, rng: random.Random) -> str:
+    """The database refuses the work for a while: a held lock (met by the processes'
+    lock or statement timeout), or a full disk."""
+    return rng.choice([hold_a_lock, full_disk_for_a_while])(world, rng)
+
+
+#: The processes' lock or statement timeout (``PGOPTIONS``) for the refusal trials:
+#: short enough to be met while a lock is held, long enough for every normal statement.
+TIMEOUTS = ("-c lock_timeout=300ms", "-c statement_timeout=700ms")
+
+
+FAULTS["refuse"] = refuse_for_a_while
+FOLLOWED = [arg for p in PROJECTIONS for arg in ("-p", p.name)]
 
 
 def assert_stopped_loudly(process: Process, code: int, label: str) -> None:
-    """A command that stopped: non-zero, a clear ``error:`` line, never a traceback."""
+    """A command that stopped: non-zero, a clear error, never a traceback."""
     err = process.stderr()
     assert code != 0, f"{label}: exit 0 but the work is not done: {err[-2000:]}"
     assert "Traceback" not in err, (
-        f"{label}: stopped with a traceback, not a clear error: {err[-3000:]}"
+        f"{label}: `safereplay {process.args[0]}` stopped with a traceback, not a clear "
+        f"error: {err[-3000:]}"
     )
     assert "error" in err.lower(), f"{label}: exit {code} without saying why: {err[-2000:]}"
 
 
-def start_rebuild(
-    world: World, rng: random.Random, projection: type[Projection], env: dict[str, str] | None
-) -> Process:
-    """``safereplay rebuild`` with two local workers, throttled so that it lasts."""
-    return world.cli(
+@dataclass
+class Work:
+    """One trial's work: ``safereplay follow`` of the scenario projections, and a
+    throttled ``safereplay rebuild`` of one of them, side by side, while a writer
+    appends."""
+
+    world: World
+    trial: Trial
+    projection: type[Projection]
+    follower: Process
+    rebuild: Process
+    #: Handled events of the rebuilt projection in the rebuild's scope.
+    scope: int
+
+    @property
+    def rebuilding(self) -> bool:
+        return self.rebuild.popen.poll() is None
+
+
+def start_work(world: World, trial: Trial, *, env: dict[str, str] | None = None) -> Work:
+    """Build the live builds up to a random position (in this process: quick), then
+    start following (the followers catch up the rest, then follow live) and the
+    rebuild at once."""
+    rng = trial.random
+    world.prebuild(until=max(1, int(rng.uniform(0.1, 1.0) * world.head())))
+    follower = world.cli("follow", *FOLLOWED, env=env)
+    projection = rng.choice(PROJECTIONS)
+    scope = handled_count(projection, world.envelopes())
+    workers = 1 if rng.random() < 0.7 else 2
+    rebuild = world.cli(
         *("rebuild", projection.name, "-r", "pgfaults trial", "-n", str(rng.randint(1, 3))),
-        *("-w", "2", "--max-rate", str(rng.choice([150, 200, 300]))),
+        *("-w", str(workers), "--max-rate", str(rng.choice([150, 200, 300]))),
         env=env,
     )
+    return Work(world, trial, projection, follower, rebuild, scope)
 
 
-def rebuild_through(
-    world: World,
-    trial: Trial,
-    *,
-    faults: int,
-    inject: Fault,
-    projection: type[Projection] | None = None,
-    env: dict[str, str] | None = None,
-) -> tuple[type[Projection], Process, int]:
-    """Start ``safereplay rebuild`` and inject ``faults`` faults, each once the job has
-    applied a random share of its events. Returns the projection, the process and its
-    exit code."""
+def inject_faults(work: Work, inject: Fault, *, faults: int) -> int:
+    """``faults`` faults while the writer appends, each once the rebuild has applied a
+    random share of its events and moved since the last fault (paced by progress, not
+    by the clock), or after a random delay once the rebuild has ended. Returns the
+    head once the writer stopped."""
+    world, trial = work.world, work.trial
     rng = trial.random
-    projection = projection or rng.choice(PROJECTIONS)
-    scope = handled_count(projection, world.envelopes())
-    process = start_rebuild(world, rng, projection, env)
     shares = sorted(rng.uniform(0.05, 0.9) for _ in range(faults))
     moved_past = 0
-    for share in shares:
-        # Paced by progress: each fault once the job has applied its share of the
-        # events *and* moved since the last fault (it resumed), whatever the speed.
-        least = max(int(share * scope), moved_past + 1)
-        wait_for(
-            lambda least=least: world.job_progress() >= least or process.popen.poll() is not None,
-            f"the rebuild to apply {least} of {scope} events",
-        )
-        if process.popen.poll() is not None:
-            break
-        what = inject(world, rng)
-        trial.fault()
-        moved_past = world.job_progress()
-        print(f"[pgfaults] {trial.label}: {what}", flush=True)
-    return projection, process, process.wait()
+    with Writer(world, seed=rng.randrange(10**6)):
+        for share in shares:
+            least = max(int(share * work.scope), moved_past + 1)
+            wait_for(
+                lambda least=least: world.job_progress() >= least or not work.rebuilding,
+                f"the rebuild to apply {least} of {work.scope} events",
+            )
+            if not work.rebuilding:
+                settle(rng.uniform(0.1, 1.5))
+            what = inject(world, rng)
+            trial.fault()
+            moved_past = world.job_progress()
+            print(f"[pgfaults] {trial.label}: {what}", flush=True)
+        settle(rng.uniform(0.2, 1.0))
+    return world.head()
 
 
-def finish_rebuild(
-    world: World, trial: Trial, projection: type[Projection], process: Process, code: int
-) -> None:
+def finish_rebuild(work: Work) -> None:
     """The rebuild completed by itself, or stopped loudly and completes when run again
     (the fault cleared); then every invariant, in the database."""
+    world, trial, projection = work.world, work.trial, work.projection
+    code = work.rebuild.wait()
     [job] = [j for j in world.jobs() if j["projection"] == projection.name]
     if code != 0:
-        # Stopped loudly (a worker that met the fault outside a batch, say, even if
-        # the other finished the job): run it again unless the job completed.
-        assert_stopped_loudly(process, code, trial.label)
+        # Stopped loudly (a worker met the fault outside a batch, say: then even if
+        # another finished the job): run it again unless the job completed.
+        assert_stopped_loudly(work.rebuild, code, trial.label)
         if job["state"] != "completed":
             again = world.cli("rebuild", projection.name, "-r", "pgfaults: run it again")
             code = again.wait()
@@ -206,32 +237,11 @@ def finish_rebuild(
     world.check_build(trial, projection, build=int(job["build"]), upto=int(job["target_position"]))
 
 
-FOLLOWED = [arg for p in PROJECTIONS for arg in ("-p", p.name)]
-
-
-def follow_through(
-    world: World, trial: Trial, *, faults: int, inject: Fault, env: dict[str, str] | None = None
-) -> tuple[Process, int]:
-    """``safereplay follow`` of every scenario projection while a writer appends; the
-    faults come after random delays. Returns the process and the head once writing
-    stopped."""
-    rng = trial.random
-    follower = world.cli("follow", *FOLLOWED, env=env)
-    with Writer(world, seed=rng.randrange(10**6)):
-        for _ in range(faults):
-            settle(rng.uniform(0.3, 2.5))
-            if follower.popen.poll() is not None:
-                break
-            what = inject(world, rng)
-            trial.fault()
-            print(f"[pgfaults] {trial.label}: {what}", flush=True)
-        settle(rng.uniform(0.2, 1.0))
-    return follower, world.head()
-
-
-def finish_following(world: World, trial: Trial, follower: Process, head: int) -> None:
+def finish_following(work: Work, head: int) -> None:
     """Every follower reaches the head by itself (or the process stopped loudly and,
     started again, does), then stops cleanly; the live builds equal the fold."""
+    world, trial = work.world, work.trial
+    follower = work.follower
     for projection in PROJECTIONS:
         wait_for(
             lambda projection=projection: (

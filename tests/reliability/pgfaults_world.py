@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgfaults_cluster import PrivateCluster
+from pgfaults_cluster import OURS, PrivateCluster
 from projection_fixtures import EXPECTED, handled_count
 from psycopg import sql
 from psycopg.rows import dict_row
@@ -33,7 +33,14 @@ from trials import Trial
 
 from safereplay.domain import AutomationApp, DomainSettings, Envelope, KeyRing
 from safereplay.domain.workload import record_workload
-from safereplay.projections import Projection, RunStatusBoard, WorkflowStatistics
+from safereplay.projections import (
+    PostgresEventSource,
+    PostgresProjectionStore,
+    Projection,
+    ProjectionRunner,
+    RunStatusBoard,
+    WorkflowStatistics,
+)
 from safereplay.recovery.security.audit import AuditKey
 
 #: The projections the scenarios rebuild and follow: one keyed by run, one whose
@@ -100,6 +107,25 @@ class World:
     def head(self) -> int:
         return self.app.head_position()
 
+    def prebuild(self, *, until: int) -> None:
+        """The scenario projections' live builds caught up to ``until`` (a runner in
+        this process, on connections of its own, closed afterwards)."""
+        dsn = self.cluster.dsn
+        store = PostgresProjectionStore(dsn, schema=self.schema, application_name=OURS)
+        source = PostgresEventSource(
+            dsn,
+            schema=self.schema,
+            table=f"{self.settings.application_name}_events",
+            mapper=self.app.envelope_mapper,
+            application_name=OURS,
+        )
+        try:
+            for projection in PROJECTIONS:
+                ProjectionRunner(projection(), source=source, store=store).catch_up(until=until)
+        finally:
+            source.close()
+            store.close()
+
     # -- the product's processes ------------------------------------------------------------
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> Process:
@@ -143,6 +169,13 @@ class World:
             ).format(self.table("safereplay_projection_positions")),
             (projection.name, build),
         )
+
+    def tables(self) -> set[str]:
+        rows = self.query(
+            sql.SQL("SELECT table_name FROM information_schema.tables WHERE table_schema = %s"),
+            (self.schema,),
+        )
+        return {str(r["table_name"]) for r in rows}
 
     def live_build(self, projection: type[Projection]) -> int | None:
         rows = self.query(
@@ -280,7 +313,7 @@ def new_world(cluster: PrivateCluster, directory: Path, **env: str) -> Iterator[
             # Quick to notice and to retry; a dead worker's lease expires soon.
             "SAFEREPLAY_PROJECTIONS_RETRY_MAX": "0.5",
             "SAFEREPLAY_PROJECTIONS_REPOLL_INTERVAL": "0.2",
-            "SAFEREPLAY_LEASE_SECONDS": "4",
+            "SAFEREPLAY_LEASE_SECONDS": "2",
             **env,
         },
         app=AutomationApp(settings),
@@ -312,7 +345,7 @@ class Writer:
             except Exception:
                 self.errors += 1
                 self._stop.wait(0.2)
-            self._stop.wait(0.05)
+            self._stop.wait(0.2)
 
     def __enter__(self) -> Writer:
         self._thread.start()
