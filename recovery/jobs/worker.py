@@ -192,7 +192,8 @@ class _Outage:
             raise exc
         self._attempts += 1
         delay = min(
-            self._options.retry_max, self._options.retry_initial * 2 ** min(self._attempts, 30)
+            self._options.retry_max,
+            self._options.retry_initial * 2.0 ** min(self._attempts - 1, 30),
         )
         logger.warning("worker %s: %s; trying again in %.2fs", worker_id, exc, delay)
         return delay

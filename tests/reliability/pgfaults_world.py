@@ -12,6 +12,7 @@ from the build's tables (``{projection}__{table}__b{build}``), positions from
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -22,7 +23,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pgfaults_cluster import OURS, PrivateCluster
 from projection_fixtures import EXPECTED, handled_count
@@ -46,6 +47,8 @@ from safereplay.recovery.security.audit import AuditKey
 #: The projections the scenarios rebuild and follow: one keyed by run, one whose
 #: merges span partitions (a workflow's counters are moved by its runs' events).
 PROJECTIONS: tuple[type[Projection], ...] = (RunStatusBoard, WorkflowStatistics)
+T = TypeVar("T")
+
 #: Generous: the machine is shared; a bound on time is never the invariant here.
 PATIENCE = 180.0
 
@@ -101,11 +104,19 @@ class World:
         record_workload(self.app, workflows=workflows, runs_per_workflow=runs, seed=seed)
 
     def envelopes(self, upto: int | None = None) -> list[Envelope]:
-        everything = self.app.read(after=0, limit=10**9)
+        """The stored events (decrypted by the application: the oracle's input). The
+        application's pooled connections may have met a restart: asked again."""
+        everything = retried(lambda: self.app.read(after=0, limit=10**9))
         return [e for e in everything if upto is None or (e.position or 0) <= upto]
 
     def head(self) -> int:
-        return self.app.head_position()
+        """The log's head, read in the database."""
+        [row] = self.query(
+            sql.SQL("SELECT coalesce(max(notification_id), 0) AS head FROM {}").format(
+                self.table(f"{self.settings.application_name}_events")
+            )
+        )
+        return int(row["head"])
 
     def prebuild(self, *, until: int) -> None:
         """The scenario projections' live builds caught up to ``until`` (a runner in
@@ -260,6 +271,31 @@ class World:
             duplicates=max(0, applied - handled),
         )
 
+    def check_status_tells_the_truth(self, trial: Trial) -> int:
+        """``safereplay status --json`` reports each projection's position as the
+        database holds it, and a backlog unless it is really at the head: never caught
+        up while behind. Returns how many projections it reported behind."""
+        status = self.cli("status", "--json")
+        code = status.wait()
+        assert code == 0, f"{trial.label}: status failed: {status.stderr()[-2000:]}"
+        report = json.loads(status.stdout())
+        head = int(report["head_position"])
+        reported = {p["name"]: p for p in report["projections"]}
+        behind = 0
+        for projection in PROJECTIONS:
+            stored = min(int(p["position"]) for p in self.positions(projection))
+            shown = reported[projection.name]
+            assert int(shown["position"]) == stored, (
+                f"{trial.label}: status says {projection.name} is at {shown['position']}, "
+                f"the database at {stored}"
+            )
+            assert int(shown["backlog"]) == head - stored, (
+                f"{trial.label}: status says {projection.name}'s backlog is "
+                f"{shown['backlog']}, but it is at {stored} of {head}"
+            )
+            behind += stored < head
+        return behind
+
     def check_no_lease_outlives(self, trial: Trial) -> None:
         """No job is stuck running: every job ended, no partition runs or holds a lease."""
         jobs = self.jobs()
@@ -354,6 +390,16 @@ class Writer:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(PATIENCE)
+
+
+def retried(read: Callable[[], T], attempts: int = 20) -> T:
+    """``read()``, asked again for a while if it fails (a connection a restart broke)."""
+    for _ in range(attempts - 1):
+        try:
+            return read()
+        except Exception:
+            time.sleep(0.5)
+    return read()
 
 
 def wait_for(condition: Callable[[], Any], what: str, timeout: float = PATIENCE) -> Any:

@@ -12,7 +12,8 @@ rule (SQLSTATE P0001, a trigger raising). A writer then appends a few events.
 What it proves: both commands stop by themselves with a non-zero exit and an error
 naming the cause ("No space left on device"), never a traceback; meanwhile the
 database shows the truth: the rebuild's job is not completed and no stopped worker
-holds a lease, the followers' positions are short of the head. Once the trigger is
+holds a lease, the followers' positions are short of the head, and ``safereplay
+status`` reports those positions and their backlog, not caught up. Once the trigger is
 dropped (the disk has room), running both commands again completes the rebuild and
 catches the followers up, and every invariant holds (rows equal to the clean fold,
 positions, ``events_applied``, no job running, no lease held).
@@ -99,8 +100,11 @@ def test_a_full_disk_that_lasts_stops_the_work_loudly_and_it_completes_once_ther
                 assert "No space left on device" in said, said[-2000:]
                 behind = [p.name for p in PROJECTIONS if not world.reached(p, head)]
                 assert behind, f"{trial.label}: every follower reached {head} on a full disk"
+                reported = world.check_status_tells_the_truth(trial)
+                assert reported == len(behind), f"{trial.label}: status: {reported} behind"
             finally:
                 free_the_disk(world, table)
-            finish_rebuild(work)
+            # Both commands again, side by side, now that the disk has room.
             work.follower = world.cli("follow", *FOLLOWED)
+            finish_rebuild(work)
             finish_following(work, head)
