@@ -7,10 +7,15 @@ into a temporary directory owned by ``postgres`` (``initdb`` refuses root, and
 these sessions run as root), started with ``pg_ctl`` on a free port of
 127.0.0.1, trust authentication, stopped and removed when the module ends.
 
-Startup is kept fast with ``fsync=off`` (and no synchronous commit): no scenario
-here tests durability across a crash of the *machine*; an immediate shutdown of
-the server (``pg_ctl -m immediate``, which the restart scenarios use) loses
-nothing that was committed, since the operating system keeps the written pages.
+Startup and commits are kept fast with ``fsync=off`` (and no full-page writes): no
+scenario here tests durability across a crash of the *machine*; an immediate
+shutdown of the server (``pg_ctl -m immediate``, which the restart scenarios use)
+loses nothing that was committed, since the operating system keeps the written
+pages. Commits stay synchronous (``synchronous_commit`` is left on): with it off,
+an immediate shutdown loses the last commits the server had acknowledged (its WAL
+not yet written), and the event log would lose events its writers saw committed
+(a restart trial found exactly that: a run's step recorded after its start was
+lost). That would test the cluster's settings, not safereplay.
 
 Without the binaries (``/usr/lib/postgresql/15/bin``) or the ``postgres`` user the
 scenarios skip, except under ``CI=true``, where a cluster that cannot start fails.
@@ -41,7 +46,6 @@ OURS = "pgfaults-check"
 SETTINGS = {
     "listen_addresses": "127.0.0.1",
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "max_connections": "200",
     "shared_buffers": "32MB",
