@@ -16,7 +16,7 @@ import psycopg
 from pgfaults_world import PATIENCE, PROJECTIONS, Process, World, Writer, settle, wait_for
 from projection_fixtures import handled_count
 from psycopg import sql
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.projections import Projection
 

@@ -30,7 +30,7 @@ from projection_fixtures import EXPECTED, handled_count
 from psycopg import sql
 from psycopg.rows import dict_row
 from recovery_fixtures import principals_world, wait_until
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.domain import AutomationApp, DomainSettings, Envelope, KeyRing
 from safereplay.domain.workload import record_workload
