@@ -30,6 +30,8 @@ from psycopg_pool import ConnectionPool
 from safereplay.domain.postgres_tls import check_tls_connection
 from safereplay.domain.schema import PostgresSchema, SchemaDatabase, SQLiteSchema
 from safereplay.domain.secret import Password
+from safereplay.projections.errors import DatabaseUnavailable
+from safereplay.projections.postgres_connection import TRANSIENT, first_line
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
 __all__ = [
@@ -222,8 +224,17 @@ class PostgresDatabase(Database):
 
     @contextmanager
     def transaction(self, *, write: bool) -> Iterator[Tx]:
-        with self._pool.connection() as conn, conn.transaction():
-            yield _PostgresTx(conn, self.schema)
+        try:
+            with self._pool.connection() as conn, conn.transaction():
+                yield _PostgresTx(conn, self.schema)
+        except TRANSIENT as exc:
+            # The connection or the server went away (a restart, a terminated backend,
+            # the server down or busy): transient, as the projection store says of its
+            # own connections, so that callers wait and retry (a worker does) or stop
+            # with this message, never a traceback. The transaction was rolled back.
+            raise DatabaseUnavailable(
+                f"the recovery database (schema {self.schema!r}) is unavailable: {first_line(exc)}"
+            ) from exc
 
     def is_unique_violation(self, exc: BaseException) -> bool:
         return isinstance(exc, psycopg.errors.UniqueViolation)

@@ -24,6 +24,7 @@ from rich.progress import (
     TextColumn,
 )
 
+from safereplay.projections.errors import DatabaseUnavailable
 from safereplay.recovery.cli.progress import (
     job_fields,
     partition_fields,
@@ -176,7 +177,15 @@ def watch_job(
         said_stalled = False
         said_at: float | None = None
         while True:
-            status = jobs.status(job_id)
+            try:
+                status = jobs.status(job_id)
+            except DatabaseUnavailable:
+                # The database went away for a moment (a restart): our workers wait for
+                # it too. Ask again while any of them runs; else say why and stop.
+                if workers is None or all(w.poll() is not None for w in workers):
+                    raise
+                time.sleep(interval)
+                continue
             now = jobs.clock()
             if status.stalled(now) and workers is None and not said_stalled:
                 said_stalled = True

@@ -152,6 +152,11 @@ def _run_job(
             stop_workers(processes)
             _say_how_to_resume(context.jobs.status(job_id), operation_name, stop)
             raise typer.Exit(stop.exit_code) from None
+        except BaseException:
+            # The watch failed (the database is gone and our workers have exited, say):
+            # no local worker outlives the command that started it.
+            stop_workers(processes, kill_after=30)
+            raise
         failures = worker_failures(processes)
         on_terminal = console.is_terminal
         emit(

@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -68,6 +69,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_INTERVAL = 5.0
 #: Seconds a restart waits for a stalled follower to stop before abandoning it.
 RESTART_STOP_TIMEOUT = 10.0
+#: Seconds between two looks at whether a follower stopped with an error.
+FAILURE_POLL = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,9 @@ def follow_projections(
     conflicts: ConflictStore | None = None,
     after_beat: Callable[[Callable[[str], None]], object] | None = None,
 ) -> list[FollowReport]:
-    """Follow ``projections`` until ``stop`` is set; a follower that fails is reported.
+    """Follow ``projections`` until ``stop`` is set, or until a follower fails: then
+    every follower stops and the failure is reported (the process never runs on with a
+    dead follower, silently behind).
 
     Each follower gets a store and a source of its own (``open_store``,
     ``open_source``): its own connections, so one slow or failing follower does
@@ -148,8 +153,20 @@ def follow_projections(
         for projection in projections:
             threads.append(start(projection))
         beating = _Beating(heartbeats, threads) if heartbeats is not None else None
-        while not stop.wait(heartbeat_interval if beating is not None else None):
-            if beating is not None:
+        tick = min(FAILURE_POLL, heartbeat_interval) if beating is not None else FAILURE_POLL
+        next_beat = time.monotonic() + heartbeat_interval
+        while not stop.wait(tick):
+            failed = [t.runner.name for t in threads if not t.alive and t.error is not None]
+            if failed:
+                # A follower stopped with an error (it gave up on a database that stayed
+                # away, or a failure no policy parks): the process stops too and reports
+                # it (the command exits non-zero), instead of running on while that
+                # projection falls behind with nothing to say so but one log line.
+                logger.error("follower(s) of %s stopped with an error: stopping", failed)
+                stop.set()
+                break
+            if beating is not None and time.monotonic() >= next_beat:
+                next_beat = time.monotonic() + heartbeat_interval
                 beating.beat()
                 if after_beat is not None:
                     try:

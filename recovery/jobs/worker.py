@@ -64,7 +64,7 @@ from safereplay.projections import (
     Tally,
     replaying,
 )
-from safereplay.projections.errors import error_summary
+from safereplay.projections.errors import DatabaseUnavailable, error_summary
 from safereplay.projections.failure import Decision, EventFailure, FailFast, FailurePolicy
 from safereplay.projections.runner import FaultHook
 from safereplay.recovery.errors import IncompleteJob
@@ -173,6 +173,36 @@ class BreakerPolicy:
             self._on_change(self.breaker)
 
 
+class _Outage:
+    """A worker's wait for a database that went away: the runner's back-off, and its
+    ``give_up_after`` (unset: wait for as long as it takes)."""
+
+    def __init__(self, options: RunnerOptions) -> None:
+        self._options = options
+        self._since: float | None = None
+        self._attempts = 0
+
+    def wait(self, exc: DatabaseUnavailable, worker_id: str) -> float:
+        """Seconds to wait before trying again; raises ``exc`` once it is time to give up."""
+        now = time.monotonic()
+        if self._since is None:
+            self._since = now
+        give_up = self._options.give_up_after
+        if give_up is not None and now - self._since >= give_up:
+            raise exc
+        self._attempts += 1
+        delay = min(
+            self._options.retry_max,
+            self._options.retry_initial * 2.0 ** min(self._attempts - 1, 30),
+        )
+        logger.warning("worker %s: %s; trying again in %.2fs", worker_id, exc, delay)
+        return delay
+
+    def over(self) -> None:
+        self._since = None
+        self._attempts = 0
+
+
 class _ActiveJobs:
     """The jobs a worker looks at in one poll: listed once, on first use.
 
@@ -253,19 +283,29 @@ class Worker:
         """Claim and run partitions until ``stop`` (or nothing is left, when idle exits)."""
         stop = stop or threading.Event()
         report = WorkerReport(self.worker_id)
+        outage = _Outage(self.runner_options)
         while not stop.is_set():
             self.observer.heartbeat()
             # One listing of the active jobs per poll, shared by the claim, the
             # settling of orphans and the idle check (each used to list them again).
             active = _ActiveJobs(self.jobs, job_id)
-            claim = self._claim(active)
-            if claim is None:
-                self._settle_orphans(active)
-                if self.options.exit_when_idle and not self._work_pending(active):
-                    break
-                stop.wait(self.options.idle_interval)
+            try:
+                claim = self._claim(active)
+                if claim is None:
+                    self._settle_orphans(active)
+                    if self.options.exit_when_idle and not self._work_pending(active):
+                        break
+                    stop.wait(self.options.idle_interval)
+                    continue
+                outcome = self.run_claim(claim, stop)
+            except DatabaseUnavailable as exc:
+                # The database went away under the job store or the runner (a restart,
+                # a terminated connection): wait and go on, as the runner does for its
+                # own connections. The partition was given back if it could be; else
+                # its lease expires and it is claimed again, from its committed position.
+                stop.wait(outage.wait(exc, self.worker_id))
                 continue
-            outcome = self.run_claim(claim, stop)
+            outage.over()
             report.outcomes.append(
                 (str(claim.job.job_id), claim.partition.partition_index, outcome)
             )
