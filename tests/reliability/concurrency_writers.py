@@ -16,7 +16,9 @@ projection's physical tables, the job tables) and compare with the clean folds o
 
 from __future__ import annotations
 
+import contextlib
 import random
+import sqlite3
 import statistics
 import threading
 import time
@@ -26,15 +28,17 @@ from typing import Any
 
 import psycopg
 from eventsourcing.utils import get_topic
-from projection_fixtures import EXPECTED, Log
+from projection_fixtures import EXPECTED, Log, PostgresBackend
 from psycopg import sql
 
 from safereplay.domain import AutomationApp, Envelope
 from safereplay.domain.automation import Run, Workflow
 from safereplay.domain.workload import RunBuilder, build_workflow, plan_run, plan_workflow
-from safereplay.projections import Projection
-from safereplay.projections.store import POSITIONS_TABLE
+from safereplay.projections import REFERENCE_PROJECTIONS, Projection
+from safereplay.projections.store import BUILDS_TABLE, POSITIONS_TABLE
 from safereplay.projections.tables import physical_table_name
+
+PROJECTIONS = {p.name: p for p in REFERENCE_PROJECTIONS}
 
 #: A ceiling for waits on a busy 2-core machine: reaching it means stuck, not slow.
 CEILING = 90.0
@@ -231,63 +235,83 @@ class Accounting:
     detail: list[str]
 
 
+def query(
+    log: Log, template: str, params: Sequence[Any] = (), **tables: str
+) -> list[tuple[Any, ...]]:
+    """Plain SQL on either backend: ``{name}`` slots are the tables given (quoted, in the
+    log's schema on PostgreSQL), ``{events}`` the events table (``position`` is its
+    notification id), ``%s`` the parameters."""
+    if isinstance(log.backend, PostgresBackend):
+        schema = log.settings.postgres_schema
+        identifiers: dict[str, Any] = {k: sql.Identifier(schema, v) for k, v in tables.items()}
+        identifiers["events"] = sql.SQL("(SELECT notification_id AS position, * FROM {}) e").format(
+            events_table(log)
+        )
+        with connect(log) as conn:
+            return [tuple(r) for r in conn.execute(sql.SQL(template).format(**identifiers), params)]
+    names = {k: f'"{v}"' for k, v in tables.items()}
+    names["events"] = "(SELECT rowid AS position, * FROM stored_events) e"
+    with contextlib.closing(sqlite3.connect(log.settings.sqlite_path, timeout=60)) as conn:
+        rows = conn.execute(template.format(**names).replace("%s", "?"), list(params))
+        return [tuple(r) for r in rows.fetchall()]
+
+
 def committed_positions(log: Log) -> list[int]:
-    with connect(log) as conn:
-        rows = conn.execute(
-            sql.SQL("SELECT notification_id FROM {} ORDER BY notification_id").format(
-                events_table(log)
-            )
-        ).fetchall()
-    return [int(r[0]) for r in rows]
+    return [int(r[0]) for r in query(log, "SELECT position FROM {events} ORDER BY position")]
 
 
 def handled_events(log: Log, projection: type[Projection], upto: int) -> int:
     """Stored events of the projection's topics at positions <= ``upto`` (SQL)."""
-    with connect(log) as conn:
-        [[count]] = conn.execute(
-            sql.SQL(
-                "SELECT count(*) FROM {} WHERE notification_id <= %s AND topic = ANY(%s)"
-            ).format(events_table(log)),
-            (upto, list(projection.topics)),
-        ).fetchall()
+    topics = sorted(projection.topics)
+    marks = ", ".join(["%s"] * len(topics))
+    [[count]] = query(
+        log,
+        f"SELECT count(*) FROM {{events}} WHERE position <= %s AND topic IN ({marks})",
+        [upto, *topics],
+    )
     return int(count)
 
 
 def checkpoints(log: Log, projection: str, build: int) -> list[tuple[int, int, int, int]]:
     """(partition_index, position, events_applied, events_parked) of a build (SQL)."""
-    with connect(log) as conn:
-        rows = conn.execute(
-            sql.SQL(
-                "SELECT partition_index, position, events_applied, events_parked FROM {} "
-                "WHERE projection = %s AND build = %s ORDER BY partition_index"
-            ).format(sql.Identifier(log.settings.postgres_schema, POSITIONS_TABLE)),
-            (projection, build),
-        ).fetchall()
+    rows = query(
+        log,
+        "SELECT partition_index, position, events_applied, events_parked FROM {positions} "
+        "WHERE projection = %s AND build = %s ORDER BY partition_index",
+        [projection, build],
+        positions=POSITIONS_TABLE,
+    )
     return [(int(a), int(b), int(c), int(d)) for a, b, c, d in rows]
 
 
+def builds(log: Log, projection: str) -> dict[int, str]:
+    """Build -> status, from the builds registry (SQL)."""
+    rows = query(
+        log,
+        "SELECT build, status FROM {builds} WHERE projection = %s",
+        [projection],
+        builds=BUILDS_TABLE,
+    )
+    return {int(b): str(s) for b, s in rows}
+
+
 def live_build(log: Log, projection: str) -> int | None:
-    with connect(log) as conn:
-        row = conn.execute(
-            sql.SQL("SELECT build FROM {} WHERE projection = %s AND status = 'live'").format(
-                sql.Identifier(log.settings.postgres_schema, "safereplay_projection_builds")
-            ),
-            (projection,),
-        ).fetchone()
-    return None if row is None else int(row[0])
+    live = [b for b, status in builds(log, projection).items() if status == "live"]
+    assert len(live) <= 1, f"{projection} has builds {live} live at once"
+    return live[0] if live else None
 
 
 def table_rows(log: Log, projection: str, table: str, build: int) -> list[dict[str, Any]]:
     """A projection table's rows straight from its physical table (SQL)."""
-    name = physical_table_name(projection, table, build)
-    with connect(log) as conn, conn.cursor(row_factory=psycopg.rows.dict_row) as cursor:
-        return list(
-            cursor.execute(
-                sql.SQL("SELECT * FROM {}").format(
-                    sql.Identifier(log.settings.postgres_schema, name)
-                )
-            )
-        )
+    cls = {t.name: t for t in PROJECTIONS[projection].tables}[table]
+    columns = [*cls.key_names, *cls.value_names]
+    listed = ", ".join(f'"{c}"' for c in columns)
+    rows = query(
+        log,
+        f"SELECT {listed} FROM {{table}}",
+        table=physical_table_name(projection, table, build),
+    )
+    return [dict(zip(columns, row, strict=True)) for row in rows]
 
 
 def topic_count(envelopes: Sequence[Envelope], *classes: type[Any]) -> int:
