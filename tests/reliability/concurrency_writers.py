@@ -35,7 +35,7 @@ from safereplay.domain import AutomationApp, Envelope
 from safereplay.domain.automation import Run, Workflow
 from safereplay.domain.workload import RunBuilder, build_workflow, plan_run, plan_workflow
 from safereplay.projections import REFERENCE_PROJECTIONS, Projection
-from safereplay.projections.store import BUILDS_TABLE, POSITIONS_TABLE
+from safereplay.projections.store import BUILDS_TABLE, PARKED_TABLE, POSITIONS_TABLE
 from safereplay.projections.tables import physical_table_name
 
 PROJECTIONS = {p.name: p for p in REFERENCE_PROJECTIONS}
@@ -339,8 +339,17 @@ def account(log: Log, projection: type[Projection], build: int, actual: Any) -> 
     losses = max(0, should - applied - parked)
     duplicates = max(0, applied + parked - should)
     detail: list[str] = []
-    if parked:
-        detail.append(f"{parked} parked")
+    # ``events_parked`` counts the events ever parked (a redrive applies them later
+    # without moving it): what must be none is a parked event still unresolved.
+    [[waiting]] = query(
+        log,
+        "SELECT count(*) FROM {parked} WHERE projection = %s AND build = %s "
+        "AND resolved_at IS NULL",
+        [projection.name, build],
+        parked=PARKED_TABLE,
+    )
+    if waiting:
+        detail.append(f"{waiting} event(s) parked, unresolved")
     if should != applied + parked:
         detail.append(f"events_applied {applied} + parked {parked} != {should} stored")
     envelopes = [e for e in log.envelopes() if (e.position or 0) <= upto]
