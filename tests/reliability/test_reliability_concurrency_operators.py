@@ -39,7 +39,7 @@ from concurrency_writers import (
     query,
 )
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, PostgresBackend
-from recovery_fixtures import principals_world, wait_until
+from recovery_fixtures import wait_until
 from trials import Trial
 
 from safereplay.domain.workload import record_workload
@@ -91,16 +91,18 @@ class Operators:
     approvals: bool = False
 
     def __post_init__(self) -> None:
-        setup, _ = principals_world(self.log.settings, self.key)
-        for name, role in (
-            ("olga", "operator"),
-            ("oscar", "operator"),
-            ("abe", "approver"),
-            ("ann", "approver"),
-        ):
-            setup.access.add_principal(name, kind="person", created_by="ada")
-            setup.access.grant(name, role, "projection:*", granted_by="ada")
-        setup.close()
+        # Principals and grants only: no token is issued (nobody signs in here), which
+        # spares the key derivation of each.
+        with self.context() as setup:
+            for name, role, scope in (
+                ("ada", "admin", "*"),
+                ("olga", "operator", "projection:*"),
+                ("oscar", "operator", "projection:*"),
+                ("abe", "approver", "projection:*"),
+                ("ann", "approver", "projection:*"),
+            ):
+                setup.access.add_principal(name, kind="person", created_by="reliability")
+                setup.access.grant(name, role, scope, granted_by="reliability")
 
     @contextlib.contextmanager
     def context(self) -> Iterator[RecoveryContext]:
