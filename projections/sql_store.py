@@ -37,6 +37,7 @@ from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.batch import MergeShape, TableWrites
 from safereplay.projections.errors import (
     FencedOff,
+    LiveBuildChanged,
     ParkedEventNotFound,
     PositionConflict,
     RedriveConflict,
@@ -341,12 +342,21 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
             self._create_tables(conn, cls, build)
         return build
 
-    def set_live(self, name: str, build: int) -> None:
+    def set_live(self, name: str, build: int, *, replacing: int | None = None) -> None:
         key = {"projection": name, "build": build}
         with self._write(f"set build {build} of {name!r} live") as conn:
             found = conn.execute(self._sql.build_status_for_update, key).fetchone()
             if found is None:
                 raise UnknownProjection(f"projection {name!r} has no build {build}")
+            if replacing is not None:
+                # Read once the build's row is held: a concurrent set_live of the same
+                # build has committed by now (on PostgreSQL each statement sees the
+                # latest commits; SQLite's write lock serialises whole transactions).
+                live = [i.build for i in self._builds(conn, name) if i.status == "live"]
+                if live != [replacing]:
+                    raise LiveBuildChanged(
+                        name, build, expected=replacing, found=live[0] if live else None
+                    )
             conn.execute(self._sql.retire_live_build, key)
             conn.execute(self._sql.set_live, key)
 

@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from safereplay.projections import EventSource, FailFast, ProjectionRunner, ProjectionStore
+from safereplay.projections import (
+    EventSource,
+    FailFast,
+    LiveBuildChanged,
+    ProjectionRunner,
+    ProjectionStore,
+)
 from safereplay.recovery.errors import InvalidRequest, JobConflict
 from safereplay.recovery.jobs.completeness import check_build
 from safereplay.recovery.jobs.model import Job, JobKind, JobState
@@ -87,8 +93,10 @@ def swap(
         if not candidates:
             # A never-built projection's first rebuild built its live build in place.
             first = _rebuild_job(jobs, projection, live) if live is not None else None
+            # Or another swap made the newest rebuilt build live a moment ago.
+            how = "built by its first rebuild in place" if len(builds) == 1 else "swapped in"
             also = (
-                f": build {live} is live already, built by its first rebuild in place"
+                f": build {live} is live already, {how}"
                 if first is not None and first.state == JobState.COMPLETED
                 else ""
             )
@@ -116,7 +124,7 @@ def swap(
     checked = check_build(
         store, source, projection=projection, build=build, topics=list(cls.topics)
     )
-    store.set_live(projection, build)
+    _set_live(store, projection, build, replacing=live)
     return SwapResult(
         projection=projection,
         previous=live,
@@ -137,9 +145,20 @@ def rollback(*, store: ProjectionStore, projection: str) -> SwapResult:
             "(dropped, or never swapped)"
         )
     previous = retired[-1]
-    store.set_live(projection, previous)
+    _set_live(store, projection, previous, replacing=live)
     position = min((c.position for c in store.checkpoints(projection, build=previous)), default=0)
     return SwapResult(projection=projection, previous=live, live=previous, position=position)
+
+
+def _set_live(
+    store: ProjectionStore, projection: str, build: int, *, replacing: int | None
+) -> None:
+    """Make ``build`` live if ``replacing`` is still the live build: of two swaps (or
+    rollbacks) at once, the second is refused, not reported as a second success."""
+    try:
+        store.set_live(projection, build, replacing=replacing)
+    except LiveBuildChanged as exc:
+        raise JobConflict(str(exc)) from exc
 
 
 def drop_version(*, store: ProjectionStore, jobs: JobStore, projection: str, build: int) -> None:

@@ -129,6 +129,7 @@ class OutOfOrderCommitters:
         rollback: float = 0.2,
         pause: float = 0.02,
         runs_per_unit: int = 1,
+        rate: float | None = None,
     ) -> None:
         self.log = log
         self.app: AutomationApp = log.app
@@ -137,6 +138,10 @@ class OutOfOrderCommitters:
         self.rollback = rollback
         self.pause = pause
         self.runs_per_unit = runs_per_unit
+        #: Events per second over all threads (None: as fast as the pauses allow).
+        self.rate = rate
+        self.started = time.monotonic()
+        self.stopped: float | None = None
         self.figures = CommitterFigures()
         self.stop_event = threading.Event()
         self.errors: list[BaseException] = []
@@ -164,6 +169,8 @@ class OutOfOrderCommitters:
 
     def _write(self, seed: int) -> None:
         rng = random.Random(seed)
+        written = 0
+        share = None if self.rate is None else self.rate / len(self._threads)
         try:
             with connect(self.log, autocommit=False) as conn:
                 index = 0
@@ -196,7 +203,12 @@ class OutOfOrderCommitters:
                         self.figures.units.append(
                             Unit(positions, hold, committed, commit_order=self._commits)
                         )
-                    self.stop_event.wait(self.pause)
+                    written += len(positions)
+                    if share is None:
+                        self.stop_event.wait(self.pause)
+                    else:  # paced: this thread's share of the rate, on average
+                        due = self.started + written / share
+                        self.stop_event.wait(max(self.pause, due - time.monotonic()))
         except BaseException as exc:
             self.errors.append(exc)
 
@@ -208,6 +220,7 @@ class OutOfOrderCommitters:
             time.sleep(0.01)
 
     def __enter__(self) -> OutOfOrderCommitters:
+        self.started = time.monotonic()
         for thread in self._threads:
             thread.start()
         return self
@@ -216,7 +229,14 @@ class OutOfOrderCommitters:
         self.stop_event.set()
         for thread in self._threads:
             thread.join(CEILING)
+        self.stopped = time.monotonic()
         assert not self.errors, self.errors
+
+    @property
+    def events_per_second(self) -> float:
+        """The rate the committed events were written at."""
+        elapsed = (self.stopped or time.monotonic()) - self.started
+        return self.figures.events / elapsed if elapsed > 0 else 0.0
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

@@ -447,6 +447,37 @@ class ConflictingCommandsContract(OperatorsContract):
         assert at_head(ops, STATS) == build
         checked(trial, ops, STATS, build)
 
+    def test_two_swaps_of_one_build_at_once(self, trials: Any, operators: Any) -> None:
+        """olga and oscar swap the same rebuilt build in at once: it goes live once
+        (one swap moves build 1 to retired), the other is refused naming the build
+        already live; the audit holds one successful swap. The live build equals the
+        fold."""
+        for trial in trials(default=1):
+            with operators(trial) as ops:
+                self._two_swaps_of_one_build_at_once(trial, ops)
+
+    def _two_swaps_of_one_build_at_once(self, trial: Trial, ops: Operators) -> None:
+        rng = trial.random
+        ops.rebuilt(STATS.name)
+        build = ops.rebuilt(STATS.name, partitions=rng.randint(1, 3))["build"]
+
+        def swap(who: str) -> Callable[[], Any]:
+            return lambda: ops.run(who, "swap", reason="go", projection=STATS.name)
+
+        outcomes = ops.race(rng, ("olga", swap("olga")), ("oscar", swap("oscar")))
+        trial.fault()
+        winner, loser = one_winner(outcomes)
+        assert (winner.result["previous"], winner.result["live"]) == (1, build)
+        # Refused at the start (build already live) or at the end, where only one
+        # transaction can replace build 1 (a JobConflict naming the build now live).
+        assert isinstance(loser.error, InvalidRequest | JobConflict), loser.error
+        assert f"build {build}" in str(loser.error) and "live" in str(loser.error)
+        print(f"[concurrency] {trial.label}: {winner.who} swapped; {loser.error}")
+        assert builds(ops.log, STATS.name) == {1: "retired", build: "live"}
+        assert audited(ops.log, "swap", "succeeded") == 1
+        assert at_head(ops, STATS) == build
+        checked(trial, ops, STATS, build)
+
 
 def unresolved(log: Log, projection: str, build: int) -> list[int]:
     rows = query(
