@@ -113,9 +113,10 @@ class CommitterFigures:
 
 class OutOfOrderCommitters:
     """``threads`` writers, each in a loop: open a transaction, insert one unit of the
-    workload, hold it ``uniform(0, max_hold)`` seconds (or commit at once, one time in
-    ``1 / (1 - held_share)``), then roll it back with ``rollback`` probability, else
-    commit. ``pause`` seconds between units set the rate.
+    workload, hold it open ``uniform(0, max_hold)`` seconds (with probability
+    ``held_share``; else end it at once), then roll it back with ``rollback`` probability (and
+    always its second one), else commit. ``pause`` seconds between units, or ``rate``
+    events per second over all threads, pace them.
     """
 
     def __init__(
@@ -191,7 +192,10 @@ class OutOfOrderCommitters:
                         positions.append(int(position))
                     hold = rng.uniform(0, self.max_hold) if rng.random() < self.held_share else 0
                     self.stop_event.wait(hold)
-                    committed = rng.random() >= self.rollback
+                    # Each thread's second transaction is rolled back whatever the draw
+                    # (when rollbacks are on): every trial has a hole for good.
+                    forced = self.rollback > 0 and index == 2
+                    committed = not forced and rng.random() >= self.rollback
                     # The commit and its order are taken under one lock: the order is
                     # the order in which transactions became visible.
                     with self._lock:
