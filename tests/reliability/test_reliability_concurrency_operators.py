@@ -478,6 +478,45 @@ class ConflictingCommandsContract(OperatorsContract):
         assert at_head(ops, STATS) == build
         checked(trial, ops, STATS, build)
 
+    def test_swap_against_rollback(self, trials: Any, operators: Any) -> None:
+        """Build 2 is live (build 1 retired) and build 3 is rebuilt: olga swaps build 3
+        in while oscar rolls back to build 1. Either one wins and the other is refused
+        naming the build now live, or both ran one after the other, the second
+        replacing what the first made live (as their answers say); never two builds
+        live, never a raw database error. The live build equals the fold."""
+        for trial in trials(default=1):
+            with operators(trial) as ops:
+                self._swap_against_rollback(trial, ops)
+
+    def _swap_against_rollback(self, trial: Trial, ops: Operators) -> None:
+        rng = trial.random
+        ops.rebuilt(STATS.name)
+        ops.rebuilt(STATS.name)
+        ops.run("olga", "swap", reason="first", projection=STATS.name)
+        build = ops.rebuilt(STATS.name, partitions=rng.randint(1, 3))["build"]
+        outcomes = ops.race(
+            rng,
+            ("olga", lambda: ops.run("olga", "swap", reason="go", projection=STATS.name)),
+            ("oscar", lambda: ops.run("oscar", "rollback", reason="back", projection=STATS.name)),
+        )
+        trial.fault()
+        swap, back = outcomes
+        live = [b for b, status in builds(ops.log, STATS.name).items() if status == "live"]
+        assert len(live) == 1, builds(ops.log, STATS.name)
+        if swap.won and back.won:
+            # Both went through, one after the other: the second replaced what the
+            # first made live (a serial order each one's answer tells truthfully).
+            first, second = (swap, back) if back.result["previous"] == build else (back, swap)
+            assert second.result["previous"] == first.result["live"], outcomes
+            assert live == [second.result["live"]]
+        else:
+            winner, loser = one_winner(outcomes)
+            assert isinstance(loser.error, InvalidRequest | JobConflict), loser.error
+            assert "live" in str(loser.error), loser.error
+            assert live == [winner.result["live"]]
+        print(f"[concurrency] {trial.label}: {[(o.who, o.result, o.error) for o in outcomes]}")
+        checked(trial, ops, STATS, at_head(ops, STATS))
+
 
 def unresolved(log: Log, projection: str, build: int) -> list[int]:
     rows = query(

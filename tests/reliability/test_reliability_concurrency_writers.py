@@ -239,7 +239,7 @@ def test_two_workers_fight_over_one_partition(trials: Any, backend: Backend) -> 
     the first still holds its batch. The stale worker's commit is fenced off (or goes
     through before the takeover, which then resumes after it): the build equals the
     fold, each event applied once."""
-    for trial in trials(default=2):
+    for trial in trials(default=1):
         _two_workers_fight_over_one_partition(trial, backend)
 
 
