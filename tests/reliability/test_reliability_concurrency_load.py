@@ -100,7 +100,7 @@ def load_trial(trial: Trial, recovery: Recovery) -> None:
             log, rng, threads=2, max_hold=0.2, held_share=0.3, rollback=0.05, rate=rate
         ) as writers:
             # A backlog for the rebuild: a few seconds of writing before it starts.
-            writers.wait_for(rng.randint(10, 25))
+            writers.wait_for(rng.randint(8, 16))
             job = recovery.rebuild(
                 BOARD.name,
                 JobRequest(

@@ -82,6 +82,10 @@ class Outcome:
         return self.error is None
 
 
+#: Whose commands share a context (see :meth:`Operators.context`).
+SEATS = {"olga": "A", "abe": "A", "oscar": "B", "ada": "B", "ann": "B"}
+
+
 @dataclass
 class Operators:
     """A recorded log; ada (admin), olga and oscar (operators), abe and ann (approvers)."""
@@ -107,17 +111,26 @@ class Operators:
                 setup.access.grant(name, role, scope, granted_by="reliability")
 
     @contextlib.contextmanager
-    def context(self, who: str = "checker") -> Iterator[RecoveryContext]:
-        """``who``'s own context (their shell: their own connections), made once."""
+    def context(self, who: str = "olga") -> Iterator[RecoveryContext]:
+        """The context of ``who``'s seat (a shell: its own connections), made once.
+
+        Two seats, so that the two sides of every race have a context each (olga,
+        abe and the checks on one; oscar, ada and ann on the other): a context holds
+        about ten connections, and the PostgreSQL server is shared.
+        """
+        seat = SEATS[who]
         with self._lock:
-            context = self._contexts.get(who)
+            context = self._contexts.get(seat)
             if context is None:
-                extra = {"approval_required": DEFAULT_APPROVAL_REQUIRED} if self.approvals else {}
-                context = self._contexts[who] = RecoveryContext(
-                    domain=self.log.settings,
-                    recovery=RecoverySettings(audit_key_file=self.key, **extra),
-                )
+                context = self._contexts[seat] = self._new_context()
         yield context
+
+    def _new_context(self) -> RecoveryContext:
+        extra = {"approval_required": DEFAULT_APPROVAL_REQUIRED} if self.approvals else {}
+        return RecoveryContext(
+            domain=self.log.settings,
+            recovery=RecoverySettings(audit_key_file=self.key, **extra),
+        )
 
     def close(self) -> None:
         for context in self._contexts.values():
@@ -128,10 +141,14 @@ class Operators:
             return open_operations(context).run(Principal(who, "person"), operation, **parameters)
 
     def work(self, job_id: str, *, stop: threading.Event | None = None) -> None:
-        """Run a job's partitions to their end (a worker in this process)."""
-        with self.context("worker") as context:
+        """Run a job's partitions to their end (a worker in this process, with its own
+        context, closed when it is done)."""
+        context = self._new_context()
+        try:
             options = WorkerOptions(lease_seconds=30, exit_when_idle=True)
             context.worker(options=options).run(stop, job_id=UUID(job_id))
+        finally:
+            context.close()
 
     def rebuilt(self, projection: str, **parameters: Any) -> dict[str, Any]:
         started = self.run("olga", "rebuild", reason="build", projection=projection, **parameters)
@@ -393,11 +410,11 @@ class ConflictingCommandsContract(OperatorsContract):
             reason="slow",
             projection=BOARD.name,
             partitions=rng.randint(1, 3),
-            events_per_second=rng.choice([40, 80]),
+            events_per_second=rng.choice([60, 120]),
         )
         worker = threading.Thread(target=ops.work, args=(started["job_id"],))
         worker.start()
-        time.sleep(rng.uniform(0, 1.0))
+        time.sleep(rng.uniform(0, 0.6))
 
         def redrive() -> Any:
             return ops.run("oscar", "parked.redrive", reason="fixed", projection=BOARD.name)
