@@ -157,5 +157,7 @@ def load_trial(trial: Trial, recovery: Recovery) -> None:
 
 def checked(trial: Trial, recovery: Recovery, projection: type[Projection], build: int) -> None:
     found = account(recovery.log, projection, build, recovery.actual(projection, build=build))
+    if found.detail:  # what differs, before the figures fail the trial
+        print(f"[concurrency] {trial.label} build {build}: {found.detail}")
     assert not found.detail or found.losses or found.duplicates, found.detail
     trial.checked(found.events, losses=found.losses, duplicates=found.duplicates)

@@ -219,6 +219,8 @@ def checked(trial: Trial, operators: Operators, projection: type[Projection], bu
             for table in projection.tables
         }
     found = account(operators.log, projection, build, actual)
+    if found.detail:  # what differs, before the figures fail the trial
+        print(f"[concurrency] {trial.label} build {build}: {found.detail}")
     assert not found.detail or found.losses or found.duplicates, found.detail
     trial.checked(found.events, losses=found.losses, duplicates=found.duplicates)
 
