@@ -186,11 +186,13 @@ class LiveBuildChanged(ProjectionError):
     meanwhile (a second swap or rollback at the same time): nothing was changed."""
 
     def __init__(self, projection: str, build: int, *, expected: int, found: int | None) -> None:
-        now = "no build is live" if found is None else f"build {found} is live"
-        super().__init__(
-            f"build {build} of {projection!r} was to replace live build {expected}, but {now} "
-            "now (another swap or rollback went first); nothing was changed"
-        )
+        if found == build:
+            now = f"build {build} of {projection!r} is live already"
+        else:
+            now = f"build {build} of {projection!r} was to replace live build {expected}, but " + (
+                "no build is live now" if found is None else f"build {found} is live now"
+            )
+        super().__init__(f"{now} (another swap or rollback went first); nothing was changed")
         self.projection, self.build, self.expected, self.found = projection, build, expected, found
 
 

@@ -218,7 +218,7 @@ class ProjectionStoreContract:
         assert store.get(Everything, "values", key, build=2)["text"] == "build two"  # type: ignore[index]
         store.set_live("everything", 2, replacing=1)
         # A second swap that saw build 1 live is refused: build 2 is live already.
-        with pytest.raises(LiveBuildChanged, match="build 2 is live now"):
+        with pytest.raises(LiveBuildChanged, match="build 2 of .everything. is live already"):
             store.set_live("everything", 2, replacing=1)
         assert store.get(Everything, "values", key)["text"] == "build two"  # type: ignore[index]
         assert [c.position for c in store.checkpoints("everything")] == [5]

@@ -83,7 +83,9 @@ def swap(
     builds = store.builds(projection)
     if not builds:
         raise InvalidRequest(f"projection {projection!r} has no builds in {store.description}")
-    live = store.live_build(projection)
+    # The live build of the same reading as the statuses below (a second look could see
+    # another swap's commit the first did not): set_live checks it is still live.
+    live = next((b.build for b in builds if b.status == "live"), None)
     if build is None:
         candidates = [
             b.build
@@ -137,7 +139,7 @@ def swap(
 def rollback(*, store: ProjectionStore, projection: str) -> SwapResult:
     """Make the previously live build live again, in one transaction."""
     builds = store.builds(projection)
-    live = store.live_build(projection)
+    live = next((b.build for b in builds if b.status == "live"), None)
     retired = [b.build for b in builds if b.status == "retired"]
     if live is None or not retired:
         raise InvalidRequest(
