@@ -42,7 +42,7 @@ from concurrency_writers import (
 )
 from projection_fixtures import Backend, PostgresBackend
 from recovery_fixtures import QUICK_RUNNER, Recovery, fresh_recovery, wait_until
-from trials import REPORT_VARIABLE, Trial
+from reliability_trials import REPORT_VARIABLE, Trial
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import Projection, RunStatusBoard

@@ -40,7 +40,7 @@ from concurrency_writers import (
 )
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, PostgresBackend
 from recovery_fixtures import wait_until
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import (

@@ -42,7 +42,7 @@ from recovery_fixtures import (
     wait_until,
     worker_pid,
 )
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import Projection, RunStatusBoard, WorkflowStatistics
