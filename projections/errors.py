@@ -181,6 +181,21 @@ class HandlerFailed(ProjectionError):
         )
 
 
+class LiveBuildChanged(ProjectionError):
+    """A build was to replace the live build ``expected``, but another one went live
+    meanwhile (a second swap or rollback at the same time): nothing was changed."""
+
+    def __init__(self, projection: str, build: int, *, expected: int, found: int | None) -> None:
+        if found == build:
+            now = f"build {build} of {projection!r} is live already"
+        else:
+            now = f"build {build} of {projection!r} was to replace live build {expected}, but " + (
+                "no build is live now" if found is None else f"build {found} is live now"
+            )
+        super().__init__(f"{now} (another swap or rollback went first); nothing was changed")
+        self.projection, self.build, self.expected, self.found = projection, build, expected, found
+
+
 class StoreError(ProjectionError):
     """The projection store or the event source failed (not transient)."""
 

@@ -37,6 +37,7 @@ from safereplay.domain.schema import SchemaDatabase, SchemaStep, ensure_schema
 from safereplay.projections.batch import MergeShape, TableWrites
 from safereplay.projections.errors import (
     FencedOff,
+    LiveBuildChanged,
     ParkedEventNotFound,
     PositionConflict,
     RedriveConflict,
@@ -341,12 +342,20 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
             self._create_tables(conn, cls, build)
         return build
 
-    def set_live(self, name: str, build: int) -> None:
+    def set_live(self, name: str, build: int, *, replacing: int | None = None) -> None:
         key = {"projection": name, "build": build}
         with self._write(f"set build {build} of {name!r} live") as conn:
-            found = conn.execute(self._sql.build_status_for_update, key).fetchone()
-            if found is None:
+            # Read under the lock: a concurrent set_live of the projection has committed
+            # by now (a row that waited for a lock is read as that commit left it).
+            rows = conn.execute(self._sql.build_statuses_for_update, key).fetchall()
+            statuses = {int(b): str(s) for b, s in rows}
+            if build not in statuses:
                 raise UnknownProjection(f"projection {name!r} has no build {build}")
+            live = [b for b, status in statuses.items() if status == "live"]
+            if replacing is not None and (live != [replacing] or build in live):
+                raise LiveBuildChanged(
+                    name, build, expected=replacing, found=live[0] if live else None
+                )
             conn.execute(self._sql.retire_live_build, key)
             conn.execute(self._sql.set_live, key)
 

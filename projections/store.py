@@ -202,8 +202,13 @@ class ProjectionStore(ABC):
         """Make the next build (status ``building``) with empty tables; returns its number."""
 
     @abstractmethod
-    def set_live(self, name: str, build: int) -> None:
-        """Make ``build`` the live build in one transaction (the previous one is retired)."""
+    def set_live(self, name: str, build: int, *, replacing: int | None = None) -> None:
+        """Make ``build`` the live build in one transaction (the previous one is retired).
+
+        ``replacing``: the build the caller saw live; if another is live by the time
+        the transaction holds the build's row, :class:`LiveBuildChanged` is raised and
+        nothing changes (of two swaps at once, one wins).
+        """
 
     @abstractmethod
     def drop_build(self, name: str, build: int) -> None:

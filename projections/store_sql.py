@@ -182,7 +182,9 @@ REGISTER_BUILD = (
     "VALUES (%(projection)s, %(build)s, %(version)s, %(status)s, %(created_at)s, %(tables)s)"
 )
 NEXT_BUILD = "SELECT COALESCE(MAX(build), 0) + 1 FROM {builds} WHERE projection = %(projection)s"
-BUILD_STATUS = "SELECT status FROM {builds} WHERE projection = %(projection)s AND build = %(build)s"
+BUILD_STATUSES = (
+    "SELECT build, status FROM {builds} WHERE projection = %(projection)s ORDER BY build"
+)
 RETIRE_LIVE_BUILD = (
     "UPDATE {builds} SET status = 'retired' "
     "WHERE projection = %(projection)s AND status = 'live' AND build <> %(build)s"
@@ -311,7 +313,7 @@ class StoreStatements(Generic[Q]):
     builds: Q
     register_build: Q
     next_build: Q
-    build_status_for_update: Q
+    build_statuses_for_update: Q
     retire_live_build: Q
     set_live: Q
     #: Deletes of a build's rows: positions, parked events, then the build.
@@ -359,8 +361,9 @@ def store_statements(
         builds=q(BUILDS),
         register_build=q(REGISTER_BUILD),
         next_build=q(NEXT_BUILD),
-        # Two set_live calls on PostgreSQL serialise on the build's row.
-        build_status_for_update=r.locked(q(BUILD_STATUS), "update"),
+        # Two set_live calls of one projection on PostgreSQL serialise on its build
+        # rows (all of them, in build order: a swap and a rollback name different ones).
+        build_statuses_for_update=r.locked(q(BUILD_STATUSES), "update"),
         retire_live_build=q(RETIRE_LIVE_BUILD),
         set_live=q(SET_LIVE),
         delete_build=tuple(

@@ -41,6 +41,7 @@ from safereplay.domain.workload import record_workload
 from safereplay.projections import (
     BatchState,
     FencedOff,
+    LiveBuildChanged,
     ParkedEvent,
     Partition,
     PartitioningMismatch,
@@ -215,7 +216,10 @@ class ProjectionStoreContract:
         store.commit("everything", 2, P, expected=0, position=5, writes=second.writes())
         assert store.get(Everything, "values", key)["text"] == "build one"  # type: ignore[index]
         assert store.get(Everything, "values", key, build=2)["text"] == "build two"  # type: ignore[index]
-        store.set_live("everything", 2)
+        store.set_live("everything", 2, replacing=1)
+        # A second swap that saw build 1 live is refused: build 2 is live already.
+        with pytest.raises(LiveBuildChanged, match="build 2 of .everything. is live already"):
+            store.set_live("everything", 2, replacing=1)
         assert store.get(Everything, "values", key)["text"] == "build two"  # type: ignore[index]
         assert [c.position for c in store.checkpoints("everything")] == [5]
         assert [(i.build, i.status) for i in store.builds("everything")] == [

@@ -17,7 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from safereplay.projections import EventSource, FailFast, ProjectionRunner, ProjectionStore
+from safereplay.projections import (
+    EventSource,
+    FailFast,
+    LiveBuildChanged,
+    ProjectionRunner,
+    ProjectionStore,
+)
 from safereplay.recovery.errors import InvalidRequest, JobConflict
 from safereplay.recovery.jobs.completeness import check_build
 from safereplay.recovery.jobs.model import Job, JobKind, JobState
@@ -77,7 +83,9 @@ def swap(
     builds = store.builds(projection)
     if not builds:
         raise InvalidRequest(f"projection {projection!r} has no builds in {store.description}")
-    live = store.live_build(projection)
+    # The live build of the same reading as the statuses below (a second look could see
+    # another swap's commit the first did not): set_live checks it is still live.
+    live = next((b.build for b in builds if b.status == "live"), None)
     if build is None:
         candidates = [
             b.build
@@ -87,8 +95,10 @@ def swap(
         if not candidates:
             # A never-built projection's first rebuild built its live build in place.
             first = _rebuild_job(jobs, projection, live) if live is not None else None
+            # Or another swap made the newest rebuilt build live a moment ago.
+            how = "built by its first rebuild in place" if len(builds) == 1 else "swapped in"
             also = (
-                f": build {live} is live already, built by its first rebuild in place"
+                f": build {live} is live already, {how}"
                 if first is not None and first.state == JobState.COMPLETED
                 else ""
             )
@@ -116,7 +126,7 @@ def swap(
     checked = check_build(
         store, source, projection=projection, build=build, topics=list(cls.topics)
     )
-    store.set_live(projection, build)
+    _set_live(store, projection, build, replacing=live)
     return SwapResult(
         projection=projection,
         previous=live,
@@ -129,7 +139,7 @@ def swap(
 def rollback(*, store: ProjectionStore, projection: str) -> SwapResult:
     """Make the previously live build live again, in one transaction."""
     builds = store.builds(projection)
-    live = store.live_build(projection)
+    live = next((b.build for b in builds if b.status == "live"), None)
     retired = [b.build for b in builds if b.status == "retired"]
     if live is None or not retired:
         raise InvalidRequest(
@@ -137,9 +147,20 @@ def rollback(*, store: ProjectionStore, projection: str) -> SwapResult:
             "(dropped, or never swapped)"
         )
     previous = retired[-1]
-    store.set_live(projection, previous)
+    _set_live(store, projection, previous, replacing=live)
     position = min((c.position for c in store.checkpoints(projection, build=previous)), default=0)
     return SwapResult(projection=projection, previous=live, live=previous, position=position)
+
+
+def _set_live(
+    store: ProjectionStore, projection: str, build: int, *, replacing: int | None
+) -> None:
+    """Make ``build`` live if ``replacing`` is still the live build: of two swaps (or
+    rollbacks) at once, the second is refused, not reported as a second success."""
+    try:
+        store.set_live(projection, build, replacing=replacing)
+    except LiveBuildChanged as exc:
+        raise JobConflict(str(exc)) from exc
 
 
 def drop_version(*, store: ProjectionStore, jobs: JobStore, projection: str, build: int) -> None:
