@@ -13,6 +13,7 @@ from psycopg import sql
 from trials import long_mode_trials
 
 from safereplay.domain import KeyRing
+from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
 #: Hypothesis examples per property: few by default, many in the long mode.
 DEFAULT_EXAMPLES = 25
@@ -85,3 +86,18 @@ def key_texts(*rings: KeyRing | None) -> list[str]:
 def leaks(text: str, secrets: list[str]) -> list[str]:
     """The secrets (shown by their first characters only) that ``text`` contains."""
     return [s[:6] + "..." for s in secrets if s and s in text]
+
+
+def select(log: Log, template: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Rows of a statement template (``{projection_parked}`` names safereplay's table) run straight
+    on the log's database: what is stored, not what the code under test says."""
+    if isinstance(log.backend, PostgresBackend):
+        statement = postgres_statement(template, log.settings.postgres_schema)
+        with log.backend.connect() as conn:
+            cursor = conn.execute(statement, params or None)
+            names = [d.name for d in cursor.description or ()]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn:
+        cursor = conn.execute(sqlite_statement(template), params or {})
+        names = [d[0] for d in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
