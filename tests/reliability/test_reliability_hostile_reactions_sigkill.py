@@ -118,7 +118,7 @@ class ReactionKillContract:
         path.write_text(textwrap.dedent(CHILD))
         return path
 
-    def test_kills_between_call_and_commit_lose_nothing(
+    def test_kill_between_call_and_commit(
         self, backend: Any, trials: Any, secret_file: Path, script: Path
     ) -> None:
         secret = WebhookSecret.from_file(secret_file)

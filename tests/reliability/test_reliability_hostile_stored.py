@@ -165,7 +165,7 @@ def damage(
 
 
 class StoredContract:
-    def test_damaged_rows_are_parked_naming_what_is_wrong_and_nothing_else_moves(
+    def test_damaged_rows_parked(
         self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
@@ -256,7 +256,7 @@ class StoredContract:
                     duplicates=max(0, checkpoint["events_applied"] - len(clean)),
                 )
 
-    def test_unknown_topics_with_a_valid_ciphertext_are_skipped_and_refused_by_name(
+    def test_unknown_topics(
         self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
