@@ -418,6 +418,14 @@ class AuditTrail:
     def _signs(self, digest: str, mac: Any) -> bool:
         return self._key.verifies(digest, mac)
 
+    def authentic(self, entry: AuditEntry) -> bool:
+        """Does ``entry`` hold its own content's hash, signed with this trail's key?
+
+        One entry, not the chain (:meth:`verify`): what a reader relying on a single
+        record checks, since a writer of the table cannot sign without the key.
+        """
+        return entry_hash(entry.content()) == entry.hash and self._signs(entry.hash, entry.mac)
+
     def hash_at(self, seq: int) -> str | None:
         """The stored hash of entry ``seq`` (None if there is none)."""
         with self.database.transaction(write=False) as tx:
