@@ -4,25 +4,37 @@ for in messages, Hypothesis budgets scaled by the trial mode."""
 from __future__ import annotations
 
 import base64
+import contextlib
+import os
+import secrets
 import sqlite3
+import uuid
+from collections.abc import Iterator
 from contextlib import closing
+from pathlib import Path
 from typing import Any
 
+import psycopg
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 from projection_fixtures import Log, PostgresBackend
 from psycopg import sql
 from trials import long_mode_trials
 
-from safereplay.domain import KeyRing
+from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
+from safereplay.domain.secret import hide_passwords
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
-#: Hypothesis examples per property: few by default, many in the long mode.
-DEFAULT_EXAMPLES = 25
+#: Hypothesis examples per property and trial, by default.
+DEFAULT_EXAMPLES = 15
 
 
 def max_examples(default: int = DEFAULT_EXAMPLES) -> int:
-    """``default`` examples, or 10 per long-mode trial (at least ``default``)."""
-    long = long_mode_trials()
-    return default if long is None else max(default, 10 * long)
+    """Examples per trial: ``default``, twice that in the long mode, whose N trials
+    each run the property again with a seed of their own (N x 2 x ``default`` in
+    all: many, without the square of N)."""
+    return default if long_mode_trials() is None else 2 * default
 
 
 # -- stored rows, read and written behind the application's back ------------------------------
@@ -101,3 +113,89 @@ def select(log: Log, template: str, params: dict[str, Any] | None = None) -> lis
         cursor = conn.execute(sqlite_statement(template), params or {})
         names = [d[0] for d in cursor.description or ()]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+# -- one API world per test class: a workload, three principals, the app's context maker ------
+
+
+def _require_postgres() -> str:
+    """tests/conftest.py's require_postgres (that module's name is taken here by the
+    suite's own conftest): the test server's DSN, or a skip (a failure under CI)."""
+    dsn = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
+    try:
+        with psycopg.connect(dsn, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        problem = f"PostgreSQL is not reachable: {hide_passwords(str(exc))}"
+        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
+            pytest.fail(f"CI=true requires PostgreSQL: {problem}")
+        pytest.skip(problem)
+    return dsn
+
+
+@contextlib.contextmanager
+def surface_world(backend: str, directory: Path) -> Iterator[tuple[Any, Any]]:
+    """``(ApiWorld, new_context)`` over a new store of ``backend`` ("sqlite" or
+    "postgres") in ``directory``, the app not started (a test starts it when it calls
+    it: its background work would contend with direct calls for SQLite's lock)."""
+    import httpx
+    from api_fixtures import ApiWorld, _world
+
+    key_file = directory / "keyring.json"
+    KeyRing.generate("k1").save(key_file)
+    dsn, schema = None, None
+    if backend == "sqlite":
+        settings = DomainSettings.from_env(
+            backend="sqlite", sqlite_path=directory / "events.db", key_file=key_file
+        )
+    else:
+        dsn, schema = _require_postgres(), f"h_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+        settings = DomainSettings.from_env(
+            backend="postgres", postgres_dsn=dsn, postgres_schema=schema, key_file=key_file
+        )
+    context, envs, new_context = _world(settings, directory)
+    try:
+        yield ApiWorld(settings, context, envs, httpx.Client()), new_context
+    finally:
+        context.close()
+        if dsn is not None and schema is not None:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE")
+                conn.execute(drop.format(sql.Identifier(schema)))
+
+
+# -- Hypothesis ---------------------------------------------------------------------------
+
+#: A string that must never come back in a message: planted in hostile input.
+CANARY = f"canary-{secrets.token_hex(8)}"
+
+json_leaf = st.one_of(  # JSON scalars, the canary among them
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(),
+    st.text(max_size=20),
+    st.just(CANARY),
+)
+
+
+def nested(depth: int, leaf: Any) -> Any:
+    """``leaf`` inside ``depth`` levels of objects and arrays, alternately."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def hypothesis_settings(default: int = DEFAULT_EXAMPLES) -> settings:
+    """Hypothesis settings of a scenario's property: ``max_examples(default)``
+    examples, no deadline (the machine is shared), no example database (a trial's
+    seed replays it)."""
+    return settings(
+        max_examples=max_examples(default),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    )

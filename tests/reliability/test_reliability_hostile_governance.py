@@ -141,7 +141,7 @@ class GovernanceContract:
             yield log, envs, key
 
     def test_audit_rows_tampered(self, backend: Any, trials: Any, tmp_path: Path) -> None:
-        for trial in trials(default=4):
+        for trial in trials(default=1):
             rng = trial.random
             with backend.fresh() as log:
                 key = tmp_path / f"audit-{trial.index}.key"
