@@ -51,7 +51,7 @@ from typer.testing import CliRunner
 
 from safereplay.recovery.api.app import create_app
 from safereplay.recovery.cli.app import app
-from safereplay.recovery.errors import AccessDenied, RecoveryError
+from safereplay.recovery.errors import AccessDenied, InvalidRequest, RecoveryError
 from safereplay.recovery.operations.catalog import open_operations
 
 pytestmark = pytest.mark.usefixtures("clean_safereplay_environment")
@@ -295,6 +295,17 @@ class SurfaceContract:
             st.tuples(st.just("append"), st.text(max_size=60), st.just("")),
             st.tuples(st.just("cut"), st.integers(0, len(valid) - 1), st.just("")),
         )  # fmt: skip
+        # Regressions: a pattern in a refusal was read as markup ("[a-z0-9]" vanished
+        # from "String should match pattern ..."); a number as partitions was a TypeError.
+        unnamed = tmp_path / "unnamed.toml"
+        unnamed.write_text(valid.replace("fix-runs", ""))
+        result = CliRunner().invoke(app, ["templates", "add", str(unnamed), "-r", "x"], env=env)
+        assert result.exit_code == 2 and "'^[a-z0-9][a-z0-9-]{0,62}$'" in result.output
+        with pytest.raises(InvalidRequest, match="partitions must be"):
+            open_operations(context).run(
+                admin, "flags.set", reason="x", flag="auto_redrive",
+                target="projection:run_status", partitions=7,
+            )  # fmt: skip
         for trial in trials(default=1):
             examples = 0
             template_file = tmp_path / f"t{trial.index}.toml"
