@@ -44,13 +44,15 @@ from projection_fixtures import (
     fold_run_status,
     table_state,
 )
-from recovery_fixtures import cli_process, principals_world, wait_until
+from recovery_fixtures import principals_world, wait_until
+from typer.testing import CliRunner
 
 from safereplay.domain import KeyRing
 from safereplay.domain.automation import Run
 from safereplay.domain.mapper import associated_data
 from safereplay.domain.workload import record_workload
 from safereplay.projections import FailedSteps, RunStatusBoard
+from safereplay.recovery.cli.app import app
 from safereplay.recovery.security.audit import AuditKey
 
 DAMAGES = ("bit flipped", "wrong key", "unknown key id", "another row's blob", "truncated")
@@ -118,7 +120,7 @@ class PauseContract:
                     stderr=subprocess.STDOUT,
                     text=True,
                 )
-                output = ""
+                output = output_resolve = ""
                 try:
                     chunks = rng.randint(1, 3)
                     for _ in range(chunks):
@@ -173,16 +175,14 @@ class PauseContract:
                         ]
                     )
 
-                    cli_process(
-                        env,
-                        "conflicts",
-                        "resolve",
-                        record["conflict_id"],
-                        "--action",
-                        "park",
-                        "--reason",
-                        "INC-1: row damaged",
-                    )
+                    resolved = CliRunner().invoke(
+                        app,
+                        ["conflicts", "resolve", record["conflict_id"], "--action", "park",
+                         "--reason", "INC-1: row damaged"],
+                        env=env,
+                    )  # fmt: skip
+                    assert resolved.exit_code == 0, resolved.output
+                    output_resolve = resolved.output
                     wait_until(
                         lambda head=head: self.position(log, "run_status") == head,
                         timeout=120,
@@ -216,7 +216,7 @@ class PauseContract:
                         output = follower.communicate(timeout=60)[0]
                 assert follower.returncode == 0, output
                 audit = select(log, "SELECT reason, parameters FROM {audit_entries}")
-                shown = json.dumps([record, audit], default=str) + output
+                shown = json.dumps([record, audit], default=str) + output + output_resolve
                 hidden = [
                     *key_texts(log.app.key_ring),
                     canary,

@@ -15,7 +15,8 @@ from the ledger table itself:
   per event and destination, none left owed or parked;
 - nothing is recorded delivered that the receiver never acknowledged;
 - a key sent more than once was in flight at a kill: extra calls are bounded by
-  kills x concurrency (more would be an event applied twice without a cause).
+  kills x concurrency (more would be an event applied twice without a cause);
+- the webhook secret shows nowhere: not in the ledger's details, not in any output.
 """
 
 from __future__ import annotations
@@ -104,6 +105,18 @@ def ledger_rows(log: Log) -> list[tuple[str, str, int]]:
         ]
 
 
+def ledger_details(log: Log) -> list[str]:
+    """Every ledger row's last detail (what a failed attempt recorded)."""
+    query = "SELECT last_detail FROM {} WHERE last_detail IS NOT NULL"
+    if isinstance(log.backend, PostgresBackend):
+        table = sql.Identifier(log.settings.postgres_schema, "safereplay_reaction_deliveries")
+        with log.backend.connect() as conn:
+            return [r[0] for r in conn.execute(sql.SQL(query).format(table)).fetchall()]
+    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn:
+        rows = conn.execute(query.format("safereplay_reaction_deliveries")).fetchall()
+        return [r[0] for r in rows]
+
+
 class ReactionKillContract:
     @pytest.fixture
     def secret_file(self, tmp_path: Path) -> Path:
@@ -140,6 +153,7 @@ class ReactionKillContract:
                 env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")}
                 env |= {"SAFEREPLAY_APPROVAL_REQUIRED": ""} | backend_env(log.settings)
                 kills = 0
+                outputs: list[str] = []
                 ledger = open_ledger(log.settings)
                 try:
                     for _ in range(rng.randint(1, 3)):
@@ -186,6 +200,7 @@ class ReactionKillContract:
                             if child.poll() is None:
                                 child.kill()
                             output = child.communicate(timeout=60)[0].decode()
+                            outputs.append(output)
                         assert child.returncode in (0, -signal.SIGKILL), output
                     wait_until(
                         lambda ledger=ledger: ledger.lease("run_events") is None,
@@ -218,6 +233,9 @@ class ReactionKillContract:
                 never_acknowledged = set(delivered) - set(rcv.acknowledged)
                 assert never_acknowledged == set(), "recorded delivered, never acknowledged"
                 assert all(r.signed for r in rcv.received)
+                # The webhook secret never shows: not in the ledger, not in any output.
+                details = ledger_details(log)
+                assert secret_file.read_text().strip() not in "".join([*details, *outputs])
                 extra = len(keys) - len(distinct)
                 trial.checked(
                     len(expected),

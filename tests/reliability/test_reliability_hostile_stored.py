@@ -169,7 +169,7 @@ class StoredContract:
         self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        for trial in trials(default=3):
+        for trial in trials(default=2):
             rng = trial.random
             caplog.clear()
             canary = f"canary-{secrets.token_hex(8)}"
@@ -260,7 +260,7 @@ class StoredContract:
         self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
     ) -> None:
         caplog.set_level(logging.DEBUG)
-        for trial in trials(default=2):
+        for trial in trials(default=1):
             rng = trial.random
             caplog.clear()
             canary = f"canary-{secrets.token_hex(8)}"
