@@ -384,13 +384,20 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
                 row = conn.execute(self._sql.checkpoint, params).fetchone()
         if row is None:
             with self._write("create a position") as conn:
-                self._lock_positions(conn, name, build)
-                counts = conn.execute(self._sql.partition_counts, params).fetchall()
-                check_partitioning(name, build, partition, [int(c[0]) for c in counts])
-                conn.execute(self._sql.create_position, params)
+                self._create_position(conn, name, build, partition, params)
                 row = conn.execute(self._sql.checkpoint, params).fetchone()
         assert row is not None
         return checkpoint_of(name, build, row, when=self._values.load_time)
+
+    def _create_position(
+        self, conn: C, name: str, build: int, partition: Partition, key: dict[str, Any]
+    ) -> None:
+        """Create ``partition``'s position row unless the build keeps its positions in
+        another partitioning (checked under the lock a repartition takes)."""
+        self._lock_positions(conn, name, build)
+        counts = conn.execute(self._sql.partition_counts, key).fetchall()
+        check_partitioning(name, build, partition, [int(c[0]) for c in counts])
+        conn.execute(self._sql.create_position, key)
 
     def checkpoints(self, name: str, *, build: int | None = None) -> list[Checkpoint]:
         build = self.resolve_build(name, build)
@@ -490,7 +497,10 @@ class SQLProjectionStore(ProjectionStore, Generic[Q, C]):
             if during is not None:
                 during()
             if expected == 0:  # a partition's first commit: its row may not exist yet
-                conn.execute(self._sql.create_position, key)
+                # ...or may have been regrouped since it was read (a first rebuild took
+                # the never-written build over): creating it again in the old
+                # partitioning would apply the rebuild's events a second time.
+                self._create_position(conn, name, build, partition, key)
             moved = {
                 **key,
                 "position": position,

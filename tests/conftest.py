@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
+from reliability_trials import LEDGER, REPORT_VARIABLE, Trial, run_trials
 
 from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 from safereplay.domain.secret import hide_passwords
@@ -169,3 +170,33 @@ def postgres_settings(pg_schema: str, postgres_dsn: str, key_file: Path) -> Sett
         return DomainSettings.from_env(**values)
 
     return make
+
+
+# -- the reliability suite (tests/reliability/) -------------------------------------------
+
+TrialsFactory = Callable[..., Iterator[Trial]]
+
+
+@pytest.fixture
+def trials(request: pytest.FixtureRequest) -> TrialsFactory:
+    """``for trial in trials(default=3): ...``: the test's randomised trials (see
+    ``reliability_trials``), named after its id."""
+    scenario = request.node.nodeid.split("tests/reliability/", 1)[-1]
+
+    def make(*, default: int) -> Iterator[Trial]:
+        return run_trials(scenario, default=default)
+
+    return make
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The reliability figures of the run, per scenario (and as JSON on request)."""
+    if not LEDGER.scenarios:
+        return
+    terminalreporter.section("reliability figures")
+    for line in LEDGER.table():
+        terminalreporter.write_line(line)
+    report = os.environ.get(REPORT_VARIABLE, "").strip()
+    if report:
+        LEDGER.write(Path(report))
+        terminalreporter.write_line(f"written to {report}")

@@ -11,6 +11,7 @@ from recovery_fixtures import Recovery, fresh_recovery
 from safereplay.domain.workload import record_workload
 from safereplay.projections import (
     FailedSteps,
+    PartitioningMismatch,
     RunStatusBoard,
     WorkflowStatistics,
     wait_for_position,
@@ -130,6 +131,35 @@ class RebuildContract:
     def test_unknown_projections_are_named(self, recovery: Recovery) -> None:
         with pytest.raises(InvalidRequest, match="unknown projection 'nope'; known projections"):
             self.rebuild(recovery, "nope")
+
+    def test_a_follower_cannot_write_a_first_build_a_rebuild_took_over(
+        self, recovery: Recovery
+    ) -> None:
+        """Found by test_recovery_concurrency under load: a follower read its position
+        of the never-written build 1, a first rebuild took build 1 over in place (3
+        partitions), and the follower's first commit made its position again in one
+        partition, applying the rebuild's events a second time. It is refused now."""
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=4, seed=5)
+        jobs: list[Job] = []
+
+        def rebuild_meanwhile(point: str) -> None:
+            # The follower has read its position (build 1, at 0) and folded a batch:
+            # a first rebuild takes the never-written build over before it commits.
+            if point == "before_apply" and not jobs:
+                jobs.append(self.rebuild(recovery, "workflow_stats"))
+
+        follower = recovery.log.runner(
+            WorkflowStatistics(), store=recovery.log.store(), faults=rebuild_meanwhile
+        )
+        with pytest.raises(PartitioningMismatch, match="keeps its positions in 3 partition"):
+            follower.run_batch()
+        assert [job.build for job in jobs] == [1], "the never-written build, rebuilt in place"
+        positions = recovery.store.checkpoints("workflow_stats", build=1)
+        assert sorted(str(c.partition) for c in positions) == ["0/3", "1/3", "2/3"]
+        assert recovery.applied(WorkflowStatistics, 1) == 0, "the follower applied nothing"
+        report = recovery.worker().run()
+        assert report.count("completed") == 3
+        assert recovery.actual(WorkflowStatistics) == recovery.expected(WorkflowStatistics)
 
 
 class Sequential(RunStatusBoard):

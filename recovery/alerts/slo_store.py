@@ -23,12 +23,13 @@ from uuid import uuid4
 
 from safereplay.recovery.alerts.slo import Budget, Measurement, Target, budget_of
 from safereplay.recovery.database import Database, Tx, recorded_rows
+from safereplay.recovery.security.access import SYSTEM_ACTOR
 from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 
 __all__ = ["ACTOR", "Breach", "LastSample", "Recorded", "SLOStore"]
 
 #: The audit actor of breaches opened and closed (see the module docstring).
-ACTOR = "system"
+ACTOR = SYSTEM_ACTOR
 #: The last hour, over which the short burn rate is worked out.
 RECENT_SECONDS = 3_600.0
 

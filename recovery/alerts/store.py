@@ -25,12 +25,13 @@ from uuid import uuid4
 
 from safereplay.recovery.alerts.facts import Finding, Sample
 from safereplay.recovery.database import Database, Tx, recorded_rows
+from safereplay.recovery.security.access import ALERTS_ACTOR
 from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 
 __all__ = ["ACTOR", "Alert", "AlertStore", "Changes"]
 
 #: The audit actor of alerts raised and cleared (see the module docstring).
-ACTOR = "safereplay"
+ACTOR = ALERTS_ACTOR
 
 _CREATE_ALERTS = """
 CREATE TABLE IF NOT EXISTS {alerts} (

@@ -29,6 +29,7 @@ from uuid import uuid4
 from safereplay.recovery.database import Database, recorded_rows
 from safereplay.recovery.errors import ConflictNotFound, InvalidJobTransition, LeaseLost
 from safereplay.recovery.jobs.model import Claim
+from safereplay.recovery.security.access import SYSTEM_ACTOR
 from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 
 __all__ = [
@@ -99,10 +100,6 @@ WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s
 _RESUME_PART = """
 UPDATE {job_partitions} SET status = 'pending', updated_at = %(now)s
 WHERE job_id = %(job_id)s AND partition_index = %(partition_index)s AND status = 'conflict'"""
-
-
-#: The audit trail's actor for a conflict raised by the work itself.
-SYSTEM_ACTOR = "system"
 
 
 def job_subject(job_id: str, partition_index: int) -> str:

@@ -32,7 +32,7 @@ from safereplay.recovery.operations.dispatch import (
     limit_parameter,
 )
 from safereplay.recovery.operations.shapes import iso_time
-from safereplay.recovery.security.access import Permission
+from safereplay.recovery.security.access import SYSTEM_ACTOR, Permission
 from safereplay.recovery.security.audit import AuditRecord, AuditTrail
 from safereplay.recovery.security.flags import (
     Flag,
@@ -58,8 +58,6 @@ __all__ = [
 
 #: The most history entries one ``flags.history`` read lists.
 MAX_HISTORY = 10_000
-#: The audit actor of automatic actions.
-SYSTEM_ACTOR = "system"
 #: The one operation the freeze gate lets through for anyone (its handler decides).
 _UNFREEZE = "switch.unfreeze"
 

@@ -38,8 +38,10 @@ from safereplay.recovery.database import Database
 from safereplay.recovery.errors import AccessDenied, AuthenticationFailed, InvalidRequest
 
 __all__ = [
+    "ALERTS_ACTOR",
     "RESERVED_ACTORS",
     "ROLE_PERMISSIONS",
+    "SYSTEM_ACTOR",
     "TOKEN_SHAPE",
     "AccessControl",
     "AccessDenied",
@@ -137,10 +139,13 @@ _CREATE = [
 ]
 
 
-#: The audit trail's actors for what the system does by itself: alert rules
-#: (``safereplay``), SLO breaches and automatic recovery under a flag (``system``).
+#: The audit trail's actor of alert rules raised and cleared.
+ALERTS_ACTOR = "safereplay"
+#: The audit trail's actor of what the system does by itself otherwise: SLO breaches,
+#: conflicts raised by the work, automatic recovery under a flag.
+SYSTEM_ACTOR = "system"
 #: No principal may take these names, so an entry by them is never a person's.
-RESERVED_ACTORS = frozenset({"safereplay", "system"})
+RESERVED_ACTORS = frozenset({ALERTS_ACTOR, SYSTEM_ACTOR})
 
 
 def check_name(name: str) -> str:

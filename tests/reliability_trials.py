@@ -1,4 +1,5 @@
-"""Trials of the reliability suite: how many, with which seed, and what each found.
+"""Trials of the reliability suite (``tests/reliability/``): how many, with which seed,
+and what each found.
 
 A scenario runs a number of randomised *trials*. The default mode runs the few each
 scenario names (the whole suite within a few minutes, the README's test command);
@@ -27,6 +28,7 @@ import secrets
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 TRIALS_VARIABLE = "SAFEREPLAY_RELIABILITY_TRIALS"
 SEED_VARIABLE = "SAFEREPLAY_RELIABILITY_SEED"
@@ -181,3 +183,20 @@ def run_trials(scenario: str, *, default: int) -> Iterator[Trial]:
             exc.add_note(f"replay it alone with {SEED_VARIABLE}={seed} ({trial.label})")
             raise
         LEDGER.record(trial)
+
+
+def markdown_table(payload: dict[str, Any]) -> str:
+    """The figures of a written report as the Markdown table ``docs/reliability.md``
+    publishes (its test checks that the published table is this one)."""
+    rows = [
+        "| scenario | trials | faults injected | events checked | lost | applied twice |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for figures in [*payload["scenarios"], payload["total"]]:
+        name = figures["scenario"]
+        shown = f"**{name}**" if figures is payload["total"] else f"`{name}`"
+        rows.append(
+            f"| {shown} | {figures['trials']} | {figures['faults']} | "
+            f"{figures['events_checked']} | {figures['losses']} | {figures['duplicates']} |"
+        )
+    return "\n".join(rows)
