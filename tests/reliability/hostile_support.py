@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import os
 import secrets
 import sqlite3
 import uuid
@@ -15,15 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from projection_fixtures import Log, PostgresBackend
 from psycopg import sql
-from trials import long_mode_trials
+from reliability_trials import long_mode_trials
 
-from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
-from safereplay.domain.secret import hide_passwords
+from safereplay.domain import DomainSettings, KeyRing
 from safereplay.projections.sqltemplate import postgres_statement, sqlite_statement
 
 #: Hypothesis examples per property and trial, by default.
@@ -118,21 +115,6 @@ def select(log: Log, template: str, params: dict[str, Any] | None = None) -> lis
 # -- one API world per test class: a workload, three principals, the app's context maker ------
 
 
-def _require_postgres() -> str:
-    """tests/conftest.py's require_postgres (that module's name is taken here by the
-    suite's own conftest): the test server's DSN, or a skip (a failure under CI)."""
-    dsn = os.environ.get("SAFEREPLAY_TEST_POSTGRES_DSN", DEFAULT_POSTGRES_DSN)
-    try:
-        with psycopg.connect(dsn, connect_timeout=3) as conn:
-            conn.execute("SELECT 1")
-    except psycopg.Error as exc:
-        problem = f"PostgreSQL is not reachable: {hide_passwords(str(exc))}"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(f"CI=true requires PostgreSQL: {problem}")
-        pytest.skip(problem)
-    return dsn
-
-
 @contextlib.contextmanager
 def surface_world(backend: str, directory: Path) -> Iterator[tuple[Any, Any]]:
     """``(ApiWorld, new_context)`` over a new store of ``backend`` ("sqlite" or
@@ -140,6 +122,7 @@ def surface_world(backend: str, directory: Path) -> Iterator[tuple[Any, Any]]:
     it: its background work would contend with direct calls for SQLite's lock)."""
     import httpx
     from api_fixtures import ApiWorld, _world
+    from conftest import require_postgres
 
     key_file = directory / "keyring.json"
     KeyRing.generate("k1").save(key_file)
@@ -149,7 +132,7 @@ def surface_world(backend: str, directory: Path) -> Iterator[tuple[Any, Any]]:
             backend="sqlite", sqlite_path=directory / "events.db", key_file=key_file
         )
     else:
-        dsn, schema = _require_postgres(), f"h_{uuid.uuid4().hex[:12]}"
+        dsn, schema = require_postgres(), f"h_{uuid.uuid4().hex[:12]}"
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
         settings = DomainSettings.from_env(
