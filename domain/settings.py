@@ -39,8 +39,10 @@ _SCHEMA = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 _DSN_PARAMETERS = frozenset({"host", "port", "user", "password", "dbname", "connect_timeout"})
 ENV_PREFIX = "SAFEREPLAY_"
 #: ``SAFEREPLAY_*`` names that are not settings and are never checked: the test
-#: suite's own (``SAFEREPLAY_TEST_POSTGRES_DSN``...) and the benchmarks'.
-RESERVED_PREFIXES = ("SAFEREPLAY_TEST_", "SAFEREPLAY_BENCH_")
+#: suite's own (``SAFEREPLAY_TEST_POSTGRES_DSN``...), the reliability suite's
+#: (``SAFEREPLAY_RELIABILITY_TRIALS``...: a command the suite runs inherits them) and
+#: the benchmarks'.
+RESERVED_PREFIXES = ("SAFEREPLAY_TEST_", "SAFEREPLAY_RELIABILITY_", "SAFEREPLAY_BENCH_")
 
 
 def settings_error(

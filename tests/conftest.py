@@ -20,6 +20,7 @@ from reliability_trials import LEDGER, REPORT_VARIABLE, Trial, run_trials
 
 from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 from safereplay.domain.secret import hide_passwords
+from safereplay.domain.settings import RESERVED_PREFIXES
 from safereplay.recovery.security.audit import AuditKey
 
 #: Four-eyes approval is off for the whole suite (and the processes it starts, which
@@ -82,11 +83,13 @@ def errors_as_paragraphs() -> Iterator[None]:
 
 @pytest.fixture
 def clean_safereplay_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No SAFEREPLAY_* variable of the shell (but the tests' own SAFEREPLAY_TEST_*), and
-    a temporary working directory: for tests of what an application reads itself."""
+    """No SAFEREPLAY_* variable of the shell (but the reserved ones: the tests' own
+    SAFEREPLAY_TEST_*, the reliability suite's SAFEREPLAY_RELIABILITY_*, whose trial
+    count and seed a test reads after this), and a temporary working directory: for
+    tests of what an application reads itself."""
     for name in list(os.environ):
         upper = name.upper()
-        if upper.startswith("SAFEREPLAY_") and not upper.startswith("SAFEREPLAY_TEST_"):
+        if upper.startswith("SAFEREPLAY_") and not upper.startswith(RESERVED_PREFIXES):
             monkeypatch.delenv(name)
     for name, value in APPROVAL_OFF.items():
         monkeypatch.setenv(name, value)

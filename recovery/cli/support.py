@@ -49,6 +49,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from rich.console import Console
+from rich.markup import escape
 
 from safereplay.domain import DomainError
 from safereplay.projections import ProjectionError
@@ -149,7 +150,8 @@ def fail(message: str, code: int) -> NoReturn:
         sys.stdout.write(json.dumps({"error": error}, indent=2) + "\n")
         sys.stdout.flush()
     else:
-        error_console.print(f"[red]error:[/] {message}", highlight=False, soft_wrap=True)
+        # Escaped: a message quoting input or a pattern ("[a-z0-9]...") is not markup.
+        error_console.print(f"[red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise SystemExit(code)
 
 

@@ -45,7 +45,9 @@ from safereplay.recovery.security.approvals import (
     ChangeRequest,
     ChangeRequestStore,
     NewChangeRequest,
+    parameters_digest,
 )
+from safereplay.recovery.security.audit import AuditEntry, AuditTrail
 from safereplay.recovery.templates.store import TemplateStore
 
 __all__ = ["AwaitingApproval", "approval_gate", "register_approval_operations", "waiting_for"]
@@ -217,6 +219,12 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
                 f"change request {request.request_id}: its parameters no longer match their "
                 "hash; it cannot be approved"
             )
+        if not _recorded_as_stored(context.audit, request):
+            raise ChangeRequestConflict(
+                f"change request {request.request_id}: its stored operation, requester, "
+                "reason or parameters differ from the signed audit entry that recorded it "
+                "(changed in the database); it cannot be approved"
+            )
         if request.state == "pending":
             now = fingerprints.get(request.operation, _no_subject)(request.parameters)
             if now != request.fingerprint:
@@ -284,6 +292,29 @@ def register_approval_operations(operations: Operations, context: RecoveryContex
             # Polled by the dashboard's Requests tab: its successes are not audited.
             monitoring=name == "requests.list",
         )
+
+
+def _recorded_as_stored(audit: AuditTrail, request: ChangeRequest) -> bool:
+    """Is the request as stored the one its signed ``deferred`` audit entry recorded?
+
+    The digest beside the parameters in the table proves nothing against a writer
+    of the table (who recomputes it too); the audit entry is signed with the audit
+    key, which the database does not hold. Unreadable entries are skipped: they are
+    :meth:`~AuditTrail.verify`'s to report, and cannot be this request's record.
+    """
+    for entry in audit.listing(action=request.operation, actor=request.requester):
+        if (
+            isinstance(entry, AuditEntry)
+            and entry.outcome == "deferred"
+            and entry.parameters.get("change_request") == request.request_id
+        ):
+            return (
+                audit.authentic(entry)
+                and entry.parameters.get("parameters_sha256")
+                == parameters_digest(request.parameters)
+                and (entry.scope, entry.reason) == (request.scope, request.reason)
+            )
+    return False
 
 
 def _list_scope(parameters: Mapping[str, Any]) -> str:

@@ -95,6 +95,13 @@ def redact(value: Any, *, name: str = "") -> Any:
     return hide_passwords(str(value))
 
 
+def _storable(text: str) -> str:
+    """``text`` with its NUL characters written ``\\x00``: PostgreSQL's text refuses
+    them, and a hostile reason or scope (a JSON ``\\u0000`` through the API) must be
+    recorded as denied, not fail the append (and go unaudited)."""
+    return text.replace("\x00", "\\x00")
+
+
 @dataclass(frozen=True, repr=False)
 class AuditKey:
     """The HMAC key; ``repr`` never shows it."""
@@ -378,8 +385,8 @@ class AuditTrail:
             "at": at,
             "actor": record.actor,
             "action": record.action,
-            "scope": record.scope,
-            "reason": hide_passwords(record.reason),
+            "scope": _storable(record.scope),
+            "reason": _storable(hide_passwords(record.reason)),
             "outcome": record.outcome,
             "parameters": parameters,
             "job_id": str(record.job_id) if record.job_id else None,
@@ -417,6 +424,14 @@ class AuditTrail:
 
     def _signs(self, digest: str, mac: Any) -> bool:
         return self._key.verifies(digest, mac)
+
+    def authentic(self, entry: AuditEntry) -> bool:
+        """Does ``entry`` hold its own content's hash, signed with this trail's key?
+
+        One entry, not the chain (:meth:`verify`): what a reader relying on a single
+        record checks, since a writer of the table cannot sign without the key.
+        """
+        return entry_hash(entry.content()) == entry.hash and self._signs(entry.hash, entry.mac)
 
     def hash_at(self, seq: int) -> str | None:
         """The stored hash of entry ``seq`` (None if there is none)."""

@@ -556,6 +556,12 @@ def parse_partitions(value: str | Sequence[str] | None) -> tuple[str, ...] | Non
     """Partitions given as ``a,b,c`` (the CLI) or a list (the API); None if not given."""
     if value is None:
         return None
+    if not isinstance(value, str | list | tuple):
+        # A number or a mapping from a library caller or a hostile API body: refused
+        # naming the parameter, not a TypeError from iterating it.
+        raise InvalidRequest(
+            f"partitions must be a comma-separated text or a list, not {type(value).__name__}"
+        )
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     parts = tuple(p.strip() for p in items if p.strip())
     return parts or None
