@@ -27,7 +27,7 @@ from procfaults_checks import (
 )
 from projection_fixtures import Log
 from recovery_fixtures import Recovery, kill, principals_world, spawn_worker, worker_pid
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.projections import Projection
 from safereplay.recovery.jobs.model import Job, JobState

@@ -27,7 +27,7 @@ from procfaults_world import (
 )
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, handled_count
 from recovery_fixtures import fresh_recovery
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import RunStatusBoard

@@ -26,7 +26,7 @@ from procfaults_world import (
     start_cli,
 )
 from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, PostgresBackend
-from trials import Trial
+from reliability_trials import Trial
 
 from safereplay.domain import KeyRing
 from safereplay.domain.keyring import is_sealed, sealed_key_id
