@@ -14,6 +14,10 @@ fold of the undamaged events, the checkpoint is at the head, its applied and par
 counts add up); and show no key material and no payload (the canary) in any parked
 record or log record.
 
+The same damage met by a **rebuild job** (a worker with ``on_integrity_failure`` =
+park) completes with exactly those rows (and what is behind them) parked in the new
+build, whose rows equal the clean fold.
+
 **Unknown topics with a valid ciphertext.** Rows of an event type no code defines,
 sealed under the ring and bound to their row, are inserted between the workload's
 events at random moments. Every reference projection skips them (it reads only its
@@ -47,6 +51,7 @@ from projection_fixtures import (
     table_state,
 )
 from reaction_fixtures import QUICK, RunEvents
+from recovery_fixtures import Recovery
 
 from safereplay.domain import AutomationApp, Envelope, KeyRing, UnknownEventType
 from safereplay.domain.mapper import associated_data
@@ -58,6 +63,8 @@ from safereplay.reactions import (
     RecordingDestination,
     open_ledger,
 )
+from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.jobs.plans import JobRequest
 from safereplay.recovery.resilience.policies import (
     ErrorRules,
     IntegrityPolicy,
@@ -255,6 +262,82 @@ class StoredContract:
                     losses=len(wrong) + abs(len(clean) - checkpoint["events_applied"]),
                     duplicates=max(0, checkpoint["events_applied"] - len(clean)),
                 )
+
+    def test_damaged_rows_rebuild(
+        self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The same damage met by a rebuild job (a worker, ``on_integrity_failure`` =
+        park; the kinds an integrity failure covers): the job completes, the new
+        build parks exactly the damaged rows and the later events of their
+        aggregates, and its rows equal the clean fold."""
+        caplog.set_level(logging.DEBUG)
+        kinds = sorted(k for k in DAMAGES if k != "unknown schema version")
+        for trial in trials(default=1):
+            rng = trial.random
+            caplog.clear()
+            canary = f"canary-{secrets.token_hex(8)}"
+            with backend.fresh() as log:
+                record_workload(
+                    log.app,
+                    workflows=rng.randint(1, 3),
+                    runs_per_workflow=rng.randint(2, 5),
+                    seed=rng.randrange(10**6),
+                )
+                canary_run(log.app, canary)
+                recovery = Recovery(log)
+                try:
+                    recovery.first_build(RunStatusBoard)
+                    handled = [e for e in log.envelopes() if e.topic in RunStatusBoard.topics]
+                    rows = stored_rows(log)
+                    victims = {handled[-1].position: rng.choice(kinds)}
+                    for event in rng.sample(handled[:-1], rng.randint(0, 4)):
+                        victims[event.position] = rng.choice(kinds)
+                    for position, kind in victims.items():
+                        row = rows[position - 1]
+                        if kind == "moved from a row of the same aggregate" and not any(
+                            r["aggregate"] == row["aggregate"] and r is not row for r in rows
+                        ):
+                            kind = victims[position] = "moved from another aggregate"
+                        write_state(log, position, damage(log, rng, kind, row, rows))
+                    trial.fault(len(victims))
+
+                    job = recovery.rebuild(
+                        "run_status", JobRequest(principal="alice", reason="hostile rows")
+                    )
+                    recovery.worker(on_integrity_failure="park").run()
+                    assert recovery.job(job).state == JobState.COMPLETED
+
+                    clean, parked_expected, blocked = [], set(), set()
+                    for event in handled:
+                        if event.aggregate_id in blocked or event.position in victims:
+                            parked_expected.add(event.position)
+                            blocked.add(event.aggregate_id)
+                        else:
+                            clean.append(event)
+                    parked = select(
+                        log,
+                        "SELECT position, error_type, error_message FROM {projection_parked} "
+                        "WHERE projection = 'run_status' AND build = %(b)s",
+                        {"b": job.build},
+                    )
+                    assert {p["position"] for p in parked} == parked_expected, (victims, parked)
+                    for record in parked:  # a victim behind another one is parked unread
+                        if record["error_type"] != "Blocked":
+                            assert record["position"] in victims, record
+                            assert f"position {record['position']}" in record["error_message"]
+                    actual = recovery.actual(RunStatusBoard, job.build)["runs"]
+                    expected = fold_run_status(clean)
+                    wrong = {
+                        k
+                        for k in expected.keys() | actual.keys()
+                        if actual.get(k) != expected.get(k)
+                    }
+                    assert wrong == set(), (victims, wrong)
+                    shown = json.dumps(parked, default=str) + caplog.text
+                    assert leaks(shown, [*key_texts(log.app.key_ring), canary]) == []
+                    trial.checked(len(handled), losses=len(wrong))
+                finally:
+                    recovery.close()
 
     def test_unknown_topics(
         self, backend: Any, trials: Any, caplog: pytest.LogCaptureFixture
