@@ -137,12 +137,15 @@ class Ledger:
         return total
 
     def table(self) -> list[str]:
+        every = [*sorted(self.scenarios.values(), key=lambda f: f.scenario), self.total()]
+        width = max(len(f.scenario) for f in every)
         lines = [
-            f"{'scenario':<70} {'trials':>6} {'faults':>7} {'events':>9} {'lost':>5} {'twice':>5}"
+            f"{'scenario':<{width}} {'trials':>6} {'faults':>7} {'events':>9} "
+            f"{'lost':>5} {'twice':>5}"
         ]
-        for figures in [*sorted(self.scenarios.values(), key=lambda f: f.scenario), self.total()]:
+        for figures in every:
             lines.append(
-                f"{figures.scenario[-70:]:<70} {figures.trials:>6} {figures.faults:>7} "
+                f"{figures.scenario:<{width}} {figures.trials:>6} {figures.faults:>7} "
                 f"{figures.events_checked:>9} {figures.losses:>5} {figures.duplicates:>5}"
             )
         return lines
