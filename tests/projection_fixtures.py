@@ -726,6 +726,9 @@ def apply_sequentially(rows: dict[int, Row], op: tuple[Any, ...]) -> None:
 
 small = st.integers(-5, 5)
 keys = st.integers(0, 1)
+#: Text a projection can store on every backend: PostgreSQL's text holds no NUL (a
+#: NUL-bearing value is refused there, which is not the property these tests state).
+storable_text = st.text(st.characters(blacklist_characters="\x00"), max_size=2)
 
 
 @st.composite
@@ -735,7 +738,7 @@ def merge_ops(draw: st.DrawFn) -> tuple[Any, ...]:
     columns = ["n", "r", "s"]
     for column in draw(st.lists(st.sampled_from(columns), min_size=1, max_size=2, unique=True)):
         if column == "s":
-            parts[3][column] = draw(st.one_of(st.none(), st.text(max_size=2)))
+            parts[3][column] = draw(st.one_of(st.none(), storable_text))
             continue
         kind = draw(st.integers(0, 3))
         parts[kind][column] = draw(st.one_of(st.none(), small) if kind == 3 else small)
@@ -746,9 +749,7 @@ BATCH_OPS = st.lists(
     st.one_of(
         merge_ops(),
         merge_ops(),
-        st.tuples(
-            st.just("put"), keys, st.fixed_dictionaries({"n": small, "s": st.text(max_size=2)})
-        ),
+        st.tuples(st.just("put"), keys, st.fixed_dictionaries({"n": small, "s": storable_text})),
         st.tuples(st.just("delete"), keys),
         st.tuples(st.just("get"), keys),
     ),
