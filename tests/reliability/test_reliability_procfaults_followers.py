@@ -228,11 +228,15 @@ class FollowerContract:
 
         if not left():
             return
-        # In this process (only the killed run needs one of its own): with no local
-        # worker, the redrive job (resumed if the killed one left it) is run by a
-        # worker here, which claims a dead worker's partition once its lease expires.
-        run_here(env, "parked", "redrive", projection.name, "-r", "row restored", "--workers", "0")
+        # A redrive job the killed command left (planned or running) holds the
+        # projection: the command run again refuses ("wait for it"), and a worker (as
+        # `safereplay worker --exit-when-idle`) settles it, claiming a dead worker's
+        # partition once its lease expires. Then the command again, in this process
+        # (only the killed run needs one of its own), with a worker here.
         recovery.worker(lease_seconds=1.0).run()
+        if left():
+            run_here(env, "parked", "redrive", projection.name, "-r", "again", "--workers", "0")
+            recovery.worker(lease_seconds=1.0).run()
         assert not left(), parked_rows(log, projection.name, 1)
 
 
