@@ -266,6 +266,12 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
         name = p["projection"]
         context.registry[name]  # an unknown projection is refused, clearly
+        interrupted = resumable_job(context.jobs, name, JobKind.REDRIVE)
+        if interrupted is not None:
+            # The same command, run again after an interruption (its command or its
+            # worker killed), resumes its job, as a rebuild or a catch-up does: the
+            # interruption's message says to run it again, so it must not be refused.
+            return {**_job_summary(interrupted), "resumed": True}
         build = context.projection_store.resolve_build(name, int_parameter(p, "build"))
         if not context.projection_store.parked(name, build=build):
             # Nothing parked is nothing to do, as a catch-up that is not behind: the

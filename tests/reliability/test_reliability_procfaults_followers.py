@@ -180,13 +180,15 @@ class FollowerContract:
             command = start_cli(env, tmp_path, *redrive)
             if self.kill_once_redriving(command, recovery, rng.random()):
                 trial.fault()
+            # The operator's restart: the same command again, for each projection. It
+            # resumes the job the killed one left (planned or running), or redrives what
+            # is still parked, or finds nothing to do. Run here (only the killed run needs
+            # a process of its own) without local workers; a worker here (as `safereplay
+            # worker --exit-when-idle`) runs the job, claiming a dead worker's partition
+            # once its lease expires.
             for projection in FOLLOWED:
-                if any(p["resolved_at"] is None for p in parked_rows(log, projection.name, 1)):
-                    self.redrive_until_done(env, tmp_path, recovery, projection)
-            # The restart after the kill: a worker (as `safereplay worker
-            # --exit-when-idle`) settles a redrive job the killed command left running
-            # (it may have resolved everything first), once its dead worker's lease expires.
-            recovery.worker(lease_seconds=1.0).run()
+                run_here(env, "parked", "redrive", projection.name, "-r", "again", "--workers", "0")
+                recovery.worker(lease_seconds=1.0).run()
             assert not check_live(trial, recovery, FOLLOWED, log.envelopes())
             assert not unsettled_jobs(log), unsettled_jobs(log)
             assert not dead_leases(log), dead_leases(log)
@@ -214,26 +216,6 @@ class FollowerContract:
         alive = command.process.poll() is None
         command.killed()
         return alive
-
-    @staticmethod
-    def redrive_until_done(
-        env: dict[str, str], tmp_path: Path, recovery: Recovery, projection: type[Projection]
-    ) -> None:
-        """Run the redrive again (after a killed one, its job resumes once the killed
-        worker's lease expires) until nothing of ``projection`` is left parked."""
-        log = recovery.log
-
-        def left() -> bool:
-            return any(p["resolved_at"] is None for p in parked_rows(log, projection.name, 1))
-
-        if not left():
-            return
-        # In this process (only the killed run needs one of its own): with no local
-        # worker, the redrive job (resumed if the killed one left it) is run by a
-        # worker here, which claims a dead worker's partition once its lease expires.
-        run_here(env, "parked", "redrive", projection.name, "-r", "row restored", "--workers", "0")
-        recovery.worker(lease_seconds=1.0).run()
-        assert not left(), parked_rows(log, projection.name, 1)
 
 
 class PauseContract:
