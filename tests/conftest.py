@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from reliability_trials import LEDGER, REPORT_VARIABLE, Trial, run_trials
+from reliability_trials import LEDGER, REPORT_VARIABLE, Trial, long_mode_timeout, run_trials
 
 from safereplay.domain import DEFAULT_POSTGRES_DSN, DomainSettings, KeyRing
 from safereplay.domain.secret import hide_passwords
@@ -187,6 +187,20 @@ def trials(request: pytest.FixtureRequest) -> TrialsFactory:
         return run_trials(scenario, default=default)
 
     return make
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """In the long mode a reliability scenario runs N trials in one test, so the
+    suite's per-test timeout (``timeout`` in pyproject.toml, a guard against a hang
+    sized for the default mode's few trials) grows with N."""
+    for item in items:
+        if "trials" not in getattr(item, "fixturenames", ()):
+            continue
+        if item.get_closest_marker("timeout") is not None:
+            continue
+        seconds = long_mode_timeout(int(item.config.getini("timeout") or 0))
+        if seconds is not None:
+            item.add_marker(pytest.mark.timeout(seconds))
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -51,6 +51,22 @@ def long_mode_trials() -> int | None:
     return count
 
 
+#: In the long mode, how much each trial adds to a scenario's per-test timeout: a
+#: trial of the slowest scenarios (a private cluster restarted under a rebuild, CLI
+#: processes killed) takes 10-30 s on a loaded 2-core machine, so this leaves room
+#: for a slow one while still ending a hung run.
+LONG_MODE_SECONDS_PER_TRIAL = 120
+
+
+def long_mode_timeout(default_seconds: int) -> int | None:
+    """The per-test timeout of a scenario in the long mode (None in the default
+    mode, where the suite's own timeout applies)."""
+    count = long_mode_trials()
+    if count is None:
+        return None
+    return default_seconds + LONG_MODE_SECONDS_PER_TRIAL * count
+
+
 def replay_seed() -> int | None:
     raw = os.environ.get(SEED_VARIABLE, "").strip()
     if not raw:
