@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from typing import Any
+from uuid import uuid4
 
 import pytest
 from api_build_fixtures import ROOT, built, job_of, park_one
@@ -91,6 +92,29 @@ class ParkedAuditApiContract(ApiContract):
             ("parked.skip", "succeeded", "INC-5"),
             ("parked.skip", "failed", "again"),
         ]
+
+    def test_the_same_redrive_again_resumes_its_job_another_one_is_refused(
+        self, world: ApiWorld
+    ) -> None:
+        built(world)
+        park_one(world)
+        some = {"reason": "fixed", "aggregates": [str(uuid4())]}
+        first = job_of(world, world.post("admin", f"{ROOT}/parked/redrive", some))
+        assert first.parameters["aggregates"] == some["aggregates"]
+
+        # As after a killed command: the same redrive again resumes its planned job ...
+        again = world.post("admin", f"{ROOT}/parked/redrive", some)
+        assert again.status_code == 200, again.text
+        assert (again.json()["job_id"], again.json()["resumed"]) == (str(first.job_id), True)
+        # ... but a redrive of other aggregates (or of all of them) is another command:
+        # it is refused while the first is unfinished, naming it, and plans nothing.
+        others = ({"reason": "all of them"}, {**some, "aggregates": [str(uuid4())]})
+        for body in others:
+            busy = world.post("admin", f"{ROOT}/parked/redrive", body)
+            assert busy.status_code == 409, busy.text
+            assert str(first.job_id) in busy.json()["error"]["message"]
+        redrives = [j for j in world.context.jobs.list_jobs() if j.kind == JobKind.REDRIVE]
+        assert [j.job_id for j in redrives] == [first.job_id]
 
     def test_an_admin_lists_the_audit_trail_with_filters(self, world: ApiWorld) -> None:
         world.get("viewer", "/api/audit/verify")  # denied: an entry of vic's

@@ -147,6 +147,12 @@ def resumable_job(jobs: JobStore, projection: str, kind: JobKind) -> Job | None:
     return None
 
 
+def _same_redrive(job: Job, build: int, aggregates: list[str]) -> bool:
+    """Whether an unfinished redrive job is the one these parameters would start."""
+    planned = {str(a) for a in job.parameters.get("aggregates") or []}
+    return job.build == build and planned == set(aggregates)
+
+
 def job_state_auditor(context: RecoveryContext, actor: str) -> Callable[[Job, Job], None]:
     """Audit a job's state change made by a worker."""
 
@@ -266,13 +272,15 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         aggregates = [str(UUID(str(a))) for a in p.get("aggregates") or []]
         name = p["projection"]
         context.registry[name]  # an unknown projection is refused, clearly
+        build = context.projection_store.resolve_build(name, int_parameter(p, "build"))
         interrupted = resumable_job(context.jobs, name, JobKind.REDRIVE)
-        if interrupted is not None:
+        if interrupted is not None and _same_redrive(interrupted, build, aggregates):
             # The same command, run again after an interruption (its command or its
             # worker killed), resumes its job, as a rebuild or a catch-up does: the
             # interruption's message says to run it again, so it must not be refused.
+            # A redrive of another build or other aggregates is not the same command:
+            # start_redrive refuses it as busy, naming the job in the way.
             return {**_job_summary(interrupted), "resumed": True}
-        build = context.projection_store.resolve_build(name, int_parameter(p, "build"))
         if not context.projection_store.parked(name, build=build):
             # Nothing parked is nothing to do, as a catch-up that is not behind: the
             # runbook's redrive can be run again (idempotently), exit code 0.
