@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import psycopg
 import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from typer.testing import CliRunner
@@ -96,3 +97,27 @@ def test_unreachable_or_misconfigured_postgres_says_why_at_once(
         # The pools' own wait is 30 s; one connection attempt is bounded by
         # connect_timeout (3 s), whatever the machine's speed.
         assert elapsed < 25, elapsed
+
+
+def test_a_database_lost_during_a_command_exits_as_unreachable_without_secrets(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A connection lost mid-command (a restart, a terminated backend) reaches
+    ``main``; it exits as a database that cannot be reached does at the start (2),
+    one paragraph, no traceback, no password."""
+    from safereplay.recovery.cli import app as cli_app
+
+    def lost() -> None:
+        raise psycopg.OperationalError(
+            "connection to server at 127.0.0.1 failed: password=hunter2 server closed "
+            "the connection unexpectedly"
+        )
+
+    monkeypatch.setattr(cli_app, "app", lost)
+    with pytest.raises(SystemExit) as stopped:
+        cli_app.main()
+    assert stopped.value.code == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "the database connection failed during the command" in err
+    assert "server closed the connection unexpectedly" in err and "run the command again" in err
+    assert "hunter2" not in err and "Traceback" not in err

@@ -41,7 +41,7 @@ from safereplay.recovery.cli.demo import DemoResult, run_demo, status_table
 from safereplay.recovery.cli.security import Json
 from safereplay.recovery.cli.support import (
     EXIT_INVALID,
-    EXIT_NO,
+    EXIT_UNAVAILABLE,
     emit,
     exit_code_for,
     fail,
@@ -239,11 +239,13 @@ def main() -> None:
         # The database went away mid-command (a restart, a terminated connection):
         # one clear message and a non-zero exit, not a trace. What the command
         # committed stands; its audit entry records the intent if not the outcome.
+        # The exit code is a database that cannot be reached, as at the start of a
+        # command (``recovery_context``): one code for "the database is not there".
         fail(
             f"the database connection failed during the command: "
             f"{hide_passwords(str(exc).strip())}; run the command again once the "
             "database is back (`safereplay status` shows what was done)",
-            EXIT_NO,
+            EXIT_UNAVAILABLE,
         )
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "EXIT_FROZEN",
     "EXIT_SCHEMA",
     "EXIT_UNAUTHENTICATED",
+    "EXIT_UNAVAILABLE",
     "cli_caller",
     "cli_origin",
     "console",
@@ -125,6 +126,8 @@ _EXIT_CODES = {name: code for code, name in ERROR_CODES.items()} | {
     "not_found": EXIT_INVALID,
     "unavailable": EXIT_INVALID,
 }
+#: A database that cannot be reached, at the start of a command or lost during it.
+EXIT_UNAVAILABLE = _EXIT_CODES["unavailable"]
 
 
 @dataclasses.dataclass
