@@ -9,8 +9,10 @@ schema (dropped afterwards).
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,43 @@ class PostgresBackend(Backend):
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema))
                 )
         self.schemas.clear()
+
+
+# -- the stored rows themselves, as someone with database access sees them ---------------------
+
+
+def events_table(log: Log) -> sql.Identifier:
+    """The PostgreSQL events table of a log's application."""
+    settings = log.settings
+    return sql.Identifier(settings.postgres_schema, f"{settings.application_name}_events")
+
+
+def stored_state(log: Log, position: int) -> bytes:
+    """One stored row's state (sealed bytes), read straight from the table."""
+    if isinstance(log.backend, PostgresBackend):
+        query = sql.SQL("SELECT state FROM {} WHERE notification_id = %s").format(events_table(log))
+        with log.backend.connect() as conn:
+            row = conn.execute(query, (position,)).fetchone()
+            assert row is not None
+            return bytes(row[0])
+    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn:
+        (state,) = conn.execute(
+            "SELECT state FROM stored_events WHERE rowid = ?", (position,)
+        ).fetchone()
+        return bytes(state)
+
+
+def write_state(log: Log, position: int, state: bytes) -> None:
+    """Overwrite one row's stored state, as someone with database access would."""
+    if isinstance(log.backend, PostgresBackend):
+        query = sql.SQL("UPDATE {} SET state = %s WHERE notification_id = %s").format(
+            events_table(log)
+        )
+        with log.backend.connect() as conn:
+            conn.execute(query, (state, position))
+        return
+    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn, conn:
+        conn.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (state, position))
 
 
 # -- one contract, run on each backend -------------------------------------------------------

@@ -11,16 +11,13 @@ naming the position. The conflict store itself is one contract per backend.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
-from contextlib import closing
 from typing import Any
 
 import pytest
-from projection_fixtures import Log, OnPostgres, OnSQLite, PostgresBackend
-from psycopg import sql
+from projection_fixtures import Log, OnPostgres, OnSQLite, stored_state, write_state
 from recovery_fixtures import QUICK_RUNNER, Recovery, RecoveryContract
 
 from safereplay.domain.workload import record_workload
@@ -41,39 +38,6 @@ ONE = JobRequest(principal="alice", reason="projection fixed")
 def database_of(recovery: Recovery) -> Database:
     assert isinstance(recovery.jobs, SQLJobStore)
     return recovery.jobs.database
-
-
-def _events_table(log: Log) -> sql.Identifier:
-    settings = log.settings
-    return sql.Identifier(settings.postgres_schema, f"{settings.application_name}_events")
-
-
-def stored_state(log: Log, position: int) -> bytes:
-    if isinstance(log.backend, PostgresBackend):
-        query = sql.SQL("SELECT state FROM {} WHERE notification_id = %s").format(
-            _events_table(log)
-        )
-        with log.backend.connect() as conn:
-            row = conn.execute(query, (position,)).fetchone()
-            assert row is not None
-            return bytes(row[0])
-    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn:
-        (state,) = conn.execute(
-            "SELECT state FROM stored_events WHERE rowid = ?", (position,)
-        ).fetchone()
-        return bytes(state)
-
-
-def write_state(log: Log, position: int, state: bytes) -> None:
-    if isinstance(log.backend, PostgresBackend):
-        query = sql.SQL("UPDATE {} SET state = %s WHERE notification_id = %s").format(
-            _events_table(log)
-        )
-        with log.backend.connect() as conn:
-            conn.execute(query, (state, position))
-        return
-    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn, conn:
-        conn.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (state, position))
 
 
 def tamper(log: Log, position: int) -> bytes:

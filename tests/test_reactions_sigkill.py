@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,38 +33,8 @@ from safereplay.projections import open_source
 from safereplay.reactions import ReactionRunner, WebhookDestination, WebhookSecret, open_ledger
 from safereplay.recovery.resilience.policies import RetryThenPark
 
-CHILD = """
-import sys
-from pathlib import Path
-
-from safereplay.domain import AutomationApp, DomainSettings
-from safereplay.domain.automation import Run
-from safereplay.projections import open_source
-from safereplay.reactions import (
-    Reaction, ReactionOptions, ReactionRunner, WebhookDestination, WebhookSecret, open_ledger,
-)
-from safereplay.recovery.resilience.policies import RetryThenPark
-
-
-class RunEvents(Reaction):
-    name = "run_events"
-    reacts_to = (Run.Started, Run.StepSucceeded, Run.StepFailed, Run.StepRetried, Run.Completed)
-
-
-settings = DomainSettings.from_env()
-secret = WebhookSecret.from_file(Path(sys.argv[2]))
-with AutomationApp(settings) as app:
-    hooks = WebhookDestination("hooks", sys.argv[1], secret=secret, timeout=300)
-    runner = ReactionRunner(
-        RunEvents(destinations=["hooks"]),
-        source=open_source(app),
-        ledger=open_ledger(settings),
-        destinations=[hooks],
-        policy=RetryThenPark(attempts=3),
-        options=ReactionOptions(concurrency=1, lease_seconds=2.0),
-    )
-    runner.run_until_idle()
-"""
+#: The delivering process the test kills (a script of the tests' own).
+DELIVER = Path(__file__).with_name("deliver_run_events.py")
 
 
 def wait_until(condition: object, what: str, timeout: float = 120.0) -> None:
@@ -88,15 +57,13 @@ class SigkillCases:
         secret_file.write_text("w" * 48 + "\n")
         secret_file.chmod(0o600)
         secret = WebhookSecret.from_file(secret_file)
-        script = tmp_path / "deliver.py"
-        script.write_text(textwrap.dedent(CHILD))
 
         with Receiver(secret, hang_first=True, delay=600).start() as receiver:
             env = {k: v for k, v in os.environ.items() if not k.startswith("SAFEREPLAY_")} | {
                 "SAFEREPLAY_APPROVAL_REQUIRED": ""
             }
             child = subprocess.Popen(
-                [sys.executable, str(script), receiver.url, str(secret_file)],
+                [sys.executable, str(DELIVER), receiver.url, str(secret_file)],
                 env=env | backend_env(world.settings),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,

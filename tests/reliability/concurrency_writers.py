@@ -45,6 +45,8 @@ CEILING = 90.0
 
 #: Counter columns of each projection's tables: one more or one less than the fold is
 #: an event applied twice or lost (a full equality with the fold is checked as well).
+#: Written out here, not imported from ``safereplay.projections.reference``: the oracle
+#: does not take the code under test's word for which columns count.
 COUNTERS: dict[str, dict[str, tuple[str, ...]]] = {
     "run_status": {"runs": ("steps_succeeded", "failures")},
     "workflow_stats": {

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from projection_fixtures import Log, PostgresBackend
+from projection_fixtures import Log, PostgresBackend, events_table
 from psycopg import sql
 from reliability_trials import long_mode_trials
 
@@ -37,18 +37,13 @@ def max_examples(default: int = DEFAULT_EXAMPLES) -> int:
 # -- stored rows, read and written behind the application's back ------------------------------
 
 
-def _events_table(log: Log) -> sql.Identifier:
-    settings = log.settings
-    return sql.Identifier(settings.postgres_schema, f"{settings.application_name}_events")
-
-
 def stored_rows(log: Log) -> list[dict[str, Any]]:
     """Every stored event row: position, aggregate, version, topic, state (raw bytes)."""
     if isinstance(log.backend, PostgresBackend):
         query = sql.SQL(
             "SELECT notification_id, originator_id, originator_version, topic, state "
             "FROM {} ORDER BY notification_id"
-        ).format(_events_table(log))
+        ).format(events_table(log))
         with log.backend.connect() as conn:
             found = conn.execute(query).fetchall()
     else:
@@ -61,19 +56,6 @@ def stored_rows(log: Log) -> list[dict[str, Any]]:
         {"position": p, "aggregate": str(a), "version": v, "topic": t, "state": bytes(s)}
         for p, a, v, t, s in found
     ]
-
-
-def write_state(log: Log, position: int, state: bytes) -> None:
-    """Overwrite one row's stored state, as someone with database access would."""
-    if isinstance(log.backend, PostgresBackend):
-        query = sql.SQL("UPDATE {} SET state = %s WHERE notification_id = %s").format(
-            _events_table(log)
-        )
-        with log.backend.connect() as conn:
-            conn.execute(query, (state, position))
-        return
-    with closing(sqlite3.connect(log.settings.sqlite_path)) as conn, conn:
-        conn.execute("UPDATE stored_events SET state = ? WHERE rowid = ?", (state, position))
 
 
 # -- secrets that must never show ------------------------------------------------------------

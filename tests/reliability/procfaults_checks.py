@@ -38,6 +38,7 @@ import psycopg
 from projection_fixtures import EXPECTED, Log, PostgresBackend, table_state
 from psycopg import sql
 from psycopg.rows import dict_row
+from recovery_fixtures import wait_until
 
 from safereplay.domain import Envelope, KeyRing
 from safereplay.domain.keyring import is_sealed, sealed_key_id
@@ -572,14 +573,7 @@ def wait_for(
     condition: Callable[[], Any], *, what: str, timeout: float = 120, interval: float = 0.02
 ) -> Any:
     """Poll ``condition`` until truthy (generous: the machine is shared and slow)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    return wait_until(condition, timeout=timeout, what=what, interval=interval)
 
 
 def reap(pids: Iterable[int]) -> None:

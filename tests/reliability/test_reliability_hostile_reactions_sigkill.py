@@ -26,7 +26,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 from collections import Counter
 from contextlib import closing
@@ -52,40 +51,8 @@ from safereplay.reactions import (
 )
 from safereplay.recovery.resilience.policies import RetryThenPark
 
-CHILD = """
-import sys
-from pathlib import Path
-
-from safereplay.domain import AutomationApp, DomainSettings
-from safereplay.domain.automation import Run
-from safereplay.projections import open_source
-from safereplay.reactions import (
-    Reaction, ReactionOptions, ReactionRunner, WebhookDestination, WebhookSecret, open_ledger,
-)
-from safereplay.recovery.resilience.policies import RetryThenPark
-
-
-class RunEvents(Reaction):
-    name = "run_events"
-    reacts_to = (Run.Started, Run.StepSucceeded, Run.StepFailed, Run.StepRetried, Run.Completed)
-
-
-settings = DomainSettings.from_env()
-secret = WebhookSecret.from_file(Path(sys.argv[2]))
-with AutomationApp(settings) as app:
-    hooks = WebhookDestination("hooks", sys.argv[1], secret=secret, timeout=60)
-    runner = ReactionRunner(
-        RunEvents(destinations=["hooks"]),
-        source=open_source(app),
-        ledger=open_ledger(settings),
-        destinations=[hooks],
-        policy=RetryThenPark(attempts=50),
-        options=ReactionOptions(
-            concurrency=int(sys.argv[3]), batch_size=int(sys.argv[4]), lease_seconds=1.0
-        ),
-    )
-    runner.run_until_idle()
-"""
+#: The delivering process the trials kill (shared with ``test_reactions_sigkill``).
+DELIVER = Path(__file__).parent.parent / "deliver_run_events.py"
 
 
 def ledger_rows(log: Log) -> list[tuple[str, str, int]]:
@@ -125,14 +92,8 @@ class ReactionKillContract:
         path.chmod(0o600)
         return path
 
-    @pytest.fixture
-    def script(self, tmp_path: Path) -> Path:
-        path = tmp_path / "deliver.py"
-        path.write_text(textwrap.dedent(CHILD))
-        return path
-
     def test_kill_between_call_and_commit(
-        self, backend: Any, trials: Any, secret_file: Path, script: Path
+        self, backend: Any, trials: Any, secret_file: Path
     ) -> None:
         secret = WebhookSecret.from_file(secret_file)
         for trial in trials(default=1):
@@ -170,11 +131,14 @@ class ReactionKillContract:
                         child = subprocess.Popen(
                             [
                                 sys.executable,
-                                str(script),
+                                str(DELIVER),
                                 rcv.url,
                                 str(secret_file),
-                                str(concurrency),
-                                str(rng.choice([1, 3, 500])),
+                                "--timeout=60",
+                                "--attempts=50",
+                                "--lease-seconds=1",
+                                f"--concurrency={concurrency}",
+                                f"--batch-size={rng.choice([1, 3, 500])}",
                             ],
                             env=env,
                             stdout=subprocess.PIPE,

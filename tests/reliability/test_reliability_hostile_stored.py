@@ -40,7 +40,7 @@ from uuid import UUID, uuid4
 
 import pytest
 from eventsourcing.persistence import StoredEvent
-from hostile_support import key_texts, leaks, select, stored_rows, write_state
+from hostile_support import key_texts, leaks, select, stored_rows
 from projection_fixtures import (
     EXPECTED,
     Catalog,
@@ -49,6 +49,7 @@ from projection_fixtures import (
     OnSQLite,
     fold_run_status,
     table_state,
+    write_state,
 )
 from reaction_fixtures import QUICK, RunEvents
 from recovery_fixtures import Recovery

@@ -39,10 +39,10 @@ from procfaults_checks import (
     wait_for,
 )
 from procfaults_world import Command, TrialsFactory, cli_env, run_here, start_cli
-from projection_fixtures import Backend, Log, OnPostgres, OnSQLite
+from projection_fixtures import Backend, Log, OnPostgres, OnSQLite, stored_state, write_state
 from recovery_fixtures import Recovery, fresh_recovery
 from reliability_trials import Trial
-from test_integrity_pause import stored_state, tamper, write_state
+from test_integrity_pause import tamper
 
 from safereplay.domain import Envelope
 from safereplay.domain.workload import record_workload
