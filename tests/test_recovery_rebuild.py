@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from projection_fixtures import Backend, OnPostgres, OnSQLite
-from recovery_fixtures import Recovery, fresh_recovery
+from projection_fixtures import Backend, OnPostgres, OnSQLite, handled_count
+from recovery_fixtures import Recovery, fresh_recovery, wait_until
 
 from safereplay.domain.workload import record_workload
 from safereplay.projections import (
@@ -157,9 +157,25 @@ class RebuildContract:
         positions = recovery.store.checkpoints("workflow_stats", build=1)
         assert sorted(str(c.partition) for c in positions) == ["0/3", "1/3", "2/3"]
         assert recovery.applied(WorkflowStatistics, 1) == 0, "the follower applied nothing"
-        report = recovery.worker().run()
-        assert report.count("completed") == 3
+        # A follower that meets this while following live waits for the rebuild,
+        # then goes on from the position the rebuild leaves: no one has to restart it.
+        following = follower.in_background()
+        try:
+            report = recovery.worker().run()
+            assert report.count("completed") == 3
+            record_workload(recovery.log.app, workflows=1, runs_per_workflow=3, seed=6)
+            head = recovery.source.high_water_mark()
+            wait_until(
+                lambda: follower.position == head,
+                timeout=60,
+                what=f"the follower to reach {head} after the rebuild",
+            )
+        finally:
+            following.stop()
         assert recovery.actual(WorkflowStatistics) == recovery.expected(WorkflowStatistics)
+        assert recovery.applied(WorkflowStatistics, 1) == handled_count(
+            WorkflowStatistics, recovery.log.envelopes()
+        ), "every event applied once: by the rebuild, then by the follower"
 
 
 class Sequential(RunStatusBoard):
