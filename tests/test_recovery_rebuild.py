@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from projection_fixtures import Backend, OnPostgres, OnSQLite, handled_count
@@ -176,6 +177,43 @@ class RebuildContract:
         assert recovery.applied(WorkflowStatistics, 1) == handled_count(
             WorkflowStatistics, recovery.log.envelopes()
         ), "every event applied once: by the rebuild, then by the follower"
+
+    def test_a_follower_commit_before_a_first_rebuild_repartitions_is_counted(
+        self, recovery: Recovery, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A first rebuild decides that the build was never written, then regroups its
+        positions; a follower that commits in between is not rebuilt over: the job
+        starts at the follower's position and counts from there."""
+        record_workload(recovery.log.app, workflows=2, runs_per_workflow=6, seed=7)
+        follower = recovery.log.runner(
+            WorkflowStatistics(), store=recovery.log.store(), batch_size=10
+        )
+        regroup = recovery.store.repartition
+
+        def follower_commits_first(name: str, build: int, count: int) -> Any:
+            follower.run_batch()
+            return regroup(name, build, count)
+
+        monkeypatch.setattr(recovery.store, "repartition", follower_commits_first)
+        job = self.rebuild(recovery, "workflow_stats")
+        monkeypatch.undo()
+        [followed] = {c.position for c in recovery.store.checkpoints("workflow_stats", build=1)}
+        assert 0 < followed < job.target_position, "the follower committed some, not all"
+        parts = recovery.partitions(job)
+        assert [p.start_position for p in parts] == [followed] * 3
+        in_scope = handled_count(
+            WorkflowStatistics,
+            [e for e in recovery.log.envelopes() if followed < (e.position or 0)],
+        )
+        assert sum(p.events_in_scope or 0 for p in parts) == in_scope
+
+        assert recovery.worker().run().count("completed") == 3
+        done = recovery.partitions(job)
+        assert sum(p.events_applied for p in done) == in_scope, "counted from the follower's"
+        assert recovery.actual(WorkflowStatistics) == recovery.expected(WorkflowStatistics)
+        assert recovery.applied(WorkflowStatistics, 1) == handled_count(
+            WorkflowStatistics, recovery.log.envelopes()
+        ), "every event applied once: by the follower, then by the rebuild"
 
 
 class Sequential(RunStatusBoard):

@@ -213,9 +213,13 @@ def start_rebuild(
     first = never_built(store, projection, version=cls.version)
     build = store.prepare(cls) if first else store.create_build(cls)
     try:
-        store.repartition(projection, build, request.partitions)
+        # The job starts where the repartitioned positions are, not at 0: a follower
+        # of a first build may have committed between never_built and the repartition
+        # (which regroups its position), and the job's counters count from there.
+        checkpoints = store.repartition(projection, build, request.partitions)
+        by_index = sorted(checkpoints, key=lambda c: c.partition.index)
         target = source.high_water_mark()
-        starts = [0] * request.partitions
+        starts = [c.position for c in by_index]
         job = jobs.create_job(
             _new_job(
                 request,
@@ -224,7 +228,7 @@ def start_rebuild(
                 build=build,
                 partitions=request.partitions,
                 starts=starts,
-                baseline=[0] * request.partitions,
+                baseline=[c.events_applied + c.events_parked for c in by_index],
                 target=target,
                 scope=events_in_scope(source, cls.topics, starts=starts, target=target),
             )
