@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
-from recovery_fixtures import operator_cli_env
+from recovery_fixtures import operator_cli_env, wait_until
 from typer.testing import CliRunner
 
 from safereplay.recovery.cli.app import app
+from safereplay.recovery.cli.support import recovery_context
+from safereplay.recovery.jobs.plans import JobRequest, start_rebuild
+from safereplay.recovery.templates.apply import rollout_state
 
 
 @pytest.fixture
@@ -107,3 +113,73 @@ def test_apply_a_shipped_runbook_with_worker_processes(env: dict[str, str]) -> N
     code, out = run(env, "apply", "behind-after-outage", "-w", "2", "-r", "INC-10", "--json")
     assert code == 0, out
     assert json.loads(out)[0]["outcome"] == "completed"
+
+
+def test_continue_releases_a_staged_rollout_once_its_canary_verified(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A staged rollout as a template plans one: partition 0 is the canary, 1 and 2
+    # are held until the canary verified and an operator releases them.
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with recovery_context() as context:
+        job = start_rebuild(
+            JobRequest(
+                principal="root",
+                reason="canary first",
+                partitions=3,
+                held_partitions=(1, 2),
+                parameters={"rollout": {"canary_partitions": [0]}},
+            ),
+            projection="workflow_stats",
+            store=context.projection_store,
+            source=context.source,
+            jobs=context.jobs,
+            registry=context.registry,
+        )
+    job_id = str(job.job_id)
+
+    # Before its canary ran, the rest is not released, whoever asks.
+    code, out = run(env, "continue", job_id[:8], "-r", "in a hurry")
+    assert code == 5 and "keeps its partitions [1, 2] held" in " ".join(out.split()), out
+    code, out = run(env, "continue", job_id, "--json")
+    assert code == 2 and "--reason" in out, "a reason is required"
+
+    # A worker process runs the canary, then waits for the held partitions (it does
+    # not exit while the job has work that may still be released).
+    args = ["worker", "--job", job_id, "--exit-when-idle"]
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "safereplay.recovery.cli", *args],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with recovery_context() as context:
+            wait_until(
+                lambda: rollout_state(context.jobs.status(job.job_id)).verified,
+                timeout=120,
+                what="the canary partition to verify",
+            )
+        assert worker.poll() is None, "the worker waits for the held partitions"
+        code, out = run(env, "continue", job_id[:8], "-r", "canary verified")
+        said = " ".join(out.split())
+        assert code == 0 and f"job {job_id}: 2 held partition(s) released" in said, out
+        output, _ = worker.communicate(timeout=120)
+        assert worker.returncode == 0, output
+    finally:
+        worker.kill()
+    code, out = run(env, "jobs", "--json")
+    [listed] = [j for j in json.loads(out) if j["job_id"] == job_id]
+    assert listed["state"] == "completed", listed
+    code, out = run(env, "continue", job_id, "-r", "again", "--json")
+    assert code == 0 and json.loads(out)["released_partitions"] == 0, out
+
+    code, out = run(env, "audit", "list", "--action", "rollout.continue", "--json")
+    outcomes = [(e["reason"], e["outcome"]) for e in json.loads(out) if e["outcome"] != "started"]
+    assert outcomes == [
+        ("in a hurry", "failed"),
+        ("canary verified", "succeeded"),
+        ("again", "succeeded"),
+    ], outcomes

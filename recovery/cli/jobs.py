@@ -1,4 +1,5 @@
-"""CLI: jobs (list, pause, resume, abort) and parked (dead-letter) events."""
+"""CLI: jobs (list, pause, resume, abort, continue a staged rollout) and parked
+(dead-letter) events."""
 
 from __future__ import annotations
 
@@ -91,6 +92,36 @@ def _control(name: str) -> Any:
     return command
 
 
+def continue_command(
+    job_id: Annotated[str, typer.Argument(help="The job's id, or an unambiguous prefix.")],
+    reason: Reason,
+    as_json: Json = False,
+) -> None:
+    """Release a staged rollout's held partitions once its canary verified.
+
+    Refused (exit 5) while the canary has not verified: abort the job instead, or
+    wait for it.
+    """
+
+    def released(result: Any) -> None:
+        job, count = result["job_id"], result["released_partitions"]
+        console.print(
+            f"job {job}: {count} held partition(s) released; workers pick them up (or run "
+            f"`safereplay worker --job {job} --exit-when-idle`)"
+            if count
+            else f"job {job} holds no partitions: nothing to release",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
+
+    emit(
+        operation("rollout.continue", reason=reason, job_id=job_id),
+        as_json=as_json,
+        human=released,
+    )
+
+
 parked_app = typer.Typer(help="Parked (dead-letter) events.", no_args_is_help=True)
 
 
@@ -170,3 +201,4 @@ def register(app: typer.Typer) -> None:
     app.command("jobs")(jobs_command)
     for name in ("pause", "resume", "abort"):
         app.command(name)(_control(name))
+    app.command("continue")(continue_command)
