@@ -2,7 +2,10 @@
 ``tests/reliability/long_mode.sh`` into ``docs/reliability-figures.json`` and write
 their table into ``docs/reliability.md`` (``test_reliability_figures`` checks both)::
 
-    .venv/bin/python tests/reliability/publish_figures.py RUNS.json REPORT.json...
+    .venv/bin/python tests/reliability/publish_figures.py RUNS.json REPORTS...
+
+REPORTS are report files or folders of them (``long_mode.sh``'s, whose
+``*-load.json`` side files of the load scenario are not trial reports).
 
 ``RUNS.json`` lists the runs that made the reports, as the document names them:
 ``[{"area": ..., "command": ..., "trials_per_scenario": N, "seconds": S}, ...]``.
@@ -24,6 +27,20 @@ ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "reliability.md"
 FIGURES = ROOT / "docs" / "reliability-figures.json"
 COUNTED = ("trials", "faults", "events_checked", "losses", "duplicates")
+
+
+def report_files(arguments: list[str]) -> list[Path]:
+    found: list[Path] = []
+    for argument in map(Path, arguments):
+        if argument.is_dir():
+            found += [
+                p
+                for p in sorted(argument.glob("test_reliability_*.json"))
+                if not p.name.endswith("-load.json")
+            ]
+        else:
+            found.append(argument)
+    return found
 
 
 def merged(reports: list[Path]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -55,7 +72,7 @@ def main(argv: list[str]) -> None:
     if len(argv) < 2:
         raise SystemExit(__doc__)
     runs = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-    scenarios, total = merged([Path(a) for a in argv[1:]])
+    scenarios, total = merged(report_files(argv[1:]))
     payload = {"runs": runs, "scenarios": scenarios, "total": total}
     FIGURES.write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
     DOC.write_text(replace_table(DOC.read_text(encoding="utf-8"), markdown_table(payload)))
