@@ -216,22 +216,24 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
         """The handler of ``rebuild`` or ``catch-up``: plan the job, return its summary."""
 
         def handler(ctx: OperationContext, p: Mapping[str, Any]) -> dict[str, Any]:
-            interrupted = resumable_job(context.jobs, p["projection"], kind)
-            if interrupted is not None:
+            job = resumable_job(context.jobs, p["projection"], kind)
+            if job is not None:
                 # The same command, run again after an interruption: it resumes the
                 # job (its partitions from where they stopped), as the runbook says.
-                return {**_job_summary(interrupted), "resumed": True}
-            job = start(
-                _request(ctx, p, default_partitions),
-                projection=p["projection"],
-                store=context.projection_store,
-                source=context.source,
-                jobs=context.jobs,
-                registry=context.registry,
-            )
-            summary = _job_summary(job)
+                summary = {**_job_summary(job), "resumed": True}
+            else:
+                job = start(
+                    _request(ctx, p, default_partitions),
+                    projection=p["projection"],
+                    store=context.projection_store,
+                    source=context.source,
+                    jobs=context.jobs,
+                    registry=context.registry,
+                )
+                summary = _job_summary(job)
             if kind == JobKind.REBUILD:
-                # A never-built projection's first build is built in its live build 1.
+                # A never-built projection's first build is built in its live build 1
+                # (resumed or not: what to do once it completes depends on it).
                 summary["live"] = context.projection_store.live_build(job.projection) == job.build
             return summary
 
