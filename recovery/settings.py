@@ -27,7 +27,7 @@ import re
 import ssl
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -77,6 +77,22 @@ _RULE = r"[a-z][a-z0-9._-]*(:[a-z_][a-z0-9_]*(=[A-Za-z0-9_.:*-]+)?)?"
 _APPROVAL_RULES = rf"^\s*({_RULE}(\s*,\s*{_RULE})*)?\s*$"
 _TTL_DURATION = r"^\s*([0-9]+(\.[0-9]+)?)\s*[smhd]?\s*$"
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+_Settings = TypeVar("_Settings", bound=BaseSettings)
+
+
+def _read(cls: type[_Settings], overrides: Mapping[str, Any], *, checked: bool) -> _Settings:
+    """``cls`` from the environment (plus ``overrides``), after :func:`check_environment`
+    when ``checked`` (a misspelt SAFEREPLAY_ variable refused first); a bad value
+    becomes a ConfigurationError naming the variable."""
+    if checked:
+        check_environment()
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = str(cls.model_config.get("env_prefix", ""))
+        raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
 
 
 class RecoverySettings(BaseSettings):
@@ -293,11 +309,7 @@ class RecoverySettings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> RecoverySettings:
         """Read the environment (plus ``overrides``) after :func:`check_environment`."""
-        check_environment()
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            raise settings_error(exc, known=variable_names(cls)) from None
+        return _read(cls, overrides, checked=True)
 
     def load_token(self) -> str:
         if self.token is not None:
@@ -387,11 +399,7 @@ class ServeSettings(BaseSettings):
     @classmethod
     def from_env(cls, **overrides: object) -> ServeSettings:
         """Read the environment (plus ``overrides``); errors become ConfigurationError."""
-        try:
-            return cls(**overrides)  # type: ignore[arg-type]
-        except ValidationError as exc:
-            prefix = str(cls.model_config.get("env_prefix", ""))
-            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
+        return _read(cls, overrides, checked=False)
 
 
 class AlertSettings(BaseSettings):
@@ -456,12 +464,7 @@ class AlertSettings(BaseSettings):
     @classmethod
     def from_env(cls) -> AlertSettings:
         """Read the environment after :func:`check_environment`."""
-        check_environment()
-        try:
-            return cls()
-        except ValidationError as exc:
-            prefix = str(cls.model_config.get("env_prefix", ""))
-            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
+        return _read(cls, {}, checked=True)
 
 
 class SLOTargetSet(BaseModel):
@@ -574,12 +577,7 @@ class SLOSettings(BaseSettings):
     @classmethod
     def from_env(cls) -> SLOSettings:
         """Read the environment after :func:`check_environment`."""
-        check_environment()
-        try:
-            return cls()
-        except ValidationError as exc:
-            prefix = str(cls.model_config.get("env_prefix", ""))
-            raise settings_error(exc, prefix=prefix, known=variable_names(cls)) from None
+        return _read(cls, {}, checked=True)
 
 
 #: Every settings class of safereplay: the variables they read are all the settings.
