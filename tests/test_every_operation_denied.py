@@ -185,6 +185,7 @@ CLI_CALLS: dict[str, list[str]] = {
     "pause": ["{job_id}", "-r", "x"],
     "resume": ["{job_id}", "-r", "x"],
     "abort": ["{job_id}", "-r", "x"],
+    "continue": ["{job_id}", "-r", "x"],
     "rebuild": ["failed_steps", "-r", "x", "-w", "0"],
     "catch-up": ["failed_steps", "-r", "x", "-w", "0"],
     "worker": ["--exit-when-idle"],
