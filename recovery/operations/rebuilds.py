@@ -297,7 +297,7 @@ def register_recovery_operations(operations: Operations, context: RecoveryContex
             store=context.projection_store,
             jobs=context.jobs,
             registry=context.registry,
-            build=int_parameter(p, "build"),
+            build=build,
             aggregates=aggregates,
         )
         return _job_summary(job)
