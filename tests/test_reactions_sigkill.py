@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from reaction_fixtures import (
     RunEvents,
     SQLiteReactionWorld,
 )
-from recovery_fixtures import backend_env
+from recovery_fixtures import backend_env, wait_until
 from webhook_receiver import Receiver
 
 from safereplay.projections import open_source
@@ -35,13 +34,6 @@ from safereplay.recovery.resilience.policies import RetryThenPark
 
 #: The delivering process the test kills (a script of the tests' own).
 DELIVER = Path(__file__).with_name("deliver_run_events.py")
-
-
-def wait_until(condition: object, what: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 class SigkillCases:
@@ -69,7 +61,11 @@ class SigkillCases:
                 stderr=subprocess.STDOUT,
             )
             try:
-                wait_until(lambda: receiver.received or child.poll() is not None, "the call")
+                wait_until(
+                    lambda: receiver.received or child.poll() is not None,
+                    timeout=120,
+                    what="the call",
+                )
                 assert child.poll() is None, child.communicate()[0].decode()
                 interrupted = receiver.received[0].key
                 os.kill(child.pid, signal.SIGKILL)  # the call is in flight, unanswered
@@ -85,7 +81,11 @@ class SigkillCases:
             assert interrupted in {e.idempotency_key for e in owed}
             # The killed runner's lease is not released: the next runner waits for it
             # to run out (one runner per reaction), then takes over.
-            wait_until(lambda: ledger.lease("run_events") is None, "the lease to run out")
+            wait_until(
+                lambda: ledger.lease("run_events") is None,
+                timeout=120,
+                what="the lease to run out",
+            )
 
             destination = WebhookDestination("hooks", receiver.url, secret=secret, timeout=30)
             runner = ReactionRunner(
