@@ -13,7 +13,8 @@
   :mod:`safereplay.projections.sql_source`), their SQL too
   (:mod:`safereplay.projections.store_sql`, :mod:`safereplay.projections.source_sql`,
   :mod:`safereplay.projections.sqltemplate`);
-- :mod:`safereplay.projections.runner`: catch-up and live following;
+- :mod:`safereplay.projections.runner`: catch-up and live following, reading the next
+  batch while one commits where that pays (:mod:`safereplay.projections.read_ahead`);
 - :mod:`safereplay.projections.failure`: the failure-policy seam;
 - :mod:`safereplay.projections.replay_context`: why a handler runs (live, catch-up,
   rebuild, replay, re-delivery), for handlers to read;
@@ -66,7 +67,13 @@ from safereplay.projections.runner import (
     RunnerThread,
 )
 from safereplay.projections.settings import ProjectionSettings
-from safereplay.projections.source import EventSource, Partition, partition_of
+from safereplay.projections.source import (
+    READ_AHEAD_MODES,
+    EventSource,
+    Partition,
+    ReadAheadMode,
+    partition_of,
+)
 from safereplay.projections.sqlite_source import SQLiteEventSource
 from safereplay.projections.sqlite_store import SQLiteProjectionStore
 from safereplay.projections.status import (
@@ -91,6 +98,7 @@ from safereplay.projections.watermark import HighWaterMark, SkippedHole, SQLiteH
 __all__ = [
     "FAULT_POINTS",
     "NO_OBSERVER",
+    "READ_AHEAD_MODES",
     "REFERENCE_PROJECTIONS",
     "BatchResult",
     "BatchState",
@@ -130,6 +138,7 @@ __all__ = [
     "ProjectionSettings",
     "ProjectionStatus",
     "ProjectionStore",
+    "ReadAheadMode",
     "ReplayContext",
     "ReplayReason",
     "RunStatusBoard",

@@ -36,7 +36,7 @@ from safereplay.domain.secret import Conninfo
 from safereplay.projections.errors import DatabaseUnavailable, StoreError, WatermarkError
 from safereplay.projections.postgres_connection import TRANSIENT, Connection, first_line
 from safereplay.projections.postgres_watermark import PostgresHighWaterMark
-from safereplay.projections.source import notification_of
+from safereplay.projections.source import ReadAheadMode, notification_of
 from safereplay.projections.source_sql import partition_hash
 from safereplay.projections.sql_source import SQLEventSource
 from safereplay.projections.sqltemplate import PostgresRenderer
@@ -60,6 +60,10 @@ class PostgresEventSource(SQLEventSource[sql.Composed]):
     named ``{application_name}-source``, ``-listen-{table}`` and ``-watermark``
     in ``pg_stat_activity``.
     """
+
+    #: psycopg releases the GIL while the server works: read and decode the next batch
+    #: while this one commits (projections/read_ahead.py; measured in docs/benchmarks.md).
+    read_ahead: ReadAheadMode = "off"
 
     def __init__(
         self,

@@ -38,7 +38,7 @@ it idle. A follower that meets a position moved by someone else (a recovery job 
 took the build over and gave it back, or another follower) re-reads it and goes
 on: the position check guarantees nothing was applied twice.
 
-Why this module is long (about 750 lines): it is one class,
+Why this module is long (about 820 lines): it is one class,
 whose batch loop, connection retries and failure-policy path share the same
 state (the cached position, the blocked aggregates, the attempts of the failing
 event) and the one crash-safety argument above. Split by concern, each part
@@ -75,9 +75,16 @@ from safereplay.projections.errors import (
 from safereplay.projections.failure import Decision, EventFailure, EventRef, FailFast, FailurePolicy
 from safereplay.projections.observer import NO_OBSERVER, RunnerObserver
 from safereplay.projections.projection import Projection
+from safereplay.projections.read_ahead import DecodeFailed, Prefetched, ReadAhead
 from safereplay.projections.replay_context import ReplayContext, ReplayReason, replaying
 from safereplay.projections.settings import ProjectionSettings
-from safereplay.projections.source import WHOLE, EventSource, Partition
+from safereplay.projections.source import (
+    READ_AHEAD_MODES,
+    WHOLE,
+    EventSource,
+    Partition,
+    ReadAheadMode,
+)
 from safereplay.projections.store import Checkpoint, Fence, ParkedEvent, ProjectionStore
 
 __all__ = [
@@ -116,10 +123,19 @@ class RunnerOptions:
     retry_initial: float = 0.05
     retry_max: float = 5.0
     give_up_after: float | None = None
+    #: Read the next batch while this one commits (:mod:`~safereplay.projections.read_ahead`):
+    #: ``"off"``, ``"read"`` (the notifications), ``"decode"`` (decoded too), or None for
+    #: what the source does best (:attr:`~safereplay.projections.source.EventSource.read_ahead`).
+    read_ahead: ReadAheadMode | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if self.read_ahead not in (None, *READ_AHEAD_MODES):
+            raise ValueError(
+                f"read_ahead must be one of {', '.join(READ_AHEAD_MODES)} or None, "
+                f"not {self.read_ahead!r}"
+            )
         if min(self.poll_interval, self.max_poll_interval, self.repoll_interval) <= 0:
             raise ValueError("poll intervals must be positive")
         if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
@@ -253,6 +269,18 @@ class ProjectionRunner:
         self._checkpoint: Checkpoint | None = None
         self._blocked: dict[UUID, int] | None = None
         self._attempts = _Attempts()
+        mode = self.options.read_ahead or source.read_ahead
+        self._read_ahead = (
+            ReadAhead(
+                source,
+                topics=self._topics,
+                partition=partition,
+                handlers=self._handlers,
+                decode=mode == "decode",
+            )
+            if mode != "off"
+            else None
+        )
         #: Events applied, parked and batches committed by this runner object.
         self.applied = 0
         self.parked = 0
@@ -405,27 +433,50 @@ class ProjectionRunner:
             self._blocked = None
         self._blocked_aggregates()
         self._fault("before_read")
-        mark = self.source.high_water_mark()
-        if until is not None:
-            mark = min(mark, until)
-        if mark <= checkpoint.position:
-            return BatchResult(checkpoint.position, mark, 0, 0, 0, 0, committed=False)
         limit = self.options.batch_size
-        notifications = self.source.read(
-            after=checkpoint.position,
-            upto=mark,
-            limit=limit,
-            topics=self._topics,
-            partition=self.partition,
-        )
+        prefetched = self._prefetched(checkpoint, limit)
+        envelopes: list[Envelope | DecodeFailed | None] | None = None
+        if prefetched is not None:
+            # Read (and decoded) while the previous batch committed, up to that batch's
+            # mark: complete below it (see projections/read_ahead.py).
+            mark, notifications, envelopes = (
+                prefetched.upto,
+                prefetched.notifications,
+                prefetched.envelopes,
+            )
+        else:
+            mark = self.source.high_water_mark()
+            if until is not None:
+                mark = min(mark, until)
+            if mark <= checkpoint.position:
+                return BatchResult(checkpoint.position, mark, 0, 0, 0, 0, committed=False)
+            notifications = self.source.read(
+                after=checkpoint.position,
+                upto=mark,
+                limit=limit,
+                topics=self._topics,
+                partition=self.partition,
+            )
         target = notifications[-1].id if len(notifications) >= limit else mark
         fresh = [n for n in notifications if checkpoint.position < n.id <= mark]
         skipped = len(notifications) - len(fresh)
+        if skipped:
+            envelopes = None  # paired with every notification read, not with the fresh ones
         self._fault("before_apply")
-        outcome = self._apply(fresh)
+        outcome = self._apply(fresh, envelopes)
         if isinstance(outcome, _Failure):
             return self._failed(checkpoint, fresh, outcome, mark, stop, read=len(notifications))
-        committed = self._commit(checkpoint, target, outcome.state, outcome.applied, outcome.parked)
+        if self._read_ahead is not None and len(notifications) >= limit and target < mark:
+            # Behind: read the batch after this one while this one commits.
+            self._read_ahead.start(build=self.build, after=target, upto=mark, limit=limit)
+        try:
+            committed = self._commit(
+                checkpoint, target, outcome.state, outcome.applied, outcome.parked
+            )
+        except BaseException:
+            if self._read_ahead is not None:
+                self._read_ahead.discard()  # the position did not move: read it again
+            raise
         return BatchResult(
             self._current().position,
             mark,
@@ -436,12 +487,26 @@ class ProjectionRunner:
             committed=committed,
         )
 
-    def _apply(self, notifications: Sequence[Notification]) -> _Applied | _Failure:
+    def _prefetched(self, checkpoint: Checkpoint, limit: int) -> Prefetched | None:
+        """The batch read ahead from the committed position, if there is one."""
+        if self._read_ahead is None:
+            return None
+        return self._read_ahead.take(build=self.build, after=checkpoint.position, limit=limit)
+
+    def _apply(
+        self,
+        notifications: Sequence[Notification],
+        envelopes: Sequence[Envelope | DecodeFailed | None] | None,
+    ) -> _Applied | _Failure:
         context = self.replay or ReplayContext(self._reason, self.name)
         with replaying(context):
-            return self._apply_events(notifications)
+            return self._apply_events(notifications, envelopes)
 
-    def _apply_events(self, notifications: Sequence[Notification]) -> _Applied | _Failure:
+    def _apply_events(
+        self,
+        notifications: Sequence[Notification],
+        envelopes: Sequence[Envelope | DecodeFailed | None] | None,
+    ) -> _Applied | _Failure:
         state = BatchState(self._tables, self.store.row_reader(self.name, self.build))
         blocked = self._blocked_aggregates()
         applied = 0
@@ -466,7 +531,13 @@ class ProjectionRunner:
             if handler is None:
                 continue  # a source that does not filter by topic
             try:
-                envelope = decode(notification)
+                if envelopes is None:
+                    envelope = decode(notification)
+                else:
+                    decoded = envelopes[index]
+                    if isinstance(decoded, DecodeFailed):
+                        raise decoded.error
+                    envelope = decoded if decoded is not None else decode(notification)
             except StoreError:
                 raise
             except Exception as exc:
@@ -536,11 +607,11 @@ class ProjectionRunner:
     ) -> BatchResult:
         # Discard the poisoned buffer; re-apply and commit the events before the failure.
         prefix = fresh[: failure.index]
-        outcome = self._apply(prefix)
+        outcome = self._apply(prefix, None)
         while isinstance(outcome, _Failure):  # a handler that is not deterministic
             failure = outcome
             prefix = fresh[: failure.index]
-            outcome = self._apply(prefix)
+            outcome = self._apply(prefix, None)
         applied = outcome.applied
         parked = len(outcome.parked)
         self._commit(

@@ -21,6 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 from uuid import UUID
 
 from eventsourcing.persistence import Notification
@@ -30,7 +31,18 @@ from safereplay.domain.mapper import EnvelopeMapper
 from safereplay.projections.errors import ProjectionError
 from safereplay.projections.watermark import HighWaterMark, SkippedHole
 
-__all__ = ["EventSource", "Partition", "notification_of", "partition_of"]
+__all__ = [
+    "READ_AHEAD_MODES",
+    "EventSource",
+    "Partition",
+    "ReadAheadMode",
+    "notification_of",
+    "partition_of",
+]
+
+#: How a runner reads ahead (:mod:`safereplay.projections.read_ahead`).
+ReadAheadMode = Literal["off", "read", "decode"]
+READ_AHEAD_MODES: tuple[ReadAheadMode, ...] = ("off", "read", "decode")
 
 #: The largest partition count: partitions are taken from 32 bits of the id.
 MAX_PARTITIONS = 4096
@@ -104,6 +116,11 @@ class EventSource(ABC):
     ``mapper`` decrypts and decodes; a source without one can still report the head
     and the high-water mark (``safereplay status`` needs no key ring).
     """
+
+    #: How a runner reads ahead from this source by default (measured per backend:
+    #: docs/benchmarks.md): off here; a source whose reads and commits wait on a server
+    #: with the GIL released says otherwise.
+    read_ahead: ReadAheadMode = "off"
 
     def __init__(self, watermark: HighWaterMark, mapper: EnvelopeMapper | None) -> None:
         self.watermark = watermark

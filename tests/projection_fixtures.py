@@ -41,6 +41,7 @@ from safereplay.projections import (
     Table,
     handles,
 )
+from safereplay.projections.source import ReadAheadMode
 
 
 class Crash(BaseException):
@@ -85,12 +86,14 @@ class Log:
         store: ProjectionStore | None = None,
         source: EventSource | None = None,
         batch_size: int = 100,
+        read_ahead: ReadAheadMode | None = None,
         **kwargs: Any,
     ) -> ProjectionRunner:
         options = kwargs.pop(
             "options",
             RunnerOptions(
                 batch_size=batch_size,
+                read_ahead=read_ahead,
                 poll_interval=0.005,
                 max_poll_interval=0.05,
                 repoll_interval=0.2,

@@ -65,6 +65,7 @@ from safereplay.projections import (
     status,
     wait_for_position,
 )
+from safereplay.projections.source import READ_AHEAD_MODES, ReadAheadMode
 
 PROJECTIONS: tuple[type[Projection], ...] = (
     RunStatusBoard,
@@ -84,7 +85,12 @@ def assert_folded(
 
 
 def run_with_crashes(
-    log: Log, projection: Projection, *, batch_size: int, crashes: Sequence[tuple[str, int]]
+    log: Log,
+    projection: Projection,
+    *,
+    batch_size: int,
+    crashes: Sequence[tuple[str, int]],
+    read_ahead: ReadAheadMode | None = None,
 ) -> int:
     """Catch up, crashing at each planned (point, nth occurrence); returns restarts."""
     plan = list(crashes)
@@ -106,7 +112,12 @@ def run_with_crashes(
         store, source = log.store(), log.source()
         try:
             log.runner(
-                projection, store=store, source=source, batch_size=batch_size, faults=faults
+                projection,
+                store=store,
+                source=source,
+                batch_size=batch_size,
+                faults=faults,
+                read_ahead=read_ahead,
             ).catch_up()
         except Crash:
             restarts += 1
@@ -177,6 +188,7 @@ def fold_property(max_examples: int) -> Any:
         batch_size=st.integers(1, 12),
         crashes=st.lists(st.tuples(st.sampled_from(FAULT_POINTS), st.integers(1, 6)), max_size=3),
         projection=st.sampled_from(PROJECTIONS),
+        read_ahead=st.sampled_from(READ_AHEAD_MODES),
     )
     def test_state_is_the_fold_of_the_events_whatever_the_batch_size_and_crashes(
         self: RunnerContract,
@@ -186,8 +198,9 @@ def fold_property(max_examples: int) -> Any:
         batch_size: int,
         crashes: list[tuple[str, int]],
         projection: type[Projection],
+        read_ahead: ReadAheadMode,
     ) -> None:
-        self.check_fold(backend, workload, ops, batch_size, crashes, projection)
+        self.check_fold(backend, workload, ops, batch_size, crashes, projection, read_ahead)
 
     return test_state_is_the_fold_of_the_events_whatever_the_batch_size_and_crashes
 
@@ -212,13 +225,16 @@ class RunnerContract:
         batch_size: int,
         crashes: list[tuple[str, int]],
         projection: type[Projection],
+        read_ahead: ReadAheadMode = "off",
     ) -> None:
         with backend.fresh() as log:
             workflows, runs, seed = workload
             if workflows:
                 record_workload(log.app, workflows=workflows, runs_per_workflow=runs, seed=seed)
             play(log.app, ops)
-            run_with_crashes(log, projection(), batch_size=batch_size, crashes=crashes)
+            run_with_crashes(
+                log, projection(), batch_size=batch_size, crashes=crashes, read_ahead=read_ahead
+            )
             store = log.store()
             assert_folded(log, store, projection)
             # Running again finds nothing to do and changes nothing.
@@ -422,6 +438,44 @@ class RunnerContract:
         runner.catch_up()
         assert runner.connection_retries == 3
         assert_folded(log, store, WorkflowStatistics)
+
+    @pytest.mark.parametrize("mode", ["read", "decode"])
+    def test_a_batch_read_ahead_is_taken_once_and_dropped_when_its_commit_is_lost(
+        self, log: Log, mode: ReadAheadMode
+    ) -> None:
+        record_workload(log.app, workflows=2, runs_per_workflow=3)
+        source, store = log.source(), log.store()
+        reads: list[tuple[str, int]] = []
+        real_read, real_commit = source.read, store.commit
+
+        def counting_read(**kwargs: Any) -> list[Notification]:
+            reads.append((threading.current_thread().name, kwargs["after"]))
+            return real_read(**kwargs)
+
+        commits = Counter[str]()
+
+        def flaky_commit(*args: Any, **kwargs: Any) -> Any:
+            commits["commit"] += 1
+            if commits["commit"] == 2:
+                raise DatabaseUnavailable("connection lost (test)")
+            return real_commit(*args, **kwargs)
+
+        source.read = counting_read  # type: ignore[method-assign]
+        store.commit = flaky_commit  # type: ignore[method-assign]
+        runner = log.runner(
+            RunStatusBoard(), store=store, source=source, batch_size=5, read_ahead=mode
+        )
+        result = runner.catch_up()
+        assert_folded(log, store, RunStatusBoard)
+        ahead = [after for thread, after in reads if thread == "safereplay-read-ahead"]
+        in_runner = [after for thread, after in reads if thread != "safereplay-read-ahead"]
+        # The first batch is read by the runner, every later one ahead of it, except
+        # the second batch again: its commit was lost, so what was read after it
+        # (from a position that was never committed) was dropped.
+        assert in_runner == [0, ahead[0]]
+        assert len(ahead) >= 3
+        assert result.batches == commits["commit"] - 1
+        assert runner.connection_retries == 1
 
     # -- status and read-your-writes --------------------------------------------------------
 

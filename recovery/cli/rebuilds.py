@@ -23,6 +23,7 @@ from uuid import UUID
 
 import typer
 
+from safereplay.projections.collector import apply_collector_policy
 from safereplay.recovery.cli.interrupts import Interrupted, interruptible
 from safereplay.recovery.cli.job_messages import (
     follow_table,
@@ -279,6 +280,9 @@ def worker_command(
     as_json: Json = False,
 ) -> None:
     """Claim and run job partitions until stopped (SIGTERM/Ctrl-C gives them back)."""
+    # A process of safereplay's own, doing nothing but replay: it sets the collector
+    # policy of replay processes (projections/collector.py says why and what).
+    apply_collector_policy()
     report = operation(
         "worker",
         reason="worker process",
@@ -303,6 +307,7 @@ def follow_command(
     Retries then parks a failing event (each park is audited), moves to the new
     live build after a swap or rollback, waits while a catch-up holds a build.
     """
+    apply_collector_policy()  # a replay process of safereplay's own (see worker_command)
     reports = operation(
         "follow", reason="live follower", projections=projection or [], metrics_port=metrics_port
     )
