@@ -33,7 +33,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks import raw, safereplay_loop
+from benchmarks import collector, raw, safereplay_loop
 from benchmarks.dataset import (
     DEFAULT_DATA_DIR,
     SEED_VERSION,
@@ -208,6 +208,7 @@ def _run_loops(
     profile_dir: Path | None,
     sr_batch_size: int | None,
     log: Any,
+    gc_choice: str = collector.DEFAULT,
 ) -> None:
     """Every loop once per run, interleaved, each in a fresh worker process."""
     for run in range(runs):
@@ -229,6 +230,7 @@ def _run_loops(
                 "projections": lp.projections,
                 "sr_batch_size": sr_batch_size,
                 "view": view,
+                "gc": gc_choice,
             }
             if profile_dir is not None:
                 spec["profile"] = str(profile_dir / f"{lp.key.replace('/', '-')}-run{run + 1}")
@@ -260,6 +262,7 @@ def run_benchmark(
     loops_filter: set[str] | None = None,
     profile_dir: Path | None = None,
     sr_batch_size: int | None = None,
+    gc_choice: str = collector.DEFAULT,
     log: Any = print,
 ) -> dict[str, Any]:
     es_events = min(es_events, events)
@@ -320,6 +323,7 @@ def run_benchmark(
             profile_dir,
             sr_batch_size,
             log,
+            gc_choice,
         )
     finally:
         if "postgres" in backends:
@@ -363,6 +367,7 @@ def run_benchmark(
             batch_size=batch_size,
             seed=seed,
             postgres_dsn=postgres_dsn if "postgres" in backends else None,
+            gc=gc_choice,
         ),
         "seconds": elapsed,
         "seeding_seconds": seeding,
@@ -563,7 +568,7 @@ def render(report: dict[str, Any]) -> str:
         + f", eventsourcing {meta['eventsourcing']}. N = {meta['events']:,} events "
         f"(eventsourcing loops: the first {meta['es_events']:,}), median of "
         f"{meta['runs']} run{'s' if meta['runs'] != 1 else ''}, raw floor batch "
-        f"{meta['batch_size']:,}. Command: `{meta['command'].strip()}`."
+        f"{meta['batch_size']:,}, {gc_words(meta)}. Command: `{meta['command'].strip()}`."
     )
     return "\n\n".join(
         [
@@ -579,6 +584,17 @@ def render(report: dict[str, Any]) -> str:
             split_table(report),
         ]
     )
+
+
+def gc_words(meta: dict[str, Any]) -> str:
+    """The collector setting of every measured process, in words (report headers)."""
+    if meta.get("gc", "default") == "replay":
+        return (
+            "collector: safereplay's replay policy in every measured process "
+            "(`apply_collector_policy()`: `gc.freeze()` after set-up, higher thresholds; "
+            "`--gc replay`)"
+        )
+    return "collector: CPython's default in every measured process (`--gc default`)"
 
 
 def replace_block(path: Path, start: str, end: str, body: str) -> None:
@@ -812,6 +828,13 @@ def main(argv: list[str] | None = None) -> int:
         help="safereplay runner batch size (default: the runner's own default)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--gc",
+        choices=collector.CHOICES,
+        default=collector.DEFAULT,
+        help="collector of every measured process: replay = safereplay's own processes' "
+        "policy (apply_collector_policy), default = CPython's (default: replay)",
+    )
     parser.add_argument("--quick", action="store_true", help="N=20,000, 1 run, prefix 5,000")
     parser.add_argument(
         "--loops", default="", help="only these loops (comma list of raw, es, safereplay)"
@@ -904,6 +927,7 @@ def main(argv: list[str] | None = None) -> int:
         loops_filter={s.strip() for s in args.loops.split(",") if s.strip()} or None,
         profile_dir=RESULTS_DIR / "profile" if args.profile else None,
         sr_batch_size=args.sr_batch_size,
+        gc_choice=args.gc,
     )
     text = render(report)
     print()

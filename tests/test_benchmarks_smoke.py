@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from safereplay.projections.collector import REPLAY_PROCESS_POLICY
+
 # benchmarks/ is a directory of scripts, not an installed package: import it from the
 # repository root whichever way pytest was started.
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,6 +25,11 @@ if str(ROOT) not in sys.path:
 catchup = importlib.import_module("benchmarks.catchup")
 
 EVENTS = 2_000
+REPLAY_THRESHOLD = [
+    REPLAY_PROCESS_POLICY.young,
+    REPLAY_PROCESS_POLICY.middle,
+    REPLAY_PROCESS_POLICY.old,
+]
 
 
 @pytest.mark.postgres
@@ -91,6 +98,16 @@ def test_harness_runs_on_both_backends_and_every_loop_agrees(
             split = loop["split_ms_per_batch"]
             assert set(split) >= {"fetch", "decrypt_decode", "apply", "commit", "batches"}
             assert split["batches"] >= 1
+
+    # Collector parity (issue 23): every measuring process, partition processes too, ran
+    # under the replay policy, the default of --gc.
+    assert report["meta"]["gc"] == "replay"
+    replay = REPLAY_THRESHOLD
+    for loop in measured:
+        for run in loop["runs"]:
+            assert run["gc_choice"] == "replay"
+            processes = run.get("partitions") or [run]
+            assert all(p["gc"]["threshold"] == replay for p in processes), loop["key"]
 
     for ratio in report["ratios"].values():
         assert ratio["raw_floor_vs_eventsourcing"] > 0
