@@ -2,15 +2,18 @@
 
 Run from the repository root::
 
-    python -m benchmarks.catchup                      # N=200,000, 3 runs, both backends
-    python -m benchmarks.catchup --quick              # N=20,000, 1 run: a smoke check
-    python -m benchmarks.catchup --memory             # peak RSS at 100k vs 1M events
+    python -m benchmarks.catchup                      # N=200,000, 3 rounds, both backends
+    python -m benchmarks.catchup --quick              # N=20,000, 1 round: a smoke check
+    python -m benchmarks.catchup --scaling 1,2,3,4    # k workers, floor beside (PostgreSQL)
+    python -m benchmarks.catchup --sizes 100000,1000000   # events/s and peak RSS per N
 
 It seeds (or reuses) N encrypted events of the reference domain plus a cipher-off
 copy on each backend, then measures, in one run and on the same data, every loop
-in a fresh process, ``--runs`` times, interleaved. It prints a table, writes JSON
-(``--json``, default ``benchmarks/results/catchup-N.json``) and, for full runs,
-regenerates the results block of ``docs/benchmarks.md``. See that file.
+in a fresh process, ``--runs`` rounds, interleaved, with the machine's load average
+before each measurement and the same collector setting (``--gc``) in every measuring
+process. It prints tables, writes JSON (``--json``, default
+``benchmarks/results/…``) and, unless ``--no-docs``, regenerates its block of
+``docs/benchmarks.md`` (and the plots, with matplotlib). See that file.
 """
 
 from __future__ import annotations
