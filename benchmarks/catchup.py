@@ -1088,6 +1088,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown backend {backend!r}")
     if args.sizes and args.scaling:
         parser.error("--sizes and --scaling are separate runs: one at a time")
+    workers: list[int] = []
+    if args.scaling:
+        workers = _ints(args.scaling)
+        if 1 not in workers:
+            parser.error("--scaling needs 1 worker: the base of the efficiency per worker")
     prepare_data_dir(args.data_dir)
     docs = not args.no_docs
 
@@ -1118,12 +1123,6 @@ def main(argv: list[str] | None = None) -> int:
         return _mismatches(report)
 
     if args.scaling:
-        try:
-            workers = _ints(args.scaling)
-            if 1 not in workers:
-                raise ValueError("--scaling needs 1 worker: the base of the efficiency")
-        except ValueError as exc:
-            parser.error(str(exc))
         report = run_scaling(
             workers=workers,
             events=args.events,
