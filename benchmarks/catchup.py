@@ -899,6 +899,7 @@ def run_sweep(
     data_dir: Path,
     postgres_dsn: str,
     postgres_schema: str,
+    gc_choice: str = collector.DEFAULT,
     log: Any = print,
 ) -> dict[str, Any]:
     """Raw floor events/s and peak RSS per batch size (cipher on), interleaved runs."""
@@ -923,6 +924,7 @@ def run_sweep(
                         "upto": uptos[store.backend],
                         "batch_size": size,
                         "view": view,
+                        "gc": gc_choice,
                     }
                     result = run_worker(spec, timeout=3600)
                     measured.setdefault((store.backend, size), []).append(result)
@@ -943,7 +945,7 @@ def run_sweep(
         for (backend, size), results in measured.items()
     ]
     return {
-        "meta": machine_meta(events=events, runs=runs, sizes=sizes, seed=seed),
+        "meta": machine_meta(events=events, runs=runs, sizes=sizes, seed=seed, gc=gc_choice),
         "rows": rows,
     }
 
@@ -953,7 +955,7 @@ def render_sweep(report: dict[str, Any]) -> str:
     backends = sorted({r["backend"] for r in report["rows"]})
     lines = [
         f"Raw floor, cipher on, N = {meta['events']:,}, median of {meta['runs']} runs, "
-        f"measured {meta['when']}. Command: `{meta['command'].strip()}`.",
+        f"measured {meta['when']}, {gc_words(meta)}. Command: `{meta['command'].strip()}`.",
         "",
         "| batch size | " + " | ".join(f"{b} events/s | {b} peak RSS" for b in backends) + " |",
         "|---:|" + "---:|---:|" * len(backends),
@@ -1162,6 +1164,7 @@ def main(argv: list[str] | None = None) -> int:
             data_dir=args.data_dir,
             postgres_dsn=args.postgres_dsn,
             postgres_schema=args.schema,
+            gc_choice=args.gc,
         )
         text = render_sweep(report)
         print(text)

@@ -136,19 +136,21 @@ def read_batches(
                 yield rows
                 after = rows[-1][0]
     else:
-        conn = sqlite3.connect(store.sqlite_path, isolation_level=None)
-        conn.create_function("bench_partition", 2, partition_of_hex, deterministic=True)
+        lite = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        lite.create_function("bench_partition", 2, partition_of_hex, deterministic=True)
         try:
-            query = (
+            lite_query = (
                 "SELECT rowid, originator_id, originator_version, topic, state "
                 "FROM stored_events WHERE rowid > ? AND rowid <= ? "
                 f"AND topic IN ({','.join('?' * len(TOPICS))})"
                 f"{'' if whole else SQLITE_PARTITION_FILTER} ORDER BY rowid LIMIT ?"
             )
-            extra = () if whole else (count, index)
+            lite_extra = () if whole else (count, index)
             while True:
                 t0 = time.perf_counter_ns()
-                rows = conn.execute(query, (after, upto, *TOPICS, *extra, batch_size)).fetchall()
+                rows = lite.execute(
+                    lite_query, (after, upto, *TOPICS, *lite_extra, batch_size)
+                ).fetchall()
                 rows = [(p, _dashed(a), v, t, s) for p, a, v, t, s in rows]
                 if timer is not None:
                     timer[0] += time.perf_counter_ns() - t0
@@ -157,7 +159,7 @@ def read_batches(
                 yield rows
                 after = rows[-1][0]
         finally:
-            conn.close()
+            lite.close()
 
 
 def reference_fold(store: Store, *, upto: int, batch_size: int = 5000) -> dict[str, Any]:
