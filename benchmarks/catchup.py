@@ -2,15 +2,18 @@
 
 Run from the repository root::
 
-    python -m benchmarks.catchup                      # N=200,000, 3 runs, both backends
-    python -m benchmarks.catchup --quick              # N=20,000, 1 run: a smoke check
-    python -m benchmarks.catchup --memory             # peak RSS at 100k vs 1M events
+    python -m benchmarks.catchup                      # N=200,000, 3 rounds, both backends
+    python -m benchmarks.catchup --quick              # N=20,000, 1 round: a smoke check
+    python -m benchmarks.catchup --scaling 1,2,3,4    # k workers, floor beside (PostgreSQL)
+    python -m benchmarks.catchup --sizes 100000,1000000   # events/s and peak RSS per N
 
 It seeds (or reuses) N encrypted events of the reference domain plus a cipher-off
 copy on each backend, then measures, in one run and on the same data, every loop
-in a fresh process, ``--runs`` times, interleaved. It prints a table, writes JSON
-(``--json``, default ``benchmarks/results/catchup-N.json``) and, for full runs,
-regenerates the results block of ``docs/benchmarks.md``. See that file.
+in a fresh process, ``--runs`` rounds, interleaved, with the machine's load average
+before each measurement and the same collector setting (``--gc``) in every measuring
+process. It prints tables, writes JSON (``--json``, default
+``benchmarks/results/…``) and, unless ``--no-docs``, regenerates its block of
+``docs/benchmarks.md`` (and the plots, with matplotlib). See that file.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks import raw, safereplay_loop
+from benchmarks import collector, plots, raw, safereplay_loop
 from benchmarks.dataset import (
     DEFAULT_DATA_DIR,
     SEED_VERSION,
@@ -43,6 +46,7 @@ from benchmarks.dataset import (
     position_of_event,
     prepare_data_dir,
 )
+from benchmarks.targets import main_targets, sizes_targets
 from safereplay.domain import DEFAULT_POSTGRES_DSN
 
 __all__ = ["Loop", "main", "run_benchmark"]
@@ -52,18 +56,16 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 START_MARK = "<!-- benchmark-results:start -->"
 END_MARK = "<!-- benchmark-results:end -->"
-MEMORY_START_MARK = "<!-- memory-results:start -->"
-MEMORY_END_MARK = "<!-- memory-results:end -->"
+SIZES_START_MARK = "<!-- cost-growth:start -->"
+SIZES_END_MARK = "<!-- cost-growth:end -->"
+SCALING_START_MARK = "<!-- scaling-results:start -->"
+SCALING_END_MARK = "<!-- scaling-results:end -->"
+#: The plots, committed beside the doc that embeds them.
+SIZES_PLOT = ROOT / "docs" / "benchmarks-sizes.png"
+SCALING_PLOT = ROOT / "docs" / "benchmarks-scaling.png"
 SWEEP_START_MARK = "<!-- batch-sweep:start -->"
 SWEEP_END_MARK = "<!-- batch-sweep:end -->"
 
-#: Issue 6's targets.
-TARGET_PG_VS_ES = 50.0
-TARGET_SQLITE_VS_ES = 20.0
-TARGET_VS_RAW = 0.60
-TARGET_PARTITIONS = 1.3
-TARGET_ENCRYPTION_COST = 0.15
-TARGET_MEMORY = 1.2
 #: Multiplication sign and en dash for the tables (escaped: ruff flags them in literals).
 X = "\u00d7"
 DASH = "\u2013"
@@ -71,37 +73,51 @@ DASH = "\u2013"
 
 @dataclass
 class Loop:
-    """One measured loop: what it is, and its results over the runs."""
+    """One measured loop: what it is, where it reads, and its results over the rounds."""
 
     backend: str
     loop: str  # raw | es | safereplay
     cipher: bool
-    workers: int = 1
+    workers: int = 1  # safereplay: partition workers; raw: partition processes
     prefix: bool = False  # runs over the eventsourcing prefix only
     projections: str = "run_status"  # safereplay: run_status | reference (all three)
+    size: int = 0  # cost growth (--sizes): the N of the loop's own store; 0: the main store
     results: list[dict[str, Any]] = field(default_factory=list)
     unavailable: str | None = None
     expected: dict[str, Any] | None = None
+    store: Store | None = field(default=None, repr=False)
+    upto: int = 0
 
     @property
     def key(self) -> str:
-        workers = f"/{self.workers}w" if self.loop == "safereplay" else ""
+        shown_workers = self.loop == "safereplay" or self.workers > 1
+        workers = f"/{self.workers}w" if shown_workers else ""
         which = "+reference" if self.projections == "reference" else ""
-        return f"{self.backend}/{self.loop}{which}{workers}/{'cipher' if self.cipher else 'plain'}"
+        size = f"n{self.size}/" if self.size else ""
+        cipher = "cipher" if self.cipher else "plain"
+        return f"{self.backend}/{size}{self.loop}{which}{workers}/{cipher}"
 
     @property
     def title(self) -> str:
+        plural = "s" if self.workers > 1 else ""
         return {
-            "raw": "raw floor",
+            "raw": "raw floor"
+            + (f", {self.workers} partition processes" if self.workers > 1 else ""),
             "es": "eventsourcing ProjectionRunner"
             if self.backend == "postgres"
             else "eventsourcing pull loop",
-            "safereplay": f"safereplay, {self.workers} worker{'s' if self.workers > 1 else ''}"
+            "safereplay": f"safereplay, {self.workers} worker{plural}"
             + (", all 3 reference projections" if self.projections == "reference" else ""),
         }[self.loop]
 
     def rates(self) -> list[float]:
         return [r["events_per_s"] for r in self.results]
+
+    def peaks_mb(self) -> list[float]:
+        """Peak RSS of each round: the largest of the worker's and its partitions'."""
+        return [
+            max(r["peak_rss_kb"], r.get("children_peak_rss_kb", 0)) / 1024 for r in self.results
+        ]
 
     def median(self) -> float | None:
         rates = self.rates()
@@ -112,6 +128,13 @@ class Loop:
             return None
         return all(r["state"] == self.expected for r in self.results)
 
+    def load(self) -> dict[str, float] | None:
+        """The 1-minute load average before each round's measurement: median, min, max."""
+        loads = [r["loadavg"][0] for r in self.results if "loadavg" in r]
+        if not loads:
+            return None
+        return {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
+
     def summary(self) -> dict[str, Any]:
         rates = self.rates()
         out: dict[str, Any] = {
@@ -121,9 +144,11 @@ class Loop:
             "loop": self.loop,
             "cipher": self.cipher,
             "workers": self.workers,
+            "size": self.size or None,
             "projections": self.projections if self.loop == "safereplay" else None,
             "unavailable": self.unavailable,
             "runs": self.results,
+            "load_1min": self.load(),
         }
         if rates:
             median_run = sorted(self.results, key=lambda r: r["events_per_s"])[len(rates) // 2]
@@ -133,11 +158,7 @@ class Loop:
                     "events_per_s": statistics.median(rates),
                     "events_per_s_min": min(rates),
                     "events_per_s_max": max(rates),
-                    "peak_rss_mb": max(
-                        max(r["peak_rss_kb"], r.get("children_peak_rss_kb", 0))
-                        for r in self.results
-                    )
-                    / 1024,
+                    "peak_rss_mb": max(self.peaks_mb()),
                     "state": self.results[0]["state"],
                     "expected_state": self.expected,
                     "state_ok": self.state_ok(),
@@ -162,6 +183,10 @@ def per_batch_split(result: dict[str, Any]) -> dict[str, float] | None:
 
 
 def run_worker(spec: dict[str, Any], *, timeout: float) -> dict[str, Any]:
+    """One measurement in a fresh worker process, with the load average just before it."""
+    # Issue 23: the machine's load before every measurement, recorded with its result
+    # (a ratio falls on a busy machine: the report shows how busy it was).
+    load = list(os.getloadavg())
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     proc = subprocess.run(
@@ -176,6 +201,7 @@ def run_worker(spec: dict[str, Any], *, timeout: float) -> dict[str, Any]:
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith("RESULT "):
             result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            result["loadavg"] = load
             return result
     raise RuntimeError(
         f"worker for {spec['loop']} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
@@ -197,53 +223,88 @@ def drop_schema(dsn: str, schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+def view_of(store: Store) -> dict[str, Any]:
+    """Where a loop over ``store`` writes its view: a schema / file beside the store's."""
+    if store.backend == "postgres":
+        return {"schema": f"{store.postgres_schema}_view"}
+    return {"path": str(store.data_dir / "work" / "view.db")}
+
+
+def _prepare_loops(loops: list[Loop], *, es_events: int, log: Any) -> None:
+    """The range of each loop (its ``store`` set), the state a correct loop ends with
+    (an in-memory fold of the same events), and which loops cannot run yet."""
+    uptos: dict[tuple[Store, bool], int] = {}
+    expected: dict[tuple[Store, int], dict[str, Any]] = {}
+    for lp in loops:
+        store = lp.store
+        assert store is not None
+        ukey = (store, lp.prefix)
+        if ukey not in uptos:
+            uptos[ukey] = position_of_event(store, es_events) if lp.prefix else head_position(store)
+        lp.upto = uptos[ukey]
+        ekey = (store, lp.upto)
+        if ekey not in expected:
+            expected[ekey] = raw.reference_fold(store, upto=lp.upto)
+        lp.expected = expected[ekey]
+    reason = safereplay_loop.available()
+    for lp in loops:
+        if lp.loop == "safereplay" and reason is not None:
+            lp.unavailable = reason
+            log(f"{lp.key:32} {reason}")
+
+
 def _run_loops(
     loops: list[Loop],
     runs: int,
-    stores: dict[tuple[str, bool], Store],
-    uptos: dict[tuple[str, bool, bool], int],
+    *,
     batch_size: int,
-    data_dir: Path,
-    postgres_schema: str,
     profile_dir: Path | None,
     sr_batch_size: int | None,
+    gc_choice: str,
     log: Any,
+    timeout: float = 3600,
 ) -> None:
-    """Every loop once per run, interleaved, each in a fresh worker process."""
-    for run in range(runs):
-        for lp in loops:
-            if lp.unavailable:
-                continue
-            store = stores[(lp.backend, lp.cipher)]
-            view: dict[str, Any] = (
-                {"schema": f"{postgres_schema}_view"}
-                if lp.backend == "postgres"
-                else {"path": str(data_dir / "work" / "view.db")}
-            )
-            spec = {
-                "loop": lp.loop,
-                "store": store.to_json(),
-                "upto": uptos[(lp.backend, lp.cipher, lp.prefix)],
-                "batch_size": batch_size,
-                "workers": lp.workers,
-                "projections": lp.projections,
-                "sr_batch_size": sr_batch_size,
-                "view": view,
-            }
-            if profile_dir is not None:
-                spec["profile"] = str(profile_dir / f"{lp.key.replace('/', '-')}-run{run + 1}")
-            result = run_worker(spec, timeout=3600)
-            if "unavailable" in result:
-                lp.unavailable = result["unavailable"]
-                log(f"run {run + 1}/{runs} {lp.key:32} {lp.unavailable}")
-                continue
-            lp.results.append(result)
-            ok = "ok" if result["state"] == lp.expected else "STATE MISMATCH"
-            log(
-                f"run {run + 1}/{runs} {lp.key:32} {result['events']:>9,} events "
-                f"{result['events_per_s']:>10,.0f} ev/s  rss {result['peak_rss_kb'] / 1024:6.1f} MB"
-                f"  state {ok}"
-            )
+    """Every loop once per round, interleaved, each in a fresh worker process.
+
+    Round by round, so that a ratio is always taken between loops of one round; the
+    views are dropped at the end (PostgreSQL: one ``…_view`` schema per store).
+    """
+    try:
+        for run in range(runs):
+            for lp in loops:
+                if lp.unavailable:
+                    continue
+                assert lp.store is not None
+                spec = {
+                    "loop": lp.loop,
+                    "store": lp.store.to_json(),
+                    "upto": lp.upto,
+                    "batch_size": batch_size,
+                    "workers": lp.workers,
+                    "projections": lp.projections,
+                    "sr_batch_size": sr_batch_size,
+                    "view": view_of(lp.store),
+                    "gc": gc_choice,
+                }
+                if profile_dir is not None:
+                    spec["profile"] = str(profile_dir / f"{lp.key.replace('/', '-')}-run{run + 1}")
+                result = run_worker(spec, timeout=timeout)
+                if "unavailable" in result:
+                    lp.unavailable = result["unavailable"]
+                    log(f"run {run + 1}/{runs} {lp.key:36} {lp.unavailable}")
+                    continue
+                lp.results.append(result)
+                ok = "ok" if result["state"] == lp.expected else "STATE MISMATCH"
+                log(
+                    f"run {run + 1}/{runs} {lp.key:36} {result['events']:>9,} events "
+                    f"{result['events_per_s']:>10,.0f} ev/s  rss "
+                    f"{result['peak_rss_kb'] / 1024:6.1f} MB  load {result['loadavg'][0]:4.2f}"
+                    f"  state {ok}"
+                )
+    finally:
+        for store in {lp.store for lp in loops if lp.store is not None}:
+            if store.backend == "postgres":
+                drop_schema(store.postgres_dsn, view_of(store)["schema"])
 
 
 def run_benchmark(
@@ -260,8 +321,12 @@ def run_benchmark(
     loops_filter: set[str] | None = None,
     profile_dir: Path | None = None,
     sr_batch_size: int | None = None,
+    gc_choice: str = collector.DEFAULT,
+    sizes_report: dict[str, Any] | None = None,
     log: Any = print,
 ) -> dict[str, Any]:
+    """The main run; ``sizes_report``: the latest ``--sizes`` run, for the cost-growth
+    rows of the targets (pending without one)."""
     es_events = min(es_events, events)
     stores: dict[tuple[str, bool], Store] = {
         (backend, cipher): Store(
@@ -287,43 +352,20 @@ def run_benchmark(
         ]
     if loops_filter:
         loops = [lp for lp in loops if lp.loop in loops_filter]
-
-    # The range of each loop and the state a correct loop ends with (in-memory fold).
-    uptos: dict[tuple[str, bool, bool], int] = {}
-    expected: dict[tuple[str, bool, int], dict[str, Any]] = {}
     for lp in loops:
-        store = stores[(lp.backend, lp.cipher)]
-        ukey = (lp.backend, lp.cipher, lp.prefix)
-        if ukey not in uptos:
-            uptos[ukey] = position_of_event(store, es_events) if lp.prefix else head_position(store)
-        ekey = (lp.backend, lp.cipher, uptos[ukey])
-        if ekey not in expected:
-            expected[ekey] = raw.reference_fold(store, upto=uptos[ukey])
-        lp.expected = expected[ekey]
-
-    reason = safereplay_loop.available()
-    for lp in loops:
-        if lp.loop == "safereplay" and reason is not None:
-            lp.unavailable = reason
-            log(f"{lp.key:32} {reason}")
+        lp.store = stores[(lp.backend, lp.cipher)]
+    _prepare_loops(loops, es_events=es_events, log=log)
 
     started = time.perf_counter()
-    try:
-        _run_loops(
-            loops,
-            runs,
-            stores,
-            uptos,
-            batch_size,
-            data_dir,
-            postgres_schema,
-            profile_dir,
-            sr_batch_size,
-            log,
-        )
-    finally:
-        if "postgres" in backends:
-            drop_schema(postgres_dsn, f"{postgres_schema}_view")
+    _run_loops(
+        loops,
+        runs,
+        batch_size=batch_size,
+        profile_dir=profile_dir,
+        sr_batch_size=sr_batch_size,
+        gc_choice=gc_choice,
+        log=log,
+    )
     elapsed = time.perf_counter() - started
 
     by_key = {lp.key: lp for lp in loops}
@@ -363,69 +405,15 @@ def run_benchmark(
             batch_size=batch_size,
             seed=seed,
             postgres_dsn=postgres_dsn if "postgres" in backends else None,
+            gc=gc_choice,
         ),
         "seconds": elapsed,
         "seeding_seconds": seeding,
         "loops": [lp.summary() for lp in loops],
         "ratios": ratios,
-        "targets": targets(ratios, backends),
+        "targets": main_targets(ratios, sizes_report),
         "safereplay": safereplay_loop.available() or "available",
     }
-
-
-def targets(ratios: dict[str, Any], backends: list[str]) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-
-    def add(name: str, target: str, value: float | None, met: bool | None, shown: str) -> None:
-        rows.append(
-            {"target": name, "wanted": target, "measured": value, "met": met, "shown": shown}
-        )
-
-    def times(v: float | None) -> str:
-        return "pending" if v is None else f"{v:.1f}{X}"
-
-    def pct(v: float | None) -> str:
-        return "pending" if v is None else f"{100 * v:.0f} %"
-
-    for backend, vs_es in (("postgres", TARGET_PG_VS_ES), ("sqlite", TARGET_SQLITE_VS_ES)):
-        if backend not in backends:
-            continue
-        r = ratios[backend]
-        v = r["safereplay_vs_eventsourcing"]
-        add(
-            f"{backend}, cipher, 1 worker vs eventsourcing",
-            f"≥ {vs_es:.0f}{X}",
-            v,
-            None if v is None else v >= vs_es,
-            times(v),
-        )
-        v = r["safereplay_vs_raw_floor"]
-        add(
-            f"{backend}, cipher, 1 worker vs raw floor",
-            f"≥ {TARGET_VS_RAW:.0%}",
-            v,
-            None if v is None else v >= TARGET_VS_RAW,
-            pct(v),
-        )
-    if "postgres" in backends:
-        v = ratios["postgres"]["two_workers_vs_one"]
-        add(
-            "postgres, 2 partition workers vs 1",
-            f"≥ {TARGET_PARTITIONS}{X}",
-            v,
-            None if v is None else v >= TARGET_PARTITIONS,
-            times(v) if v is None else f"{v:.2f}{X}",
-        )
-    for backend in backends:
-        v = ratios[backend]["safereplay_encryption_cost"]
-        add(
-            f"{backend}, encryption cost of catch-up",
-            f"≤ {TARGET_ENCRYPTION_COST:.0%}",
-            v,
-            None if v is None else v <= TARGET_ENCRYPTION_COST,
-            pct(v),
-        )
-    return rows
 
 
 def machine_meta(**kwargs: Any) -> dict[str, Any]:
@@ -464,14 +452,14 @@ def results_table(report: dict[str, Any]) -> str:
     by_key = {lp["key"]: lp for lp in loops}
     lines = [
         f"| backend | loop | cipher | events | events/s (median) | min {DASH} max "
-        f"| {X} eventsourcing | % of raw floor | peak RSS | state |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| {X} eventsourcing | % of raw floor | peak RSS | load (1 min) | state |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for lp in loops:
         if lp["unavailable"]:
             lines.append(
                 f"| {lp['backend']} | {lp['title']} | {'on' if lp['cipher'] else 'off'} "
-                f"| | {lp['unavailable']} | | | | | |"
+                f"| | {lp['unavailable']} | | | | | | |"
             )
             continue
         es = by_key.get(f"{lp['backend']}/es/cipher")
@@ -493,7 +481,8 @@ def results_table(report: dict[str, Any]) -> str:
             f"| {lp['backend']} | {lp['title']} | {'on' if lp['cipher'] else 'off'} "
             f"| {lp['events']:,} | {_fmt_rate(lp['events_per_s'])} "
             f"| {_fmt_rate(lp['events_per_s_min'])} {DASH} {_fmt_rate(lp['events_per_s_max'])} "
-            f"| {vs_es} | {vs_raw} | {lp['peak_rss_mb']:.0f} MB | {state} |"
+            f"| {vs_es} | {vs_raw} | {lp['peak_rss_mb']:.0f} MB | {_load_cell(lp['load_1min'])} "
+            f"| {state} |"
         )
     return "\n".join(lines)
 
@@ -518,11 +507,14 @@ def split_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets_table(report: dict[str, Any]) -> str:
-    lines = ["| target | wanted | measured | met |", "|---|---:|---:|---|"]
-    for t in report["targets"]:
-        met = {True: "yes", False: "**no**", None: "pending"}[t["met"]]
-        lines.append(f"| {t['target']} | {t['wanted']} | {t['shown']} | {met} |")
+def targets_table(rows: list[dict[str, Any]]) -> str:
+    """Issue 23's rows: each one met or missed in words, and by how much."""
+    lines = ["| target | wanted | measured | verdict |", "|---|---:|---:|---|"]
+    for t in rows:
+        words = t["verdict"]
+        if t["met"] is False:
+            words = f"**{words}**"
+        lines.append(f"| {t['target']} | {t['wanted']} | {t['shown']} | {words} |")
     return "\n".join(lines)
 
 
@@ -562,8 +554,9 @@ def render(report: dict[str, Any]) -> str:
         + (f", PostgreSQL {meta['postgres']}" if "postgres" in meta else "")
         + f", eventsourcing {meta['eventsourcing']}. N = {meta['events']:,} events "
         f"(eventsourcing loops: the first {meta['es_events']:,}), median of "
-        f"{meta['runs']} run{'s' if meta['runs'] != 1 else ''}, raw floor batch "
-        f"{meta['batch_size']:,}. Command: `{meta['command'].strip()}`."
+        f"{meta['runs']} interleaved round{'s' if meta['runs'] != 1 else ''} (load: the "
+        f"1-minute load average before each measurement, median (min{DASH}max)), raw floor batch "
+        f"{meta['batch_size']:,}, {gc_words(meta)}. Command: `{meta['command'].strip()}`."
     )
     return "\n\n".join(
         [
@@ -571,14 +564,26 @@ def render(report: dict[str, Any]) -> str:
             results_table(report),
             "Ratios, measured side by side in the same run:",
             ratios_table(report),
-            "Targets of issue 6:",
-            targets_table(report),
+            "Targets of issue 23 (ratios: median of per-round ratios; cost growth: from the "
+            "`--sizes` run named in the row):",
+            targets_table(report["targets"]),
             "Per-batch time split (median run; mean per batch and share; safereplay: measured "
             "around the runner's calls into its event source and store, apply = the rest; "
             "2 workers: summed over both processes):",
             split_table(report),
         ]
     )
+
+
+def gc_words(meta: dict[str, Any]) -> str:
+    """The collector setting of every measured process, in words (report headers)."""
+    if meta.get("gc", "default") == "replay":
+        return (
+            "collector: safereplay's replay policy in every measured process "
+            "(`apply_collector_policy()`: `gc.freeze()` after set-up, higher thresholds; "
+            "`--gc replay`)"
+        )
+    return "collector: CPython's default in every measured process (`--gc default`)"
 
 
 def replace_block(path: Path, start: str, end: str, body: str) -> None:
@@ -590,118 +595,294 @@ def replace_block(path: Path, start: str, end: str, body: str) -> None:
     path.write_text(f"{before}{start}\n{body}\n{end}{after}", encoding="utf-8")
 
 
-# -- bounded memory --------------------------------------------------------------------
+# -- cost growth (--sizes) --------------------------------------------------------------
 
 
-def run_memory(
+def sized_store(
+    backend: str, size: int, *, seed: int, data_dir: Path, postgres_dsn: str, postgres_schema: str
+) -> Store:
+    """The cipher-on store of N = ``size`` for the cost-growth mode: its own data dir
+    (``DATA_DIR/n{N}``) and schema (``SCHEMA_n{N}``), so that every N is seeded once
+    and kept beside the others (the main run's store is reseeded when N changes)."""
+    sized_dir = data_dir / f"n{size}"
+    prepare_data_dir(sized_dir)
+    return Store(backend, True, size, seed, sized_dir, postgres_dsn, f"{postgres_schema}_n{size}")
+
+
+def _per_round(a: Loop, b: Loop, values: str = "rates") -> float | None:
+    """Median over the rounds of ``a``'s figure ÷ ``b``'s in the same round."""
+    va, vb = getattr(a, values)(), getattr(b, values)()
+    pairs = [(x, y) for x, y in zip(va, vb, strict=False) if y]
+    return statistics.median(x / y for x, y in pairs) if pairs else None
+
+
+def run_sizes(
     *,
     sizes: list[int],
+    runs: int,
     backends: list[str],
     batch_size: int,
     seed: int,
     data_dir: Path,
     postgres_dsn: str,
     postgres_schema: str,
+    sr_batch_size: int | None = None,
+    gc_choice: str = collector.DEFAULT,
     log: Any = print,
 ) -> dict[str, Any]:
-    """Peak RSS of a catch-up from zero at each size (cipher on), one fresh process each."""
-    rows: list[dict[str, Any]] = []
+    """Events/s and peak RSS of the floor and safereplay (1 worker, cipher on) at each N.
+
+    Rounds are interleaved over every N and backend, so the growth ratios (largest N ÷
+    smallest N) are taken within one round.
+    """
+    sizes = sorted(set(sizes))
+    seeding: dict[str, float] = {}
+    loops: list[Loop] = []
     for size in sizes:
-        stores = [
-            Store(b, True, size, seed, data_dir, postgres_dsn, postgres_schema) for b in backends
-        ]
-        ensure_stores(stores, log=log)
-        for store in stores:
+        stores = {
+            backend: sized_store(
+                backend,
+                size,
+                seed=seed,
+                data_dir=data_dir,
+                postgres_dsn=postgres_dsn,
+                postgres_schema=postgres_schema,
+            )
+            for backend in backends
+        }
+        seeding.update(ensure_stores(list(stores.values()), log=log))
+        for backend, store in stores.items():
             for loop in ("raw", "safereplay"):
-                view: dict[str, Any] = (
-                    {"schema": f"{postgres_schema}_view"}
-                    if store.backend == "postgres"
-                    else {"path": str(data_dir / "work" / "view.db")}
-                )
-                spec = {
-                    "loop": loop,
-                    "store": store.to_json(),
-                    "upto": head_position(store),
-                    "batch_size": batch_size,
-                    "workers": 1,
-                    "view": view,
-                }
-                result = run_worker(spec, timeout=7200)
-                row = {"backend": store.backend, "loop": loop, "events": size}
-                if "unavailable" in result:
-                    row["unavailable"] = result["unavailable"]
-                else:
-                    row.update(
-                        {
-                            "events_per_s": result["events_per_s"],
-                            "peak_rss_mb": result["peak_rss_kb"] / 1024,
-                            "rss_start_mb": result["rss_start_kb"] / 1024,
-                        }
-                    )
-                log(json.dumps(row))
-                rows.append(row)
-    ratios = []
-    smallest, largest = min(sizes), max(sizes)
+                loops.append(Loop(backend, loop, True, 1, size=size, store=store))
+    _prepare_loops(loops, es_events=0, log=log)
+    started = time.perf_counter()
+    _run_loops(
+        loops,
+        runs,
+        batch_size=batch_size,
+        profile_dir=None,
+        sr_batch_size=sr_batch_size,
+        gc_choice=gc_choice,
+        log=log,
+        timeout=7200,
+    )
+    elapsed = time.perf_counter() - started
+    by = {(lp.backend, lp.loop, lp.size): lp for lp in loops}
+    growth = []
     for backend in backends:
         for loop in ("raw", "safereplay"):
-            small = next(
-                (
-                    r
-                    for r in rows
-                    if (r["backend"], r["loop"], r["events"]) == (backend, loop, smallest)
-                ),
-                None,
+            small, large = by[(backend, loop, sizes[0])], by[(backend, loop, sizes[-1])]
+            growth.append(
+                {
+                    "backend": backend,
+                    "loop": loop,
+                    "smallest": sizes[0],
+                    "largest": sizes[-1],
+                    "events_per_s_ratio": _per_round(large, small),
+                    "peak_rss_ratio": _per_round(large, small, "peaks_mb"),
+                }
             )
-            large = next(
-                (
-                    r
-                    for r in rows
-                    if (r["backend"], r["loop"], r["events"]) == (backend, loop, largest)
-                ),
-                None,
-            )
-            ratio = (
-                large["peak_rss_mb"] / small["peak_rss_mb"]
-                if small and large and "peak_rss_mb" in small and "peak_rss_mb" in large
-                else None
-            )
-            ratios.append({"backend": backend, "loop": loop, "ratio": ratio})
+    report: dict[str, Any] = {
+        "meta": machine_meta(
+            sizes=sizes,
+            runs=runs,
+            batch_size=batch_size,
+            sr_batch_size=sr_batch_size,
+            seed=seed,
+            gc=gc_choice,
+            postgres_dsn=postgres_dsn if "postgres" in backends else None,
+        ),
+        "seconds": elapsed,
+        "seeding_seconds": seeding,
+        "loops": [lp.summary() for lp in loops],
+        "growth": growth,
+    }
+    report["targets"] = sizes_targets(report)
+    return report
+
+
+def _load_cell(load: dict[str, float] | None) -> str:
+    if not load:
+        return ""
+    return f"{load['median']:.2f} ({load['min']:.2f}{DASH}{load['max']:.2f})"
+
+
+def render_sizes(report: dict[str, Any], *, plot: str) -> str:
+    meta = report["meta"]
+    sizes = meta["sizes"]
+    lines = [
+        f"Measured {meta['when']} on {meta['cpus']} CPUs ({meta['machine']}): one catch-up "
+        f"from zero per N, cipher on, 1 worker, each in a fresh process, median of "
+        f"{meta['runs']} interleaved round{'s' if meta['runs'] != 1 else ''} "
+        f"(events/s, peak RSS; load: 1-minute load average before the measurement, median "
+        f"(min{DASH}max)), {gc_words(meta)}. Command: `{meta['command'].strip()}`.",
+        "",
+        "| backend | loop | " + " | ".join(f"N = {s:,}" for s in sizes) + " | load |",
+        "|---|---|" + "---:|" * len(sizes) + "---:|",
+    ]
+    by = {(lp["backend"], lp["loop"], lp["size"]): lp for lp in report["loops"]}
+    for g in report["growth"]:
+        cells, loads = [], []
+        for size in sizes:
+            lp = by[(g["backend"], g["loop"], size)]
+            if lp["unavailable"]:
+                cells.append(lp["unavailable"])
+                continue
+            state = "" if lp["state_ok"] else " **MISMATCH**"
+            cells.append(f"{lp['events_per_s']:,.0f} events/s, {lp['peak_rss_mb']:.0f} MB{state}")
+            if lp["load_1min"]:
+                loads += [lp["load_1min"]["min"], lp["load_1min"]["max"]]
+        title = "raw floor" if g["loop"] == "raw" else "safereplay, 1 worker"
+        load = (
+            {"median": statistics.median(loads), "min": min(loads), "max": max(loads)}
+            if loads
+            else None
+        )
+        lines.append(
+            f"| {g['backend']} | {title} | " + " | ".join(cells) + f" | {_load_cell(load)} |"
+        )
+    lines += [
+        "",
+        f"Growth, N = {sizes[-1]:,} ÷ N = {sizes[0]:,} (median of per-round ratios):",
+        "",
+        "| backend | loop | events/s ratio | peak RSS ratio |",
+        "|---|---|---:|---:|",
+    ]
+    for g in report["growth"]:
+        rate, rss = g["events_per_s_ratio"], g["peak_rss_ratio"]
+        lines.append(
+            f"| {g['backend']} | {'raw floor' if g['loop'] == 'raw' else 'safereplay'} "
+            f"| {'pending' if rate is None else f'{rate:.2f}'} "
+            f"| {'pending' if rss is None else f'{rss:.2f}'} |"
+        )
+    lines += ["", "Targets of issue 23 measured here:", "", targets_table(report["targets"])]
+    if plot:
+        lines += ["", plot]
+    return "\n".join(lines)
+
+
+# -- scaling curve (--scaling) -----------------------------------------------------------
+
+
+def run_scaling(
+    *,
+    workers: list[int],
+    events: int,
+    runs: int,
+    backends: list[str],
+    batch_size: int,
+    seed: int,
+    data_dir: Path,
+    postgres_dsn: str,
+    postgres_schema: str,
+    sr_batch_size: int | None = None,
+    gc_choice: str = collector.DEFAULT,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Events/s of the floor and safereplay with k partition processes (cipher on), each
+    k interleaved round by round; efficiency per worker = events/s ÷ (k * events/s at
+    1 worker), in the same round."""
+    workers = sorted(set(workers))
+    if workers[0] != 1:
+        raise ValueError("--scaling needs 1 worker: the base of the efficiency per worker")
+    stores = {
+        backend: Store(backend, True, events, seed, data_dir, postgres_dsn, postgres_schema)
+        for backend in backends
+    }
+    seeding = ensure_stores(list(stores.values()), log=log)
+    loops = [
+        Loop(backend, loop, True, k, store=stores[backend])
+        for backend in backends
+        for k in workers
+        for loop in ("raw", "safereplay")
+    ]
+    _prepare_loops(loops, es_events=0, log=log)
+    started = time.perf_counter()
+    _run_loops(
+        loops,
+        runs,
+        batch_size=batch_size,
+        profile_dir=None,
+        sr_batch_size=sr_batch_size,
+        gc_choice=gc_choice,
+        log=log,
+    )
+    elapsed = time.perf_counter() - started
+    by = {(lp.backend, lp.loop, lp.workers): lp for lp in loops}
+    curve = []
+    for backend in backends:
+        for loop in ("raw", "safereplay"):
+            base = by[(backend, loop, 1)]
+            for k in workers:
+                lp = by[(backend, loop, k)]
+                one = _per_round(lp, base)
+                entry: dict[str, Any] = {
+                    "backend": backend,
+                    "loop": loop,
+                    "workers": k,
+                    "events_per_s": lp.median(),
+                    "events_per_s_min": min(lp.rates()) if lp.results else None,
+                    "events_per_s_max": max(lp.rates()) if lp.results else None,
+                    "speed_up": one,
+                    "efficiency": None if one is None else one / k,
+                    "load_1min": lp.load(),
+                    "state_ok": lp.state_ok(),
+                    "unavailable": lp.unavailable,
+                }
+                if loop == "safereplay":
+                    entry["vs_raw_floor"] = _per_round(lp, by[(backend, "raw", k)])
+                curve.append(entry)
     return {
-        "meta": machine_meta(sizes=sizes, batch_size=batch_size, seed=seed),
-        "rows": rows,
-        "ratios": ratios,
+        "meta": machine_meta(
+            events=events,
+            runs=runs,
+            workers=workers,
+            batch_size=batch_size,
+            sr_batch_size=sr_batch_size,
+            seed=seed,
+            gc=gc_choice,
+            postgres_dsn=postgres_dsn if "postgres" in backends else None,
+        ),
+        "seconds": elapsed,
+        "seeding_seconds": seeding,
+        "loops": [lp.summary() for lp in loops],
+        "scaling": curve,
     }
 
 
-def render_memory(report: dict[str, Any]) -> str:
-    sizes = report["meta"]["sizes"]
+def render_scaling(report: dict[str, Any], *, plot: str) -> str:
+    meta = report["meta"]
     lines = [
-        f"Measured {report['meta']['when']}: peak RSS of one catch-up from zero (cipher on), "
-        f"each in a fresh process (throughput in brackets). "
-        f"Command: `{report['meta']['command'].strip()}`.",
+        f"Measured {meta['when']} on {meta['cpus']} CPUs ({meta['machine']}): N = "
+        f"{meta['events']:,} events, cipher on, k partition processes released together "
+        f"(safereplay's partition workers; the floor's partitions filtered in the database "
+        f"the same way), median of {meta['runs']} interleaved round"
+        f"{'s' if meta['runs'] != 1 else ''}; speed-up and efficiency per worker "
+        f"(events/s ÷ (k {X} events/s at 1 worker)) are medians of per-round ratios; "
+        f"{gc_words(meta)}. Command: `{meta['command'].strip()}`.",
         "",
-        "| backend | loop | "
-        + " | ".join(f"{s:,} events" for s in sizes)
-        + f" | ratio (target ≤ {TARGET_MEMORY}{X}) |",
-        "|---|---|" + "---:|" * (len(sizes) + 1),
+        f"| backend | loop | workers | events/s (median) | min {DASH} max | speed-up "
+        f"| efficiency per worker | safereplay ÷ floor | load (1 min) | state |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for ratio in report["ratios"]:
-        cells = []
-        for size in sizes:
-            row = next(
-                r
-                for r in report["rows"]
-                if (r["backend"], r["loop"], r["events"]) == (ratio["backend"], ratio["loop"], size)
+    for e in report["scaling"]:
+        title = "raw floor" if e["loop"] == "raw" else "safereplay"
+        if e["unavailable"]:
+            lines.append(
+                f"| {e['backend']} | {title} | {e['workers']} | {e['unavailable']} | | | | | | |"
             )
-            cells.append(
-                "not available yet"
-                if "unavailable" in row
-                else f"{row['peak_rss_mb']:.0f} MB ({row['events_per_s']:,.0f} events/s)"
-            )
-        shown = "pending" if ratio["ratio"] is None else f"{ratio['ratio']:.2f}{X}"
+            continue
+        vs = e.get("vs_raw_floor")
+        state = {True: "ok", False: "MISMATCH", None: "?"}[e["state_ok"]]
         lines.append(
-            f"| {ratio['backend']} | {ratio['loop']} | " + " | ".join(cells) + f" | {shown} |"
+            f"| {e['backend']} | {title} | {e['workers']} | {_fmt_rate(e['events_per_s'])} "
+            f"| {_fmt_rate(e['events_per_s_min'])} {DASH} {_fmt_rate(e['events_per_s_max'])} "
+            f"| {e['speed_up']:.2f}{X} | {100 * e['efficiency']:.0f} % "
+            f"| {'' if vs is None else f'{100 * vs:.0f} %'} | {_load_cell(e['load_1min'])} "
+            f"| {state} |"
         )
+    if plot:
+        lines += ["", plot]
     return "\n".join(lines)
 
 
@@ -718,6 +899,7 @@ def run_sweep(
     data_dir: Path,
     postgres_dsn: str,
     postgres_schema: str,
+    gc_choice: str = collector.DEFAULT,
     log: Any = print,
 ) -> dict[str, Any]:
     """Raw floor events/s and peak RSS per batch size (cipher on), interleaved runs."""
@@ -742,6 +924,7 @@ def run_sweep(
                         "upto": uptos[store.backend],
                         "batch_size": size,
                         "view": view,
+                        "gc": gc_choice,
                     }
                     result = run_worker(spec, timeout=3600)
                     measured.setdefault((store.backend, size), []).append(result)
@@ -762,7 +945,7 @@ def run_sweep(
         for (backend, size), results in measured.items()
     ]
     return {
-        "meta": machine_meta(events=events, runs=runs, sizes=sizes, seed=seed),
+        "meta": machine_meta(events=events, runs=runs, sizes=sizes, seed=seed, gc=gc_choice),
         "rows": rows,
     }
 
@@ -772,7 +955,7 @@ def render_sweep(report: dict[str, Any]) -> str:
     backends = sorted({r["backend"] for r in report["rows"]})
     lines = [
         f"Raw floor, cipher on, N = {meta['events']:,}, median of {meta['runs']} runs, "
-        f"measured {meta['when']}. Command: `{meta['command'].strip()}`.",
+        f"measured {meta['when']}, {gc_words(meta)}. Command: `{meta['command'].strip()}`.",
         "",
         "| batch size | " + " | ".join(f"{b} events/s | {b} peak RSS" for b in backends) + " |",
         "|---:|" + "---:|---:|" * len(backends),
@@ -791,13 +974,54 @@ def render_sweep(report: dict[str, Any]) -> str:
 # -- command line ----------------------------------------------------------------------
 
 
+def _ints(text: str) -> list[int]:
+    return [int(s.replace("_", "")) for s in text.split(",") if s.strip()]
+
+
+def _plot(
+    draw: Any, report: dict[str, Any], *, docs_png: Path, out_json: Path, docs: bool, log: Any
+) -> str:
+    """Draw one plot: into ``docs/`` when the doc is regenerated, else beside the JSON.
+    Returns the Markdown that embeds it in the doc's block ("" when not drawn)."""
+    reason = plots.unavailable()
+    if reason is not None:
+        log(reason)
+        return ""
+    path = docs_png if docs else out_json.with_suffix(".png")
+    draw(report, path)
+    log(f"plot: {path}")
+    return f"![{report_title(draw)}]({docs_png.name})" if docs else ""
+
+
+def report_title(draw: Any) -> str:
+    return "events/s against N" if draw is plots.draw_sizes else "events/s against workers"
+
+
+def _write_json(report: dict[str, Any], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    print(f"\nJSON: {out}")
+
+
+def _mismatches(report: dict[str, Any]) -> int:
+    mismatches = [lp["key"] for lp in report["loops"] if lp.get("state_ok") is False]
+    if mismatches:
+        print(f"STATE MISMATCH in: {', '.join(mismatches)}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m benchmarks.catchup", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--events", type=int, default=200_000, help="events to seed (N)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per loop (median reported)")
-    parser.add_argument("--backends", default="sqlite,postgres", help="sqlite,postgres")
+    parser.add_argument("--runs", type=int, default=3, help="rounds (median reported)")
+    parser.add_argument(
+        "--backends",
+        default=None,
+        help="sqlite,postgres (default: both; --scaling: postgres)",
+    )
     parser.add_argument(
         "--es-events",
         type=int,
@@ -812,6 +1036,13 @@ def main(argv: list[str] | None = None) -> int:
         help="safereplay runner batch size (default: the runner's own default)",
     )
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--gc",
+        choices=collector.CHOICES,
+        default=collector.DEFAULT,
+        help="collector of every measured process: replay = safereplay's own processes' "
+        "policy (apply_collector_policy), default = CPython's (default: replay)",
+    )
     parser.add_argument("--quick", action="store_true", help="N=20,000, 1 run, prefix 5,000")
     parser.add_argument(
         "--loops", default="", help="only these loops (comma list of raw, es, safereplay)"
@@ -825,11 +1056,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write the JSON")
     parser.add_argument("--no-docs", action="store_true", help="leave docs/benchmarks.md alone")
     parser.add_argument(
-        "--memory",
-        action="store_true",
-        help="bounded-memory check: peak RSS of catch-up at --memory-sizes",
+        "--sizes",
+        default="",
+        help="cost growth instead: floor and safereplay at each N, e.g. 100000,1000000,5000000",
     )
-    parser.add_argument("--memory-sizes", default="100000,1000000")
+    parser.add_argument(
+        "--sizes-json",
+        type=Path,
+        default=RESULTS_DIR / "sizes.json",
+        help="main run: the --sizes report whose growth rows join the targets (if present)",
+    )
+    parser.add_argument(
+        "--scaling",
+        default="",
+        help="scaling curve instead: floor and safereplay with k workers, e.g. 1,2,3,4",
+    )
     parser.add_argument(
         "--profile",
         action="store_true",
@@ -842,31 +1083,73 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    default_backends = "postgres" if args.scaling else "sqlite,postgres"
+    backends = [b.strip() for b in (args.backends or default_backends).split(",") if b.strip()]
     for backend in backends:
         if backend not in ("sqlite", "postgres"):
             parser.error(f"unknown backend {backend!r}")
+    if args.sizes and args.scaling:
+        parser.error("--sizes and --scaling are separate runs: one at a time")
+    workers: list[int] = []
+    if args.scaling:
+        workers = _ints(args.scaling)
+        if 1 not in workers:
+            parser.error("--scaling needs 1 worker: the base of the efficiency per worker")
     prepare_data_dir(args.data_dir)
+    docs = not args.no_docs
 
-    if args.memory:
-        sizes = [int(s) for s in args.memory_sizes.split(",")]
-        report = run_memory(
-            sizes=sizes,
+    if args.sizes:
+        report = run_sizes(
+            sizes=_ints(args.sizes),
+            runs=args.runs,
             backends=backends,
             batch_size=args.batch_size,
             seed=args.seed,
             data_dir=args.data_dir,
             postgres_dsn=args.postgres_dsn,
             postgres_schema=args.schema,
+            sr_batch_size=args.sr_batch_size,
+            gc_choice=args.gc,
         )
-        text = render_memory(report)
+        out = args.json or RESULTS_DIR / "sizes.json"
+        embed = _plot(
+            plots.draw_sizes, report, docs_png=SIZES_PLOT, out_json=out, docs=docs, log=print
+        )
+        text = render_sizes(report, plot=embed)
+        print()
         print(text)
-        out = args.json or RESULTS_DIR / "memory.json"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-        if not args.no_docs:
-            replace_block(DOCS, MEMORY_START_MARK, MEMORY_END_MARK, text)
-        return 0
+        _write_json(report, out)
+        if docs:
+            replace_block(DOCS, SIZES_START_MARK, SIZES_END_MARK, text)
+            print(f"updated {DOCS.relative_to(ROOT)}")
+        return _mismatches(report)
+
+    if args.scaling:
+        report = run_scaling(
+            workers=workers,
+            events=args.events,
+            runs=args.runs,
+            backends=backends,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            postgres_dsn=args.postgres_dsn,
+            postgres_schema=args.schema,
+            sr_batch_size=args.sr_batch_size,
+            gc_choice=args.gc,
+        )
+        out = args.json or RESULTS_DIR / f"scaling-{args.events}.json"
+        embed = _plot(
+            plots.draw_scaling, report, docs_png=SCALING_PLOT, out_json=out, docs=docs, log=print
+        )
+        text = render_scaling(report, plot=embed)
+        print()
+        print(text)
+        _write_json(report, out)
+        if docs:
+            replace_block(DOCS, SCALING_START_MARK, SCALING_END_MARK, text)
+            print(f"updated {DOCS.relative_to(ROOT)}")
+        return _mismatches(report)
 
     if args.quick:
         args.events, args.runs, args.es_events = 20_000, 1, 5_000
@@ -875,12 +1158,13 @@ def main(argv: list[str] | None = None) -> int:
         report = run_sweep(
             events=args.events,
             runs=args.runs,
-            sizes=[int(s) for s in args.batch_sweep.split(",")],
+            sizes=_ints(args.batch_sweep),
             backends=backends,
             seed=args.seed,
             data_dir=args.data_dir,
             postgres_dsn=args.postgres_dsn,
             postgres_schema=args.schema,
+            gc_choice=args.gc,
         )
         text = render_sweep(report)
         print(text)
@@ -891,6 +1175,11 @@ def main(argv: list[str] | None = None) -> int:
             replace_block(DOCS, SWEEP_START_MARK, SWEEP_END_MARK, text)
         return 0
 
+    sizes_report = (
+        json.loads(args.sizes_json.read_text(encoding="utf-8"))
+        if args.sizes_json.exists()
+        else None
+    )
     report = run_benchmark(
         events=args.events,
         runs=args.runs,
@@ -904,22 +1193,17 @@ def main(argv: list[str] | None = None) -> int:
         loops_filter={s.strip() for s in args.loops.split(",") if s.strip()} or None,
         profile_dir=RESULTS_DIR / "profile" if args.profile else None,
         sr_batch_size=args.sr_batch_size,
+        gc_choice=args.gc,
+        sizes_report=sizes_report,
     )
     text = render(report)
     print()
     print(text)
-    out = args.json or RESULTS_DIR / f"catchup-{args.events}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2), encoding="utf-8")
-    print(f"\nJSON: {out}")
+    _write_json(report, args.json or RESULTS_DIR / f"catchup-{args.events}.json")
     if not (args.no_docs or args.quick or args.loops):
         replace_block(DOCS, START_MARK, END_MARK, text)
         print(f"updated {DOCS.relative_to(ROOT)}")
-    mismatches = [lp["key"] for lp in report["loops"] if lp.get("state_ok") is False]
-    if mismatches:
-        print(f"STATE MISMATCH in: {', '.join(mismatches)}", file=sys.stderr)
-        return 1
-    return 0
+    return _mismatches(report)
 
 
 if __name__ == "__main__":

@@ -8,13 +8,19 @@ plus one position update per batch in one transaction (PostgreSQL:
 ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO UPDATE``; SQLite:
 ``executemany`` inside one transaction).
 
+With ``workers`` > 1, one process per partition of the aggregates (the partition
+function of safereplay's sources, filtered in the database the same way), released
+together (:mod:`benchmarks.partitions`), each updating its own position row.
+
 Also :func:`reference_fold`: the same read and decode with an in-memory table,
 giving the expected final state of every loop for a range of the log.
 """
 
 from __future__ import annotations
 
+import json
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,10 +31,21 @@ import psycopg
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from psycopg import sql
 
+from benchmarks import collector
 from benchmarks.dataset import Store
+from benchmarks.memory import peak_rss_kb
+from benchmarks.partitions import child_handshake, release_together
 from benchmarks.shape import TOPICS, apply_delta, digest, fold
 
-__all__ = ["Opener", "read_batches", "reference_fold", "run_raw_floor"]
+__all__ = [
+    "Opener",
+    "catch_up",
+    "partition_main",
+    "partition_of_hex",
+    "read_batches",
+    "reference_fold",
+    "run_raw_floor",
+]
 
 _MAGIC_V1 = b"\x00SR\x01"
 _NONCE = 12
@@ -64,22 +81,53 @@ def _dashed(hex32: str) -> str:
     return f"{hex32[:8]}-{hex32[8:12]}-{hex32[12:16]}-{hex32[16:20]}-{hex32[20:]}"
 
 
+#: PostgreSQL: the partition of an aggregate in SQL, the expression of safereplay's
+#: sources (``PARTITION_HASH`` and ``PARTITION_FILTER`` of
+#: ``projections/source_sql.py``): the id's first 32 bits, modulo the count. Copied,
+#: not imported, so the floor stays framework-free; ``tests/test_benchmarks_raw.py``
+#: checks it against ``partition_of``.
+PG_PARTITION_FILTER = (
+    " AND (('x' || substr(originator_id::text, 1, 8))::bit(32)::bigint) %% %s = %s"
+)
+#: SQLite has no bit strings: a deterministic SQL function registered on the read
+#: connection, as safereplay's SQLite source does (``safereplay_partition``).
+SQLITE_PARTITION_FILTER = " AND bench_partition(originator_id, ?) = ?"
+
+
+def partition_of_hex(originator_id: str, count: int) -> int:
+    """The partition of an id stored as 32 hex digits (SQLite) or dashed text."""
+    return int(originator_id.replace("-", "")[:8], 16) % count
+
+
 def read_batches(
-    store: Store, *, after: int, upto: int, batch_size: int, timer: list[int] | None = None
+    store: Store,
+    *,
+    after: int,
+    upto: int,
+    batch_size: int,
+    timer: list[int] | None = None,
+    partition: tuple[int, int] = (0, 1),
 ) -> Iterator[list[Row]]:
-    """Keyset-read (position, aggregate id, version, topic, state) of the projection's topics."""
+    """Keyset-read (position, aggregate id, version, topic, state) of the projection's topics.
+
+    ``partition`` = ``(index, count)``: only the aggregates of that partition, filtered in
+    the database like safereplay's sources do (``(0, 1)``: the whole log, no filter).
+    """
+    index, count = partition
+    whole = count == 1
     if store.backend == "postgres":
         with psycopg.connect(store.postgres_dsn, autocommit=True) as conn:
             cur = conn.cursor(binary=True)
             query = sql.SQL(
                 "SELECT notification_id, originator_id::text, originator_version, topic, state "
                 "FROM {} WHERE notification_id > %s AND notification_id <= %s "
-                "AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
-            ).format(sql.SQL(store.table))
+                "AND topic = ANY(%s){} ORDER BY notification_id LIMIT %s"
+            ).format(sql.SQL(store.table), sql.SQL("" if whole else PG_PARTITION_FILTER))
             topics = list(TOPICS)
+            extra: tuple[int, ...] = () if whole else (count, index)
             while True:
                 t0 = time.perf_counter_ns()
-                cur.execute(query, (after, upto, topics, batch_size), prepare=True)
+                cur.execute(query, (after, upto, topics, *extra, batch_size), prepare=True)
                 rows = cur.fetchall()
                 if timer is not None:
                     timer[0] += time.perf_counter_ns() - t0
@@ -88,16 +136,21 @@ def read_batches(
                 yield rows
                 after = rows[-1][0]
     else:
-        conn = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        lite = sqlite3.connect(store.sqlite_path, isolation_level=None)
+        lite.create_function("bench_partition", 2, partition_of_hex, deterministic=True)
         try:
-            query = (
+            lite_query = (
                 "SELECT rowid, originator_id, originator_version, topic, state "
                 "FROM stored_events WHERE rowid > ? AND rowid <= ? "
-                f"AND topic IN ({','.join('?' * len(TOPICS))}) ORDER BY rowid LIMIT ?"
+                f"AND topic IN ({','.join('?' * len(TOPICS))})"
+                f"{'' if whole else SQLITE_PARTITION_FILTER} ORDER BY rowid LIMIT ?"
             )
+            lite_extra = () if whole else (count, index)
             while True:
                 t0 = time.perf_counter_ns()
-                rows = conn.execute(query, (after, upto, *TOPICS, batch_size)).fetchall()
+                rows = lite.execute(
+                    lite_query, (after, upto, *TOPICS, *lite_extra, batch_size)
+                ).fetchall()
                 rows = [(p, _dashed(a), v, t, s) for p, a, v, t, s in rows]
                 if timer is not None:
                     timer[0] += time.perf_counter_ns() - t0
@@ -106,7 +159,7 @@ def read_batches(
                 yield rows
                 after = rows[-1][0]
         finally:
-            conn.close()
+            lite.close()
 
 
 def reference_fold(store: Store, *, upto: int, batch_size: int = 5000) -> dict[str, Any]:
@@ -141,7 +194,6 @@ CREATE TABLE {schema}.run_status_position (
     position bigint NOT NULL,
     PRIMARY KEY (projection, partition)
 );
-INSERT INTO {schema}.run_status_position VALUES ('run_status', 0, 0);
 """
 
 PG_UPSERT = """
@@ -159,7 +211,7 @@ ON CONFLICT (run_id) DO UPDATE SET
 
 PG_POSITION = (
     "UPDATE {schema}.run_status_position SET position = %s "
-    "WHERE projection = 'run_status' AND partition = 0"
+    "WHERE projection = 'run_status' AND partition = %s"
 )
 
 SQLITE_VIEW_DDL = """
@@ -178,7 +230,6 @@ CREATE TABLE run_status_position (
     position INTEGER NOT NULL,
     PRIMARY KEY (projection, partition)
 );
-INSERT INTO run_status_position VALUES ('run_status', 0, 0);
 """
 
 SQLITE_UPSERT = """
@@ -193,7 +244,7 @@ ON CONFLICT (run_id) DO UPDATE SET
 """
 
 SQLITE_POSITION = (
-    "UPDATE run_status_position SET position = ? WHERE projection = 'run_status' AND partition = 0"
+    "UPDATE run_status_position SET position = ? WHERE projection = 'run_status' AND partition = ?"
 )
 
 RUN_STATUS_COLUMNS = (
@@ -201,21 +252,34 @@ RUN_STATUS_COLUMNS = (
 )
 
 
-def prepare_pg_view(dsn: str, schema: str) -> None:
+def prepare_pg_view(dsn: str, schema: str, *, partitions: int = 1) -> None:
+    """An empty view, with one position row per partition (default 1: the whole log)."""
     ident = sql.Identifier(schema)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(ident))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(ident))
         conn.execute(sql.SQL(PG_VIEW_DDL).format(schema=ident))
+        for index in range(partitions):
+            conn.execute(
+                sql.SQL("INSERT INTO {}.run_status_position VALUES ('run_status', %s, 0)").format(
+                    ident
+                ),
+                (index,),
+            )
 
 
-def prepare_sqlite_view(path: Path) -> None:
+def prepare_sqlite_view(path: Path, *, partitions: int = 1) -> None:
+    """An empty view, with one position row per partition (default 1: the whole log)."""
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = sqlite3.connect(path, isolation_level=None)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.executescript(SQLITE_VIEW_DDL)
+    conn.executemany(
+        "INSERT INTO run_status_position VALUES ('run_status', ?, 0)",
+        [(index,) for index in range(partitions)],
+    )
     conn.close()
 
 
@@ -239,9 +303,58 @@ def view_digest_sqlite(path: Path, table: str = "run_status") -> dict[str, Any]:
 
 
 def run_raw_floor(
-    store: Store, *, upto: int, batch_size: int, view: dict[str, Any]
+    store: Store,
+    *,
+    upto: int,
+    batch_size: int,
+    view: dict[str, Any],
+    workers: int = 1,
+    gc_choice: str = collector.DEFAULT,
 ) -> dict[str, Any]:
-    """Catch the run-status table up from zero to ``upto``; returns timings."""
+    """Catch the run-status table up from zero to ``upto``; returns timings.
+
+    ``workers`` > 1: one process per partition (:func:`partition_main`), released
+    together like safereplay's partition workers; the caller has applied the collector
+    setting to this process, each partition process applies ``gc_choice`` to itself.
+    """
+    if workers == 1:
+        return catch_up(store, upto=upto, batch_size=batch_size, view=view)
+    specs = [
+        {
+            "store": store.to_json(),
+            "upto": upto,
+            "batch_size": batch_size,
+            "view": view,
+            "index": index,
+            "count": workers,
+            "gc": gc_choice,
+        }
+        for index in range(workers)
+    ]
+    elapsed, results = release_together("benchmarks.raw", specs)
+    return {
+        "seconds": elapsed,
+        "batches": sum(r["batches"] for r in results),
+        # Summed over the partitions (time spent in each stage, all processes).
+        "split_ms": {
+            stage: sum(r["split_ms"][stage] for r in results)
+            for stage in ("fetch", "decrypt_decode", "apply", "commit")
+        },
+        "partitions": results,
+        "children_peak_rss_kb": max(r["peak_rss_kb"] for r in results),
+    }
+
+
+def catch_up(
+    store: Store,
+    *,
+    upto: int,
+    batch_size: int,
+    view: dict[str, Any],
+    partition: tuple[int, int] = (0, 1),
+) -> dict[str, Any]:
+    """One process's catch-up of ``partition`` (``(index, count)``) up to ``upto``."""
+    index = partition[0]
     opener = Opener(store)
     loads = orjson.loads
     fetch_ns = [0]
@@ -265,25 +378,29 @@ def run_raw_floor(
                 columns[5].append(delta[4])
                 columns[6].append(delta[5])
             wcur.execute(upsert, columns, prepare=True)
-            wcur.execute(position_sql, (position,), prepare=True)
+            wcur.execute(position_sql, (position, index), prepare=True)
             wconn.commit()
 
         close = wconn.close
     else:
-        sconn = sqlite3.connect(view["path"], isolation_level=None)
+        # Partition processes write the same file: wait for the write lock (IMMEDIATE
+        # takes it at BEGIN, so a transaction never fails half-way on a busy database).
+        sconn = sqlite3.connect(view["path"], isolation_level=None, timeout=600)
         sconn.execute("PRAGMA journal_mode=WAL")
 
         def write(deltas: dict[str, list[Any]], position: int) -> None:
-            sconn.execute("BEGIN")
+            sconn.execute("BEGIN IMMEDIATE")
             sconn.executemany(SQLITE_UPSERT, [(k, *v) for k, v in deltas.items()])
-            sconn.execute(SQLITE_POSITION, (position,))
+            sconn.execute(SQLITE_POSITION, (position, index))
             sconn.execute("COMMIT")
 
         close = sconn.close
 
     started = time.perf_counter_ns()
     try:
-        for rows in read_batches(store, after=0, upto=upto, batch_size=batch_size, timer=fetch_ns):
+        for rows in read_batches(
+            store, after=0, upto=upto, batch_size=batch_size, timer=fetch_ns, partition=partition
+        ):
             t0 = time.perf_counter_ns()
             decoded = [
                 (run_id, topic, loads(opener(blob, run_id, version, topic)))
@@ -313,3 +430,27 @@ def run_raw_floor(
             "commit": commit_ns / 1e6,
         },
     }
+
+
+def partition_main(spec: dict[str, Any]) -> int:
+    """One partition process of the floor: set up, report READY, wait for GO, catch up."""
+    store = Store.from_json(spec["store"])
+    # The same collector setting as every other measured process, before the clock.
+    collector.apply(spec["gc"])
+    if not child_handshake():
+        return 1
+    result = catch_up(
+        store,
+        upto=int(spec["upto"]),
+        batch_size=int(spec["batch_size"]),
+        view=spec["view"],
+        partition=(int(spec["index"]), int(spec["count"])),
+    )
+    result["peak_rss_kb"] = peak_rss_kb()
+    result["gc"] = collector.describe()
+    print("RESULT " + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(partition_main(json.loads(sys.argv[1])))

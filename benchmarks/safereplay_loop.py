@@ -12,28 +12,25 @@ harness sets one, ``catch_up()`` from position zero to the head.
 
 With ``workers > 1`` every partition (``Partition(i, workers)``, by aggregate
 hash, filtered in the database) is caught up by its own OS process
-(``python -m benchmarks.safereplay_loop SPEC``). The processes start, import
-and report ready; the clock starts when all are released together and stops
-when the last one has committed its last batch, so interpreter start-up is
-not counted (for 1 worker, imports are not counted either).
+(``python -m benchmarks.safereplay_loop SPEC``), released together by
+:mod:`benchmarks.partitions`: interpreter start-up and imports are not counted
+(for 1 worker, imports are not counted either). Every process doing the work
+applies the harness's collector setting (:mod:`benchmarks.collector`) first.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
+from benchmarks import collector
 from benchmarks.dataset import Store
+from benchmarks.partitions import child_handshake, release_together
 
 __all__ = ["NotAvailable", "available", "run", "view_digest"]
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class NotAvailable(Exception):
@@ -215,62 +212,42 @@ def run(
         raise ValueError("safereplay catch-up runs to the head of the log only")
     which = spec.get("projections", "run_status")
     batch_size = spec.get("sr_batch_size")
+    gc_choice = spec.get("gc", collector.DEFAULT)
     _prepare(store, view, which)
     if workers == 1:
+        # What the catch-up imports, imported before the collector policy (so that it is
+        # frozen with the rest of the start-up) and before the clock.
+        import safereplay.projections.backends  # noqa: F401
+
+        collector.apply(gc_choice)
         return _catch_up(store, view, which=which, index=0, count=1, batch_size=batch_size)
-    return _run_partitions(store, view, which=which, workers=workers, batch_size=batch_size)
+    return _run_partitions(
+        store, view, which=which, workers=workers, batch_size=batch_size, gc_choice=gc_choice
+    )
 
 
 def _run_partitions(
-    store: Store, view: dict[str, Any], *, which: str, workers: int, batch_size: int | None
+    store: Store,
+    view: dict[str, Any],
+    *,
+    which: str,
+    workers: int,
+    batch_size: int | None,
+    gc_choice: str,
 ) -> dict[str, Any]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    procs = []
-    for index in range(workers):
-        spec = {
+    specs = [
+        {
             "store": store.to_json(),
             "view": view,
             "projections": which,
             "index": index,
             "count": workers,
             "batch_size": batch_size,
+            "gc": gc_choice,
         }
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.safereplay_loop", json.dumps(spec)],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    try:
-        for proc in procs:
-            assert proc.stdout is not None
-            line = proc.stdout.readline()
-            if line.strip() != "READY":
-                _, err = proc.communicate(timeout=60)
-                raise RuntimeError(f"partition worker failed to start:\n{err[-4000:]}")
-        started = time.perf_counter()
-        for proc in procs:
-            assert proc.stdin is not None
-            proc.stdin.write("GO\n")
-            proc.stdin.flush()
-        outputs = [proc.communicate(timeout=7200) for proc in procs]
-        elapsed = time.perf_counter() - started
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    results = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        lines = [ln for ln in out.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode != 0 or not lines:
-            raise RuntimeError(f"partition worker failed (exit {proc.returncode}):\n{err[-4000:]}")
-        results.append(json.loads(lines[-1][len("RESULT ") :]))
+        for index in range(workers)
+    ]
+    elapsed, results = release_together("benchmarks.safereplay_loop", specs)
     return {
         "seconds": elapsed,
         "batches": sum(r["batches"] for r in results),
@@ -319,8 +296,9 @@ def _partition_main(spec: dict[str, Any]) -> int:
     from benchmarks.memory import peak_rss_kb
 
     store = Store.from_json(spec["store"])
-    print("READY", flush=True)
-    if sys.stdin.readline().strip() != "GO":
+    # The same collector setting as every other measured process, before the clock.
+    collector.apply(spec.get("gc", collector.DEFAULT))
+    if not child_handshake():
         return 1
     result = _catch_up(
         store,
@@ -331,6 +309,7 @@ def _partition_main(spec: dict[str, Any]) -> int:
         batch_size=spec.get("batch_size"),
     )
     result["peak_rss_kb"] = peak_rss_kb()
+    result["gc"] = collector.describe()
     print("RESULT " + json.dumps(result), flush=True)
     return 0
 

@@ -2,6 +2,7 @@
 
 The harness starts one worker per measurement, so that every loop starts cold
 and its peak RSS (``VmHWM``) is its own. The worker prepares an empty view,
+applies the collector setting (``spec["gc"]``, :mod:`benchmarks.collector`),
 runs the loop over ``(0, upto]``, then (outside the timing) reads back the view
 for the state digest, and prints one ``RESULT {json}`` line.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from benchmarks import es_baseline, raw, safereplay_loop
+from benchmarks import collector, es_baseline, raw, safereplay_loop
 from benchmarks.dataset import Store
 from benchmarks.memory import peak_rss_kb, status_kb
 
@@ -80,15 +81,30 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
     else:
         _fresh_sqlite(Path(view["path"]))
     if loop == "raw":
+        partitions = int(spec.get("workers", 1))
         if store.backend == "postgres":
-            raw.prepare_pg_view(store.postgres_dsn, view["schema"])
+            raw.prepare_pg_view(store.postgres_dsn, view["schema"], partitions=partitions)
         else:
-            raw.prepare_sqlite_view(Path(view["path"]))
+            raw.prepare_sqlite_view(Path(view["path"]), partitions=partitions)
+    gc_choice = spec.get("gc", collector.DEFAULT)
+    if loop in ("raw", "es"):
+        # After imports and set-up, before the clock: the same collector setting as
+        # safereplay's loop (which applies it itself, after its own set-up, and in each
+        # of its partition processes), so that a ratio measures the loops, not the
+        # collector. The raw floor's partition processes apply it themselves.
+        collector.apply(gc_choice)
     profiler = cProfile.Profile() if spec.get("profile") else None
     if profiler is not None:
         profiler.enable()
     if loop == "raw":
-        result = raw.run_raw_floor(store, upto=upto, batch_size=int(spec["batch_size"]), view=view)
+        result = raw.run_raw_floor(
+            store,
+            upto=upto,
+            batch_size=int(spec["batch_size"]),
+            view=view,
+            workers=int(spec.get("workers", 1)),
+            gc_choice=gc_choice,
+        )
     elif loop == "es":
         if store.backend == "postgres":
             result = es_baseline.run_es_postgres(store, upto=upto, view=view)
@@ -120,8 +136,11 @@ def run_spec(spec: dict[str, Any]) -> dict[str, Any]:
             "state": state,
             "rss_start_kb": rss_start,
             "peak_rss_kb": peak,
-            # Partition workers (safereplay, 2 workers) report their own peaks.
+            # Partition processes (k workers) report their own peaks.
             "children_peak_rss_kb": int(result.pop("children_peak_rss_kb", 0)),
+            "gc_choice": gc_choice,
+            # The measuring process's collector (partition processes: in "partitions").
+            "gc": collector.describe(),
         }
     )
     return result
