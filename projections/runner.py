@@ -151,6 +151,7 @@ class RunnerOptions:
             retry_initial=settings.retry_initial,
             retry_max=settings.retry_max,
             give_up_after=settings.give_up_after,
+            read_ahead=settings.read_ahead,
         )
 
 

@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from safereplay.domain.errors import ConfigurationError
 from safereplay.domain.secret import Conninfo, read_password_file
 from safereplay.domain.settings import DomainSettings, settings_error, variable_names
+from safereplay.projections.source import ReadAheadMode
 
 __all__ = ["ENV_PREFIX", "ProjectionSettings"]
 
@@ -97,6 +98,13 @@ class ProjectionSettings(BaseSettings):
         default=None,
         gt=0,
         description="Stop retrying a lost database after this many seconds (unset: never).",
+    )
+    read_ahead: ReadAheadMode | None = Field(
+        default=None,
+        description=(
+            "Read (off | read | decode) the next batch while one commits "
+            "(unset: what the backend's source does by default)."
+        ),
     )
 
     @model_validator(mode="after")
