@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, cast
 from uuid import UUID, SafeUUID
 
+import msgspec
 import orjson
 from eventsourcing.domain import DomainEventProtocol
 from eventsourcing.persistence import (
@@ -88,11 +89,12 @@ class EnvelopeMapper(Mapper[UUID]):
 
     Reading is the replay hot path. With eventsourcing's own ``JSONTranscoder``
     (what :class:`~safereplay.domain.application.EventStoreApplication` uses), states are
-    parsed with ``orjson`` and eventsourcing's ``{"_type_": ..., "_data_": ...}``
+    parsed with ``msgspec`` (the common event, :meth:`_common_envelope`) or ``orjson``
+    (the general path), and eventsourcing's ``{"_type_": ..., "_data_": ...}``
     transcodings revived afterwards, with the transcoder's own registrations: the
     same values as ``JSONTranscoder.decode``, in about 60 % of its time on the
     reference events (ids and timestamps rebuilt included). A document
-    ``orjson`` refuses (``NaN``, integers beyond 64 bits, lone surrogates...) is
+    they refuse or may not keep exact (``NaN``, integers beyond 64 bits, lone surrogates...) is
     handed to ``JSONTranscoder.decode`` as before, so what it accepts and the
     errors it raises do not change. Error descriptions (the row, the position)
     are built only when there is an error.
@@ -383,15 +385,20 @@ class EnvelopeMapper(Mapper[UUID]):
                 plaintext = compressor.decompress(plaintext)
             except Exception:
                 return None  # the general path raises it, described
+        if len(plaintext) > _INT_DIGITS_LIMIT or b"\\" in plaintext:
+            # A number json refuses for its length could hide in a long text; an escape
+            # sequence could spell "_type_" differently: both for the general path.
+            return None
         try:
-            state = orjson.loads(plaintext)
-        except orjson.JSONDecodeError:
+            # msgspec keeps every integer exact, as json does (orjson turns those
+            # beyond 64 bits into floats), and refuses what json accepts and it does
+            # not (NaN, Infinity, lone surrogates): those take the general path.
+            state = _decode_common_json(plaintext)
+        except msgspec.DecodeError:
             return None
         if type(state) is not dict:
             return None
-        long_number, escaped, markers = _scan(plaintext)
-        if long_number or escaped:
-            return None
+        markers = plaintext.count(_TYPE_MARKER)
         if markers:
             try:
                 left = _revive_top_level(transcoder, state, markers)
@@ -442,6 +449,11 @@ def envelope_of(
 # -- decoding eventsourcing's JSON with orjson ----------------------------------------------
 
 _TYPE_MARKER = b'"_type_"'
+#: The replay hot path's JSON parser (:meth:`EnvelopeMapper._common_envelope`).
+_decode_common_json = msgspec.json.Decoder().decode
+#: json refuses integers of more digits than this (``sys.get_int_max_str_digits``'s
+#: default); a text longer than it takes the general path, which raises it.
+_INT_DIGITS_LIMIT = 4300
 #: Every decimal digit as "0": a run of 19 is a number orjson may not keep exact.
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= i <= 0x39 else i for i in range(256))
 _LONG_NUMBER = b"0" * 19

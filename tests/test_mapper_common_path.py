@@ -148,7 +148,8 @@ def test_what_the_common_path_leaves_to_the_general_one() -> None:
     assert not common(common_state(output={"at": datetime.now(UTC)}))  # nested
     assert common(common_state(amount=Decimal("1.5")))  # another transcoding, at the top
     assert not common(common_state(output={"amount": Decimal("1.5")}))  # nested
-    assert not common(common_state(big=2**70))  # orjson would read a float
+    assert common(common_state(big=2**70))  # exact with msgspec (orjson read a float)
+    assert not common(common_state(note="x" * 4300))  # json's limit of integer digits
     assert not common(common_state(note='say "\\u005f_type_"'))  # escapes
     assert not common(common_state(), topic=TOPICS[1])  # version 1 of a version-2 type: upcast
     assert not common(common_state(), ring=KeyRing.generate("k3"))  # a key not in the ring
