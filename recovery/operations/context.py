@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.projections import (
@@ -155,7 +156,7 @@ class RecoveryContext:
         self._closers.append(source)
         return source
 
-    def _named(self) -> dict[str, str]:
+    def _named(self) -> dict[str, Any]:
         """The event source's connection names (PostgreSQL only: SQLite has none)."""
         if self.domain.backend != "postgres":
             return {}
