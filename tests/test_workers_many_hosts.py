@@ -31,6 +31,7 @@ from safereplay.domain.workload import record_workload
 from safereplay.projections import WorkflowStatistics
 from safereplay.recovery.cli.app import app
 from safereplay.recovery.jobs.model import JobState
+from safereplay.recovery.jobs.worker import default_worker_id
 from safereplay.recovery.security.audit import AuditKey
 
 STATS = WorkflowStatistics
@@ -153,3 +154,13 @@ def application_names(conn: psycopg.Connection[Any], tag: str) -> set[str]:
         (f"safereplay-host-_-{tag}-%",),
     ).fetchall()
     return {str(name) for (name,) in rows}
+
+
+def test_a_host_identity_is_checked_before_anything_runs(sqlite_cli_env: dict[str, str]) -> None:
+    # ':' separates the parts of a lease owner (HOST:PID:RANDOM); a name PostgreSQL
+    # would cut short in application_name is refused too.
+    for bad in ("host:a", "h" * 41, "-host"):
+        code, out = cli(sqlite_cli_env, "worker", "--host", bad, "--exit-when-idle")
+        assert code == 2 and "SAFEREPLAY_WORKER_HOST" in out, out
+    owner = default_worker_id("host-a")
+    assert owner.startswith(f"host-a:{os.getpid()}:") and len(owner.split(":")) == 3
