@@ -20,7 +20,9 @@ share it, as workers on k machines would. Everything is read from PostgreSQL:
 - claims: the lease tokens (one per claim);
 - connections per worker: ``pg_stat_activity`` sampled while the workers run,
   by ``application_name`` (each worker's ``safereplay-HOST-*``; the event store
-  pool's connections are unnamed).
+  pool's connections, which safereplay leaves unnamed, through ``PGAPPNAME``);
+- the server's CPU per event: the CPU time of those backends, from ``/proc`` (the
+  server on this machine), at their last sample.
 
 Renewals are not a row of their own: they are the lease-row updates left once the
 claims, finishes, one progress report and one tally per batch are taken out (an
@@ -118,6 +120,16 @@ def database_stats(conn: psycopg.Connection[Any], database: str) -> dict[str, in
     return dict(zip(("commits", "rollbacks", "returned", "fetched"), map(int, row), strict=True))
 
 
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU seconds of a process of this machine (None: not readable)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    # After the command's closing parenthesis: field 3 is the state, 14 and 15 utime, stime.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in after.items()}
 
@@ -164,15 +176,22 @@ def run_one(
         for host in hosts
     ]
     most: Counter[str] = Counter()
+    # CPU seconds of each server backend of the workers, by pid: the last reading of
+    # its /proc entry (the server runs on this machine) before it went away.
+    backend_cpu: dict[int, tuple[str, float]] = {}
     while any(p.poll() is None for p in processes):
         rows = monitor.execute(
-            "SELECT coalesce(nullif(application_name, ''), '(unnamed)') FROM pg_stat_activity "
-            "WHERE datname = %s AND pid <> pg_backend_pid()",
+            "SELECT pid, coalesce(nullif(application_name, ''), '(unnamed)') "
+            "FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
             (database,),
         ).fetchall()
-        now = Counter(str(r[0]) for r in rows)
+        now = Counter(str(r[1]) for r in rows)
         for name, count in now.items():
             most[name] = max(most[name], count)
+        for pid, name in rows:
+            cpu = process_cpu_seconds(int(pid))
+            if cpu is not None and str(name).startswith("safereplay-lease-bench-"):
+                backend_cpu[int(pid)] = (str(name), cpu)
         time.sleep(0.2)
     seconds = time.perf_counter() - started
     reports = []
@@ -212,6 +231,11 @@ def run_one(
             if name.startswith(f"safereplay-{host}-"):
                 per_host.setdefault(host, {})[name.removeprefix(f"safereplay-{host}-")] = count
     each = [sum(roles.values()) for roles in per_host.values()]
+    server_cpu: dict[str, float] = {}
+    for name, cpu in backend_cpu.values():
+        role = name.split("-", 3)[-1].split("-", 1)[-1]  # safereplay-lease-bench-I-ROLE
+        server_cpu[role] = server_cpu.get(role, 0.0) + cpu
+    server_total = sum(server_cpu.values())
     return {
         "workers": workers,
         "partitions": partitions,
@@ -239,6 +263,10 @@ def run_one(
             "by_role": next(iter(per_host.values()), {}),
             "unnamed": most.get("(unnamed)", 0),
         },
+        # At least: a backend's CPU after its last sample (0.2 s) is not seen.
+        "server_cpu_seconds": round(server_total, 2),
+        "server_cpu_seconds_by_role": {k: round(v, 2) for k, v in sorted(server_cpu.items())},
+        "server_cpu_microseconds_per_event": round(1e6 * server_total / max(1, applied), 2),
         "tables": tables,
         "worker_ids": [r["worker_id"] for r in reports],
         "partitions_by_worker": [sorted(index for _, index, _ in r["outcomes"]) for r in reports],
