@@ -19,15 +19,24 @@ __all__ = ["open_source", "open_store"]
 
 
 def open_store(
-    domain: DomainSettings, settings: ProjectionSettings | None = None
+    domain: DomainSettings,
+    settings: ProjectionSettings | None = None,
+    *,
+    application_name: str = "safereplay",
 ) -> ProjectionStore:
-    """The projection store: by default in the event store's own database."""
+    """The projection store: by default in the event store's own database.
+
+    ``application_name``: on PostgreSQL, its connection is named
+    ``{application_name}-projections`` (default ``safereplay``).
+    """
     settings = settings if settings is not None else ProjectionSettings.from_env()
     migrate = domain.migrate_on_start
     if domain.backend == "sqlite":
         return SQLiteProjectionStore(settings.sqlite_store_path(domain), migrate_on_start=migrate)
     conninfo, schema = settings.postgres_store(domain)
-    return PostgresProjectionStore(conninfo, schema=schema, migrate_on_start=migrate)
+    return PostgresProjectionStore(
+        conninfo, schema=schema, migrate_on_start=migrate, application_name=application_name
+    )
 
 
 def open_source(

@@ -197,7 +197,16 @@ class PostgresDatabase(Database):
 
     dialect: Literal["sqlite", "postgres"] = "postgres"
 
-    def __init__(self, conninfo: str, *, schema: str = "public", pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        conninfo: str,
+        *,
+        schema: str = "public",
+        pool_size: int = 4,
+        application_name: str | None = None,
+    ) -> None:
+        """``application_name``: the name of the pool's connections in
+        ``pg_stat_activity`` (default: none, so libpq's ``PGAPPNAME`` applies)."""
         self.schema = schema
         # The pool keeps its conninfo and its connection arguments as attributes: the
         # password goes in the arguments, as a Password that prints hidden, and the
@@ -206,6 +215,8 @@ class PostgresDatabase(Database):
         check_tls_connection(conninfo, what="the recovery database")
         params = conninfo_to_dict(conninfo)
         password = params.pop("password", None)
+        if application_name is not None:
+            params["application_name"] = application_name
         kwargs: dict[str, Any] = {"row_factory": dict_row, "autocommit": False}
         if password:
             kwargs["password"] = Password(str(password))

@@ -134,6 +134,16 @@ class RecoverySettings(BaseSettings):
     lease_seconds: float = Field(
         default=30.0, gt=0, description="How long a worker's claim on a partition lasts."
     )
+    worker_host: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$",
+        description=(
+            "The host identity this process names itself by: in the leases it takes "
+            "(`HOST:PID:RANDOM`, shown by `jobs`) and, on PostgreSQL, in the "
+            "`application_name` of its connections (`safereplay-HOST-...`). Default: the "
+            "machine's hostname in leases, connections named `safereplay-...`."
+        ),
+    )
     catch_up_wait: float = Field(
         default=5.0,
         ge=0,

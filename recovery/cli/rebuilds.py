@@ -56,6 +56,7 @@ from safereplay.recovery.cli.support import (
     error_console,
     operation,
     recovery_context,
+    signed_in,
 )
 from safereplay.recovery.cli.templates import dry_run as plan_dry_run
 from safereplay.recovery.jobs.model import JobState, JobStatus
@@ -277,20 +278,33 @@ def worker_command(
         bool, typer.Option(help="Exit when no partition is left to claim.")
     ] = False,
     metrics_port: MetricsPort = None,
+    host: Annotated[
+        str | None,
+        typer.Option(
+            "--host",
+            help="This worker's host identity, in its leases (HOST:PID:RANDOM) and its "
+            "PostgreSQL connections' application_name (default: SAFEREPLAY_WORKER_HOST, "
+            "else the hostname).",
+        ),
+    ] = None,
     as_json: Json = False,
 ) -> None:
     """Claim and run job partitions until stopped (SIGTERM/Ctrl-C gives them back)."""
     # A process of safereplay's own, doing nothing but replay: it sets the collector
     # policy of replay processes (projections/collector.py says why and what).
     apply_collector_policy()
-    report = operation(
-        "worker",
-        reason="worker process",
-        projection=projection,
-        job_id=job,
-        exit_when_idle=exit_when_idle,
-        metrics_port=metrics_port,
-    )
+    # The option is SAFEREPLAY_WORKER_HOST on the command line: it must be known before
+    # the context opens its first connection (the sign-in's), so it overrides the
+    # setting rather than travelling as an operation parameter.
+    with signed_in("worker", recovery={} if host is None else {"worker_host": host}) as run:
+        report = run(
+            "worker",
+            reason="worker process",
+            projection=projection,
+            job_id=job,
+            exit_when_idle=exit_when_idle,
+            metrics_port=metrics_port,
+        )
     emit(report, as_json=as_json, human=say_worker_report)
 
 

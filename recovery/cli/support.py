@@ -44,7 +44,7 @@ import os
 import re
 import socket
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -165,9 +165,14 @@ def exit_code_for(exc: BaseException) -> int:
 
 @contextmanager
 def recovery_context(
-    *, check_schema: bool = True, create: bool = False
+    *,
+    check_schema: bool = True,
+    create: bool = False,
+    recovery: Mapping[str, object] | None = None,
 ) -> Iterator[RecoveryContext]:
     """A context from the environment; known errors become messages and exit codes.
+
+    ``recovery``: recovery settings a command's options set over the environment's.
 
     ``check_schema``: see :attr:`RecoveryContext.check_schema` (off for ``migrate``).
     ``create``: the SQLite store may not exist yet (``migrate``, ``principals
@@ -175,7 +180,7 @@ def recovery_context(
     """
     context: RecoveryContext | None = None
     try:
-        context = RecoveryContext.from_env(check_schema=check_schema)
+        context = RecoveryContext.from_env(check_schema=check_schema, recovery=recovery)
         check_store(context.domain, context.projection_settings, create=create)
         yield context
     except (DomainError, ProjectionError, ReactionError, RecoveryError, AuditKeyError) as exc:
@@ -212,10 +217,13 @@ RunAsCaller = Callable[..., Any]
 
 
 @contextmanager
-def signed_in(command: str) -> Iterator[RunAsCaller]:
+def signed_in(
+    command: str, *, recovery: Mapping[str, object] | None = None
+) -> Iterator[RunAsCaller]:
     """Run a command's operations as the principal whose token is in the environment,
-    signed in once (one token check, one context) however many it runs."""
-    with recovery_context() as context:
+    signed in once (one token check, one context) however many it runs.
+    ``recovery``: see :func:`recovery_context`."""
+    with recovery_context(recovery=recovery) as context:
         caller = cli_caller(context, command)
         operations = open_operations(context)
 

@@ -94,6 +94,7 @@ __all__ = [
     "Worker",
     "WorkerOptions",
     "WorkerReport",
+    "default_worker_id",
     "job_replay_context",
 ]
 
@@ -223,6 +224,14 @@ class _ActiveJobs:
         return self._jobs
 
 
+def default_worker_id(host: str | None = None) -> str:
+    """``HOST:PID:RANDOM``: the name a worker's leases carry. ``host`` (default: the
+    machine's hostname) is the operator's name for the machine
+    (``SAFEREPLAY_WORKER_HOST``, ``worker --host``): containers often share a hostname,
+    and the random part tells apart two processes that reuse a pid."""
+    return f"{host or socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
 class Worker:
     """Claims and runs partitions of jobs until stopped (or idle, if so configured)."""
 
@@ -252,7 +261,7 @@ class Worker:
         self.conflicts = conflicts
         self.store = store
         self.registry = registry
-        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.worker_id = worker_id or default_worker_id()
         self.options = options or WorkerOptions()
         self.runner_options = runner_options or RunnerOptions()
         self.policies = policies or PolicySet()

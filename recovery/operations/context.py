@@ -6,6 +6,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 from safereplay.domain import AutomationApp, DomainSettings
 from safereplay.projections import (
@@ -24,7 +25,7 @@ from safereplay.recovery.jobs.conflicts import ConflictStore
 from safereplay.recovery.jobs.model import Job
 from safereplay.recovery.jobs.observer import NO_WORK_OBSERVER, WorkObserver
 from safereplay.recovery.jobs.store import JobStore, SQLJobStore
-from safereplay.recovery.jobs.worker import Worker, WorkerOptions
+from safereplay.recovery.jobs.worker import Worker, WorkerOptions, default_worker_id
 from safereplay.recovery.migrations.steps import ensure_recovery_schema
 from safereplay.recovery.registry import ProjectionRegistry, ReactionRegistry
 from safereplay.recovery.security.access import AccessControl, Principal, VerifiedSecrets
@@ -57,11 +58,17 @@ class RecoveryContext:
 
     @classmethod
     def from_env(
-        cls, *, check_schema: bool = True, verified_secrets: VerifiedSecrets | None = None
+        cls,
+        *,
+        check_schema: bool = True,
+        verified_secrets: VerifiedSecrets | None = None,
+        recovery: Mapping[str, object] | None = None,
     ) -> RecoveryContext:
+        """``recovery``: settings that override the environment's (a command's options,
+        such as ``worker --host``)."""
         return cls(
             domain=DomainSettings.from_env(),
-            recovery=RecoverySettings.from_env(),
+            recovery=RecoverySettings.from_env(**(recovery or {})),
             check_schema=check_schema,
             verified_secrets=verified_secrets,
         )
@@ -72,6 +79,15 @@ class RecoveryContext:
             return
         ensure_recovery_schema(self.database, migrate=self.domain.migrate_on_start)
         self._schema_checked = True
+
+    @property
+    def connection_name(self) -> str:
+        """The ``application_name`` prefix of this process's PostgreSQL connections:
+        ``safereplay``, or ``safereplay-HOST`` with a host identity
+        (``SAFEREPLAY_WORKER_HOST``), so that workers on many machines sharing one
+        server are told apart in ``pg_stat_activity``."""
+        host = self.recovery.worker_host
+        return "safereplay" if host is None else f"safereplay-{host}"
 
     @cached_property
     def projection_settings(self) -> ProjectionSettings:
@@ -87,13 +103,23 @@ class RecoveryContext:
             )
         else:
             conninfo, schema = self.projection_settings.postgres_store(self.domain)
-            database = PostgresDatabase(conninfo, schema=schema)
+            # Named only with a host identity: unnamed, the pool's connections keep
+            # libpq's PGAPPNAME (which the reliability suite uses to find them).
+            database = PostgresDatabase(
+                conninfo,
+                schema=schema,
+                application_name=None
+                if self.recovery.worker_host is None
+                else f"{self.connection_name}-recovery",
+            )
         self._closers.append(database)
         return database
 
     @cached_property
     def projection_store(self) -> ProjectionStore:
-        store = open_store(self.domain, self.projection_settings)
+        store = open_store(
+            self.domain, self.projection_settings, application_name=self.connection_name
+        )
         self._closers.append(store)
         return store
 
@@ -117,7 +143,7 @@ class RecoveryContext:
     @cached_property
     def source(self) -> EventSource:
         """The event store's notification log, decoding with the application's key ring."""
-        source = open_source(self.app, settings=self.projection_settings)
+        source = open_source(self.app, settings=self.projection_settings, **self._named())
         self._closers.append(source)
         return source
 
@@ -126,9 +152,15 @@ class RecoveryContext:
         """The notification log without a key ring: head, high-water mark and what is
         held back, for planning (which decodes nothing): it opens no application,
         no key ring and no pool."""
-        source = open_source(self.domain, settings=self.projection_settings)
+        source = open_source(self.domain, settings=self.projection_settings, **self._named())
         self._closers.append(source)
         return source
+
+    def _named(self) -> dict[str, Any]:
+        """The event source's connection names (PostgreSQL only: SQLite has none)."""
+        if self.domain.backend != "postgres":
+            return {}
+        return {"application_name": self.connection_name}
 
     def runner_options(self) -> RunnerOptions:
         return RunnerOptions.from_settings(self.projection_settings)
@@ -145,6 +177,7 @@ class RecoveryContext:
         """A worker sharing this context's stores (one per process)."""
         return Worker(
             jobs=self.jobs,
+            worker_id=default_worker_id(self.recovery.worker_host),
             store=self.projection_store,
             open_source=lambda: self.source,
             registry=self.registry,
