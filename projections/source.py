@@ -169,6 +169,16 @@ class EventSource(ABC):
     ) -> int:
         """How many notifications :meth:`read` would return without a limit."""
 
+    def count_by_partition(
+        self, *, after: int, upto: int, partitions: int, topics: Sequence[str] = ()
+    ) -> list[int]:
+        """:meth:`count` of each of ``partitions`` partitions, by index. This default
+        counts one partition after another; an SQL source counts them in one scan."""
+        return [
+            self.count(after=after, upto=upto, topics=topics, partition=partition)
+            for partition in Partition.all(partitions)
+        ]
+
     @property
     def notifies(self) -> bool:
         """True when :meth:`wait` is woken by the database (else it only sleeps)."""

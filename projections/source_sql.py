@@ -24,6 +24,7 @@ __all__ = [
     "PARTITION_HASH",
     "POSITION",
     "TOPIC_FILTER",
+    "count_by_partition_statement",
     "head_statement",
     "partition_hash",
     "range_parameters",
@@ -55,6 +56,13 @@ PARTITION_FILTER: Mapping[Dialect, str] = {
     "sqlite": " AND safereplay_partition(originator_id, %s) = %s",
 }
 
+#: The partition of a row (bound: the partition count), as :data:`PARTITION_FILTER`
+#: computes it.
+PARTITION_OF: Mapping[Dialect, str] = {
+    "postgres": "{hash} %% %s",
+    "sqlite": "safereplay_partition(originator_id, %s)",
+}
+
 #: PostgreSQL: the partition hash of a uuid ``{column}``, without the modulo.
 PARTITION_HASH = "(('x' || substr({column}::text, 1, 8))::bit(32)::bigint)"
 
@@ -63,6 +71,9 @@ PARTITION_HASH = "(('x' || substr({column}::text, 1, 8))::bit(32)::bigint)"
 HEAD = "SELECT MAX({position}) FROM {events}"
 _RANGE = " FROM {events} WHERE {position} > %s AND {position} <= %s{topics}{partition}"
 COUNT = "SELECT COUNT(*)" + _RANGE
+#: Every partition's count in one scan of the range (a plan's scope: one scan, not one
+#: per partition, which on a big log is what planning costs).
+COUNT_BY_PARTITION = "SELECT {partition_of}, COUNT(*)" + _RANGE + " GROUP BY 1"
 READ = (
     "SELECT {position}, originator_id, originator_version, topic, state"
     + _RANGE
@@ -79,14 +90,32 @@ def partition_hash(r: Renderer[Q], column: str = "originator_id") -> Q:
     return r.render(PARTITION_HASH, column=r.name(column))
 
 
+def _topic_filter(r: Renderer[Q], topics: int) -> Q:
+    if not topics:
+        return r.text("")
+    marks = r.join((r.render("%s") for _ in range(topics)), ", ")
+    return r.render(TOPIC_FILTER[r.dialect], topics=marks)
+
+
+def count_by_partition_statement(r: Renderer[Q], events: str, *, topics: int) -> Q:
+    """``(partition, count)`` rows of a range, for ``topics`` topics (0: all); bind the
+    partition count, then :func:`range_parameters` of the whole log."""
+    template = PARTITION_OF[r.dialect]
+    hashed = {"hash": partition_hash(r)} if "hash" in slots(template) else {}
+    return r.render(
+        COUNT_BY_PARTITION,
+        partition_of=r.render(template, **hashed),
+        events=r.table(events),
+        position=r.name(POSITION[r.dialect]),
+        topics=_topic_filter(r, topics),
+        partition=r.text(""),
+    )
+
+
 def range_statements(r: Renderer[Q], events: str, *, topics: int, whole: bool) -> tuple[Q, Q]:
     """``(count, read)`` of a range, for ``topics`` topics (0: all) and a partition
     (or the ``whole`` log); bind :func:`range_parameters` (and the limit, to read)."""
-    if topics:
-        marks = r.join((r.render("%s") for _ in range(topics)), ", ")
-        topic_filter = r.render(TOPIC_FILTER[r.dialect], topics=marks)
-    else:
-        topic_filter = r.text("")
+    topic_filter = _topic_filter(r, topics)
     if whole:
         partition_filter = r.text("")
     else:

@@ -23,7 +23,12 @@ from eventsourcing.persistence import Notification
 
 from safereplay.domain.mapper import EnvelopeMapper
 from safereplay.projections.source import WHOLE, EventSource, Partition
-from safereplay.projections.source_sql import head_statement, range_parameters, range_statements
+from safereplay.projections.source_sql import (
+    count_by_partition_statement,
+    head_statement,
+    range_parameters,
+    range_statements,
+)
 from safereplay.projections.sqltemplate import Q, Renderer
 from safereplay.projections.watermark import HighWaterMark
 
@@ -86,6 +91,22 @@ class SQLEventSource(EventSource, Generic[Q]):
         params = range_parameters(self._render.dialect, after, upto, topics, partition)
         rows = self._fetch("count", statement, params)
         return int(rows[0][0]) if rows else 0
+
+    def count_by_partition(
+        self, *, after: int, upto: int, partitions: int, topics: Sequence[str] = ()
+    ) -> list[int]:
+        if partitions < 2 or upto <= after:
+            return super().count_by_partition(
+                after=after, upto=upto, partitions=partitions, topics=topics
+            )
+        statement = count_by_partition_statement(
+            self._render, self.table, topics=self._topic_shape(topics)
+        )
+        params = [partitions, *range_parameters(self._render.dialect, after, upto, topics, WHOLE)]
+        counts = [0] * partitions
+        for partition, count in self._fetch("count", statement, params):
+            counts[int(partition)] = int(count)
+        return counts
 
     def read(
         self,

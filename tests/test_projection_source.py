@@ -8,6 +8,7 @@ past the high-water mark.
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -121,6 +122,17 @@ class EventSourceContract:
             source.count(after=0, upto=head, topics=topics, partition=p) for p in Partition.all(3)
         ]
         assert sum(counted) == 10 and source.count(after=3, upto=3, topics=topics) == 0
+        # The counts of every partition in one scan are the counts one by one.
+        for after, count, only in itertools.product((0, 5), (1, 2, 3, 7), (topics, [])):
+            one_by_one = [
+                source.count(after=after, upto=head, topics=only, partition=p)
+                for p in Partition.all(count)
+            ]
+            in_one_scan = source.count_by_partition(
+                after=after, upto=head, partitions=count, topics=only
+            )
+            assert in_one_scan == one_by_one, (after, count, only)
+        assert source.count_by_partition(after=head, upto=head, partitions=3) == [0, 0, 0]
         assert source.count(after=0, upto=head) == head
 
     def test_an_empty_log_is_at_zero(self, log: Log) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from recovery_fixtures import Recovery, fresh_recovery, wait_until
 from safereplay.domain.workload import record_workload
 from safereplay.projections import (
     FailedSteps,
+    Partition,
     PartitioningMismatch,
     RunStatusBoard,
     WorkflowStatistics,
@@ -73,6 +75,31 @@ class RebuildContract:
         assert (back.previous, back.live) == (2, 1)
         drop_version(store=recovery.store, jobs=recovery.jobs, projection="workflow_stats", build=2)
         assert [b.build for b in recovery.store.builds("workflow_stats")] == [1]
+
+    def test_a_rebuild_counts_the_scope_of_every_partition_in_one_scan(
+        self, recovery: Recovery
+    ) -> None:
+        record_workload(recovery.log.app, workflows=3, runs_per_workflow=8, seed=5)
+        source = recovery.source
+        real_count, one_by_one = source.count, Counter[str]()
+
+        def counting(**kwargs: Any) -> int:
+            one_by_one["count"] += 1
+            return real_count(**kwargs)
+
+        source.count = counting  # type: ignore[method-assign]
+        try:
+            job = self.rebuild(recovery, "workflow_stats")
+        finally:
+            source.count = real_count  # type: ignore[method-assign]
+        assert one_by_one["count"] == 0, "planning counted partition by partition"
+        topics = list(WorkflowStatistics.topics)
+        scopes = [p.events_in_scope for p in recovery.jobs.partitions(job.job_id)]
+        assert scopes == [
+            real_count(after=0, upto=job.target_position, topics=topics, partition=p)
+            for p in Partition.all(job.partition_count)
+        ]
+        assert sum(s or 0 for s in scopes) > 0
 
     def test_a_swap_needs_a_completed_rebuild(self, recovery: Recovery) -> None:
         record_workload(recovery.log.app, workflows=1, runs_per_workflow=2, seed=1)
