@@ -61,9 +61,11 @@ class PostgresEventSource(SQLEventSource[sql.Composed]):
     in ``pg_stat_activity``.
     """
 
-    #: psycopg releases the GIL while the server works: read and decode the next batch
-    #: while this one commits (projections/read_ahead.py; measured in docs/benchmarks.md).
-    read_ahead: ReadAheadMode = "off"
+    #: psycopg releases the GIL while the server works: read the next batch while this
+    #: one commits (projections/read_ahead.py). Measured side by side (docs/benchmarks.md,
+    #: "Read-ahead"): reading ahead pays on PostgreSQL; decoding ahead too does not (the
+    #: decoding thread and the runner contend for the GIL).
+    read_ahead: ReadAheadMode = "read"
 
     def __init__(
         self,
