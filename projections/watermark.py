@@ -18,6 +18,7 @@ Backends:
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -81,8 +82,13 @@ class SQLiteHighWaterMark(HighWaterMark):
 
     def advance(self) -> int:
         # A short-lived read-only connection: cheap for SQLite, and never holds a
-        # read transaction open across calls (which would pin the WAL).
-        with sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=30) as conn:
+        # read transaction open across calls (which would pin the WAL). Closed here:
+        # ``with`` on a sqlite3 connection only ends its transaction, and an unclosed
+        # connection lives on (with its file descriptor and page cache) until the
+        # cyclic garbage collector finds it, which a replay process runs rarely.
+        with contextlib.closing(
+            sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=30)
+        ) as conn:
             try:
                 row = conn.execute(f'SELECT MAX(rowid) FROM "{self._table}"').fetchone()
             except sqlite3.OperationalError as exc:

@@ -11,6 +11,7 @@ restored from its backup, so the chapters after this one read an intact log.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -51,7 +52,8 @@ def corrupt_one_event(
     victim = next(positions for positions in per_run.values() if len(positions) >= 3)
     position = victim[1]
     table = app.recorder.events_table_name  # type: ignore[attr-defined]
-    with sqlite3.connect(settings.sqlite_path) as conn:
+    # closing(): ``with`` on a sqlite3 connection commits but does not close it.
+    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as conn, conn:
         (state,) = conn.execute(
             f"SELECT state FROM {table} WHERE rowid = ?",
             (position,),
@@ -66,7 +68,7 @@ def restore_event(
     settings: DomainSettings, app: AutomationApp, position: int, state: bytes
 ) -> None:
     table = app.recorder.events_table_name  # type: ignore[attr-defined]
-    with sqlite3.connect(settings.sqlite_path) as conn:
+    with contextlib.closing(sqlite3.connect(settings.sqlite_path)) as conn, conn:
         conn.execute(f"UPDATE {table} SET state = ? WHERE rowid = ?", (state, position))
 
 
