@@ -62,9 +62,9 @@ class PostgresEventSource(SQLEventSource[sql.Composed]):
     """
 
     #: psycopg releases the GIL while the server works: read the next batch while this
-    #: one commits (projections/read_ahead.py). Measured side by side (docs/benchmarks.md,
-    #: "Read-ahead"): reading ahead pays on PostgreSQL; decoding ahead too does not (the
-    #: decoding thread and the runner contend for the GIL).
+    #: one commits (projections/read_ahead.py). Measured side by side in
+    #: docs/benchmarks.md ("Issue 23: the levers"): reading ahead pays on PostgreSQL;
+    #: decoding ahead too does not (the decoding thread and the runner share the GIL).
     read_ahead: ReadAheadMode = "read"
 
     def __init__(
