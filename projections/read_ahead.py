@@ -103,11 +103,10 @@ class ReadAhead:
         self._thread.start()
 
     def take(self, *, build: int, after: int, limit: int) -> Prefetched | None:
-        """The batch read ahead if it starts at ``after`` in ``build``, else None."""
+        """The batch read ahead if it starts at ``after`` in ``build`` (with this
+        ``limit``), else None."""
         result = self._join()
-        if result is None or result.build != build or result.after != after:
-            return None
-        if result.limit != limit:
+        if result is None or (result.build, result.after, result.limit) != (build, after, limit):
             return None
         return result
 

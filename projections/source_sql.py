@@ -97,14 +97,18 @@ def _topic_filter(r: Renderer[Q], topics: int) -> Q:
     return r.render(TOPIC_FILTER[r.dialect], topics=marks)
 
 
+def _with_partition_hash(r: Renderer[Q], template: str) -> Q:
+    """``template`` rendered, with PostgreSQL's partition hash in its ``{hash}`` slot."""
+    hashed = {"hash": partition_hash(r)} if "hash" in slots(template) else {}
+    return r.render(template, **hashed)
+
+
 def count_by_partition_statement(r: Renderer[Q], events: str, *, topics: int) -> Q:
     """``(partition, count)`` rows of a range, for ``topics`` topics (0: all); bind the
     partition count, then :func:`range_parameters` of the whole log."""
-    template = PARTITION_OF[r.dialect]
-    hashed = {"hash": partition_hash(r)} if "hash" in slots(template) else {}
     return r.render(
         COUNT_BY_PARTITION,
-        partition_of=r.render(template, **hashed),
+        partition_of=_with_partition_hash(r, PARTITION_OF[r.dialect]),
         events=r.table(events),
         position=r.name(POSITION[r.dialect]),
         topics=_topic_filter(r, topics),
@@ -116,12 +120,7 @@ def range_statements(r: Renderer[Q], events: str, *, topics: int, whole: bool) -
     """``(count, read)`` of a range, for ``topics`` topics (0: all) and a partition
     (or the ``whole`` log); bind :func:`range_parameters` (and the limit, to read)."""
     topic_filter = _topic_filter(r, topics)
-    if whole:
-        partition_filter = r.text("")
-    else:
-        template = PARTITION_FILTER[r.dialect]
-        hashed = {"hash": partition_hash(r)} if "hash" in slots(template) else {}
-        partition_filter = r.render(template, **hashed)
+    partition_filter = r.text("") if whole else _with_partition_hash(r, PARTITION_FILTER[r.dialect])
     pieces = {
         "events": r.table(events),
         "position": r.name(POSITION[r.dialect]),
